@@ -1,0 +1,146 @@
+// CPU kernels of the BERT training step. Each forward sits beside its backward
+// in one .cpp file per op; every kernel is a template over the scalar type so
+// the same code runs in float32 (training) and float64 (finite-difference
+// checks, native/test/gradcheck.cpp).
+//
+// Shapes are written the way the code indexes them, row-major, last index
+// fastest: B batch, T sequence, C hidden_size, NH heads, HS = C / NH head size,
+// OC/IC output/input channels, N rows (B*T), L num_labels.
+//
+// Gradient conventions (the engine relies on them):
+//   - parameter gradients (dweight, dbias, dwte, ...) are ACCUMULATED (+=), so
+//     micro-batches of gradient accumulation simply add up;
+//   - input/activation gradients (dinp, dqkv, ...) are WRITTEN (=) unless a
+//     kernel takes an `accumulate` flag.
+// Elementwise kernels (gelu, tanh, dropout forward and backward) allow the
+// output to alias the input (in place); the engine relies on it.
+// Kernels are multi-threaded with OpenMP over an outer index whose partition
+// is fixed by the thread count, so results are deterministic for a given
+// thread count.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace nt {
+
+// ---- GEMM (BLAS) ----------------------------------------------------------
+// C(M,N) = alpha * op(A) * op(B) + beta * C, row-major, op = transpose if t*.
+// lda/ldb/ldc are row strides. Backed by cblas_{s,d}gemm.
+template <typename T>
+void gemm(bool transA, bool transB, int M, int N, int K, T alpha, const T* A, int lda,
+          const T* B, int ldb, T beta, T* C, int ldc);
+
+// ---- embeddings (HF BertEmbeddings, absolute positions 0..T-1) ------------
+// out(B,T,C) = wte[input_ids] + wpe[t] + wtt[token_type_ids]
+// wte (V,C), wpe (P,C), wtt (TV,C); ids (B,T) already validated by the caller.
+template <typename T>
+void embedding_forward(T* out, const int32_t* input_ids, const int32_t* token_type_ids,
+                       const T* wte, const T* wpe, const T* wtt, int B, int Tn, int C);
+// Scatter-adds dout(B,T,C) into dwte/dwpe/dwtt (+=). Any of the three may be
+// null (frozen). Threads split channels, so there is no write conflict.
+template <typename T>
+void embedding_backward(T* dwte, T* dwpe, T* dwtt, const T* dout, const int32_t* input_ids,
+                        const int32_t* token_type_ids, int B, int Tn, int C);
+
+// ---- LayerNorm (Ba et al. 2016; torch.nn.LayerNorm, biased variance) ------
+// out(N,C) = (inp - mean) * rstd * weight + bias; saves mean(N), rstd(N).
+template <typename T>
+void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight,
+                       const T* bias, int N, int C, T eps);
+// dinp (=), dweight/dbias (+=, may be null).
+template <typename T>
+void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
+                        const T* weight, const T* mean, const T* rstd, int N, int C);
+
+// ---- Linear (torch.nn.Linear: weight (OC,IC)) ----------------------------
+// out(N,OC) = inp(N,IC) @ weight^T + bias (bias may be null)
+template <typename T>
+void linear_forward(T* out, const T* inp, const T* weight, const T* bias, int N, int IC,
+                    int OC);
+// dinp(N,IC) = dout @ weight (written, or added when accumulate_dinp; null to skip),
+// dweight(OC,IC) += dout^T @ inp, dbias(OC) += sum_n dout (either may be null).
+template <typename T>
+void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
+                     const T* weight, int N, int IC, int OC, bool accumulate_dinp);
+
+// ---- GELU, exact erf form (HF "gelu"): x * 0.5 * (1 + erf(x / sqrt(2))) ---
+template <typename T>
+void gelu_forward(T* out, const T* inp, size_t n);
+template <typename T>
+void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n);
+
+// ---- tanh (BertPooler activation) -----------------------------------------
+template <typename T>
+void tanh_forward(T* out, const T* inp, size_t n);
+// uses the saved output: dinp = dout * (1 - out^2)
+template <typename T>
+void tanh_backward(T* dinp, const T* out, const T* dout, size_t n);
+
+// ---- dropout with a counter-based RNG --------------------------------------
+// Element i is kept when dropout_uniform(seed, step, tensor_id, i) >= p and
+// scaled by 1/(1-p) (inverted dropout, as torch.nn.Dropout). Backward
+// regenerates the same mask from the same key instead of storing it.
+// Philox4x32-10 (Salmon et al. 2011); identical on CUDA.
+struct DropoutKey {
+    uint64_t seed;
+    uint64_t step;
+    uint32_t tensor_id;
+};
+float dropout_uniform(const DropoutKey& key, uint64_t index);  // in [0, 1)
+template <typename T>
+void dropout_forward(T* out, const T* inp, size_t n, float p, const DropoutKey& key);
+template <typename T>
+void dropout_backward(T* dinp, const T* dout, size_t n, float p, const DropoutKey& key);
+
+// ---- scaled dot-product self-attention (HF BertSelfAttention, eager) -----
+// qkv (B,T,3C): per token [q(C) | k(C) | v(C)], head h uses channels
+// h*HS..(h+1)*HS of each. mask (B,T): 1 = attend, 0 = padding key.
+// att (B,NH,T,T) saves the softmax probabilities (before dropout) for the
+// backward. out (B,T,C) = dropout(softmax(q k^T / sqrt(HS) + mask)) v, heads
+// concatenated. Masked keys get exactly zero probability; a row whose keys
+// are all masked gets a uniform distribution (what HF's finfo.min mask gives).
+// Attention-probability dropout uses `key` with index (b,h,t1,t2) flattened.
+template <typename T>
+void attention_forward(T* out, T* att, const T* qkv, const int32_t* mask, int B, int Tn,
+                       int C, int NH, float dropout_p, const DropoutKey& key);
+// dqkv (B,T,3C) written. scratch: B*NH*T*T elements of workspace.
+template <typename T>
+void attention_backward(T* dqkv, T* scratch, const T* dout, const T* qkv, const T* att,
+                        const int32_t* mask, int B, int Tn, int C, int NH, float dropout_p,
+                        const DropoutKey& key);
+
+// ---- fused softmax + cross-entropy (torch.nn.CrossEntropyLoss) -----------
+// logits (B,L), labels (B) in [0,L) or -100 (ignored). class_weights (L) may
+// be null. Loss per example (PyTorch's formula):
+//   l_i = (1-eps) * w[y_i] * (-log p[y_i]) + eps/L * sum_c w[c] * (-log p[c])
+// reduced by a weighted mean: sum_i l_i / sum_i w[y_i] over non-ignored i.
+// Returns that mean loss. dlogits (B,L) (=) receives grad_scale * dloss/dlogits;
+// rows of ignored examples are zero. Probabilities are never stored.
+// If every label is ignored the loss is 0 and dlogits all zero.
+template <typename T>
+T crossentropy_softmax_forward_backward(T* dlogits, const T* logits, const int32_t* labels,
+                                        const T* class_weights, int B, int L,
+                                        T label_smoothing, T grad_scale);
+// Forward only (evaluation): same loss, no gradient.
+template <typename T>
+T crossentropy_softmax_forward(const T* logits, const int32_t* labels, const T* class_weights,
+                               int B, int L, T label_smoothing);
+
+// ---- optimizer -------------------------------------------------------------
+// Sum of squares of g[0..n) in double (for the global gradient norm).
+template <typename T>
+double sum_squares(const T* g, size_t n);
+template <typename T>
+void scale_inplace(T* x, size_t n, T s);
+
+// Fused AdamW (Loshchilov & Hutter 2019; torch.optim.AdamW): for each i
+//   p -= lr * weight_decay * p                     (decoupled decay)
+//   g  = grad[i] * grad_scale                      (clipping folded in)
+//   m  = beta1 m + (1-beta1) g;  v = beta2 v + (1-beta2) g^2
+//   p -= (lr / (1-beta1^t)) * m / (sqrt(v) / sqrt(1-beta2^t) + eps)
+// t is the 1-based optimizer step.
+template <typename T>
+void adamw_update(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, int64_t t, float grad_scale);
+
+}  // namespace nt

@@ -1,0 +1,434 @@
+// BertForSequenceClassification training step on the CPU kernels.
+// Source followed: Hugging Face transformers, models/bert/modeling_bert.py
+// (BertEmbeddings, BertSelfAttention eager path, BertSelfOutput, BertIntermediate,
+// BertOutput, BertPooler) and torch.optim.AdamW / clip_grad_norm_.
+#include "engine/engine.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#include <cblas.h>
+
+namespace nt {
+
+namespace {
+
+constexpr size_t kAlign = 16;  // floats: 64-byte aligned tensor starts
+
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Dropout tensor ids: 0 embeddings, then three per layer, then the classifier.
+uint32_t tid_att_probs(int l) { return 1 + 3 * l; }
+uint32_t tid_att_out(int l) { return 2 + 3 * l; }
+uint32_t tid_ffn_out(int l) { return 3 + 3 * l; }
+uint32_t tid_classifier(int L) { return 1 + 3 * L; }
+
+
+void add_into(float* out, const float* a, const float* b, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+}  // namespace
+
+Engine::Engine(const BertConfig& config, const TrainConfig& train) : cfg_(config), tc_(train) {
+    auto positive = [](const char* name, int v) {
+        if (v <= 0) throw EngineError(std::string("config.") + name + " must be a positive integer, got " + std::to_string(v));
+    };
+    positive("vocab_size", cfg_.vocab_size);
+    positive("hidden_size", cfg_.hidden_size);
+    positive("num_hidden_layers", cfg_.num_hidden_layers);
+    positive("num_attention_heads", cfg_.num_attention_heads);
+    positive("intermediate_size", cfg_.intermediate_size);
+    positive("max_position_embeddings", cfg_.max_position_embeddings);
+    positive("type_vocab_size", cfg_.type_vocab_size);
+    positive("num_labels", cfg_.num_labels);
+    if (cfg_.hidden_size % cfg_.num_attention_heads != 0)
+        throw EngineError("config.hidden_size (" + std::to_string(cfg_.hidden_size) +
+                          ") must be a multiple of config.num_attention_heads (" +
+                          std::to_string(cfg_.num_attention_heads) + ")");
+    auto prob = [](const char* name, float p) {
+        if (!(p >= 0.0f && p < 1.0f)) throw EngineError(std::string(name) + " must be in [0, 1), got " + std::to_string(p));
+    };
+    prob("config.hidden_dropout_prob", cfg_.hidden_dropout_prob);
+    prob("config.attention_probs_dropout_prob", cfg_.attention_probs_dropout_prob);
+    prob("config.classifier_dropout", cfg_.classifier_dropout);
+    if (!tc_.class_weights.empty() && (int)tc_.class_weights.size() != cfg_.num_labels)
+        throw EngineError("class_weights has " + std::to_string(tc_.class_weights.size()) +
+                          " entries, expected num_labels = " + std::to_string(cfg_.num_labels));
+    build_param_table();
+    w_.assign(arena_size_, 0.0f);
+    g_.assign(arena_size_, 0.0f);
+    m_.assign(arena_size_, 0.0f);
+    v_.assign(arena_size_, 0.0f);
+}
+
+// ---- the parameter table ----------------------------------------------------
+
+void Engine::add_param(const std::string& name, std::vector<int64_t> shape) {
+    ParamInfo p;
+    p.name = name;
+    p.shape = std::move(shape);
+    p.numel = 1;
+    for (auto d : p.shape) p.numel *= (size_t)d;
+    p.offset = arena_size_;
+    // Hugging Face Trainer: no weight decay on biases and LayerNorm parameters.
+    p.decay = !(ends_with(name, ".bias") || name.find("LayerNorm") != std::string::npos);
+    params_.push_back(p);
+    n_params_ += p.numel;
+    arena_size_ += align_up(p.numel);
+}
+
+void Engine::build_param_table() {
+    const int64_t C = cfg_.hidden_size, I = cfg_.intermediate_size;
+    emb_w_ = params_.size(); add_param("bert.embeddings.word_embeddings.weight", {cfg_.vocab_size, C});
+    emb_p_ = params_.size(); add_param("bert.embeddings.position_embeddings.weight", {cfg_.max_position_embeddings, C});
+    emb_t_ = params_.size(); add_param("bert.embeddings.token_type_embeddings.weight", {cfg_.type_vocab_size, C});
+    emb_ln_w_ = params_.size(); add_param("bert.embeddings.LayerNorm.weight", {C});
+    emb_ln_b_ = params_.size(); add_param("bert.embeddings.LayerNorm.bias", {C});
+    for (int l = 0; l < cfg_.num_hidden_layers; l++) {
+        const std::string p = "bert.encoder.layer." + std::to_string(l) + ".";
+        LayerIdx li{};
+        // query/key/value weights and then their biases are adjacent (and C*C,
+        // C are multiples of... not necessarily of kAlign), so they are laid
+        // out without padding between them: one (3C, C) weight, one (3C) bias.
+        li.qkv_w = params_.size();
+        for (const char* n : {"query", "key", "value"}) {
+            add_param(p + "attention.self." + n + ".weight", {C, C});
+            arena_size_ -= align_up((size_t)(C * C)) - (size_t)(C * C);  // pack tightly
+        }
+        arena_size_ = align_up(arena_size_);
+        li.qkv_b = params_.size();
+        for (const char* n : {"query", "key", "value"}) {
+            add_param(p + "attention.self." + n + ".bias", {C});
+            arena_size_ -= align_up((size_t)C) - (size_t)C;
+        }
+        arena_size_ = align_up(arena_size_);
+        li.ao_w = params_.size(); add_param(p + "attention.output.dense.weight", {C, C});
+        li.ao_b = params_.size(); add_param(p + "attention.output.dense.bias", {C});
+        li.ln1_w = params_.size(); add_param(p + "attention.output.LayerNorm.weight", {C});
+        li.ln1_b = params_.size(); add_param(p + "attention.output.LayerNorm.bias", {C});
+        li.ff1_w = params_.size(); add_param(p + "intermediate.dense.weight", {I, C});
+        li.ff1_b = params_.size(); add_param(p + "intermediate.dense.bias", {I});
+        li.ff2_w = params_.size(); add_param(p + "output.dense.weight", {C, I});
+        li.ff2_b = params_.size(); add_param(p + "output.dense.bias", {C});
+        li.ln2_w = params_.size(); add_param(p + "output.LayerNorm.weight", {C});
+        li.ln2_b = params_.size(); add_param(p + "output.LayerNorm.bias", {C});
+        lidx_.push_back(li);
+    }
+    pool_w_ = params_.size(); add_param("bert.pooler.dense.weight", {C, C});
+    pool_b_ = params_.size(); add_param("bert.pooler.dense.bias", {C});
+    cls_w_ = params_.size(); add_param("classifier.weight", {cfg_.num_labels, C});
+    cls_b_ = params_.size(); add_param("classifier.bias", {cfg_.num_labels});
+}
+
+const ParamInfo& Engine::param(const std::string& name) const {
+    for (const auto& p : params_)
+        if (p.name == name) return p;
+    throw EngineError("unknown parameter '" + name + "': expected a Hugging Face BertForSequenceClassification key such as 'bert.encoder.layer.0.attention.self.query.weight' or 'classifier.weight'");
+}
+
+void Engine::set_trainable(const std::string& name, bool trainable) {
+    for (auto& p : params_)
+        if (p.name == name) {
+            p.trainable = trainable;
+            if (!trainable) std::fill(g_.begin() + p.offset, g_.begin() + p.offset + p.numel, 0.0f);
+            return;
+        }
+    param(name);  // throws the unknown-parameter error
+}
+
+// ---- input validation -------------------------------------------------------
+
+void Engine::validate(const Batch& b, bool need_labels) const {
+    if (b.B <= 0 || b.T <= 0)
+        throw EngineError("batch must have at least one sequence of at least one token, got B=" +
+                          std::to_string(b.B) + ", T=" + std::to_string(b.T));
+    if (b.T > cfg_.max_position_embeddings)
+        throw EngineError("sequence length T=" + std::to_string(b.T) + " exceeds max_position_embeddings=" +
+                          std::to_string(cfg_.max_position_embeddings) + ": truncate input_ids to at most " +
+                          std::to_string(cfg_.max_position_embeddings) + " tokens");
+    auto where = [&](const char* name, size_t i) {
+        return std::string(name) + "[" + std::to_string(i / b.T) + "][" + std::to_string(i % b.T) + "]";
+    };
+    const size_t n = (size_t)b.B * b.T;
+    for (size_t i = 0; i < n; i++) {
+        const int32_t id = b.input_ids[i];
+        if (id < 0 || id >= cfg_.vocab_size)
+            throw EngineError(where("input_ids", i) + " = " + std::to_string(id) +
+                              " is out of range: expected 0 <= id < vocab_size (" + std::to_string(cfg_.vocab_size) + ")");
+        const int32_t tt = b.token_type_ids[i];
+        if (tt < 0 || tt >= cfg_.type_vocab_size)
+            throw EngineError(where("token_type_ids", i) + " = " + std::to_string(tt) +
+                              " is out of range: expected 0 <= id < type_vocab_size (" + std::to_string(cfg_.type_vocab_size) + ")");
+        const int32_t m = b.attention_mask[i];
+        if (m != 0 && m != 1)
+            throw EngineError(where("attention_mask", i) + " = " + std::to_string(m) + ": expected 0 or 1");
+    }
+    if (need_labels && !b.labels) throw EngineError("labels are required for training: expected an Int32Array of length B");
+    if (b.labels)
+        for (int i = 0; i < b.B; i++) {
+            const int32_t y = b.labels[i];
+            if (y != -100 && (y < 0 || y >= cfg_.num_labels))
+                throw EngineError("labels[" + std::to_string(i) + "] = " + std::to_string(y) +
+                                  " is out of range: expected 0 <= label < num_labels (" + std::to_string(cfg_.num_labels) +
+                                  ") or -100 (ignored)");
+        }
+}
+
+// ---- activation arena -------------------------------------------------------
+
+void Engine::ensure_activations(int B, int T) {
+    cur_B_ = B;
+    cur_T_ = T;
+    if (B <= cap_B_ && T <= cap_T_) return;  // views laid out for the capacity fit
+    cap_B_ = std::max(B, cap_B_);
+    cap_T_ = std::max(T, cap_T_);
+    // Views are laid out for the capacity, so a smaller batch reuses them.
+    const size_t N = (size_t)cap_B_ * cap_T_, C = cfg_.hidden_size, I = cfg_.intermediate_size;
+    const size_t NH = cfg_.num_attention_heads, TT = (size_t)cap_B_ * NH * cap_T_ * cap_T_;
+    const size_t Bc = cap_B_, L = cfg_.num_labels;
+    const size_t per_layer = align_up(N * 3 * C) + align_up(TT) + 5 * align_up(N * C) + 4 * align_up(N) +
+                             2 * align_up(N * I) + 2 * align_up(N * C);
+    const size_t total = 2 * align_up(N * C) + 2 * align_up(N) + per_layer * cfg_.num_hidden_layers +
+                         3 * align_up(Bc * C) + align_up(Bc * L);
+    const size_t dtotal = 3 * align_up(N * C) + 2 * align_up(N * I) + align_up(N * 3 * C) + align_up(TT) +
+                          3 * align_up(Bc * C) + align_up(Bc * L);
+    acts_.assign(total, 0.0f);
+    dacts_.assign(dtotal, 0.0f);
+    float* p = acts_.data();
+    auto take = [&p](size_t n) { float* r = p; p += align_up(n); return r; };
+    a_.emb = take(N * C);
+    a_.emb_ln = take(N * C);
+    a_.emb_mean = take(N);
+    a_.emb_rstd = take(N);
+    la_.assign(cfg_.num_hidden_layers, LayerActs{});
+    for (auto& la : la_) {
+        la.qkv = take(N * 3 * C);
+        la.att = take(TT);
+        la.attv = take(N * C);
+        la.attproj = take(N * C);
+        la.res1 = take(N * C);
+        la.ln1 = take(N * C);
+        la.ln1_mean = take(N);
+        la.ln1_rstd = take(N);
+        la.ffn_h = take(N * I);
+        la.ffn_g = take(N * I);
+        la.ffn_o = take(N * C);
+        la.res2 = take(N * C);
+        la.ln2 = take(N * C);
+        la.ln2_mean = take(N);
+        la.ln2_rstd = take(N);
+    }
+    a_.pooled_in = take(Bc * C);
+    a_.pooled = take(Bc * C);
+    a_.pooled_drop = take(Bc * C);
+    a_.logits = take(Bc * L);
+    float* q = dacts_.data();
+    auto dtake = [&q](size_t n) { float* r = q; q += align_up(n); return r; };
+    d_.dh = dtake(N * C);
+    d_.dres = dtake(N * C);
+    d_.dC = dtake(N * C);
+    d_.dI1 = dtake(N * I);
+    d_.dI2 = dtake(N * I);
+    d_.dqkv = dtake(N * 3 * C);
+    d_.datt = dtake(TT);
+    d_.dC2 = dtake(Bc * C);
+    d_.dpool1 = dtake(Bc * C);
+    d_.dpool2 = dtake(Bc * C);
+    d_.dlogits = dtake(Bc * L);
+}
+
+void Engine::set_threads() const {
+    if (tc_.threads > 0) {
+        omp_set_num_threads(tc_.threads);
+        openblas_set_num_threads(tc_.threads);
+    }
+}
+
+// ---- forward ------------------------------------------------------------------
+
+void Engine::layer_forward(int l, const float* x, const int32_t* mask, bool train) {
+    const int B = cur_B_, T = cur_T_, C = cfg_.hidden_size, I = cfg_.intermediate_size;
+    const int N = B * T;
+    const size_t NC = (size_t)N * C;
+    const LayerIdx& li = lidx_[l];
+    LayerActs& a = la_[l];
+    const float p_att = train ? cfg_.attention_probs_dropout_prob : 0.0f;
+    const float p_hid = train ? cfg_.hidden_dropout_prob : 0.0f;
+    // BertSelfAttention: one GEMM for [q | k | v]
+    linear_forward(a.qkv, x, W(li.qkv_w), W(li.qkv_b), N, C, 3 * C);
+    attention_forward(a.attv, a.att, a.qkv, mask, B, T, C, cfg_.num_attention_heads, p_att, key(tid_att_probs(l)));
+    // BertSelfOutput: LayerNorm(dropout(dense(attv)) + x)
+    linear_forward(a.attproj, a.attv, W(li.ao_w), W(li.ao_b), N, C, C);
+    if (p_hid > 0) dropout_forward(a.attproj, a.attproj, NC, p_hid, key(tid_att_out(l)));
+    add_into(a.res1, a.attproj, x, NC);
+    layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, a.res1, W(li.ln1_w), W(li.ln1_b), N, C, cfg_.layer_norm_eps);
+    // BertIntermediate + BertOutput: LayerNorm(dropout(dense(gelu(dense(h)))) + h)
+    linear_forward(a.ffn_h, a.ln1, W(li.ff1_w), W(li.ff1_b), N, C, I);
+    gelu_forward(a.ffn_g, a.ffn_h, (size_t)N * I);
+    linear_forward(a.ffn_o, a.ffn_g, W(li.ff2_w), W(li.ff2_b), N, I, C);
+    if (p_hid > 0) dropout_forward(a.ffn_o, a.ffn_o, NC, p_hid, key(tid_ffn_out(l)));
+    add_into(a.res2, a.ffn_o, a.ln1, NC);
+    layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, W(li.ln2_w), W(li.ln2_b), N, C, cfg_.layer_norm_eps);
+}
+
+void Engine::forward_impl(const Batch& b, bool train) {
+    ensure_activations(b.B, b.T);
+    const int B = b.B, T = b.T, C = cfg_.hidden_size, L = cfg_.num_labels;
+    const int N = B * T;
+    const size_t NC = (size_t)N * C;
+    embedding_forward(a_.emb, b.input_ids, b.token_type_ids, W(emb_w_), W(emb_p_), W(emb_t_), B, T, C);
+    layernorm_forward(a_.emb_ln, a_.emb_mean, a_.emb_rstd, a_.emb, W(emb_ln_w_), W(emb_ln_b_), N, C,
+                      cfg_.layer_norm_eps);
+    if (train && cfg_.hidden_dropout_prob > 0)
+        dropout_forward(a_.emb_ln, a_.emb_ln, NC, cfg_.hidden_dropout_prob, key(0));
+    const float* x = a_.emb_ln;
+    for (int l = 0; l < cfg_.num_hidden_layers; l++) {
+        layer_forward(l, x, b.attention_mask, train);
+        x = la_[l].ln2;
+    }
+    // BertPooler: tanh(dense(h[:, 0])); then classifier dropout and linear.
+    for (int i = 0; i < B; i++) std::memcpy(a_.pooled_in + (size_t)i * C, x + (size_t)i * T * C, C * sizeof(float));
+    linear_forward(a_.pooled, a_.pooled_in, W(pool_w_), W(pool_b_), B, C, C);
+    tanh_forward(a_.pooled, a_.pooled, (size_t)B * C);
+    const float p_cls = train ? cfg_.classifier_dropout : 0.0f;
+    if (p_cls > 0)
+        dropout_forward(a_.pooled_drop, a_.pooled, (size_t)B * C, p_cls, key(tid_classifier(cfg_.num_hidden_layers)));
+    else
+        std::memcpy(a_.pooled_drop, a_.pooled, (size_t)B * C * sizeof(float));
+    linear_forward(a_.logits, a_.pooled_drop, W(cls_w_), W(cls_b_), B, C, L);
+}
+
+float Engine::forward(const Batch& b, float* logits, bool train) {
+    set_threads();
+    validate(b, false);
+    forward_impl(b, train);
+    const int L = cfg_.num_labels;
+    if (logits) std::memcpy(logits, a_.logits, (size_t)b.B * L * sizeof(float));
+    if (!b.labels) return 0.0f;
+    const float* cw = tc_.class_weights.empty() ? nullptr : tc_.class_weights.data();
+    return crossentropy_softmax_forward(a_.logits, b.labels, cw, b.B, L, tc_.label_smoothing_factor);
+}
+
+// ---- backward -----------------------------------------------------------------
+
+int Engine::first_trainable() const {
+    for (size_t i = 0; i <= emb_ln_b_; i++)
+        if (params_[i].trainable) return -1;
+    for (int l = 0; l < cfg_.num_hidden_layers; l++)
+        for (size_t i = lidx_[l].qkv_w; i <= lidx_[l].ln2_b; i++)
+            if (params_[i].trainable) return l;
+    return cfg_.num_hidden_layers;
+}
+
+void Engine::layer_backward(int l, const float* x, float* dx, const int32_t* mask, bool need_dinp) {
+    const int B = cur_B_, T = cur_T_, C = cfg_.hidden_size, I = cfg_.intermediate_size;
+    const int N = B * T;
+    const size_t NC = (size_t)N * C;
+    const LayerIdx& li = lidx_[l];
+    LayerActs& a = la_[l];
+    const float p_hid = cfg_.hidden_dropout_prob;
+    // output LayerNorm: dres2 = dLN2(dx); the residual sends dres2 to ln1 too
+    layernorm_backward(d_.dres, G(li.ln2_w), G(li.ln2_b), dx, a.res2, W(li.ln2_w), a.ln2_mean, a.ln2_rstd, N, C);
+    if (p_hid > 0) dropout_backward(d_.dC, d_.dres, NC, p_hid, key(tid_ffn_out(l)));
+    else std::memcpy(d_.dC, d_.dres, NC * sizeof(float));
+    linear_backward(d_.dI1, G(li.ff2_w), G(li.ff2_b), d_.dC, a.ffn_g, W(li.ff2_w), N, I, C, false);
+    gelu_backward(d_.dI2, a.ffn_h, d_.dI1, (size_t)N * I);
+    // dx <- dres2 + dI2 @ W1 : gradient at ln1 (the residual plus the FFN path)
+    std::memcpy(dx, d_.dres, NC * sizeof(float));
+    linear_backward(dx, G(li.ff1_w), G(li.ff1_b), d_.dI2, a.ln1, W(li.ff1_w), N, C, I, true);
+    // attention LayerNorm
+    layernorm_backward(d_.dres, G(li.ln1_w), G(li.ln1_b), dx, a.res1, W(li.ln1_w), a.ln1_mean, a.ln1_rstd, N, C);
+    if (p_hid > 0) dropout_backward(d_.dC, d_.dres, NC, p_hid, key(tid_att_out(l)));
+    else std::memcpy(d_.dC, d_.dres, NC * sizeof(float));
+    linear_backward(dx, G(li.ao_w), G(li.ao_b), d_.dC, a.attv, W(li.ao_w), N, C, C, false);
+    attention_backward(d_.dqkv, d_.datt, dx, a.qkv, a.att, mask, B, T, C, cfg_.num_attention_heads,
+                       cfg_.attention_probs_dropout_prob, key(tid_att_probs(l)));
+    // dx <- dres1 + dqkv @ Wqkv (residual to the layer input), when below needs it
+    if (need_dinp) std::memcpy(dx, d_.dres, NC * sizeof(float));
+    linear_backward(need_dinp ? dx : nullptr, G(li.qkv_w), G(li.qkv_b), d_.dqkv, x, W(li.qkv_w), N, C, 3 * C, true);
+}
+
+void Engine::backward_impl(const Batch& b) {
+    const int B = b.B, T = b.T, C = cfg_.hidden_size, L = cfg_.num_labels;
+    const int N = B * T;
+    const size_t NC = (size_t)N * C;
+    const int NL = cfg_.num_hidden_layers;
+    // classifier, classifier dropout, pooler
+    linear_backward(d_.dpool1, G(cls_w_), G(cls_b_), d_.dlogits, a_.pooled_drop, W(cls_w_), B, C, L, false);
+    if (cfg_.classifier_dropout > 0)
+        dropout_backward(d_.dpool2, d_.dpool1, (size_t)B * C, cfg_.classifier_dropout, key(tid_classifier(NL)));
+    else
+        std::memcpy(d_.dpool2, d_.dpool1, (size_t)B * C * sizeof(float));
+    tanh_backward(d_.dpool1, a_.pooled, d_.dpool2, (size_t)B * C);
+    // Backpropagate only as deep as the lowest trainable parameter (freezing).
+    const int first = first_trainable();
+    const bool need_encoder = first < NL;
+    linear_backward(need_encoder ? d_.dC2 : nullptr, G(pool_w_), G(pool_b_), d_.dpool1, a_.pooled_in, W(pool_w_),
+                    B, C, C, false);
+    if (!need_encoder) return;
+    // only token 0 of each sequence feeds the pooler
+    std::memset(d_.dh, 0, NC * sizeof(float));
+    for (int i = 0; i < B; i++) std::memcpy(d_.dh + (size_t)i * T * C, d_.dC2 + (size_t)i * C, C * sizeof(float));
+    for (int l = NL - 1; l >= std::max(first, 0); l--) {
+        const float* x = l == 0 ? a_.emb_ln : la_[l - 1].ln2;
+        layer_backward(l, x, d_.dh, b.attention_mask, l > first);
+    }
+    if (first >= 0) return;
+    // embeddings: dropout, LayerNorm, the three lookups
+    if (cfg_.hidden_dropout_prob > 0) dropout_backward(d_.dh, d_.dh, NC, cfg_.hidden_dropout_prob, key(0));
+    layernorm_backward(d_.dres, G(emb_ln_w_), G(emb_ln_b_), d_.dh, a_.emb, W(emb_ln_w_), a_.emb_mean, a_.emb_rstd, N, C);
+    embedding_backward(G(emb_w_), G(emb_p_), G(emb_t_), d_.dres, b.input_ids, b.token_type_ids, B, T, C);
+    // HF: nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
+    if (float* dwte = G(emb_w_); dwte && cfg_.pad_token_id >= 0 && cfg_.pad_token_id < cfg_.vocab_size)
+        std::memset(dwte + (size_t)cfg_.pad_token_id * C, 0, C * sizeof(float));
+}
+
+float Engine::accumulate(const Batch& b, float loss_scale) {
+    set_threads();
+    validate(b, true);
+    forward_impl(b, true);
+    const float* cw = tc_.class_weights.empty() ? nullptr : tc_.class_weights.data();
+    const float loss = crossentropy_softmax_forward_backward(d_.dlogits, a_.logits, b.labels, cw, b.B, cfg_.num_labels,
+                                                             tc_.label_smoothing_factor, loss_scale);
+    backward_impl(b);
+    micro_step_++;
+    return loss;
+}
+
+// ---- optimizer ------------------------------------------------------------------
+
+float Engine::step(float lr) {
+    set_threads();
+    double ss = 0.0;
+    for (const auto& p : params_)
+        if (p.trainable) ss += sum_squares(g_.data() + p.offset, p.numel);
+    const float norm = (float)std::sqrt(ss);
+    float scale = 1.0f;
+    // torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total_norm + 1e-6)
+    if (tc_.max_grad_norm > 0) {
+        const float coef = tc_.max_grad_norm / (norm + 1e-6f);
+        if (coef < 1.0f) scale = coef;
+    }
+    t_++;
+    for (const auto& p : params_) {
+        if (!p.trainable) continue;
+        adamw_update(w_.data() + p.offset, g_.data() + p.offset, m_.data() + p.offset, v_.data() + p.offset, p.numel, lr,
+                     tc_.adam_beta1, tc_.adam_beta2, tc_.adam_epsilon, p.decay ? tc_.weight_decay : 0.0f, t_, scale);
+    }
+    zero_grad();
+    return norm;
+}
+
+void Engine::zero_grad() { std::fill(g_.begin(), g_.end(), 0.0f); }
+
+}  // namespace nt

@@ -1,0 +1,200 @@
+/**
+ * The native training engine, as TypeScript sees it. One `Engine` holds a
+ * BertForSequenceClassification (Hugging Face modeling_bert.py semantics) with
+ * its gradients and AdamW moments in native memory; each long call (forward,
+ * accumulate, step, trainStep) runs off the main thread and resolves a Promise.
+ * Calls are queued, so concurrent callers never overlap on one engine.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { BertConfig } from './config.js';
+
+/** A tokenized batch: B sequences of T tokens, row-major (B*T). */
+export interface Batch {
+  /** (B, T) token ids, each in [0, vocab_size). */
+  input_ids: Int32Array;
+  /** (B, T) 1 = real token, 0 = padding. Default: all ones. */
+  attention_mask?: Int32Array;
+  /** (B, T) segment ids in [0, type_vocab_size). Default: all zeros. */
+  token_type_ids?: Int32Array;
+  /** (B) class indices in [0, num_labels), or -100 to ignore an example. */
+  labels?: Int32Array;
+  batchSize: number;
+  seqLen: number;
+}
+
+/** Optimizer, loss and runtime options (Hugging Face TrainingArguments names). */
+export interface EngineOptions {
+  /** Drives dropout masks (counter-based RNG keyed by seed, step, tensor, index). */
+  seed?: number;
+  /** Worker threads for the kernels; default: all cores (OpenMP default). */
+  threads?: number;
+  adam_beta1?: number;
+  adam_beta2?: number;
+  adam_epsilon?: number;
+  /** Decoupled weight decay; never applied to biases and LayerNorm weights. */
+  weight_decay?: number;
+  /** Global gradient-norm clipping threshold; <= 0 disables. Default 1.0. */
+  max_grad_norm?: number;
+  label_smoothing_factor?: number;
+  /** (num_labels) per-class loss weights, as torch CrossEntropyLoss(weight=). */
+  class_weights?: Float32Array;
+}
+
+export interface OptimizerState {
+  exp_avg: Float32Array;
+  exp_avg_sq: Float32Array;
+}
+
+interface NativeEngine {
+  parameterNames(): string[];
+  parameterShape(name: string): number[];
+  getWeight(name: string): Float32Array;
+  setWeight(name: string, data: Float32Array): void;
+  getGradient(name: string): Float32Array;
+  getOptimizerState(name: string): OptimizerState;
+  setOptimizerState(name: string, state: OptimizerState): void;
+  setTrainable(name: string, trainable: boolean): void;
+  isTrainable(name: string): boolean;
+  getCounters(): { optimizerStep: number; microStep: number };
+  setCounters(c: { optimizerStep: number; microStep: number }): void;
+  numParameters(): number;
+  forward(batch: Batch): Promise<{ logits: Float32Array; loss?: number }>;
+  accumulate(batch: Batch, opts: { lossScale: number }): Promise<{ loss: number }>;
+  step(opts: { learningRate: number }): Promise<{ gradNorm: number }>;
+  trainStep(batch: Batch, opts: { learningRate: number }): Promise<{ loss: number; gradNorm: number }>;
+  zeroGrad(): void;
+  dispose(): void;
+}
+
+interface NativeAddon {
+  Engine: new (config: BertConfig, options: EngineOptions) => NativeEngine;
+}
+
+let addon: NativeAddon | undefined;
+
+/** Loads build/Release/nodetune.node (cmake-js or node-gyp output). */
+export function loadAddon(): NativeAddon {
+  if (addon) return addon;
+  const here = dirname(fileURLToPath(import.meta.url));
+  const candidates = [join(here, '../../build/Release/nodetune.node'), join(here, '../build/Release/nodetune.node')];
+  const path = candidates.find((p) => existsSync(p));
+  if (!path) {
+    throw new Error(
+      `nodetune native addon not found (looked for ${candidates.join(', ')}): run \`npm run build:native\` (cmake-js) or \`npm run build:gyp\` (node-gyp)`,
+    );
+  }
+  addon = createRequire(import.meta.url)(path) as NativeAddon;
+  return addon;
+}
+
+/**
+ * A BertForSequenceClassification training engine in native memory.
+ * Parameter names are Hugging Face checkpoint keys with the `bert.` prefix
+ * (`bert.encoder.layer.0.attention.self.query.weight`, `classifier.weight`).
+ * @throws Error for an invalid config (naming the field).
+ */
+export class Engine {
+  readonly config: BertConfig;
+  private native: NativeEngine;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(opts: { config: BertConfig } & EngineOptions) {
+    const { config, ...options } = opts;
+    this.config = config;
+    const resolved = {
+      ...config,
+      classifier_dropout: config.classifier_dropout ?? config.hidden_dropout_prob,
+    };
+    this.native = new (loadAddon().Engine)(resolved, options);
+  }
+
+  /** All parameter names, in the engine's layout order. */
+  parameterNames(): string[] {
+    return this.native.parameterNames();
+  }
+  /** Shape of a parameter, e.g. [num_labels, hidden_size] for classifier.weight. */
+  parameterShape(name: string): number[] {
+    return this.native.parameterShape(name);
+  }
+  /** Number of scalar parameters. */
+  numParameters(): number {
+    return this.native.numParameters();
+  }
+  /** A copy of a parameter (float32, row-major). @throws on an unknown name. */
+  getWeight(name: string): Float32Array {
+    return this.native.getWeight(name);
+  }
+  /** Sets a parameter; the length must equal the shape's product. @throws naming tensor and shape. */
+  setWeight(name: string, data: Float32Array): void {
+    this.native.setWeight(name, data);
+  }
+  /** Accumulated gradient of a parameter since the last step (float32). */
+  getGradient(name: string): Float32Array {
+    return this.native.getGradient(name);
+  }
+  getOptimizerState(name: string): OptimizerState {
+    return this.native.getOptimizerState(name);
+  }
+  setOptimizerState(name: string, state: OptimizerState): void {
+    this.native.setOptimizerState(name, state);
+  }
+  /** Frozen parameters get no gradient and no update. */
+  setTrainable(name: string, trainable: boolean): void {
+    this.native.setTrainable(name, trainable);
+  }
+  isTrainable(name: string): boolean {
+    return this.native.isTrainable(name);
+  }
+  /** optimizerStep: AdamW's t; microStep: training forwards (the dropout RNG's step). */
+  getCounters(): { optimizerStep: number; microStep: number } {
+    return this.native.getCounters();
+  }
+  setCounters(c: { optimizerStep: number; microStep: number }): void {
+    this.native.setCounters(c);
+  }
+
+  /**
+   * Inference forward (dropout off). logits: (B, num_labels) float32;
+   * loss: mean cross-entropy when batch.labels is given.
+   */
+  forward(batch: Batch): Promise<{ logits: Float32Array; loss?: number }> {
+    return this.enqueue(() => this.native.forward(batch));
+  }
+
+  /**
+   * Forward + loss + backward in training mode, ADDING gradients scaled by
+   * `lossScale` (a micro-batch's share of the examples under gradient
+   * accumulation). Returns the micro-batch's mean loss.
+   */
+  accumulate(batch: Batch, opts: { lossScale?: number } = {}): Promise<{ loss: number }> {
+    return this.enqueue(() => this.native.accumulate(batch, { lossScale: opts.lossScale ?? 1 }));
+  }
+
+  /** Clip (max_grad_norm) + AdamW + zero gradients. gradNorm is before clipping. */
+  step(opts: { learningRate: number }): Promise<{ gradNorm: number }> {
+    return this.enqueue(() => this.native.step(opts));
+  }
+
+  /** One full training step on one batch: accumulate + step. */
+  trainStep(batch: Batch, opts: { learningRate: number }): Promise<{ loss: number; gradNorm: number }> {
+    return this.enqueue(() => this.native.trainStep(batch, opts));
+  }
+
+  zeroGrad(): Promise<void> {
+    return this.enqueue(async () => this.native.zeroGrad());
+  }
+
+  /** Frees native memory once queued work is done; later calls throw. */
+  async dispose(): Promise<void> {
+    await this.enqueue(async () => this.native.dispose());
+  }
+
+  private enqueue<R>(fn: () => Promise<R>): Promise<R> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+}

@@ -1,0 +1,319 @@
+// The native engine against Hugging Face transformers on a small random BERT
+// (test/fixtures/tiny-bert, made by scripts/reference/tiny_bert.py in float64),
+// plus its contracts: gradient accumulation, dropout determinism, freezing,
+// the event loop during a step, and the errors bad batches get.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Engine, type Batch } from '../src/engine.js';
+import type { BertConfig } from '../src/config.js';
+import { readSafetensors } from '../src/io/safetensors.js';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
+const fixture = join(root, 'test/fixtures/tiny-bert');
+
+interface Fixture {
+  config: BertConfig;
+  weights: Map<string, Float32Array>;
+  expected: Map<string, Float32Array>;
+  batch: Batch;
+  meta: {
+    class_weights: number[];
+    label_smoothing: number;
+    optimizer: { lr: number; betas: [number, number]; eps: number; weight_decay: number; max_grad_norm: number };
+    train_log: Array<{ loss: number; grad_norm: number }>;
+  };
+}
+
+async function tensors(path: string): Promise<Map<string, Float32Array>> {
+  const out = new Map<string, Float32Array>();
+  for (const [name, t] of (await readSafetensors(path)).tensors) {
+    if (t.data instanceof Float32Array) out.set(name, t.data);
+  }
+  return out;
+}
+
+async function loadFixture(): Promise<Fixture> {
+  const config = JSON.parse(await readFile(join(fixture, 'config.json'), 'utf8')) as BertConfig;
+  config.num_labels = Object.keys(config.id2label ?? {}).length || config.num_labels;
+  const meta = JSON.parse(await readFile(join(fixture, 'batch.json'), 'utf8'));
+  const flat = (rows: number[][]) => Int32Array.from(rows.flat());
+  const batch: Batch = {
+    input_ids: flat(meta.input_ids),
+    attention_mask: flat(meta.attention_mask),
+    token_type_ids: flat(meta.token_type_ids),
+    labels: Int32Array.from(meta.labels),
+    batchSize: meta.input_ids.length,
+    seqLen: meta.input_ids[0].length,
+  };
+  return {
+    config,
+    weights: await tensors(join(fixture, 'model.safetensors')),
+    expected: await tensors(join(fixture, 'expected.safetensors')),
+    batch,
+    meta,
+  };
+}
+
+function makeEngine(f: Fixture, extra: Partial<BertConfig> = {}, options = {}): Engine {
+  const o = f.meta.optimizer;
+  const engine = new Engine({
+    config: { ...f.config, ...extra },
+    seed: 7,
+    threads: 2,
+    adam_beta1: o.betas[0],
+    adam_beta2: o.betas[1],
+    adam_epsilon: o.eps,
+    weight_decay: o.weight_decay,
+    max_grad_norm: o.max_grad_norm,
+    ...options,
+  });
+  for (const name of engine.parameterNames()) {
+    const w = f.weights.get(name);
+    assert.ok(w, `fixture lacks ${name}`);
+    engine.setWeight(name, w);
+  }
+  return engine;
+}
+
+/**
+ * max |a - b| / max |b|, the per-tensor relative error the issue asks for.
+ * A reference that is zero up to float64 round-off (the key bias gradient is
+ * analytically zero: softmax ignores a shift shared by all keys) is compared
+ * absolutely instead, against float32 round-off (1e-9).
+ */
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  if (den < 1e-15) return num < 1e-9 ? 0 : Infinity;
+  return num / den;
+}
+
+test('parameters: names, shapes and count match the Hugging Face checkpoint', async () => {
+  const f = await loadFixture();
+  const engine = makeEngine(f);
+  const names = engine.parameterNames();
+  assert.deepEqual([...names].sort(), [...f.weights.keys()].filter((k) => !k.includes('position_ids')).sort());
+  assert.deepEqual(engine.parameterShape('classifier.weight'), [5, 32]);
+  let n = 0;
+  for (const [k, w] of f.weights) if (names.includes(k)) n += w.length;
+  assert.equal(engine.numParameters(), n);
+  for (const name of names) assert.deepEqual(engine.getWeight(name), f.weights.get(name));
+  await engine.dispose();
+});
+
+test('forward: logits and loss match HF transformers (float64 reference) within 1e-4', async () => {
+  const f = await loadFixture();
+  const engine = makeEngine(f);
+  const { logits, loss } = await engine.forward(f.batch);
+  assert.ok(relErr(logits, f.expected.get('logits')!) < 1e-4, `logits rel err ${relErr(logits, f.expected.get('logits')!)}`);
+  assert.ok(Math.abs(loss! - f.expected.get('loss')![0]) / f.expected.get('loss')![0] < 1e-4);
+  await engine.dispose();
+});
+
+test('backward: every parameter gradient matches HF within 1e-4 relative', async () => {
+  const f = await loadFixture();
+  const engine = makeEngine(f);
+  const { loss } = await engine.accumulate(f.batch);
+  assert.ok(Math.abs(loss - f.expected.get('loss')![0]) < 1e-5);
+  const names = engine.parameterNames();
+  assert.equal(names.length, 41);
+  for (const name of names) {
+    const ref = f.expected.get(`grad.${name}`);
+    assert.ok(ref, `fixture lacks grad.${name}`);
+    const err = relErr(engine.getGradient(name), ref);
+    assert.ok(err < 1e-4, `grad of ${name}: rel err ${err}`);
+  }
+  await engine.dispose();
+});
+
+test('class weights and label smoothing: loss and classifier gradient match torch CrossEntropyLoss', async () => {
+  const f = await loadFixture();
+  const engine = makeEngine(f, {}, {
+    class_weights: Float32Array.from(f.meta.class_weights),
+    label_smoothing_factor: f.meta.label_smoothing,
+  });
+  const { loss } = await engine.accumulate(f.batch);
+  const refLoss = f.expected.get('ce_weighted.loss')![0];
+  assert.ok(Math.abs(loss - refLoss) / refLoss < 1e-5, `loss ${loss} vs ${refLoss}`);
+  const err = relErr(engine.getGradient('classifier.weight'), f.expected.get('ce_weighted.grad.classifier.weight')!);
+  assert.ok(err < 1e-4, `classifier grad rel err ${err}`);
+  await engine.dispose();
+});
+
+test('AdamW: 3 steps with weight decay and clipping match torch.optim.AdamW', async () => {
+  const f = await loadFixture();
+  const engine = makeEngine(f);
+  for (let s = 0; s < 3; s++) {
+    const { loss, gradNorm } = await engine.trainStep(f.batch, { learningRate: f.meta.optimizer.lr });
+    const ref = f.meta.train_log[s];
+    assert.ok(Math.abs(loss - ref.loss) / ref.loss < 1e-4, `step ${s + 1} loss ${loss} vs ${ref.loss}`);
+    assert.ok(Math.abs(gradNorm - ref.grad_norm) / ref.grad_norm < 1e-4, `step ${s + 1} norm ${gradNorm} vs ${ref.grad_norm}`);
+  }
+  for (const name of engine.parameterNames()) {
+    const err = relErr(engine.getWeight(name), f.expected.get(`after3.${name}`)!);
+    assert.ok(err < 1e-4, `${name} after 3 steps: rel err ${err}`);
+  }
+  assert.equal(engine.getCounters().optimizerStep, 3);
+  await engine.dispose();
+});
+
+test('gradient accumulation: two half batches with lossScale 0.5 equal one batch', async () => {
+  const f = await loadFixture();
+  // Four examples: the fixture's three plus a copy of the first with another label.
+  const T = f.batch.seqLen;
+  const cat = (a: Int32Array, b: Int32Array) => Int32Array.from([...a, ...b]);
+  const full: Batch = {
+    input_ids: cat(f.batch.input_ids, f.batch.input_ids.subarray(0, T)),
+    attention_mask: cat(f.batch.attention_mask!, f.batch.attention_mask!.subarray(0, T)),
+    token_type_ids: cat(f.batch.token_type_ids!, f.batch.token_type_ids!.subarray(0, T)),
+    labels: Int32Array.from([...f.batch.labels!, 3]),
+    batchSize: 4,
+    seqLen: T,
+  };
+  const half = (i: number): Batch => ({
+    input_ids: full.input_ids.slice(i * 2 * T, (i + 1) * 2 * T),
+    attention_mask: full.attention_mask!.slice(i * 2 * T, (i + 1) * 2 * T),
+    token_type_ids: full.token_type_ids!.slice(i * 2 * T, (i + 1) * 2 * T),
+    labels: full.labels!.slice(i * 2, i * 2 + 2),
+    batchSize: 2,
+    seqLen: T,
+  });
+  const one = makeEngine(f);
+  const two = makeEngine(f);
+  await one.accumulate(full);
+  await two.accumulate(half(0), { lossScale: 0.5 });
+  await two.accumulate(half(1), { lossScale: 0.5 });
+  for (const name of one.parameterNames()) {
+    const err = relErr(two.getGradient(name), one.getGradient(name));
+    assert.ok(err < 1e-5, `${name}: rel err ${err}`);
+  }
+  await one.step({ learningRate: 1e-2 });
+  await two.step({ learningRate: 1e-2 });
+  for (const name of one.parameterNames()) assert.ok(relErr(two.getWeight(name), one.getWeight(name)) < 1e-5, name);
+  await one.dispose();
+  await two.dispose();
+});
+
+test('dropout: the same seed gives identical losses, another seed differs', async () => {
+  const f = await loadFixture();
+  const withDropout = { hidden_dropout_prob: 0.1, attention_probs_dropout_prob: 0.1 };
+  const run = async (seed: number) => {
+    const engine = makeEngine(f, withDropout, { seed });
+    const losses: number[] = [];
+    for (let s = 0; s < 3; s++) losses.push((await engine.trainStep(f.batch, { learningRate: 1e-3 })).loss);
+    await engine.dispose();
+    return losses;
+  };
+  const a = await run(1);
+  const b = await run(1);
+  const c = await run(2);
+  assert.deepEqual(a, b);
+  assert.notDeepEqual(a, c);
+  // dropout is really on: the first loss differs from the dropout-free one
+  assert.ok(Math.abs(a[0] - f.meta.train_log[0].loss) > 1e-6);
+});
+
+test('freezing: a frozen parameter gets no gradient and no update', async () => {
+  const f = await loadFixture();
+  const engine = makeEngine(f);
+  const frozen = 'bert.encoder.layer.0.attention.self.query.weight';
+  engine.setTrainable(frozen, false);
+  for (const name of engine.parameterNames()) if (name.startsWith('bert.embeddings')) engine.setTrainable(name, false);
+  await engine.accumulate(f.batch);
+  assert.ok(engine.getGradient(frozen).every((x) => x === 0));
+  // the rest of layer 0 still matches the reference gradient
+  const name = 'bert.encoder.layer.0.attention.self.key.weight';
+  assert.ok(relErr(engine.getGradient(name), f.expected.get(`grad.${name}`)!) < 1e-4);
+  await engine.step({ learningRate: 1e-2 });
+  assert.deepEqual(engine.getWeight(frozen), f.weights.get(frozen));
+  assert.deepEqual(engine.getWeight('bert.embeddings.word_embeddings.weight'), f.weights.get('bert.embeddings.word_embeddings.weight'));
+  assert.notDeepEqual(engine.getWeight(name), f.weights.get(name));
+  await engine.dispose();
+});
+
+test('the event loop keeps running during a training step', async () => {
+  const config: BertConfig = {
+    vocab_size: 1000, hidden_size: 256, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 1024,
+    max_position_embeddings: 128, type_vocab_size: 2, layer_norm_eps: 1e-12, hidden_dropout_prob: 0.1,
+    attention_probs_dropout_prob: 0.1, initializer_range: 0.02, num_labels: 3,
+  };
+  const engine = new Engine({ config, threads: 2 });
+  const B = 16, T = 128;
+  const batch: Batch = {
+    input_ids: Int32Array.from({ length: B * T }, (_, i) => (i * 7) % 1000),
+    labels: Int32Array.from({ length: B }, (_, i) => i % 3),
+    batchSize: B,
+    seqLen: T,
+  };
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 1);
+  const start = Date.now();
+  await engine.trainStep(batch, { learningRate: 1e-4 });
+  const elapsed = Date.now() - start;
+  clearInterval(timer);
+  assert.ok(elapsed > 20, `step too fast to observe (${elapsed} ms)`);
+  assert.ok(ticks >= 3, `only ${ticks} timer ticks in ${elapsed} ms: the step blocked the event loop`);
+  await engine.dispose();
+});
+
+test('bad batches throw errors naming the argument and the expected value', async () => {
+  const f = await loadFixture();
+  const engine = makeEngine(f);
+  const good = f.batch;
+  const bad = async (patch: Partial<Batch> & Record<string, unknown>, re: RegExp) =>
+    assert.rejects(engine.trainStep({ ...good, ...patch } as Batch, { learningRate: 1e-3 }), re);
+  await bad({ input_ids: good.input_ids.slice(1) }, /batch\.input_ids has length 20, expected batchSize × seqLen = 3 × 7 = 21/);
+  await bad({ input_ids: Array.from(good.input_ids) as unknown as Int32Array }, /batch\.input_ids must be an Int32Array/);
+  const big = good.input_ids.slice();
+  big[9] = 100;
+  await bad({ input_ids: big }, /input_ids\[1\]\[2\] = 100 is out of range: expected 0 <= id < vocab_size \(100\)/);
+  const neg = good.input_ids.slice();
+  neg[0] = -1;
+  await bad({ input_ids: neg }, /input_ids\[0\]\[0\] = -1 is out of range/);
+  const tt = good.token_type_ids!.slice();
+  tt[3] = 2;
+  await bad({ token_type_ids: tt }, /token_type_ids\[0\]\[3\] = 2 is out of range: expected 0 <= id < type_vocab_size \(2\)/);
+  const mask = good.attention_mask!.slice();
+  mask[4] = 3;
+  await bad({ attention_mask: mask }, /attention_mask\[0\]\[4\] = 3: expected 0 or 1/);
+  await bad({ labels: Int32Array.from([1, 5, 0]) }, /labels\[1\] = 5 is out of range: expected 0 <= label < num_labels \(5\) or -100/);
+  await bad({ labels: Int32Array.from([1, 2]) }, /batch\.labels has length 2, expected batchSize = 3/);
+  await bad({ labels: undefined }, /batch\.labels is required/);
+  const T = 65;
+  await bad(
+    { input_ids: new Int32Array(T), attention_mask: undefined, token_type_ids: undefined, labels: Int32Array.from([0]), batchSize: 1, seqLen: T },
+    /sequence length T=65 exceeds max_position_embeddings=64/,
+  );
+  await assert.rejects(engine.trainStep(good, {} as { learningRate: number }), /options\.learningRate must be a number/);
+  assert.throws(() => engine.setWeight('classifier.weight', new Float32Array(3)), /classifier\.weight'\): got 3 values, expected 160 \(shape \[5, 32\]\)/);
+  assert.throws(() => engine.getWeight('bert.nope'), /unknown parameter 'bert\.nope'/);
+  // the engine still works after all that
+  const { logits } = await engine.forward(good);
+  assert.ok(relErr(logits, f.expected.get('logits')!) < 1e-4);
+  await engine.dispose();
+  await assert.rejects(engine.forward(good), /the engine has been disposed/);
+  assert.throws(() => engine.getWeight('classifier.weight'), /the engine has been disposed/);
+});
+
+test('bad configs throw naming the field', () => {
+  const base: BertConfig = {
+    vocab_size: 10, hidden_size: 30, num_hidden_layers: 1, num_attention_heads: 4, intermediate_size: 8,
+    max_position_embeddings: 8, type_vocab_size: 2, layer_norm_eps: 1e-12, hidden_dropout_prob: 0,
+    attention_probs_dropout_prob: 0, initializer_range: 0.02, num_labels: 2,
+  };
+  assert.throws(() => new Engine({ config: base }), /hidden_size \(30\) must be a multiple of config\.num_attention_heads \(4\)/);
+  assert.throws(() => new Engine({ config: { ...base, hidden_size: 32, num_labels: 0 } }), /config\.num_labels must be a positive integer, got 0/);
+  assert.throws(() => new Engine({ config: { ...base, hidden_size: 32, hidden_dropout_prob: 1 } }), /hidden_dropout_prob must be in \[0, 1\)/);
+  assert.throws(
+    () => new Engine({ config: { ...base, hidden_size: 32 }, class_weights: new Float32Array(3) }),
+    /class_weights has 3 entries, expected num_labels = 2/,
+  );
+});
