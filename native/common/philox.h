@@ -76,8 +76,13 @@ NT_HD Words dropout_block(uint64_t seed, uint64_t step, uint32_t tensor_id, uint
 // Top 24 bits as a float in [0, 1): exact, no rounding.
 NT_HD float to_uniform(uint32_t x) { return (float)(x >> 8) * 5.9604644775390625e-08f; }
 
+// Word j (0..3) by selects, so a device compiler keeps the block in registers.
+NT_HD uint32_t word(const Words& w, unsigned j) {
+    return j == 0 ? w.x[0] : j == 1 ? w.x[1] : j == 2 ? w.x[2] : w.x[3];
+}
+
 NT_HD float dropout_uniform(uint64_t seed, uint64_t step, uint32_t tensor_id, uint64_t index) {
-    return to_uniform(dropout_block(seed, step, tensor_id, index >> 2).x[index & 3]);
+    return to_uniform(word(dropout_block(seed, step, tensor_id, index >> 2), (unsigned)(index & 3)));
 }
 
 }  // namespace philox

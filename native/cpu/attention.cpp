@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/simd_math.h"
 
 namespace nt {
 namespace detail {
@@ -29,23 +30,30 @@ inline bool attends(const int32_t* mask, int b, int Tn, int t) {
     return mask == nullptr || mask[(size_t)b * Tn + t] != 0;
 }
 
-// Row-wise masked softmax of P (T x T) in place.
+// Row-wise masked softmax of P (T x T) in place. Padding keys are set to
+// -inf so their exponential is exactly 0.
 template <typename T>
 void masked_softmax(T* P, const int32_t* mask, int b, int Tn) {
+    const int32_t* m = mask ? mask + (size_t)b * Tn : nullptr;
     bool any = false;
-    for (int t = 0; t < Tn; t++) any = any || attends(mask, b, Tn, t);
+    for (int t = 0; t < Tn; t++) any = any || m == nullptr || m[t] != 0;
     for (int t1 = 0; t1 < Tn; t1++) {
         T* row = P + (size_t)t1 * Tn;
         if (!any) {
             for (int t2 = 0; t2 < Tn; t2++) row[t2] = T(1) / Tn;
             continue;
         }
-        T mx = -INFINITY;
-        for (int t2 = 0; t2 < Tn; t2++)
-            if (attends(mask, b, Tn, t2) && row[t2] > mx) mx = row[t2];
+        if (m) {
+#pragma omp simd
+            for (int t2 = 0; t2 < Tn; t2++) row[t2] = m[t2] != 0 ? row[t2] : T(-INFINITY);
+        }
+        T mx = T(-INFINITY);
+#pragma omp simd reduction(max : mx)
+        for (int t2 = 0; t2 < Tn; t2++) mx = row[t2] > mx ? row[t2] : mx;
         T sum = 0;
+#pragma omp simd reduction(+ : sum)
         for (int t2 = 0; t2 < Tn; t2++) {
-            const T e = attends(mask, b, Tn, t2) ? std::exp(row[t2] - mx) : T(0);
+            const T e = simd::exp(row[t2] - mx);
             row[t2] = e;
             sum += e;
         }
@@ -126,7 +134,7 @@ void attention_backward(T* dqkv, T* scratch, const T* dout, const T* qkv, const 
             // Where P > 0, P' != 0 exactly when the element was kept (P' = P *
             // scale, scale >= 1); where P == 0, dS below is 0 whatever dP is.
 #pragma omp simd
-            for (size_t i = 0; i < TT; i++) dS[i] = Pd[i] != T(0) ? dS[i] * keep_scale : T(0);
+            for (size_t i = 0; i < TT; i++) dS[i] *= Pd[i] != T(0) ? keep_scale : T(0);
         }
         bool any = false;
         for (int t = 0; t < Tn; t++) any = any || attends(mask, b, Tn, t);

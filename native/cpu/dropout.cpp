@@ -17,6 +17,9 @@
 // hi32(step) is not used: keys repeat only after 2^32 optimizer steps.
 // 1 / (1 - p) is computed in T from the float p (1 - p rounded in T first).
 #include <cmath>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "cpu/kernels.h"
 
@@ -53,10 +56,65 @@ inline void uniform_words(const DropoutKey& key, uint64_t q, uint32_t x[4]) {
     philox4x32_10(ctr, k, x);
 }
 inline float to_uniform(uint32_t x) { return (float)(x >> 8) * 0x1p-24f; }
+
+// Philox for the 8 consecutive blocks q0..q0+7: x[4 l + j] = word j of block
+// q0 + l, i.e. the word of element index 4 q0 + 4 l + j. Same arithmetic as
+// philox4x32_10, eight lanes at a time.
+#if defined(__AVX2__)
+// 32x32 -> 64 multiply of all eight lanes by m: mul_epu32 covers the even
+// lanes, a 32-bit shift brings the odd lanes down; blends put hi/lo back in
+// lane order.
+inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+    const __m256i pe = _mm256_mul_epu32(a, m);
+    const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+    lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+}
+
+void philox_words8(const DropoutKey& key, uint64_t q0, uint32_t x[32]) {
+    alignas(32) uint32_t lo[8], hi[8];
+    for (int l = 0; l < 8; l++) {
+        lo[l] = (uint32_t)(q0 + l);
+        hi[l] = (uint32_t)((q0 + l) >> 32);
+    }
+    __m256i c0 = _mm256_load_si256((const __m256i*)lo);
+    __m256i c1 = _mm256_load_si256((const __m256i*)hi);
+    __m256i c2 = _mm256_set1_epi32((int)key.tensor_id);
+    __m256i c3 = _mm256_set1_epi32((int)(uint32_t)key.step);
+    __m256i k0 = _mm256_set1_epi32((int)(uint32_t)key.seed);
+    __m256i k1 = _mm256_set1_epi32((int)(uint32_t)(key.seed >> 32));
+    const __m256i m0 = _mm256_set1_epi32((int)0xD2511F53u), m1 = _mm256_set1_epi32((int)0xCD9E8D57u);
+    const __m256i w0 = _mm256_set1_epi32((int)0x9E3779B9u), w1 = _mm256_set1_epi32((int)0xBB67AE85u);
+    for (int r = 0; r < 10; r++) {
+        __m256i hi0, lo0, hi1, lo1;
+        mulhilo8(c0, m0, hi0, lo0);
+        mulhilo8(c2, m1, hi1, lo1);
+        c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), k0);
+        c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1);
+        c1 = lo1;
+        c3 = lo0;
+        k0 = _mm256_add_epi32(k0, w0);
+        k1 = _mm256_add_epi32(k1, w1);
+    }
+    // 4 x 8 transpose to block-major order.
+    const __m256i a0 = _mm256_unpacklo_epi32(c0, c1), a1 = _mm256_unpackhi_epi32(c0, c1);
+    const __m256i b0 = _mm256_unpacklo_epi32(c2, c3), b1 = _mm256_unpackhi_epi32(c2, c3);
+    const __m256i d0 = _mm256_unpacklo_epi64(a0, b0), d1 = _mm256_unpackhi_epi64(a0, b0);
+    const __m256i d2 = _mm256_unpacklo_epi64(a1, b1), d3 = _mm256_unpackhi_epi64(a1, b1);
+    _mm256_storeu_si256((__m256i*)(x + 0), _mm256_permute2x128_si256(d0, d1, 0x20));
+    _mm256_storeu_si256((__m256i*)(x + 8), _mm256_permute2x128_si256(d2, d3, 0x20));
+    _mm256_storeu_si256((__m256i*)(x + 16), _mm256_permute2x128_si256(d0, d1, 0x31));
+    _mm256_storeu_si256((__m256i*)(x + 24), _mm256_permute2x128_si256(d2, d3, 0x31));
+}
+#else
+void philox_words8(const DropoutKey& key, uint64_t q0, uint32_t x[32]) {
+    for (int l = 0; l < 8; l++) uniform_words(key, q0 + l, x + 4 * l);
+}
+#endif
 }  // namespace
 
-// out[i] = in[i] * mask(index0 + i) * scale for i in [0, n); serial. out may
-// alias in. Used by dropout_* and by attention (probability dropout).
+// out[i] = in[i] * (kept ? scale : 0) for i in [0, n); serial; out may alias
+// in. A multiply, as torch's input * mask, so NaN/inf inputs stay NaN. Used by dropout_* and by attention (probability dropout).
 template <typename T>
 void dropout_apply(T* out, const T* in, size_t n, uint64_t index0, float p,
                    const DropoutKey& key) {
@@ -71,17 +129,25 @@ void dropout_apply(T* out, const T* in, size_t n, uint64_t index0, float p,
         return;
     }
     const T scale = T(1) / (T(1) - T(p));
-    const uint64_t first = index0 >> 2, last = (index0 + n - 1) >> 2;
-    for (uint64_t q = first; q <= last; q++) {
-        uint32_t x[4];
-        uniform_words(key, q, x);
-        for (int j = 0; j < 4; j++) {
-            const uint64_t idx = (q << 2) + j;
-            if (idx < index0 || idx >= index0 + n) continue;
-            const size_t i = idx - index0;
-            out[i] = to_uniform(x[j]) >= p ? in[i] * scale : T(0);
+    const uint64_t end = index0 + n;
+    uint64_t idx = index0;
+    // Bulk: 32 elements (8 Philox blocks) at a time from a multiple of 4.
+    uint64_t bulk = (idx + 3) & ~uint64_t(3);
+    for (; idx < bulk && idx < end; idx++)
+        out[idx - index0] = in[idx - index0] * (dropout_uniform(key, idx) >= p ? scale : T(0));
+    for (; idx + 32 <= end; idx += 32) {
+        uint32_t x[32];
+        philox_words8(key, idx >> 2, x);
+        T* o = out + (idx - index0);
+        const T* s = in + (idx - index0);
+#pragma omp simd
+        for (int e = 0; e < 32; e++) {
+            const float u = to_uniform(x[e]);
+            o[e] = s[e] * (u >= p ? scale : T(0));
         }
     }
+    for (; idx < end; idx++)
+        out[idx - index0] = in[idx - index0] * (dropout_uniform(key, idx) >= p ? scale : T(0));
 }
 template void dropout_apply<float>(float*, const float*, size_t, uint64_t, float,
                                    const DropoutKey&);

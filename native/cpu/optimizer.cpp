@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "cpu/kernels.h"
 
@@ -13,9 +12,10 @@ namespace nt {
 // deterministic for a given thread count (an OpenMP reduction clause is not).
 template <typename T>
 double sum_squares(const T* g, size_t n) {
-    std::vector<double> part(omp_get_max_threads(), 0.0);
+    constexpr int kMaxThreads = 256;  // partials on the stack: the step allocates nothing
+    double part[kMaxThreads];
     int used = 1;
-#pragma omp parallel
+#pragma omp parallel num_threads(std::min(omp_get_max_threads(), kMaxThreads))
     {
         const int nth = omp_get_num_threads(), tid = omp_get_thread_num();
         const size_t chunk = (n + nth - 1) / nth;
@@ -24,8 +24,7 @@ double sum_squares(const T* g, size_t n) {
 #pragma omp simd reduction(+ : s)
         for (size_t i = i0; i < i1; i++) s += (double)g[i] * (double)g[i];
         part[tid] = s;
-#pragma omp single
-        used = nth;
+        if (tid == 0) used = nth;
     }
     double total = 0;
     for (int t = 0; t < used; t++) total += part[t];

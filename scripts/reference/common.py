@@ -12,18 +12,20 @@ import platform
 import unicodedata
 from pathlib import Path
 
+# huggingface_hub reads these when it is imported, so scripts import this module first.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "test" / "fixtures"
 MINILM_DIR = REPO_ROOT / ".cache" / "models" / "all-MiniLM-L6-v2"
 
 
-def offline_and_deterministic(threads: int = 1) -> None:
-    """Forbid network access by HF libraries and make torch CPU math repeatable.
+def deterministic(threads: int = 1) -> None:
+    """Make torch CPU math repeatable (offline mode is set when this module is imported).
 
     One thread keeps reduction order fixed, so reruns give bit-identical files.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
 
     torch.set_num_threads(threads)
@@ -83,6 +85,13 @@ def _escape_invisible(ch: str) -> str:
 def _utf16_units(ch: str) -> list[int]:
     b = ch.encode("utf-16-be")
     return [int.from_bytes(b[i : i + 2], "big") for i in range(0, len(b), 2)]
+
+
+def make_readable(folder: Path) -> None:
+    """safetensors writes files 0600; fixtures are ordinary repository files."""
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o644)
 
 
 def write_json(path: Path, obj) -> None:

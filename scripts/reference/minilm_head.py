@@ -16,11 +16,13 @@ Run: python3 scripts/reference/minilm_head.py   (needs scripts/fetch-model.sh fi
 
 from __future__ import annotations
 
+from common import (  # before HF: offline mode
+    FIXTURES, MINILM_DIR, REPO_ROOT, deterministic, make_readable, versions, write_json,
+)
+
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, BertForSequenceClassification
-
-from common import FIXTURES, MINILM_DIR, REPO_ROOT, offline_and_deterministic, versions, write_json
 
 OUT = FIXTURES / "minilm-head"
 NUM_LABELS = 5
@@ -100,7 +102,7 @@ def check_checkpoint_layout() -> dict:
 
 
 def main() -> None:
-    offline_and_deterministic()
+    deterministic()
     tok = AutoTokenizer.from_pretrained(MINILM_DIR)
     enc = tok(SENTENCES, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
     head = make_head()
@@ -133,6 +135,7 @@ def main() -> None:
         "logits": [[float(x) for x in row] for row in logits32.tolist()],
         "versions": versions(),
     })
+    make_readable(OUT)
     print(f"wrote {OUT}: N={len(SENTENCES)} T={enc['input_ids'].shape[1]} fp32-vs-fp64 max|d|={delta:.3e}")
 
 

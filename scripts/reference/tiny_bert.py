@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import copy
 
+from common import FIXTURES, deterministic, make_readable, versions, write_json  # before HF: offline mode
+
 import torch
 from safetensors.torch import save_file
 from transformers import BertConfig, BertForSequenceClassification, Trainer
-
-from common import FIXTURES, offline_and_deterministic, versions, write_json
 
 OUT = FIXTURES / "tiny-bert"
 
@@ -149,6 +149,7 @@ def train_steps(model, batch) -> tuple[dict, dict]:
         lr=LR, betas=BETAS, eps=EPS, foreach=False,
     )
     t, info = {}, {"steps": []}
+    model.zero_grad(set_to_none=True)  # earlier reference passes leave .grad behind
     for k in range(1, STEPS + 1):
         out = model(**batch)
         out.loss.backward()
@@ -156,6 +157,8 @@ def train_steps(model, batch) -> tuple[dict, dict]:
         clipped = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()))
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if k == 1:
+            t.update({f"after1.{n}": p.detach().clone() for n, p in model.named_parameters()})
         t[f"step{k}.loss"] = out.loss.detach().reshape(1).clone()
         t[f"step{k}.grad_norm"] = norm.detach().reshape(1).clone()
         info["steps"].append({"step": k, "loss": out.loss.item(), "grad_norm": norm.item(),
@@ -165,12 +168,26 @@ def train_steps(model, batch) -> tuple[dict, dict]:
     return t, info
 
 
+def replay_first_step(init: dict, t: dict, decay: set) -> None:
+    """Restates clip_grad_norm_ + AdamW step 1 by formula; guards the fixture and the README's description."""
+    norm = torch.sqrt(sum((t[f"grad.{n}"] ** 2).sum() for n in init))
+    assert torch.allclose(norm, t["step1.grad_norm"][0], rtol=1e-12), (norm.item(), t["step1.grad_norm"].item())
+    coef = min(1.0, MAX_GRAD_NORM / (norm.item() + 1e-6))
+    b1, b2 = BETAS
+    for n, p0 in init.items():
+        g = t[f"grad.{n}"] * coef
+        p = p0.double() * (1 - LR * (WEIGHT_DECAY if n in decay else 0.0))
+        m, v = (1 - b1) * g, (1 - b2) * g * g
+        p = p - (LR / (1 - b1)) * m / (v.sqrt() / (1 - b2) ** 0.5 + EPS)
+        assert torch.allclose(p, t[f"after1.{n}"], rtol=0, atol=1e-12), n
+
+
 def contiguous(t: dict) -> dict:
     return {k: v.contiguous() for k, v in t.items()}
 
 
 def main() -> None:
-    offline_and_deterministic()
+    deterministic()
     OUT.mkdir(parents=True, exist_ok=True)
     model = build_model()
     model.save_pretrained(OUT)  # config.json (architectures, id2label, ...) + float32 model.safetensors
@@ -181,8 +198,11 @@ def main() -> None:
 
     m64 = copy.deepcopy(model).double()
     t64 = reference_tensors(m64, batch, torch.float64)
+    init = {n: p.detach().clone() for n, p in m64.named_parameters()}
     steps, info = train_steps(m64, batch)
     t64.update(steps)
+    assert torch.equal(t64["step1.loss"], t64["loss"]), "step 1 must start from the saved weights"
+    replay_first_step(init, t64, set(info["decay"]))
     assert all(s["clipped"] for s in info["steps"]), f"clip_grad_norm_ did not clip: {info['steps']}"
 
     save_file(contiguous(t64), str(OUT / "expected.safetensors"), metadata={"dtype": "float64"})
@@ -206,6 +226,7 @@ def main() -> None:
         },
         "versions": versions(),
     })
+    make_readable(OUT)
     print(f"wrote {OUT}")
     print(f"loss={t64['loss'].item():.10f} groups decay={info['decay_tensors']} no_decay={info['no_decay_tensors']}")
     for s in info["steps"]:

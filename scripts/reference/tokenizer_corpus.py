@@ -25,13 +25,13 @@ Run: python3 scripts/reference/tokenizer_corpus.py   (needs scripts/fetch-model.
 
 from __future__ import annotations
 
+from common import FIXTURES, MINILM_DIR, deterministic, make_readable, versions, write_json  # before HF: offline
+
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
-from transformers.utils import logging as hf_logging
 from transformers.models.bert.tokenization_bert import BertTokenizer, load_vocab
 from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
-
-from common import FIXTURES, MINILM_DIR, offline_and_deterministic, versions, write_json
+from transformers.utils import logging as hf_logging
 
 OUT = FIXTURES / "tokenizer"
 DEFAULT_MAX_LENGTH = 128
@@ -143,7 +143,7 @@ def encode_raw(raw: Tokenizer, case: dict) -> dict:
 
 
 def main() -> None:
-    offline_and_deterministic()
+    deterministic()
     hf_logging.set_verbosity_error()  # the slow tokenizer warns once per truncated pair
     raw = Tokenizer.from_file(str(MINILM_DIR / "tokenizer.json"))
     raw.no_padding()
@@ -180,6 +180,7 @@ def main() -> None:
         "versions": versions(),
         "cases": records,
     })
+    make_readable(OUT)
     print(f"wrote {OUT / 'corpus.json'}: {len(records)} cases, fast!=slow in {len(diffs)}, "
           f"fast!=vocab-built in {len(vocab_diffs)}, fast!=raw tokenizers in {len(raw_diffs)}")
     for d in diffs:

@@ -85,17 +85,16 @@ export function computeMetrics(
   const scores = scoresFromMatrix(matrix);
   const per_class: Record<string, ClassScores> = {};
   names.forEach((name, c) => (per_class[name] = scores[c]));
-  const results: EvalResults = {
+  return {
     accuracy: trace(matrix) / labels.length,
     macro_f1: averageF1(matrix, 'macro'),
     micro_f1: averageF1(matrix, 'micro'),
     weighted_f1: averageF1(matrix, 'weighted'),
+    ...(loss === undefined ? {} : { loss }),
     per_class,
     confusion_matrix: matrix,
     labels: names,
   };
-  if (loss !== undefined) results.loss = loss;
-  return results;
 }
 
 function labelNames(id2label: Record<string, string>): string[] {

@@ -5,8 +5,9 @@
  * `WordPiece` model (models/wordpiece). It is the same algorithm as the Python
  * `BasicTokenizer` + `WordpieceTokenizer` of transformers, with the crate's
  * character classes where the two differ (CJK ranges, lowercase per code point,
- * the crate's Unicode punctuation table).
+ * the crate's Unicode tables, see unicode-tables.ts).
  */
+import { NONSPACING_MARKS, NON_ASCII_PUNCTUATION, REMOVED_BY_CLEAN_TEXT, SPACE_BY_CLEAN_TEXT } from './unicode-tables.js';
 
 /** Settings of `BertNormalizer`, by the field names of tokenizer.json. */
 export interface BertNormalizerOptions {
@@ -37,25 +38,19 @@ export interface AddedTokenSpec {
   normalized?: boolean;
 }
 
-const CONTROL = /^[\p{Cc}\p{Cf}\p{Co}\p{Cs}]$/u; // Rust `is_other` as the crate applies it: unassigned (Cn) is kept
-const WHITESPACE = /^\p{White_Space}$/u; // Rust `char::is_whitespace`
-const NONSPACING_MARK = /\p{Mn}/gu;
-const PUNCTUATION = /^\p{P}$/u; // Rust `is_punctuation`: Pc Pd Pe Pf Pi Po Ps
+const WHITESPACE = /^\p{White_Space}$/u; // Rust `char::is_whitespace` (BertPreTokenizer)
 
-/**
- * Punctuation added to Unicode after the table of the `unicode_categories`
- * crate the tokenizers crate uses: HF does not split on these, so neither do we.
- * Found by comparing every code point against `tokenizers` (Python binding).
- */
-const NOT_PUNCTUATION_IN_HF = new Set<number>(NOT_PUNCTUATION_LIST());
-
-function NOT_PUNCTUATION_LIST(): number[] {
-  return [];
-}
-
-function isControl(cp: number): boolean {
-  if (cp === 0x09 || cp === 0x0a || cp === 0x0d) return false;
-  return CONTROL.test(String.fromCodePoint(cp));
+/** Binary search in flat [first, last, first, last, ...] ranges. */
+function inRanges(table: readonly number[], cp: number): boolean {
+  let lo = 0;
+  let hi = table.length / 2 - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (cp < table[2 * mid]) hi = mid - 1;
+    else if (cp > table[2 * mid + 1]) lo = mid + 1;
+    else return true;
+  }
+  return false;
 }
 
 function isWhitespace(cp: number): boolean {
@@ -79,7 +74,7 @@ export function isChineseChar(cp: number): boolean {
 /** ASCII punctuation or a Unicode P* character known to the tokenizers crate. */
 export function isBertPunctuation(cp: number): boolean {
   if ((cp >= 33 && cp <= 47) || (cp >= 58 && cp <= 64) || (cp >= 91 && cp <= 96) || (cp >= 123 && cp <= 126)) return true;
-  return PUNCTUATION.test(String.fromCodePoint(cp)) && !NOT_PUNCTUATION_IN_HF.has(cp);
+  return inRanges(NON_ASCII_PUNCTUATION, cp);
 }
 
 /**
@@ -93,8 +88,8 @@ export function bertNormalize(text: string, opts: BertNormalizerOptions): string
     for (const ch of out) {
       const cp = ch.codePointAt(0)!;
       if (opts.clean_text) {
-        if (cp === 0 || cp === 0xfffd || isControl(cp)) continue;
-        if (isWhitespace(cp)) {
+        if (inRanges(REMOVED_BY_CLEAN_TEXT, cp)) continue;
+        if (inRanges(SPACE_BY_CLEAN_TEXT, cp)) {
           s += ' ';
           continue;
         }
@@ -104,7 +99,11 @@ export function bertNormalize(text: string, opts: BertNormalizerOptions): string
     out = s;
   }
   const strip = opts.strip_accents ?? opts.lowercase;
-  if (strip) out = out.normalize('NFD').replace(NONSPACING_MARK, '');
+  if (strip) {
+    let s = '';
+    for (const ch of out.normalize('NFD')) if (!inRanges(NONSPACING_MARKS, ch.codePointAt(0)!)) s += ch;
+    out = s;
+  }
   if (opts.lowercase) {
     // Per code point, like Rust char::to_lowercase: no final-sigma context rule.
     let s = '';

@@ -1,0 +1,219 @@
+/**
+ * Text classification with a fine-tuned model folder: tokenize, run the model
+ * (onnxruntime-node on onnx/model.onnx, or the native engine on
+ * model.safetensors), softmax, top-k labels — what the Hugging Face
+ * `text-classification` pipeline returns, for many concurrent callers.
+ */
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { BertConfig } from './config.js';
+import type { Batch } from './engine.js';
+import { loadModelFolder, parseBertConfig } from './io/model-folder.js';
+import { BertTokenizer } from './tokenizer/index.js';
+
+/** One label with its softmax probability in [0, 1]. */
+export interface Prediction {
+  label: string;
+  score: number;
+}
+
+export type ClassifierBackend = 'native' | 'onnx';
+
+export interface ClassifierOptions {
+  /** 'onnx' (default): onnx/model.onnx via onnxruntime-node; 'native': the C++ engine on model.safetensors. */
+  backend?: ClassifierBackend;
+  /** Tokens per text including [CLS]/[SEP]; longer texts are truncated. Default: max_position_embeddings (≤ 512). */
+  maxLength?: number;
+  /** Texts per forward pass; queued texts of concurrent callers share batches. Default 32. */
+  batchSize?: number;
+  /** Intra-op threads for the backend; default: the backend's own default (all cores). */
+  threads?: number;
+}
+
+export interface ClassifyOptions {
+  /** Labels returned per text, best first; clamped to num_labels. Default 1. */
+  topK?: number;
+}
+
+/** Runs one padded batch to logits (B, num_labels) float32. */
+interface Backend {
+  run(batch: Batch): Promise<Float32Array>;
+  dispose(): Promise<void>;
+}
+
+async function onnxBackend(folder: string, threads?: number): Promise<Backend> {
+  const path = join(folder, 'onnx', 'model.onnx');
+  if (!existsSync(path)) {
+    throw new Error(`${path} not found: run \`nodetune export --model ${folder}\` first, or use backend 'native'`);
+  }
+  const ort = await import('onnxruntime-node');
+  const session = await ort.InferenceSession.create(path, threads ? { intraOpNumThreads: threads } : {});
+  const int64 = (data: Int32Array, dims: number[]) => new ort.Tensor('int64', BigInt64Array.from(data, (v) => BigInt(v)), dims);
+  return {
+    async run(batch) {
+      const dims = [batch.batchSize, batch.seqLen];
+      const out = await session.run({
+        input_ids: int64(batch.input_ids, dims),
+        attention_mask: int64(batch.attention_mask!, dims),
+        token_type_ids: int64(batch.token_type_ids!, dims),
+      });
+      return out.logits.data as Float32Array;
+    },
+    dispose: () => session.release(),
+  };
+}
+
+async function nativeBackend(folder: string, threads?: number): Promise<Backend> {
+  const { Engine } = await import('./engine.js');
+  const { config, weights, newlyInitialized } = await loadModelFolder(folder);
+  if (newlyInitialized.length > 0) {
+    throw new Error(`${folder} has no trained weights for ${newlyInitialized.join(', ')}: fine-tune the model first`);
+  }
+  const engine = new Engine({ config, threads });
+  for (const [name, data] of weights) engine.setWeight(name, data);
+  return {
+    run: async (batch) => (await engine.forward(batch)).logits,
+    dispose: () => engine.dispose(),
+  };
+}
+
+/** config.json of `folder` as a BertConfig. @throws Error naming the file when it is missing or not valid JSON. */
+async function readModelConfig(folder: string): Promise<BertConfig> {
+  const path = join(folder, 'config.json');
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read ${path}: ${(err as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${path} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new Error(`${path} must hold a JSON object`);
+  return parseBertConfig(json as Record<string, unknown>, path);
+}
+
+/** softmax(row) in float64, then the topK (label, score) pairs by descending score. */
+function topPredictions(logits: Float32Array, labels: readonly string[], topK: number): Prediction[] {
+  const max = logits.reduce((m, v) => Math.max(m, v), -Infinity);
+  const exps = Array.from(logits, (v) => Math.exp(v - max));
+  const sum = exps.reduce((a, b) => a + b, 0);
+  return exps
+    .map((e, i) => ({ label: labels[i], score: e / sum }))
+    .sort((a, b) => b.score - a.score)
+    .slice(0, topK);
+}
+
+interface Pending {
+  text: string;
+  resolve: (logits: Float32Array) => void;
+  reject: (err: unknown) => void;
+}
+
+/**
+ * A loaded text classifier. `classify` may be called concurrently: texts go
+ * into one FIFO queue that a single worker drains `batchSize` texts at a time,
+ * so the session/engine never runs two batches at once.
+ */
+export class Classifier {
+  /** id2label as a list: labels[i] names logit i. */
+  readonly labels: readonly string[];
+  private readonly queue: Pending[] = [];
+  private draining: Promise<void> | null = null;
+  private disposed = false;
+
+  private constructor(
+    readonly config: BertConfig,
+    private readonly tokenizer: BertTokenizer,
+    private readonly runner: Backend,
+    /** Which backend runs the model. */
+    readonly backend: ClassifierBackend,
+    readonly maxLength: number,
+    readonly batchSize: number,
+  ) {
+    this.labels = Array.from({ length: config.num_labels }, (_, i) => config.id2label?.[String(i)] ?? `LABEL_${i}`);
+  }
+
+  /**
+   * Load a model folder (config.json, tokenizer files, and onnx/model.onnx or
+   * model.safetensors).
+   * @throws Error naming the missing file (for 'onnx': run `nodetune export`),
+   *   an invalid option, or a folder whose classifier head is untrained.
+   */
+  static async load(folder: string, options: ClassifierOptions = {}): Promise<Classifier> {
+    const backendName = options.backend ?? 'onnx';
+    if (backendName !== 'onnx' && backendName !== 'native') {
+      throw new Error(`Classifier.load: backend '${String(backendName)}' is unknown (expected 'onnx' or 'native')`);
+    }
+    const batchSize = options.batchSize ?? 32;
+    if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`Classifier.load: batchSize ${batchSize} must be a positive integer`);
+    const config = await readModelConfig(folder);
+    const maxLength = options.maxLength ?? Math.min(512, config.max_position_embeddings);
+    if (!Number.isInteger(maxLength) || maxLength < 2) throw new Error(`Classifier.load: maxLength ${maxLength} must be an integer ≥ 2`);
+    const tokenizer = await BertTokenizer.fromFolder(folder, { maxPositionEmbeddings: config.max_position_embeddings });
+    const runner = backendName === 'onnx' ? await onnxBackend(folder, options.threads) : await nativeBackend(folder, options.threads);
+    return new Classifier(config, tokenizer, runner, backendName, maxLength, batchSize);
+  }
+
+  /**
+   * Classify one text or a list of texts.
+   * @returns per text, its topK predictions sorted by descending score
+   *   (softmax over the logits; labels from id2label). A single string gives
+   *   one list, an array gives one list per text.
+   * @throws Error for a non-string text (naming its index), a topK that is
+   *   not a positive integer, or after dispose().
+   */
+  classify(text: string, options?: ClassifyOptions): Promise<Prediction[]>;
+  classify(texts: readonly string[], options?: ClassifyOptions): Promise<Prediction[][]>;
+  async classify(input: string | readonly string[], options: ClassifyOptions = {}): Promise<Prediction[] | Prediction[][]> {
+    const topK = options.topK ?? 1;
+    if (!Number.isInteger(topK) || topK < 1) throw new Error(`classify: topK ${topK} must be a positive integer`);
+    const texts = typeof input === 'string' ? [input] : input;
+    texts.forEach((t, i) => {
+      if (typeof t !== 'string') throw new Error(`classify: texts[${i}] is ${typeof t}, expected a string`);
+    });
+    const logits = await Promise.all(texts.map((t) => this.enqueue(t)));
+    const preds = logits.map((row) => topPredictions(row, this.labels, Math.min(topK, this.labels.length)));
+    return typeof input === 'string' ? preds[0] : preds;
+  }
+
+  /** Waits for queued work, then frees the session/engine; later classify calls throw. */
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    await this.draining;
+    await this.runner.dispose();
+  }
+
+  private enqueue(text: string): Promise<Float32Array> {
+    if (this.disposed) return Promise.reject(new Error('classify: the Classifier has been disposed'));
+    const done = new Promise<Float32Array>((resolve, reject) => this.queue.push({ text, resolve, reject }));
+    this.draining ??= this.drain();
+    return done;
+  }
+
+  /** The single worker; clears `draining` in the same tick it sees an empty queue, so no text is stranded. */
+  private async drain(): Promise<void> {
+    // Yield once so that texts queued in the same tick share the first batch.
+    await Promise.resolve();
+    for (;;) {
+      const chunk = this.queue.splice(0, this.batchSize);
+      if (chunk.length === 0) {
+        this.draining = null;
+        return;
+      }
+      try {
+        const batch = this.tokenizer.encodeBatch(chunk.map((p) => p.text), null, { maxLength: this.maxLength });
+        const logits = await this.runner.run(batch);
+        const L = this.labels.length;
+        chunk.forEach((p, b) => p.resolve(logits.slice(b * L, (b + 1) * L)));
+      } catch (err) {
+        chunk.forEach((p) => p.reject(err));
+      }
+    }
+  }
+}

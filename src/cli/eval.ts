@@ -1,0 +1,51 @@
+/** `nodetune eval`: the evaluation report of a fine-tuned model folder on a labelled file. */
+import { Command } from 'commander';
+import { writeFile, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { evaluateFile } from '../train/evaluate.js';
+import { formatClassificationReport } from '../metrics/index.js';
+import { writeReport } from '../report/index.js';
+import { applyConfigFile, int, printTable, requireOptions } from './common.js';
+
+export function registerEval(program: Command): void {
+  program
+    .command('eval')
+    .description('evaluate a fine-tuned model folder on a labelled file: accuracy, F1s, per-class report, confusion matrix')
+    .option('--model <folder>', 'fine-tuned model folder (config.json with id2label)')
+    .option('--data <file>', 'labelled data (.csv, .tsv, .jsonl)')
+    .option('--text-column <name>', 'column holding the text', 'text')
+    .option('--text-pair-column <name>', 'column holding the second text of a pair')
+    .option('--label-column <name>', 'column holding the label', 'label')
+    .option('--max-length <n>', 'truncate to n tokens', int, 128)
+    .option('--batch-size <n>', 'examples per forward pass', int, 64)
+    .option('--threads <n>', 'CPU threads (default: all cores)', int)
+    .option('--output <folder>', 'also write eval_results.json and report.html here')
+    .option('--config <file>', 'JSON or YAML file holding any of these flags')
+    .action(async (opts: Record<string, unknown>, cmd: Command) => {
+      await applyConfigFile(cmd, opts);
+      requireOptions(opts, ['model', 'data']);
+      const results = await evaluateFile({
+        model: String(opts.model),
+        data: String(opts.data),
+        text_column: opts.textColumn as string,
+        text_pair_column: opts.textPairColumn as string | undefined,
+        label_column: opts.labelColumn as string,
+        max_length: opts.maxLength as number,
+        batch_size: opts.batchSize as number,
+        threads: opts.threads as number | undefined,
+      });
+      process.stdout.write(`${formatClassificationReport(results)}\n`);
+      if (opts.output) {
+        const out = String(opts.output);
+        await mkdir(out, { recursive: true });
+        await writeFile(join(out, 'eval_results.json'), JSON.stringify(results, null, 1));
+        writeReport(out, { title: `nodetune eval: ${opts.model} on ${opts.data}`, trainLog: [], evalHistory: [], finalEval: results });
+      }
+      printTable('nodetune eval', [
+        ['accuracy', results.accuracy.toFixed(4)],
+        ['macro F1', results.macro_f1.toFixed(4)],
+        ['weighted F1', results.weighted_f1.toFixed(4)],
+        ['loss', (results.loss ?? NaN).toFixed(4)],
+      ]);
+    });
+}

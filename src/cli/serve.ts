@@ -1,0 +1,60 @@
+/**
+ * `nodetune serve --model <folder> [--port 8080] [--host 127.0.0.1] [--backend onnx]`:
+ * HTTP inference (POST /classify, GET /health; see src/serve/server.ts).
+ */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import type { ClassifierBackend } from '../classifier.js';
+import { startServer } from '../serve/server.js';
+import { parseIntOption } from './export.js';
+
+function positive(value: string): number {
+  const n = parseIntOption(value);
+  if (n < 1) throw new InvalidArgumentError(`'${value}' must be at least 1.`);
+  return n;
+}
+
+function port(value: string): number {
+  const n = parseIntOption(value);
+  if (n < 0 || n > 65535) throw new InvalidArgumentError(`'${value}' is not a TCP port (0-65535).`);
+  return n;
+}
+
+interface ServeCliOptions {
+  model: string;
+  port: number;
+  host: string;
+  backend: ClassifierBackend;
+  maxTexts: number;
+  maxBodyBytes: number;
+  maxLength?: number;
+  batchSize: number;
+  threads?: number;
+}
+
+/** Adds the `serve` sub-command to `program`. It runs until SIGINT/SIGTERM. */
+export function registerServe(program: Command): Command {
+  return program
+    .command('serve')
+    .description('Serve a fine-tuned model over HTTP: POST /classify {"text"|"texts", "top_k"}, GET /health')
+    .requiredOption('--model <folder>', 'model folder (onnx/model.onnx for --backend onnx)')
+    .option('--port <n>', 'TCP port (0: any free port)', port, 8080)
+    .option('--host <address>', 'interface to bind (0.0.0.0 exposes the server to the network)', '127.0.0.1')
+    .addOption(new Option('--backend <name>', 'inference backend').choices(['onnx', 'native']).default('onnx'))
+    .option('--max-texts <n>', 'most texts per request', positive, 256)
+    .option('--max-body-bytes <n>', 'largest request body in bytes', positive, 1024 * 1024)
+    .option('--max-length <n>', 'tokens per text incl. [CLS]/[SEP] (default: max_position_embeddings, at most 512)', positive)
+    .option('--batch-size <n>', 'texts per forward pass', positive, 32)
+    .option('--threads <n>', 'intra-op threads (default: all cores)', positive)
+    .action(async (opts: ServeCliOptions) => {
+      const server = await startServer({ ...opts, log: (line) => process.stderr.write(`${line}\n`) });
+      process.stdout.write(`serving ${opts.model} (${opts.backend}) at ${server.url}  — POST /classify, GET /health\n`);
+      const stop = () => {
+        server.close().then(
+          () => process.exit(0),
+          () => process.exit(1),
+        );
+      };
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+}

@@ -1,0 +1,53 @@
+/**
+ * Export a fine-tuned model folder to the layout transformers.js and
+ * onnxruntime users load offline: config.json, tokenizer.json,
+ * tokenizer_config.json (+ vocab.txt, special_tokens_map.json) and
+ * onnx/model.onnx (+ onnx/model.onnx_data for models over 2 GB).
+ */
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { copyFileAtomic } from '../io/atomic.js';
+import { loadModelFolder, TOKENIZER_FILES } from '../io/model-folder.js';
+import { exportOnnx, type ExportOptions, type ExportResult } from './export.js';
+
+/** Files copied next to onnx/ when exporting into another folder. */
+const COMPANION_FILES = ['config.json', ...TOKENIZER_FILES];
+
+export interface FolderExportOptions extends ExportOptions {
+  /** Destination folder; default: the model folder itself. */
+  output?: string;
+}
+
+export interface FolderExportResult extends ExportResult {
+  /** The folder that now holds config.json, tokenizer files and onnx/model.onnx. */
+  folder: string;
+  /** Things a consumer may trip over (e.g. no tokenizer.json for transformers.js). */
+  warnings: string[];
+}
+
+/**
+ * Write `<output>/onnx/model.onnx` for the model in `folder`, copying
+ * config.json and the tokenizer files when `output` is another folder.
+ *
+ * @throws Error when the folder cannot be loaded (see loadModelFolder), when
+ *   its classifier head or any other weight is missing from model.safetensors
+ *   (a random head is not worth exporting: fine-tune first), or on export errors.
+ */
+export async function exportModelFolder(folder: string, options: FolderExportOptions = {}): Promise<FolderExportResult> {
+  const { config, weights, newlyInitialized } = await loadModelFolder(folder);
+  if (newlyInitialized.length > 0) {
+    throw new Error(`${folder}: model.safetensors has no ${newlyInitialized.join(', ')}; fine-tune the model before exporting it`);
+  }
+  const out = options.output ?? folder;
+  await mkdir(join(out, 'onnx'), { recursive: true });
+  if (resolve(out) !== resolve(folder)) {
+    for (const name of COMPANION_FILES) {
+      if (existsSync(join(folder, name))) await copyFileAtomic(join(folder, name), join(out, name));
+    }
+  }
+  const warnings: string[] = [];
+  if (!existsSync(join(out, 'tokenizer.json'))) warnings.push(`${out} has no tokenizer.json; transformers.js needs one to tokenize`);
+  const result = await exportOnnx({ config, weights }, join(out, 'onnx', 'model.onnx'), options);
+  return { ...result, folder: out, warnings };
+}

@@ -1,0 +1,180 @@
+/**
+ * The main job as one function: read and validate the data, load the model
+ * with a head for the data's labels, fine-tune, evaluate, keep the best
+ * checkpoint, and write the output folder (a Hugging Face model folder plus
+ * eval_results.json, training_log.jsonl and report.html).
+ */
+import { writeFile, readFile, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { readDataset, buildLabelMap, encodeLabels, stratifiedSplit, type Dataset, type LabelMap } from '../data/index.js';
+import { loadModel, saveModel, type Model } from '../model.js';
+import { readSafetensors } from '../io/safetensors.js';
+import { writeReport } from '../report/index.js';
+import type { EvalResults } from '../metrics/index.js';
+import { Trainer, evaluateExamples, type EncodedExample, type TrainingArguments } from './trainer.js';
+
+export interface FineTuneOptions extends TrainingArguments {
+  /** Local Hugging Face folder or Hub repo id. */
+  model: string;
+  train_file: string;
+  eval_file?: string;
+  text_column?: string;
+  text_pair_column?: string;
+  label_column?: string;
+  max_length?: number;
+  /** Fraction of the training file held out when no eval_file is given. */
+  validation_split?: number;
+  label_smoothing_factor?: number;
+  /** 'balanced' (n_samples / (n_classes × count), as scikit-learn) or explicit weights. */
+  class_weights?: 'balanced' | number[];
+  freeze_embeddings?: boolean;
+  /** Freeze encoder layers 0..freeze_layers-1. */
+  freeze_layers?: number;
+  threads?: number;
+  /** Called with each log line a person should see (default: none). */
+  log?: (line: string) => void;
+  /** Receives the Trainer before training starts (progress bars, stop()). */
+  onTrainer?: (trainer: Trainer) => void;
+}
+
+export interface FineTuneResult {
+  output_dir: string;
+  eval: EvalResults | null;
+  best_step: number | null;
+  stopped_early: boolean;
+  train_examples: number;
+  eval_examples: number;
+  seconds: number;
+}
+
+/** Data read and validated, labels mapped: everything before the model. */
+export interface PreparedData {
+  train: Dataset;
+  eval: Dataset | null;
+  labels: LabelMap;
+}
+
+/** Reads the train/eval files (or splits the train file) and maps labels. */
+export function prepareData(o: FineTuneOptions, configLabel2id?: Record<string, number>): PreparedData {
+  const cols = { textColumn: o.text_column ?? 'text', textPairColumn: o.text_pair_column, labelColumn: o.label_column ?? 'label' };
+  let train = readDataset(o.train_file, cols);
+  let evalSet: Dataset | null = o.eval_file ? readDataset(o.eval_file, cols) : null;
+  const labels = buildLabelMap(train, configLabel2id);
+  if (evalSet) {
+    encodeLabels(evalSet, labels); // throws on a label training never saw, naming file and line
+  } else if ((o.validation_split ?? 0.1) > 0) {
+    const split = stratifiedSplit(train.examples, { evalFraction: o.validation_split ?? 0.1, seed: o.seed ?? 42 });
+    evalSet = { path: `${train.path} (held-out split)`, examples: split.eval };
+    train = { path: train.path, examples: split.train };
+  }
+  return { train, eval: evalSet, labels };
+}
+
+function encode(model: Model, ds: Dataset, labels: LabelMap, maxLength: number): EncodedExample[] {
+  const ids = encodeLabels(ds, labels);
+  return ds.examples.map((e, i) => ({ ...model.tokenizer.encode(e.text, e.textPair ?? null, { maxLength }), label: ids[i] }));
+}
+
+/** scikit-learn's compute_class_weight('balanced'): n_samples / (n_classes × count). */
+function classWeights(o: FineTuneOptions, data: PreparedData): Float32Array | undefined {
+  if (!o.class_weights) return undefined;
+  const n = data.labels.num_labels;
+  if (o.class_weights !== 'balanced') {
+    if (o.class_weights.length !== n) throw new Error(`class_weights has ${o.class_weights.length} values, expected one per label (${n})`);
+    return Float32Array.from(o.class_weights);
+  }
+  const ids = encodeLabels(data.train, data.labels);
+  const counts = new Float64Array(n);
+  for (const y of ids) counts[y] += 1;
+  return Float32Array.from(counts, (c) => (c > 0 ? ids.length / (n * c) : 0));
+}
+
+async function configLabel2id(model: string): Promise<Record<string, number> | undefined> {
+  const path = join(model, 'config.json');
+  if (!existsSync(path)) return undefined;
+  const cfg = JSON.parse(await readFile(path, 'utf8')) as { label2id?: Record<string, number> };
+  return cfg.label2id;
+}
+
+/** Runs the whole job. @throws Error naming file/line/column for bad data, before any training. */
+export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
+  const started = performance.now();
+  const log = o.log ?? (() => undefined);
+  const data = prepareData(o, await configLabel2id(o.model));
+  const { labels } = data;
+  const model = await loadModel(o.model, {
+    num_labels: labels.num_labels,
+    id2label: labels.id2label,
+    label2id: labels.label2id,
+    seed: o.seed ?? 42,
+    threads: o.threads,
+    weight_decay: o.weight_decay ?? 0.01,
+    adam_beta1: o.adam_beta1,
+    adam_beta2: o.adam_beta2,
+    adam_epsilon: o.adam_epsilon,
+    max_grad_norm: o.max_grad_norm ?? 1.0,
+    label_smoothing_factor: o.label_smoothing_factor,
+    class_weights: classWeights(o, data),
+    log,
+  });
+  try {
+    const maxLength = Math.min(o.max_length ?? 128, model.config.max_position_embeddings);
+    const train = encode(model, data.train, labels, maxLength);
+    const evalSet = data.eval ? encode(model, data.eval, labels, maxLength) : null;
+    freeze(model, o);
+    log(`train: ${train.length} examples from ${data.train.path}; eval: ${evalSet?.length ?? 0}; labels: ${labels.num_labels}`);
+    const trainer = new Trainer(model, train, evalSet, o);
+    o.onTrainer?.(trainer);
+    const run = await trainer.trainLoop();
+    // load_best_model_at_end: the best checkpoint's weights become the result.
+    if (run.bestStep !== null && existsSync(trainer.bestDir)) {
+      for (const [name, t] of (await readSafetensors(join(trainer.bestDir, 'model.safetensors'))).tensors) {
+        if (t.data instanceof Float32Array && model.engine.parameterNames().includes(name)) model.engine.setWeight(name, t.data);
+      }
+    }
+    await saveModel(model, o.output_dir);
+    const finalEval = evalSet ? await evaluateExamples(model, evalSet, o.per_device_eval_batch_size ?? 64) : null;
+    if (finalEval) await writeFile(join(o.output_dir, 'eval_results.json'), JSON.stringify(finalEval, null, 1));
+    const seconds = (performance.now() - started) / 1000;
+    writeReport(o.output_dir, {
+      title: `nodetune: ${o.model} on ${o.train_file}`,
+      trainLog: run.log,
+      evalHistory: run.evals.map((e) => ({ epoch: e.epoch, step: e.step, accuracy: e.accuracy, macro_f1: e.macro_f1, loss: e.loss })),
+      finalEval: finalEval ?? undefined,
+      config: reportConfig(o, seconds),
+    });
+    await rm(trainer.bestDir, { recursive: true, force: true });
+    return {
+      output_dir: o.output_dir,
+      eval: finalEval,
+      best_step: run.bestStep,
+      stopped_early: run.stoppedEarly,
+      train_examples: train.length,
+      eval_examples: evalSet?.length ?? 0,
+      seconds,
+    };
+  } finally {
+    await model.engine.dispose();
+  }
+}
+
+function freeze(model: Model, o: FineTuneOptions): void {
+  const engine = model.engine;
+  const layers = o.freeze_layers ?? 0;
+  if (layers < 0 || layers > model.config.num_hidden_layers) {
+    throw new Error(`--freeze-layers ${layers}: expected 0..num_hidden_layers (${model.config.num_hidden_layers})`);
+  }
+  for (const name of engine.parameterNames()) {
+    const m = /^bert\.encoder\.layer\.(\d+)\./.exec(name);
+    if ((o.freeze_embeddings && name.startsWith('bert.embeddings.')) || (m && Number(m[1]) < layers)) {
+      engine.setTrainable(name, false);
+    }
+  }
+}
+
+function reportConfig(o: FineTuneOptions, seconds: number): Record<string, unknown> {
+  const { log: _l, onTrainer: _t, ...rest } = o;
+  return { ...rest, wall_time_seconds: Math.round(seconds) };
+}
+

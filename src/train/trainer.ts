@@ -1,0 +1,399 @@
+/**
+ * The fine-tuning loop: batches, gradient accumulation, learning-rate
+ * schedule, evaluation, best/last checkpoints, early stopping and exact resume.
+ * Argument names follow Hugging Face TrainingArguments; the loop follows
+ * transformers' Trainer (an optimizer step every gradient_accumulation_steps
+ * micro-batches, a final partial window still steps; the scheduler counts
+ * optimizer steps).
+ */
+import { EventEmitter } from 'node:events';
+import { mkdir, readFile, rm, rename, appendFile, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Batch } from '../engine.js';
+import type { Model } from '../model.js';
+import { saveModel } from '../model.js';
+import { makeBatches } from '../data/index.js';
+import { getScheduler, type SchedulerType, type LrSchedule } from './schedule.js';
+import { computeMetrics, type EvalResults } from '../metrics/index.js';
+import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import type { Encoding } from '../tokenizer/index.js';
+
+export interface TrainingArguments {
+  output_dir: string;
+  num_train_epochs?: number;
+  /** > 0 overrides num_train_epochs (HF). */
+  max_steps?: number;
+  per_device_train_batch_size?: number;
+  per_device_eval_batch_size?: number;
+  gradient_accumulation_steps?: number;
+  learning_rate?: number;
+  lr_scheduler_type?: SchedulerType;
+  warmup_steps?: number;
+  warmup_ratio?: number;
+  /** 'inverse_time' decay per optimizer step. */
+  decay_rate?: number;
+  weight_decay?: number;
+  adam_beta1?: number;
+  adam_beta2?: number;
+  adam_epsilon?: number;
+  max_grad_norm?: number;
+  /** 'epoch' (default), 'steps' (every eval_steps) or 'no'. */
+  eval_strategy?: 'epoch' | 'steps' | 'no';
+  eval_steps?: number;
+  /** Save the resumable last checkpoint every save_steps optimizer steps (and every evaluation). */
+  save_steps?: number;
+  metric_for_best_model?: string;
+  greater_is_better?: boolean;
+  early_stopping_patience?: number;
+  logging_steps?: number;
+  seed?: number;
+  group_by_length?: boolean;
+  /** Resume from output_dir/checkpoint-last. */
+  resume_from_checkpoint?: boolean;
+}
+
+/** One tokenized, labelled example. */
+export interface EncodedExample extends Encoding {
+  label: number;
+}
+
+export interface LogEntry {
+  step: number;
+  epoch: number;
+  loss: number;
+  learning_rate: number;
+  grad_norm: number;
+  samples_per_second: number;
+}
+
+export interface EvalEntry extends EvalResults {
+  step: number;
+  epoch: number;
+}
+
+interface TrainerState {
+  global_step: number;
+  /** epoch index and batch position of the next micro-batch to run. */
+  epoch: number;
+  batch_in_epoch: number;
+  best_metric: number | null;
+  best_step: number | null;
+  patience_used: number;
+  log_history: LogEntry[];
+  eval_history: EvalEntry[];
+  engine_counters: { optimizerStep: number; microStep: number };
+  num_training_steps: number;
+}
+
+const DEFAULTS = {
+  num_train_epochs: 3,
+  max_steps: -1,
+  per_device_train_batch_size: 32,
+  per_device_eval_batch_size: 64,
+  gradient_accumulation_steps: 1,
+  learning_rate: 5e-5,
+  lr_scheduler_type: 'linear' as SchedulerType,
+  warmup_steps: 0,
+  warmup_ratio: 0,
+  eval_strategy: 'epoch' as const,
+  eval_steps: 500,
+  save_steps: 500,
+  metric_for_best_model: 'accuracy',
+  early_stopping_patience: 0,
+  logging_steps: 10,
+  seed: 42,
+  group_by_length: true,
+};
+
+/** Pads encoded examples into one (B, T) batch (T = the longest). */
+export function collate(examples: EncodedExample[], padTokenId: number): Batch {
+  const B = examples.length;
+  const T = Math.max(...examples.map((e) => e.input_ids.length));
+  const input_ids = new Int32Array(B * T).fill(padTokenId);
+  const attention_mask = new Int32Array(B * T);
+  const token_type_ids = new Int32Array(B * T);
+  const labels = new Int32Array(B);
+  examples.forEach((e, b) => {
+    input_ids.set(e.input_ids, b * T);
+    attention_mask.set(e.attention_mask, b * T);
+    token_type_ids.set(e.token_type_ids, b * T);
+    labels[b] = e.label;
+  });
+  return { input_ids, attention_mask, token_type_ids, labels, batchSize: B, seqLen: T };
+}
+
+/** Forward passes over `examples` (dropout off): mean loss, predictions and logits (N, num_labels). */
+export async function predictExamples(
+  model: Model,
+  examples: EncodedExample[],
+  batchSize = 64,
+): Promise<{ loss: number; predictions: Int32Array; logits: Float32Array }> {
+  const L = model.config.num_labels;
+  const logits = new Float32Array(examples.length * L);
+  const predictions = new Int32Array(examples.length);
+  let lossSum = 0;
+  const batches = makeBatches(examples.map((e) => e.input_ids.length), { batchSize, shuffle: false, groupByLength: true });
+  for (const idx of batches) {
+    const out = await model.engine.forward(collate(idx.map((i) => examples[i]), model.tokenizer.padTokenId));
+    lossSum += (out.loss ?? 0) * idx.length;
+    idx.forEach((ex, r) => {
+      const row = out.logits.subarray(r * L, (r + 1) * L);
+      logits.set(row, ex * L);
+      let best = 0;
+      for (let c = 1; c < L; c++) if (row[c] > row[best]) best = c;
+      predictions[ex] = best;
+    });
+  }
+  return { loss: lossSum / Math.max(1, examples.length), predictions, logits };
+}
+
+/** Accuracy, F1s, per-class report and confusion matrix of `model` on `examples`. */
+export async function evaluateExamples(model: Model, examples: EncodedExample[], batchSize = 64): Promise<EvalResults> {
+  const { loss, predictions } = await predictExamples(model, examples, batchSize);
+  const labels = Int32Array.from(examples.map((e) => e.label));
+  const id2label: Record<string, string> = {};
+  for (let i = 0; i < model.config.num_labels; i++) id2label[String(i)] = model.config.id2label?.[String(i)] ?? `LABEL_${i}`;
+  return computeMetrics(labels, predictions, id2label, loss);
+}
+
+/**
+ * Events: 'step' (LogEntry, every optimizer step), 'log' (LogEntry, every
+ * logging_steps), 'evaluate' (EvalEntry), 'checkpoint' ({dir, kind: 'last' | 'best'}),
+ * 'done' (after the final save).
+ */
+export class Trainer extends EventEmitter {
+  readonly args: Required<Omit<TrainingArguments, 'decay_rate' | 'weight_decay' | 'adam_beta1' | 'adam_beta2' | 'adam_epsilon' | 'max_grad_norm' | 'greater_is_better' | 'resume_from_checkpoint'>> &
+    TrainingArguments;
+  private stopRequested = false;
+  private state!: TrainerState;
+  private schedule!: LrSchedule;
+
+  constructor(
+    readonly model: Model,
+    readonly train: EncodedExample[],
+    readonly evalSet: EncodedExample[] | null,
+    args: TrainingArguments,
+  ) {
+    super();
+    this.args = { ...DEFAULTS, ...args };
+    if (train.length === 0) throw new Error('Trainer: the training set is empty');
+  }
+
+  /** Optimizer steps the run will take (known once trainLoop has started). */
+  get totalSteps(): number {
+    return this.schedule?.numTrainingSteps ?? 0;
+  }
+
+  /** Asks the loop to stop after the current optimizer step, saving checkpoint-last. */
+  stop(): void {
+    this.stopRequested = true;
+  }
+
+  get lastDir(): string {
+    return join(this.args.output_dir, 'checkpoint-last');
+  }
+  get bestDir(): string {
+    return join(this.args.output_dir, 'checkpoint-best');
+  }
+
+  /** Runs training to the end (or stop()); returns the state's histories. */
+  async trainLoop(): Promise<{ log: LogEntry[]; evals: EvalEntry[]; stoppedEarly: boolean; bestStep: number | null }> {
+    const a = this.args;
+    await mkdir(a.output_dir, { recursive: true });
+    const batchesPerEpoch = Math.ceil(this.train.length / a.per_device_train_batch_size);
+    const stepsPerEpoch = Math.ceil(batchesPerEpoch / a.gradient_accumulation_steps);
+    const total = a.max_steps > 0 ? a.max_steps : stepsPerEpoch * a.num_train_epochs;
+    this.schedule = getScheduler({
+      name: a.lr_scheduler_type,
+      learningRate: a.learning_rate,
+      numTrainingSteps: total,
+      warmupSteps: a.warmup_steps,
+      warmupRatio: a.warmup_ratio,
+      decayRate: a.decay_rate,
+    });
+    this.state = a.resume_from_checkpoint ? await this.loadCheckpoint() : this.freshState(total);
+    // The log file holds exactly the checkpointed history, so a resumed run does not repeat lines.
+    await writeFile(join(a.output_dir, 'training_log.jsonl'), this.state.log_history.map((e) => JSON.stringify(e) + '\n').join(''));
+    const lengths = this.train.map((e) => e.input_ids.length);
+    let stoppedEarly = false;
+    let windowLoss = 0;
+    let windowStart = performance.now();
+    let windowSamples = 0;
+    while (this.state.global_step < total && !this.stopRequested && !stoppedEarly) {
+      const epoch = this.state.epoch;
+      const batches = makeBatches(lengths, {
+        batchSize: a.per_device_train_batch_size,
+        seed: a.seed,
+        epoch,
+        groupByLength: a.group_by_length,
+      });
+      while (this.state.batch_in_epoch < batches.length && this.state.global_step < total) {
+        const start = this.state.batch_in_epoch;
+        const window = batches.slice(start, Math.min(start + a.gradient_accumulation_steps, batches.length));
+        const { loss, gradNorm } = await this.optimizerStep(window);
+        this.state.batch_in_epoch += window.length;
+        const samples = window.reduce((n, b) => n + b.length, 0);
+        windowLoss += loss;
+        windowSamples += samples;
+        const entry: LogEntry = {
+          step: this.state.global_step,
+          epoch: epoch + this.state.batch_in_epoch / batches.length,
+          loss,
+          learning_rate: this.schedule.lrAt(this.state.global_step - 1),
+          grad_norm: gradNorm,
+          samples_per_second: (windowSamples * 1000) / Math.max(1e-9, performance.now() - windowStart),
+        };
+        this.emit('step', entry);
+        if (this.state.global_step % a.logging_steps === 0) {
+          const logged = { ...entry, loss: windowLoss / a.logging_steps };
+          this.state.log_history.push(logged);
+          await appendFile(join(a.output_dir, 'training_log.jsonl'), JSON.stringify(logged) + '\n');
+          this.emit('log', logged);
+          windowLoss = 0;
+          windowSamples = 0;
+          windowStart = performance.now();
+        }
+        if (a.eval_strategy === 'steps' && this.state.global_step % a.eval_steps === 0) {
+          stoppedEarly = await this.evaluateAndSave();
+        } else if (this.state.global_step % a.save_steps === 0) {
+          await this.saveLast();
+        }
+        if (this.stopRequested || stoppedEarly) break;
+      }
+      if (this.state.batch_in_epoch >= batches.length) {
+        this.state.epoch += 1;
+        this.state.batch_in_epoch = 0;
+        if (a.eval_strategy === 'epoch') stoppedEarly = await this.evaluateAndSave();
+      }
+    }
+    await this.saveLast();
+    this.emit('done');
+    return { log: this.state.log_history, evals: this.state.eval_history, stoppedEarly, bestStep: this.state.best_step };
+  }
+
+  /** Accumulates the micro-batches of one window, then one AdamW step. */
+  private async optimizerStep(window: number[][]): Promise<{ loss: number; gradNorm: number }> {
+    const engine = this.model.engine;
+    const total = window.reduce((n, b) => n + b.length, 0);
+    let loss = 0;
+    for (const idx of window) {
+      const batch = collate(idx.map((i) => this.train[i]), this.model.tokenizer.padTokenId);
+      const share = idx.length / total;
+      const out = await engine.accumulate(batch, { lossScale: share });
+      if (!Number.isFinite(out.loss)) {
+        await engine.zeroGrad();
+        throw new Error(
+          `training stopped: the loss became ${out.loss} at optimizer step ${this.state.global_step + 1} (epoch ${this.state.epoch + 1}); ` +
+            `no update was applied. The last good checkpoint is ${existsSync(this.lastDir) ? this.lastDir : '(none saved yet)'}. ` +
+            'Try a lower --learning-rate or a --max-grad-norm.',
+        );
+      }
+      loss += out.loss * share;
+    }
+    const lr = this.schedule.lrAt(this.state.global_step);
+    const { gradNorm } = await engine.step({ learningRate: lr });
+    this.state.global_step += 1;
+    return { loss, gradNorm };
+  }
+
+  /** Evaluates, keeps the best checkpoint, saves the last; returns true to stop early. */
+  private async evaluateAndSave(): Promise<boolean> {
+    const a = this.args;
+    if (!this.evalSet || this.evalSet.length === 0) {
+      await this.saveLast();
+      return false;
+    }
+    const results = await evaluateExamples(this.model, this.evalSet, a.per_device_eval_batch_size);
+    const entry: EvalEntry = { ...results, step: this.state.global_step, epoch: this.state.epoch };
+    this.state.eval_history.push(entry);
+    this.emit('evaluate', entry);
+    const metric = (results as unknown as Record<string, number>)[a.metric_for_best_model.replace(/^eval_/, '')];
+    if (typeof metric !== 'number') {
+      throw new Error(`metric_for_best_model '${a.metric_for_best_model}' is not one of: accuracy, macro_f1, micro_f1, weighted_f1, loss`);
+    }
+    const greater = a.greater_is_better ?? a.metric_for_best_model.replace(/^eval_/, '') !== 'loss';
+    const best = this.state.best_metric;
+    const improved = best === null || (greater ? metric > best : metric < best);
+    if (improved) {
+      this.state.best_metric = metric;
+      this.state.best_step = this.state.global_step;
+      this.state.patience_used = 0;
+      await this.saveModelTo(this.bestDir);
+      this.emit('checkpoint', { dir: this.bestDir, kind: 'best' });
+    } else {
+      this.state.patience_used += 1;
+    }
+    await this.saveLast();
+    return a.early_stopping_patience > 0 && this.state.patience_used >= a.early_stopping_patience;
+  }
+
+  private freshState(total: number): TrainerState {
+    return {
+      global_step: 0,
+      epoch: 0,
+      batch_in_epoch: 0,
+      best_metric: null,
+      best_step: null,
+      patience_used: 0,
+      log_history: [],
+      eval_history: [],
+      engine_counters: { optimizerStep: 0, microStep: 0 },
+      num_training_steps: total,
+    };
+  }
+
+  /** Writes a model folder next to its final place, then swaps it in. */
+  private async saveModelTo(dir: string, extra?: (tmp: string) => Promise<void>): Promise<void> {
+    const tmp = `${dir}.tmp-${process.pid}`;
+    await rm(tmp, { recursive: true, force: true });
+    await saveModel(this.model, tmp);
+    if (extra) await extra(tmp);
+    const old = `${dir}.old-${process.pid}`;
+    if (existsSync(dir)) await rename(dir, old);
+    await rename(tmp, dir);
+    await rm(old, { recursive: true, force: true });
+  }
+
+  /** checkpoint-last: model, AdamW moments, counters, data position and histories. */
+  private async saveLast(): Promise<void> {
+    const engine = this.model.engine;
+    this.state.engine_counters = engine.getCounters();
+    await this.saveModelTo(this.lastDir, async (tmp) => {
+      const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+      for (const name of engine.parameterNames()) {
+        const s = engine.getOptimizerState(name);
+        const shape = engine.parameterShape(name);
+        tensors.set(`${name}.exp_avg`, { shape, data: s.exp_avg });
+        tensors.set(`${name}.exp_avg_sq`, { shape, data: s.exp_avg_sq });
+      }
+      await writeSafetensors(join(tmp, 'optimizer.safetensors'), tensors, { format: 'nodetune-adamw' });
+      await writeFile(join(tmp, 'trainer_state.json'), JSON.stringify(this.state, null, 1));
+    });
+    this.emit('checkpoint', { dir: this.lastDir, kind: 'last' });
+  }
+
+  private async loadCheckpoint(): Promise<TrainerState> {
+    const dir = this.lastDir;
+    const statePath = join(dir, 'trainer_state.json');
+    if (!existsSync(statePath)) {
+      throw new Error(`cannot resume: ${statePath} does not exist (no checkpoint-last in ${this.args.output_dir})`);
+    }
+    const state = JSON.parse(await readFile(statePath, 'utf8')) as TrainerState;
+    const engine = this.model.engine;
+    const weights = (await readSafetensors(join(dir, 'model.safetensors'))).tensors;
+    const moments = (await readSafetensors(join(dir, 'optimizer.safetensors'))).tensors;
+    for (const name of engine.parameterNames()) {
+      const w = weights.get(name);
+      const m = moments.get(`${name}.exp_avg`);
+      const v = moments.get(`${name}.exp_avg_sq`);
+      if (!(w?.data instanceof Float32Array) || !(m?.data instanceof Float32Array) || !(v?.data instanceof Float32Array)) {
+        throw new Error(`cannot resume from ${dir}: tensor '${name}' (or its AdamW moments) is missing`);
+      }
+      engine.setWeight(name, w.data);
+      engine.setOptimizerState(name, { exp_avg: m.data, exp_avg_sq: v.data });
+    }
+    engine.setCounters(state.engine_counters);
+    return state;
+  }
+}
