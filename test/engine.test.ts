@@ -197,7 +197,14 @@ test('gradient accumulation: two half batches with lossScale 0.5 equal one batch
   }
   await one.step({ learningRate: 1e-2 });
   await two.step({ learningRate: 1e-2 });
-  for (const name of one.parameterNames()) assert.ok(relErr(two.getWeight(name), one.getWeight(name)) < 1e-5, name);
+  // After AdamW, an element moves by about lr × sign(g), so the weights agree
+  // to a small fraction of one update even where g is tiny and noisy.
+  for (const name of one.parameterNames()) {
+    const a = two.getWeight(name);
+    const b = one.getWeight(name);
+    const maxAbs = a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0);
+    assert.ok(maxAbs < 1e-2 * 1e-2, `${name}: weights differ by ${maxAbs} after one step`);
+  }
   await one.dispose();
   await two.dispose();
 });

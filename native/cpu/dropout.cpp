@@ -12,7 +12,7 @@
 //   key     = { lo32(seed), hi32(seed) }
 //   x       = philox4x32_10(counter, key)[j]
 //   u       = (x >> 8) * 2^-24            (top 24 bits, exact in float, [0, 1))
-//   keep    = u >= p;  out = keep ? inp * (1 / (1 - p)) : 0
+//   keep    = u >= p;  out = inp * (keep ? 1 / (1 - p) : 0)
 //
 // hi32(step) is not used: keys repeat only after 2^32 optimizer steps.
 // 1 / (1 - p) is computed in T from the float p (1 - p rounded in T first).
@@ -113,8 +113,9 @@ void philox_words8(const DropoutKey& key, uint64_t q0, uint32_t x[32]) {
 #endif
 }  // namespace
 
-// out[i] = in[i] * (kept ? scale : 0) for i in [0, n); serial; out may alias
-// in. A multiply, as torch's input * mask, so NaN/inf inputs stay NaN. Used by dropout_* and by attention (probability dropout).
+// out[i] = in[i] * (kept ? scale : 0) for element indices index0 + i, i in
+// [0, n); serial; out may alias in. A multiply, as torch's input * mask, so
+// NaN/inf inputs stay NaN. Used by dropout_* and by attention.
 template <typename T>
 void dropout_apply(T* out, const T* in, size_t n, uint64_t index0, float p,
                    const DropoutKey& key) {
@@ -132,7 +133,7 @@ void dropout_apply(T* out, const T* in, size_t n, uint64_t index0, float p,
     const uint64_t end = index0 + n;
     uint64_t idx = index0;
     // Bulk: 32 elements (8 Philox blocks) at a time from a multiple of 4.
-    uint64_t bulk = (idx + 3) & ~uint64_t(3);
+    const uint64_t bulk = (idx + 3) & ~uint64_t(3);
     for (; idx < bulk && idx < end; idx++)
         out[idx - index0] = in[idx - index0] * (dropout_uniform(key, idx) >= p ? scale : T(0));
     for (; idx + 32 <= end; idx += 32) {
@@ -163,7 +164,7 @@ float dropout_uniform(const DropoutKey& key, uint64_t index) {
 }
 
 namespace {
-// Chunks start at multiples of 4 * 1024 elements, so no Philox block is split.
+// Thread chunks start at multiples of 4096, so each runs the 8-block bulk path.
 template <typename T>
 void dropout_parallel(T* out, const T* in, size_t n, float p, const DropoutKey& key) {
     constexpr size_t kChunk = 4096;

@@ -355,7 +355,23 @@ void Engine::layer_backward(int l, const float* x, float* dx, const int32_t* mas
                        cfg_.attention_probs_dropout_prob, key(tid_att_probs(l)));
     // dx <- dres1 + dqkv @ Wqkv (residual to the layer input), when below needs it
     if (need_dinp) std::memcpy(dx, d_.dres, NC * sizeof(float));
-    linear_backward(need_dinp ? dx : nullptr, G(li.qkv_w), G(li.qkv_b), d_.dqkv, x, W(li.qkv_w), N, C, 3 * C, true);
+    linear_backward(need_dinp ? dx : nullptr, G_fused(li.qkv_w), G_fused(li.qkv_b), d_.dqkv, x, W(li.qkv_w), N, C,
+                    3 * C, true);
+    clear_frozen(li.qkv_w, 3);
+    clear_frozen(li.qkv_b, 3);
+}
+
+// query/key/value share one GEMM: their gradients are computed together when
+// any of the three trains, and a frozen member's slice is cleared afterwards.
+float* Engine::G_fused(size_t first) {
+    for (size_t i = first; i < first + 3; i++)
+        if (params_[i].trainable) return g_.data() + params_[first].offset;
+    return nullptr;
+}
+
+void Engine::clear_frozen(size_t first, size_t count) {
+    for (size_t i = first; i < first + count; i++)
+        if (!params_[i].trainable) std::fill_n(g_.data() + params_[i].offset, params_[i].numel, 0.0f);
 }
 
 void Engine::backward_impl(const Batch& b) {

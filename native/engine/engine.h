@@ -132,6 +132,8 @@ private:
     DropoutKey key(uint32_t tensor) const { return DropoutKey{tc_.seed, micro_step_, tensor}; }
     float* W(size_t idx) { return w_.data() + params_[idx].offset; }
     float* G(size_t idx) { return params_[idx].trainable ? g_.data() + params_[idx].offset : nullptr; }
+    float* G_fused(size_t first);  // gradient of a fused q/k/v group (3 tensors)
+    void clear_frozen(size_t first, size_t count);
     // -1 when an embedding trains, else the lowest layer with a trainable
     // tensor (num_hidden_layers when only the pooler/classifier train).
     int first_trainable() const;

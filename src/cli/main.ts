@@ -5,11 +5,21 @@
  */
 import { Command } from 'commander';
 import { registerPull } from './pull.js';
+import { registerTrain } from './train.js';
+import { registerEval } from './eval.js';
+import { registerPredict } from './predict.js';
+import { registerExport } from './export.js';
+import { registerServe } from './serve.js';
 
 export function buildProgram(): Command {
   const program = new Command('nodetune')
     .description('Fine-tune pretrained BERT-family encoders from Node.js, export to ONNX, serve.')
     .showHelpAfterError();
+  registerTrain(program);
+  registerEval(program);
+  registerPredict(program);
+  registerExport(program);
+  registerServe(program);
   registerPull(program);
   return program;
 }

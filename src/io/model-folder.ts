@@ -49,8 +49,8 @@ export interface SaveModelOptions {
   config: BertConfig;
   /** Every key of parameterShapes(config), with exactly that many elements. */
   weights: Map<string, Float32Array>;
-  /** Folder whose tokenizer files (TOKENIZER_FILES) are copied; omit to write no tokenizer. */
-  tokenizerFrom?: string;
+  /** Folder whose tokenizer files (TOKENIZER_FILES) are copied (it must have tokenizer.json or vocab.txt); may be `folder` itself. */
+  tokenizerFrom: string;
 }
 
 const REQUIRED_FIELDS = ['vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size'] as const;
@@ -262,7 +262,7 @@ export async function loadModelFolder(folder: string, opts: LoadModelOptions = {
     const want = shapes.get(name)!;
     if (tensor.shape.length !== want.length || tensor.shape.some((d, i) => d !== want[i])) {
       const hint = name.startsWith('classifier.') ? ' (pass num_labels matching the checkpoint)' : '';
-      throw new Error(`${file}: tensor '${key}' has shape [${tensor.shape.join(', ')}] but the config needs [${want.join(', ')}] for ${name}${hint}`);
+      throw new Error(`${file}: tensor '${key}'${key === name ? '' : ` (${name})`} has shape [${tensor.shape.join(', ')}] but the config needs [${want.join(', ')}]${hint}`);
     }
     if (!(tensor.data instanceof Float32Array)) throw new Error(`${file}: tensor '${key}' has integer dtype ${tensor.dtype}; weights must be floating point`);
     loaded.set(name, tensor.data);
@@ -314,7 +314,8 @@ export function configToJson(config: BertConfig): Record<string, unknown> {
  * folder that looks complete but is not.
  *
  * @throws Error naming the key when a weight is missing, unexpected, or has the
- *   wrong number of elements for parameterShapes(config).
+ *   wrong number of elements for parameterShapes(config); when tokenizerFrom
+ *   has no tokenizer; or naming the file when a write fails.
  */
 export async function saveModelFolder(folder: string, opts: SaveModelOptions): Promise<void> {
   const dir = resolve(folder);
@@ -330,13 +331,14 @@ export async function saveModelFolder(folder: string, opts: SaveModelOptions): P
     if (data.length !== n) throw new Error(`saveModelFolder: weight '${key}' has ${data.length} elements, shape [${shape.join(', ')}] needs ${n}`);
     tensors.set(key, { shape, data });
   }
+  const src = resolve(opts.tokenizerFrom);
+  if (!existsSync(join(src, 'tokenizer.json')) && !existsSync(join(src, 'vocab.txt'))) {
+    throw new Error(`saveModelFolder: tokenizerFrom ${src} has no tokenizer.json or vocab.txt`);
+  }
   await mkdir(dir, { recursive: true });
   await writeSafetensors(join(dir, 'model.safetensors'), tensors, { format: 'pt' });
-  if (opts.tokenizerFrom) {
-    const src = await realpath(opts.tokenizerFrom);
-    if (src !== (await realpath(dir))) {
-      for (const f of TOKENIZER_FILES) if (existsSync(join(src, f))) await copyFileAtomic(join(src, f), join(dir, f));
-    }
+  if ((await realpath(src)) !== (await realpath(dir))) {
+    for (const f of TOKENIZER_FILES) if (existsSync(join(src, f))) await copyFileAtomic(join(src, f), join(dir, f));
   }
   await writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(configJson, null, 2)}\n`);
 }

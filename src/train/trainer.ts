@@ -267,6 +267,11 @@ export class Trainer extends EventEmitter {
         if (a.eval_strategy === 'epoch') stoppedEarly = await this.evaluateAndSave();
       }
     }
+    // A run cut short by max_steps or stop() still gets its final evaluation (HF evaluates at epoch end).
+    const lastEval = this.state.eval_history.at(-1)?.step;
+    if (a.eval_strategy !== 'no' && !stoppedEarly && !this.stopRequested && lastEval !== this.state.global_step) {
+      stoppedEarly = await this.evaluateAndSave();
+    }
     await this.saveLast();
     this.emit('done');
     return { log: this.state.log_history, evals: this.state.eval_history, stoppedEarly, bestStep: this.state.best_step };
