@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { BertConfig } from './config.js';
 import type { Batch } from './engine.js';
 import { loadModelFolder, parseBertConfig } from './io/model-folder.js';
-import { BertTokenizer } from './tokenizer/index.js';
+import { BertTokenizer, type Encoding } from './tokenizer/index.js';
 
 /** One label with its softmax probability in [0, 1]. */
 export interface Prediction {
@@ -114,10 +114,52 @@ interface Pending {
   reject: (err: unknown) => void;
 }
 
+interface Tokenized extends Pending {
+  enc: Encoding;
+}
+
+/**
+ * Sort by token count and cut into batches of at most `batchSize`, starting a
+ * new batch when padding would make up more than half of it — mixed-length
+ * traffic then costs about its real tokens, not B × the longest text.
+ */
+function groupByLength(items: Tokenized[], batchSize: number): Tokenized[][] {
+  const sorted = [...items].sort((a, b) => a.enc.input_ids.length - b.enc.input_ids.length);
+  const groups: Tokenized[][] = [];
+  let group: Tokenized[] = [];
+  let real = 0;
+  for (const item of sorted) {
+    const len = item.enc.input_ids.length;
+    if (group.length > 0 && (group.length === batchSize || (group.length + 1) * len > 2 * (real + len))) {
+      groups.push(group);
+      group = [];
+      real = 0;
+    }
+    group.push(item);
+    real += len;
+  }
+  if (group.length > 0) groups.push(group);
+  return groups;
+}
+
+/** Right-pad encodings to the longest: (B, T) Int32Arrays, padding with padId / mask 0 / type 0. */
+function padBatch(encs: Encoding[], padId: number): Batch {
+  const B = encs.length;
+  const T = Math.max(...encs.map((e) => e.input_ids.length));
+  const batch = { input_ids: new Int32Array(B * T).fill(padId), attention_mask: new Int32Array(B * T), token_type_ids: new Int32Array(B * T), batchSize: B, seqLen: T };
+  encs.forEach((e, b) => {
+    batch.input_ids.set(e.input_ids, b * T);
+    batch.attention_mask.set(e.attention_mask, b * T);
+    batch.token_type_ids.set(e.token_type_ids, b * T);
+  });
+  return batch;
+}
+
 /**
  * A loaded text classifier. `classify` may be called concurrently: texts go
- * into one FIFO queue that a single worker drains `batchSize` texts at a time,
- * so the session/engine never runs two batches at once.
+ * into one FIFO queue that a single worker drains in length-sorted batches of
+ * at most `batchSize`, so the session/engine never runs two batches at once
+ * and concurrent callers share forward passes.
  */
 export class Classifier {
   /** id2label as a list: labels[i] names logit i. */
@@ -127,6 +169,8 @@ export class Classifier {
   private disposed = false;
 
   private constructor(
+    /** The model folder this classifier was loaded from. */
+    readonly folder: string,
     readonly config: BertConfig,
     private readonly tokenizer: BertTokenizer,
     private readonly runner: Backend,
@@ -156,7 +200,7 @@ export class Classifier {
     if (!Number.isInteger(maxLength) || maxLength < 2) throw new Error(`Classifier.load: maxLength ${maxLength} must be an integer ≥ 2`);
     const tokenizer = await BertTokenizer.fromFolder(folder, { maxPositionEmbeddings: config.max_position_embeddings });
     const runner = backendName === 'onnx' ? await onnxBackend(folder, options.threads) : await nativeBackend(folder, options.threads);
-    return new Classifier(config, tokenizer, runner, backendName, maxLength, batchSize);
+    return new Classifier(folder, config, tokenizer, runner, backendName, maxLength, batchSize);
   }
 
   /**
@@ -196,24 +240,39 @@ export class Classifier {
     return done;
   }
 
-  /** The single worker; clears `draining` in the same tick it sees an empty queue, so no text is stranded. */
+  /**
+   * The single worker. Each round takes up to 4 batches' worth of queued
+   * texts, tokenizes them, and runs them as length-sorted batches; it clears
+   * `draining` in the same tick it sees an empty queue, so no text is stranded.
+   */
   private async drain(): Promise<void> {
-    // Yield once so that texts queued in the same tick share the first batch.
+    // Yield once so that texts queued in the same tick share the first round.
     await Promise.resolve();
     for (;;) {
-      const chunk = this.queue.splice(0, this.batchSize);
-      if (chunk.length === 0) {
+      const taken = this.queue.splice(0, this.batchSize * 4);
+      if (taken.length === 0) {
         this.draining = null;
         return;
       }
-      try {
-        const batch = this.tokenizer.encodeBatch(chunk.map((p) => p.text), null, { maxLength: this.maxLength });
-        const logits = await this.runner.run(batch);
-        const L = this.labels.length;
-        chunk.forEach((p, b) => p.resolve(logits.slice(b * L, (b + 1) * L)));
-      } catch (err) {
-        chunk.forEach((p) => p.reject(err));
+      const items: Tokenized[] = [];
+      for (const p of taken) {
+        try {
+          items.push({ ...p, enc: this.tokenizer.encode(p.text, null, { maxLength: this.maxLength }) });
+        } catch (err) {
+          p.reject(err);
+        }
       }
+      for (const group of groupByLength(items, this.batchSize)) await this.runGroup(group);
+    }
+  }
+
+  private async runGroup(group: Tokenized[]): Promise<void> {
+    try {
+      const logits = await this.runner.run(padBatch(group.map((g) => g.enc), this.tokenizer.padTokenId));
+      const L = this.labels.length;
+      group.forEach((p, b) => p.resolve(logits.slice(b * L, (b + 1) * L)));
+    } catch (err) {
+      group.forEach((p) => p.reject(err));
     }
   }
 }

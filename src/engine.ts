@@ -75,11 +75,16 @@ interface NativeAddon {
 
 let addon: NativeAddon | undefined;
 
-/** Loads build/Release/nodetune.node (cmake-js or node-gyp output). */
+/**
+ * Loads build/Release/nodetune.node (cmake-js or node-gyp output), or the file
+ * NODETUNE_ADDON names (CI uses it to test the node-gyp build side by side).
+ */
 export function loadAddon(): NativeAddon {
   if (addon) return addon;
   const here = dirname(fileURLToPath(import.meta.url));
-  const candidates = [join(here, '../../build/Release/nodetune.node'), join(here, '../build/Release/nodetune.node')];
+  const candidates = process.env.NODETUNE_ADDON
+    ? [process.env.NODETUNE_ADDON]
+    : [join(here, '../../build/Release/nodetune.node'), join(here, '../build/Release/nodetune.node')];
   const path = candidates.find((p) => existsSync(p));
   if (!path) {
     throw new Error(

@@ -4,8 +4,8 @@
  */
 import type { BertConfig } from './config.js';
 import { Engine, type EngineOptions } from './engine.js';
-import { loadModelFolder, saveModelFolder, resolveModel } from './io/index.js';
-import { BertTokenizer } from './tokenizer/index.js';
+import { loadModelFolder, saveModelFolder, resolveModel, formatNewlyInitializedMessage } from './io/index.js';
+import type { BertTokenizer } from './tokenizer/index.js';
 
 export interface LoadModelOptions extends EngineOptions {
   /** Number of classes of a new classification head. */
@@ -39,18 +39,14 @@ export async function loadModel(model: string, opts: LoadModelOptions = {}): Pro
   const { num_labels, id2label, label2id, revision, log, ...engineOptions } = opts;
   const folder = await resolveModel(model, { revision });
   const loaded = await loadModelFolder(folder, { num_labels, id2label, label2id, seed: opts.seed });
-  if (loaded.newlyInitialized.length > 0) {
-    (log ?? console.warn)(
-      `Some weights of BertForSequenceClassification were not initialized from the model checkpoint at ${folder} and are newly initialized: ${JSON.stringify([...loaded.newlyInitialized].sort()).replaceAll('"', "'").replaceAll(',', ', ')}`,
-    );
-  }
+  if (loaded.newlyInitialized.length > 0) (log ?? console.warn)(formatNewlyInitializedMessage(folder, loaded.newlyInitialized));
   const engine = new Engine({ config: loaded.config, ...engineOptions });
   for (const name of engine.parameterNames()) {
     const w = loaded.weights.get(name);
     if (!w) throw new Error(`model folder ${folder}: no weights for '${name}' after loading (internal key mapping error)`);
     engine.setWeight(name, w);
   }
-  const tokenizer = loaded.tokenizer ?? (await BertTokenizer.fromFolder(folder, { maxPositionEmbeddings: loaded.config.max_position_embeddings }));
+  const tokenizer = loaded.tokenizer;
   return {
     source: folder,
     config: loaded.config,

@@ -10,10 +10,12 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Command, CommanderError } from 'commander';
 import * as ort from 'onnxruntime-node';
+import { registerExport } from '../src/cli/export.js';
 import type { BertConfig } from '../src/config.js';
 import { Engine } from '../src/engine.js';
-import { loadModelFolder } from '../src/io/model-folder.js';
+import { loadModelFolder, saveModelFolder } from '../src/io/model-folder.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { exportOnnx } from '../src/onnx/export.js';
 import { decodeModel, type ModelProto } from '../src/onnx/schema.js';
@@ -97,10 +99,12 @@ async function exportTiny(name: string, opts: Parameters<typeof exportOnnx>[2] =
 
 const tinyExpected = async () => (await floatTensors(join(tinyDir, 'expected.safetensors'))).get('logits')!;
 
-test('tiny-bert opset 17: onnxruntime logits match HF (float64) on a padded batch within 1e-4', async () => {
+test('tiny-bert opset 17: onnxruntime logits match HF (float64) on a padded batch within 1e-4', async (t) => {
   const { session } = await exportTiny('tiny17.onnx');
   const logits = await runOrt(session, tinyRows());
-  assert.ok(maxAbsDiff(logits, await tinyExpected()) < 1e-4, `max |Δ| ${maxAbsDiff(logits, await tinyExpected())}`);
+  const d = maxAbsDiff(logits, await tinyExpected());
+  t.diagnostic(`max |Δ logits| onnxruntime vs HF: ${d.toExponential(2)}`);
+  assert.ok(d < 1e-4, `max |Δ| ${d}`);
   await session.release();
 });
 
@@ -266,10 +270,11 @@ function exportedMinilm() {
   return minilmOnnx;
 }
 
-test('all-MiniLM-L6-v2 + head: onnxruntime logits match HF within 1e-4 on 29 sentences (padded groups)', async () => {
+test('all-MiniLM-L6-v2 + head: onnxruntime logits match HF within 1e-4 on 29 sentences (padded groups)', async (t) => {
   const { logits } = await exportedMinilm();
   const expected = (await floatTensors(join(minilmHeadDir, 'logits.safetensors'))).get('logits')!;
   const d = maxAbsDiff(logits, expected);
+  t.diagnostic(`max |Δ logits| onnxruntime vs HF: ${d.toExponential(2)}`);
   assert.ok(d < 1e-4, `max |Δ| ${d}`);
 });
 
@@ -294,7 +299,7 @@ async function nativeLogits(model: { config: BertConfig; weights: Map<string, Fl
   }
 }
 
-test('native engine forward matches onnxruntime within 1e-4 (tiny-bert and MiniLM + head)', async () => {
+test('native engine forward matches onnxruntime within 1e-4 (tiny-bert and MiniLM + head)', async (t) => {
   const tiny = { config: tinyConfig(), weights: await floatTensors(join(tinyDir, 'model.safetensors')) };
   const { session } = await exportTiny('native-tiny.onnx');
   const tinyOrt = await runOrt(session, tinyRows());
@@ -316,5 +321,43 @@ test('native engine forward matches onnxruntime within 1e-4 (tiny-bert and MiniL
   const minilm = await exportedMinilm();
   const native = await nativeLogits(minilm.model, minilmRows(), 5);
   const d = maxAbsDiff(native, minilm.logits);
+  t.diagnostic(`max |Δ logits| native vs onnxruntime: tiny ${maxAbsDiff(logits, tinyOrt).toExponential(2)}, MiniLM ${d.toExponential(2)}`);
   assert.ok(d < 1e-4, `MiniLM: max |Δ| native vs onnxruntime ${d}`);
+});
+
+/** Runs `nodetune export ...args` in-process, capturing stdout. */
+async function cliExport(args: string[]): Promise<string> {
+  const program = new Command('nodetune').exitOverride().configureOutput({ writeErr: () => undefined, writeOut: () => undefined });
+  registerExport(program);
+  let out = '';
+  const write = process.stdout.write;
+  process.stdout.write = ((chunk: string) => ((out += chunk), true)) as typeof process.stdout.write;
+  try {
+    await program.parseAsync(['export', ...args], { from: 'user' });
+  } finally {
+    process.stdout.write = write;
+  }
+  return out;
+}
+
+test('nodetune export: writes onnx/model.onnx + config and tokenizer files into --output; refuses an untrained head', async () => {
+  const { model, logits } = await exportedMinilm();
+  const src = join(tmp, 'cli-model');
+  const dest = join(tmp, 'cli-out');
+  await saveModelFolder(src, { ...model, tokenizerFrom: minilmDir });
+  const printed = await cliExport(['--model', src, '--output', dest, '--opset', '18']);
+  assert.match(printed, /onnx\/model\.onnx: opset 18, IR version 8/);
+  for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'vocab.txt', 'onnx/model.onnx']) {
+    assert.ok(existsSync(join(dest, f)), `${f} missing`);
+  }
+  assert.equal(existsSync(join(dest, 'model.safetensors')), false);
+  const session = await ort.InferenceSession.create(join(dest, 'onnx/model.onnx'));
+  const rows = minilmRows();
+  const group = lengthGroups(rows)[0];
+  const T = Math.max(...group.map((b) => rows.attention_mask[b].reduce((a, m) => a + m, 0)));
+  const got = await runOrt(session, reshapeRows(rows, group, T));
+  await session.release();
+  group.forEach((b, i) => assert.ok(maxAbsDiff(row(got, i, 5), row(logits, b, 5)) < 1e-5));
+  await assert.rejects(cliExport(['--model', minilmDir, '--output', join(tmp, 'x')]), /has no classifier\.bias, classifier\.weight; fine-tune the model before exporting/);
+  await assert.rejects(cliExport(['--model', src, '--opset', 'abc']), (e: unknown) => e instanceof CommanderError && /'abc' is not an integer/.test(e.message));
 });

@@ -4,6 +4,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
+import { Command, CommanderError } from 'commander';
+import { registerServe } from '../src/cli/serve.js';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -140,4 +142,16 @@ test('a burst of 50 concurrent requests is answered correctly', async () => {
     const want = await reference.classify(b.texts ?? [b.text!], { topK: b.top_k ?? 1 });
     assertSamePredictions(res.json.predictions, want);
   }
+});
+
+test('nodetune serve rejects a bad port, backend or limit before loading anything', async () => {
+  const parse = (args: string[]) => {
+    const program = new Command('nodetune').exitOverride().configureOutput({ writeErr: () => undefined, writeOut: () => undefined });
+    registerServe(program);
+    return program.parseAsync(['serve', '--model', tmp, ...args], { from: 'user' });
+  };
+  const fails = (re: RegExp) => (e: unknown) => e instanceof CommanderError && re.test(e.message);
+  await assert.rejects(parse(['--port', '70000']), fails(/'70000' is not a TCP port/));
+  await assert.rejects(parse(['--backend', 'tpu']), fails(/Allowed choices are onnx, native/));
+  await assert.rejects(parse(['--max-texts', '0']), fails(/'0' must be at least 1/));
 });

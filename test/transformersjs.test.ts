@@ -49,7 +49,7 @@ test('exported folder has the transformers.js layout', () => {
   }
 });
 
-test('transformers.js text-classification pipeline reproduces softmax(HF logits) within 1e-4', async () => {
+test('transformers.js text-classification pipeline reproduces softmax(HF logits) within 1e-4', async (t) => {
   env.allowRemoteModels = false;
   env.allowLocalModels = true;
   env.localModelPath = tmp;
@@ -74,8 +74,39 @@ test('transformers.js text-classification pipeline reproduces softmax(HF logits)
       assert.equal(out[n].length, 5);
       for (const { label, score } of out[n]) worst = Math.max(worst, Math.abs(score - probs[Number(label.slice(6))]));
     });
+    t.diagnostic(`max |Δ score| transformers.js vs softmax(HF logits): ${worst.toExponential(2)}`);
     assert.ok(worst < 1e-4, `max |Δ score| ${worst}`);
   } finally {
     await classify.dispose();
   }
+});
+
+test('external data: a folder exported with model.onnx_data runs in transformers.js with the same scores', async () => {
+  env.allowRemoteModels = false;
+  env.localModelPath = tmp;
+  const result = await exportModelFolder(join(tmp, 'minilm-head'), { output: join(tmp, 'minilm-ext'), externalDataThreshold: 0 });
+  assert.equal(result.externalDataPath, join(tmp, 'minilm-ext', 'onnx', 'model.onnx_data'));
+  const config = JSON.parse(readFileSync(join(tmp, 'minilm-ext', 'config.json'), 'utf8'));
+  assert.deepEqual(config['transformers.js_config'], { use_external_data_format: { 'model.onnx': 1 } });
+  const fixture = JSON.parse(readFileSync(join(headDir, 'sentences.json'), 'utf8')) as SentencesFixture;
+  const classify = await pipeline('text-classification', 'minilm-ext', { dtype: 'fp32' });
+  try {
+    const out = (await classify(fixture.sentences.slice(0, 3).map((s) => s.text))) as unknown as Array<{ label: string; score: number }>;
+    out.forEach((p, i) => {
+      const probs = softmax(fixture.logits[i]);
+      const best = probs.indexOf(Math.max(...probs));
+      assert.equal(p.label, `LABEL_${best}`);
+      assert.ok(Math.abs(p.score - probs[best]) < 1e-4);
+    });
+  } finally {
+    await classify.dispose();
+  }
+  // In place: an external export marks config.json, an inline one unmarks it and drops the data file.
+  const folder = join(tmp, 'minilm-head');
+  const marker = () => JSON.parse(readFileSync(join(folder, 'config.json'), 'utf8'))['transformers.js_config'];
+  await exportModelFolder(folder, { externalDataThreshold: 0 });
+  assert.deepEqual(marker(), { use_external_data_format: { 'model.onnx': 1 } });
+  await exportModelFolder(folder);
+  assert.equal(marker(), undefined);
+  assert.equal(existsSync(join(folder, 'onnx', 'model.onnx_data')), false);
 });

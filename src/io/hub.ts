@@ -122,7 +122,8 @@ class HttpError extends Error {
 
 /** True for failures to reach the server at all (DNS, refused, reset, timeout) as opposed to HTTP answers. */
 function isNetworkError(err: unknown): boolean {
-  return !(err instanceof HttpError) && err instanceof Error && (err.name === 'TypeError' || err.name === 'TimeoutError' || err.name === 'AbortError' || 'code' in err);
+  if (err instanceof HttpError || !(err instanceof Error)) return false;
+  return (err.name === 'TypeError' && err.message === 'fetch failed') || err.name === 'TimeoutError' || err.name === 'AbortError' || 'code' in err;
 }
 
 function describe(err: unknown): string {
@@ -366,7 +367,12 @@ export async function pull(repoId: string, opts: PullOptions = {}): Promise<Pull
   for (let i = 0; i < files.length; i++) {
     const file = files[i];
     const sib = bySibling.get(file)!;
-    entries[file] = (await cachedEntry(dir, file, sib, old)) ?? (downloaded.push(file), await downloadFile(dir, file, sib, ctx));
+    let entry = await cachedEntry(dir, file, sib, old);
+    if (!entry) {
+      entry = await downloadFile(dir, file, sib, ctx);
+      downloaded.push(file);
+    }
+    entries[file] = entry;
     if (file === 'model.safetensors.index.json') files.push(...(await shardsOf(join(dir, file), bySibling, repoId)));
   }
   const manifest: Manifest = { repo_id: repoId, revision, commit: info.sha, endpoint: ctx.endpoint, files: entries };

@@ -5,9 +5,9 @@
  * onnx/model.onnx (+ onnx/model.onnx_data for models over 2 GB).
  */
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { copyFileAtomic } from '../io/atomic.js';
+import { copyFileAtomic, writeFileAtomic } from '../io/atomic.js';
 import { loadModelFolder, TOKENIZER_FILES } from '../io/model-folder.js';
 import { exportOnnx, type ExportOptions, type ExportResult } from './export.js';
 
@@ -49,5 +49,25 @@ export async function exportModelFolder(folder: string, options: FolderExportOpt
   const warnings: string[] = [];
   if (!existsSync(join(out, 'tokenizer.json'))) warnings.push(`${out} has no tokenizer.json; transformers.js needs one to tokenize`);
   const result = await exportOnnx({ config, weights }, join(out, 'onnx', 'model.onnx'), options);
+  await markExternalData(join(out, 'config.json'), result.externalDataPath !== undefined);
   return { ...result, folder: out, warnings };
+}
+
+/**
+ * transformers.js fetches model.onnx_data only when config.json says so
+ * (`transformers.js_config.use_external_data_format`, a chunk count per file);
+ * onnxruntime-node finds it on its own. Keeps that entry in step with the export.
+ */
+async function markExternalData(configPath: string, external: boolean): Promise<void> {
+  const json = JSON.parse(await readFile(configPath, 'utf8')) as Record<string, any>;
+  const tjs = { ...(json['transformers.js_config'] ?? {}) };
+  const formats = { ...(tjs.use_external_data_format ?? {}) };
+  if (external === Boolean(formats['model.onnx'])) return;
+  if (external) formats['model.onnx'] = 1;
+  else delete formats['model.onnx'];
+  tjs.use_external_data_format = formats;
+  if (Object.keys(formats).length === 0) delete tjs.use_external_data_format;
+  if (Object.keys(tjs).length === 0) delete json['transformers.js_config'];
+  else json['transformers.js_config'] = tjs;
+  await writeFileAtomic(configPath, `${JSON.stringify(json, null, 2)}\n`);
 }

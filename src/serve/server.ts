@@ -7,7 +7,7 @@
  *                    One inner list per input text, in input order (a single "text" gives a
  *                    one-element outer list); each inner list holds top_k labels by descending
  *                    softmax score, like the Hugging Face text-classification pipeline.
- *   GET  /health     → 200 {"status": "ok", "model": <folder name>, "labels": num_labels, "backend": ...}
+ *   GET  /health     → 200 {"status": "ok", "model": <model folder name>, "labels": num_labels, "backend": "onnx"|"native"}
  *
  * Every error answers {"error": message}: 400 invalid JSON or fields, 404 unknown path,
  * 405 wrong method (with Allow), 413 body over maxBodyBytes, 500 inference failure.
@@ -169,7 +169,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
       threads: options.threads,
     }));
   const limits = { maxTexts: options.maxTexts ?? 256, maxBodyBytes: options.maxBodyBytes ?? 1024 * 1024 };
-  const modelName = options.model ? basename(resolve(options.model)) : 'model';
+  const modelName = basename(resolve(classifier.folder));
   const log = options.log ?? (() => undefined);
 
   const server = createServer((req, res) => {

@@ -235,39 +235,48 @@ export class BertTokenizer {
     const maxPos = opts.maxPositionEmbeddings ?? Infinity;
     const want = opts.backend ?? 'auto';
     const cfg = (await readJsonIfExists<TokenizerConfigJson>(join(folder, 'tokenizer_config.json'))) ?? {};
-    const map = await readJsonIfExists<TokenizerConfigJson>(join(folder, 'special_tokens_map.json'));
-    const specials = specialTokensFrom(cfg, map);
+    const specials = specialTokensFrom(cfg, await readJsonIfExists<TokenizerConfigJson>(join(folder, 'special_tokens_map.json')));
     const tjPath = join(folder, 'tokenizer.json');
-    const vocabPath = join(folder, 'vocab.txt');
     if (existsSync(tjPath) && want !== 'wordpiece') {
-      const tj = await readJson<any>(tjPath);
-      const spec = specFromTokenizerJson(tj, tjPath);
-      const mirror = typeof spec === 'string' ? null : new WordPieceTokenizer(spec);
-      let hf: HFTokenizer | null = null;
-      let reason: string | undefined;
-      try {
-        hf = new HFTokenizer(tj, cfg);
-      } catch (err) {
-        reason = `@huggingface/tokenizers could not load ${tjPath}: ${(err as Error).message}`;
-      }
-      if (hf && mirror && want === 'auto') reason = probeDisagreement(hf, mirror);
-      if (hf && (!reason || want === 'tokenizers')) {
-        const lib = hf;
-        const vocab = lib.get_vocab(true);
-        const note = typeof spec === 'string' ? `no WordPiece cross-check: ${spec}` : undefined;
-        return new BertTokenizer((t) => lib.encode(t, { add_special_tokens: false }).ids, vocab, specials, 'tokenizers', note, maxPos);
-      }
-      if (want === 'tokenizers') throw new Error(reason);
-      if (!mirror) throw new Error(`${reason}; and the built-in WordPiece tokenizer cannot stand in: ${spec}`);
-      const note = `${reason}; using the built-in WordPiece tokenizer with the vocabulary of ${tjPath}`;
-      return new BertTokenizer((t) => mirror.encode(t), mirror.spec.vocab, specials, 'wordpiece', note, maxPos);
+      return BertTokenizer.fromTokenizerJson(tjPath, await readJson<any>(tjPath), cfg, specials, want, maxPos);
     }
     if (want === 'tokenizers') throw new Error(`${folder}: backend 'tokenizers' needs tokenizer.json, which is missing`);
+    const vocabPath = join(folder, 'vocab.txt');
     if (!existsSync(vocabPath)) throw new Error(`${folder}: no tokenizer found (expected tokenizer.json or vocab.txt)`);
     const vocab = parseVocabTxt(await readFile(vocabPath, 'utf8'));
     const addedJson = await readJsonIfExists<Record<string, number>>(join(folder, 'added_tokens.json'));
     const wp = new WordPieceTokenizer(specFromVocab(vocab, cfg, specials, addedJson));
     return new BertTokenizer((t) => wp.encode(t), wp.spec.vocab, specials, 'wordpiece', undefined, maxPos);
+  }
+
+  /** tokenizer.json through @huggingface/tokenizers, or the WordPiece port when the library fails or disagrees. */
+  private static fromTokenizerJson(
+    tjPath: string,
+    tj: any,
+    cfg: TokenizerConfigJson,
+    specials: SpecialTokens,
+    want: 'auto' | TokenizerBackendName,
+    maxPos: number,
+  ): BertTokenizer {
+    const spec = specFromTokenizerJson(tj, tjPath);
+    const mirror = typeof spec === 'string' ? null : new WordPieceTokenizer(spec);
+    let lib: HFTokenizer | null = null;
+    let reason: string | undefined;
+    try {
+      lib = new HFTokenizer(tj, cfg);
+    } catch (err) {
+      reason = `@huggingface/tokenizers could not load ${tjPath}: ${(err as Error).message}`;
+    }
+    if (lib && mirror && want === 'auto') reason = probeDisagreement(lib, mirror);
+    if (lib && (!reason || want === 'tokenizers')) {
+      const hf = lib;
+      const note = typeof spec === 'string' ? `no WordPiece cross-check: ${spec}` : undefined;
+      return new BertTokenizer((t) => hf.encode(t, { add_special_tokens: false }).ids, hf.get_vocab(true), specials, 'tokenizers', note, maxPos);
+    }
+    if (want === 'tokenizers') throw new Error(reason);
+    if (!mirror) throw new Error(`${reason}; and the built-in WordPiece tokenizer cannot stand in: ${spec}`);
+    const note = `${reason}; using the built-in WordPiece tokenizer with the vocabulary of ${tjPath}`;
+    return new BertTokenizer((t) => mirror.encode(t), mirror.spec.vocab, specials, 'wordpiece', note, maxPos);
   }
 
   /** Token ids of `text` without special tokens. */

@@ -1,0 +1,239 @@
+/**
+ * `nodetune bench kernels`: runs the Google Benchmark suite bench/kernels.cpp
+ * (built by CMake as build/Release/nodetune_bench_kernels) and turns its JSON
+ * into a {@link BenchReport}: per kernel the median time, GFLOP/s, GB/s and the
+ * fraction of the machine's own roof measured in the same run.
+ *
+ * Roofline (Williams, Waterman & Patterson 2009): a kernel doing F FLOPs and
+ * moving at least M bytes cannot take less than max(F / P, M / BW) seconds,
+ * P = the sgemm ceiling (GFLOP/s), BW = the copy ceiling (GB/s). Its fraction
+ * of the roof is that bound over the measured time; `bound` says which term
+ * is larger. The copy ceiling is DRAM bandwidth, so a memory-bound kernel
+ * whose working set stays in cache can exceed 100%.
+ *
+ * CUDA hook: `--device cuda` runs build/Release/nodetune_bench_cuda instead,
+ * which the CUDA build (native/cuda) provides; it must keep the contract
+ * written at the top of bench/kernels.cpp (counters flop_per_iter and
+ * bytes_per_iter, ceilings named ceiling/sgemm and ceiling/copy, nt_* context).
+ */
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { releaseBinary } from './paths.js';
+import type { BenchReport, BenchValue } from './report.js';
+
+export const KERNEL_MODELS = ['minilm-l6', 'bert-tiny', 'bert-base'] as const;
+export type KernelModel = (typeof KERNEL_MODELS)[number];
+
+export interface KernelBenchOptions {
+  /** Tiny shapes and short runs (tests): B=2 T=16 C=64, ceilings 256^3 sgemm and 8 MiB copy. */
+  tiny?: boolean;
+  /** Model whose layer shapes are measured (default minilm-l6). Ignored with tiny. */
+  model?: KernelModel;
+  /** Batch size B (default 32) and sequence length T (default 128). */
+  batch?: number;
+  seq?: number;
+  /** OpenMP/OpenBLAS threads (default: OpenMP's default, all cores). */
+  threads?: number;
+  /** Repetitions the median is taken over (default 5; tiny 3). */
+  repetitions?: number;
+  /** Minimum seconds per repetition (default 0.2; tiny 0.01). */
+  minTime?: number;
+  /** Regular expression selecting benchmarks; the two ceilings always run. */
+  filter?: string;
+  device?: 'cpu' | 'cuda';
+  /** Path of the benchmark binary (default build/Release/nodetune_bench_{kernels,cuda}). */
+  binary?: string;
+  /** Receives Google Benchmark's console output while it runs (progress). */
+  onProgress?: (text: string) => void;
+}
+
+/** The parts of Google Benchmark's JSON output (--benchmark_out_format=json) used here. */
+export interface GoogleBenchmarkJson {
+  context: Record<string, unknown>;
+  benchmarks: Array<{
+    name: string;
+    run_name: string;
+    run_type: 'iteration' | 'aggregate';
+    aggregate_name?: string;
+    real_time: number;
+    time_unit: 'ns' | 'us' | 'ms' | 's';
+    label?: string;
+    flop_per_iter?: number;
+    bytes_per_iter?: number;
+    error_occurred?: boolean;
+    error_message?: string;
+  }>;
+}
+
+const UNIT_S = { ns: 1e-9, us: 1e-6, ms: 1e-3, s: 1 } as const;
+
+function missingBinaryMessage(path: string, device: 'cpu' | 'cuda'): string {
+  if (device === 'cuda') {
+    return `CUDA kernel benchmarks not found at ${path}: they are built with the CUDA kernels (native/cuda) on a machine with the CUDA toolkit; run \`nodetune bench kernels\` without --device cuda for the CPU suite`;
+  }
+  return `kernel benchmark binary not found at ${path}: CMake builds it when Google Benchmark is installed (Debian/Ubuntu: apt-get install libbenchmark-dev; macOS: brew install google-benchmark), then rebuild with \`npm run build:native\``;
+}
+
+function binaryArgs(o: KernelBenchOptions, outFile: string): string[] {
+  const args = [`--benchmark_out=${outFile}`, '--benchmark_out_format=json'];
+  if (o.tiny) args.push('--tiny');
+  if (o.model) args.push(`--model=${o.model}`);
+  if (o.batch !== undefined) args.push(`--batch=${o.batch}`);
+  if (o.seq !== undefined) args.push(`--seq=${o.seq}`);
+  if (o.threads !== undefined) args.push(`--threads=${o.threads}`);
+  if (o.repetitions !== undefined) args.push(`--benchmark_repetitions=${o.repetitions}`);
+  if (o.minTime !== undefined) args.push(`--benchmark_min_time=${o.minTime}`);
+  if (o.filter) args.push(`--benchmark_filter=^ceiling/|${o.filter}`);
+  return args;
+}
+
+function runBinary(path: string, args: string[], onProgress?: (t: string) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(path, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => onProgress?.(d.toString()));
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      onProgress?.(d.toString());
+    });
+    child.on('error', (err) => reject(new Error(`cannot run ${path}: ${err.message}`)));
+    child.on('close', (code, signal) => {
+      if (code === 0) resolve();
+      else reject(new Error(`${path} ${args.join(' ')} failed (${signal ?? `exit ${code}`}): ${stderr.trim().split('\n').slice(-5).join(' | ')}`));
+    });
+  });
+}
+
+/**
+ * Runs the kernel suite and post-processes its JSON.
+ * @throws Error naming the binary when it is missing (and how to build it) or fails.
+ */
+export async function runKernelBench(opts: KernelBenchOptions = {}): Promise<BenchReport> {
+  const device = opts.device ?? 'cpu';
+  const binary = opts.binary ?? releaseBinary(device === 'cuda' ? 'nodetune_bench_cuda' : 'nodetune_bench_kernels');
+  if (!existsSync(binary)) throw new Error(missingBinaryMessage(binary, device));
+  const dir = await mkdtemp(join(tmpdir(), 'nodetune-bench-'));
+  try {
+    const out = join(dir, 'kernels.json');
+    await runBinary(binary, binaryArgs(opts, out), opts.onProgress);
+    const json = JSON.parse(await readFile(out, 'utf8')) as GoogleBenchmarkJson;
+    return kernelReport(json);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+interface Measured {
+  name: string;
+  shape: string;
+  seconds: number;
+  flop: number;
+  bytes: number;
+}
+
+/** Median real time per benchmark: the "median" aggregate, else the median of iteration runs. */
+function medians(json: GoogleBenchmarkJson): Measured[] {
+  const runs = new Map<string, { agg?: number; iters: number[]; label: string; flop: number; bytes: number }>();
+  for (const b of json.benchmarks) {
+    const name = b.run_name.replace(/\/(real_time|repeats:\d+)/g, '');
+    if (b.error_occurred) throw new Error(`kernel benchmark ${name} failed: ${b.error_message ?? 'unknown error'}`);
+    if (b.flop_per_iter === undefined || b.bytes_per_iter === undefined) {
+      throw new Error(`kernel benchmark ${name}: counters flop_per_iter and bytes_per_iter are missing (see the contract in bench/kernels.cpp)`);
+    }
+    const r = runs.get(name) ?? { iters: [], label: b.label ?? '', flop: b.flop_per_iter, bytes: b.bytes_per_iter };
+    const seconds = b.real_time * UNIT_S[b.time_unit];
+    if (b.run_type === 'aggregate' && b.aggregate_name === 'median') r.agg = seconds;
+    if (b.run_type === 'iteration') r.iters.push(seconds);
+    runs.set(name, r);
+  }
+  return [...runs].map(([name, r]) => {
+    const sorted = [...r.iters].sort((a, b) => a - b);
+    const seconds = r.agg ?? sorted[(sorted.length - 1) >> 1];
+    return { name, shape: r.label, seconds, flop: r.flop, bytes: r.bytes };
+  });
+}
+
+const ctx = (json: GoogleBenchmarkJson, key: string): BenchValue => {
+  const v = json.context[key];
+  if (v === undefined || v === null) return null;
+  return typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : (v as BenchValue);
+};
+
+/**
+ * Post-processes Google Benchmark JSON from bench/kernels.cpp (or a CUDA suite
+ * keeping its contract) into a report. Pure: no I/O.
+ * @throws Error when a ceiling (ceiling/sgemm, ceiling/copy) or a counter is missing.
+ */
+export function kernelReport(json: GoogleBenchmarkJson): BenchReport {
+  const all = medians(json);
+  const find = (n: string) => {
+    const m = all.find((x) => x.name === n);
+    if (!m) throw new Error(`kernel benchmark output has no ${n}: the ceilings must run in the same suite`);
+    return m;
+  };
+  const sgemm = find('ceiling/sgemm');
+  const copy = find('ceiling/copy');
+  const peakFlops = sgemm.flop / sgemm.seconds;
+  const peakBytes = copy.bytes / copy.seconds;
+  const rows = all.map((m) => {
+    const tFlop = m.flop / peakFlops;
+    const tBytes = m.bytes / peakBytes;
+    return {
+      kernel: m.name,
+      shape: m.shape,
+      time_ms: m.seconds * 1e3,
+      gflop_s: m.flop / m.seconds / 1e9,
+      gb_s: m.bytes / m.seconds / 1e9,
+      bound: tFlop >= tBytes ? 'compute' : 'memory',
+      roof_fraction: Math.max(tFlop, tBytes) / m.seconds,
+      flop_per_iter: m.flop,
+      bytes_per_iter: m.bytes,
+    };
+  });
+  const kernels = rows.filter((r) => !r.kernel.startsWith('ceiling/'));
+  const worst = [...kernels].sort((a, b) => a.roof_fraction - b.roof_fraction).slice(0, 3);
+  const device = String(ctx(json, 'nt_device') ?? 'cpu');
+  const model = ctx(json, 'nt_model');
+  return {
+    suite: 'kernels',
+    title: `nodetune kernel benchmarks (${device}, ${model} B=${ctx(json, 'nt_B')} T=${ctx(json, 'nt_T')}, ${ctx(json, 'nt_threads')} threads)`,
+    context: {
+      device,
+      cpu: device === 'cpu' ? (cpus()[0]?.model ?? 'unknown').trim() : (ctx(json, 'nt_gpu') ?? null),
+      model,
+      B: ctx(json, 'nt_B'),
+      T: ctx(json, 'nt_T'),
+      hidden_size: ctx(json, 'nt_C'),
+      num_attention_heads: ctx(json, 'nt_NH'),
+      intermediate_size: ctx(json, 'nt_I'),
+      num_labels: ctx(json, 'nt_L'),
+      parameters: ctx(json, 'nt_params'),
+      threads: ctx(json, 'nt_threads'),
+      blas: ctx(json, 'nt_blas'),
+      sgemm_ceiling_gflop_s: Number((peakFlops / 1e9).toFixed(2)),
+      sgemm_ceiling_shape: sgemm.shape,
+      copy_ceiling_gb_s: Number((peakBytes / 1e9).toFixed(2)),
+      copy_ceiling_shape: copy.shape,
+      load_avg_1min: Array.isArray(json.context.load_avg) ? Number(json.context.load_avg[0]) : null,
+      date: String(json.context.date ?? ''),
+    },
+    columns: [
+      { key: 'kernel', header: 'kernel' },
+      { key: 'shape', header: 'shape' },
+      { key: 'time_ms', header: 'median ms', digits: 3 },
+      { key: 'gflop_s', header: 'GFLOP/s', digits: 1 },
+      { key: 'gb_s', header: 'GB/s', digits: 1 },
+      { key: 'bound', header: 'bound' },
+      { key: 'roof_fraction', header: 'of roof', percent: true },
+    ],
+    rows,
+    notes: [
+      `roof = min(sgemm ceiling ${(peakFlops / 1e9).toFixed(1)} GFLOP/s, arithmetic intensity x copy ceiling ${(peakBytes / 1e9).toFixed(1)} GB/s), both measured in this run; "of roof" = roof-bound time / median time`,
+      'memory-bound kernels above 100% kept their working set in cache (the copy ceiling is DRAM)',
+      `furthest from the roof: ${worst.map((r) => `${r.kernel} ${(r.roof_fraction * 100).toFixed(1)}%`).join(', ')}`,
+    ],
+  };
+}

@@ -1,0 +1,119 @@
+/**
+ * `nodetune bench train` and `nodetune bench kernels`: throughput of a whole
+ * training step against PyTorch, and of each kernel against the machine's own
+ * GEMM and memory ceilings. Both print one format (src/bench/report.ts): a
+ * table by default, `--json` for tools, `--markdown` for the README.
+ */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { formatJson, formatMarkdown, formatTable, type BenchReport } from '../bench/report.js';
+import { KERNEL_MODELS, runKernelBench, type KernelModel } from '../bench/kernels.js';
+import { TRAIN_SHAPES, runTrainBench, type TrainBenchOptions } from '../bench/train.js';
+import { int, num } from './common.js';
+
+/** Where the commands write: stdout gets the report, stderr progress. */
+export interface BenchIO {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+}
+
+const processIO: BenchIO = {
+  stdout: (t) => process.stdout.write(t),
+  stderr: (t) => process.stderr.write(t),
+};
+
+function positive(value: string): number {
+  const x = int(value);
+  if (x < 1) throw new InvalidArgumentError(`'${value}' must be a positive integer.`);
+  return x;
+}
+
+const list = (value: string) => value.split(',').map((s) => s.trim()).filter(Boolean);
+
+function render(report: BenchReport, opts: Record<string, unknown>): string {
+  if (opts.json) return formatJson(report);
+  if (opts.markdown) return formatMarkdown(report);
+  return formatTable(report);
+}
+
+/** Adds the `bench train` flags to a command (shared with bench/train.ts, `npm run bench`). */
+export function addTrainOptions(cmd: Command): Command {
+  return cmd
+    .option('--shapes <list>', `comma-separated shapes (${TRAIN_SHAPES.map((s) => s.name).join(', ')})`, list)
+    .option('--seq <list>', 'comma-separated sequence lengths T', (v) => list(v).map(positive), [32, 128])
+    .option('--batch <n>', 'batch size B', positive, 32)
+    .option('--threads <n>', 'threads for nodetune and torch', positive, 2)
+    .option('--steps <n>', 'timed steps (default: ~3 s worth, 3 to 20)', positive)
+    .option('--warmup <n>', 'untimed warm-up steps', int, 1)
+    .option('--no-torch', 'skip the PyTorch peer (scripts/reference/bench_torch.py)')
+    .option('--python <path>', 'Python interpreter for the peer (default $PYTHON or python3)')
+    .addOption(new Option('--torch-attn <impl>', 'HF attention implementation of the peer').choices(['sdpa', 'eager']).default('sdpa'))
+    .option('--json', 'print the report as JSON')
+    .option('--markdown', 'print the table as markdown');
+}
+
+/** Runs `bench train` from parsed options and writes the report. */
+export async function trainAction(opts: Record<string, unknown>, io: BenchIO = processIO): Promise<BenchReport> {
+  const report = await runTrainBench({
+    shapes: opts.shapes as string[] | undefined,
+    seqs: opts.seq as number[],
+    batch: opts.batch as number,
+    threads: opts.threads as number,
+    steps: opts.steps as number | undefined,
+    warmup: opts.warmup as number,
+    torch: opts.torch as boolean,
+    python: opts.python as string | undefined,
+    torchAttn: opts.torchAttn as TrainBenchOptions['torchAttn'],
+    onProgress: (line) => io.stderr(`${line}\n`),
+  });
+  io.stdout(render(report, opts));
+  return report;
+}
+
+/**
+ * Registers `bench train` and `bench kernels` on the program. `io` redirects
+ * output (tests); by default stdout gets the report and stderr the progress.
+ */
+export function registerBench(program: Command, io: BenchIO = processIO): void {
+  const bench = program.command('bench').description('measure training-step and kernel throughput');
+
+  addTrainOptions(
+    bench
+      .command('train')
+      .description('training-step throughput (samples/s, tokens/s, GFLOP/s) beside PyTorch eager fp32 on the same model, batch and threads'),
+  ).action(async (opts: Record<string, unknown>) => {
+    await trainAction(opts, io);
+  });
+
+  bench
+    .command('kernels')
+    .description("each kernel's GFLOP/s or GB/s as a fraction of this machine's sgemm and memory-copy ceilings (Google Benchmark)")
+    .option('--tiny', 'tiny shapes and short runs (a smoke test)')
+    .addOption(new Option('--model <name>', 'layer shapes of this model').choices([...KERNEL_MODELS]).default('minilm-l6'))
+    .option('--batch <n>', 'batch size B', positive, 32)
+    .option('--seq <n>', 'sequence length T', positive, 128)
+    .option('--threads <n>', 'OpenMP/OpenBLAS threads (default: all cores)', positive)
+    .option('--repetitions <n>', 'repetitions the median is taken over (default 5; tiny 3)', positive)
+    .option('--min-time <s>', 'minimum seconds per repetition (default 0.2; tiny 0.01)', num)
+    .option('--filter <regex>', 'only benchmarks matching this regular expression (ceilings always run)')
+    .addOption(new Option('--device <device>', 'cpu: build/Release/nodetune_bench_kernels; cuda: build/Release/nodetune_bench_cuda').choices(['cpu', 'cuda']).default('cpu'))
+    .option('--binary <path>', 'benchmark binary to run instead of the default')
+    .option('--quiet', "hide Google Benchmark's progress on stderr")
+    .option('--json', 'print the report as JSON')
+    .option('--markdown', 'print the table as markdown')
+    .action(async (opts: Record<string, unknown>) => {
+      const report = await runKernelBench({
+        tiny: opts.tiny as boolean | undefined,
+        model: opts.model as KernelModel,
+        batch: opts.tiny ? undefined : (opts.batch as number),
+        seq: opts.tiny ? undefined : (opts.seq as number),
+        threads: opts.threads as number | undefined,
+        repetitions: opts.repetitions as number | undefined,
+        minTime: opts.minTime as number | undefined,
+        filter: opts.filter as string | undefined,
+        device: opts.device as 'cpu' | 'cuda',
+        binary: opts.binary as string | undefined,
+        onProgress: opts.quiet ? undefined : io.stderr,
+      });
+      io.stdout(render(report, opts));
+    });
+}

@@ -1,0 +1,19 @@
+/**
+ * nodetune's public TypeScript API. The CLI (src/cli) only wraps these.
+ */
+export { BERT_DEFAULTS, parameterShapes, type BertConfig } from './config.js';
+export { Engine, loadAddon, type Batch, type EngineOptions, type OptimizerState } from './engine.js';
+export { loadModel, saveModel, engineWeights, type Model, type LoadModelOptions } from './model.js';
+export * from './io/index.js';
+export * from './tokenizer/index.js';
+export * from './data/index.js';
+export * from './metrics/index.js';
+export * from './report/index.js';
+export { getScheduler, getWarmupSteps, SCHEDULER_TYPES, type SchedulerType, type LrSchedule } from './train/schedule.js';
+export { Trainer, collate, evaluateExamples, predictExamples, type TrainingArguments, type EncodedExample, type LogEntry, type EvalEntry } from './train/trainer.js';
+export { fineTune, prepareData, type FineTuneOptions, type FineTuneResult } from './train/finetune.js';
+export { evaluateFile, type EvaluateFileOptions } from './train/evaluate.js';
+export { exportOnnx, type ExportOptions, type ExportResult } from './onnx/export.js';
+export { exportModelFolder, type FolderExportOptions } from './onnx/folder.js';
+export { Classifier, type ClassifierOptions, type ClassifyOptions, type Prediction } from './classifier.js';
+export { startServer, type ServeOptions, type RunningServer } from './serve/server.js';

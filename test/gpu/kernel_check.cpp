@@ -1,0 +1,783 @@
+// GPU-vs-CPU parity of every CUDA kernel (native/cuda) against the CPU
+// kernels (native/cpu, nodetune_core) on the same random inputs.
+//
+// Reference: the CPU kernel instantiated in float64 on the very values the GPU
+// sees (bf16 cases: the bf16-rounded values), so the reported error is the
+// GPU's own; the CPU float32 kernel's error against the same reference is
+// shown beside it for scale. Error metric, per output tensor:
+//   max_rel_err = max_i |gpu_i - ref_i| / max_i |ref_i|
+// (a non-finite GPU value counts as infinite). Outputs are poisoned with NaN
+// before each launch, so an element a kernel forgets to write fails; outputs
+// that are accumulated (+=) start from random values instead.
+// Tolerances: fp32 1e-5; dropout masks, Philox words, conversions and the
+// residual add 0 (bit-identical); bf16 per kernel below (bf16 keeps 8 bits,
+// one rounding of an output is <= 2^-9 relative).
+//
+// Usage: nodetune_cuda_check [--json FILE]
+// Exit: 0 all pass, or no CUDA device ("no CUDA device: <reason>");
+//       1 some check failed; 2 a CUDA/C++ error was thrown.
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "cuda/gemm.h"
+#include "cuda/kernels.h"
+
+namespace {
+
+using nt::cuda::bf16;
+
+// ---- host bf16 (round to nearest even; NaN stays NaN) ------------------------
+uint16_t f2bf(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+float bf2f(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+template <typename T>
+struct Act;
+template <>
+struct Act<float> {
+    using H = float;
+    static H from(float x) { return x; }
+    static float to(H h) { return h; }
+    static constexpr const char* name = "fp32";
+};
+template <>
+struct Act<bf16> {
+    using H = uint16_t;
+    static H from(float x) { return f2bf(x); }
+    static float to(H h) { return bf2f(h); }
+    static constexpr const char* name = "bf16";
+};
+template <typename T>
+float round_to(float x) {
+    return Act<T>::to(Act<T>::from(x));
+}
+
+// ---- device buffers -----------------------------------------------------------
+template <typename T>
+struct Dev {
+    T* p = nullptr;
+    size_t n = 0;
+    explicit Dev(size_t count) : n(count) {
+        NT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p), (n ? n : 1) * sizeof(T)));
+        poison();
+    }
+    ~Dev() { cudaFree(p); }
+    Dev(const Dev&) = delete;
+    Dev& operator=(const Dev&) = delete;
+    void poison() { NT_CUDA_CHECK(cudaMemset(p, 0xff, (n ? n : 1) * sizeof(T))); }  // NaN in fp32 and bf16
+    template <typename H>
+    void up(const std::vector<H>& h) {
+        static_assert(sizeof(H) == sizeof(T), "host/device element size");
+        if (h.size() != n) throw std::runtime_error("upload size mismatch");
+        NT_CUDA_CHECK(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    template <typename H>
+    std::vector<H> down() const {
+        static_assert(sizeof(H) == sizeof(T), "host/device element size");
+        std::vector<H> h(n);
+        NT_CUDA_CHECK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+        return h;
+    }
+};
+
+// Float values exactly representable in T, uploaded as T.
+template <typename T>
+std::vector<typename Act<T>::H> host_of(const std::vector<float>& x) {
+    std::vector<typename Act<T>::H> h(x.size());
+    for (size_t i = 0; i < x.size(); i++) h[i] = Act<T>::from(x[i]);
+    return h;
+}
+template <typename T>
+void upload(Dev<T>& d, const std::vector<float>& x) {
+    d.up(host_of<T>(x));
+}
+template <typename T>
+std::vector<double> download(const Dev<T>& d) {
+    const auto h = d.template down<typename Act<T>::H>();
+    std::vector<double> r(h.size());
+    for (size_t i = 0; i < h.size(); i++) r[i] = Act<T>::to(h[i]);
+    return r;
+}
+template <typename T>
+std::vector<float> rounded(std::vector<float> x) {
+    for (auto& v : x) v = round_to<T>(v);
+    return x;
+}
+template <typename S>
+std::vector<S> as(const std::vector<float>& x) {
+    return std::vector<S>(x.begin(), x.end());
+}
+template <typename S>
+std::vector<double> dbl(const std::vector<S>& x) {
+    return std::vector<double>(x.begin(), x.end());
+}
+
+// ---- random inputs ------------------------------------------------------------
+std::mt19937_64 rng(20240607);
+std::vector<float> normal(size_t n, float mean = 0.f, float sd = 1.f) {
+    std::normal_distribution<float> d(mean, sd);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+std::vector<float> uniform(size_t n, float lo, float hi) {
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+std::vector<int32_t> ints(size_t n, int lo, int hi) {
+    std::uniform_int_distribution<int> d(lo, hi);
+    std::vector<int32_t> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+
+// ---- results ------------------------------------------------------------------
+double max_rel_err(const std::vector<double>& gpu, const std::vector<double>& ref) {
+    if (gpu.size() != ref.size()) return INFINITY;
+    double maxref = 0, maxdiff = 0;
+    for (size_t i = 0; i < gpu.size(); i++) {
+        if (!std::isfinite(gpu[i])) return INFINITY;
+        maxref = std::max(maxref, std::fabs(ref[i]));
+        maxdiff = std::max(maxdiff, std::fabs(gpu[i] - ref[i]));
+    }
+    return maxref > 0 ? maxdiff / maxref : maxdiff;
+}
+
+struct Result {
+    std::string kernel, dtype;
+    double err, tol, cpu_err;  // cpu_err < 0: not measured
+    bool pass;
+};
+std::vector<Result> results;
+cudaStream_t stream = nullptr;
+
+void record(const std::string& kernel, const char* dtype, double err, double tol,
+            double cpu_err = -1) {
+    results.push_back({kernel, dtype, err, tol, cpu_err, err <= tol});
+}
+void compare(const std::string& kernel, const char* dtype, const std::vector<double>& gpu,
+             const std::vector<double>& ref, double tol, const std::vector<double>* cpu = nullptr) {
+    record(kernel, dtype, max_rel_err(gpu, ref), tol, cpu ? max_rel_err(*cpu, ref) : -1);
+}
+void sync() { NT_CUDA_CHECK(cudaStreamSynchronize(stream)); }
+
+// Tolerances, per output kind, for T.
+template <typename T>
+struct Tol {
+    static constexpr bool bf = std::is_same<T, bf16>::value;
+    static constexpr double fp32 = 1e-5;
+    static constexpr double out = bf ? 8e-3 : fp32;      // one bf16 rounding of an output
+    static constexpr double norm = bf ? 1.6e-2 : fp32;   // LayerNorm / softmax outputs
+    static constexpr double attn_out = bf ? 1.6e-2 : fp32;
+    static constexpr double attn_grad = bf ? 3e-2 : fp32;  // delta from the bf16-rounded out
+    static constexpr double accum = bf ? 5e-5 : fp32;      // fp32 sums of exact bf16 products
+};
+
+// ---- checks -----------------------------------------------------------------
+nt::DropoutKey test_key(uint32_t tensor_id) {
+    return nt::DropoutKey{0x0123456789abcdefull, (1ull << 32) + 7, tensor_id};
+}
+
+void check_philox() {
+    const size_t n = 4099;
+    const uint64_t index0 = (1ull << 34) + 3;  // exercises hi32(q) and unaligned blocks
+    const nt::DropoutKey key = test_key(11);
+    Dev<float> u(n);
+    nt::cuda::dropout_uniform_fill(u.p, n, index0, key, stream);
+    sync();
+    const auto g = u.down<float>();
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += g[i] != nt::dropout_uniform(key, index0 + i);
+    record("philox dropout_uniform (mismatches)", "u32", (double)bad, 0);
+}
+
+template <typename T>
+void check_embedding() {
+    const int B = 4, Tn = 77, C = 384, V = 1000, P = 512, TV = 2, N = B * Tn;
+    auto ids = ints(N, 0, V - 1);
+    for (int i = 0; i < N; i += 3) ids[i] = 0;  // many repeats of one id
+    const auto types = ints(N, 0, TV - 1);
+    const auto wte = rounded<T>(normal((size_t)V * C)), wpe = rounded<T>(normal((size_t)P * C)),
+               wtt = rounded<T>(normal((size_t)TV * C));
+    Dev<int32_t> d_ids(N), d_types(N);
+    d_ids.up(ids);
+    d_types.up(types);
+    Dev<T> d_wte(wte.size()), d_wpe(wpe.size()), d_wtt(wtt.size()), d_out((size_t)N * C);
+    upload(d_wte, wte);
+    upload(d_wpe, wpe);
+    upload(d_wtt, wtt);
+    nt::cuda::embedding_forward<T>(d_out.p, d_ids.p, d_types.p, d_wte.p, d_wpe.p, d_wtt.p, B, Tn, C, stream);
+    sync();
+    std::vector<double> ref((size_t)N * C);
+    const auto wte_d = dbl(wte), wpe_d = dbl(wpe), wtt_d = dbl(wtt);
+    nt::embedding_forward<double>(ref.data(), ids.data(), types.data(), wte_d.data(), wpe_d.data(),
+                                  wtt_d.data(), B, Tn, C);
+    // The sum is rounded once to T on the GPU and once per add on the CPU.
+    compare("embedding_forward", Act<T>::name, download(d_out), ref, Tol<T>::out);
+
+    // backward: dwte/dwpe/dwtt accumulate onto random fp32 starting values.
+    const auto dout = rounded<T>(normal((size_t)N * C));
+    const auto g_te = normal((size_t)V * C, 0, 0.1f), g_pe = normal((size_t)P * C, 0, 0.1f),
+               g_tt = normal((size_t)TV * C, 0, 0.1f);
+    std::vector<double> r_te = dbl(g_te), r_pe = dbl(g_pe), r_tt = dbl(g_tt);
+    const auto dout_d = dbl(dout);
+    nt::embedding_backward<double>(r_te.data(), r_pe.data(), r_tt.data(), dout_d.data(), ids.data(),
+                                   types.data(), B, Tn, C);
+    Dev<T> d_dout(dout.size());
+    upload(d_dout, dout);
+    for (int sorted = 0; sorted < 2; sorted++) {
+        Dev<float> te(g_te.size()), pe(g_pe.size()), tt(g_tt.size());
+        te.up(g_te);
+        pe.up(g_pe);
+        tt.up(g_tt);
+        const std::string name = sorted ? "embedding_backward_sorted" : "embedding_backward(atomic)";
+        if (sorted) {
+            const auto wb = nt::cuda::make_id_buckets(ids.data(), N, V);
+            const auto tb = nt::cuda::make_id_buckets(types.data(), N, TV);
+            Dev<int32_t> wo(wb.order.size()), woff(wb.offsets.size()), wid(wb.ids.size());
+            Dev<int32_t> to(tb.order.size()), toff(tb.offsets.size()), tid(tb.ids.size());
+            wo.up(wb.order), woff.up(wb.offsets), wid.up(wb.ids);
+            to.up(tb.order), toff.up(tb.offsets), tid.up(tb.ids);
+            const nt::cuda::DeviceBuckets words{wo.p, woff.p, wid.p, (int)wb.ids.size()};
+            const nt::cuda::DeviceBuckets typesb{to.p, toff.p, tid.p, (int)tb.ids.size()};
+            nt::cuda::embedding_backward_sorted<T>(te.p, pe.p, tt.p, d_dout.p, words, typesb, B, Tn, C, stream);
+            sync();
+        } else {
+            nt::cuda::embedding_backward<T>(te.p, pe.p, tt.p, d_dout.p, d_ids.p, d_types.p, B, Tn, C, stream);
+            sync();
+        }
+        compare(name + " dwte", Act<T>::name, download(te), r_te, Tol<T>::accum);
+        compare(name + " dwpe", Act<T>::name, download(pe), r_pe, Tol<T>::accum);
+        compare(name + " dwtt", Act<T>::name, download(tt), r_tt, Tol<T>::accum);
+    }
+}
+
+template <typename T>
+void check_layernorm() {
+    const int N = 4 * 77, C = 384;
+    const float eps = 1e-12f;
+    const auto x = rounded<T>(normal((size_t)N * C, 0.5f, 2.f));
+    const auto w = rounded<T>(normal(C, 1.f, 0.1f)), b = rounded<T>(normal(C, 0.f, 0.1f));
+    const auto xd = dbl(x), wd = dbl(w), bd = dbl(b);
+    std::vector<double> ref((size_t)N * C), mean(N), rstd(N);
+    nt::layernorm_forward<double>(ref.data(), mean.data(), rstd.data(), xd.data(), wd.data(), bd.data(), N, C, eps);
+    std::vector<float> cpu_o((size_t)N * C), cpu_m(N), cpu_r(N);
+    const auto xf = as<float>(x);
+    nt::layernorm_forward<float>(cpu_o.data(), cpu_m.data(), cpu_r.data(), xf.data(), w.data(), b.data(), N, C, eps);
+    const auto cpu_od = dbl(cpu_o);
+
+    Dev<T> d_x(x.size()), d_w(C), d_b(C), d_o(x.size());
+    Dev<float> d_m(N), d_r(N);
+    upload(d_x, x);
+    upload(d_w, w);
+    upload(d_b, b);
+    nt::cuda::layernorm_forward<T>(d_o.p, d_m.p, d_r.p, d_x.p, d_w.p, d_b.p, N, C, eps, stream);
+    sync();
+    compare("layernorm_forward out", Act<T>::name, download(d_o), ref, Tol<T>::norm, &cpu_od);
+    compare("layernorm_forward mean", Act<T>::name, download(d_m), mean, Tol<T>::fp32);
+    compare("layernorm_forward rstd", Act<T>::name, download(d_r), rstd, Tol<T>::fp32);
+
+    // fused residual: residual = round_T(a + b) exactly as on the host.
+    {
+        const auto a = rounded<T>(normal((size_t)N * C)), bb = rounded<T>(normal((size_t)N * C, 0.3f, 1.5f));
+        std::vector<float> res((size_t)N * C);
+        for (size_t i = 0; i < res.size(); i++) res[i] = round_to<T>(a[i] + bb[i]);
+        const auto rd = dbl(res);
+        std::vector<double> r_out((size_t)N * C), r_m(N), r_r(N);
+        nt::layernorm_forward<double>(r_out.data(), r_m.data(), r_r.data(), rd.data(), wd.data(), bd.data(), N, C, eps);
+        Dev<T> d_a(a.size()), d_bb(bb.size()), d_res(a.size()), d_out(a.size());
+        upload(d_a, a);
+        upload(d_bb, bb);
+        nt::cuda::residual_layernorm_forward<T>(d_res.p, d_out.p, d_m.p, d_r.p, d_a.p, d_bb.p, d_w.p, d_b.p, N, C, eps, stream);
+        sync();
+        compare("residual_layernorm_forward residual", Act<T>::name, download(d_res), rd, 0);
+        compare("residual_layernorm_forward out", Act<T>::name, download(d_out), r_out, Tol<T>::norm);
+        // in place: residual aliases a
+        nt::cuda::residual_layernorm_forward<T>(d_a.p, d_out.p, d_m.p, d_r.p, d_a.p, d_bb.p, d_w.p, d_b.p, N, C, eps, stream);
+        sync();
+        compare("residual_layernorm_forward in-place", Act<T>::name, download(d_out), r_out, Tol<T>::norm);
+    }
+
+    // backward with the forward's statistics (rounded to fp32, as the GPU stores them)
+    std::vector<float> mf(N), rf(N);
+    for (int i = 0; i < N; i++) mf[i] = (float)mean[i], rf[i] = (float)rstd[i];
+    const auto dout = rounded<T>(normal((size_t)N * C));
+    const auto gw0 = normal(C, 0, 0.1f), gb0 = normal(C, 0, 0.1f), dx0 = rounded<T>(normal((size_t)N * C));
+    std::vector<double> r_dx((size_t)N * C), r_gw = dbl(gw0), r_gb = dbl(gb0);
+    const auto doutd = dbl(dout), mfd = dbl(mf), rfd = dbl(rf);
+    nt::layernorm_backward<double>(r_dx.data(), r_gw.data(), r_gb.data(), doutd.data(), xd.data(), wd.data(), mfd.data(), rfd.data(), N, C);
+    std::vector<float> c_dx((size_t)N * C), c_gw = gw0, c_gb = gb0;
+    const auto doutf = as<float>(dout);
+    nt::layernorm_backward<float>(c_dx.data(), c_gw.data(), c_gb.data(), doutf.data(), xf.data(), w.data(), mf.data(), rf.data(), N, C);
+    const auto c_dxd = dbl(c_dx), c_gwd = dbl(c_gw), c_gbd = dbl(c_gb);
+
+    Dev<T> d_dout(dout.size()), d_dx(dout.size());
+    Dev<float> d_gw(C), d_gb(C), scratch(nt::cuda::layernorm_backward_scratch_floats(N, C));
+    upload(d_dout, dout);
+    d_m.up(mf);
+    d_r.up(rf);
+    d_gw.up(gw0);
+    d_gb.up(gb0);
+    nt::cuda::layernorm_backward<T>(d_dx.p, d_gw.p, d_gb.p, d_dout.p, d_x.p, d_w.p, d_m.p, d_r.p, N, C, scratch.p, false, stream);
+    sync();
+    compare("layernorm_backward dinp", Act<T>::name, download(d_dx), r_dx, Tol<T>::out, &c_dxd);
+    compare("layernorm_backward dweight", Act<T>::name, download(d_gw), r_gw, Tol<T>::accum, &c_gwd);
+    compare("layernorm_backward dbias", Act<T>::name, download(d_gb), r_gb, Tol<T>::accum, &c_gbd);
+    // accumulate_dinp, no parameter gradients
+    upload(d_dx, dx0);
+    nt::cuda::layernorm_backward<T>(d_dx.p, nullptr, nullptr, d_dout.p, d_x.p, d_w.p, d_m.p, d_r.p, N, C, nullptr, true, stream);
+    sync();
+    std::vector<double> r_acc(r_dx);
+    for (size_t i = 0; i < r_acc.size(); i++) r_acc[i] += dx0[i];
+    compare("layernorm_backward dinp (accumulate)", Act<T>::name, download(d_dx), r_acc, Tol<T>::out);
+}
+
+template <typename T>
+void check_elementwise() {
+    const size_t n = 100003;
+    const auto x = rounded<T>(normal(n, 0.f, 3.f)), dout = rounded<T>(normal(n));
+    const auto xd = dbl(x), doutd = dbl(dout);
+    const auto xf = as<float>(x), doutf = as<float>(dout);
+    Dev<T> d_x(n), d_dout(n), d_y(n);
+    upload(d_x, x);
+    upload(d_dout, dout);
+    std::vector<double> ref(n);
+    std::vector<float> cpu(n);
+
+    nt::gelu_forward<double>(ref.data(), xd.data(), n);
+    nt::gelu_forward<float>(cpu.data(), xf.data(), n);
+    auto cpud = dbl(cpu);
+    nt::cuda::gelu_forward<T>(d_y.p, d_x.p, n, stream);
+    sync();
+    compare("gelu_forward", Act<T>::name, download(d_y), ref, Tol<T>::out, &cpud);
+
+    d_y.poison();
+    nt::gelu_backward<double>(ref.data(), xd.data(), doutd.data(), n);
+    nt::gelu_backward<float>(cpu.data(), xf.data(), doutf.data(), n);
+    cpud = dbl(cpu);
+    nt::cuda::gelu_backward<T>(d_y.p, d_x.p, d_dout.p, n, stream);
+    sync();
+    compare("gelu_backward", Act<T>::name, download(d_y), ref, Tol<T>::out, &cpud);
+
+    d_y.poison();
+    nt::tanh_forward<double>(ref.data(), xd.data(), n);
+    nt::tanh_forward<float>(cpu.data(), xf.data(), n);
+    cpud = dbl(cpu);
+    nt::cuda::tanh_forward<T>(d_y.p, d_x.p, n, stream);
+    sync();
+    compare("tanh_forward", Act<T>::name, download(d_y), ref, Tol<T>::out, &cpud);
+
+    // backward from a saved output (rounded to T like the GPU's own)
+    std::vector<float> out(n);
+    for (size_t i = 0; i < n; i++) out[i] = round_to<T>(std::tanh(x[i]));
+    const auto outd = dbl(out);
+    Dev<T> d_out(n);
+    upload(d_out, out);
+    d_y.poison();
+    nt::tanh_backward<double>(ref.data(), outd.data(), doutd.data(), n);
+    nt::cuda::tanh_backward<T>(d_y.p, d_out.p, d_dout.p, n, stream);
+    sync();
+    compare("tanh_backward", Act<T>::name, download(d_y), ref, Tol<T>::out);
+
+    // add_inplace and scale_inplace: one fp32 op then one rounding, as on the host
+    std::vector<double> r_add(n), r_scale(n);
+    for (size_t i = 0; i < n; i++) {
+        r_add[i] = round_to<T>(dout[i] + x[i]);
+        r_scale[i] = round_to<T>(x[i] * 0.37f);
+    }
+    upload(d_y, dout);
+    nt::cuda::add_inplace<T>(d_y.p, d_x.p, n, stream);
+    sync();
+    compare("add_inplace", Act<T>::name, download(d_y), r_add, 0);
+    upload(d_y, x);
+    nt::cuda::scale_inplace<T>(d_y.p, n, 0.37f, stream);
+    sync();
+    compare("scale_inplace", Act<T>::name, download(d_y), r_scale, 0);
+}
+
+void check_convert() {
+    const size_t n = 65537;
+    auto x = normal(n, 0.f, 10.f);
+    x[0] = 0.f, x[1] = -0.f, x[2] = 1e-40f, x[3] = 3.0e38f;
+    Dev<float> d_x(n), d_back(n);
+    Dev<bf16> d_b(n);
+    d_x.up(x);
+    nt::cuda::convert(d_b.p, d_x.p, n, stream);
+    nt::cuda::convert(d_back.p, d_b.p, n, stream);
+    sync();
+    const auto hb = d_b.down<uint16_t>();
+    const auto back = d_back.down<float>();
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += hb[i] != f2bf(x[i]) || back[i] != bf2f(f2bf(x[i]));
+    record("convert fp32<->bf16 (mismatches)", "bf16", (double)bad, 0);
+}
+
+template <typename T>
+void check_dropout() {
+    const size_t n = 100003;  // not a multiple of 4
+    const float p = 0.1f;
+    const nt::DropoutKey key = test_key(5);
+    const auto x = rounded<T>(normal(n));
+    // CPU fp32 on the same values; then one rounding to T (identical fp32 ops).
+    std::vector<float> cpu(n), cpub(n);
+    nt::dropout_forward<float>(cpu.data(), x.data(), n, p, key);
+    std::vector<double> ref(n);
+    for (size_t i = 0; i < n; i++) ref[i] = round_to<T>(cpu[i]);
+    Dev<T> d_x(n), d_y(n);
+    upload(d_x, x);
+    nt::cuda::dropout_forward<T>(d_y.p, d_x.p, n, p, key, stream);
+    sync();
+    compare("dropout_forward (bitwise)", Act<T>::name, download(d_y), ref, 0);
+    nt::dropout_backward<float>(cpub.data(), x.data(), n, p, key);
+    for (size_t i = 0; i < n; i++) ref[i] = round_to<T>(cpub[i]);
+    nt::cuda::dropout_backward<T>(d_x.p, d_x.p, n, p, key, stream);  // in place
+    sync();
+    compare("dropout_backward in-place (bitwise)", Act<T>::name, download(d_x), ref, 0);
+    // p = 1 drops everything
+    nt::cuda::dropout_forward<T>(d_y.p, d_x.p, n, 1.f, key, stream);
+    sync();
+    compare("dropout_forward p=1", Act<T>::name, download(d_y), std::vector<double>(n, 0.0), 0);
+}
+
+struct AttnCase {
+    int B, Tn, C, NH;
+    float p;
+};
+
+template <typename T>
+void check_attention(const AttnCase& c) {
+    const int B = c.B, Tn = c.Tn, C = c.C, NH = c.NH;
+    const size_t N = (size_t)B * Tn;
+    const std::string tag = " B=" + std::to_string(B) + " T=" + std::to_string(Tn) + " HS=" +
+                            std::to_string(C / NH) + " p=" + (c.p > 0 ? "0.1" : "0");
+    const nt::DropoutKey key = test_key(7);
+    const auto qkv = rounded<T>(normal(N * 3 * C));
+    // example 0 full, 1 padded after Tn/2+3, 2 fully masked, the rest random lengths
+    std::vector<int32_t> mask(N, 1);
+    for (int b = 1; b < B; b++) {
+        const int len = b == 1 ? std::min(Tn, Tn / 2 + 3) : b == 2 ? 0 : ints(1, 1, Tn)[0];
+        for (int t = len; t < Tn; t++) mask[(size_t)b * Tn + t] = 0;
+    }
+    const auto qkvd = dbl(qkv);
+    std::vector<double> r_out(N * C), r_att((size_t)B * NH * Tn * Tn);
+    nt::attention_forward<double>(r_out.data(), r_att.data(), qkvd.data(), mask.data(), B, Tn, C, NH, c.p, key);
+    std::vector<float> c_out(N * C), c_att((size_t)B * NH * Tn * Tn);
+    const auto qkvf = as<float>(qkv);
+    nt::attention_forward<float>(c_out.data(), c_att.data(), qkvf.data(), mask.data(), B, Tn, C, NH, c.p, key);
+    const auto c_outd = dbl(c_out);
+
+    Dev<T> d_qkv(qkv.size()), d_out(N * C), d_dout(N * C), d_dqkv(qkv.size());
+    Dev<float> d_lse((size_t)B * NH * Tn), d_delta((size_t)B * NH * Tn);
+    Dev<int32_t> d_mask(N);
+    upload(d_qkv, qkv);
+    d_mask.up(mask);
+    nt::cuda::attention_forward<T>(d_out.p, d_lse.p, d_qkv.p, d_mask.p, B, Tn, C, NH, c.p, key, stream);
+    sync();
+    compare("attention_forward out" + tag, Act<T>::name, download(d_out), r_out, Tol<T>::attn_out, &c_outd);
+
+    const auto dout = rounded<T>(normal(N * C));
+    const auto doutd = dbl(dout);
+    std::vector<double> r_dqkv(qkv.size()), scratch((size_t)B * NH * Tn * Tn);
+    nt::attention_backward<double>(r_dqkv.data(), scratch.data(), doutd.data(), qkvd.data(), r_att.data(), mask.data(), B, Tn, C, NH, c.p, key);
+    std::vector<float> c_dqkv(qkv.size()), c_scr((size_t)B * NH * Tn * Tn);
+    const auto doutf = as<float>(dout);
+    nt::attention_backward<float>(c_dqkv.data(), c_scr.data(), doutf.data(), qkvf.data(), c_att.data(), mask.data(), B, Tn, C, NH, c.p, key);
+    const auto c_dqkvd = dbl(c_dqkv);
+    upload(d_dout, dout);
+    nt::cuda::attention_backward<T>(d_dqkv.p, d_delta.p, d_dout.p, d_out.p, d_qkv.p, d_lse.p, d_mask.p, B, Tn, C, NH, c.p, key, stream);
+    sync();
+    compare("attention_backward dqkv" + tag, Act<T>::name, download(d_dqkv), r_dqkv, Tol<T>::attn_grad, &c_dqkvd);
+}
+
+template <typename T>
+void check_crossentropy(int B, int L, bool weights, float eps, bool all_ignored) {
+    const auto logits = rounded<T>(normal((size_t)B * L, 0.f, 2.f));
+    auto labels = ints(B, 0, L - 1);
+    for (int i = 0; i < B; i++)
+        if (all_ignored || i % 5 == 3) labels[i] = -100;
+    const auto w = uniform(L, 0.5f, 2.f);
+    const float gs = 0.5f;
+    const auto ld = dbl(logits), wd = dbl(w);
+    std::vector<double> r_d((size_t)B * L);
+    const double r_loss = nt::crossentropy_softmax_forward_backward<double>(
+        r_d.data(), ld.data(), labels.data(), weights ? wd.data() : nullptr, B, L, eps, gs);
+    Dev<T> d_logits(logits.size()), d_dl(logits.size());
+    Dev<float> d_w(L), d_loss(1);
+    Dev<int32_t> d_labels(B);
+    upload(d_logits, logits);
+    d_w.up(w);
+    d_labels.up(labels);
+    nt::cuda::crossentropy_softmax_forward_backward<T>(d_loss.p, d_dl.p, d_logits.p, d_labels.p, weights ? d_w.p : nullptr, B, L, eps, gs, stream);
+    sync();
+    const std::string tag = " B=" + std::to_string(B) + " L=" + std::to_string(L) +
+                            (weights ? " weighted" : "") + (eps > 0 ? " smoothed" : "") +
+                            (all_ignored ? " all-ignored" : "");
+    compare("crossentropy loss" + tag, Act<T>::name, download(d_loss), {r_loss}, all_ignored ? 0 : Tol<T>::fp32);
+    compare("crossentropy dlogits" + tag, Act<T>::name, download(d_dl), r_d, all_ignored ? 0 : Tol<T>::out);
+    // forward only (dlogits null)
+    d_loss.poison();
+    nt::cuda::crossentropy_softmax_forward_backward<T>(d_loss.p, (T*)nullptr, d_logits.p, d_labels.p, weights ? d_w.p : nullptr, B, L, eps, gs, stream);
+    sync();
+    compare("crossentropy loss (forward only)" + tag, Act<T>::name, download(d_loss), {r_loss}, all_ignored ? 0 : Tol<T>::fp32);
+}
+
+// Row-major M x N matrix with row stride ld, padding filled with random junk.
+std::vector<float> matrix(int rows, int cols, int ld) {
+    (void)cols;
+    return normal((size_t)rows * ld);
+}
+
+template <typename TA, typename TC>
+void check_gemm(nt::cuda::Blas& blas, double tol) {
+    const int M = 67, N = 129, K = 95;
+    const float alpha = 0.7f, beta = 0.3f;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 2;
+            const auto A = rounded<TA>(matrix(ta ? K : M, ta ? M : K, lda));
+            const auto Bm = rounded<TA>(matrix(tb ? N : K, tb ? K : N, ldb));
+            const auto C0 = rounded<TC>(normal((size_t)M * ldc));
+            const auto Ad = dbl(A), Bd = dbl(Bm);
+            auto ref = dbl(C0);
+            nt::gemm<double>(ta, tb, M, N, K, alpha, Ad.data(), lda, Bd.data(), ldb, beta, ref.data(), ldc);
+            Dev<TA> dA(A.size()), dB(Bm.size());
+            Dev<TC> dC(C0.size());
+            upload(dA, A);
+            upload(dB, Bm);
+            upload(dC, C0);
+            blas.gemm<TA, TC>(stream, ta, tb, M, N, K, alpha, dA.p, lda, dB.p, ldb, beta, dC.p, ldc);
+            sync();
+            const std::string name = std::string("gemm ") + (ta ? "T" : "N") + (tb ? "T" : "N") +
+                                     " -> " + Act<TC>::name + " (alpha, beta, padded ld)";
+            compare(name, Act<TA>::name, download(dC), ref, tol);
+        }
+}
+
+template <typename T>
+void check_linear(nt::cuda::Blas& blas) {
+    const int N = 2 * 77, IC = 384, OC = 1536;
+    const auto x = rounded<T>(normal((size_t)N * IC)), w = rounded<T>(normal((size_t)OC * IC, 0, 0.05f)),
+               b = rounded<T>(normal(OC, 0, 0.1f));
+    const auto xd = dbl(x), wd = dbl(w), bd = dbl(b);
+    std::vector<double> ref((size_t)N * OC);
+    nt::linear_forward<double>(ref.data(), xd.data(), wd.data(), bd.data(), N, IC, OC);
+    Dev<T> dx(x.size()), dw(w.size()), db(b.size()), dy((size_t)N * OC);
+    upload(dx, x);
+    upload(dw, w);
+    upload(db, b);
+    blas.linear_forward<T>(stream, dy.p, dx.p, dw.p, db.p, N, IC, OC);
+    sync();
+    compare("linear_forward (bias epilogue)", Act<T>::name, download(dy), ref, Tol<T>::out);
+
+    const auto dout = rounded<T>(normal((size_t)N * OC));
+    const auto gw0 = normal((size_t)OC * IC, 0, 0.1f), gb0 = normal(OC, 0, 0.1f);
+    const auto dx0 = rounded<T>(normal((size_t)N * IC));
+    const auto doutd = dbl(dout);
+    std::vector<double> r_dx((size_t)N * IC), r_gw = dbl(gw0), r_gb = dbl(gb0);
+    nt::linear_backward<double>(r_dx.data(), r_gw.data(), r_gb.data(), doutd.data(), xd.data(), wd.data(), N, IC, OC, false);
+    Dev<T> ddout(dout.size()), ddx(dx0.size());
+    Dev<float> dgw(gw0.size()), dgb(gb0.size()), scratch(nt::cuda::bias_backward_scratch_floats(N, OC));
+    upload(ddout, dout);
+    dgw.up(gw0);
+    dgb.up(gb0);
+    blas.linear_backward<T>(stream, ddx.p, dgw.p, dgb.p, ddout.p, dx.p, dw.p, N, IC, OC, false, scratch.p);
+    sync();
+    compare("linear_backward dinp", Act<T>::name, download(ddx), r_dx, Tol<T>::out);
+    compare("linear_backward dweight (fp32 +=)", Act<T>::name, download(dgw), r_gw, Tol<T>::accum);
+    compare("linear_backward dbias (fp32 +=)", Act<T>::name, download(dgb), r_gb, Tol<T>::accum);
+    upload(ddx, dx0);
+    blas.linear_backward<T>(stream, ddx.p, nullptr, nullptr, ddout.p, dx.p, dw.p, N, IC, OC, true, nullptr);
+    sync();
+    for (size_t i = 0; i < r_dx.size(); i++) r_dx[i] += dx0[i];
+    compare("linear_backward dinp (accumulate)", Act<T>::name, download(ddx), r_dx, Tol<T>::out);
+}
+
+void check_grad_norm() {
+    const size_t n = 3000001;
+    const auto g = normal(n, 0.f, 0.01f);
+    const double r_ss = nt::sum_squares<float>(g.data(), n);  // accumulates in double
+    const double r_norm = std::sqrt(r_ss);
+    const float max_norm = 1.f;
+    const double r_clip = std::min(1.0, (double)max_norm / ((float)r_norm + 1e-6f));
+    Dev<float> dg(n), dnorm(1), dclip(1);
+    Dev<double> scratch(nt::cuda::grad_norm_scratch_doubles()), dss(1);
+    dg.up(g);
+    nt::cuda::global_grad_norm(dnorm.p, dclip.p, dg.p, n, max_norm, scratch.p, stream);
+    nt::cuda::sum_squares(dss.p, dg.p, n, scratch.p, stream);
+    sync();
+    compare("global_grad_norm norm", "fp32", dbl(dnorm.down<float>()), {r_norm}, 1e-6);
+    compare("global_grad_norm clip_scale", "fp32", dbl(dclip.down<float>()), {r_clip}, 1e-6);
+    compare("sum_squares (double)", "fp64", dss.down<double>(), {r_ss}, 1e-12);
+}
+
+void check_adamw() {
+    const size_t n = 1000003;
+    const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.01f, gs_host = 0.7f, gs_dev = 0.5f;
+    const int64_t t = 3;
+    const auto p0 = normal(n), g = normal(n, 0.f, 0.1f), m0 = normal(n, 0.f, 0.01f);
+    const auto v0 = uniform(n, 0.f, 1e-3f);
+    auto flags = ints(n, 0, 2);
+    std::vector<uint8_t> f8(flags.begin(), flags.end());
+    // CPU fp64 with and without decay over everything, then picked per flag.
+    const float gs = gs_host * gs_dev;
+    auto run_cpu = [&](float decay, std::vector<double>& p, std::vector<double>& m, std::vector<double>& v) {
+        p = dbl(p0), m = dbl(m0), v = dbl(v0);
+        const auto gd = dbl(g);
+        nt::adamw_update<double>(p.data(), gd.data(), m.data(), v.data(), n, lr, b1, b2, eps, decay, t, gs);
+    };
+    std::vector<double> pd, md, vd, pn, mn, vn;
+    run_cpu(wd, pd, md, vd);
+    run_cpu(0.f, pn, mn, vn);
+    std::vector<double> rp(n), rm(n), rv(n);
+    for (size_t i = 0; i < n; i++) {
+        rp[i] = f8[i] == 0 ? p0[i] : f8[i] == 1 ? pn[i] : pd[i];
+        rm[i] = f8[i] == 0 ? m0[i] : f8[i] == 1 ? mn[i] : md[i];
+        rv[i] = f8[i] == 0 ? v0[i] : f8[i] == 1 ? vn[i] : vd[i];
+    }
+    Dev<float> dp(n), dg(n), dm(n), dv(n), dscale(1);
+    Dev<bf16> dpb(n);
+    Dev<uint8_t> dflags(n);
+    dp.up(p0), dg.up(g), dm.up(m0), dv.up(v0), dflags.up(f8);
+    dscale.up(std::vector<float>{gs_dev});
+    // frozen elements' bf16 copy is not written: start it from the bf16 of p0
+    std::vector<uint16_t> pb0(n);
+    for (size_t i = 0; i < n; i++) pb0[i] = f2bf(p0[i]);
+    dpb.up(pb0);
+    nt::cuda::adamw_update(dp.p, dpb.p, dg.p, dm.p, dv.p, dflags.p, n, lr, b1, b2, eps, wd, t, gs_host, dscale.p, stream);
+    sync();
+    const auto gp = dp.down<float>();
+    compare("adamw_update params", "fp32", dbl(gp), rp, 1e-5);
+    compare("adamw_update exp_avg", "fp32", dbl(dm.down<float>()), rm, 1e-5);
+    compare("adamw_update exp_avg_sq", "fp32", dbl(dv.down<float>()), rv, 1e-5);
+    const auto gb = dpb.down<uint16_t>();
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += gb[i] != f2bf(gp[i]);
+    record("adamw_update bf16 copy (mismatches)", "bf16", (double)bad, 0);
+}
+
+template <typename T>
+void check_all_for(nt::cuda::Blas& blas) {
+    check_embedding<T>();
+    check_layernorm<T>();
+    check_elementwise<T>();
+    check_dropout<T>();
+    for (const AttnCase& c : {AttnCase{3, 77, 384, 12, 0.1f}, AttnCase{2, 128, 768, 12, 0.f},
+                              AttnCase{4, 33, 192, 2, 0.1f}, AttnCase{3, 512, 256, 2, 0.1f}})
+        check_attention<T>(c);
+    check_crossentropy<T>(37, 77, true, 0.1f, false);
+    check_crossentropy<T>(64, 2, false, 0.f, false);
+    check_crossentropy<T>(8, 5, true, 0.1f, true);
+    check_linear<T>(blas);
+}
+
+std::string json_escape(const std::string& s) {
+    std::string o;
+    for (char ch : s) {
+        if (ch == '"' || ch == '\\') o += '\\';
+        o += ch;
+    }
+    return o;
+}
+
+std::string num(double x) {
+    if (std::isnan(x)) return "null";
+    if (std::isinf(x)) return "1e999";
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.3e", x);
+    return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const char* json_path = nullptr;
+    for (int i = 1; i < argc; i++) {
+        if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
+            json_path = argv[++i];
+        } else {
+            std::fprintf(stderr, "usage: %s [--json FILE]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (nt::cuda::cuda_device_count() == 0) {
+        std::printf("no CUDA device: %s\nkernel_check skipped (built and linked fine).\n",
+                    nt::cuda::cuda_unavailable_reason().c_str());
+        return 0;
+    }
+    std::string device;
+    try {
+        const auto info = nt::cuda::cuda_device_info(0);
+        char buf[256];
+        std::snprintf(buf, sizeof buf, "%s (sm_%d%d, %d SMs, %.1f GiB, driver %d, runtime %d)",
+                      info.name.c_str(), info.major, info.minor, info.multiprocessors,
+                      info.total_memory / 1073741824.0, info.driver_version, info.runtime_version);
+        device = buf;
+        std::printf("device: %s\n", device.c_str());
+        NT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        nt::cuda::Blas blas;
+        check_philox();
+        check_convert();
+        check_gemm<float, float>(blas, 1e-5);
+        check_gemm<bf16, bf16>(blas, 8e-3);
+        check_gemm<bf16, float>(blas, 5e-5);
+        check_all_for<float>(blas);
+        check_all_for<bf16>(blas);
+        check_grad_norm();
+        check_adamw();
+        NT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "kernel_check: error: %s\n", e.what());
+        std::printf("%zu checks ran before the error\n", results.size());
+        return 2;
+    }
+
+    int failed = 0;
+    std::printf("\n%-62s %-5s %11s %9s %11s  %s\n", "kernel / output", "dtype", "max_rel_err", "tol",
+                "cpu_fp32", "");
+    for (const auto& r : results) {
+        failed += !r.pass;
+        std::printf("%-62s %-5s %11s %9s %11s  %s\n", r.kernel.c_str(), r.dtype.c_str(), num(r.err).c_str(),
+                    num(r.tol).c_str(), r.cpu_err < 0 ? "-" : num(r.cpu_err).c_str(), r.pass ? "ok" : "FAIL");
+    }
+    std::printf("\n%d of %zu checks failed\n", failed, results.size());
+
+    std::string json = "{\"device\":\"" + json_escape(device) + "\",\"metric\":\"max_i |gpu-ref| / max_i |ref|, ref = CPU kernel in float64\",\"results\":[";
+    for (size_t i = 0; i < results.size(); i++) {
+        const auto& r = results[i];
+        json += (i ? "," : "");
+        json += "{\"kernel\":\"" + json_escape(r.kernel) + "\",\"dtype\":\"" + r.dtype +
+                "\",\"max_rel_err\":" + num(r.err) + ",\"tol\":" + num(r.tol) +
+                ",\"cpu_fp32_err\":" + (r.cpu_err < 0 ? std::string("null") : num(r.cpu_err)) +
+                ",\"pass\":" + (r.pass ? "true" : "false") + "}";
+    }
+    json += "],\"failed\":" + std::to_string(failed) + "}";
+    std::printf("JSON %s\n", json.c_str());
+    if (json_path) {
+        if (FILE* f = std::fopen(json_path, "w")) {
+            std::fprintf(f, "%s\n", json.c_str());
+            std::fclose(f);
+        }
+    }
+    return failed ? 1 : 0;
+}
