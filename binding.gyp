@@ -5,6 +5,7 @@
       "sources": [
         "native/binding/addon.cpp",
         "native/engine/engine.cpp",
+        "native/engine/factory.cpp",
         "native/cpu/attention.cpp",
         "native/cpu/crossentropy.cpp",
         "native/cpu/dropout.cpp",

@@ -11,7 +11,7 @@
 // i.e. achieved throughput over the lower of the two roofs for that kernel.
 //
 // Contract with src/bench/kernels.ts (a CUDA suite should keep it too):
-//   counters flop_per_iter and bytes_per_iter on every benchmark; the two
+//   counters flop_per_iter, bytes_per_iter and calls_per_step on every benchmark; the two
 //   ceilings are named ceiling/sgemm and ceiling/copy; the label is the shape;
 //   custom context keys nt_* describe the model shape and thread count.
 //
@@ -101,7 +101,7 @@ void count(benchmark::State& state, double flop, double bytes, const std::string
     using benchmark::Counter;
     state.counters["flop_per_iter"] = flop;
     state.counters["bytes_per_iter"] = bytes;
-    state.counters["FLOPS"] = Counter(flop, Counter::kIsIterationInvariantRate);
+    if (flop > 0) state.counters["FLOPS"] = Counter(flop, Counter::kIsIterationInvariantRate);
     state.SetBytesProcessed((int64_t)(bytes * (double)state.iterations()));
     state.SetLabel(shape);
 }
@@ -116,8 +116,13 @@ void run(benchmark::State& state, const std::function<void()>& body) {
     }
 }
 
-void reg(const std::string& name, std::function<void(benchmark::State&)> fn) {
-    benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& s) { fn(s); })
+// calls_per_step: how often one training step of the model runs this kernel
+// at this shape (0 for the ceilings); the report weighs kernels by it.
+void reg(const std::string& name, int calls_per_step, std::function<void(benchmark::State&)> fn) {
+    benchmark::RegisterBenchmark(name.c_str(), [fn, calls_per_step](benchmark::State& s) {
+        fn(s);
+        s.counters["calls_per_step"] = calls_per_step;
+    })
         ->UseRealTime()  // the kernels are multi-threaded: wall time is what counts
         ->Unit(benchmark::kMillisecond);
 }
@@ -132,7 +137,7 @@ std::string dims(const std::vector<std::pair<const char*, long>>& d) {
 
 void register_ceilings(bool tiny) {
     const int n = tiny ? 256 : 2048;
-    reg("ceiling/sgemm", [n](benchmark::State& s) {
+    reg("ceiling/sgemm", 0, [n](benchmark::State& s) {
         auto A = random((size_t)n * n, 1, 1), B = random((size_t)n * n, 1, 2);
         std::vector<float> C((size_t)n * n);
         // FLOPs: 2 n^3 (a multiply and an add per inner-product term).
@@ -142,7 +147,7 @@ void register_ceilings(bool tiny) {
     });
     // 128 MiB each way: four times the largest L3 in sight, so DRAM is measured.
     const size_t bytes = tiny ? (8u << 20) : (128u << 20);
-    reg("ceiling/copy", [bytes](benchmark::State& s) {
+    reg("ceiling/copy", 0, [bytes](benchmark::State& s) {
         const size_t n = bytes / sizeof(float);
         auto src = random(n, 1, 3);
         std::vector<float> dst(n);
@@ -155,7 +160,7 @@ void register_ceilings(bool tiny) {
             }
         });
         // Bytes: every byte read once and written once (the STREAM copy count).
-        count(s, 0, 2.0 * bytes, dims({{"MiB", (long)(bytes >> 20)}}));
+        count(s, 0, 2.0 * bytes, std::to_string(bytes >> 20) + " MiB read + written");
     });
 }
 
@@ -163,10 +168,10 @@ void register_ceilings(bool tiny) {
 
 // One nn.Linear(IC -> OC) on N rows: forward out = X W^T, backward
 // dX = dY W and dW += dY^T X, with the operand layouts of native/cpu/linear.cpp.
-void register_linear(const std::string& tag, int N, int IC, int OC) {
+void register_linear(const std::string& tag, int layers, int N, int IC, int OC) {
     auto reg_gemm = [&](const std::string& pass, bool ta, bool tb, int M, int Nn, int K,
                         float beta) {
-        reg("gemm/" + tag + "/" + pass, [=](benchmark::State& s) {
+        reg("gemm/" + tag + "/" + pass, layers, [=](benchmark::State& s) {
             const int lda = ta ? M : K, ldb = tb ? K : Nn;
             auto A = random((size_t)M * K, 1, 11), B = random((size_t)K * Nn, 1, 12);
             std::vector<float> C((size_t)M * Nn);
@@ -187,7 +192,7 @@ void register_linear(const std::string& tag, int N, int IC, int OC) {
 void register_layernorm(const Shape& sh) {
     const int N = sh.N(), C = sh.C;
     const std::string d = dims({{"N", N}, {"C", C}});
-    reg("layernorm/fwd", [=](benchmark::State& s) {
+    reg("layernorm/fwd", 2 * sh.layers + 1, [=](benchmark::State& s) {
         auto x = random((size_t)N * C, 1, 21), w = random(C, 1, 22), b = random(C, 1, 23);
         std::vector<float> out((size_t)N * C), mean(N), rstd(N);
         run(s, [&] { nt::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C, 1e-12f); });
@@ -195,7 +200,7 @@ void register_layernorm(const Shape& sh) {
         // Bytes: x read, out written (N C each); weight, bias read; mean, rstd written.
         count(s, 8.0 * N * C, 4.0 * (2.0 * N * C + 2.0 * C + 2.0 * N), d);
     });
-    reg("layernorm/bwd", [=](benchmark::State& s) {
+    reg("layernorm/bwd", 2 * sh.layers + 1, [=](benchmark::State& s) {
         auto x = random((size_t)N * C, 1, 24), dy = random((size_t)N * C, 1, 25), w = random(C, 1, 26);
         std::vector<float> mean(N), rstd(N), out((size_t)N * C), dx((size_t)N * C), dw(C), db(C);
         nt::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), w.data(), N, C, 1e-12f);
@@ -210,14 +215,14 @@ void register_layernorm(const Shape& sh) {
 void register_gelu(const Shape& sh) {
     const size_t n = (size_t)sh.N() * sh.I;
     const std::string d = dims({{"N", sh.N()}, {"I", sh.I}});
-    reg("gelu/fwd", [=](benchmark::State& s) {
+    reg("gelu/fwd", sh.layers, [=](benchmark::State& s) {
         auto x = random(n, 3, 31);
         std::vector<float> y(n);
         run(s, [&] { nt::gelu_forward(y.data(), x.data(), n); });
         // FLOPs per element: 4 arithmetic + erf counted as 1. Bytes: x read, y written.
         count(s, 5.0 * n, 8.0 * n, d);
     });
-    reg("gelu/bwd", [=](benchmark::State& s) {
+    reg("gelu/bwd", sh.layers, [=](benchmark::State& s) {
         auto x = random(n, 3, 32), dy = random(n, 1, 33);
         std::vector<float> dx(n);
         run(s, [&] { nt::gelu_backward(dx.data(), x.data(), dy.data(), n); });
@@ -234,7 +239,7 @@ void register_attention(const Shape& sh) {
     const std::string d = dims({{"B", B}, {"T", T}, {"C", C}, {"NH", NH}});
     // Bytes shared by both passes: the mask (B T int32) and the saved probabilities.
     const double att_bytes = 4.0 * BH * TT, mask_bytes = 4.0 * N;
-    reg("attention/fwd", [=](benchmark::State& s) {
+    reg("attention/fwd", sh.layers, [=](benchmark::State& s) {
         auto qkv = random((size_t)N * 3 * C, 1, 41);
         std::vector<float> out((size_t)N * C), att((size_t)(BH * TT));
         std::vector<int32_t> mask((size_t)N, 1);
@@ -245,7 +250,7 @@ void register_attention(const Shape& sh) {
         // Bytes: qkv read (3 N C), out written (N C), probabilities written, mask read.
         count(s, BH * (4.0 * TT * HS + 5.0 * TT), 4.0 * (3.0 * N * C + N * C) + att_bytes + mask_bytes, d);
     });
-    reg("attention/bwd", [=](benchmark::State& s) {
+    reg("attention/bwd", sh.layers, [=](benchmark::State& s) {
         auto qkv = random((size_t)N * 3 * C, 1, 42), dout = random((size_t)N * C, 1, 43);
         std::vector<float> out((size_t)N * C), att((size_t)(BH * TT)), scratch((size_t)(BH * TT));
         std::vector<float> dqkv((size_t)N * 3 * C);
@@ -265,7 +270,7 @@ void register_attention(const Shape& sh) {
 
 void register_loss_optimizer(const Shape& sh) {
     const int B = sh.B, L = sh.L;
-    reg("crossentropy/fwd_bwd", [=](benchmark::State& s) {
+    reg("crossentropy/fwd_bwd", 1, [=](benchmark::State& s) {
         auto logits = random((size_t)B * L, 4, 51);
         auto labels = random_ids(B, 0, L, 52);
         std::vector<float> dlogits((size_t)B * L);
@@ -275,7 +280,7 @@ void register_loss_optimizer(const Shape& sh) {
         count(s, 5.0 * B * L, 4.0 * (2.0 * B * L + B), dims({{"B", B}, {"L", L}}));
     });
     const size_t n = sh.params();
-    reg("adamw/arena", [=](benchmark::State& s) {
+    reg("adamw/arena", 1, [=](benchmark::State& s) {
         auto p = random(n, 0.02f, 61), g = random(n, 1e-3f, 62), m = random(n, 1e-3f, 63);
         auto v = random(n, 1e-6f, 64);
         for (float& x : v) x = x * x;  // second moments are non-negative
@@ -292,7 +297,7 @@ void register_embedding(const Shape& sh) {
     const auto ids = random_ids(N, 1, V, 71);
     const double unique = (double)std::set<int32_t>(ids.begin(), ids.end()).size();
     const std::string d = dims({{"B", B}, {"T", T}, {"C", C}, {"V", V}});
-    reg("embedding/fwd", [=](benchmark::State& s) {
+    reg("embedding/fwd", 1, [=](benchmark::State& s) {
         auto wte = random((size_t)V * C, 1, 72), wpe = random((size_t)sh.P * C, 1, 73), wtt = random((size_t)sh.TV * C, 1, 74);
         std::vector<int32_t> tt(N, 0);
         std::vector<float> out(N * C);
@@ -301,7 +306,7 @@ void register_embedding(const Shape& sh) {
         // T position rows and one token-type row read; ids and token types read.
         count(s, 2.0 * N * C, 4.0 * (N * C + (unique + T + 1) * C + 2.0 * N), d);
     });
-    reg("embedding/bwd", [=](benchmark::State& s) {
+    reg("embedding/bwd", 1, [=](benchmark::State& s) {
         auto dout = random(N * C, 1, 75);
         std::vector<float> dwte((size_t)V * C), dwpe((size_t)sh.P * C), dwtt((size_t)sh.TV * C);
         std::vector<int32_t> tt(N, 0);
@@ -316,10 +321,10 @@ void register_embedding(const Shape& sh) {
 void register_all(const Shape& sh, bool tiny) {
     register_ceilings(tiny);
     const int N = sh.N(), C = sh.C, I = sh.I;
-    register_linear("qkv", N, C, 3 * C);       // fused Q, K, V projections
-    register_linear("attn_out", N, C, C);      // attention.output.dense
-    register_linear("ffn_up", N, C, I);        // intermediate.dense
-    register_linear("ffn_down", N, I, C);      // output.dense
+    register_linear("qkv", sh.layers, N, C, 3 * C);       // fused Q, K, V projections
+    register_linear("attn_out", sh.layers, N, C, C);      // attention.output.dense
+    register_linear("ffn_up", sh.layers, N, C, I);        // intermediate.dense
+    register_linear("ffn_down", sh.layers, N, I, C);      // output.dense
     register_layernorm(sh);
     register_gelu(sh);
     register_attention(sh);

@@ -41,6 +41,10 @@ export interface EngineOptions {
   label_smoothing_factor?: number;
   /** (num_labels) per-class loss weights, as torch CrossEntropyLoss(weight=). */
   class_weights?: Float32Array;
+  /** 'cpu' (default), 'cuda' or 'cuda:N' (needs an addon built with a CUDA toolkit). */
+  device?: string;
+  /** 'fp32' (default) or 'bf16' mixed precision (CUDA only: bf16 weights and activations, fp32 master weights and moments). */
+  precision?: 'fp32' | 'bf16';
 }
 
 export interface OptimizerState {
@@ -61,6 +65,7 @@ interface NativeEngine {
   getCounters(): { optimizerStep: number; microStep: number };
   setCounters(c: { optimizerStep: number; microStep: number }): void;
   numParameters(): number;
+  device(): string;
   forward(batch: Batch): Promise<{ logits: Float32Array; loss?: number }>;
   accumulate(batch: Batch, opts: { lossScale: number }): Promise<{ loss: number }>;
   step(opts: { learningRate: number }): Promise<{ gradNorm: number }>;
@@ -71,6 +76,8 @@ interface NativeEngine {
 
 interface NativeAddon {
   Engine: new (config: BertConfig, options: EngineOptions) => NativeEngine;
+  /** Whether this build has the CUDA backend. */
+  cudaCompiled: boolean;
 }
 
 let addon: NativeAddon | undefined;
@@ -123,6 +130,10 @@ export class Engine {
   /** Shape of a parameter, e.g. [num_labels, hidden_size] for classifier.weight. */
   parameterShape(name: string): number[] {
     return this.native.parameterShape(name);
+  }
+  /** Where it runs, e.g. "cpu" or "cuda:0 (NVIDIA H200, bf16)". */
+  device(): string {
+    return this.native.device();
   }
   /** Number of scalar parameters. */
   numParameters(): number {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Engine, type Batch } from '../src/engine.js';
+import { Engine, loadAddon, type Batch } from '../src/engine.js';
 import type { BertConfig } from '../src/config.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 
@@ -323,4 +323,26 @@ test('bad configs throw naming the field', () => {
     () => new Engine({ config: { ...base, hidden_size: 32 }, class_weights: new Float32Array(3) }),
     /class_weights has 3 entries, expected num_labels = 2/,
   );
+});
+
+test('devices: unknown names, bf16 on the CPU and CUDA without a CUDA build are clear errors', async () => {
+  const f = await loadFixture();
+  assert.throws(() => new Engine({ config: f.config, device: 'tpu' }), /unknown device 'tpu': expected 'cpu', 'cuda' or 'cuda:N'/);
+  assert.throws(() => new Engine({ config: f.config, device: 'cuda:x' }), /device 'cuda:x': expected 'cuda:N'/);
+  assert.throws(() => new Engine({ config: f.config, precision: 'bf16' }), /precision 'bf16' needs device 'cuda'/);
+  const engine = new Engine({ config: f.config });
+  assert.equal(engine.device(), 'cpu');
+  await engine.dispose();
+  if (!loadAddon().cudaCompiled) {
+    assert.throws(() => new Engine({ config: f.config, device: 'cuda' }), /this build of nodetune has no CUDA backend/);
+  } else {
+    // built with CUDA: either a GPU is there, or the error says there is none
+    try {
+      const gpu = new Engine({ config: f.config, device: 'cuda' });
+      assert.match(gpu.device(), /^cuda:0/);
+      await gpu.dispose();
+    } catch (err) {
+      assert.match((err as Error).message, /CUDA/);
+    }
+  }
 });

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/factory.h"
 
 namespace {
 
@@ -150,6 +151,7 @@ public:
                                InstanceMethod("getCounters", &EngineWrap::GetCounters),
                                InstanceMethod("setCounters", &EngineWrap::SetCounters),
                                InstanceMethod("numParameters", &EngineWrap::NumParameters),
+                               InstanceMethod("device", &EngineWrap::Device),
                                InstanceMethod("forward", &EngineWrap::Forward),
                                InstanceMethod("accumulate", &EngineWrap::Accumulate),
                                InstanceMethod("step", &EngineWrap::Step),
@@ -199,12 +201,15 @@ public:
             } else if (!cw.IsUndefined() && !cw.IsNull()) {
                 throw EngineError("options.class_weights must be a Float32Array of num_labels entries");
             }
-            engine_ = std::make_unique<nt::Engine>(cfg, tc);
+            const std::string device = o.Get("device").IsString() ? o.Get("device").As<Napi::String>().Utf8Value() : "cpu";
+            const std::string precision =
+                o.Get("precision").IsString() ? o.Get("precision").As<Napi::String>().Utf8Value() : "fp32";
+            engine_ = nt::make_engine(cfg, tc, nt::parse_device(device, precision));
         });
     }
 
 private:
-    std::unique_ptr<nt::Engine> engine_;
+    std::unique_ptr<nt::EngineBase> engine_;
     bool busy_ = false;
 
     // Runs f, turning C++ exceptions into a thrown JS Error.
@@ -219,7 +224,7 @@ private:
         }
     }
 
-    nt::Engine& Live(const char* method) {
+    nt::EngineBase& Live(const char* method) {
         if (!engine_) throw EngineError(std::string("Engine.") + method + "(): the engine has been disposed");
         if (busy_)
             throw EngineError(std::string("Engine.") + method +
@@ -233,13 +238,15 @@ private:
         return info[0].As<Napi::String>().Utf8Value();
     }
 
-    Napi::Float32Array Copy(Napi::Env env, const float* src, size_t n) {
-        auto a = Napi::Float32Array::New(env, n);
-        std::copy(src, src + n, a.Data());
+    using Slot = nt::EngineBase::Slot;
+
+    Napi::Float32Array Read(Napi::Env env, nt::EngineBase& e, const nt::ParamInfo& p, Slot slot) {
+        auto a = Napi::Float32Array::New(env, p.numel);
+        e.read(p, slot, a.Data());
         return a;
     }
 
-    void CopyIn(const Napi::Value& v, const nt::ParamInfo& p, float* dst, const char* method) {
+    void CopyIn(const Napi::Value& v, nt::EngineBase& e, const nt::ParamInfo& p, Slot slot, const char* method) {
         std::string shape = "[";
         for (size_t i = 0; i < p.shape.size(); i++) shape += (i ? ", " : "") + std::to_string(p.shape[i]);
         shape += "]";
@@ -250,7 +257,7 @@ private:
         if (a.ElementLength() != p.numel)
             throw EngineError(std::string("Engine.") + method + "('" + p.name + "'): got " + std::to_string(a.ElementLength()) +
                               " values, expected " + std::to_string(p.numel) + " (shape " + shape + ")");
-        std::copy(a.Data(), a.Data() + p.numel, dst);
+        e.write(p, slot, a.Data());
     }
 
     Napi::Value ParameterNames(const Napi::CallbackInfo& info) {
@@ -275,7 +282,7 @@ private:
         return Guard(info.Env(), [&]() -> Napi::Value {
             auto& e = Live("getWeight");
             const auto& p = e.param(Name(info, "getWeight"));
-            return Copy(info.Env(), e.weights(p), p.numel);
+            return Read(info.Env(), e, p, Slot::Weight);
         });
     }
 
@@ -283,7 +290,7 @@ private:
         return Guard(info.Env(), [&]() -> Napi::Value {
             auto& e = Live("setWeight");
             const auto& p = e.param(Name(info, "setWeight"));
-            CopyIn(info[1], p, e.weights(p), "setWeight");
+            CopyIn(info[1], e, p, Slot::Weight, "setWeight");
             return info.Env().Undefined();
         });
     }
@@ -292,7 +299,7 @@ private:
         return Guard(info.Env(), [&]() -> Napi::Value {
             auto& e = Live("getGradient");
             const auto& p = e.param(Name(info, "getGradient"));
-            return Copy(info.Env(), e.grads(p), p.numel);
+            return Read(info.Env(), e, p, Slot::Grad);
         });
     }
 
@@ -301,8 +308,8 @@ private:
             auto& e = Live("getOptimizerState");
             const auto& p = e.param(Name(info, "getOptimizerState"));
             auto o = Napi::Object::New(info.Env());
-            o.Set("exp_avg", Copy(info.Env(), e.exp_avg(p), p.numel));
-            o.Set("exp_avg_sq", Copy(info.Env(), e.exp_avg_sq(p), p.numel));
+            o.Set("exp_avg", Read(info.Env(), e, p, Slot::ExpAvg));
+            o.Set("exp_avg_sq", Read(info.Env(), e, p, Slot::ExpAvgSq));
             return o;
         });
     }
@@ -314,8 +321,8 @@ private:
             if (info.Length() < 2 || !info[1].IsObject())
                 throw EngineError("Engine.setOptimizerState(name, {exp_avg, exp_avg_sq}): state object required");
             auto o = info[1].As<Napi::Object>();
-            CopyIn(o.Get("exp_avg"), p, e.exp_avg(p), "setOptimizerState");
-            CopyIn(o.Get("exp_avg_sq"), p, e.exp_avg_sq(p), "setOptimizerState");
+            CopyIn(o.Get("exp_avg"), e, p, Slot::ExpAvg, "setOptimizerState");
+            CopyIn(o.Get("exp_avg_sq"), e, p, Slot::ExpAvgSq, "setOptimizerState");
             return info.Env().Undefined();
         });
     }
@@ -368,6 +375,10 @@ private:
         });
     }
 
+    Napi::Value Device(const Napi::CallbackInfo& info) {
+        return Guard(info.Env(), [&]() -> Napi::Value { return Napi::String::New(info.Env(), Live("device").device()); });
+    }
+
     Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
             Live("zeroGrad").zero_grad();
@@ -394,7 +405,7 @@ private:
 
     Napi::Value Forward(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            nt::Engine& e = Live("forward");
+            nt::EngineBase& e = Live("forward");
             auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], false));
             e.validate(batch->view(), false);
             auto logits = std::make_shared<std::vector<float>>((size_t)batch->B * e.config().num_labels);
@@ -414,7 +425,7 @@ private:
 
     Napi::Value Accumulate(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            nt::Engine& e = Live("accumulate");
+            nt::EngineBase& e = Live("accumulate");
             auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], true));
             e.validate(batch->view(), true);
             float scale = 1.0f;
@@ -443,7 +454,7 @@ private:
 
     Napi::Value Step(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            nt::Engine& e = Live("step");
+            nt::EngineBase& e = Live("step");
             const float lr = LearningRate(info, 0, "step");
             auto norm = std::make_shared<float>(0.0f);
             return Queue(
@@ -458,7 +469,7 @@ private:
 
     Napi::Value TrainStep(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            nt::Engine& e = Live("trainStep");
+            nt::EngineBase& e = Live("trainStep");
             auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], true));
             e.validate(batch->view(), true);
             const float lr = LearningRate(info, 1, "trainStep");
@@ -481,6 +492,7 @@ private:
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("Engine", EngineWrap::Init(env));
+    exports.Set("cudaCompiled", Napi::Boolean::New(env, nt::cuda_compiled()));
     return exports;
 }
 

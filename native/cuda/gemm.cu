@@ -46,6 +46,11 @@ uint32_t alignment(const void* p) {
     return al;
 }
 
+}  // namespace
+
+// Named (not anonymous): Blas::Impl, a class with linkage, holds these.
+namespace gemm_detail {
+
 // Plan key: types, ops, shape, leading dims, epilogue, alignments, tf32.
 using Key = std::tuple<int, int, bool, bool, int, int, int, int, int, int, bool, uint32_t,
                        uint32_t, uint32_t, bool>;
@@ -62,7 +67,10 @@ struct Plan {
     }
 };
 
-}  // namespace
+}  // namespace gemm_detail
+
+using gemm_detail::Key;
+using gemm_detail::Plan;
 
 struct Blas::Impl {
     cublasLtHandle_t handle = nullptr;

@@ -106,7 +106,7 @@ __global__ void column_partials_kernel(float* part_w, float* part_b, const T* do
                                        int N, int C) {
     const int p = blockIdx.x;
     const int n0 = p * kRowsPerPart;
-    const int n1 = min(N, n0 + kRowsPerPart);
+    const int n1 = N < n0 + kRowsPerPart ? N : n0 + kRowsPerPart;
     for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < C; c += gridDim.y * blockDim.x) {
         float sw = 0.f, sb = 0.f;
         for (int n = n0; n < n1; n++) {

@@ -25,12 +25,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// Dropout tensor ids: 0 embeddings, then three per layer, then the classifier.
-uint32_t tid_att_probs(int l) { return 1 + 3 * l; }
-uint32_t tid_att_out(int l) { return 2 + 3 * l; }
-uint32_t tid_ffn_out(int l) { return 3 + 3 * l; }
-uint32_t tid_classifier(int L) { return 1 + 3 * L; }
-
 
 void add_into(float* out, const float* a, const float* b, size_t n) {
 #pragma omp parallel for schedule(static)
@@ -39,7 +33,7 @@ void add_into(float* out, const float* a, const float* b, size_t n) {
 
 }  // namespace
 
-Engine::Engine(const BertConfig& config, const TrainConfig& train) : cfg_(config), tc_(train) {
+EngineBase::EngineBase(const BertConfig& config, const TrainConfig& train) : cfg_(config), tc_(train) {
     auto positive = [](const char* name, int v) {
         if (v <= 0) throw EngineError(std::string("config.") + name + " must be a positive integer, got " + std::to_string(v));
     };
@@ -65,6 +59,9 @@ Engine::Engine(const BertConfig& config, const TrainConfig& train) : cfg_(config
         throw EngineError("class_weights has " + std::to_string(tc_.class_weights.size()) +
                           " entries, expected num_labels = " + std::to_string(cfg_.num_labels));
     build_param_table();
+}
+
+CpuEngine::CpuEngine(const BertConfig& config, const TrainConfig& train) : EngineBase(config, train) {
     w_.assign(arena_size_, 0.0f);
     g_.assign(arena_size_, 0.0f);
     m_.assign(arena_size_, 0.0f);
@@ -73,7 +70,7 @@ Engine::Engine(const BertConfig& config, const TrainConfig& train) : cfg_(config
 
 // ---- the parameter table ----------------------------------------------------
 
-void Engine::add_param(const std::string& name, std::vector<int64_t> shape) {
+void EngineBase::add_param(const std::string& name, std::vector<int64_t> shape) {
     ParamInfo p;
     p.name = name;
     p.shape = std::move(shape);
@@ -87,7 +84,7 @@ void Engine::add_param(const std::string& name, std::vector<int64_t> shape) {
     arena_size_ += align_up(p.numel);
 }
 
-void Engine::build_param_table() {
+void EngineBase::build_param_table() {
     const int64_t C = cfg_.hidden_size, I = cfg_.intermediate_size;
     emb_w_ = params_.size(); add_param("bert.embeddings.word_embeddings.weight", {cfg_.vocab_size, C});
     emb_p_ = params_.size(); add_param("bert.embeddings.position_embeddings.weight", {cfg_.max_position_embeddings, C});
@@ -130,25 +127,31 @@ void Engine::build_param_table() {
     cls_b_ = params_.size(); add_param("classifier.bias", {cfg_.num_labels});
 }
 
-const ParamInfo& Engine::param(const std::string& name) const {
+const ParamInfo& EngineBase::param(const std::string& name) const {
     for (const auto& p : params_)
         if (p.name == name) return p;
     throw EngineError("unknown parameter '" + name + "': expected a Hugging Face BertForSequenceClassification key such as 'bert.encoder.layer.0.attention.self.query.weight' or 'classifier.weight'");
 }
 
-void Engine::set_trainable(const std::string& name, bool trainable) {
+void EngineBase::set_trainable(const std::string& name, bool trainable) {
     for (auto& p : params_)
         if (p.name == name) {
             p.trainable = trainable;
-            if (!trainable) std::fill(g_.begin() + p.offset, g_.begin() + p.offset + p.numel, 0.0f);
+            if (!trainable) on_frozen(p);
             return;
         }
     param(name);  // throws the unknown-parameter error
 }
 
+bool EngineBase::any_trainable(size_t first, size_t count) const {
+    for (size_t i = first; i < first + count; i++)
+        if (params_[i].trainable) return true;
+    return false;
+}
+
 // ---- input validation -------------------------------------------------------
 
-void Engine::validate(const Batch& b, bool need_labels) const {
+void EngineBase::validate(const Batch& b, bool need_labels) const {
     if (b.B <= 0 || b.T <= 0)
         throw EngineError("batch must have at least one sequence of at least one token, got B=" +
                           std::to_string(b.B) + ", T=" + std::to_string(b.T));
@@ -186,7 +189,7 @@ void Engine::validate(const Batch& b, bool need_labels) const {
 
 // ---- activation arena -------------------------------------------------------
 
-void Engine::ensure_activations(int B, int T) {
+void CpuEngine::ensure_activations(int B, int T) {
     cur_B_ = B;
     cur_T_ = T;
     if (B <= cap_B_ && T <= cap_T_) return;  // views laid out for the capacity fit
@@ -247,7 +250,7 @@ void Engine::ensure_activations(int B, int T) {
     d_.dlogits = dtake(Bc * L);
 }
 
-void Engine::set_threads() const {
+void CpuEngine::set_threads() const {
     if (tc_.threads > 0) {
         omp_set_num_threads(tc_.threads);
         openblas_set_num_threads(tc_.threads);
@@ -256,7 +259,7 @@ void Engine::set_threads() const {
 
 // ---- forward ------------------------------------------------------------------
 
-void Engine::layer_forward(int l, const float* x, const int32_t* mask, bool train) {
+void CpuEngine::layer_forward(int l, const float* x, const int32_t* mask, bool train) {
     const int B = cur_B_, T = cur_T_, C = cfg_.hidden_size, I = cfg_.intermediate_size;
     const int N = B * T;
     const size_t NC = (size_t)N * C;
@@ -281,7 +284,7 @@ void Engine::layer_forward(int l, const float* x, const int32_t* mask, bool trai
     layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, W(li.ln2_w), W(li.ln2_b), N, C, cfg_.layer_norm_eps);
 }
 
-void Engine::forward_impl(const Batch& b, bool train) {
+void CpuEngine::forward_impl(const Batch& b, bool train) {
     ensure_activations(b.B, b.T);
     const int B = b.B, T = b.T, C = cfg_.hidden_size, L = cfg_.num_labels;
     const int N = B * T;
@@ -302,13 +305,13 @@ void Engine::forward_impl(const Batch& b, bool train) {
     tanh_forward(a_.pooled, a_.pooled, (size_t)B * C);
     const float p_cls = train ? cfg_.classifier_dropout : 0.0f;
     if (p_cls > 0)
-        dropout_forward(a_.pooled_drop, a_.pooled, (size_t)B * C, p_cls, key(tid_classifier(cfg_.num_hidden_layers)));
+        dropout_forward(a_.pooled_drop, a_.pooled, (size_t)B * C, p_cls, key(tid_classifier()));
     else
         std::memcpy(a_.pooled_drop, a_.pooled, (size_t)B * C * sizeof(float));
     linear_forward(a_.logits, a_.pooled_drop, W(cls_w_), W(cls_b_), B, C, L);
 }
 
-float Engine::forward(const Batch& b, float* logits, bool train) {
+float CpuEngine::forward(const Batch& b, float* logits, bool train) {
     set_threads();
     validate(b, false);
     forward_impl(b, train);
@@ -321,7 +324,7 @@ float Engine::forward(const Batch& b, float* logits, bool train) {
 
 // ---- backward -----------------------------------------------------------------
 
-int Engine::first_trainable() const {
+int EngineBase::first_trainable() const {
     for (size_t i = 0; i <= emb_ln_b_; i++)
         if (params_[i].trainable) return -1;
     for (int l = 0; l < cfg_.num_hidden_layers; l++)
@@ -330,7 +333,7 @@ int Engine::first_trainable() const {
     return cfg_.num_hidden_layers;
 }
 
-void Engine::layer_backward(int l, const float* x, float* dx, const int32_t* mask, bool need_dinp) {
+void CpuEngine::layer_backward(int l, const float* x, float* dx, const int32_t* mask, bool need_dinp) {
     const int B = cur_B_, T = cur_T_, C = cfg_.hidden_size, I = cfg_.intermediate_size;
     const int N = B * T;
     const size_t NC = (size_t)N * C;
@@ -361,20 +364,12 @@ void Engine::layer_backward(int l, const float* x, float* dx, const int32_t* mas
     clear_frozen(li.qkv_b, 3);
 }
 
-// query/key/value share one GEMM: their gradients are computed together when
-// any of the three trains, and a frozen member's slice is cleared afterwards.
-float* Engine::G_fused(size_t first) {
-    for (size_t i = first; i < first + 3; i++)
-        if (params_[i].trainable) return g_.data() + params_[first].offset;
-    return nullptr;
-}
-
-void Engine::clear_frozen(size_t first, size_t count) {
+void CpuEngine::clear_frozen(size_t first, size_t count) {
     for (size_t i = first; i < first + count; i++)
         if (!params_[i].trainable) std::fill_n(g_.data() + params_[i].offset, params_[i].numel, 0.0f);
 }
 
-void Engine::backward_impl(const Batch& b) {
+void CpuEngine::backward_impl(const Batch& b) {
     const int B = b.B, T = b.T, C = cfg_.hidden_size, L = cfg_.num_labels;
     const int N = B * T;
     const size_t NC = (size_t)N * C;
@@ -382,7 +377,7 @@ void Engine::backward_impl(const Batch& b) {
     // classifier, classifier dropout, pooler
     linear_backward(d_.dpool1, G(cls_w_), G(cls_b_), d_.dlogits, a_.pooled_drop, W(cls_w_), B, C, L, false);
     if (cfg_.classifier_dropout > 0)
-        dropout_backward(d_.dpool2, d_.dpool1, (size_t)B * C, cfg_.classifier_dropout, key(tid_classifier(NL)));
+        dropout_backward(d_.dpool2, d_.dpool1, (size_t)B * C, cfg_.classifier_dropout, key(tid_classifier()));
     else
         std::memcpy(d_.dpool2, d_.dpool1, (size_t)B * C * sizeof(float));
     tanh_backward(d_.dpool1, a_.pooled, d_.dpool2, (size_t)B * C);
@@ -409,7 +404,7 @@ void Engine::backward_impl(const Batch& b) {
         std::memset(dwte + (size_t)cfg_.pad_token_id * C, 0, C * sizeof(float));
 }
 
-float Engine::accumulate(const Batch& b, float loss_scale) {
+float CpuEngine::accumulate(const Batch& b, float loss_scale) {
     set_threads();
     validate(b, true);
     forward_impl(b, true);
@@ -423,7 +418,7 @@ float Engine::accumulate(const Batch& b, float loss_scale) {
 
 // ---- optimizer ------------------------------------------------------------------
 
-float Engine::step(float lr) {
+float CpuEngine::step(float lr) {
     set_threads();
     double ss = 0.0;
     for (const auto& p : params_)
@@ -445,6 +440,29 @@ float Engine::step(float lr) {
     return norm;
 }
 
-void Engine::zero_grad() { std::fill(g_.begin(), g_.end(), 0.0f); }
+void CpuEngine::zero_grad() { std::fill(g_.begin(), g_.end(), 0.0f); }
+
+// ---- parameter access ---------------------------------------------------------
+
+float* CpuEngine::arena(Slot slot) {
+    switch (slot) {
+        case Slot::Weight: return w_.data();
+        case Slot::Grad: return g_.data();
+        case Slot::ExpAvg: return m_.data();
+        case Slot::ExpAvgSq: return v_.data();
+    }
+    throw EngineError("unknown parameter slot");
+}
+
+void CpuEngine::read(const ParamInfo& p, Slot slot, float* dst) {
+    const float* src = arena(slot) + p.offset;
+    std::copy(src, src + p.numel, dst);
+}
+
+void CpuEngine::write(const ParamInfo& p, Slot slot, const float* src) {
+    std::copy(src, src + p.numel, arena(slot) + p.offset);
+}
+
+void CpuEngine::on_frozen(const ParamInfo& p) { std::fill_n(g_.data() + p.offset, p.numel, 0.0f); }
 
 }  // namespace nt

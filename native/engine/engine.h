@@ -72,20 +72,29 @@ struct EngineError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-class Engine {
+// What every device's engine shares: the model plan (the parameter table in
+// arena order, with q/k/v packed so one GEMM computes all three), input
+// validation, freezing flags and the optimizer/dropout counters. A device
+// engine (CpuEngine here, CudaEngine in native/cuda) owns the memory.
+class EngineBase {
 public:
-    Engine(const BertConfig& config, const TrainConfig& train);
+    EngineBase(const BertConfig& config, const TrainConfig& train);  // throws EngineError
+    virtual ~EngineBase() = default;
+    EngineBase(const EngineBase&) = delete;
+    EngineBase& operator=(const EngineBase&) = delete;
 
     const BertConfig& config() const { return cfg_; }
     const TrainConfig& train_config() const { return tc_; }
     const std::vector<ParamInfo>& params() const { return params_; }
     const ParamInfo& param(const std::string& name) const;  // throws EngineError
     size_t num_parameters() const { return n_params_; }
+    virtual std::string device() const = 0;  // "cpu", "cuda:0 (NVIDIA H200, bf16)"
 
-    float* weights(const ParamInfo& p) { return w_.data() + p.offset; }
-    float* grads(const ParamInfo& p) { return g_.data() + p.offset; }
-    float* exp_avg(const ParamInfo& p) { return m_.data() + p.offset; }
-    float* exp_avg_sq(const ParamInfo& p) { return v_.data() + p.offset; }
+    // The four parameter-shaped arenas, copied in and out in float32.
+    enum class Slot { Weight, Grad, ExpAvg, ExpAvgSq };
+    virtual void read(const ParamInfo& p, Slot slot, float* dst) = 0;
+    virtual void write(const ParamInfo& p, Slot slot, const float* src) = 0;
+    // Frozen parameters get no gradient (their slice is zeroed) and no update.
     void set_trainable(const std::string& name, bool trainable);
 
     // Checks ids, mask, token types, labels and T against the config; throws
@@ -94,22 +103,67 @@ public:
 
     // logits (B, num_labels) written to `logits`. train=false disables
     // dropout. Returns the mean loss when batch.labels is set, else 0.
-    float forward(const Batch& batch, float* logits, bool train);
+    virtual float forward(const Batch& batch, float* logits, bool train) = 0;
     // forward(train) + loss + backward; parameter gradients are ADDED to the
     // gradient arena with the loss scaled by `loss_scale` (a micro-batch's
     // share of the examples under gradient accumulation). Returns the
     // micro-batch's mean loss (unscaled).
-    float accumulate(const Batch& batch, float loss_scale);
+    virtual float accumulate(const Batch& batch, float loss_scale) = 0;
     // Global-norm clipping (torch.nn.utils.clip_grad_norm_), fused AdamW on
     // every trainable parameter, then zeroes the gradients. Returns the norm
     // before clipping.
-    float step(float learning_rate);
-    void zero_grad();
+    virtual float step(float learning_rate) = 0;
+    virtual void zero_grad() = 0;
 
     int64_t optimizer_step() const { return t_; }
     void set_optimizer_step(int64_t t) { t_ = t; }
     uint64_t micro_step() const { return micro_step_; }
     void set_micro_step(uint64_t s) { micro_step_ = s; }
+
+protected:
+    // Indices into params_ of one encoder layer's tensors.
+    struct LayerIdx {
+        size_t qkv_w, qkv_b, ao_w, ao_b, ln1_w, ln1_b, ff1_w, ff1_b, ff2_w, ff2_b, ln2_w, ln2_b;
+    };
+    // Dropout tensor ids: 0 embeddings, three per layer, then the classifier.
+    static uint32_t tid_att_probs(int l) { return 1 + 3 * l; }
+    static uint32_t tid_att_out(int l) { return 2 + 3 * l; }
+    static uint32_t tid_ffn_out(int l) { return 3 + 3 * l; }
+    uint32_t tid_classifier() const { return 1 + 3 * cfg_.num_hidden_layers; }
+    DropoutKey key(uint32_t tensor) const { return DropoutKey{tc_.seed, micro_step_, tensor}; }
+    // -1 when an embedding trains, else the lowest layer with a trainable
+    // tensor (num_hidden_layers when only the pooler/classifier train).
+    int first_trainable() const;
+    bool any_trainable(size_t first, size_t count) const;
+    virtual void on_frozen(const ParamInfo& p) = 0;  // zero p's gradient slice
+
+    BertConfig cfg_;
+    TrainConfig tc_;
+    std::vector<ParamInfo> params_;
+    size_t n_params_ = 0;    // real parameter count (without alignment padding)
+    size_t arena_size_ = 0;  // floats in each parameter-shaped arena
+    size_t emb_w_ = 0, emb_p_ = 0, emb_t_ = 0, emb_ln_w_ = 0, emb_ln_b_ = 0;
+    size_t pool_w_ = 0, pool_b_ = 0, cls_w_ = 0, cls_b_ = 0;
+    std::vector<LayerIdx> lidx_;
+    int64_t t_ = 0;            // optimizer steps taken (AdamW's t)
+    uint64_t micro_step_ = 0;  // training forwards so far: the dropout RNG's step
+
+private:
+    void add_param(const std::string& name, std::vector<int64_t> shape);
+    void build_param_table();
+};
+
+// The CPU engine: float32 arenas in host memory, OpenMP + OpenBLAS kernels.
+class CpuEngine final : public EngineBase {
+public:
+    CpuEngine(const BertConfig& config, const TrainConfig& train);
+    std::string device() const override { return "cpu"; }
+    void read(const ParamInfo& p, Slot slot, float* dst) override;
+    void write(const ParamInfo& p, Slot slot, const float* src) override;
+    float forward(const Batch& batch, float* logits, bool train) override;
+    float accumulate(const Batch& batch, float loss_scale) override;
+    float step(float learning_rate) override;
+    void zero_grad() override;
 
 private:
     // Per-layer activations, each a view into acts_ (N = B*T rows).
@@ -117,38 +171,23 @@ private:
         float *qkv, *att, *attv, *attproj, *res1, *ln1, *ln1_mean, *ln1_rstd;
         float *ffn_h, *ffn_g, *ffn_o, *res2, *ln2, *ln2_mean, *ln2_rstd;
     };
-    // Indices into params_ of one encoder layer's tensors.
-    struct LayerIdx {
-        size_t qkv_w, qkv_b, ao_w, ao_b, ln1_w, ln1_b, ff1_w, ff1_b, ff2_w, ff2_b, ln2_w, ln2_b;
-    };
-    void add_param(const std::string& name, std::vector<int64_t> shape);
-    void build_param_table();
+    void on_frozen(const ParamInfo& p) override;
+    float* arena(Slot slot);
     void ensure_activations(int B, int T);
     void forward_impl(const Batch& batch, bool train);
     void backward_impl(const Batch& batch);
     void layer_forward(int l, const float* x, const int32_t* mask, bool train);
     // dx: gradient of the layer output in, gradient of its input out (same buffer).
     void layer_backward(int l, const float* x, float* dx, const int32_t* mask, bool need_dinp);
-    DropoutKey key(uint32_t tensor) const { return DropoutKey{tc_.seed, micro_step_, tensor}; }
     float* W(size_t idx) { return w_.data() + params_[idx].offset; }
     float* G(size_t idx) { return params_[idx].trainable ? g_.data() + params_[idx].offset : nullptr; }
-    float* G_fused(size_t first);  // gradient of a fused q/k/v group (3 tensors)
+    // q/k/v share one GEMM: the group's gradient when any of the three trains.
+    float* G_fused(size_t first) { return any_trainable(first, 3) ? g_.data() + params_[first].offset : nullptr; }
     void clear_frozen(size_t first, size_t count);
-    // -1 when an embedding trains, else the lowest layer with a trainable
-    // tensor (num_hidden_layers when only the pooler/classifier train).
-    int first_trainable() const;
     void set_threads() const;
 
-    BertConfig cfg_;
-    TrainConfig tc_;
-    std::vector<ParamInfo> params_;
-    size_t n_params_ = 0;   // real parameter count (without alignment padding)
-    size_t arena_size_ = 0; // floats in each parameter-shaped arena
     std::vector<float> w_, g_, m_, v_;  // parameters, gradients, AdamW moments
     std::vector<float> acts_, dacts_;   // activations and their gradients
-    size_t emb_w_ = 0, emb_p_ = 0, emb_t_ = 0, emb_ln_w_ = 0, emb_ln_b_ = 0;
-    size_t pool_w_ = 0, pool_b_ = 0, cls_w_ = 0, cls_b_ = 0;
-    std::vector<LayerIdx> lidx_;
     std::vector<LayerActs> la_;
     struct {
         float *emb, *emb_ln, *emb_mean, *emb_rstd;  // emb_ln holds dropout(LN(emb)) = encoder input
@@ -159,8 +198,6 @@ private:
     } d_{};
     int cap_B_ = 0, cap_T_ = 0;  // activation arena capacity
     int cur_B_ = 0, cur_T_ = 0;
-    int64_t t_ = 0;             // optimizer steps taken (AdamW's t)
-    uint64_t micro_step_ = 0;   // training forwards so far: the dropout RNG's step
 };
 
 }  // namespace nt

@@ -13,8 +13,9 @@
  *
  * CUDA hook: `--device cuda` runs build/Release/nodetune_bench_cuda instead,
  * which the CUDA build (native/cuda) provides; it must keep the contract
- * written at the top of bench/kernels.cpp (counters flop_per_iter and
- * bytes_per_iter, ceilings named ceiling/sgemm and ceiling/copy, nt_* context).
+ * written at the top of bench/kernels.cpp (counters flop_per_iter,
+ * bytes_per_iter and calls_per_step, ceilings named ceiling/sgemm and
+ * ceiling/copy, nt_* context; nt_device=cuda and nt_gpu name the device).
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -63,6 +64,7 @@ export interface GoogleBenchmarkJson {
     label?: string;
     flop_per_iter?: number;
     bytes_per_iter?: number;
+    calls_per_step?: number;
     error_occurred?: boolean;
     error_message?: string;
   }>;
@@ -119,10 +121,24 @@ export async function runKernelBench(opts: KernelBenchOptions = {}): Promise<Ben
   try {
     const out = join(dir, 'kernels.json');
     await runBinary(binary, binaryArgs(opts, out), opts.onProgress);
-    const json = JSON.parse(await readFile(out, 'utf8')) as GoogleBenchmarkJson;
+    const json = parseGoogleBenchmarkJson(await readFile(out, 'utf8'), binary);
     return kernelReport(json);
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Parses Google Benchmark's JSON, which writes NaN and inf bare (e.g. the
+ * coefficient of variation of a counter that is 0 in every repetition); those
+ * become null. @throws Error naming the source when the text is not JSON.
+ */
+export function parseGoogleBenchmarkJson(text: string, source: string): GoogleBenchmarkJson {
+  const clean = text.replace(/:\s*-?(nan|NaN|inf|Infinity)\b/g, ': null');
+  try {
+    return JSON.parse(clean) as GoogleBenchmarkJson;
+  } catch (err) {
+    throw new Error(`${source}: Google Benchmark output is not JSON: ${(err as Error).message}`);
   }
 }
 
@@ -132,18 +148,19 @@ interface Measured {
   seconds: number;
   flop: number;
   bytes: number;
+  calls: number | null;
 }
 
 /** Median real time per benchmark: the "median" aggregate, else the median of iteration runs. */
 function medians(json: GoogleBenchmarkJson): Measured[] {
-  const runs = new Map<string, { agg?: number; iters: number[]; label: string; flop: number; bytes: number }>();
+  const runs = new Map<string, { agg?: number; iters: number[]; label: string; flop: number; bytes: number; calls: number | null }>();
   for (const b of json.benchmarks) {
     const name = b.run_name.replace(/\/(real_time|repeats:\d+)/g, '');
     if (b.error_occurred) throw new Error(`kernel benchmark ${name} failed: ${b.error_message ?? 'unknown error'}`);
     if (b.flop_per_iter === undefined || b.bytes_per_iter === undefined) {
       throw new Error(`kernel benchmark ${name}: counters flop_per_iter and bytes_per_iter are missing (see the contract in bench/kernels.cpp)`);
     }
-    const r = runs.get(name) ?? { iters: [], label: b.label ?? '', flop: b.flop_per_iter, bytes: b.bytes_per_iter };
+    const r = runs.get(name) ?? { iters: [], label: b.label ?? '', flop: b.flop_per_iter, bytes: b.bytes_per_iter, calls: b.calls_per_step || null };
     const seconds = b.real_time * UNIT_S[b.time_unit];
     if (b.run_type === 'aggregate' && b.aggregate_name === 'median') r.agg = seconds;
     if (b.run_type === 'iteration') r.iters.push(seconds);
@@ -152,7 +169,7 @@ function medians(json: GoogleBenchmarkJson): Measured[] {
   return [...runs].map(([name, r]) => {
     const sorted = [...r.iters].sort((a, b) => a - b);
     const seconds = r.agg ?? sorted[(sorted.length - 1) >> 1];
-    return { name, shape: r.label, seconds, flop: r.flop, bytes: r.bytes };
+    return { name, shape: r.label, seconds, flop: r.flop, bytes: r.bytes, calls: r.calls };
   });
 }
 
@@ -189,12 +206,18 @@ export function kernelReport(json: GoogleBenchmarkJson): BenchReport {
       gb_s: m.bytes / m.seconds / 1e9,
       bound: tFlop >= tBytes ? 'compute' : 'memory',
       roof_fraction: Math.max(tFlop, tBytes) / m.seconds,
+      calls_per_step: m.calls,
+      ms_per_step: m.calls === null ? null : m.seconds * 1e3 * m.calls,
       flop_per_iter: m.flop,
       bytes_per_iter: m.bytes,
     };
   });
   const kernels = rows.filter((r) => !r.kernel.startsWith('ceiling/'));
   const worst = [...kernels].sort((a, b) => a.roof_fraction - b.roof_fraction).slice(0, 3);
+  const weighed = kernels.filter((r) => r.ms_per_step !== null) as Array<(typeof kernels)[number] & { ms_per_step: number }>;
+  const stepMs = weighed.reduce((s, r) => s + r.ms_per_step, 0);
+  const heaviest = [...weighed].sort((a, b) => b.ms_per_step - a.ms_per_step).slice(0, 3);
+  const pct = (r: { roof_fraction: number }) => `${(r.roof_fraction * 100).toFixed(1)}%`;
   const device = String(ctx(json, 'nt_device') ?? 'cpu');
   const model = ctx(json, 'nt_model');
   return {
@@ -228,12 +251,17 @@ export function kernelReport(json: GoogleBenchmarkJson): BenchReport {
       { key: 'gb_s', header: 'GB/s', digits: 1 },
       { key: 'bound', header: 'bound' },
       { key: 'roof_fraction', header: 'of roof', percent: true },
+      { key: 'calls_per_step', header: 'calls/step' },
+      { key: 'ms_per_step', header: 'ms/step', digits: 1 },
     ],
     rows,
     notes: [
       `roof = min(sgemm ceiling ${(peakFlops / 1e9).toFixed(1)} GFLOP/s, arithmetic intensity x copy ceiling ${(peakBytes / 1e9).toFixed(1)} GB/s), both measured in this run; "of roof" = roof-bound time / median time`,
       'memory-bound kernels above 100% kept their working set in cache (the copy ceiling is DRAM)',
-      `furthest from the roof: ${worst.map((r) => `${r.kernel} ${(r.roof_fraction * 100).toFixed(1)}%`).join(', ')}`,
+      `furthest from the roof: ${worst.map((r) => `${r.kernel} ${pct(r)}`).join(', ')}`,
+      ...(weighed.length
+        ? [`these kernels add up to ${stepMs.toFixed(1)} ms of one training step (median x calls per step; pooler/classifier GEMMs, dropout, residual adds and the gradient norm are not in the suite); largest shares: ${heaviest.map((r) => `${r.kernel} ${r.ms_per_step.toFixed(1)} ms at ${pct(r)} of roof`).join(', ')}`]
+        : []),
     ],
   };
 }

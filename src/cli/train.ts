@@ -50,6 +50,8 @@ export function registerTrain(program: Command): void {
     .option('--logging-steps <n>', 'log every n optimizer steps', int, 10)
     .option('--seed <n>', 'seed of data order, dropout and new heads', int, 42)
     .option('--threads <n>', 'CPU threads (default: all cores)', int)
+    .option('--device <device>', "'cpu', 'cuda' or 'cuda:N'", 'cpu')
+    .addOption(new Option('--precision <p>', 'fp32, or bf16 mixed precision (CUDA)').choices(['fp32', 'bf16']).default('fp32'))
     .option('--resume', 'resume from <output>/checkpoint-last')
     .option('--config <file>', 'JSON or YAML file holding any of these flags')
     .action(async (opts: Record<string, unknown>, cmd: Command) => {
@@ -118,6 +120,8 @@ function toOptions(o: Record<string, unknown>): FineTuneOptions {
     logging_steps: o.loggingSteps as number,
     seed: o.seed as number,
     threads: o.threads as number | undefined,
+    device: o.device as string,
+    precision: o.precision as 'fp32' | 'bf16',
     resume_from_checkpoint: Boolean(o.resume),
     log: (line) => process.stderr.write(`${line}\n`),
   };

@@ -32,6 +32,10 @@ export interface FineTuneOptions extends TrainingArguments {
   /** Freeze encoder layers 0..freeze_layers-1. */
   freeze_layers?: number;
   threads?: number;
+  /** 'cpu' (default), 'cuda' or 'cuda:N'. */
+  device?: string;
+  /** 'fp32' (default) or 'bf16' (CUDA only). */
+  precision?: 'fp32' | 'bf16';
   /** Called with each log line a person should see (default: none). */
   log?: (line: string) => void;
   /** Receives the Trainer before training starts (progress bars, stop()). */
@@ -109,6 +113,8 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
     label2id: labels.label2id,
     seed: o.seed ?? 42,
     threads: o.threads,
+    device: o.device,
+    precision: o.precision,
     weight_decay: o.weight_decay ?? 0.01,
     adam_beta1: o.adam_beta1,
     adam_beta2: o.adam_beta2,
@@ -123,6 +129,7 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
     const train = encode(model, data.train, labels, maxLength);
     const evalSet = data.eval ? encode(model, data.eval, labels, maxLength) : null;
     freeze(model, o);
+    log(`device: ${model.engine.device()}, precision ${o.precision ?? 'fp32'}`);
     log(`train: ${train.length} examples from ${data.train.path}; eval: ${evalSet?.length ?? 0}; labels: ${labels.num_labels}`);
     const trainer = new Trainer(model, train, evalSet, o);
     o.onTrainer?.(trainer);

@@ -1,0 +1,49 @@
+#include "engine/factory.h"
+
+#ifdef NODETUNE_WITH_CUDA
+#include "cuda/engine_cuda.h"
+#endif
+
+namespace nt {
+
+DeviceSpec parse_device(const std::string& device, const std::string& precision) {
+    DeviceSpec d;
+    d.precision = precision;
+    if (precision != "fp32" && precision != "bf16")
+        throw EngineError("precision '" + precision + "' is not supported: expected 'fp32' or 'bf16'");
+    if (device == "cpu") {
+        if (precision != "fp32") throw EngineError("precision 'bf16' needs device 'cuda': the CPU engine trains in fp32");
+        return d;
+    }
+    if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+        d.kind = "cuda";
+        if (device.size() > 5) {
+            const std::string n = device.substr(5);
+            if (n.empty() || n.find_first_not_of("0123456789") != std::string::npos)
+                throw EngineError("device '" + device + "': expected 'cuda:N' with N a device number");
+            d.index = std::stoi(n);
+        }
+        return d;
+    }
+    throw EngineError("unknown device '" + device + "': expected 'cpu', 'cuda' or 'cuda:N'");
+}
+
+bool cuda_compiled() {
+#ifdef NODETUNE_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+}
+
+std::unique_ptr<EngineBase> make_engine(const BertConfig& config, const TrainConfig& train, const DeviceSpec& device) {
+    if (device.kind == "cpu") return std::make_unique<CpuEngine>(config, train);
+#ifdef NODETUNE_WITH_CUDA
+    return cuda::make_cuda_engine(config, train, device.index, device.precision == "bf16");
+#else
+    throw EngineError("device 'cuda' was requested, but this build of nodetune has no CUDA backend: "
+                      "rebuild on a machine with a CUDA toolkit (see README, 'CUDA')");
+#endif
+}
+
+}  // namespace nt

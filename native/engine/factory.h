@@ -1,0 +1,26 @@
+// Picks the engine for a device: "cpu", or "cuda" / "cuda:N" when the addon
+// was built with a CUDA toolkit (NODETUNE_WITH_CUDA).
+#pragma once
+#include <memory>
+#include <string>
+
+#include "engine/engine.h"
+
+namespace nt {
+
+struct DeviceSpec {
+    std::string kind = "cpu";       // "cpu" | "cuda"
+    int index = 0;                  // CUDA device ordinal
+    std::string precision = "fp32"; // "fp32" | "bf16" (CUDA only)
+};
+
+// Parses "cpu", "cuda", "cuda:1"; throws EngineError otherwise.
+DeviceSpec parse_device(const std::string& device, const std::string& precision);
+
+// Throws EngineError when the device is unknown, not compiled in, or absent.
+std::unique_ptr<EngineBase> make_engine(const BertConfig& config, const TrainConfig& train, const DeviceSpec& device);
+
+// True when this build includes the CUDA backend.
+bool cuda_compiled();
+
+}  // namespace nt

@@ -1,0 +1,156 @@
+// The benchmark tools: `nodetune bench kernels` on tiny shapes (every kernel
+// present, FLOP/byte counts checked against independent formulas, both
+// ceilings measured), the roofline post-processing on hand-computed numbers,
+// and `npm run bench` (bench/train.ts) for one step without torch.
+// No timing asserts: only that figures exist, are positive and are consistent.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { Command } from 'commander';
+import { registerBench } from '../src/cli/bench.js';
+import { kernelReport, type GoogleBenchmarkJson } from '../src/bench/kernels.js';
+import { formatTable, type BenchReport } from '../src/bench/report.js';
+import { releaseBinary, repoRoot } from '../src/bench/paths.js';
+import { BERT_DEFAULTS, parameterShapes } from '../src/config.js';
+
+const run = promisify(execFile);
+
+async function cli(args: string[]): Promise<string> {
+  let out = '';
+  const program = new Command('nodetune').exitOverride();
+  registerBench(program, { stdout: (t) => (out += t), stderr: () => undefined });
+  await program.parseAsync(['node', 'nodetune', 'bench', ...args]);
+  return out;
+}
+
+const KERNELS = [
+  ...['qkv', 'attn_out', 'ffn_up', 'ffn_down'].flatMap((g) => ['fwd', 'dX', 'dW'].map((p) => `gemm/${g}/${p}`)),
+  'layernorm/fwd', 'layernorm/bwd', 'gelu/fwd', 'gelu/bwd', 'attention/fwd', 'attention/bwd',
+  'crossentropy/fwd_bwd', 'adamw/arena', 'embedding/fwd', 'embedding/bwd',
+];
+
+// CMake records a deliberate absence of Google Benchmark; anything else missing is a failure.
+const benchmarkNotInstalled = () => {
+  const cache = join(repoRoot, 'build/CMakeCache.txt');
+  return existsSync(cache) && /benchmark_DIR:PATH=benchmark_DIR-NOTFOUND/.test(readFileSync(cache, 'utf8'));
+};
+const binary = releaseBinary('nodetune_bench_kernels');
+const skipKernels = !existsSync(binary) && benchmarkNotInstalled() ? 'Google Benchmark not installed (libbenchmark-dev)' : false;
+
+test('bench kernels --tiny --json: every kernel, positive figures, both ceilings', { skip: skipKernels }, async () => {
+  const report = JSON.parse(await cli(['kernels', '--tiny', '--json', '--threads', '1', '--quiet'])) as BenchReport;
+  assert.equal(report.suite, 'kernels');
+  const byName = new Map(report.rows.map((r) => [r.kernel as string, r]));
+  for (const k of [...KERNELS, 'ceiling/sgemm', 'ceiling/copy']) {
+    const r = byName.get(k);
+    assert.ok(r, `kernel ${k} missing from the report`);
+    for (const f of ['time_ms', 'gb_s', 'roof_fraction', 'bytes_per_iter']) {
+      assert.ok(typeof r[f] === 'number' && (r[f] as number) > 0 && Number.isFinite(r[f]), `${k}.${f} = ${r[f]}`);
+    }
+    if (k !== 'ceiling/copy') assert.ok((r.gflop_s as number) > 0, `${k}.gflop_s = ${r.gflop_s}`);
+    assert.match(String(r.bound), /^(compute|memory)$/);
+  }
+  const c = report.context;
+  assert.ok((c.sgemm_ceiling_gflop_s as number) > 0 && (c.copy_ceiling_gb_s as number) > 0);
+  assert.equal(byName.get('ceiling/sgemm')!.bound, 'compute');
+  assert.equal(byName.get('ceiling/copy')!.bound, 'memory');
+
+  // Counts against independent formulas for the tiny shape (B=2 T=16 C=64 I=128, 7 labels).
+  const N = 2 * 16, C = 64, I = 128;
+  assert.equal(byName.get('gemm/ffn_up/fwd')!.flop_per_iter, 2 * N * I * C);
+  assert.equal(byName.get('gemm/qkv/dW')!.flop_per_iter, 2 * (3 * C) * C * N);
+  assert.equal(byName.get('gemm/ffn_down/dX')!.bytes_per_iter, 4 * (N * C + C * I + N * I));
+  // The AdamW arena is the whole model: the same count as the TS parameter table.
+  const params = parameterShapes({
+    ...BERT_DEFAULTS, vocab_size: 1000, hidden_size: C, num_hidden_layers: 2, num_attention_heads: 2,
+    intermediate_size: I, max_position_embeddings: 64, type_vocab_size: 2, num_labels: 7,
+  }).reduce((s, [, shape]) => s + shape.reduce((a, b) => a * b, 1), 0);
+  assert.equal(c.parameters, params);
+  assert.equal(byName.get('adamw/arena')!.bytes_per_iter, 7 * 4 * params);
+  assert.match(report.notes.join('\n'), /furthest from the roof: \S+ [\d.]+%, \S+ [\d.]+%, \S+ [\d.]+%/);
+  // Calls per training step of the tiny model (2 layers): GEMMs once per layer, LayerNorm 2L+1.
+  assert.equal(byName.get('gemm/qkv/fwd')!.calls_per_step, 2);
+  assert.equal(byName.get('layernorm/bwd')!.calls_per_step, 5);
+  assert.equal(byName.get('adamw/arena')!.calls_per_step, 1);
+  assert.equal(byName.get('ceiling/sgemm')!.calls_per_step, null);
+});
+
+test('bench kernels names the missing binary and how to build it', async () => {
+  await assert.rejects(cli(['kernels', '--tiny', '--binary', '/nonexistent/nodetune_bench_kernels']), (err: Error) => {
+    assert.match(err.message, /\/nonexistent\/nodetune_bench_kernels/);
+    assert.match(err.message, /libbenchmark-dev/);
+    return true;
+  });
+});
+
+test('kernelReport: roofline fractions from the measured ceilings', () => {
+  const b = (run_name: string, ms: number, flop: number, bytes: number, extra = {}) => ({
+    name: `${run_name}/real_time_median`, run_name: `${run_name}/real_time`, run_type: 'aggregate' as const,
+    aggregate_name: 'median', real_time: ms, time_unit: 'ms' as const, label: 'x', flop_per_iter: flop, bytes_per_iter: bytes, ...extra,
+  });
+  const json: GoogleBenchmarkJson = {
+    context: { nt_device: 'cpu', nt_model: 'tiny', nt_B: '2', nt_T: '16', nt_threads: '1' },
+    benchmarks: [
+      b('ceiling/sgemm', 10, 2e9, 1e6), // 200 GFLOP/s
+      b('ceiling/copy', 10, 0, 2e8), // 20 GB/s
+      b('gemm/a', 10, 1e9, 1e6), // compute roof 5 ms: 50%
+      b('gelu/fwd', 4, 1e6, 4e7), // memory roof 2 ms: 50%
+      // Only iteration runs (--benchmark_repetitions=1 style): their median is used.
+      { ...b('layernorm/fwd', 8, 0, 4e7), run_type: 'iteration' as const, aggregate_name: undefined },
+      { ...b('layernorm/fwd', 1, 0, 4e7), run_type: 'iteration' as const, aggregate_name: undefined },
+      { ...b('layernorm/fwd', 2, 0, 4e7), run_type: 'iteration' as const, aggregate_name: undefined },
+    ],
+  };
+  const r = kernelReport(json);
+  const row = (k: string) => r.rows.find((x) => x.kernel === k)!;
+  assert.equal(r.context.sgemm_ceiling_gflop_s, 200);
+  assert.equal(r.context.copy_ceiling_gb_s, 20);
+  assert.equal(row('gemm/a').bound, 'compute');
+  assert.ok(Math.abs((row('gemm/a').roof_fraction as number) - 0.5) < 1e-12);
+  assert.equal(row('gelu/fwd').bound, 'memory');
+  assert.ok(Math.abs((row('gelu/fwd').roof_fraction as number) - 0.5) < 1e-12);
+  assert.ok(Math.abs((row('gelu/fwd').gb_s as number) - 10) < 1e-9);
+  assert.ok(Math.abs((row('layernorm/fwd').time_ms as number) - 2) < 1e-12);
+  assert.ok(r.notes.includes('furthest from the roof: gemm/a 50.0%, gelu/fwd 50.0%, layernorm/fwd 100.0%'), r.notes.join('\n'));
+  assert.throws(() => kernelReport({ ...json, benchmarks: json.benchmarks.slice(1) }), /no ceiling\/sgemm/);
+});
+
+test('formatTable: aligned columns, percentages, and the reason for an empty cell', () => {
+  const text = formatTable({
+    suite: 'train', title: 't', context: { threads: 2 }, notes: ['n'],
+    columns: [{ key: 'm', header: 'model' }, { key: 'f', header: 'frac', percent: true }, { key: 'x', header: 'torch', digits: 1, missing: 'why' }],
+    rows: [{ m: 'a', f: 0.5, x: 12.345, why: null }, { m: 'bb', f: 1, x: null, why: 'torch not installed' }],
+  });
+  const lines = text.split('\n');
+  assert.ok(lines.includes('model    frac                torch'), text);
+  assert.ok(lines.includes('a       50.0%                 12.3'), text);
+  assert.ok(lines.includes('bb     100.0%  torch not installed'), text);
+});
+
+test('npm run bench (bench/train.ts): one step of bert-tiny without torch, JSON fields', async () => {
+  const { stdout } = await run(process.execPath, [
+    join(repoRoot, 'dist/bench/train.js'), '--shapes', 'bert-tiny', '--seq', '16', '--batch', '4', '--steps', '1', '--threads', '1', '--no-torch', '--json',
+  ]);
+  const report = JSON.parse(stdout) as BenchReport;
+  assert.equal(report.suite, 'train');
+  assert.equal(report.rows.length, 1);
+  const r = report.rows[0];
+  assert.equal(r.model, 'bert-tiny');
+  assert.equal(r.B, 4);
+  assert.equal(r.T, 16);
+  assert.equal(r.steps, 1);
+  for (const f of ['step_ms', 'samples_s', 'tokens_s', 'gflop_s']) assert.ok((r[f] as number) > 0, `${f} = ${r[f]}`);
+  assert.ok(Math.abs((r.tokens_s as number) - 16 * (r.samples_s as number)) < 1e-6 * (r.tokens_s as number));
+  // 6 * P_tok * B * T + 6 * P_seq * B + 12 * L * B * T^2 * C for bert-tiny (C=128, I=512, L=2, 77 labels):
+  // P_tok = 2 layers * (4C^2 + 4C + 2CI + I + C + 4C) + 2C (embedding LayerNorm), P_seq = C^2 + C + 77C + 77.
+  const C = 128, I = 512;
+  const pTok = 2 * (4 * C * C + 4 * C + 2 * C * I + I + C + 4 * C) + 2 * C;
+  const pSeq = C * C + C + 77 * C + 77;
+  assert.equal(r.train_flops, 6 * pTok * 4 * 16 + 6 * pSeq * 4 + 12 * 2 * 4 * 16 * 16 * C);
+  assert.ok(Math.abs((r.gflop_s as number) - (r.train_flops as number) / (r.step_ms as number) / 1e6) < 1e-9);
+  assert.equal(r.vs_torch, null);
+  assert.equal(r.torch_status, 'not run (--no-torch)');
+});

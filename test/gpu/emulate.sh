@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs the real CUDA kernel sources (native/cuda/*.cu) on the CPU through the
+# emulator in test/gpu/emu, and the unmodified parity program kernel_check.cpp
+# against the CPU kernels (native/cpu) with --quick sizes. For machines
+# without a GPU: it checks indexing, barriers, shuffles, the cuBLASLt
+# descriptors and the arithmetic; it cannot find races or GPU-only faults,
+# and says nothing about speed. Needs only the CUDA headers (the wheel
+# toolkit from scripts/cuda-toolkit.sh), g++, OpenMP and OpenBLAS.
+#
+# Usage: bash test/gpu/emulate.sh [build-dir]     (default /tmp/nodetune-emu)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+out="${1:-/tmp/nodetune-emu}"
+cuda="${CUDAToolkit_ROOT:-$root/.cache/cuda/toolkit}"
+[ -f "$cuda/include/cuda_runtime.h" ] || {
+  echo "emulate.sh: no CUDA headers at $cuda (run scripts/cuda-toolkit.sh or set CUDAToolkit_ROOT)" >&2
+  exit 1
+}
+blas_inc="$(dirname "$(find /usr/include -name cblas.h -path '*openblas*' | head -n1)")"
+mkdir -p "$out/src" "$out/obj"
+cxx=(g++ -std=c++17 -O2 -g -fopenmp -Wall -Wno-unknown-pragmas -I"$root/native" -I"$cuda/include" -I"$blas_inc")
+
+# kernel<<<cfg>>>(args)  ->  ::emu::launch(::emu::Cfg(cfg), kernel, args)
+python3 - "$root/native/cuda" "$out/src" <<'PY'
+import re, sys, pathlib
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+launch = re.compile(r'([A-Za-z_][\w:]*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\(', re.S)
+for f in sorted(src.glob('*.cu')):
+    text, n = launch.subn(lambda m: f'::emu::launch(::emu::Cfg({m.group(2)}), {m.group(1)}, ', f.read_text())
+    (dst / (f.stem + '.cpp')).write_text(f'#line 1 "{f}"\n' + text)
+    print(f'{f.name}: {n} launches rewritten')
+PY
+
+objs=() pids=()
+compile() { "${cxx[@]}" "$@" & pids+=($!); }
+for f in "$out"/src/*.cpp; do
+  o="$out/obj/cuda_$(basename "$f" .cpp).o"
+  compile -include "$root/test/gpu/emu/cuda_emu.h" -c "$f" -o "$o"
+  objs+=("$o")
+done
+for f in "$root"/native/cpu/*.cpp; do
+  o="$out/obj/cpu_$(basename "$f" .cpp).o"
+  compile -O3 -c "$f" -o "$o"
+  objs+=("$o")
+done
+compile -c "$root/test/gpu/emu/cuda_emu.cpp" -o "$out/obj/emu.o"
+compile -c "$root/test/gpu/kernel_check.cpp" -o "$out/obj/kernel_check.o"
+for p in "${pids[@]}"; do wait "$p"; done   # set -e: the first failed compile stops here
+"${cxx[@]}" "${objs[@]}" "$out/obj/emu.o" "$out/obj/kernel_check.o" -lopenblas -o "$out/kernel_check_emu"
+echo "running the kernels on the CPU emulator (--quick sizes) ..."
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$out/kernel_check_emu" --quick --json "$out/kernel_check_emu.json"
