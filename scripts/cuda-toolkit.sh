@@ -20,6 +20,11 @@
 # Usage:
 #   bash scripts/cuda-toolkit.sh            install if needed, print the settings
 #   bash scripts/cuda-toolkit.sh --print    print the settings only (fails if absent)
+#   bash scripts/cuda-toolkit.sh --build-check [dir]
+#       install if needed, then configure with NODETUNE_CUDA=ON, build the CUDA
+#       kernels (nodetune_cuda, sm_80 + sm_90) and nodetune_cuda_check, and run
+#       it (without a GPU it prints "no CUDA device" and exits 0): the CI
+#       compile-and-link check. Build dir default: .cache/cuda/build-check
 #   NODETUNE_CUDA_DIR=/abs/dir bash scripts/cuda-toolkit.sh   other destination
 # Then, e.g.:
 #   source .cache/cuda/env.sh
@@ -55,7 +60,8 @@ CUDA toolkit (wheels) at $tk
 EOF
 }
 
-if [ "${1:-}" = "--print" ]; then
+mode="${1:-install}"
+if [ "$mode" = "--print" ]; then
   [ -x "$tk/bin/nvcc" ] || { echo "no toolkit at $tk: run bash scripts/cuda-toolkit.sh" >&2; exit 1; }
   print_settings
   exit 0
@@ -95,3 +101,12 @@ export PATH="$tk/bin:\$PATH"
 EOF
 echo "$want" >"$stamp"
 print_settings
+
+if [ "$mode" = "--build-check" ]; then
+  bdir="${2:-$dest/build-check}"
+  cmake -S "$root" -B "$bdir" -DNODETUNE_CUDA=ON -DCMAKE_CUDA_COMPILER="$tk/bin/nvcc" \
+    -DCUDAToolkit_ROOT="$tk" >"$bdir.configure.log" 2>&1 || { cat "$bdir.configure.log"; exit 1; }
+  grep "nodetune CUDA:" "$bdir.configure.log"
+  cmake --build "$bdir" -j "$(nproc)" --target nodetune_cuda nodetune_cuda_check
+  "$bdir/Release/nodetune_cuda_check"
+fi

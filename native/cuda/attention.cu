@@ -365,6 +365,7 @@ void check_args(const char* k, int B, int Tn, int C, int NH, float p) {
     detail::require(B >= 0 && Tn >= 0 && C > 0 && NH > 0, k, "bad shape " + shape);
     detail::require(C % NH == 0, k, "hidden_size must be a multiple of num_attention_heads: " + shape);
     detail::require(C / NH <= 128, k, "head size C/NH must be <= 128: " + shape);
+    detail::require((long long)B * NH <= 65535, k, "B*NH must be <= 65535 (grid.y): " + shape);
     detail::require(p == p, k, "dropout_p is NaN");
 }
 

@@ -105,16 +105,19 @@ template <typename TA, typename TC>
 void Blas::gemm(cudaStream_t stream, bool transA, bool transB, int M, int N, int K, float alpha,
                 const TA* A, int lda, const TA* B, int ldb, float beta, TC* C, int ldc,
                 const TC* bias) {
-    const std::string shape = "M=" + std::to_string(M) + " N=" + std::to_string(N) +
-                              " K=" + std::to_string(K) + " lda=" + std::to_string(lda) +
-                              " ldb=" + std::to_string(ldb) + " ldc=" + std::to_string(ldc);
-    detail::require(M >= 0 && N >= 0 && K >= 0, "Blas::gemm", "negative shape: " + shape);
+    // Built only on an error path: the step calls this ~100 times.
+    const auto shape = [&] {
+        return "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+               " lda=" + std::to_string(lda) + " ldb=" + std::to_string(ldb) +
+               " ldc=" + std::to_string(ldc);
+    };
+    if (M < 0 || N < 0 || K < 0) detail::require(false, "Blas::gemm", "negative shape: " + shape());
     if (M == 0 || N == 0) return;
-    detail::require(ldc >= N && lda >= (transA ? M : K) && ldb >= (transB ? K : N),
-                    "Blas::gemm", "leading dimension too small: " + shape);
+    if (ldc < N || lda < (transA ? M : K) || ldb < (transB ? K : N))
+        detail::require(false, "Blas::gemm", "leading dimension too small: " + shape());
     if (K == 0) {  // empty product: only beta * C (+ bias) remains, as the CPU's gemm
-        detail::require(bias == nullptr && (beta == 0.f || (beta == 1.f)), "Blas::gemm",
-                        "K = 0 supports only beta in {0, 1} without bias: " + shape);
+        if (bias != nullptr || (beta != 0.f && beta != 1.f))
+            detail::require(false, "Blas::gemm", "K = 0 supports only beta in {0, 1} without bias: " + shape());
         if (beta == 0.f)
             NT_CUDA_CHECK(cudaMemset2DAsync(C, (size_t)ldc * sizeof(TC), 0, (size_t)N * sizeof(TC),
                                             (size_t)M, stream));
@@ -166,7 +169,7 @@ void Blas::gemm(cudaStream_t stream, bool transA, bool transB, int M, int N, int
         NT_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(impl_->handle, plan->desc, plan->a, plan->b,
                                                    plan->c, plan->c, pref, 1, &result, &found));
         if (found == 0)
-            throw CudaError(cudaErrorNotSupported, "cuBLASLt has no algorithm for this GEMM: " + shape);
+            throw CudaError(cudaErrorNotSupported, "cuBLASLt has no algorithm for this GEMM: " + shape());
         plan->algo = result.algo;
         it = impl_->plans.emplace(key, std::move(plan)).first;
     }

@@ -11,7 +11,8 @@
 // epilogue is the tanh approximation, not HF BERT's exact erf "gelu", so GELU
 // stays a separate kernel (gelu_forward in kernels.h).
 //
-// Not thread-safe: use one Blas per host thread (the engine has one worker).
+// Not thread-safe, and the workspace is shared: use one Blas per host thread
+// and one stream at a time (the engine has one worker and one stream).
 // Errors: cuBLAS status -> nt::cuda::CudaError-like std::runtime_error with
 // cublasLtGetStatusName; bad shapes -> std::invalid_argument.
 #pragma once

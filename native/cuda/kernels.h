@@ -176,8 +176,8 @@ void dropout_uniform_fill(float* u, size_t n, uint64_t index0, const DropoutKey&
 // 2018; Dao et al., FlashAttention 2022). Masked keys get probability 0; an
 // example whose keys are all masked gets uniform rows (CPU/HF behaviour).
 // Probability dropout uses `key` with index ((b*NH + h)*T + t1)*T + t2, the
-// CPU's, so masks match. Requires HS <= 128 and C % NH == 0 (throws
-// std::invalid_argument otherwise); tuned for T <= 512.
+// CPU's, so masks match. Requires HS <= 128, C % NH == 0 and B*NH <= 65535
+// (throws std::invalid_argument otherwise); tuned for T <= 512.
 template <typename T>
 void attention_forward(T* out, float* lse, const T* qkv, const int32_t* mask, int B, int Tn,
                        int C, int NH, float dropout_p, const DropoutKey& key,

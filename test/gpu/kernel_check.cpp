@@ -791,12 +791,15 @@ int main(int argc, char** argv) {
                 ",\"pass\":" + (r.pass ? "true" : "false") + "}";
     }
     json += "],\"failed\":" + std::to_string(failed) + "}";
-    std::printf("JSON %s\n", json.c_str());
-    if (json_path) {
-        if (FILE* f = std::fopen(json_path, "w")) {
-            std::fprintf(f, "%s\n", json.c_str());
-            std::fclose(f);
-        }
+    if (!json_path) {
+        std::printf("JSON %s\n", json.c_str());
+    } else if (FILE* f = std::fopen(json_path, "w")) {
+        std::fprintf(f, "%s\n", json.c_str());
+        std::fclose(f);
+        std::printf("JSON written to %s\n", json_path);
+    } else {
+        std::fprintf(stderr, "kernel_check: cannot write %s\n", json_path);
+        return 2;
     }
     return failed ? 1 : 0;
 }

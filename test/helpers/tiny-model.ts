@@ -93,7 +93,7 @@ export interface IntentRow {
 }
 
 /**
- * `n` labelled rows: random filler sentences (2–6 words) with one keyword of
+ * `n` labelled rows: random filler sentences (1–5 words) with one keyword of
  * the row's intent at a random position; intents cycle (balanced) unless
  * `weights` skews them. Deterministic for `seed`.
  */
@@ -104,7 +104,7 @@ export function intentRows(n: number, seed: number, weights?: Record<string, num
   const rows: IntentRow[] = [];
   for (let i = 0; i < n; i++) {
     const category = weights ? weighted(rng, weights) : names[i % names.length];
-    const words = Array.from({ length: 2 + randomInt(rng, 5) }, () => pick(FILLER));
+    const words = Array.from({ length: 1 + randomInt(rng, 5) }, () => pick(FILLER));
     words.splice(randomInt(rng, words.length + 1), 0, pick(INTENTS[category]));
     rows.push({ text: words.join(' '), category });
   }
