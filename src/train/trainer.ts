@@ -166,6 +166,9 @@ export class Trainer extends EventEmitter {
   readonly args: Required<Omit<TrainingArguments, 'decay_rate' | 'weight_decay' | 'adam_beta1' | 'adam_beta2' | 'adam_epsilon' | 'max_grad_norm' | 'greater_is_better' | 'resume_from_checkpoint'>> &
     TrainingArguments;
   private stopRequested = false;
+  /** Steps since the last log line. */
+  private window = { loss: 0, steps: 0, samples: 0, start: 0 };
+  private lastEntry: LogEntry | null = null;
   private state!: TrainerState;
   private schedule!: LrSchedule;
 
@@ -217,9 +220,7 @@ export class Trainer extends EventEmitter {
     await writeFile(join(a.output_dir, 'training_log.jsonl'), this.state.log_history.map((e) => JSON.stringify(e) + '\n').join(''));
     const lengths = this.train.map((e) => e.input_ids.length);
     let stoppedEarly = false;
-    let windowLoss = 0;
-    let windowStart = performance.now();
-    let windowSamples = 0;
+    this.window = { loss: 0, steps: 0, samples: 0, start: performance.now() };
     while (this.state.global_step < total && !this.stopRequested && !stoppedEarly) {
       const epoch = this.state.epoch;
       const batches = makeBatches(lengths, {
@@ -233,27 +234,20 @@ export class Trainer extends EventEmitter {
         const window = batches.slice(start, Math.min(start + a.gradient_accumulation_steps, batches.length));
         const { loss, gradNorm } = await this.optimizerStep(window);
         this.state.batch_in_epoch += window.length;
-        const samples = window.reduce((n, b) => n + b.length, 0);
-        windowLoss += loss;
-        windowSamples += samples;
+        this.window.loss += loss;
+        this.window.steps += 1;
+        this.window.samples += window.reduce((n, b) => n + b.length, 0);
         const entry: LogEntry = {
           step: this.state.global_step,
           epoch: epoch + this.state.batch_in_epoch / batches.length,
           loss,
           learning_rate: this.schedule.lrAt(this.state.global_step - 1),
           grad_norm: gradNorm,
-          samples_per_second: (windowSamples * 1000) / Math.max(1e-9, performance.now() - windowStart),
+          samples_per_second: (this.window.samples * 1000) / Math.max(1e-9, performance.now() - this.window.start),
         };
         this.emit('step', entry);
-        if (this.state.global_step % a.logging_steps === 0) {
-          const logged = { ...entry, loss: windowLoss / a.logging_steps };
-          this.state.log_history.push(logged);
-          await appendFile(join(a.output_dir, 'training_log.jsonl'), JSON.stringify(logged) + '\n');
-          this.emit('log', logged);
-          windowLoss = 0;
-          windowSamples = 0;
-          windowStart = performance.now();
-        }
+        this.lastEntry = entry;
+        if (this.state.global_step % a.logging_steps === 0) await this.flushLog(entry);
         if (a.eval_strategy === 'steps' && this.state.global_step % a.eval_steps === 0) {
           stoppedEarly = await this.evaluateAndSave();
         } else if (this.state.global_step % a.save_steps === 0) {
@@ -267,6 +261,7 @@ export class Trainer extends EventEmitter {
         if (a.eval_strategy === 'epoch') stoppedEarly = await this.evaluateAndSave();
       }
     }
+    if (this.lastEntry && this.window.steps > 0 && !this.stopRequested) await this.flushLog(this.lastEntry);
     // A run cut short by max_steps or stop() still gets its final evaluation (HF evaluates at epoch end).
     const lastEval = this.state.eval_history.at(-1)?.step;
     if (a.eval_strategy !== 'no' && !stoppedEarly && !this.stopRequested && lastEval !== this.state.global_step) {
@@ -275,6 +270,15 @@ export class Trainer extends EventEmitter {
     await this.saveLast();
     this.emit('done');
     return { log: this.state.log_history, evals: this.state.eval_history, stoppedEarly, bestStep: this.state.best_step };
+  }
+
+  /** Logs the mean loss over the steps since the last log line (HF logging_steps). */
+  private async flushLog(entry: LogEntry): Promise<void> {
+    const logged = { ...entry, loss: this.window.loss / this.window.steps };
+    this.state.log_history.push(logged);
+    await appendFile(join(this.args.output_dir, 'training_log.jsonl'), JSON.stringify(logged) + '\n');
+    this.emit('log', logged);
+    this.window = { loss: 0, steps: 0, samples: 0, start: performance.now() };
   }
 
   /** Accumulates the micro-batches of one window, then one AdamW step. */
