@@ -28,7 +28,7 @@
 #   NODETUNE_CUDA_DIR=/abs/dir bash scripts/cuda-toolkit.sh   other destination
 # Then, e.g.:
 #   source .cache/cuda/env.sh
-#   cmake -S . -B build-cuda -DNODETUNE_CUDA=ON && cmake --build build-cuda -j2
+#   cmake -S . -B .cache/cuda/build -DNODETUNE_CUDA=ON && cmake --build .cache/cuda/build -j2
 #   npx cmake-js compile --out build --CDNODETUNE_CUDA=ON   (the addon, CUDACXX from env.sh)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -54,7 +54,7 @@ CUDA toolkit (wheels) at $tk
   nvcc:              $tk/bin/nvcc
   CUDACXX=$tk/bin/nvcc
   CUDAToolkit_ROOT=$tk
-  cmake:    cmake -S . -B build-cuda -DNODETUNE_CUDA=ON -DCMAKE_CUDA_COMPILER=$tk/bin/nvcc -DCUDAToolkit_ROOT=$tk
+  cmake:    cmake -S . -B .cache/cuda/build -DNODETUNE_CUDA=ON -DCMAKE_CUDA_COMPILER=$tk/bin/nvcc -DCUDAToolkit_ROOT=$tk
   cmake-js: CUDACXX=$tk/bin/nvcc CUDAToolkit_ROOT=$tk npx cmake-js compile --out build --CDNODETUNE_CUDA=ON
   or:       source $dest/env.sh
 EOF

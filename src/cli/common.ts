@@ -18,6 +18,13 @@ export function int(value: string): number {
   return x;
 }
 
+/** Commander parser for an integer ≥ 1 (sizes, step counts, threads). */
+export function positiveInt(value: string): number {
+  const x = int(value);
+  if (x < 1) throw new InvalidArgumentError(`'${value}' is not a positive integer.`);
+  return x;
+}
+
 const camel = (key: string) => key.replace(/[-_]([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 
 /**
@@ -46,7 +53,13 @@ export async function applyConfigFile(cmd: Command, opts: Record<string, unknown
     }
     if (cmd.getOptionValueSource(name) === 'cli') continue;
     let value = raw;
-    if (typeof raw !== 'boolean' && option.parseArg && raw !== null) value = option.parseArg(String(raw), undefined as unknown as string);
+    if (typeof raw !== 'boolean' && option.parseArg && raw !== null) {
+      try {
+        value = option.parseArg(String(raw), undefined as unknown as string);
+      } catch (err) {
+        throw new Error(`--config ${path}: '${key}': ${(err as Error).message}`);
+      }
+    }
     if (option.argChoices && !option.argChoices.includes(String(value))) {
       throw new Error(`--config ${path}: '${key}' must be one of ${option.argChoices.join(', ')}, got '${value}'`);
     }

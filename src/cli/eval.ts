@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { evaluateFile } from '../train/evaluate.js';
 import { formatClassificationReport } from '../metrics/index.js';
 import { writeReport } from '../report/index.js';
-import { applyConfigFile, int, printTable, requireOptions } from './common.js';
+import { applyConfigFile, positiveInt, printTable, requireOptions } from './common.js';
 
 export function registerEval(program: Command): void {
   program
@@ -16,9 +16,9 @@ export function registerEval(program: Command): void {
     .option('--text-column <name>', 'column holding the text', 'text')
     .option('--text-pair-column <name>', 'column holding the second text of a pair')
     .option('--label-column <name>', 'column holding the label', 'label')
-    .option('--max-length <n>', 'truncate to n tokens', int, 128)
-    .option('--batch-size <n>', 'examples per forward pass', int, 64)
-    .option('--threads <n>', 'CPU threads (default: all cores)', int)
+    .option('--max-length <n>', 'truncate to n tokens', positiveInt, 128)
+    .option('--batch-size <n>', 'examples per forward pass', positiveInt, 64)
+    .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
     .option('--output <folder>', 'also write eval_results.json and report.html here')
     .option('--config <file>', 'JSON or YAML file holding any of these flags')
     .action(async (opts: Record<string, unknown>, cmd: Command) => {

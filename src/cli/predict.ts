@@ -7,11 +7,12 @@ import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { Classifier, type Prediction } from '../classifier.js';
-import { applyConfigFile, int, requireOptions } from './common.js';
+import { applyConfigFile, positiveInt, requireOptions } from './common.js';
 
 /**
- * Texts from a file or stdin ('-'): .csv/.tsv take --text-column; .jsonl takes
- * {"text": ...} objects; anything else is one text per line.
+ * Texts from a file or stdin ('-'): .csv/.tsv take --text-column; .jsonl/.ndjson
+ * take {"text": ...} objects; any other file is one text per line; on stdin a
+ * line starting with '{' is read as a JSON object.
  * @throws Error naming file and line of a record without the text column.
  */
 export function readTexts(input: string, textColumn: string): string[] {
@@ -29,7 +30,8 @@ export function readTexts(input: string, textColumn: string): string[] {
   const texts: string[] = [];
   lines.forEach((line, i) => {
     if (line.trim() === '') return;
-    if (ext === '.jsonl' || line.trimStart().startsWith('{')) {
+    // A named plain-text file is one text per line, even a line that starts with '{'; stdin may be JSONL.
+    if (ext === '.jsonl' || ext === '.ndjson' || (input === '-' && line.trimStart().startsWith('{'))) {
       let obj: unknown;
       try {
         obj = JSON.parse(line);
@@ -53,11 +55,11 @@ export function registerPredict(program: Command): void {
     .option('--model <folder>', 'fine-tuned model folder')
     .option('--input <file|->', "texts: .csv/.tsv (--text-column), .jsonl, or one per line; '-' reads stdin")
     .option('--text-column <name>', 'column/key holding the text', 'text')
-    .option('--top-k <k>', 'labels per text, best first', int, 1)
+    .option('--top-k <k>', 'labels per text, best first', positiveInt, 1)
     .addOption(new Option('--backend <name>', 'inference engine').choices(['native', 'onnx']).default('native'))
-    .option('--max-length <n>', 'truncate to n tokens', int, 128)
-    .option('--batch-size <n>', 'texts per forward pass', int, 32)
-    .option('--threads <n>', 'CPU threads', int)
+    .option('--max-length <n>', 'truncate to n tokens', positiveInt, 128)
+    .option('--batch-size <n>', 'texts per forward pass', positiveInt, 32)
+    .option('--threads <n>', 'CPU threads', positiveInt)
     .option('--config <file>', 'JSON or YAML file holding any of these flags')
     .action(async (opts: Record<string, unknown>, cmd: Command) => {
       await applyConfigFile(cmd, opts);

@@ -8,7 +8,7 @@ import cliProgress from 'cli-progress';
 import { fineTune, type FineTuneOptions } from '../train/finetune.js';
 import type { LogEntry, EvalEntry } from '../train/trainer.js';
 import { SCHEDULER_TYPES } from '../train/schedule.js';
-import { applyConfigFile, num, int, printTable, requireOptions } from './common.js';
+import { applyConfigFile, num, int, positiveInt, printTable, requireOptions } from './common.js';
 
 export function registerTrain(program: Command): void {
   program
@@ -22,12 +22,12 @@ export function registerTrain(program: Command): void {
     .option('--text-pair-column <name>', 'column holding the second text of a pair')
     .option('--label-column <name>', 'column holding the label', 'label')
     .option('--validation-split <fraction>', 'held-out fraction when --eval is absent', num, 0.1)
-    .option('--max-length <n>', 'truncate to n tokens', int, 128)
+    .option('--max-length <n>', 'truncate to n tokens', positiveInt, 128)
     .option('--epochs <n>', 'num_train_epochs', num, 3)
     .option('--max-steps <n>', 'total optimizer steps (overrides --epochs)', int, -1)
-    .option('--batch-size <n>', 'per_device_train_batch_size', int, 32)
-    .option('--eval-batch-size <n>', 'per_device_eval_batch_size', int, 64)
-    .option('--gradient-accumulation-steps <n>', 'micro-batches per optimizer step', int, 1)
+    .option('--batch-size <n>', 'per_device_train_batch_size', positiveInt, 32)
+    .option('--eval-batch-size <n>', 'per_device_eval_batch_size', positiveInt, 64)
+    .option('--gradient-accumulation-steps <n>', 'micro-batches per optimizer step', positiveInt, 1)
     .option('--learning-rate <lr>', 'peak learning rate', num, 5e-5)
     .addOption(new Option('--lr-scheduler-type <name>', 'schedule').choices(SCHEDULER_TYPES as string[]).default('linear'))
     .option('--warmup-steps <n>', 'warmup optimizer steps', num, 0)
@@ -43,13 +43,13 @@ export function registerTrain(program: Command): void {
     .addOption(new Option('--freeze <part>', 'freeze a part of the model').choices(['embeddings']))
     .option('--freeze-layers <n>', 'freeze encoder layers 0..n-1', int, 0)
     .addOption(new Option('--eval-strategy <when>', 'when to evaluate').choices(['epoch', 'steps', 'no']).default('epoch'))
-    .option('--eval-steps <n>', 'evaluate every n optimizer steps (--eval-strategy steps)', int, 500)
-    .option('--save-steps <n>', 'save the resumable checkpoint every n steps', int, 500)
+    .option('--eval-steps <n>', 'evaluate every n optimizer steps (--eval-strategy steps)', positiveInt, 500)
+    .option('--save-steps <n>', 'save the resumable checkpoint every n steps', positiveInt, 500)
     .option('--metric-for-best-model <name>', 'accuracy | macro_f1 | micro_f1 | weighted_f1 | loss', 'accuracy')
     .option('--early-stopping-patience <n>', 'stop after n evaluations without improvement (0 = off)', int, 0)
-    .option('--logging-steps <n>', 'log every n optimizer steps', int, 10)
+    .option('--logging-steps <n>', 'log every n optimizer steps', positiveInt, 10)
     .option('--seed <n>', 'seed of data order, dropout and new heads', int, 42)
-    .option('--threads <n>', 'CPU threads (default: all cores)', int)
+    .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
     .option('--device <device>', "'cpu', 'cuda' or 'cuda:N'", 'cpu')
     .addOption(new Option('--precision <p>', 'fp32, or bf16 mixed precision (CUDA)').choices(['fp32', 'bf16']).default('fp32'))
     .option('--resume', 'resume from <output>/checkpoint-last')

@@ -10,9 +10,10 @@ import { join } from 'node:path';
 import { readDataset, buildLabelMap, encodeLabels, stratifiedSplit, type Dataset, type LabelMap } from '../data/index.js';
 import { loadModel, saveModel, type Model } from '../model.js';
 import { readSafetensors } from '../io/safetensors.js';
+import { resolveModel } from '../io/hub.js';
 import { writeReport } from '../report/index.js';
 import type { EvalResults } from '../metrics/index.js';
-import { Trainer, evaluateExamples, type EncodedExample, type TrainingArguments } from './trainer.js';
+import { Trainer, evaluateExamples, validateTrainingArguments, type EncodedExample, type TrainingArguments } from './trainer.js';
 
 export interface FineTuneOptions extends TrainingArguments {
   /** Local Hugging Face folder or Hub repo id. */
@@ -101,13 +102,16 @@ async function configLabel2id(model: string): Promise<Record<string, number> | u
   return cfg.label2id;
 }
 
-/** Runs the whole job. @throws Error naming file/line/column for bad data, before any training. */
+/** Runs the whole job. @throws Error naming file/line/column for bad data, or the argument for a bad TrainingArguments value, before any training. */
 export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
   const started = performance.now();
   const log = o.log ?? (() => undefined);
-  const data = prepareData(o, await configLabel2id(o.model));
+  validateTrainingArguments(o);
+  // A Hub id is downloaded first: its config's label2id decides the class ids (an existing head keeps its labels).
+  const folder = await resolveModel(o.model);
+  const data = prepareData(o, await configLabel2id(folder));
   const { labels } = data;
-  const model = await loadModel(o.model, {
+  const model = await loadModel(folder, {
     num_labels: labels.num_labels,
     id2label: labels.id2label,
     label2id: labels.label2id,

@@ -84,6 +84,8 @@ interface TrainerState {
   eval_history: EvalEntry[];
   engine_counters: { optimizerStep: number; microStep: number };
   num_training_steps: number;
+  /** Losses of the steps since the last log line, so a resumed run logs the same means. */
+  log_window?: { loss: number; steps: number };
 }
 
 const DEFAULTS = {
@@ -105,6 +107,41 @@ const DEFAULTS = {
   seed: 42,
   group_by_length: true,
 };
+
+const METRICS = ['accuracy', 'macro_f1', 'micro_f1', 'weighted_f1', 'loss'];
+
+/** The arguments with DEFAULTS filled in; a key given as undefined keeps its default. */
+function withDefaults(args: TrainingArguments): Trainer['args'] {
+  const given = Object.fromEntries(Object.entries(args).filter(([, v]) => v !== undefined));
+  return { ...DEFAULTS, ...given } as Trainer['args'];
+}
+
+/**
+ * Checks TrainingArguments before any model is loaded or step is taken, so a
+ * typo does not surface after an epoch of training (or never: a step count
+ * of 0 would silently disable logging, saving or accumulation).
+ * @throws Error naming the argument, its value and what was expected.
+ */
+export function validateTrainingArguments(args: TrainingArguments): void {
+  const a = withDefaults(args);
+  const positiveInts = ['per_device_train_batch_size', 'per_device_eval_batch_size', 'gradient_accumulation_steps', 'logging_steps', 'save_steps', 'eval_steps'] as const;
+  for (const key of positiveInts) {
+    if (!Number.isInteger(a[key]) || a[key] < 1) throw new Error(`${key} ${a[key]}: expected a positive integer`);
+  }
+  if (!Number.isInteger(a.max_steps)) throw new Error(`max_steps ${a.max_steps}: expected an integer (> 0 overrides num_train_epochs)`);
+  if (a.max_steps <= 0 && !(a.num_train_epochs > 0)) throw new Error(`num_train_epochs ${a.num_train_epochs}: expected a number > 0 (or max_steps > 0)`);
+  if (!Number.isInteger(a.early_stopping_patience) || a.early_stopping_patience < 0) {
+    throw new Error(`early_stopping_patience ${a.early_stopping_patience}: expected an integer ≥ 0 (0 = off)`);
+  }
+  if (a.early_stopping_patience > 0 && a.eval_strategy === 'no') {
+    throw new Error(`early_stopping_patience ${a.early_stopping_patience} needs evaluations; eval_strategy is 'no' (expected 'epoch' or 'steps')`);
+  }
+  if (!METRICS.includes(a.metric_for_best_model.replace(/^eval_/, ''))) {
+    throw new Error(`metric_for_best_model '${a.metric_for_best_model}' is not one of: ${METRICS.join(', ')}`);
+  }
+  // The schedule's own checks (name, learning_rate, warmup, decay_rate) do not depend on the step count.
+  getScheduler({ name: a.lr_scheduler_type, learningRate: a.learning_rate, numTrainingSteps: 1, warmupSteps: a.warmup_steps, warmupRatio: a.warmup_ratio, decayRate: a.decay_rate });
+}
 
 /** Pads encoded examples into one (B, T) batch (T = the longest). */
 export function collate(examples: EncodedExample[], padTokenId: number): Batch {
@@ -179,7 +216,8 @@ export class Trainer extends EventEmitter {
     args: TrainingArguments,
   ) {
     super();
-    this.args = { ...DEFAULTS, ...args };
+    validateTrainingArguments(args);
+    this.args = withDefaults(args);
     if (train.length === 0) throw new Error('Trainer: the training set is empty');
   }
 
@@ -206,7 +244,8 @@ export class Trainer extends EventEmitter {
     await mkdir(a.output_dir, { recursive: true });
     const batchesPerEpoch = Math.ceil(this.train.length / a.per_device_train_batch_size);
     const stepsPerEpoch = Math.ceil(batchesPerEpoch / a.gradient_accumulation_steps);
-    const total = a.max_steps > 0 ? a.max_steps : stepsPerEpoch * a.num_train_epochs;
+    // HF: a fractional num_train_epochs trains ceil(epochs × steps per epoch) steps.
+    const total = a.max_steps > 0 ? a.max_steps : Math.ceil(stepsPerEpoch * a.num_train_epochs);
     this.schedule = getScheduler({
       name: a.lr_scheduler_type,
       learningRate: a.learning_rate,
@@ -220,7 +259,8 @@ export class Trainer extends EventEmitter {
     await writeFile(join(a.output_dir, 'training_log.jsonl'), this.state.log_history.map((e) => JSON.stringify(e) + '\n').join(''));
     const lengths = this.train.map((e) => e.input_ids.length);
     let stoppedEarly = false;
-    this.window = { loss: 0, steps: 0, samples: 0, start: performance.now() };
+    const pending = this.state.log_window ?? { loss: 0, steps: 0 };
+    this.window = { ...pending, samples: 0, start: performance.now() };
     while (this.state.global_step < total && !this.stopRequested && !stoppedEarly) {
       const epoch = this.state.epoch;
       const batches = makeBatches(lengths, {
@@ -318,9 +358,7 @@ export class Trainer extends EventEmitter {
     this.state.eval_history.push(entry);
     this.emit('evaluate', entry);
     const metric = (results as unknown as Record<string, number>)[a.metric_for_best_model.replace(/^eval_/, '')];
-    if (typeof metric !== 'number') {
-      throw new Error(`metric_for_best_model '${a.metric_for_best_model}' is not one of: accuracy, macro_f1, micro_f1, weighted_f1, loss`);
-    }
+    if (typeof metric !== 'number') throw new Error(`metric_for_best_model '${a.metric_for_best_model}' is not one of: ${METRICS.join(', ')}`);
     const greater = a.greater_is_better ?? a.metric_for_best_model.replace(/^eval_/, '') !== 'loss';
     const best = this.state.best_metric;
     const improved = best === null || (greater ? metric > best : metric < best);
@@ -368,6 +406,7 @@ export class Trainer extends EventEmitter {
   private async saveLast(): Promise<void> {
     const engine = this.model.engine;
     this.state.engine_counters = engine.getCounters();
+    this.state.log_window = { loss: this.window.loss, steps: this.window.steps };
     await this.saveModelTo(this.lastDir, async (tmp) => {
       const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
       for (const name of engine.parameterNames()) {

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Runs the real CUDA kernel sources (native/cuda/*.cu) on the CPU through the
-# emulator in test/gpu/emu, and the unmodified parity program kernel_check.cpp
-# against the CPU kernels (native/cpu) with --quick sizes. For machines
+# Runs the real CUDA sources (native/cuda/*.cu: kernels and the engine) on the
+# CPU through the emulator in test/gpu/emu, with the unmodified parity programs
+# kernel_check.cpp (every kernel against native/cpu) and engine_check.cpp (the
+# whole CudaEngine against CpuEngine) at --quick sizes. For machines
 # without a GPU: it checks indexing, barriers, shuffles, the cuBLASLt
 # descriptors and the arithmetic; it cannot find races or GPU-only faults,
 # and says nothing about speed. Needs only the CUDA headers (the wheel
 # toolkit from scripts/cuda-toolkit.sh), g++, OpenMP and OpenBLAS.
 #
 # Usage: bash test/gpu/emulate.sh [build-dir]     (default /tmp/nodetune-emu)
+#        EMU_ENGINE_ONLY=1 bash test/gpu/emulate.sh   (skip kernel_check)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${1:-/tmp/nodetune-emu}"
@@ -43,9 +45,20 @@ for f in "$root"/native/cpu/*.cpp; do
   compile -O3 -c "$f" -o "$o"
   objs+=("$o")
 done
+compile -O3 -c "$root/native/engine/engine.cpp" -o "$out/obj/cpu_engine.o"
+objs+=("$out/obj/cpu_engine.o")
 compile -c "$root/test/gpu/emu/cuda_emu.cpp" -o "$out/obj/emu.o"
 compile -c "$root/test/gpu/kernel_check.cpp" -o "$out/obj/kernel_check.o"
+compile -c "$root/test/gpu/engine_check.cpp" -o "$out/obj/engine_check.o"
 for p in "${pids[@]}"; do wait "$p"; done   # set -e: the first failed compile stops here
 "${cxx[@]}" "${objs[@]}" "$out/obj/emu.o" "$out/obj/kernel_check.o" -lopenblas -o "$out/kernel_check_emu"
-echo "running the kernels on the CPU emulator (--quick sizes) ..."
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$out/kernel_check_emu" --quick --json "$out/kernel_check_emu.json"
+"${cxx[@]}" "${objs[@]}" "$out/obj/emu.o" "$out/obj/engine_check.o" -lopenblas -o "$out/engine_check_emu"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+status=0
+if [ "${EMU_ENGINE_ONLY:-0}" != 1 ]; then
+  echo "running the kernels on the CPU emulator (--quick sizes) ..."
+  "$out/kernel_check_emu" --quick --json "$out/kernel_check_emu.json" || status=$?
+fi
+echo "running the whole CUDA engine against the CPU engine on the emulator (--quick shapes) ..."
+"$out/engine_check_emu" --quick --json "$out/engine_check_emu.json" || status=$?
+exit $status

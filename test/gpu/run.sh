@@ -9,7 +9,7 @@
 # Prepare HERE first (no network there):  bash test/gpu/prepare.sh
 # then on the device tool:  run(command="bash test/gpu/run.sh",
 #                               carry=[".cache/gpu-deps"], timeout_s=480)
-# Outputs land in $OUT (the device tool's folder) or build-gpu/out:
+# Outputs land in $OUT (the device tool's folder) or /tmp/nodetune-gpu-out:
 #   summary.txt, kernel_check.txt (full table), kernel_check.json, *.log
 #
 # Extra steps (engine parity, benchmark): drop an executable-free bash file
@@ -24,7 +24,7 @@
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
-out="${OUT:-$root/build-gpu/out}"
+out="${OUT:-/tmp/nodetune-gpu-out}"
 build="${NT_GPU_BUILD:-/tmp/nodetune-gpu-build}"
 mkdir -p "$out" "$build"
 summary=()

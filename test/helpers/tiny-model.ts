@@ -22,20 +22,22 @@ export interface TinyModelOptions {
   /** Seed of the random weights. Default 1. */
   seed?: number;
   num_hidden_layers?: number;
+  /** Default 32 (intermediate_size is twice it, num_attention_heads 4). */
+  hidden_size?: number;
   max_position_embeddings?: number;
 }
 
-/** The config.json of the tiny model: BERT, L2 H32 A4 I64, the real uncased vocab (30522). */
+/** The config.json of the tiny model: BERT, L2 H32 A4 I64 by default, the real uncased vocab (30522). */
 export function tinyConfig(o: TinyModelOptions = {}): Record<string, unknown> {
   const p = o.dropout ? 0.1 : 0;
   return {
     architectures: ['BertModel'],
     model_type: 'bert',
     vocab_size: 30522,
-    hidden_size: 32,
+    hidden_size: o.hidden_size ?? 32,
     num_hidden_layers: o.num_hidden_layers ?? 2,
     num_attention_heads: 4,
-    intermediate_size: 64,
+    intermediate_size: 2 * (o.hidden_size ?? 32),
     max_position_embeddings: o.max_position_embeddings ?? 64,
     type_vocab_size: 2,
     hidden_act: 'gelu',
@@ -94,31 +96,21 @@ export interface IntentRow {
 
 /**
  * `n` labelled rows: random filler sentences (1–5 words) with one keyword of
- * the row's intent at a random position; intents cycle (balanced) unless
- * `weights` skews them. Deterministic for `seed`.
+ * the row's intent at a random position; intents cycle, so the classes are
+ * balanced. Deterministic for `seed`.
  */
-export function intentRows(n: number, seed: number, weights?: Record<string, number>): IntentRow[] {
+export function intentRows(n: number, seed: number): IntentRow[] {
   const rng: Rng = mulberry32(seed);
   const names = Object.keys(INTENTS);
   const pick = <T>(xs: T[]): T => xs[randomInt(rng, xs.length)];
   const rows: IntentRow[] = [];
   for (let i = 0; i < n; i++) {
-    const category = weights ? weighted(rng, weights) : names[i % names.length];
+    const category = names[i % names.length];
     const words = Array.from({ length: 1 + randomInt(rng, 5) }, () => pick(FILLER));
     words.splice(randomInt(rng, words.length + 1), 0, pick(INTENTS[category]));
     rows.push({ text: words.join(' '), category });
   }
   return rows;
-}
-
-function weighted(rng: Rng, weights: Record<string, number>): string {
-  const total = Object.values(weights).reduce((a, b) => a + b, 0);
-  let u = rng() * total;
-  for (const [k, w] of Object.entries(weights)) {
-    u -= w;
-    if (u < 0) return k;
-  }
-  return Object.keys(weights).at(-1)!;
 }
 
 /** RFC 4180 field: quoted when it holds a comma, quote or line break. */

@@ -222,6 +222,20 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
     return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+// The engine (native/cuda/engine_cuda.cu) also uses these.
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
+    *free_b = *total_b = size_t(1) << 30;
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpy2DAsync(void* d, size_t dpitch, const void* s, size_t spitch, size_t w, size_t h,
+                              cudaMemcpyKind, cudaStream_t) {
+    for (size_t r = 0; r < h; r++) std::memmove((char*)d + r * dpitch, (const char*)s + r * spitch, w);
+    return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void** p, size_t n) { return cudaMalloc(p, n); }
+cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
 
 }  // extern "C"
 
