@@ -346,3 +346,21 @@ test('devices: unknown names, bf16 on the CPU and CUDA without a CUDA build are 
     }
   }
 });
+
+test('a non-finite gradient skips the update: weights, moments and the step count stay', async () => {
+  const f = await loadFixture();
+  const engine = makeEngine(f);
+  await engine.trainStep(f.batch, { learningRate: 1e-3 });
+  const before = engine.getWeight('classifier.weight');
+  const moments = engine.getOptimizerState('classifier.weight');
+  // an overflowing loss scale: the loss stays finite, the gradients do not
+  const { loss } = await engine.accumulate(f.batch, { lossScale: Infinity });
+  assert.ok(Number.isFinite(loss));
+  const { gradNorm } = await engine.step({ learningRate: 1e-3 });
+  assert.ok(!Number.isFinite(gradNorm), `grad norm ${gradNorm}`);
+  assert.deepEqual(engine.getWeight('classifier.weight'), before);
+  assert.deepEqual(engine.getOptimizerState('classifier.weight'), moments);
+  assert.equal(engine.getCounters().optimizerStep, 1);
+  assert.ok(engine.getGradient('classifier.weight').every((g) => g === 0));
+  await engine.dispose();
+});

@@ -43,7 +43,8 @@ test('inverse_time: lr_0 / (1 + decay_rate × steps after warmup)', () => {
 
 test('bad options throw naming the HF argument', () => {
   assert.throws(() => getScheduler({ name: 'cosine_with_restarts' as never, learningRate: 1, numTrainingSteps: 5 }), /lr_scheduler_type "cosine_with_restarts"; expected one of linear, cosine/);
-  assert.throws(() => getScheduler({ learningRate: 0, numTrainingSteps: 5 }), /learning_rate 0; expected a positive number/);
+  assert.equal(getScheduler({ learningRate: 0, numTrainingSteps: 5 }).lrAt(3), 0);
+  assert.throws(() => getScheduler({ learningRate: -1, numTrainingSteps: 5 }), /learning_rate -1; expected a finite number >= 0/);
   assert.throws(() => getScheduler({ learningRate: 1, numTrainingSteps: 2.5 }), /num_training_steps 2\.5/);
   assert.throws(() => getScheduler({ learningRate: 1, numTrainingSteps: 5, warmupSteps: -1 }), /warmup_steps -1/);
   assert.throws(() => getScheduler({ learningRate: 1, numTrainingSteps: 5 }).lrAt(-1), /lrAt: step -1/);

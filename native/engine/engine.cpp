@@ -424,6 +424,12 @@ float CpuEngine::step(float lr) {
     for (const auto& p : params_)
         if (p.trainable) ss += sum_squares(g_.data() + p.offset, p.numel);
     const float norm = (float)std::sqrt(ss);
+    // A NaN/inf gradient would poison every weight and moment: skip the
+    // update (and the step count) and let the caller decide; see the Trainer.
+    if (!std::isfinite(norm)) {
+        zero_grad();
+        return norm;
+    }
     float scale = 1.0f;
     // torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total_norm + 1e-6)
     if (tc_.max_grad_norm > 0) {

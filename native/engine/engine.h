@@ -111,7 +111,8 @@ public:
     virtual float accumulate(const Batch& batch, float loss_scale) = 0;
     // Global-norm clipping (torch.nn.utils.clip_grad_norm_), fused AdamW on
     // every trainable parameter, then zeroes the gradients. Returns the norm
-    // before clipping.
+    // before clipping. A non-finite norm skips the update (weights, moments
+    // and the step count stay as they were) and is returned as is.
     virtual float step(float learning_rate) = 0;
     virtual void zero_grad() = 0;
 

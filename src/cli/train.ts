@@ -125,8 +125,20 @@ function toOptions(o: Record<string, unknown>): FineTuneOptions {
     resume_from_checkpoint: Boolean(o.resume),
     log: (line) => process.stderr.write(`${line}\n`),
   };
-  opts.onTrainer = (trainer) => attachProgress(trainer);
+  opts.onTrainer = (trainer) => {
+    attachProgress(trainer);
+    stopOnInterrupt(trainer);
+  };
   return opts;
+}
+
+/** Ctrl-C: finish the current step, save checkpoint-last (for --resume), exit; a second Ctrl-C exits at once. */
+function stopOnInterrupt(trainer: import('../train/trainer.js').Trainer): void {
+  process.once('SIGINT', () => {
+    process.stderr.write('\ninterrupted: saving checkpoint-last after this step (Ctrl-C again to quit now)\n');
+    trainer.stop();
+    process.once('SIGINT', () => process.exit(130));
+  });
 }
 
 /** A progress bar on a terminal; plain log lines otherwise (CI, pipes). */

@@ -67,14 +67,14 @@ export function getWarmupSteps(numTrainingSteps: number, warmupSteps = 0, warmup
  * - 'constant': 1 (no warmup); 'constant_with_warmup': then 1;
  * - 'inverse_sqrt': then 1 / sqrt((step + timescale − warmup) / timescale);
  * - 'inverse_time' (not in HF; Keras InverseTimeDecay per step): then 1 / (1 + decayRate · (step − warmup)).
- * @throws Error for an unknown name, a non-positive learningRate or numTrainingSteps,
+ * @throws Error for an unknown name, a negative learningRate (0 is allowed, as in HF), a non-positive numTrainingSteps,
  *   bad warmup values, or 'inverse_time' without a decayRate ≥ 0.
  */
 export function getScheduler(options: ScheduleOptions): LrSchedule {
   const name = options.name ?? 'linear';
   const { learningRate: lr0, numTrainingSteps: total } = options;
   if (!SCHEDULER_TYPES.includes(name)) throw new Error(`lr_scheduler_type "${name}"; expected one of ${SCHEDULER_TYPES.join(', ')}`);
-  if (!(lr0 > 0)) throw new Error(`learning_rate ${lr0}; expected a positive number`);
+  if (!(lr0 >= 0) || !Number.isFinite(lr0)) throw new Error(`learning_rate ${lr0}; expected a finite number >= 0`);
   if (!(Number.isInteger(total) && total > 0)) throw new Error(`num_training_steps ${total}; expected a positive integer`);
   const warmup = name === 'constant' ? 0 : getWarmupSteps(total, options.warmupSteps, options.warmupRatio);
   const decay = lambdaAfterWarmup(name, warmup, total, options);

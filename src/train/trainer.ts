@@ -342,6 +342,13 @@ export class Trainer extends EventEmitter {
     }
     const lr = this.schedule.lrAt(this.state.global_step);
     const { gradNorm } = await engine.step({ learningRate: lr });
+    if (!Number.isFinite(gradNorm)) {
+      throw new Error(
+        `training stopped: the gradient norm became ${gradNorm} at optimizer step ${this.state.global_step + 1} (epoch ${this.state.epoch + 1}) ` +
+          `although the loss was finite (${loss}); no update was applied. The last good checkpoint is ` +
+          `${existsSync(this.lastDir) ? this.lastDir : '(none saved yet)'}. Try a lower --learning-rate.`,
+      );
+    }
     this.state.global_step += 1;
     return { loss, gradNorm };
   }

@@ -1,51 +1,75 @@
 #!/usr/bin/env bash
-# The one-shot GPU check, for a machine with an NVIDIA GPU and a CUDA
-# toolkit (the H200 machines: CUDA 13.0 image, no network). Builds the CUDA
-# kernels and the parity program, runs it, runs it again under
-# compute-sanitizer (memcheck, racecheck) at --quick sizes, then any extra
-# steps in test/gpu/steps/*.sh, and prints a short table. Designed to finish
-# in under 6 minutes; each step has its own time limit.
+# The one-shot GPU check, for a machine with an NVIDIA GPU and a CUDA toolkit
+# (the H200 machines: CUDA 13.0 image, 16 cores, no network). Builds the CUDA
+# kernels, the CUDA engine, the parity programs and the Node addon, then:
+#   kernel_check   every CUDA kernel against the CPU kernels (test/gpu/kernel_check.cpp)
+#   engine_check   the whole CudaEngine against CpuEngine: logits, loss, every
+#                  gradient, 3 AdamW steps, dropout masks, freezing, gradient
+#                  accumulation; bf16 vs fp32 over 20 steps (test/gpu/engine_check.cpp)
+#   addon_parity   device 'cuda' through the addon on the tiny-bert fixture
+#                  against Hugging Face (test/gpu/parity.mjs; needs node)
+#   bench          nodetune vs PyTorch eager bf16 training steps, TFLOP/s, MFU (test/gpu/bench.sh)
+#   memcheck, racecheck, engine_memcheck   compute-sanitizer at --quick sizes
+# and prints a short table last, whatever failed. Designed for < 6 minutes;
+# each step has its own time limit, and steps that would start after
+# NT_DEADLINE seconds (default 300) are skipped.
 #
 # Prepare HERE first (no network there):  bash test/gpu/prepare.sh
-# then on the device tool:  run(command="bash test/gpu/run.sh",
-#                               carry=[".cache/gpu-deps"], timeout_s=480)
+# then with the device tool:
+#   run(command="bash test/gpu/run.sh", timeout_s=480,
+#       carry=[".cache/gpu-deps", "dist", "node_modules/node-addon-api", "node_modules/node-api-headers"])
 # Outputs land in $OUT (the device tool's folder) or /tmp/nodetune-gpu-out:
-#   summary.txt, kernel_check.txt (full table), kernel_check.json, *.log
-#
-# Extra steps (engine parity, benchmark): drop an executable-free bash file
-# test/gpu/steps/NN-name.sh; it runs as `bash FILE` with BUILD (the CMake
-# build dir, targets already configured), OUT and LD_LIBRARY_PATH set, has
-# NT_STEP_LIMIT seconds (default 120), and its last output line becomes the
-# table's note. A non-zero exit marks it FAIL.
+#   summary.txt, kernel_check.json, engine_check.json, bench.txt, *.log
 #
 # Env: NT_CUDA_ARCHS (default 90), NT_GPU_BUILD (default /tmp/nodetune-gpu-build),
-#      NT_SANITIZE=0 to skip compute-sanitizer, NT_CARRIED_BLAS=1 to use the
-#      carried OpenBLAS even where the image has one.
+#      NT_SANITIZE=0 skips compute-sanitizer, NT_CARRIED_BLAS=1 uses the carried
+#      OpenBLAS even where the image has one, NT_DEADLINE (seconds).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 out="${OUT:-/tmp/nodetune-gpu-out}"
 build="${NT_GPU_BUILD:-/tmp/nodetune-gpu-build}"
+deadline="${NT_DEADLINE:-300}"
 mkdir -p "$out" "$build"
 summary=()
 failed=0
 t_all=$(date +%s)
 
 row() {  # name status seconds note
-  summary+=("$(printf '%-22s %-8s %6ss  %s' "$1" "$2" "$3" "$4")")
-  printf '== %-20s %-8s %6ss  %s\n' "$1" "$2" "$3" "$4"
+  summary+=("$(printf '%-16s %-8s %5ss  %s' "$1" "$2" "$3" "${4:0:150}")")
+  printf '== %-14s %-8s %5ss  %s\n' "$1" "$2" "$3" "$4"
 }
-# run_step NAME LIMIT LOG CMD...: runs CMD with a time limit, output to LOG.
+# run_step NAME LIMIT LOG CMD...: CMD with a time limit, output to LOG (and
+# echoed afterwards, so the device tool's tail shows it).
 run_step() {
   local name=$1 limit=$2 log=$3
   shift 3
-  local t0 rc
+  local t0
   t0=$(date +%s)
+  if [ $((t0 - t_all)) -ge "$deadline" ]; then
+    step_rc=125 step_secs=0 step_status=skipped
+    echo "not run: past the ${deadline}s deadline" >"$log"
+    return
+  fi
   timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
-  rc=$?
+  step_rc=$?
   step_secs=$(($(date +%s) - t0))
-  step_rc=$rc
-  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then step_status="TIMEOUT"; else step_status=$([ $rc -eq 0 ] && echo ok || echo FAIL); fi
+  if [ $step_rc -eq 124 ] || [ $step_rc -eq 137 ]; then step_status=TIMEOUT
+  elif [ $step_rc -eq 0 ]; then step_status=ok
+  else step_status=FAIL; fi
+}
+# finish NAME NOTE: records the last run_step; a failure fails the run.
+finish() {
+  row "$1" "$step_status" "$step_secs" "$2"
+  case "$step_status" in ok | skipped) ;; *) failed=1 ;; esac
+}
+print_summary() {
+  {
+    echo
+    printf '%-16s %-8s %6s  %s\n' step status time note
+    printf '%s\n' "${summary[@]}"
+    echo "total $(($(date +%s) - t_all))s; logs and JSON in $out"
+  } | tee "$out/summary.txt"
 }
 
 # ---- toolchain -----------------------------------------------------------------
@@ -54,11 +78,12 @@ for c in /usr/local/cuda/bin/nvcc "$root/.cache/cuda/toolkit/bin/nvcc"; do
   [ -n "$nvcc" ] || { [ -x "$c" ] && nvcc="$c"; }
 done
 if [ -z "$nvcc" ]; then
-  echo "run.sh: no nvcc found (CUDACXX, PATH, /usr/local/cuda)" >&2
+  row toolchain FAIL 0 "no nvcc found (CUDACXX, PATH, /usr/local/cuda)"
+  print_summary
   exit 2
 fi
 echo "nvcc: $nvcc ($("$nvcc" --version | tail -n1))"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
 echo "cmake: $(cmake --version | head -n1); cores: $(nproc)"
 
 # OpenBLAS for the CPU reference kernels: the image's own, else the carried debs.
@@ -67,7 +92,8 @@ if [ "${NT_CARRIED_BLAS:-0}" = 1 ] || ! find /usr/include /usr/local/include -na
    ! ldconfig -p 2>/dev/null | grep -q libopenblas; then
   deps="$root/.cache/gpu-deps"
   if [ ! -f "$deps/include/cblas.h" ]; then
-    echo "run.sh: no OpenBLAS on this machine and no .cache/gpu-deps (run test/gpu/prepare.sh here, carry it)" >&2
+    row toolchain FAIL 0 "no OpenBLAS here and no .cache/gpu-deps (run test/gpu/prepare.sh, carry it)"
+    print_summary
     exit 2
   fi
   unpack=/tmp/nodetune-gpu-deps
@@ -88,51 +114,84 @@ else
   echo "openblas: system"
 fi
 
+# Node 20+ for the addon: the image's, else the one prepare.sh carried.
+node_bin=""
+if command -v node >/dev/null && node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then
+  node_bin="$(command -v node)"
+elif [ -f "$root/.cache/gpu-deps/node/node.xz" ]; then
+  mkdir -p /tmp/nodetune-node
+  if command -v xz >/dev/null; then
+    xz -dc "$root/.cache/gpu-deps/node/node.xz" >/tmp/nodetune-node/node
+  else
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      "$root/.cache/gpu-deps/node/node.xz" /tmp/nodetune-node/node
+  fi
+  chmod +x /tmp/nodetune-node/node
+  /tmp/nodetune-node/node --version >/dev/null 2>&1 && node_bin=/tmp/nodetune-node/node
+fi
+addon_args=()
+addon_target=()
+if [ -n "$node_bin" ] && [ -f node_modules/node-addon-api/napi.h ] && [ -f node_modules/node-api-headers/include/node_api.h ]; then
+  export PATH="$(dirname "$node_bin"):$PATH"
+  # What cmake-js passes on Linux, without needing cmake-js itself.
+  addon_args=(-DCMAKE_JS_VERSION=8.0.0 "-DCMAKE_JS_INC=$root/node_modules/node-api-headers/include;$root/node_modules/node-addon-api"
+              -DCMAKE_JS_SRC= -DCMAKE_JS_LIB= -DCMAKE_CXX_FLAGS=-DBUILDING_NODE_EXTENSION)
+  addon_target=(nodetune)
+  echo "node: $node_bin $("$node_bin" --version)"
+else
+  echo "node: not available (carry .cache/gpu-deps with node, node_modules/node-addon-api, node_modules/node-api-headers): addon step skipped"
+fi
+
 # ---- build -----------------------------------------------------------------------
 gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
 run_step configure 90 "$out/configure.log" cmake -S "$root" -B "$build" "${gen[@]}" \
-  -DCMAKE_BUILD_TYPE=Release -DNODETUNE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" \
-  -DCMAKE_CUDA_ARCHITECTURES="${NT_CUDA_ARCHS:-90}" "${blas_args[@]}"
-row configure "$step_status" "$step_secs" "$(grep -m1 'nodetune CUDA:' "$out/configure.log" | sed 's/^-- //')"
-if [ "$step_rc" -ne 0 ]; then tail -n 30 "$out/configure.log"; exit 1; fi
+  -DCMAKE_BUILD_TYPE=Release -DNODETUNE_CUDA=ON -DNODETUNE_BUILD_BENCH=OFF -DCMAKE_CUDA_COMPILER="$nvcc" \
+  -DCMAKE_CUDA_ARCHITECTURES="${NT_CUDA_ARCHS:-90}" "${blas_args[@]}" "${addon_args[@]}"
+finish configure "$(grep -m1 'nodetune CUDA:' "$out/configure.log" | sed 's/^-- //')"
+if [ "$step_rc" -ne 0 ]; then tail -n 30 "$out/configure.log"; print_summary; exit 1; fi
 
-run_step build 240 "$out/build.log" cmake --build "$build" -j "$(nproc)" --target nodetune_cuda_check
-row build "$step_status" "$step_secs" "nodetune_cuda_check"
-if [ "$step_rc" -ne 0 ]; then grep -E 'error|Error' "$out/build.log" | head -n 30; exit 1; fi
-check="$build/Release/nodetune_cuda_check"
+run_step build 240 "$out/build.log" cmake --build "$build" -j "$(nproc)" \
+  --target nodetune_cuda_check nodetune_engine_check "${addon_target[@]}"
+finish build "nodetune_cuda_check nodetune_engine_check ${addon_target[*]}"
+if [ "$step_rc" -ne 0 ]; then grep -E 'error|Error' "$out/build.log" | head -n 30; print_summary; exit 1; fi
+bin="$build/Release"
 
-# ---- kernel parity -----------------------------------------------------------------
-run_step kernel_check 150 "$out/kernel_check.txt" "$check" --json "$out/kernel_check.json"
-note="$(grep -E 'checks failed|no CUDA device' "$out/kernel_check.txt" | tail -n1)"
-row kernel_check "$step_status" "$step_secs" "$note"
-[ "$step_rc" -eq 0 ] || failed=1
-grep -E 'FAIL|ERROR|error' "$out/kernel_check.txt" | head -n 40
+# ---- parity ------------------------------------------------------------------------
+run_step kernel_check 120 "$out/kernel_check.txt" "$bin/nodetune_cuda_check" --json "$out/kernel_check.json"
+finish kernel_check "$(grep -E 'checks failed|no CUDA device' "$out/kernel_check.txt" | tail -n1)"
+grep -E 'FAIL|ERROR|error' "$out/kernel_check.txt" | head -n 20
+
+run_step engine_check 150 "$out/engine_check.txt" "$bin/nodetune_engine_check" --json "$out/engine_check.json"
+finish engine_check "$(grep -E 'engine checks failed|no CUDA device|error' "$out/engine_check.txt" | tail -n1)"
+grep -E 'FAIL|error' "$out/engine_check.txt" | head -n 20
+
+if [ ${#addon_target[@]} -gt 0 ] && [ -f "$root/dist/src/engine.js" ]; then
+  run_step addon_parity 90 "$out/addon_parity.txt" env NODETUNE_ADDON="$bin/nodetune.node" "$node_bin" "$root/test/gpu/parity.mjs"
+  finish addon_parity "$(tail -n1 "$out/addon_parity.txt")"
+  grep -E '^FAIL' "$out/addon_parity.txt" | head -n 10
+else
+  row addon_parity skipped 0 "needs node, node_modules/node-addon-api, node_modules/node-api-headers and dist/ (carry them)"
+fi
+
+# ---- benchmark ---------------------------------------------------------------------------
+run_step bench 200 "$out/bench.log" env BUILD="$build" OUT="$out" bash "$root/test/gpu/bench.sh"
+finish bench "$(tail -n1 "$out/bench.log")"
+cat "$out/bench.txt" 2>/dev/null || tail -n 20 "$out/bench.log"
 
 # ---- compute-sanitizer at --quick sizes (seen working on Firecracker machines) ---------
 if [ "${NT_SANITIZE:-1}" != "0" ]; then
   san="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
-  for tool in memcheck racecheck; do
-    if [ -z "$san" ]; then row "$tool" skipped 0 "compute-sanitizer not found"; continue; fi
-    run_step "$tool" 60 "$out/$tool.log" "$san" --tool "$tool" --error-exitcode 3 "$check" --quick --json "$out/$tool.json"
-    row "$tool" "$step_status" "$step_secs" "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|not supported' "$out/$tool.log" | tail -n1)"
-    [ "$step_status" = FAIL ] && { failed=1; grep -m 20 -E '=====' "$out/$tool.log"; }
+  for spec in "memcheck nodetune_cuda_check 60" "engine_memcheck nodetune_engine_check 90" "racecheck nodetune_cuda_check 60"; do
+    set -- $spec
+    name=$1 prog=$2 limit=$3
+    tool=${name#engine_}
+    if [ -z "$san" ]; then row "$name" skipped 0 "compute-sanitizer not found"; continue; fi
+    run_step "$name" "$limit" "$out/$name.log" "$san" --tool "$tool" --error-exitcode 3 "$bin/$prog" --quick
+    finish "$name" "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|not supported|checks failed' "$out/$name.log" | tail -n1)"
+    [ "$step_status" = FAIL ] && grep -m 20 -E '=====' "$out/$name.log"
   done
 fi
 
-# ---- extra steps (engine parity, benchmark) ------------------------------------------
-for f in "$root"/test/gpu/steps/*.sh; do
-  [ -e "$f" ] || continue
-  name="$(basename "$f" .sh)"
-  run_step "$name" "${NT_STEP_LIMIT:-120}" "$out/$name.log" env BUILD="$build" OUT="$out" bash "$f"
-  row "$name" "$step_status" "$step_secs" "$(tail -n1 "$out/$name.log")"
-  [ "$step_rc" -eq 0 ] || { failed=1; tail -n 20 "$out/$name.log"; }
-done
-
-{
-  echo
-  printf '%-22s %-8s %7s  %s\n' step status time note
-  printf '%s\n' "${summary[@]}"
-  echo "total $(($(date +%s) - t_all))s; logs and kernel_check.json in $out"
-} | tee "$out/summary.txt"
+print_summary
 exit $failed
