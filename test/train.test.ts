@@ -271,7 +271,7 @@ test('bad TrainingArguments are rejected before the model is loaded, naming the 
     [{ per_device_eval_batch_size: -1 }, /^Error: per_device_eval_batch_size -1: expected a positive integer$/],
     [{ num_train_epochs: 0 }, /^Error: num_train_epochs 0: expected a number > 0 \(or max_steps > 0\)$/],
     [{ metric_for_best_model: 'f1' }, /^Error: metric_for_best_model 'f1' is not one of: accuracy, macro_f1, micro_f1, weighted_f1, loss$/],
-    [{ learning_rate: 0 }, /^Error: learning_rate 0; expected a positive number$/],
+    [{ learning_rate: -1e-3 }, /^Error: learning_rate -0.001; expected a finite number >= 0$/],
     [{ early_stopping_patience: -1 }, /^Error: early_stopping_patience -1: expected an integer ≥ 0/],
     [{ early_stopping_patience: 2, eval_strategy: 'no' }, /^Error: early_stopping_patience 2 needs evaluations; eval_strategy is 'no'/],
   ];
