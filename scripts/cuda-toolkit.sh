@@ -22,14 +22,14 @@
 #   bash scripts/cuda-toolkit.sh --print    print the settings only (fails if absent)
 #   bash scripts/cuda-toolkit.sh --build-check [dir]
 #       install if needed, then configure with NODETUNE_CUDA=ON, build the CUDA
-#       kernels (nodetune_cuda, sm_80 + sm_90) and nodetune_cuda_check, and run
-#       it (without a GPU it prints "no CUDA device" and exits 0): the CI
-#       compile-and-link check. Build dir default: .cache/cuda/build-check
+#       kernels and engine (nodetune_cuda, sm_80 + sm_90), nodetune_cuda_check and
+#       nodetune_engine_check, and run them (without a GPU they print "no CUDA
+#       device" and exit 0). Build dir default: .cache/cuda/build-check
 #   NODETUNE_CUDA_DIR=/abs/dir bash scripts/cuda-toolkit.sh   other destination
 # Then, e.g.:
 #   source .cache/cuda/env.sh
 #   cmake -S . -B .cache/cuda/build -DNODETUNE_CUDA=ON && cmake --build .cache/cuda/build -j2
-#   npx cmake-js compile --out build --CDNODETUNE_CUDA=ON   (the addon, CUDACXX from env.sh)
+#   npx cmake-js compile --out build-cuda --CDNODETUNE_CUDA=ON   (the CUDA-enabled addon)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dest="${NODETUNE_CUDA_DIR:-$root/.cache/cuda}"
@@ -55,7 +55,7 @@ CUDA toolkit (wheels) at $tk
   CUDACXX=$tk/bin/nvcc
   CUDAToolkit_ROOT=$tk
   cmake:    cmake -S . -B .cache/cuda/build -DNODETUNE_CUDA=ON -DCMAKE_CUDA_COMPILER=$tk/bin/nvcc -DCUDAToolkit_ROOT=$tk
-  cmake-js: CUDACXX=$tk/bin/nvcc CUDAToolkit_ROOT=$tk npx cmake-js compile --out build --CDNODETUNE_CUDA=ON
+  cmake-js: CUDACXX=$tk/bin/nvcc CUDAToolkit_ROOT=$tk npx cmake-js compile --out build-cuda --CDNODETUNE_CUDA=ON
   or:       source $dest/env.sh
 EOF
 }
@@ -107,6 +107,7 @@ if [ "$mode" = "--build-check" ]; then
   cmake -S "$root" -B "$bdir" -DNODETUNE_CUDA=ON -DCMAKE_CUDA_COMPILER="$tk/bin/nvcc" \
     -DCUDAToolkit_ROOT="$tk" >"$bdir.configure.log" 2>&1 || { cat "$bdir.configure.log"; exit 1; }
   grep "nodetune CUDA:" "$bdir.configure.log"
-  cmake --build "$bdir" -j "$(nproc)" --target nodetune_cuda nodetune_cuda_check
+  cmake --build "$bdir" -j "$(nproc)" --target nodetune_cuda nodetune_cuda_check nodetune_engine_check
   "$bdir/Release/nodetune_cuda_check"
+  "$bdir/Release/nodetune_engine_check"
 fi

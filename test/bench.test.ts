@@ -94,7 +94,8 @@ test('kernelReport: roofline fractions from the measured ceilings', () => {
   const json: GoogleBenchmarkJson = {
     context: { nt_device: 'cpu', nt_model: 'tiny', nt_B: '2', nt_T: '16', nt_threads: '1' },
     benchmarks: [
-      b('ceiling/sgemm', 10, 2e9, 1e6), // 200 GFLOP/s
+      b('ceiling/sgemm', 20, 2e9, 1e6), // median 100 GFLOP/s, but the ceiling is the fastest repetition:
+      b('ceiling/sgemm', 10, 2e9, 1e6, { aggregate_name: 'min' }), // 200 GFLOP/s
       b('ceiling/copy', 10, 0, 2e8), // 20 GB/s
       b('gemm/a', 10, 1e9, 1e6), // compute roof 5 ms: 50%
       b('gelu/fwd', 4, 1e6, 4e7), // memory roof 2 ms: 50%
@@ -115,7 +116,7 @@ test('kernelReport: roofline fractions from the measured ceilings', () => {
   assert.ok(Math.abs((row('gelu/fwd').gb_s as number) - 10) < 1e-9);
   assert.ok(Math.abs((row('layernorm/fwd').time_ms as number) - 2) < 1e-12);
   assert.ok(r.notes.includes('furthest from the roof: gemm/a 50.0%, gelu/fwd 50.0%, layernorm/fwd 100.0%'), r.notes.join('\n'));
-  assert.throws(() => kernelReport({ ...json, benchmarks: json.benchmarks.slice(1) }), /no ceiling\/sgemm/);
+  assert.throws(() => kernelReport({ ...json, benchmarks: json.benchmarks.filter((x) => !x.run_name.startsWith('ceiling/sgemm')) }), /no ceiling\/sgemm/);
 });
 
 test('formatTable: aligned columns, percentages, and the reason for an empty cell', () => {

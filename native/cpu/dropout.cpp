@@ -21,41 +21,26 @@
 #include <immintrin.h>
 #endif
 
+#include "common/philox.h"
 #include "cpu/kernels.h"
 
 namespace nt {
 namespace detail {
 
+// The scalar Philox and the key -> counter mapping come from
+// common/philox.h, the header the CUDA kernels compile too, so both devices
+// draw the same words by construction.
 void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
-    constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;  // round multipliers
-    constexpr uint32_t W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;  // Weyl key increments
-    uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
-    uint32_t k0 = key[0], k1 = key[1];
-    for (int r = 0; r < 10; r++) {
-        const uint64_t p0 = (uint64_t)M0 * c0, p1 = (uint64_t)M1 * c2;
-        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
-        const uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c1 = (uint32_t)p1;
-        c3 = (uint32_t)p0;
-        c0 = n0;
-        c2 = n2;
-        k0 += W0;
-        k1 += W1;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
+    const philox::Words w = philox::philox4x32_10(ctr[0], ctr[1], ctr[2], ctr[3], key[0], key[1]);
+    for (int j = 0; j < 4; j++) out[j] = w.x[j];
 }
 
 namespace {
 inline void uniform_words(const DropoutKey& key, uint64_t q, uint32_t x[4]) {
-    const uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), key.tensor_id,
-                             (uint32_t)key.step};
-    const uint32_t k[2] = {(uint32_t)key.seed, (uint32_t)(key.seed >> 32)};
-    philox4x32_10(ctr, k, x);
+    const philox::Words w = philox::dropout_block(key.seed, key.step, key.tensor_id, q);
+    for (int j = 0; j < 4; j++) x[j] = w.x[j];
 }
-inline float to_uniform(uint32_t x) { return (float)(x >> 8) * 0x1p-24f; }
+inline float to_uniform(uint32_t x) { return philox::to_uniform(x); }
 
 // Philox for the 8 consecutive blocks q0..q0+7: x[4 l + j] = word j of block
 // q0 + l, i.e. the word of element index 4 q0 + 4 l + j. Same arithmetic as

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -609,13 +610,15 @@ float CudaEngine::step(float lr) {
     // Frozen slices and padding hold zeros, so the whole-arena norm is the
     // norm over trainable parameters (the CPU's sum).
     global_grad_norm(s.norm, s.clip, s.g, arena_size_, tc_.max_grad_norm, s.norm_scratch, s.stream);
-    t_++;
+    // A non-finite norm makes the clip scale NaN and adamw_update a no-op on
+    // the device (no sync in between); the step count then stays, as on the CPU.
     adamw_update(s.w, s.wb, s.g, s.m, s.v, s.flags, arena_size_, lr, tc_.adam_beta1, tc_.adam_beta2, tc_.adam_epsilon,
-                 tc_.weight_decay, t_, 1.0f, s.clip, s.stream);
+                 tc_.weight_decay, t_ + 1, 1.0f, s.clip, s.stream);
     check(cudaMemsetAsync(s.g, 0, arena_size_ * sizeof(float), s.stream), "cudaMemsetAsync(zero_grad)");
     float norm = 0.0f;
     check(cudaMemcpyAsync(&norm, s.norm, sizeof(float), cudaMemcpyDeviceToHost, s.stream), "cudaMemcpyAsync(norm)");
     sync("step");
+    if (std::isfinite(norm)) t_++;
     return norm;
 }
 

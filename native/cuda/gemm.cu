@@ -38,6 +38,17 @@ constexpr cudaDataType_t dtype<bf16>() {
     return CUDA_R_16BF;
 }
 
+// C(M,N) row-major with row stride ldc: C[i][j] += bias[j]. Used when the
+// heuristic has no algorithm with the bias epilogue for a shape/type.
+template <typename TC>
+__global__ void add_bias_rows_kernel(TC* C, const TC* bias, int M, int N, int ldc) {
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)M * N) return;
+    const int i = (int)(idx / N), j = (int)(idx % N);
+    TC* c = C + (size_t)i * ldc + j;
+    *c = detail::from_f<TC>(detail::to_f(*c) + detail::to_f(bias[j]));
+}
+
 // Largest power of two (<= 256) dividing the address: what the heuristic may assume.
 uint32_t alignment(const void* p) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -59,6 +70,7 @@ struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
+    bool fused_bias = false;  // bias added by the epilogue (else by add_bias_rows_kernel)
     ~Plan() {
         if (a) cublasLtMatrixLayoutDestroy(a);
         if (b) cublasLtMatrixLayoutDestroy(b);
@@ -67,9 +79,57 @@ struct Plan {
     }
 };
 
+// Descriptors, layouts and the heuristic's first algorithm for one GEMM; null
+// when the heuristic finds none (the caller may retry without the epilogue).
+std::unique_ptr<Plan> make_plan(cublasLtHandle_t handle, size_t ws, int opA_, int opB_, int m, int n, int k,
+                                int lda, int ldb, int ldc, int type_ab, int type_c, bool bias, bool tf32,
+                                uint32_t alA, uint32_t alB, uint32_t alC) {
+    const cublasOperation_t opA = (cublasOperation_t)opA_, opB = (cublasOperation_t)opB_;
+    const cudaDataType_t tab = (cudaDataType_t)type_ab, tc = (cudaDataType_t)type_c;
+    std::unique_ptr<Plan> plan(new Plan);
+    NT_LT_CHECK(cublasLtMatmulDescCreate(&plan->desc, tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                                         CUDA_R_32F));
+    NT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA)));
+    NT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(opB)));
+    if (bias) {
+        const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        const int32_t bias_type = type_c;
+        NT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+        NT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                   sizeof(bias_type)));
+    }
+    plan->fused_bias = bias;
+    // Column-major layouts (rows, cols, ld) of A' = B, B' = A, C.
+    NT_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->a, tab, opA == CUBLAS_OP_N ? m : k, opA == CUBLAS_OP_N ? k : m, ldb));
+    NT_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->b, tab, opB == CUBLAS_OP_N ? k : n, opB == CUBLAS_OP_N ? n : k, lda));
+    NT_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->c, tc, m, n, ldc));
+
+    cublasLtMatmulPreference_t pref = nullptr;
+    NT_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    struct PrefGuard {
+        cublasLtMatmulPreference_t p;
+        ~PrefGuard() { cublasLtMatmulPreferenceDestroy(p); }
+    } guard{pref};
+    NT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    NT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &alA, sizeof(alA)));
+    NT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &alB, sizeof(alB)));
+    NT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &alC, sizeof(alC)));
+    NT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &alC, sizeof(alC)));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, plan->desc, plan->a, plan->b, plan->c,
+                                                             plan->c, pref, 1, &result, &found);
+    // NOT_SUPPORTED is how the heuristic says "no algorithm for this combination"
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && found == 0)) return nullptr;
+    NT_LT_CHECK(st);
+    plan->algo = result.algo;
+    return plan;
+}
+
 }  // namespace gemm_detail
 
 using gemm_detail::Key;
+using gemm_detail::make_plan;
 using gemm_detail::Plan;
 
 struct Blas::Impl {
@@ -133,54 +193,27 @@ void Blas::gemm(cudaStream_t stream, bool transA, bool transB, int M, int N, int
 
     auto it = impl_->plans.find(key);
     if (it == impl_->plans.end()) {
-        std::unique_ptr<Plan> plan(new Plan);
-        NT_LT_CHECK(cublasLtMatmulDescCreate(
-            &plan->desc, tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
-        NT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA)));
-        NT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(opB)));
-        if (bias) {
-            const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-            const int32_t bias_type = dtype<TC>();
-            NT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-            NT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                                                       &bias_type, sizeof(bias_type)));
-        }
-        // Column-major layouts (rows, cols, ld) of A' = B, B' = A, C.
-        NT_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->a, dtype<TA>(), opA == CUBLAS_OP_N ? m : k,
-                                               opA == CUBLAS_OP_N ? k : m, ldb));
-        NT_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->b, dtype<TA>(), opB == CUBLAS_OP_N ? k : n,
-                                               opB == CUBLAS_OP_N ? n : k, lda));
-        NT_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->c, dtype<TC>(), m, n, ldc));
-
-        cublasLtMatmulPreference_t pref = nullptr;
-        NT_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-        struct PrefGuard {
-            cublasLtMatmulPreference_t p;
-            ~PrefGuard() { cublasLtMatmulPreferenceDestroy(p); }
-        } guard{pref};
-        const size_t ws = impl_->workspace_bytes;
-        NT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-        NT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &alA, sizeof(alA)));
-        NT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &alB, sizeof(alB)));
-        NT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &alC, sizeof(alC)));
-        NT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &alC, sizeof(alC)));
-        cublasLtMatmulHeuristicResult_t result{};
-        int found = 0;
-        NT_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(impl_->handle, plan->desc, plan->a, plan->b,
-                                                   plan->c, plan->c, pref, 1, &result, &found));
-        if (found == 0)
-            throw CudaError(cudaErrorNotSupported, "cuBLASLt has no algorithm for this GEMM: " + shape());
-        plan->algo = result.algo;
+        const auto plan_for = [&](bool with_bias) {
+            return make_plan(impl_->handle, impl_->workspace_bytes, opA, opB, m, n, k, lda, ldb, ldc, dtype<TA>(),
+                             dtype<TC>(), with_bias, tf32, alA, alB, alC);
+        };
+        std::unique_ptr<Plan> plan = plan_for(bias != nullptr);
+        if (!plan && bias) plan = plan_for(false);  // no algorithm with the bias epilogue: bias by a kernel
+        if (!plan) throw CudaError(cudaErrorNotSupported, "cuBLASLt has no algorithm for this GEMM: " + shape());
         it = impl_->plans.emplace(key, std::move(plan)).first;
     }
     Plan& plan = *it->second;
-    if (bias) {
+    if (bias && plan.fused_bias) {
         const void* bp = bias;
         NT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)));
     }
     NT_LT_CHECK(cublasLtMatmul(impl_->handle, plan.desc, &alpha, B, plan.a, A, plan.b, &beta, C,
                                plan.c, C, plan.c, &plan.algo, impl_->workspace,
                                impl_->workspace_bytes, stream));
+    if (bias && !plan.fused_bias) {
+        add_bias_rows_kernel<TC><<<detail::grid_for((size_t)M * N, 256), 256, 0, stream>>>(C, bias, M, N, ldc);
+        check_launch("add_bias_rows_kernel");
+    }
 }
 
 template <typename T>

@@ -7,7 +7,9 @@
 // TF32 tensor cores for fp32 inputs only when allow_tf32 is set (faster,
 // ~1e-3 relative, so off by default to match the CPU engine).
 //
-// Epilogues: the bias add is fused (CUBLASLT_EPILOGUE_BIAS). cuBLASLt's GELU
+// Epilogues: the bias add is fused (CUBLASLT_EPILOGUE_BIAS), or, for a shape
+// the heuristic has no epilogue algorithm for, done by a kernel after the
+// plain GEMM (same result up to one more rounding in bf16). cuBLASLt's GELU
 // epilogue is the tanh approximation, not HF BERT's exact erf "gelu", so GELU
 // stays a separate kernel (gelu_forward in kernels.h).
 //

@@ -208,7 +208,8 @@ void crossentropy_softmax_forward_backward(float* loss, T* dlogits, const T* log
 // Global L2 norm of g[0..n) (torch.nn.utils.clip_grad_norm_), two-stage
 // reduction in double with a fixed grid. Writes *norm (fp32) and, when
 // clip_scale is non-null, *clip_scale = max_norm > 0 ? min(1, max_norm /
-// (norm + 1e-6)) : 1, which adamw_update reads on the device (no host sync).
+// (norm + 1e-6)) : 1, which adamw_update reads on the device (no host sync);
+// NaN when the norm is not finite (adamw_update then skips the step).
 // scratch: grad_norm_scratch_doubles() doubles.
 void global_grad_norm(float* norm, float* clip_scale, const float* g, size_t n, float max_norm,
                       double* scratch, cudaStream_t stream);
@@ -222,7 +223,9 @@ void scale_inplace(T* x, size_t n, float s, cudaStream_t stream);
 // (torch.optim.AdamW): per element i with flags[i]
 //   0: skipped (frozen), 1: updated without weight decay, 2: with decay;
 // flags null = every element updated with decay. The gradient is scaled by
-// grad_scale * (*grad_scale_dev if non-null). params_bf16 (nullable) receives
+// grad_scale * (*grad_scale_dev if non-null); a non-finite *grad_scale_dev
+// leaves params, moments and params_bf16 untouched (the engine's rule for a
+// NaN/inf gradient norm: skip the update). params_bf16 (nullable) receives
 // the updated weights rounded to bf16 (the mixed-precision copy).
 void adamw_update(float* params, bf16* params_bf16, const float* grads, float* m, float* v,
                   const uint8_t* flags, size_t n, float lr, float beta1, float beta2, float eps,

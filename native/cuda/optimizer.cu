@@ -40,7 +40,9 @@ __global__ void __launch_bounds__(kNormBlocks)
         const float nrm = (float)sqrt(total);
         *norm = nrm;
         // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1.
-        if (clip_scale) *clip_scale = max_norm > 0.f ? fminf(1.f, max_norm / (nrm + 1e-6f)) : 1.f;
+        // A non-finite norm gives NaN, which makes adamw_update skip the step.
+        if (clip_scale)
+            *clip_scale = !isfinite(nrm) ? NAN : max_norm > 0.f ? fminf(1.f, max_norm / (nrm + 1e-6f)) : 1.f;
     }
 }
 
@@ -59,6 +61,7 @@ __global__ void adamw_kernel(float* params, bf16* params_bf16, const float* grad
                              float step_size, float bc2_sqrt, float w, bool lerp_lo,
                              float one_m_b2, float b2, float eps, float grad_scale,
                              const float* grad_scale_dev) {
+    if (grad_scale_dev && !isfinite(*grad_scale_dev)) return;  // the engine's non-finite-norm skip
     const float gs = grad_scale_dev ? grad_scale * *grad_scale_dev : grad_scale;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {

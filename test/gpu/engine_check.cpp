@@ -13,6 +13,8 @@
 //              frozen gradients exactly 0, frozen weights bit-unchanged
 //   accumulate class weights, label smoothing, an ignored label (-100) and
 //              two micro-batches with lossScale 0.5
+//   non-finite an infinite loss scale: the step is skipped (weights, moments,
+//              step count unchanged), as CpuEngine::step does
 //   bf16       20 steps of bf16 mixed precision against fp32 (both on the
 //              GPU, same batches and dropout masks): loss difference per step
 // Error metric per tensor: max_i |gpu_i - cpu_i| / max_i |cpu_i|; for the
@@ -328,6 +330,25 @@ void case_accumulate(const Shape& s, const Weights& w) {
     compare_slot("accumulate weights after step", *p.gpu, *p.cpu, EngineBase::Slot::Weight, kTol);
 }
 
+// An overflowing loss scale: the loss stays finite, the gradients do not; the
+// step must leave weights, moments and the step count as they were (CPU rule).
+void case_nonfinite(const Shape& s, const Weights& w) {
+    auto p = make_pair(s.cfg, train_config(29), w);
+    const HostBatch hb = random_batch(s.cfg, s.B, s.T, 6, true);
+    p.gpu->accumulate(hb.view(), 1.0f);
+    p.gpu->step(kLr);
+    const size_t cls = p.gpu->params().size() - 2;  // classifier.weight
+    const auto w0 = get(*p.gpu, cls, EngineBase::Slot::Weight), m0 = get(*p.gpu, cls, EngineBase::Slot::ExpAvg);
+    const float loss = p.gpu->accumulate(hb.view(), INFINITY);
+    const float norm = p.gpu->step(kLr);
+    const bool kept = get(*p.gpu, cls, EngineBase::Slot::Weight) == w0 && get(*p.gpu, cls, EngineBase::Slot::ExpAvg) == m0;
+    double g = 0;
+    for (float x : get(*p.gpu, cls, EngineBase::Slot::Grad)) g = std::max(g, (double)std::fabs(x));
+    const bool ok = std::isfinite(loss) && !std::isfinite(norm) && kept && p.gpu->optimizer_step() == 1 && g == 0;
+    record("non-finite grad norm skips the update", ok ? 0 : 1, 0,
+           "norm " + std::to_string(norm) + ", optimizer_step " + std::to_string(p.gpu->optimizer_step()));
+}
+
 void case_bf16(const Shape& s, const Weights& w, int steps) {
     BertConfig c = s.cfg;
     set_dropout(c, 0.1f);
@@ -369,6 +390,7 @@ void run_parity(const Shape& s, bool bf16_case, int bf16_steps) {
         {"dropout", [&] { case_dropout(s, w); }},
         {"freeze", [&] { case_freeze(s, w); }},
         {"accumulate", [&] { case_accumulate(s, w); }},
+        {"non-finite", [&] { case_nonfinite(s, w); }},
         {"bf16", [&] {
              if (bf16_case) case_bf16(s, w, bf16_steps);
          }},

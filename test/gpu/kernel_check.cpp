@@ -631,6 +631,14 @@ void check_grad_norm() {
     compare("global_grad_norm norm", "fp32", dbl(dnorm.down<float>()), {r_norm}, 1e-6);
     compare("global_grad_norm clip_scale", "fp32", dbl(dclip.down<float>()), {r_clip}, 1e-6);
     compare("sum_squares (double)", "fp64", dss.down<double>(), {r_ss}, 1e-12);
+    // a non-finite gradient: the norm is inf/NaN and the clip scale NaN (adamw skips)
+    auto bad = g;
+    bad[n / 2] = INFINITY;
+    dg.up(bad);
+    nt::cuda::global_grad_norm(dnorm.p, dclip.p, dg.p, n, max_norm, scratch.p, stream);
+    sync();
+    const float bn = dnorm.down<float>()[0], bc = dclip.down<float>()[0];
+    record("global_grad_norm inf gradient -> norm inf, clip NaN", "fp32", std::isinf(bn) && std::isnan(bc) ? 0 : 1, 0);
 }
 
 void check_adamw() {
@@ -676,6 +684,18 @@ void check_adamw() {
     size_t bad = 0;
     for (size_t i = 0; i < n; i++) bad += gb[i] != f2bf(gp[i]);
     record("adamw_update bf16 copy (mismatches)", "bf16", (double)bad, 0);
+    // NaN device scale (non-finite norm): nothing changes, bit for bit
+    const auto gm = dm.down<float>(), gv = dv.down<float>();
+    dscale.up(std::vector<float>{NAN});
+    nt::cuda::adamw_update(dp.p, dpb.p, dg.p, dm.p, dv.p, dflags.p, n, lr, b1, b2, eps, wd, t + 1, gs_host, dscale.p, stream);
+    sync();
+    size_t changed = 0;
+    const auto gp2 = dp.down<float>(), gm2 = dm.down<float>(), gv2 = dv.down<float>();
+    const auto gb2 = dpb.down<uint16_t>();
+    for (size_t i = 0; i < n; i++)
+        changed += std::memcmp(&gp2[i], &gp[i], 4) != 0 || std::memcmp(&gm2[i], &gm[i], 4) != 0 ||
+                   std::memcmp(&gv2[i], &gv[i], 4) != 0 || gb2[i] != gb[i];
+    record("adamw_update NaN scale skips (changed elements)", "fp32", (double)changed, 0);
 }
 
 // Runs one check; an exception becomes a failed row naming it, and the

@@ -95,6 +95,9 @@ template <typename V>
 inline V __shfl_xor_sync(unsigned, V v, int mask) {
     return ::emu::shfl(v, (int)((threadIdx.x & 31) ^ (unsigned)mask));
 }
+// CUDA's math API puts these in the global namespace for device code.
+using std::isfinite;
+using std::isnan;
 // Fibers never run concurrently: a plain add is atomic here.
 inline float atomicAdd(float* p, float v) {
     const float old = *p;
