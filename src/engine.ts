@@ -114,6 +114,9 @@ export class Engine {
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(opts: { config: BertConfig } & EngineOptions) {
+    if (!opts || typeof opts.config !== 'object' || opts.config === null) {
+      throw new Error('new Engine({ config, ...options }): config must be an object with Hugging Face BertConfig fields (vocab_size, hidden_size, ...)');
+    }
     const { config, ...options } = opts;
     this.config = config;
     const resolved = {

@@ -364,3 +364,17 @@ test('a non-finite gradient skips the update: weights, moments and the step coun
   assert.ok(engine.getGradient('classifier.weight').every((g) => g === 0));
   await engine.dispose();
 });
+
+test('bad optimizer options and misuse throw naming the option', async () => {
+  const f = await loadFixture();
+  assert.throws(() => new Engine(undefined as never), /config must be an object/);
+  assert.throws(() => new Engine({ config: f.config, adam_beta1: 5 }), /adam_beta1 must be in \[0, 1\), got 5/);
+  assert.throws(() => new Engine({ config: f.config, adam_epsilon: 0 }), /adam_epsilon must be > 0/);
+  assert.throws(() => new Engine({ config: f.config, weight_decay: -1 }), /weight_decay must be >= 0/);
+  assert.throws(() => new Engine({ config: f.config, threads: -1 }), /threads must be >= 0/);
+  assert.throws(() => new Engine({ config: f.config, label_smoothing_factor: 2 }), /label_smoothing_factor must be in \[0, 1\]/);
+  const engine = makeEngine(f);
+  await assert.rejects(engine.accumulate(f.batch, { lossScale: NaN }), /lossScale must be a number >= 0/);
+  assert.throws(() => engine.setCounters({ optimizerStep: 1e20, microStep: 0 }), /optimizerStep must be an integer in \[0, 2\^53\)/);
+  await engine.dispose();
+});

@@ -360,9 +360,15 @@ private:
             if (info.Length() < 1 || !info[0].IsObject())
                 throw EngineError("Engine.setCounters({optimizerStep, microStep}): object required");
             auto o = info[0].As<Napi::Object>();
-            const int64_t t = (int64_t)get_float(o, "optimizerStep", "counters", (float)e.optimizer_step());
-            const double ms = o.Get("microStep").IsNumber() ? o.Get("microStep").As<Napi::Number>().DoubleValue() : (double)e.micro_step();
-            if (t < 0 || ms < 0) throw EngineError("Engine.setCounters: counters must be non-negative");
+            auto counter = [&](const char* key, double fallback) {
+                Napi::Value v = o.Get(key);
+                const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
+                if (!(d >= 0 && d <= 9007199254740991.0) || d != std::floor(d))
+                    throw EngineError(std::string("Engine.setCounters: ") + key + " must be an integer in [0, 2^53), got " + std::to_string(d));
+                return d;
+            };
+            const int64_t t = (int64_t)counter("optimizerStep", (double)e.optimizer_step());
+            const double ms = counter("microStep", (double)e.micro_step());
             e.set_optimizer_step(t);
             e.set_micro_step((uint64_t)ms);
             return info.Env().Undefined();
@@ -430,6 +436,9 @@ private:
             e.validate(batch->view(), true);
             float scale = 1.0f;
             if (info.Length() > 1 && info[1].IsObject()) scale = get_float(info[1].As<Napi::Object>(), "lossScale", "options", 1.0f);
+            if (!(scale >= 0.0f) || std::isnan(scale))
+                throw EngineError("Engine.accumulate: options.lossScale must be a number >= 0 (a micro-batch's share of the examples), got " +
+                                  std::to_string(scale));
             auto loss = std::make_shared<float>(0.0f);
             return Queue(
                 info.Env(), [&e, batch, loss, scale] { *loss = e.accumulate(batch->view(), scale); },

@@ -55,6 +55,20 @@ EngineBase::EngineBase(const BertConfig& config, const TrainConfig& train) : cfg
     prob("config.hidden_dropout_prob", cfg_.hidden_dropout_prob);
     prob("config.attention_probs_dropout_prob", cfg_.attention_probs_dropout_prob);
     prob("config.classifier_dropout", cfg_.classifier_dropout);
+    auto in_range = [](const char* name, float v, float lo, float hi, const char* expect) {
+        if (!(v >= lo && v < hi)) throw EngineError(std::string(name) + " must be " + expect + ", got " + std::to_string(v));
+    };
+    in_range("adam_beta1", tc_.adam_beta1, 0.0f, 1.0f, "in [0, 1)");
+    in_range("adam_beta2", tc_.adam_beta2, 0.0f, 1.0f, "in [0, 1)");
+    in_range("adam_epsilon", tc_.adam_epsilon, 1e-30f, INFINITY, "> 0");
+    in_range("weight_decay", tc_.weight_decay, 0.0f, INFINITY, ">= 0");
+    in_range("label_smoothing_factor", tc_.label_smoothing_factor, 0.0f, 1.0f + 1e-7f, "in [0, 1]");
+    if (!(tc_.max_grad_norm == tc_.max_grad_norm)) throw EngineError("max_grad_norm must be a number (<= 0 disables clipping)");
+    if (tc_.threads < 0) throw EngineError("threads must be >= 0 (0 = all cores), got " + std::to_string(tc_.threads));
+    for (size_t i = 0; i < tc_.class_weights.size(); i++)
+        if (!(tc_.class_weights[i] >= 0.0f) || !std::isfinite(tc_.class_weights[i]))
+            throw EngineError("class_weights[" + std::to_string(i) + "] must be a finite number >= 0, got " +
+                              std::to_string(tc_.class_weights[i]));
     if (!tc_.class_weights.empty() && (int)tc_.class_weights.size() != cfg_.num_labels)
         throw EngineError("class_weights has " + std::to_string(tc_.class_weights.size()) +
                           " entries, expected num_labels = " + std::to_string(cfg_.num_labels));
@@ -205,8 +219,17 @@ void CpuEngine::ensure_activations(int B, int T) {
                          3 * align_up(Bc * C) + align_up(Bc * L);
     const size_t dtotal = 3 * align_up(N * C) + 2 * align_up(N * I) + align_up(N * 3 * C) + align_up(TT) +
                           3 * align_up(Bc * C) + align_up(Bc * L);
-    acts_.assign(total, 0.0f);
-    dacts_.assign(dtotal, 0.0f);
+    try {
+        acts_.assign(total, 0.0f);
+        dacts_.assign(dtotal, 0.0f);
+    } catch (const std::bad_alloc&) {
+        acts_ = {};
+        dacts_ = {};
+        cap_B_ = cap_T_ = 0;
+        throw EngineError("out of memory: activations for batchSize=" + std::to_string(B) + ", seqLen=" +
+                          std::to_string(T) + " need " + std::to_string((total + dtotal) * 4 / (1 << 20)) +
+                          " MiB; use a smaller batch size or max_length");
+    }
     float* p = acts_.data();
     auto take = [&p](size_t n) { float* r = p; p += align_up(n); return r; };
     a_.emb = take(N * C);

@@ -3,6 +3,8 @@
  * The `nodetune` command line. Each sub-command lives in its own file under
  * src/cli/ and only wraps the TypeScript API (src/index.ts).
  */
+import { realpathSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { registerPull } from './pull.js';
 import { registerTrain } from './train.js';
@@ -10,22 +12,39 @@ import { registerEval } from './eval.js';
 import { registerPredict } from './predict.js';
 import { registerExport } from './export.js';
 import { registerServe } from './serve.js';
+import { registerBench } from './bench.js';
+
+function packageVersion(): string {
+  const pkg = new URL('../../../package.json', import.meta.url);
+  return (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version;
+}
 
 export function buildProgram(): Command {
   const program = new Command('nodetune')
     .description('Fine-tune pretrained BERT-family encoders from Node.js, export to ONNX, serve.')
-    .showHelpAfterError();
+    .version(packageVersion())
+    .showHelpAfterError('(add --help for the list of options)');
   registerTrain(program);
   registerEval(program);
   registerPredict(program);
   registerExport(program);
   registerServe(program);
   registerPull(program);
+  registerBench(program);
   return program;
 }
 
-const isMain = import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('/cli/main.js');
-if (isMain) {
+/** True when this file is the process's entry point, also through npm's bin symlink. */
+function isEntryPoint(): boolean {
+  if (!process.argv[1]) return false;
+  try {
+    return realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
   buildProgram()
     .parseAsync(process.argv)
     .catch((err: unknown) => {
