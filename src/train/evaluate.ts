@@ -1,10 +1,9 @@
 /** Evaluation of a saved, fine-tuned model folder on a labelled data file. */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readDataset, labelMapFromNames, encodeLabels } from '../data/index.js';
 import { loadModel } from '../model.js';
 import type { EvalResults } from '../metrics/index.js';
-import { evaluateExamples } from './trainer.js';
+import { evaluateExamples, readJsonFile } from './trainer.js';
 
 export interface EvaluateFileOptions {
   model: string;
@@ -24,7 +23,7 @@ export interface EvaluateFileOptions {
  *   label the model does not know.
  */
 export async function evaluateFile(o: EvaluateFileOptions): Promise<EvalResults> {
-  const config = JSON.parse(await readFile(join(o.model, 'config.json'), 'utf8')) as { id2label?: Record<string, string> };
+  const config = (await readJsonFile(join(o.model, 'config.json'))) as { id2label?: Record<string, string> };
   const id2label = config.id2label;
   if (!id2label || Object.keys(id2label).length === 0) {
     throw new Error(`${join(o.model, 'config.json')} has no id2label: evaluate a model fine-tuned by \`nodetune train\``);

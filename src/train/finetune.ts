@@ -4,8 +4,8 @@
  * checkpoint, and write the output folder (a Hugging Face model folder plus
  * eval_results.json, training_log.jsonl and report.html).
  */
-import { writeFile, readFile, rm } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { writeFile, rm, readdir } from 'node:fs/promises';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { readDataset, buildLabelMap, encodeLabels, stratifiedSplit, type Dataset, type LabelMap } from '../data/index.js';
 import { loadModel, saveModel, type Model } from '../model.js';
@@ -13,7 +13,10 @@ import { readSafetensors } from '../io/safetensors.js';
 import { resolveModel } from '../io/hub.js';
 import { writeReport } from '../report/index.js';
 import type { EvalResults } from '../metrics/index.js';
-import { Trainer, evaluateExamples, validateTrainingArguments, type EncodedExample, type TrainingArguments } from './trainer.js';
+import {
+  Trainer, evaluateExamples, validateTrainingArguments, checkResumeSettings, readJsonFile, resumeSettings,
+  type EncodedExample, type TrainingArguments,
+} from './trainer.js';
 
 export interface FineTuneOptions extends TrainingArguments {
   /** Local Hugging Face folder or Hub repo id. */
@@ -37,6 +40,8 @@ export interface FineTuneOptions extends TrainingArguments {
   device?: string;
   /** 'fp32' (default) or 'bf16' (CUDA only). */
   precision?: 'fp32' | 'bf16';
+  /** Delete a previous run's outputs in output_dir first (HF overwrite_output_dir); without it (or resume) they are an error. */
+  overwrite_output_dir?: boolean;
   /** Called with each log line a person should see (default: none). */
   log?: (line: string) => void;
   /** Receives the Trainer before training starts (progress bars, stop()). */
@@ -51,6 +56,46 @@ export interface FineTuneResult {
   train_examples: number;
   eval_examples: number;
   seconds: number;
+  /** stop() (Ctrl-C) ended the run early: checkpoint-last is saved, the output model and eval_results.json are not written. */
+  interrupted: boolean;
+  /** Optimizer steps taken (in all runs, when resumed). */
+  global_step: number;
+}
+
+/** What a finished or interrupted run leaves in output_dir (checkpoint-* folders too). */
+const RUN_OUTPUTS = [
+  'config.json', 'model.safetensors', 'training_log.jsonl', 'eval_results.json', 'report.html', 'onnx',
+  'tokenizer.json', 'vocab.txt', 'tokenizer_config.json', 'special_tokens_map.json',
+];
+
+/**
+ * HF run_glue's guard: a previous run's outputs in output_dir are an error unless the run
+ * resumes or overwrite_output_dir is set (then they are deleted, so no stale onnx/ or
+ * eval_results.json survives). Runs before anything is loaded or created.
+ * @throws Error naming the folder and the two flags; or output_dir is a file; or resume without a checkpoint.
+ */
+export async function prepareOutputDir(o: FineTuneOptions): Promise<void> {
+  const dir = o.output_dir;
+  if (!existsSync(dir)) {
+    if (o.resume_from_checkpoint) throw new Error(`cannot resume: --output ${dir} does not exist (no checkpoint-last to resume from)`);
+    return;
+  }
+  if (!statSync(dir).isDirectory()) throw new Error(`--output ${dir} is a file; expected a folder (new or from a previous run)`);
+  const previous = (await readdir(dir)).filter((f) => RUN_OUTPUTS.includes(f) || /^checkpoint-/.test(f));
+  if (o.resume_from_checkpoint) {
+    if (!existsSync(join(dir, 'checkpoint-last', 'trainer_state.json'))) {
+      throw new Error(`cannot resume: ${join(dir, 'checkpoint-last', 'trainer_state.json')} does not exist (no checkpoint-last in --output ${dir})`);
+    }
+    return;
+  }
+  if (previous.length === 0) return;
+  if (!o.overwrite_output_dir) {
+    throw new Error(
+      `--output ${dir} already holds a previous run (${previous.join(', ')}); ` +
+        'pass --resume to continue it or --overwrite-output-dir to replace it',
+    );
+  }
+  for (const f of previous) await rm(join(dir, f), { recursive: true, force: true });
 }
 
 /** Data read and validated, labels mapped: everything before the model. */
@@ -65,6 +110,10 @@ export function prepareData(o: FineTuneOptions, configLabel2id?: Record<string, 
   const cols = { textColumn: o.text_column ?? 'text', textPairColumn: o.text_pair_column, labelColumn: o.label_column ?? 'label' };
   let train = readDataset(o.train_file, cols);
   let evalSet: Dataset | null = o.eval_file ? readDataset(o.eval_file, cols) : null;
+  const distinct = new Set(train.examples.map((e) => e.label));
+  if (distinct.size < 2) {
+    throw new Error(`${train.path}: only one label found ("${[...distinct][0]}"); classification needs at least 2 distinct labels in the training data`);
+  }
   const labels = buildLabelMap(train, configLabel2id);
   if (evalSet) {
     encodeLabels(evalSet, labels); // throws on a label training never saw, naming file and line
@@ -98,7 +147,7 @@ function classWeights(o: FineTuneOptions, data: PreparedData): Float32Array | un
 async function configLabel2id(model: string): Promise<Record<string, number> | undefined> {
   const path = join(model, 'config.json');
   if (!existsSync(path)) return undefined;
-  const cfg = JSON.parse(await readFile(path, 'utf8')) as { label2id?: Record<string, number> };
+  const cfg = (await readJsonFile(path)) as { label2id?: Record<string, number> };
   return cfg.label2id;
 }
 
@@ -107,10 +156,15 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
   const started = performance.now();
   const log = o.log ?? (() => undefined);
   validateTrainingArguments(o);
+  await prepareOutputDir(o);
   // A Hub id is downloaded first: its config's label2id decides the class ids (an existing head keeps its labels).
   const folder = await resolveModel(o.model);
   const data = prepareData(o, await configLabel2id(folder));
   const { labels } = data;
+  if (o.resume_from_checkpoint) {
+    // Before any weights load: a changed batch size or label set would resume into a different run.
+    await checkResumeSettings(join(o.output_dir, 'checkpoint-last', 'trainer_state.json'), resumeSettings(o, data.train.examples.length, labels.num_labels));
+  }
   const model = await loadModel(folder, {
     num_labels: labels.num_labels,
     id2label: labels.id2label,
@@ -130,6 +184,7 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
   });
   try {
     const maxLength = Math.min(o.max_length ?? 128, model.config.max_position_embeddings);
+    if (maxLength < (o.max_length ?? 128)) log(`warning: --max-length ${o.max_length} is above the model's max_position_embeddings; capped at ${maxLength}`);
     const train = encode(model, data.train, labels, maxLength);
     const evalSet = data.eval ? encode(model, data.eval, labels, maxLength) : null;
     freeze(model, o);
@@ -138,6 +193,10 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
     const trainer = new Trainer(model, train, evalSet, o);
     o.onTrainer?.(trainer);
     const run = await trainer.trainLoop();
+    const base = { output_dir: o.output_dir, train_examples: train.length, eval_examples: evalSet?.length ?? 0, global_step: trainer.globalStep };
+    if (trainer.interrupted) {
+      return { ...base, eval: null, best_step: run.bestStep, stopped_early: false, seconds: (performance.now() - started) / 1000, interrupted: true };
+    }
     // load_best_model_at_end: the best checkpoint's weights become the result.
     if (run.bestStep !== null && existsSync(trainer.bestDir)) {
       for (const [name, t] of (await readSafetensors(join(trainer.bestDir, 'model.safetensors'))).tensors) {
@@ -156,15 +215,7 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
       config: reportConfig(o, seconds),
     });
     await rm(trainer.bestDir, { recursive: true, force: true });
-    return {
-      output_dir: o.output_dir,
-      eval: finalEval,
-      best_step: run.bestStep,
-      stopped_early: run.stoppedEarly,
-      train_examples: train.length,
-      eval_examples: evalSet?.length ?? 0,
-      seconds,
-    };
+    return { ...base, eval: finalEval, best_step: run.bestStep, stopped_early: run.stoppedEarly, seconds, interrupted: false };
   } finally {
     await model.engine.dispose();
   }

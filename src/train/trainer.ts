@@ -86,6 +86,96 @@ interface TrainerState {
   num_training_steps: number;
   /** Losses of the steps since the last log line, so a resumed run logs the same means. */
   log_window?: { loss: number; steps: number };
+  /** What fixed the data order and schedule; a resumed run must match it. */
+  settings?: ResumeSettings;
+}
+
+/** The settings that decide data order, schedule and head shape: a resumed run must use the same. */
+export interface ResumeSettings {
+  train_examples: number;
+  num_labels: number;
+  per_device_train_batch_size: number;
+  gradient_accumulation_steps: number;
+  num_train_epochs: number;
+  max_steps: number;
+  learning_rate: number;
+  lr_scheduler_type: string;
+  warmup_steps: number;
+  warmup_ratio: number;
+  seed: number;
+  group_by_length: boolean;
+}
+
+/** CLI flag of each setting, so a mismatch names what the user typed. */
+const SETTING_FLAGS: Record<keyof ResumeSettings, string> = {
+  train_examples: 'training examples',
+  num_labels: 'num_labels',
+  per_device_train_batch_size: '--batch-size',
+  gradient_accumulation_steps: '--gradient-accumulation-steps',
+  num_train_epochs: '--epochs',
+  max_steps: '--max-steps',
+  learning_rate: '--learning-rate',
+  lr_scheduler_type: '--lr-scheduler-type',
+  warmup_steps: '--warmup-steps',
+  warmup_ratio: '--warmup-ratio',
+  seed: '--seed',
+  group_by_length: 'group_by_length',
+};
+
+/** The ResumeSettings of `args` (defaults filled in) for a training set of `trainExamples` and `numLabels` classes. */
+export function resumeSettings(args: TrainingArguments, trainExamples: number, numLabels: number): ResumeSettings {
+  const a = withDefaults(args);
+  return {
+    train_examples: trainExamples,
+    num_labels: numLabels,
+    per_device_train_batch_size: a.per_device_train_batch_size,
+    gradient_accumulation_steps: a.gradient_accumulation_steps,
+    num_train_epochs: a.num_train_epochs,
+    max_steps: a.max_steps,
+    learning_rate: a.learning_rate,
+    lr_scheduler_type: a.lr_scheduler_type,
+    warmup_steps: a.warmup_steps,
+    warmup_ratio: a.warmup_ratio,
+    seed: a.seed,
+    group_by_length: a.group_by_length,
+  };
+}
+
+/**
+ * Parses a JSON file. @throws Error naming the file when it is empty or not valid JSON
+ * (the raw SyntaxError does not say which file).
+ */
+export async function readJsonFile(path: string): Promise<unknown> {
+  const text = await readFile(path, 'utf8');
+  try {
+    if (text.trim() === '') throw new Error('the file is empty');
+    return JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${path}: not valid JSON (${(err as Error).message}); the file is corrupt, expected a JSON object`);
+  }
+}
+
+/**
+ * Compares the settings saved in `statePath` (a checkpoint's trainer_state.json) with `now`.
+ * @throws Error naming the file and listing every mismatch ("--batch-size: checkpoint 16, now 32"),
+ *   or naming a corrupt file; a checkpoint without saved settings (older runs) passes.
+ */
+export async function checkResumeSettings(statePath: string, now: ResumeSettings): Promise<void> {
+  const state = (await readJsonFile(statePath)) as Partial<TrainerState> | null;
+  if (state === null || typeof state !== 'object' || typeof state.global_step !== 'number') {
+    throw new Error(`${statePath}: not a trainer state (no global_step); the checkpoint is corrupt`);
+  }
+  const saved = state.settings;
+  if (!saved) return;
+  if (saved.num_labels !== now.num_labels) {
+    throw new Error(`cannot resume from ${statePath}: the checkpoint has ${saved.num_labels} labels, the data ${now.num_labels}`);
+  }
+  const diffs = (Object.keys(SETTING_FLAGS) as Array<keyof ResumeSettings>)
+    .filter((k) => saved[k] !== undefined && saved[k] !== now[k])
+    .map((k) => `${SETTING_FLAGS[k]}: checkpoint ${saved[k]}, now ${now[k]}`);
+  if (diffs.length > 0) {
+    throw new Error(`cannot resume from ${statePath}: settings differ from the checkpoint (use the same ones, or train afresh with --overwrite-output-dir):\n  ${diffs.join('\n  ')}`);
+  }
 }
 
 const DEFAULTS = {
@@ -219,6 +309,16 @@ export class Trainer extends EventEmitter {
     validateTrainingArguments(args);
     this.args = withDefaults(args);
     if (train.length === 0) throw new Error('Trainer: the training set is empty');
+  }
+
+  /** True once stop() was called (Ctrl-C): the run ended before its last step. */
+  get interrupted(): boolean {
+    return this.stopRequested;
+  }
+
+  /** Optimizer steps taken so far. */
+  get globalStep(): number {
+    return this.state?.global_step ?? 0;
   }
 
   /** Optimizer steps the run will take (known once trainLoop has started). */
@@ -394,7 +494,12 @@ export class Trainer extends EventEmitter {
       eval_history: [],
       engine_counters: { optimizerStep: 0, microStep: 0 },
       num_training_steps: total,
+      settings: this.settings(),
     };
+  }
+
+  private settings(): ResumeSettings {
+    return resumeSettings(this.args, this.train.length, this.model.config.num_labels);
   }
 
   /** Writes a model folder next to its final place, then swaps it in. */
@@ -434,7 +539,8 @@ export class Trainer extends EventEmitter {
     if (!existsSync(statePath)) {
       throw new Error(`cannot resume: ${statePath} does not exist (no checkpoint-last in ${this.args.output_dir})`);
     }
-    const state = JSON.parse(await readFile(statePath, 'utf8')) as TrainerState;
+    await checkResumeSettings(statePath, this.settings());
+    const state = (await readJsonFile(statePath)) as TrainerState;
     const engine = this.model.engine;
     const weights = (await readSafetensors(join(dir, 'model.safetensors'))).tensors;
     const moments = (await readSafetensors(join(dir, 'optimizer.safetensors'))).tensors;
