@@ -42,6 +42,23 @@ interface Backend {
   dispose(): Promise<void>;
 }
 
+/**
+ * An onnx/model.onnx exported before a re-training can have another label set: its logits
+ * width must equal config.json's num_labels, checked with one (1, 2) forward pass.
+ * @throws Error naming both files and advising `nodetune export`.
+ */
+async function checkOnnxWidth(backend: Backend, folder: string, numLabels: number): Promise<void> {
+  const ids = Int32Array.from([0, 0]);
+  const logits = await backend.run({ input_ids: ids, attention_mask: Int32Array.from([1, 1]), token_type_ids: Int32Array.from([0, 0]), batchSize: 1, seqLen: 2 });
+  if (logits.length !== numLabels) {
+    await backend.dispose();
+    throw new Error(
+      `${join(folder, 'onnx', 'model.onnx')} gives ${logits.length} logits but ${join(folder, 'config.json')} has num_labels ${numLabels}: ` +
+        `the ONNX file is stale; re-run \`nodetune export --model ${folder}\``,
+    );
+  }
+}
+
 async function onnxBackend(folder: string, threads?: number): Promise<Backend> {
   const path = join(folder, 'onnx', 'model.onnx');
   if (!existsSync(path)) {
@@ -200,6 +217,7 @@ export class Classifier {
     if (!Number.isInteger(maxLength) || maxLength < 2) throw new Error(`Classifier.load: maxLength ${maxLength} must be an integer ≥ 2`);
     const tokenizer = await BertTokenizer.fromFolder(folder, { maxPositionEmbeddings: config.max_position_embeddings });
     const runner = backendName === 'onnx' ? await onnxBackend(folder, options.threads) : await nativeBackend(folder, options.threads);
+    if (backendName === 'onnx') await checkOnnxWidth(runner, folder, config.num_labels);
     return new Classifier(folder, config, tokenizer, runner, backendName, maxLength, batchSize);
   }
 

@@ -245,3 +245,200 @@ for (const { name, as, lines, error } of [
     assert.ok(!existsSync(join(output, 'model.safetensors')) && !existsSync(join(output, 'checkpoint-last')), 'no model written');
   });
 }
+
+const quick = (output: string, ...more: string[]) =>
+  nodetune('train', '--model', model, '--train', trainCsv, '--eval', evalCsv, ...COLUMNS, '--output', output, '--max-steps', '2', '--batch-size', '8', '--threads', '2', ...more);
+
+test('re-training into a previous run: an error naming the folder and both flags; --overwrite-output-dir removes stale onnx/ and eval_results.json', async () => {
+  const dir = join(tmp, 'rerun');
+  ok(quick(dir));
+  const oldLog = readFileSync(join(dir, 'training_log.jsonl'), 'utf8');
+  const r = quick(dir);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, new RegExp(`--output ${dir} already holds a previous run .*pass --resume to continue it or --overwrite-output-dir to replace it`));
+  assert.ok(!r.stderr.includes('newly initialized'), 'failed before the model was loaded');
+  assert.equal(readFileSync(join(dir, 'training_log.jsonl'), 'utf8'), oldLog, 'the old log survives a refused run');
+  await writeFile(join(tmp, 'stale.onnx'), 'x');
+  const { mkdir, copyFile } = await import('node:fs/promises');
+  await mkdir(join(dir, 'onnx'));
+  await copyFile(join(tmp, 'stale.onnx'), join(dir, 'onnx', 'model.onnx'));
+  const again = [...COLUMNS, '--output', dir, '--max-steps', '2', '--batch-size', '8', '--threads', '2', '--eval-strategy', 'no', '--validation-split', '0'];
+  ok(nodetune('train', '--model', model, '--train', trainCsv, ...again, '--overwrite-output-dir'));
+  assert.ok(!existsSync(join(dir, 'onnx')), 'stale onnx/ removed');
+  assert.ok(!existsSync(join(dir, 'eval_results.json')), 'no eval set: no eval_results.json, and no stale one');
+  assert.ok(existsSync(join(dir, 'model.safetensors')));
+});
+
+test('the onnx backend refuses an onnx/model.onnx whose logits width disagrees with config.json', async () => {
+  const { cp } = await import('node:fs/promises');
+  const dir = join(tmp, 'stale-onnx');
+  await cp(out, dir, { recursive: true });
+  ok(nodetune('export', '--model', dir));
+  const config = json(join(dir, 'config.json'));
+  config.id2label = { 0: 'a', 1: 'b', 2: 'c' };
+  config.label2id = { a: 0, b: 1, c: 2 };
+  await writeFile(join(dir, 'config.json'), JSON.stringify(config));
+  const input = join(tmp, 'one.txt');
+  await writeFile(input, 'my card is lost\n');
+  const r = nodetune('predict', '--model', dir, '--input', input, '--backend', 'onnx');
+  assert.equal(r.status, 1);
+  assert.ok(r.stderr.includes(`${join(dir, 'onnx', 'model.onnx')} gives 4 logits but ${join(dir, 'config.json')} has num_labels 3`), r.stderr);
+  assert.match(r.stderr, /re-run `nodetune export --model /);
+});
+
+test('one-class training data is an error naming the file and the label', async () => {
+  const { r, path } = await badRun('one-class.csv', ['text,category', 'my card is lost,card', 'card not working,card'], 'train');
+  assert.equal(r.status, 1);
+  assert.ok(r.stderr.includes(`${path}: only one label found ("card"); classification needs at least 2 distinct labels`), r.stderr);
+});
+
+test('predict: invalid UTF-8 and empty input are errors naming the file; EPIPE (| head) exits quietly', async () => {
+  const bad = join(tmp, 'latin1.txt');
+  await writeFile(bad, Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x0a]));
+  const r = nodetune('predict', '--model', out, '--input', bad, '--threads', '2');
+  assert.equal(r.status, 1);
+  assert.ok(r.stderr.includes(`${bad}:1:4: invalid UTF-8 at byte offset 3 (byte 0xE9)`), r.stderr);
+  const empty = join(tmp, 'empty.csv');
+  await writeFile(empty, 'text\n\n');
+  const e = nodetune('predict', '--model', out, '--input', empty, '--threads', '2');
+  assert.equal(e.status, 1);
+  assert.ok(e.stderr.includes(`${empty}: no texts found`), e.stderr);
+  const many = join(tmp, 'many.txt');
+  await writeFile(many, Array.from({ length: 3000 }, (_, i) => `my card number ${i} is lost`).join('\n'));
+  const piped = spawnSync('bash', ['-c', `set -o pipefail; "${process.execPath}" "${CLI}" predict --model "${out}" --input "${many}" --threads 2 | head -2`], { encoding: 'utf8' });
+  assert.equal(piped.stdout.trim().split('\n').length, 2);
+  assert.ok(!/EPIPE|Error/.test(piped.stderr), piped.stderr);
+  assert.equal(piped.status, 0);
+});
+
+test('--resume checks the settings against trainer_state.json before loading weights; corrupt state names the file; no checkpoint creates nothing', async () => {
+  const dir = join(tmp, 'resume-check');
+  ok(quick(dir));
+  const r = quick(dir, '--resume', '--max-steps', '4', '--batch-size', '4', '--seed', '7');
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /--batch-size: checkpoint 8, now 4/);
+  assert.match(r.stderr, /--max-steps: checkpoint 2, now 4/);
+  assert.match(r.stderr, /--seed: checkpoint 42, now 7/);
+  assert.ok(!r.stderr.includes('newly initialized'), 'before any weights were loaded');
+  const threeLabels = join(tmp, 'three.csv');
+  await writeIntentCsv(threeLabels, intentRows(400, 1).filter((row) => row.category !== 'card'));
+  const l = nodetune('train', '--model', model, '--train', threeLabels, '--eval', evalCsv, ...COLUMNS, '--output', dir, '--resume', '--max-steps', '2', '--batch-size', '8');
+  assert.equal(l.status, 1);
+  assert.ok(l.stderr.includes('the checkpoint has 4 labels, the data 3') || l.stderr.includes('not seen in training'), l.stderr);
+  const statePath = join(dir, 'checkpoint-last', 'trainer_state.json');
+  await writeFile(statePath, '');
+  const c = quick(dir, '--resume');
+  assert.equal(c.status, 1);
+  assert.ok(c.stderr.includes(`${statePath}: not valid JSON`), c.stderr);
+  const none = join(tmp, 'never-resumed');
+  const n = quick(none, '--resume');
+  assert.equal(n.status, 1);
+  assert.match(n.stderr, /cannot resume/);
+  assert.ok(!existsSync(none), 'the output folder was not created');
+  const cfgDir = join(tmp, 'corrupt-config');
+  const { cp } = await import('node:fs/promises');
+  await cp(model, cfgDir, { recursive: true });
+  await writeFile(join(cfgDir, 'config.json'), '{"hidden_size": ');
+  const cc = nodetune('train', '--model', cfgDir, '--train', trainCsv, ...COLUMNS, '--output', join(tmp, 'cc'));
+  assert.equal(cc.status, 1);
+  assert.ok(cc.stderr.includes(`${join(cfgDir, 'config.json')}: not valid JSON`), cc.stderr);
+  const ce = nodetune('eval', '--model', cfgDir, '--data', evalCsv, ...COLUMNS);
+  assert.equal(ce.status, 1);
+  assert.ok(ce.stderr.includes(`${join(cfgDir, 'config.json')}: not valid JSON`), ce.stderr);
+});
+
+test('--config takes Hugging Face TrainingArguments names; booleans as yes/no; unknown keys list flag names', async () => {
+  const dir = join(tmp, 'hf-config');
+  const cfg = join(tmp, 'hf.yaml');
+  await writeFile(
+    cfg,
+    [
+      `model: ${model}`, `train: ${trainCsv}`, `eval: ${evalCsv}`, 'label_column: category', `output_dir: ${dir}`,
+      'per_device_train_batch_size: 8', 'per_device_eval_batch_size: 16', 'num_train_epochs: 1', 'max_steps: 3', 'learning_rate: 0.001',
+      'lr_scheduler_type: constant', 'logging_steps: 1', 'warmup_ratio: 0', 'weight_decay: 0.0', 'max_grad_norm: 1.0', 'gradient_accumulation_steps: 1',
+      'seed: 5', 'eval_steps: 3', 'save_steps: 3', 'eval_strategy: steps', 'metric_for_best_model: macro_f1', 'early_stopping_patience: 0',
+      'label_smoothing_factor: 0.0', 'resume_from_checkpoint: no', 'overwrite_output_dir: "false"', 'threads: 2', '',
+    ].join('\n'),
+  );
+  const r = ok(nodetune('train', '--config', cfg));
+  assert.match(r.stderr, /train: 400 examples/);
+  const log = readFileSync(join(dir, 'training_log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(log.map((e) => e.step), [1, 2, 3]);
+  assert.deepEqual(log.map((e) => e.learning_rate), [0.001, 0.001, 0.001]);
+  const state = json(join(dir, 'checkpoint-last', 'trainer_state.json'));
+  assert.equal(state.settings.per_device_train_batch_size, 8);
+  assert.equal(state.settings.seed, 5);
+  // 'resume_from_checkpoint: no' did not turn resume on; 'overwrite_output_dir: yes' now replaces the run.
+  await writeFile(cfg, readFileSync(cfg, 'utf8').replace('overwrite_output_dir: "false"', 'overwrite_output_dir: yes'));
+  ok(nodetune('train', '--config', cfg));
+  const bad = join(tmp, 'bad-hf.yaml');
+  await writeFile(bad, 'batchsize: 2\n');
+  const u = nodetune('train', '--config', bad);
+  assert.equal(u.status, 1);
+  assert.match(u.stderr, /unknown key 'batchsize' \(expected a flag name: .*\bbatch-size\b.*learning-rate.*; or a Hugging Face name: per_device_train_batch_size/);
+  assert.ok(!/batchSize|learningRate/.test(u.stderr), u.stderr);
+  await writeFile(bad, 'resume: maybe\n');
+  assert.match(nodetune('train', '--config', bad).stderr, /'resume': expected true or false/);
+});
+
+test('Ctrl-C during train prints "interrupted at step X: resume with --resume" and exits 130', async () => {
+  const { spawn } = await import('node:child_process');
+  const dir = join(tmp, 'interrupted');
+  const child = spawn(process.execPath, [CLI, 'train', '--model', model, '--train', trainCsv, '--eval', evalCsv, ...COLUMNS, '--output', dir,
+    '--max-steps', '100000', '--batch-size', '8', '--logging-steps', '1', '--threads', '2']);
+  let stderr = '';
+  let sent = false;
+  child.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+    if (!sent && stderr.includes('step 1/')) {
+      sent = true;
+      child.kill('SIGINT');
+    }
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  assert.equal(code, 130, stderr);
+  const m = /interrupted at step (\d+): resume with --resume/.exec(stderr);
+  assert.ok(m, stderr);
+  assert.ok(!stderr.includes('nodetune train: result'), 'no normal result table');
+  assert.equal(json(join(dir, 'checkpoint-last', 'trainer_state.json')).global_step, Number(m[1]));
+});
+
+test('range checks name the flag before the model is loaded; --output a file; missing paths name their flag', async () => {
+  const never = join(tmp, 'never-ranges');
+  for (const [flag, value, msg] of [
+    ['--adam-beta1', '1', '--adam-beta1 1: expected a number in [0, 1)'],
+    ['--adam-beta2', '-0.1', '--adam-beta2 -0.1: expected a number in [0, 1)'],
+    ['--adam-epsilon', '0', '--adam-epsilon 0: expected a number > 0'],
+    ['--weight-decay', '-1', '--weight-decay -1: expected a number ≥ 0'],
+    ['--max-grad-norm', '-1', '--max-grad-norm -1: expected a number ≥ 0'],
+    ['--label-smoothing', '1.5', '--label-smoothing 1.5: expected a number in [0, 1]'],
+    ['--validation-split', '1', '--validation-split 1: expected a number in (0, 1), or 0 for no split'],
+    ['--max-steps', '0', '--max-steps 0: expected -1 (use --epochs) or an integer > 0'],
+    ['--seed', '1e20', '--seed 100000000000000000000: expected a safe integer'],
+    ['--lr-scheduler-type', 'inverse_time', '--decay-rate is required for --lr-scheduler-type inverse_time'],
+  ]) {
+    const r = nodetune('train', '--model', model, '--train', trainCsv, '--output', never, flag, value);
+    assert.equal(r.status, 1, flag);
+    assert.ok(r.stderr.includes(`nodetune: ${msg}`), `${flag}: ${r.stderr}`);
+  }
+  assert.ok(!existsSync(never));
+  const file = join(tmp, 'a-file');
+  await writeFile(file, 'x');
+  const f = nodetune('train', '--model', model, '--train', trainCsv, ...COLUMNS, '--output', file);
+  assert.ok(f.stderr.includes(`--output ${file} is a file`), f.stderr);
+  const missing = join(tmp, 'no-such.csv');
+  const m = nodetune('train', '--model', model, '--train', missing, ...COLUMNS, '--output', never);
+  assert.ok(m.stderr.includes(`nodetune: --train ${missing} does not exist`), m.stderr);
+  const d = nodetune('predict', '--model', out, '--input', tmp);
+  assert.ok(d.stderr.includes(`nodetune: --input ${tmp} is a folder, expected a file`), d.stderr);
+  const w = ok(quick(join(tmp, 'capped'), '--max-length', '100000'));
+  assert.match(w.stderr, /warning: --max-length 100000 is above the model's max_position_embeddings; capped at \d+/);
+});
+
+test('no eval set: the result table is printed without metrics', () => {
+  const r = ok(nodetune('train', '--model', model, '--train', trainCsv, ...COLUMNS, '--output', join(tmp, 'no-eval'), '--validation-split', '0',
+    '--eval-strategy', 'no', '--max-steps', '2', '--batch-size', '8', '--threads', '2'));
+  assert.match(r.stderr, /nodetune train: result/);
+  assert.match(r.stderr, /eval\s+none/);
+  assert.ok(!/accuracy/.test(r.stderr));
+});

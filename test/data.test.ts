@@ -10,6 +10,7 @@ import {
   makeBatches,
   mulberry32,
   readDataset,
+  readTexts,
   stratifiedSplit,
   type Dataset,
 } from '../src/data/index.js';
@@ -240,4 +241,25 @@ test('mulberry32 matches the reference C implementation', () => {
   assert.deepEqual([a(), a(), a(), a()].map((x) => x * 2 ** 32), [2581720956, 1925393290, 3661312704, 2876485805]);
   const b = mulberry32(0xdeadbeef);
   assert.deepEqual([b(), b()].map((x) => x * 2 ** 32), [4043151706, 1147597007]);
+});
+
+test('readTexts (predict input) reads like readDataset: strict UTF-8, CSV errors with file:line, mixed line ends; empty input is an error', () => {
+  const enc = new TextEncoder();
+  const head = enc.encode('first\ncaf');
+  const bad = new Uint8Array([...head, 0xe9, 0x0a]);
+  throwsMatching(() => readTexts(file(bad, 'txt')), new RegExp(`f\\d+\\.txt:2:4: invalid UTF-8 at byte offset ${head.length} \\(byte 0xE9\\)`));
+  throwsMatching(() => readTexts(file(bad, 'csv')), /f\d+\.csv:2:4: invalid UTF-8/);
+  throwsMatching(() => readTexts(file('text\r\n"two\r\nlines"\r\nok\r\n"never closed\n')), /f\d+\.csv:5: a quoted field that starts in this row is never closed/);
+  throwsMatching(() => readTexts(file('id,body\n1,hello\n')), /f\d+\.csv:1: column "text" not found in the header; columns found: "id", "body"/);
+  // Mixed CRLF / LF / CR, with a label column present but not needed.
+  const csv = readTexts(file('\ufefftext,label\r\na b,x\nc d,y\r\n\r\n"e\nf",z\rg,w\n'));
+  assert.deepEqual(csv, [{ text: 'a b', line: 2 }, { text: 'c d', line: 3 }, { text: 'e\nf', line: 5 }, { text: 'g', line: 7 }]);
+  assert.deepEqual(readTexts(file('one\r\ntwo\n\n  \rthree', 'txt')).map((r) => [r.text, r.line]), [['one', 1], ['two', 2], ['three', 5]]);
+  assert.deepEqual(readTexts(file('{"text":"x"}\r\n\n{"text":"y"}\n', 'jsonl')).map((r) => r.text), ['x', 'y']);
+  throwsMatching(() => readTexts(file('{"body":"x"}\n', 'jsonl')), /f\d+\.jsonl:1: key "text" is missing/);
+  for (const [content, ext] of [['', 'txt'], ['\n  \n\r\n', 'txt'], ['text\n', 'csv'], ['\n', 'jsonl']]) {
+    throwsMatching(() => readTexts(file(content, ext)), new RegExp(`f\\d+\\.${ext}: no texts found`));
+  }
+  assert.deepEqual(readTexts('<stdin>', { bytes: enc.encode('a\nb\n'), format: 'lines' }).map((r) => r.text), ['a', 'b']);
+  throwsMatching(() => readTexts('<stdin>', { bytes: new Uint8Array([0x61, 0xff]), format: 'lines' }), /<stdin>:1:2: invalid UTF-8 at byte offset 1/);
 });

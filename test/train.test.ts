@@ -445,3 +445,14 @@ test('early stopping: with a metric that cannot improve, patience 2 stops after 
   assert.equal(new Set(r.result.evals.map((e) => e.accuracy)).size, 1);
   assert.ok(existsSync(join(args.output_dir, 'checkpoint-best/model.safetensors')));
 });
+
+test('Trainer resume compares the saved settings before loading any checkpoint tensor', async () => {
+  const rows = intentRows(16, 31);
+  const args: TrainingArguments = { output_dir: outDir(), max_steps: 2, per_device_train_batch_size: 4, eval_strategy: 'no' };
+  await train(noDropout, rows, null, args);
+  await assert.rejects(
+    train(noDropout, rows, null, { ...args, resume_from_checkpoint: true, per_device_train_batch_size: 8, learning_rate: 1e-3 }),
+    (err: Error) => /--batch-size: checkpoint 4, now 8/.test(err.message) && /--learning-rate: checkpoint 0.00005, now 0.001/.test(err.message),
+  );
+  await assert.rejects(train(noDropout, rows.slice(1), null, { ...args, resume_from_checkpoint: true }), /training examples: checkpoint 16, now 15/);
+});

@@ -1,5 +1,5 @@
 /** Shared pieces of the sub-commands: number parsing, --config files, tables. */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { extname } from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
 import YAML from 'yaml';
@@ -26,10 +26,34 @@ export function positiveInt(value: string): number {
 }
 
 const camel = (key: string) => key.replace(/[-_]([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+const kebab = (name: string) => name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/** Hugging Face TrainingArguments names whose flag is spelled differently (HF name → option attribute). */
+const HF_ALIASES: Record<string, string> = {
+  per_device_train_batch_size: 'batchSize',
+  per_device_eval_batch_size: 'evalBatchSize',
+  num_train_epochs: 'epochs',
+  label_smoothing_factor: 'labelSmoothing',
+  output_dir: 'output',
+  resume_from_checkpoint: 'resume',
+};
+
+const TRUE_WORDS = ['true', 'yes', 'on', '1'];
+const FALSE_WORDS = ['false', 'no', 'off', '0', ''];
+
+/** A boolean flag's value from a config file: true/false, or yes/no/on/off/1/0 as text (YAML 1.2 keeps `no` a string). */
+function parseBoolean(raw: unknown, where: string): boolean {
+  if (typeof raw === 'boolean') return raw;
+  const word = String(raw).trim().toLowerCase();
+  if (TRUE_WORDS.includes(word)) return true;
+  if (FALSE_WORDS.includes(word)) return false;
+  throw new Error(`${where}: expected true or false (or yes/no, 1/0), got ${JSON.stringify(raw)}`);
+}
 
 /**
  * Merges `--config file.json|yaml` into the parsed options: keys may be written
- * as flags (`learning-rate`), Hugging Face names (`learning_rate`) or camelCase.
+ * as flags (`learning-rate`, `batch-size`) or Hugging Face TrainingArguments names
+ * (`learning_rate`, `per_device_train_batch_size`); booleans also as yes/no, 1/0.
  * Flags given on the command line win over the file; the file wins over defaults.
  * @throws Error naming the file and the key that no flag matches, or a parse error.
  */
@@ -46,14 +70,21 @@ export async function applyConfigFile(cmd: Command, opts: Record<string, unknown
   if (data === null || typeof data !== 'object' || Array.isArray(data)) throw new Error(`--config ${path}: expected a mapping of flag names to values`);
   const known = new Map(cmd.options.map((o) => [o.attributeName(), o]));
   for (const [key, raw] of Object.entries(data as Record<string, unknown>)) {
-    const name = camel(key);
+    const name = HF_ALIASES[key] !== undefined && known.has(HF_ALIASES[key]) ? HF_ALIASES[key] : camel(key);
     const option = known.get(name);
     if (!option || name === 'config') {
-      throw new Error(`--config ${path}: unknown key '${key}' (expected one of: ${[...known.keys()].filter((k) => k !== 'config').join(', ')})`);
+      const names = [...known.keys()].filter((k) => k !== 'config').map(kebab);
+      const aliases = Object.keys(HF_ALIASES).filter((k) => known.has(HF_ALIASES[k]));
+      throw new Error(
+        `--config ${path}: unknown key '${key}' (expected a flag name: ${names.join(', ')}` +
+          `${aliases.length ? `; or a Hugging Face name: ${aliases.join(', ')}` : ''}; '-' and '_' are interchangeable)`,
+      );
     }
     if (cmd.getOptionValueSource(name) === 'cli') continue;
     let value = raw;
-    if (typeof raw !== 'boolean' && option.parseArg && raw !== null) {
+    if (option.isBoolean()) {
+      value = parseBoolean(raw, `--config ${path}: '${key}'`);
+    } else if (typeof raw !== 'boolean' && option.parseArg && raw !== null) {
       try {
         value = option.parseArg(String(raw), undefined as unknown as string);
       } catch (err) {
@@ -64,6 +95,30 @@ export async function applyConfigFile(cmd: Command, opts: Record<string, unknown
       throw new Error(`--config ${path}: '${key}' must be one of ${option.argChoices.join(', ')}, got '${value}'`);
     }
     opts[name] = value;
+  }
+}
+
+/** Options whose value is a path, so a raw ENOENT/EISDIR/EACCES can name the flag. */
+const PATH_FLAGS = ['train', 'eval', 'data', 'input', 'model', 'output', 'config'];
+const FILE_FLAGS = ['train', 'eval', 'data', 'input', 'config'];
+const isFolder = (p: string) => existsSync(p) && statSync(p).isDirectory();
+
+/**
+ * Runs `fn`; a file-system error (ENOENT, EISDIR, ENOTDIR, EACCES) is rethrown naming
+ * the flag whose value holds its path, and what went wrong in words.
+ */
+export async function explainPathErrors<T>(opts: Record<string, unknown>, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const what: Record<string, string> = { ENOENT: 'does not exist', EISDIR: 'is a folder, expected a file', ENOTDIR: 'is not a folder', EACCES: 'is not readable/writable (permission denied)' };
+    if (!e?.code || !what[e.code]) throw err;
+    // readFileSync on a folder throws EISDIR without a path: the file flag naming a folder is the culprit.
+    const path = e.path ?? (e.code === 'EISDIR' ? FILE_FLAGS.map((f) => opts[f]).find((v) => typeof v === 'string' && isFolder(v)) : undefined);
+    if (typeof path !== 'string') throw err;
+    const flag = PATH_FLAGS.find((f) => typeof opts[f] === 'string' && (path === opts[f] || path.startsWith(`${String(opts[f]).replace(/\/$/, '')}/`)));
+    throw new Error(`${flag ? `--${flag} ` : ''}${path} ${what[e.code]}`);
   }
 }
 

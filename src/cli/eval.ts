@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { evaluateFile } from '../train/evaluate.js';
 import { formatClassificationReport } from '../metrics/index.js';
 import { writeReport } from '../report/index.js';
-import { applyConfigFile, positiveInt, printTable, requireOptions } from './common.js';
+import { applyConfigFile, explainPathErrors, positiveInt, printTable, requireOptions } from './common.js';
 
 export function registerEval(program: Command): void {
   program
@@ -21,31 +21,33 @@ export function registerEval(program: Command): void {
     .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
     .option('--output <folder>', 'also write eval_results.json and report.html here')
     .option('--config <file>', 'JSON or YAML file holding any of these flags')
-    .action(async (opts: Record<string, unknown>, cmd: Command) => {
-      await applyConfigFile(cmd, opts);
-      requireOptions(opts, ['model', 'data']);
-      const results = await evaluateFile({
-        model: String(opts.model),
-        data: String(opts.data),
-        text_column: opts.textColumn as string,
-        text_pair_column: opts.textPairColumn as string | undefined,
-        label_column: opts.labelColumn as string,
-        max_length: opts.maxLength as number,
-        batch_size: opts.batchSize as number,
-        threads: opts.threads as number | undefined,
-      });
-      process.stdout.write(`${formatClassificationReport(results)}\n`);
-      if (opts.output) {
-        const out = String(opts.output);
-        await mkdir(out, { recursive: true });
-        await writeFile(join(out, 'eval_results.json'), JSON.stringify(results, null, 1));
-        writeReport(out, { title: `nodetune eval: ${opts.model} on ${opts.data}`, trainLog: [], evalHistory: [], finalEval: results });
-      }
-      printTable('nodetune eval', [
-        ['accuracy', results.accuracy.toFixed(4)],
-        ['macro F1', results.macro_f1.toFixed(4)],
-        ['weighted F1', results.weighted_f1.toFixed(4)],
-        ['loss', (results.loss ?? NaN).toFixed(4)],
-      ]);
-    });
+    .action((opts: Record<string, unknown>, cmd: Command) => explainPathErrors(opts, () => runEval(cmd, opts)));
+}
+
+async function runEval(cmd: Command, opts: Record<string, unknown>): Promise<void> {
+  await applyConfigFile(cmd, opts);
+  requireOptions(opts, ['model', 'data']);
+  const results = await evaluateFile({
+    model: String(opts.model),
+    data: String(opts.data),
+    text_column: opts.textColumn as string,
+    text_pair_column: opts.textPairColumn as string | undefined,
+    label_column: opts.labelColumn as string,
+    max_length: opts.maxLength as number,
+    batch_size: opts.batchSize as number,
+    threads: opts.threads as number | undefined,
+  });
+  process.stdout.write(`${formatClassificationReport(results)}\n`);
+  if (opts.output) {
+    const out = String(opts.output);
+    await mkdir(out, { recursive: true });
+    await writeFile(join(out, 'eval_results.json'), JSON.stringify(results, null, 1));
+    writeReport(out, { title: `nodetune eval: ${opts.model} on ${opts.data}`, trainLog: [], evalHistory: [], finalEval: results });
+  }
+  printTable('nodetune eval', [
+    ['accuracy', results.accuracy.toFixed(4)],
+    ['macro F1', results.macro_f1.toFixed(4)],
+    ['weighted F1', results.weighted_f1.toFixed(4)],
+    ['loss', (results.loss ?? NaN).toFixed(4)],
+  ]);
 }

@@ -4,48 +4,30 @@
  */
 import { Command, Option } from 'commander';
 import { readFileSync } from 'node:fs';
-import { extname } from 'node:path';
-import { parse } from 'csv-parse/sync';
+import { readTexts as readTextRecords } from '../data/index.js';
 import { Classifier, type Prediction } from '../classifier.js';
-import { applyConfigFile, positiveInt, requireOptions } from './common.js';
+import { applyConfigFile, explainPathErrors, positiveInt, requireOptions } from './common.js';
 
 /**
- * Texts from a file or stdin ('-'): .csv/.tsv take --text-column; .jsonl/.ndjson
- * take {"text": ...} objects; any other file is one text per line; on stdin a
- * line starting with '{' is read as a JSON object.
- * @throws Error naming file and line of a record without the text column.
+ * Texts from a file or stdin ('-') through the training data reader (strict UTF-8,
+ * same CSV/TSV/JSONL parsing): .csv/.tsv take --text-column; .jsonl/.ndjson take
+ * {"text": ...} objects; any other file is one text per line; stdin is JSONL when
+ * its first non-blank line starts with '{', else one text per line.
+ * @throws Error naming file, line and column of a bad record, or an input without texts.
  */
 export function readTexts(input: string, textColumn: string): string[] {
-  const source = input === '-' ? '<stdin>' : input;
-  const raw = readFileSync(input === '-' ? 0 : input, 'utf8').replace(/^\ufeff/, '');
-  const ext = extname(input).toLowerCase();
-  if (ext === '.csv' || ext === '.tsv') {
-    const rows = parse(raw, { columns: true, delimiter: ext === '.tsv' ? '\t' : ',', skip_empty_lines: true, bom: true }) as Record<string, string>[];
-    return rows.map((r, i) => {
-      if (typeof r[textColumn] !== 'string') throw new Error(`${source}: record ${i + 1} has no column '${textColumn}' (use --text-column)`);
-      return r[textColumn];
-    });
-  }
-  const lines = raw.split(/\r?\n/);
-  const texts: string[] = [];
-  lines.forEach((line, i) => {
-    if (line.trim() === '') return;
-    // A named plain-text file is one text per line, even a line that starts with '{'; stdin may be JSONL.
-    if (ext === '.jsonl' || ext === '.ndjson' || (input === '-' && line.trimStart().startsWith('{'))) {
-      let obj: unknown;
-      try {
-        obj = JSON.parse(line);
-      } catch (err) {
-        throw new Error(`${source}:${i + 1}: not valid JSON: ${(err as Error).message}`);
-      }
-      const text = (obj as Record<string, unknown>)?.[textColumn];
-      if (typeof text !== 'string') throw new Error(`${source}:${i + 1}: expected a JSON object with a string "${textColumn}"`);
-      texts.push(text);
-    } else {
-      texts.push(line);
-    }
+  if (input !== '-') return readTextRecords(input, { textColumn }).map((r) => r.text);
+  const bytes = readFileSync(0);
+  const first = new TextDecoder().decode(bytes.subarray(0, 4096)).replace(/^\ufeff/, '').trimStart();
+  return readTextRecords('<stdin>', { textColumn, bytes, format: first.startsWith('{') ? 'jsonl' : 'lines' }).map((r) => r.text);
+}
+
+/** `predict | head` closes stdout early: stop quietly instead of an EPIPE stack trace. */
+function exitQuietlyOnEpipe(): void {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
   });
-  return texts;
 }
 
 export function registerPredict(program: Command): void {
@@ -62,24 +44,29 @@ export function registerPredict(program: Command): void {
     .option('--threads <n>', 'CPU threads', positiveInt)
     .option('--config <file>', 'JSON or YAML file holding any of these flags')
     .action(async (opts: Record<string, unknown>, cmd: Command) => {
-      await applyConfigFile(cmd, opts);
-      requireOptions(opts, ['model', 'input']);
-      const texts = readTexts(String(opts.input), opts.textColumn as string);
-      const classifier = await Classifier.load(String(opts.model), {
-        backend: opts.backend as 'native' | 'onnx',
-        maxLength: opts.maxLength as number,
-        batchSize: opts.batchSize as number,
-        threads: opts.threads as number | undefined,
-      });
-      try {
-        const topK = opts.topK as number;
-        const results = (await classifier.classify(texts, { topK })) as Prediction[][];
-        for (let i = 0; i < texts.length; i++) {
-          const top = results[i];
-          process.stdout.write(`${JSON.stringify({ text: texts[i], label: top[0].label, score: top[0].score, top_k: top })}\n`);
-        }
-      } finally {
-        await classifier.dispose();
-      }
+      exitQuietlyOnEpipe();
+      await explainPathErrors(opts, () => predict(cmd, opts));
     });
+}
+
+async function predict(cmd: Command, opts: Record<string, unknown>): Promise<void> {
+  await applyConfigFile(cmd, opts);
+  requireOptions(opts, ['model', 'input']);
+  const texts = readTexts(String(opts.input), opts.textColumn as string);
+  const classifier = await Classifier.load(String(opts.model), {
+    backend: opts.backend as 'native' | 'onnx',
+    maxLength: opts.maxLength as number,
+    batchSize: opts.batchSize as number,
+    threads: opts.threads as number | undefined,
+  });
+  try {
+    const topK = opts.topK as number;
+    const results = (await classifier.classify(texts, { topK })) as Prediction[][];
+    for (let i = 0; i < texts.length; i++) {
+      const top = results[i];
+      process.stdout.write(`${JSON.stringify({ text: texts[i], label: top[0].label, score: top[0].score, top_k: top })}\n`);
+    }
+  } finally {
+    await classifier.dispose();
+  }
 }

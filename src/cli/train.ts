@@ -8,7 +8,7 @@ import cliProgress from 'cli-progress';
 import { fineTune, type FineTuneOptions } from '../train/finetune.js';
 import type { LogEntry, EvalEntry } from '../train/trainer.js';
 import { SCHEDULER_TYPES } from '../train/schedule.js';
-import { applyConfigFile, num, int, positiveInt, printTable, requireOptions } from './common.js';
+import { applyConfigFile, explainPathErrors, num, int, positiveInt, printTable, requireOptions } from './common.js';
 
 export function registerTrain(program: Command): void {
   program
@@ -53,25 +53,64 @@ export function registerTrain(program: Command): void {
     .option('--device <device>', "'cpu', 'cuda' or 'cuda:N'", 'cpu')
     .addOption(new Option('--precision <p>', 'fp32, or bf16 mixed precision (CUDA)').choices(['fp32', 'bf16']).default('fp32'))
     .option('--resume', 'resume from <output>/checkpoint-last')
+    .option('--overwrite-output-dir', "delete a previous run's outputs in --output first")
     .option('--config <file>', 'JSON or YAML file holding any of these flags')
     .action(async (opts: Record<string, unknown>, cmd: Command) => {
-      await applyConfigFile(cmd, opts);
-      requireOptions(opts, ['model', 'train', 'output']);
-      const result = await fineTune(toOptions(opts));
-      if (result.eval) {
-        printTable('nodetune train: result', [
-          ['output', result.output_dir],
-          ['train / eval examples', `${result.train_examples} / ${result.eval_examples}`],
-          ['accuracy', result.eval.accuracy.toFixed(4)],
-          ['macro F1', result.eval.macro_f1.toFixed(4)],
-          ['weighted F1', result.eval.weighted_f1.toFixed(4)],
-          ['eval loss', (result.eval.loss ?? NaN).toFixed(4)],
-          ['best step', String(result.best_step)],
-          ['stopped early', String(result.stopped_early)],
-          ['wall time', `${result.seconds.toFixed(0)} s`],
-        ]);
-      }
+      await explainPathErrors(opts, async () => {
+        await applyConfigFile(cmd, opts);
+        requireOptions(opts, ['model', 'train', 'output']);
+        checkRanges(opts);
+        const result = await fineTune(toOptions(opts));
+        if (result.interrupted) {
+          process.stderr.write(`interrupted at step ${result.global_step}: resume with --resume\n`);
+          process.exitCode = 130;
+          return;
+        }
+        printResult(result);
+      });
     });
+}
+
+function printResult(result: Awaited<ReturnType<typeof fineTune>>): void {
+  const metrics: Array<[string, string]> = result.eval
+    ? [
+        ['accuracy', result.eval.accuracy.toFixed(4)],
+        ['macro F1', result.eval.macro_f1.toFixed(4)],
+        ['weighted F1', result.eval.weighted_f1.toFixed(4)],
+        ['eval loss', (result.eval.loss ?? NaN).toFixed(4)],
+        ['best step', String(result.best_step)],
+        ['stopped early', String(result.stopped_early)],
+      ]
+    : [['eval', 'none (no --eval and --validation-split 0)']];
+  printTable('nodetune train: result', [
+    ['output', result.output_dir],
+    ['train / eval examples', `${result.train_examples} / ${result.eval_examples}`],
+    ['steps', String(result.global_step)],
+    ...metrics,
+    ['wall time', `${result.seconds.toFixed(0)} s`],
+  ]);
+}
+
+/** [flag, attribute, test, expected]: ranges checked before anything is loaded. */
+const RANGES: Array<[string, string, (x: number) => boolean, string]> = [
+  ['--adam-beta1', 'adamBeta1', (x) => x >= 0 && x < 1, 'a number in [0, 1)'],
+  ['--adam-beta2', 'adamBeta2', (x) => x >= 0 && x < 1, 'a number in [0, 1)'],
+  ['--adam-epsilon', 'adamEpsilon', (x) => x > 0, 'a number > 0'],
+  ['--weight-decay', 'weightDecay', (x) => x >= 0, 'a number ≥ 0'],
+  ['--max-grad-norm', 'maxGradNorm', (x) => x >= 0, 'a number ≥ 0 (0 = off)'],
+  ['--label-smoothing', 'labelSmoothing', (x) => x >= 0 && x <= 1, 'a number in [0, 1]'],
+  ['--validation-split', 'validationSplit', (x) => x >= 0 && x < 1, 'a number in (0, 1), or 0 for no split'],
+  ['--max-steps', 'maxSteps', (x) => x === -1 || x > 0, '-1 (use --epochs) or an integer > 0'],
+  ['--seed', 'seed', (x) => Number.isSafeInteger(x), 'a safe integer'],
+];
+
+/** @throws Error naming the flag, its value and the accepted range. */
+function checkRanges(o: Record<string, unknown>): void {
+  for (const [flag, key, ok, expected] of RANGES) {
+    const v = o[key];
+    if (v !== undefined && !(typeof v === 'number' && ok(v))) throw new Error(`${flag} ${String(v)}: expected ${expected}`);
+  }
+  if (o.lrSchedulerType === 'inverse_time' && o.decayRate === undefined) throw new Error('--decay-rate is required for --lr-scheduler-type inverse_time');
 }
 
 function classWeights(v: unknown): FineTuneOptions['class_weights'] {
@@ -122,7 +161,8 @@ function toOptions(o: Record<string, unknown>): FineTuneOptions {
     threads: o.threads as number | undefined,
     device: o.device as string,
     precision: o.precision as 'fp32' | 'bf16',
-    resume_from_checkpoint: Boolean(o.resume),
+    resume_from_checkpoint: o.resume === true,
+    overwrite_output_dir: o.overwriteOutputDir === true,
     log: (line) => process.stderr.write(`${line}\n`),
   };
   opts.onTrainer = (trainer) => {

@@ -1,6 +1,6 @@
 /** Datasets: reading, labels, splits, batching, and the seeded PRNG behind them. */
-export { readDataset, formatFromPath } from './read.js';
-export type { Dataset, DatasetFormat, Example, ReadDatasetOptions } from './read.js';
+export { readDataset, readTexts, formatFromPath } from './read.js';
+export type { Dataset, DatasetFormat, Example, ReadDatasetOptions, ReadTextsOptions, TextRecord } from './read.js';
 export { buildLabelMap, encodeLabels, labelMapFromNames, lookupLabel, sortedLabels } from './labels.js';
 export type { LabelMap, LabelSource } from './labels.js';
 export { stratifiedSplit } from './split.js';

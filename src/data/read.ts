@@ -57,16 +57,53 @@ export function readDataset(path: string, options: ReadDatasetOptions = {}): Dat
   const textColumn = options.textColumn ?? 'text';
   const labelColumn = options.labelColumn ?? 'label';
   const columns = [textColumn, ...(options.textPairColumn ? [options.textPairColumn] : []), labelColumn];
-  const format = options.format ?? formatFromPath(path);
-  const bytes = readFileSync(path);
-  const { text, bomLength } = decodeUtf8(bytes, path);
-  const records =
-    format === 'jsonl'
-      ? jsonlRecords(text, path)
-      : delimitedRecords(bytes.subarray(bomLength), path, format === 'tsv' ? '\t' : ',', columns);
+  const records = readRecords(path, readFileSync(path), options.format ?? formatFromPath(path), columns);
   const examples = records.map((r) => toExample(r, path, textColumn, options.textPairColumn, labelColumn));
   if (examples.length === 0) throw new Error(`${path}: no examples found (expected a header and at least one row)`);
   return { path, examples };
+}
+
+export interface ReadTextsOptions {
+  /** Column (CSV/TSV header name, JSONL key) holding the text. Default 'text'. Unused for 'lines'. */
+  textColumn?: string;
+  /** 'lines' = one text per non-blank line. Default: from the extension, 'lines' for any other. */
+  format?: DatasetFormat | 'lines';
+  /** The file's bytes when already read (stdin); `path` then only names the source in errors. */
+  bytes?: Uint8Array;
+}
+
+/** One unlabelled text and the 1-based line where its record starts. */
+export interface TextRecord {
+  text: string;
+  line: number;
+}
+
+/**
+ * Reads texts to classify (no labels) with the same strict UTF-8 decoding and the same
+ * CSV/TSV/JSONL parsing as readDataset; any other extension is one text per line
+ * (CRLF, LF or CR line ends; blank lines skipped; texts kept verbatim).
+ * @throws Error naming `path:line[:column]` as readDataset does, or `path` when it holds no texts.
+ */
+export function readTexts(path: string, options: ReadTextsOptions = {}): TextRecord[] {
+  const textColumn = options.textColumn ?? 'text';
+  const bytes = options.bytes ?? readFileSync(path);
+  const ext = extname(path).toLowerCase();
+  const format = options.format ?? (['.csv', '.tsv', '.tab', '.jsonl', '.ndjson'].includes(ext) ? formatFromPath(path) : 'lines');
+  let texts: TextRecord[];
+  if (format === 'lines') {
+    const { text } = decodeUtf8(bytes, path);
+    texts = text.split(/\r\n|\n|\r/).flatMap((t, i) => (t.trim() === '' ? [] : [{ text: t, line: i + 1 }]));
+  } else {
+    texts = readRecords(path, bytes, format, [textColumn]).map((r) => ({ text: requireText(r, path, textColumn), line: r.line }));
+  }
+  if (texts.length === 0) throw new Error(`${path}: no texts found (the input is empty${format === 'lines' ? ' or blank' : ' or has only a header'}); expected at least one text`);
+  return texts;
+}
+
+/** Strictly decoded records of a CSV/TSV/JSONL file whose header must hold `columns`. */
+function readRecords(path: string, bytes: Uint8Array, format: DatasetFormat, columns: string[]): RawRecord[] {
+  const { text, bomLength } = decodeUtf8(bytes, path);
+  return format === 'jsonl' ? jsonlRecords(text, path) : delimitedRecords(bytes.subarray(bomLength), path, format === 'tsv' ? '\t' : ',', columns);
 }
 
 /** The format implied by a file extension. @throws Error for an unknown extension. */
