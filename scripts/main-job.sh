@@ -10,7 +10,7 @@ node dist/src/cli/main.js train \
   --model .cache/models/all-MiniLM-L6-v2 \
   --train data/banking77/train.csv --eval data/banking77/test.csv \
   --text-column text --label-column category \
-  --output "$out" --epochs 3 --batch-size 16 --learning-rate 2e-4 --warmup-ratio 0.1
+  --output "$out" --overwrite-output-dir --epochs 3 --batch-size 16 --learning-rate 2e-4 --warmup-ratio 0.1
 node dist/src/cli/main.js export --model "$out"
 printf 'I still have not received my new card\nhow do I top up with apple pay?\n' |
   node dist/src/cli/main.js predict --model "$out" --input - --backend onnx --top-k 3
