@@ -136,3 +136,11 @@ export function requireOptions(opts: Record<string, unknown>, names: string[]): 
     throw new Error(`missing required option${missing.length > 1 ? 's' : ''} ${missing.map((n) => `--${n.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} (give it as a flag or in --config)`);
   }
 }
+
+/** The column flags every command that reads labelled data takes. */
+export function withDataColumns(cmd: Command): Command {
+  return cmd
+    .option('--text-column <name>', 'column holding the text', 'text')
+    .option('--text-pair-column <name>', 'column holding the second text of a pair')
+    .option('--label-column <name>', 'column holding the label', 'label');
+}

@@ -5,17 +5,16 @@ import { join } from 'node:path';
 import { evaluateFile } from '../train/evaluate.js';
 import { formatClassificationReport } from '../metrics/index.js';
 import { writeReport } from '../report/index.js';
-import { applyConfigFile, explainPathErrors, positiveInt, printTable, requireOptions } from './common.js';
+import { applyConfigFile, explainPathErrors, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
 
 export function registerEval(program: Command): void {
-  program
-    .command('eval')
-    .description('evaluate a fine-tuned model folder on a labelled file: accuracy, F1s, per-class report, confusion matrix')
+  withDataColumns(
+    program
+      .command('eval')
+      .description('evaluate a fine-tuned model folder on a labelled file: accuracy, F1s, per-class report, confusion matrix'),
+  )
     .option('--model <folder>', 'fine-tuned model folder (config.json with id2label)')
     .option('--data <file>', 'labelled data (.csv, .tsv, .jsonl)')
-    .option('--text-column <name>', 'column holding the text', 'text')
-    .option('--text-pair-column <name>', 'column holding the second text of a pair')
-    .option('--label-column <name>', 'column holding the label', 'label')
     .option('--max-length <n>', 'truncate to n tokens', positiveInt, 128)
     .option('--batch-size <n>', 'examples per forward pass', positiveInt, 64)
     .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)

@@ -8,19 +8,18 @@ import cliProgress from 'cli-progress';
 import { fineTune, type FineTuneOptions } from '../train/finetune.js';
 import type { LogEntry, EvalEntry } from '../train/trainer.js';
 import { SCHEDULER_TYPES } from '../train/schedule.js';
-import { applyConfigFile, explainPathErrors, num, int, positiveInt, printTable, requireOptions } from './common.js';
+import { applyConfigFile, explainPathErrors, num, int, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
 
 export function registerTrain(program: Command): void {
-  program
-    .command('train')
-    .description('fine-tune a pretrained BERT-family model as a sequence classifier, evaluate it, keep the best checkpoint')
+  withDataColumns(
+    program
+      .command('train')
+      .description('fine-tune a pretrained BERT-family model as a sequence classifier, evaluate it, keep the best checkpoint'),
+  )
     .option('--model <folder|repo-id>', 'Hugging Face model folder or Hub repo id')
     .option('--train <file>', 'training data (.csv, .tsv, .jsonl)')
     .option('--eval <file>', 'evaluation data; default: a stratified split of --train')
     .option('--output <folder>', 'output folder (model, eval_results.json, training_log.jsonl, report.html)')
-    .option('--text-column <name>', 'column holding the text', 'text')
-    .option('--text-pair-column <name>', 'column holding the second text of a pair')
-    .option('--label-column <name>', 'column holding the label', 'label')
     .option('--validation-split <fraction>', 'held-out fraction when --eval is absent', num, 0.1)
     .option('--max-length <n>', 'truncate to n tokens', positiveInt, 128)
     .option('--epochs <n>', 'num_train_epochs', num, 3)
