@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Engine, loadAddon, type Batch } from '../src/engine.js';
 import type { BertConfig } from '../src/config.js';
 import { readSafetensors } from '../src/io/safetensors.js';
+import { loadModel } from '../src/model.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const fixture = join(root, 'test/fixtures/tiny-bert');
@@ -377,4 +378,23 @@ test('bad optimizer options and misuse throw naming the option', async () => {
   await assert.rejects(engine.accumulate(f.batch, { lossScale: NaN }), /lossScale must be a number >= 0/);
   assert.throws(() => engine.setCounters({ optimizerStep: 1e20, microStep: 0 }), /optimizerStep must be an integer in \[0, 2\^53\)/);
   await engine.dispose();
+});
+
+test('all-MiniLM-L6-v2 + a fixed head: logits on 29 sentences padded in one batch match HF within 1e-4', async () => {
+  const folder = join(root, '.cache/models/all-MiniLM-L6-v2');
+  const fx = join(root, 'test/fixtures/minilm-head');
+  const meta = JSON.parse(await readFile(join(fx, 'sentences.json'), 'utf8'));
+  const model = await loadModel(folder, { num_labels: meta.num_labels, threads: 2, log: () => undefined });
+  for (const [name, w] of await tensors(join(fx, 'head.safetensors'))) model.engine.setWeight(name, w);
+  const rows = meta.sentences as Array<{ text: string; input_ids: number[]; attention_mask: number[]; token_type_ids: number[] }>;
+  const [B, T] = meta.shape as [number, number];
+  // our tokenizer gives the same padded batch as HF's
+  const enc = model.tokenizer.encodeBatch(rows.map((r) => r.text), null, { maxLength: 128 });
+  assert.deepEqual([enc.batchSize, enc.seqLen], [B, T]);
+  assert.deepEqual(Array.from(enc.input_ids), rows.flatMap((r) => r.input_ids));
+  const { logits } = await model.engine.forward(enc);
+  const ref = (await tensors(join(fx, 'logits.safetensors'))).get('logits')!;
+  const maxAbs = logits.reduce((m, x, i) => Math.max(m, Math.abs(x - ref[i])), 0);
+  assert.ok(maxAbs < 1e-4, `max |Δ| ${maxAbs}`);
+  await model.engine.dispose();
 });
