@@ -49,7 +49,7 @@ export interface TrainBenchOptions {
   threads?: number;
   /** Timed steps; default: as many as fit in about 3 s after warm-up, between 3 and 20. */
   steps?: number;
-  /** Untimed warm-up steps (default 1). */
+  /** Untimed warm-up steps (default 2: PyTorch is still warming up oneDNN and its allocator on the first two). */
   warmup?: number;
   /** Run the PyTorch peer (default true). */
   torch?: boolean;
@@ -218,7 +218,7 @@ export async function runTrainBench(opts: TrainBenchOptions = {}): Promise<Bench
   const seqs = opts.seqs ?? [32, 128];
   const B = opts.batch ?? 32;
   const threads = opts.threads ?? 2;
-  const warmup = opts.warmup ?? 1;
+  const warmup = opts.warmup ?? 2;
   const seed = opts.seed ?? 0;
   for (const [k, v] of Object.entries({ batch: B, threads, ...Object.fromEntries(seqs.map((t, i) => [`seq[${i}]`, t])) })) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`--${k}: expected a positive integer, got ${v}`);

@@ -43,7 +43,7 @@ export function addTrainOptions(cmd: Command): Command {
     .option('--batch <n>', 'batch size B', positive, 32)
     .option('--threads <n>', 'threads for nodetune and torch', positive, 2)
     .option('--steps <n>', 'timed steps (default: ~3 s worth, 3 to 20)', positive)
-    .option('--warmup <n>', 'untimed warm-up steps', int, 1)
+    .option('--warmup <n>', 'untimed warm-up steps (both sides)', int, 2)
     .option('--no-torch', 'skip the PyTorch peer (scripts/reference/bench_torch.py)')
     .option('--python <path>', 'Python interpreter for the peer (default $PYTHON or python3)')
     .addOption(new Option('--torch-attn <impl>', 'HF attention implementation of the peer').choices(['sdpa', 'eager']).default('sdpa'))
