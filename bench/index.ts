@@ -2,7 +2,8 @@
  * `npm run bench [-- options]`: the training-step benchmark (bench/train.ts,
  * beside PyTorch eager) and then the inference benchmark (bench/inference.ts,
  * beside onnxruntime-node). Options go to the training benchmark; --batch,
- * --seq, --threads and --markdown also go to the inference one.
+ * --seq, --threads and --markdown also go to the inference one. With --json
+ * only the training benchmark runs, so stdout is one JSON document.
  */
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
@@ -17,7 +18,9 @@ args.forEach((a, i) => {
   if (a === '--markdown') inferenceArgs.push(a);
 });
 
-for (const [script, argv] of [['train.js', args], ['inference.js', inferenceArgs]] as const) {
+const runs: Array<[string, string[]]> = [['train.js', args]];
+if (!args.includes('--json')) runs.push(['inference.js', inferenceArgs]);
+for (const [script, argv] of runs) {
   const run = spawnSync(process.execPath, [join(here, script), ...argv], { stdio: 'inherit' });
   if (run.status !== 0) process.exit(run.status ?? 1);
 }

@@ -3,7 +3,7 @@
  * `nodetune bench kernels`): each CPU kernel at MiniLM-L6 B=32 T=128 shapes
  * against the machine's sgemm and memory-copy ceilings, measured in the same
  * run. Needs build/Release/nodetune_bench_kernels (Google Benchmark). About
- * 2 minutes on a 2-core machine. Example:
+ * 1 minute on a 2-core machine. Example:
  *   node dist/bench/kernels.js --threads 2 --markdown
  */
 import { Command } from 'commander';

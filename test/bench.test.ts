@@ -1,7 +1,7 @@
 // The benchmark tools: `nodetune bench kernels` on tiny shapes (every kernel
 // present, FLOP/byte counts checked against independent formulas, both
 // ceilings measured), the roofline post-processing on hand-computed numbers,
-// and `npm run bench` (bench/train.ts) for one step without torch.
+// and bench/train.ts (the training half of `npm run bench`) for one step without torch.
 // No timing asserts: only that figures exist, are positive and are consistent.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -131,7 +131,7 @@ test('formatTable: aligned columns, percentages, and the reason for an empty cel
   assert.ok(lines.includes('bb     100.0%  torch not installed'), text);
 });
 
-test('npm run bench (bench/train.ts): one step of bert-tiny without torch, JSON fields', async () => {
+test('bench/train.ts (the first half of npm run bench): one step of bert-tiny without torch, JSON fields', async () => {
   const { stdout } = await run(process.execPath, [
     join(repoRoot, 'dist/bench/train.js'), '--shapes', 'bert-tiny', '--seq', '16', '--batch', '4', '--steps', '1', '--threads', '1', '--no-torch', '--json',
   ]);

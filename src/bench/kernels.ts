@@ -8,8 +8,9 @@
  * moving at least M bytes cannot take less than max(F / P, M / BW) seconds,
  * P = the sgemm ceiling (GFLOP/s), BW = the copy ceiling (GB/s). Its fraction
  * of the roof is that bound over the measured time; `bound` says which term
- * is larger. The copy ceiling is DRAM bandwidth, so a memory-bound kernel
- * whose working set stays in cache can exceed 100%.
+ * is larger. The copy ceiling is DRAM bandwidth at 1:1 read:write, so a
+ * memory-bound kernel whose working set stays in cache, or that mostly
+ * reads (AdamW: 4 reads per 3 writes), can exceed 100%.
  *
  * CUDA hook: `--device cuda` runs build/Release/nodetune_bench_cuda instead,
  * which the CUDA build (native/cuda) provides; it must keep the contract
@@ -264,7 +265,7 @@ export function kernelReport(json: GoogleBenchmarkJson): BenchReport {
     rows,
     notes: [
       `roof = min(sgemm ceiling ${(peakFlops / 1e9).toFixed(1)} GFLOP/s, arithmetic intensity x copy ceiling ${(peakBytes / 1e9).toFixed(1)} GB/s), both measured in this run (fastest repetition); "of roof" = roof-bound time / median time`,
-      'memory-bound kernels above 100% kept their working set in cache (the copy ceiling is DRAM)',
+      'a memory-bound kernel above 100% kept its working set in cache (the copy ceiling is DRAM) or reads more than it writes (the copy is 1:1; reads are cheaper than writes on many machines)',
       `furthest from the roof: ${worst.map((r) => `${r.kernel} ${pct(r)}`).join(', ')}`,
       ...(weighed.length
         ? [`these kernels add up to ${stepMs.toFixed(1)} ms of one training step (median x calls per step; pooler/classifier GEMMs, dropout, residual adds and the gradient norm are not in the suite); largest shares: ${heaviest.map((r) => `${r.kernel} ${r.ms_per_step.toFixed(1)} ms at ${pct(r)} of roof`).join(', ')}`]
