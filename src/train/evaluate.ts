@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { readDataset, labelMapFromNames, encodeLabels } from '../data/index.js';
 import { loadModel } from '../model.js';
 import type { EvalResults } from '../metrics/index.js';
-import { evaluateExamples, readJsonFile } from './trainer.js';
+import { encodeExamples, evaluateExamples, readJsonFile } from './trainer.js';
 
 export interface EvaluateFileOptions {
   model: string;
@@ -35,8 +35,7 @@ export async function evaluateFile(o: EvaluateFileOptions): Promise<EvalResults>
   const model = await loadModel(o.model, { threads: o.threads, log: () => undefined });
   try {
     const maxLength = Math.min(o.max_length ?? 128, model.config.max_position_embeddings);
-    const examples = ds.examples.map((e, i) => ({ ...model.tokenizer.encode(e.text, e.textPair ?? null, { maxLength }), label: ids[i] }));
-    return await evaluateExamples(model, examples, o.batch_size ?? 64);
+    return await evaluateExamples(model, encodeExamples(model.tokenizer, ds.examples, ids, maxLength), o.batch_size ?? 64);
   } finally {
     await model.engine.dispose();
   }

@@ -14,8 +14,8 @@ import { resolveModel } from '../io/hub.js';
 import { writeReport } from '../report/index.js';
 import type { EvalResults } from '../metrics/index.js';
 import {
-  Trainer, evaluateExamples, validateTrainingArguments, checkResumeSettings, readJsonFile, resumeSettings,
-  type EncodedExample, type TrainingArguments,
+  Trainer, encodeExamples, evaluateExamples, validateTrainingArguments, checkResumeSettings, readJsonFile, resumeSettings,
+  type TrainingArguments,
 } from './trainer.js';
 
 export interface FineTuneOptions extends TrainingArguments {
@@ -125,11 +125,6 @@ export function prepareData(o: FineTuneOptions, configLabel2id?: Record<string, 
   return { train, eval: evalSet, labels };
 }
 
-function encode(model: Model, ds: Dataset, labels: LabelMap, maxLength: number): EncodedExample[] {
-  const ids = encodeLabels(ds, labels);
-  return ds.examples.map((e, i) => ({ ...model.tokenizer.encode(e.text, e.textPair ?? null, { maxLength }), label: ids[i] }));
-}
-
 /** scikit-learn's compute_class_weight('balanced'): n_samples / (n_classes × count). */
 function classWeights(o: FineTuneOptions, data: PreparedData): Float32Array | undefined {
   if (!o.class_weights) return undefined;
@@ -185,8 +180,9 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
   try {
     const maxLength = Math.min(o.max_length ?? 128, model.config.max_position_embeddings);
     if (maxLength < (o.max_length ?? 128)) log(`warning: --max-length ${o.max_length} is above the model's max_position_embeddings; capped at ${maxLength}`);
-    const train = encode(model, data.train, labels, maxLength);
-    const evalSet = data.eval ? encode(model, data.eval, labels, maxLength) : null;
+    const encode = (ds: Dataset) => encodeExamples(model.tokenizer, ds.examples, encodeLabels(ds, labels), maxLength);
+    const train = encode(data.train);
+    const evalSet = data.eval ? encode(data.eval) : null;
     freeze(model, o);
     log(`device: ${model.engine.device()}, precision ${o.precision ?? 'fp32'}`);
     log(`train: ${train.length} examples from ${data.train.path}; eval: ${evalSet?.length ?? 0}; labels: ${labels.num_labels}`);
@@ -199,8 +195,9 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
     }
     // load_best_model_at_end: the best checkpoint's weights become the result.
     if (run.bestStep !== null && existsSync(trainer.bestDir)) {
+      const names = new Set(model.engine.parameterNames());
       for (const [name, t] of (await readSafetensors(join(trainer.bestDir, 'model.safetensors'))).tensors) {
-        if (t.data instanceof Float32Array && model.engine.parameterNames().includes(name)) model.engine.setWeight(name, t.data);
+        if (t.data instanceof Float32Array && names.has(name)) model.engine.setWeight(name, t.data);
       }
     }
     await saveModel(model, o.output_dir);

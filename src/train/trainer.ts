@@ -13,11 +13,11 @@ import { join } from 'node:path';
 import type { Batch } from '../engine.js';
 import type { Model } from '../model.js';
 import { saveModel } from '../model.js';
-import { makeBatches } from '../data/index.js';
+import { makeBatches, type Example } from '../data/index.js';
 import { getScheduler, type SchedulerType, type LrSchedule } from './schedule.js';
 import { computeMetrics, type EvalResults } from '../metrics/index.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
-import type { Encoding } from '../tokenizer/index.js';
+import type { BertTokenizer, Encoding } from '../tokenizer/index.js';
 
 export interface TrainingArguments {
   output_dir: string;
@@ -233,6 +233,16 @@ export function validateTrainingArguments(args: TrainingArguments): void {
   getScheduler({ name: a.lr_scheduler_type, learningRate: a.learning_rate, numTrainingSteps: 1, warmupSteps: a.warmup_steps, warmupRatio: a.warmup_ratio, decayRate: a.decay_rate });
 }
 
+/** Tokenizes each example (truncated to maxLength tokens) and attaches its class id labelIds[i]. */
+export function encodeExamples(
+  tokenizer: BertTokenizer,
+  examples: readonly Example[],
+  labelIds: ArrayLike<number>,
+  maxLength: number,
+): EncodedExample[] {
+  return examples.map((e, i) => ({ ...tokenizer.encode(e.text, e.textPair ?? null, { maxLength }), label: labelIds[i] }));
+}
+
 /** Pads encoded examples into one (B, T) batch (T = the longest). */
 export function collate(examples: EncodedExample[], padTokenId: number): Batch {
   const B = examples.length;
@@ -421,6 +431,11 @@ export class Trainer extends EventEmitter {
     this.window = { loss: 0, steps: 0, samples: 0, start: performance.now() };
   }
 
+  /** checkpoint-last's folder for an error message, or that there is none yet. */
+  private lastCheckpoint(): string {
+    return existsSync(this.lastDir) ? this.lastDir : '(none saved yet)';
+  }
+
   /** Accumulates the micro-batches of one window, then one AdamW step. */
   private async optimizerStep(window: number[][]): Promise<{ loss: number; gradNorm: number }> {
     const engine = this.model.engine;
@@ -434,7 +449,7 @@ export class Trainer extends EventEmitter {
         await engine.zeroGrad();
         throw new Error(
           `training stopped: the loss became ${out.loss} at optimizer step ${this.state.global_step + 1} (epoch ${this.state.epoch + 1}); ` +
-            `no update was applied. The last good checkpoint is ${existsSync(this.lastDir) ? this.lastDir : '(none saved yet)'}. ` +
+            `no update was applied. The last good checkpoint is ${this.lastCheckpoint()}. ` +
             'Try a lower --learning-rate or a --max-grad-norm.',
         );
       }
@@ -446,7 +461,7 @@ export class Trainer extends EventEmitter {
       throw new Error(
         `training stopped: the gradient norm became ${gradNorm} at optimizer step ${this.state.global_step + 1} (epoch ${this.state.epoch + 1}) ` +
           `although the loss was finite (${loss}); no update was applied. The last good checkpoint is ` +
-          `${existsSync(this.lastDir) ? this.lastDir : '(none saved yet)'}. Try a lower --learning-rate.`,
+          `${this.lastCheckpoint()}. Try a lower --learning-rate.`,
       );
     }
     this.state.global_step += 1;
