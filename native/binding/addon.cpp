@@ -413,7 +413,6 @@ private:
         return Guard(info.Env(), [&]() -> Napi::Value {
             nt::EngineBase& e = Live("forward");
             auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], false));
-            e.validate(batch->view(), false);
             auto logits = std::make_shared<std::vector<float>>((size_t)batch->B * e.config().num_labels);
             auto loss = std::make_shared<float>(0.0f);
             return Queue(
@@ -433,7 +432,6 @@ private:
         return Guard(info.Env(), [&]() -> Napi::Value {
             nt::EngineBase& e = Live("accumulate");
             auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], true));
-            e.validate(batch->view(), true);
             float scale = 1.0f;
             if (info.Length() > 1 && info[1].IsObject()) scale = get_float(info[1].As<Napi::Object>(), "lossScale", "options", 1.0f);
             if (!(scale >= 0.0f) || std::isnan(scale))
@@ -480,7 +478,6 @@ private:
         return Guard(info.Env(), [&]() -> Napi::Value {
             nt::EngineBase& e = Live("trainStep");
             auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], true));
-            e.validate(batch->view(), true);
             const float lr = LearningRate(info, 1, "trainStep");
             auto out = std::make_shared<std::pair<float, float>>(0.0f, 0.0f);
             return Queue(

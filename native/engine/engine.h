@@ -101,6 +101,7 @@ public:
     // EngineError naming the tensor, the position and the allowed range.
     void validate(const Batch& batch, bool need_labels) const;
 
+    // forward() and accumulate() validate the batch first (EngineError).
     // logits (B, num_labels) written to `logits`. train=false disables
     // dropout. Returns the mean loss when batch.labels is set, else 0.
     virtual float forward(const Batch& batch, float* logits, bool train) = 0;
