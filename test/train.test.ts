@@ -13,7 +13,7 @@ import { readSafetensors } from '../src/io/safetensors.js';
 import { getScheduler } from '../src/train/schedule.js';
 import { makeBatches } from '../src/data/index.js';
 import { fineTune, type FineTuneOptions } from '../src/train/finetune.js';
-import { Trainer, collate, type EncodedExample, type LogEntry, type TrainingArguments } from '../src/train/trainer.js';
+import { Trainer, collate, validateTrainingArguments, type EncodedExample, type LogEntry, type TrainingArguments } from '../src/train/trainer.js';
 import { INTENTS, intentRows, writeIntentCsv, writeTinyModel, type IntentRow } from './helpers/tiny-model.js';
 
 const THREADS = 2;
@@ -274,12 +274,43 @@ test('bad TrainingArguments are rejected before the model is loaded, naming the 
     [{ learning_rate: -1e-3 }, /^Error: learning_rate -0.001; expected a finite number >= 0$/],
     [{ early_stopping_patience: -1 }, /^Error: early_stopping_patience -1: expected an integer ≥ 0/],
     [{ early_stopping_patience: 2, eval_strategy: 'no' }, /^Error: early_stopping_patience 2 needs evaluations; eval_strategy is 'no'/],
+    // The engine would reject it too, but only after the model is loaded.
+    [{ adam_beta2: 1.5 }, /^Error: adam_beta2 1\.5: expected a number in \[0, 1\)$/],
   ];
   for (const [bad, message] of cases) {
     let loaded = false;
     await assert.rejects(fineTuneRows(rows, { ...bad, log: () => (loaded = true) }), message);
     assert.equal(loaded, false, `${JSON.stringify(bad)}: rejected before loading the model`);
   }
+});
+
+test('optimizer and seed arguments out of range are rejected naming the argument; defaults and edge values pass', () => {
+  const base = { output_dir: 'unused' };
+  const cases: Array<[Partial<TrainingArguments>, RegExp]> = [
+    [{ learning_rate: NaN }, /^Error: learning_rate NaN; expected a finite number >= 0$/],
+    [{ learning_rate: Infinity }, /^Error: learning_rate Infinity; expected a finite number >= 0$/],
+    [{ weight_decay: -0.01 }, /^Error: weight_decay -0\.01: expected a finite number ≥ 0$/],
+    [{ weight_decay: Infinity }, /^Error: weight_decay Infinity: expected a finite number ≥ 0$/],
+    [{ adam_beta1: 1 }, /^Error: adam_beta1 1: expected a number in \[0, 1\)$/],
+    [{ adam_beta1: -0.1 }, /^Error: adam_beta1 -0\.1: expected a number in \[0, 1\)$/],
+    [{ adam_beta2: 1.5 }, /^Error: adam_beta2 1\.5: expected a number in \[0, 1\)$/],
+    [{ adam_beta2: NaN }, /^Error: adam_beta2 NaN: expected a number in \[0, 1\)$/],
+    [{ adam_epsilon: 0 }, /^Error: adam_epsilon 0: expected a finite number > 0$/],
+    [{ adam_epsilon: Infinity }, /^Error: adam_epsilon Infinity: expected a finite number > 0$/],
+    [{ max_grad_norm: -1 }, /^Error: max_grad_norm -1: expected a finite number ≥ 0 \(0 = no clipping\)$/],
+    [{ max_grad_norm: NaN }, /^Error: max_grad_norm NaN: expected a finite number ≥ 0/],
+    [{ seed: 1.5 }, /^Error: seed 1\.5: expected an integer/],
+    [{ seed: 2 ** 60 }, /^Error: seed 1152921504606847000: expected an integer/],
+    // From JavaScript or a parsed config file a number may arrive as text.
+    [{ adam_beta1: '0.9' as unknown as number }, /^Error: adam_beta1 "0\.9": expected a number in \[0, 1\)$/],
+  ];
+  for (const [bad, message] of cases) {
+    assert.throws(() => validateTrainingArguments({ ...base, ...bad }), message, JSON.stringify(bad));
+  }
+  validateTrainingArguments(base);
+  // HF defaults, and the edges of each range: no decay, no clipping, no momentum, lr 0 (allowed as in HF), a negative seed.
+  validateTrainingArguments({ ...base, learning_rate: 5e-5, weight_decay: 0, adam_beta1: 0.9, adam_beta2: 0.999, adam_epsilon: 1e-8, max_grad_norm: 1, seed: 42 });
+  validateTrainingArguments({ ...base, learning_rate: 0, adam_beta1: 0, adam_beta2: 0, max_grad_norm: 0, seed: -7 });
 });
 
 test('a NaN loss stops training with a clear error; the checkpoint saved before it loads and resumes', async () => {

@@ -200,6 +200,29 @@ const DEFAULTS = {
 
 const METRICS = ['accuracy', 'macro_f1', 'micro_f1', 'weighted_f1', 'loss'];
 
+/**
+ * [argument, test, expected] for the optimizer and seed arguments (checked when given). The native
+ * engine checks these too, but only once the model is loaded; max_grad_norm 0 disables clipping there
+ * (native/engine/engine.cpp), as in HF. learning_rate is left to getScheduler (finite, ≥ 0, 0 allowed as in HF).
+ */
+const ARGUMENT_RANGES: ReadonlyArray<[keyof TrainingArguments, (x: number) => boolean, string]> = [
+  ['weight_decay', (x) => Number.isFinite(x) && x >= 0, 'a finite number ≥ 0'],
+  ['adam_beta1', (x) => x >= 0 && x < 1, 'a number in [0, 1)'],
+  ['adam_beta2', (x) => x >= 0 && x < 1, 'a number in [0, 1)'],
+  ['adam_epsilon', (x) => Number.isFinite(x) && x > 0, 'a finite number > 0'],
+  ['max_grad_norm', (x) => Number.isFinite(x) && x >= 0, 'a finite number ≥ 0 (0 = no clipping)'],
+  ['seed', (x) => Number.isSafeInteger(x), 'an integer (a safe integer, |seed| ≤ 2^53 − 1)'],
+];
+
+/** @throws Error "adam_beta2 1.5: expected a number in [0, 1)" for the first ARGUMENT_RANGES entry `a` breaks. */
+function checkRanges(a: TrainingArguments): void {
+  for (const [key, ok, expected] of ARGUMENT_RANGES) {
+    const v = a[key];
+    if (v === undefined || (typeof v === 'number' && ok(v))) continue;
+    throw new Error(`${key} ${typeof v === 'number' ? v : JSON.stringify(v)}: expected ${expected}`);
+  }
+}
+
 /** The arguments with DEFAULTS filled in; a key given as undefined keeps its default. */
 function withDefaults(args: TrainingArguments): Trainer['args'] {
   const given = Object.fromEntries(Object.entries(args).filter(([, v]) => v !== undefined));
@@ -209,7 +232,8 @@ function withDefaults(args: TrainingArguments): Trainer['args'] {
 /**
  * Checks TrainingArguments before any model is loaded or step is taken, so a
  * typo does not surface after an epoch of training (or never: a step count
- * of 0 would silently disable logging, saving or accumulation).
+ * of 0 would silently disable logging, saving or accumulation; an adam_beta2
+ * of 1.5 would only fail once the model is loaded).
  * @throws Error naming the argument, its value and what was expected.
  */
 export function validateTrainingArguments(args: TrainingArguments): void {
@@ -229,6 +253,7 @@ export function validateTrainingArguments(args: TrainingArguments): void {
   if (!METRICS.includes(a.metric_for_best_model.replace(/^eval_/, ''))) {
     throw new Error(`metric_for_best_model '${a.metric_for_best_model}' is not one of: ${METRICS.join(', ')}`);
   }
+  checkRanges(a);
   // The schedule's own checks (name, learning_rate, warmup, decay_rate) do not depend on the step count.
   getScheduler({ name: a.lr_scheduler_type, learningRate: a.learning_rate, numTrainingSteps: 1, warmupSteps: a.warmup_steps, warmupRatio: a.warmup_ratio, decayRate: a.decay_rate });
 }
