@@ -435,6 +435,28 @@ test('range checks name the flag before the model is loaded; --output a file; mi
   assert.match(w.stderr, /warning: --max-length 100000 is above the model's max_position_embeddings; capped at \d+/);
 });
 
+test('export, serve, predict, eval: a missing --model folder, or a file, exits 1 naming the flag; export --output under a file names --output', async () => {
+  const missing = join(tmp, 'no-such-model');
+  const file = join(tmp, 'model-file.txt');
+  await writeFile(file, 'not a model folder');
+  // A timeout, so a serve that started listening anyway fails the test instead of hanging it.
+  const run = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, FORCE_COLOR: '0' } });
+  const texts = join(tmp, 'texts.txt');
+  await writeFile(texts, 'hello\n');
+  for (const [command, ...extra] of [['export'], ['serve', '--port', '0'], ['predict', '--input', texts], ['eval', '--data', texts]]) {
+    const m = run(command, '--model', missing, ...extra);
+    assert.equal(m.status, 1, `${command}: ${m.stderr}`);
+    assert.equal(m.stderr, `nodetune: --model ${missing} does not exist\n`, command);
+    const f = run(command, '--model', file, ...extra);
+    assert.equal(f.status, 1, `${command}: ${f.stderr}`);
+    assert.equal(f.stderr, `nodetune: --model ${file} is a file, expected a folder\n`, command);
+  }
+  const o = run('export', '--model', out, '--output', join(file, 'onnx-out'));
+  assert.equal(o.status, 1, o.stderr);
+  assert.ok(o.stderr.includes(`nodetune: --output ${join(file, 'onnx-out', 'onnx')} is not a folder`), o.stderr);
+  assert.ok(!existsSync(missing));
+});
+
 test('no eval set: the result table is printed without metrics', () => {
   const r = ok(nodetune('train', '--model', model, '--train', trainCsv, ...COLUMNS, '--output', join(tmp, 'no-eval'), '--validation-split', '0',
     '--eval-strategy', 'no', '--max-steps', '2', '--batch-size', '8', '--threads', '2'));

@@ -105,10 +105,15 @@ const isFolder = (p: string) => existsSync(p) && statSync(p).isDirectory();
 
 /**
  * Runs `fn`; a file-system error (ENOENT, EISDIR, ENOTDIR, EACCES) is rethrown naming
- * the flag whose value holds its path, and what went wrong in words.
+ * the flag whose value holds its path, and what went wrong in words (the original error
+ * as its `cause`). Each flag in `folders` must name an existing local folder before `fn`
+ * runs: the library's own message about a file inside it would not name the flag.
+ * Only for flags that take local paths (train's --model may be a Hub id).
+ * @throws Error "--model ./modle does not exist", "--model x.txt is a file, expected a folder".
  */
-export async function explainPathErrors<T>(opts: Record<string, unknown>, fn: () => Promise<T>): Promise<T> {
+export async function explainPathErrors<T>(opts: Record<string, unknown>, fn: () => Promise<T>, folders: readonly string[] = []): Promise<T> {
   try {
+    for (const flag of folders) requireFolder(opts, flag);
     return await fn();
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
@@ -118,8 +123,14 @@ export async function explainPathErrors<T>(opts: Record<string, unknown>, fn: ()
     const path = e.path ?? (e.code === 'EISDIR' ? FILE_FLAGS.map((f) => opts[f]).find((v) => typeof v === 'string' && isFolder(v)) : undefined);
     if (typeof path !== 'string') throw err;
     const flag = PATH_FLAGS.find((f) => typeof opts[f] === 'string' && (path === opts[f] || path.startsWith(`${String(opts[f]).replace(/\/$/, '')}/`)));
-    throw new Error(`${flag ? `--${flag} ` : ''}${path} ${what[e.code]}`);
+    throw new Error(`${flag ? `--${kebab(flag)} ` : ''}${path} ${what[e.code]}`, { cause: err });
   }
+}
+
+/** statSync's ENOENT/ENOTDIR/EACCES carry the path, which explainPathErrors words; a file is worded here. */
+function requireFolder(opts: Record<string, unknown>, flag: string): void {
+  const path = opts[flag];
+  if (typeof path === 'string' && !statSync(path).isDirectory()) throw new Error(`--${kebab(flag)} ${path} is a file, expected a folder`);
 }
 
 /** Prints a two-column table to stderr. */

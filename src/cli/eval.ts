@@ -20,7 +20,7 @@ export function registerEval(program: Command): void {
     .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
     .option('--output <folder>', 'also write eval_results.json and report.html here')
     .option('--config <file>', 'JSON or YAML file holding any of these flags')
-    .action((opts: Record<string, unknown>, cmd: Command) => explainPathErrors(opts, () => runEval(cmd, opts)));
+    .action((opts: Record<string, unknown>, cmd: Command) => explainPathErrors(opts, () => runEval(cmd, opts), ['model']));
 }
 
 async function runEval(cmd: Command, opts: Record<string, unknown>): Promise<void> {

@@ -5,6 +5,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { exportModelFolder } from '../onnx/folder.js';
+import { explainPathErrors } from './common.js';
 
 /** Parses a base-10 integer option value. @throws InvalidArgumentError naming the value. */
 export function parseIntOption(value: string): number {
@@ -21,12 +22,18 @@ export function registerExport(program: Command): Command {
     .requiredOption('--model <folder>', 'model folder (config.json, model.safetensors, tokenizer files)')
     .option('--output <folder>', 'destination folder (default: the model folder); config and tokenizer files are copied there')
     .option('--opset <n>', 'ONNX opset, 17-23 (20+ uses the Gelu operator)', parseIntOption, 17)
-    .action(async (opts: { model: string; output?: string; opset: number }) => {
-      const result = await exportModelFolder(opts.model, { output: opts.output, opset: opts.opset });
-      for (const w of result.warnings) process.stderr.write(`warning: ${w}\n`);
-      const extra = result.externalDataPath ? ` (+ external data ${result.externalDataPath})` : '';
-      process.stdout.write(
-        `wrote ${result.modelPath}${extra}: opset ${result.opset}, IR version ${result.irVersion}, ${result.modelBytes} bytes\n`,
-      );
-    });
+    .action((opts: ExportCliOptions) => explainPathErrors({ ...opts }, () => runExport(opts), ['model']));
+}
+
+interface ExportCliOptions {
+  model: string;
+  output?: string;
+  opset: number;
+}
+
+async function runExport(opts: ExportCliOptions): Promise<void> {
+  const result = await exportModelFolder(opts.model, { output: opts.output, opset: opts.opset });
+  for (const w of result.warnings) process.stderr.write(`warning: ${w}\n`);
+  const extra = result.externalDataPath ? ` (+ external data ${result.externalDataPath})` : '';
+  process.stdout.write(`wrote ${result.modelPath}${extra}: opset ${result.opset}, IR version ${result.irVersion}, ${result.modelBytes} bytes\n`);
 }

@@ -45,7 +45,7 @@ export function registerPredict(program: Command): void {
     .option('--config <file>', 'JSON or YAML file holding any of these flags')
     .action(async (opts: Record<string, unknown>, cmd: Command) => {
       exitQuietlyOnEpipe();
-      await explainPathErrors(opts, () => predict(cmd, opts));
+      await explainPathErrors(opts, () => predict(cmd, opts), ['model']);
     });
 }
 

@@ -6,6 +6,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import type { ClassifierBackend } from '../classifier.js';
 import { startServer } from '../serve/server.js';
 import { parseIntOption } from './export.js';
+import { explainPathErrors } from './common.js';
 
 function positive(value: string): number {
   const n = parseIntOption(value);
@@ -45,16 +46,19 @@ export function registerServe(program: Command): Command {
     .option('--max-length <n>', 'tokens per text incl. [CLS]/[SEP] (default: max_position_embeddings, at most 512)', positive)
     .option('--batch-size <n>', 'texts per forward pass', positive, 32)
     .option('--threads <n>', 'intra-op threads (default: all cores)', positive)
-    .action(async (opts: ServeCliOptions) => {
-      const server = await startServer({ ...opts, log: (line) => process.stderr.write(`${line}\n`) });
-      process.stdout.write(`serving ${opts.model} (${opts.backend}) at ${server.url}  — POST /classify, GET /health\n`);
-      const stop = () => {
-        server.close().then(
-          () => process.exit(0),
-          () => process.exit(1),
-        );
-      };
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
-    });
+    .action((opts: ServeCliOptions) => explainPathErrors({ ...opts }, () => serve(opts), ['model']));
+}
+
+/** Starts the server; it stops on SIGINT/SIGTERM (exit 0, or 1 when closing fails). */
+async function serve(opts: ServeCliOptions): Promise<void> {
+  const server = await startServer({ ...opts, log: (line) => process.stderr.write(`${line}\n`) });
+  process.stdout.write(`serving ${opts.model} (${opts.backend}) at ${server.url}  — POST /classify, GET /health\n`);
+  const stop = () => {
+    server.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
 }
