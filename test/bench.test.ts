@@ -40,11 +40,11 @@ const benchmarkNotInstalled = () => {
 const binary = releaseBinary('nodetune_bench_kernels');
 const skipKernels = !existsSync(binary) && benchmarkNotInstalled() ? 'Google Benchmark not installed (libbenchmark-dev)' : false;
 
-test('bench kernels --tiny --json: every kernel, positive figures, both ceilings', { skip: skipKernels }, async () => {
-  const report = JSON.parse(await cli(['kernels', '--tiny', '--json', '--threads', '1', '--quiet'])) as BenchReport;
+/** Checks what both suites must report: every kernel, positive figures, both ceilings. */
+function checkSuite(report: BenchReport, kernels: string[]): Map<string, Record<string, unknown>> {
   assert.equal(report.suite, 'kernels');
   const byName = new Map(report.rows.map((r) => [r.kernel as string, r]));
-  for (const k of [...KERNELS, 'ceiling/sgemm', 'ceiling/copy']) {
+  for (const k of [...kernels, 'ceiling/gemm', 'ceiling/copy']) {
     const r = byName.get(k);
     assert.ok(r, `kernel ${k} missing from the report`);
     for (const f of ['time_ms', 'gb_s', 'roof_fraction', 'bytes_per_iter']) {
@@ -54,28 +54,73 @@ test('bench kernels --tiny --json: every kernel, positive figures, both ceilings
     assert.match(String(r.bound), /^(compute|memory)$/);
   }
   const c = report.context;
-  assert.ok((c.sgemm_ceiling_gflop_s as number) > 0 && (c.copy_ceiling_gb_s as number) > 0);
-  assert.equal(byName.get('ceiling/sgemm')!.bound, 'compute');
+  assert.ok((c.gemm_ceiling_gflop_s as number) > 0 && (c.copy_ceiling_gb_s as number) > 0);
+  assert.equal(byName.get('ceiling/gemm')!.bound, 'compute');
   assert.equal(byName.get('ceiling/copy')!.bound, 'memory');
+  assert.equal(byName.get('ceiling/gemm')!.calls_per_step, null);
+  assert.match(report.notes.join('\n'), /furthest from the roof: \S+ [\d.]+%, \S+ [\d.]+%, \S+ [\d.]+%/);
+  return byName;
+}
 
-  // Counts against independent formulas for the tiny shape (B=2 T=16 C=64 I=128, 7 labels).
-  const N = 2 * 16, C = 64, I = 128;
+// The tiny shape (B=2 T=16 C=64 NH=2 I=128, 7 labels, vocab 1000, 64 positions).
+const N = 2 * 16, C = 64, I = 128;
+const tinyParams = () => parameterShapes({
+  ...BERT_DEFAULTS, vocab_size: 1000, hidden_size: C, num_hidden_layers: 2, num_attention_heads: 2,
+  intermediate_size: I, max_position_embeddings: 64, type_vocab_size: 2, num_labels: 7,
+}).reduce((s, [, shape]) => s + shape.reduce((a, b) => a * b, 1), 0);
+
+test('bench kernels --tiny --json: every kernel, positive figures, both ceilings', { skip: skipKernels }, async () => {
+  const report = JSON.parse(await cli(['kernels', '--tiny', '--json', '--threads', '1', '--quiet'])) as BenchReport;
+  const byName = checkSuite(report, KERNELS);
+  assert.equal(report.context.device, 'cpu');
+  assert.equal(report.context.precision, 'fp32');
+  // Counts against independent formulas.
   assert.equal(byName.get('gemm/ffn_up/fwd')!.flop_per_iter, 2 * N * I * C);
   assert.equal(byName.get('gemm/qkv/dW')!.flop_per_iter, 2 * (3 * C) * C * N);
   assert.equal(byName.get('gemm/ffn_down/dX')!.bytes_per_iter, 4 * (N * C + C * I + N * I));
   // The AdamW arena is the whole model: the same count as the TS parameter table.
-  const params = parameterShapes({
-    ...BERT_DEFAULTS, vocab_size: 1000, hidden_size: C, num_hidden_layers: 2, num_attention_heads: 2,
-    intermediate_size: I, max_position_embeddings: 64, type_vocab_size: 2, num_labels: 7,
-  }).reduce((s, [, shape]) => s + shape.reduce((a, b) => a * b, 1), 0);
-  assert.equal(c.parameters, params);
+  const params = tinyParams();
+  assert.equal(report.context.parameters, params);
   assert.equal(byName.get('adamw/arena')!.bytes_per_iter, 7 * 4 * params);
-  assert.match(report.notes.join('\n'), /furthest from the roof: \S+ [\d.]+%, \S+ [\d.]+%, \S+ [\d.]+%/);
+  // The CPU attention saves the (B,NH,T,T) probabilities: qkv + out + probs + mask.
+  assert.equal(byName.get('attention/fwd')!.bytes_per_iter, 4 * 4 * N * C + 4 * 2 * 2 * 16 * 16 + 4 * N);
   // Calls per training step of the tiny model (2 layers): GEMMs once per layer, LayerNorm 2L+1.
   assert.equal(byName.get('gemm/qkv/fwd')!.calls_per_step, 2);
   assert.equal(byName.get('layernorm/bwd')!.calls_per_step, 5);
   assert.equal(byName.get('adamw/arena')!.calls_per_step, 1);
-  assert.equal(byName.get('ceiling/sgemm')!.calls_per_step, null);
+});
+
+// The CUDA suite needs a CUDA build (bench/kernels_cuda.cpp). Without a GPU,
+// .ci/run builds it on the CPU emulator (test/gpu/emulate.sh --bench) and
+// points NODETUNE_BENCH_CUDA at it: the figures are meaningless there, the
+// names, counts and contract are what this checks.
+const cudaBinary = process.env.NODETUNE_BENCH_CUDA;
+test('bench kernels --device cuda --tiny: the CPU suite\'s kernels in bf16, flash-attention counts', {
+  skip: cudaBinary ? false : 'set NODETUNE_BENCH_CUDA to a nodetune_bench_cuda binary (a GPU build, or the emulated one from test/gpu/emulate.sh --bench)',
+}, async () => {
+  const report = JSON.parse(await cli(['kernels', '--device', 'cuda', '--binary', cudaBinary!, '--tiny', '--json', '--quiet'])) as BenchReport;
+  const byName = checkSuite(report, [...KERNELS, 'layernorm/residual_fwd']);
+  assert.equal(report.context.device, 'cuda');
+  assert.equal(report.context.precision, 'bf16');
+  assert.match(String(report.title), /cuda bf16/);
+  // bf16 operands (2 bytes); the weight gradient accumulates in fp32.
+  assert.equal(byName.get('gemm/ffn_down/dX')!.bytes_per_iter, 2 * (N * C + C * I + N * I));
+  assert.equal(byName.get('gemm/qkv/dW')!.bytes_per_iter, 2 * (N * 3 * C + N * C) + 4 * 2 * 3 * C * C);
+  // Flash attention saves the (B,NH,T) logsumexp, not the probabilities; the
+  // backward recomputes Q K^T (10 T^2 HS per head instead of 8).
+  const BH = 2 * 2, TT = 16 * 16, HS = C / 2;
+  assert.equal(byName.get('attention/fwd')!.bytes_per_iter, 2 * 4 * N * C + 4 * BH * 16 + 4 * N);
+  assert.equal(byName.get('attention/bwd')!.flop_per_iter, BH * (10 * TT * HS + 5 * TT));
+  // Mixed-precision AdamW: fp32 master weights and moments plus the bf16 copy.
+  assert.equal(byName.get('adamw/arena')!.bytes_per_iter, 30 * tinyParams());
+  assert.equal(byName.get('layernorm/residual_fwd')!.calls_per_step, 4);
+  assert.equal(byName.get('layernorm/fwd')!.calls_per_step, 1);
+});
+
+test('bench kernels rejects options of the other device before running anything', async () => {
+  await assert.rejects(cli(['kernels', '--device', 'cuda', '--threads', '2', '--binary', '/nonexistent']), /threads: applies to the CPU suite only/);
+  await assert.rejects(cli(['kernels', '--precision', 'bf16', '--binary', '/nonexistent']), /precision bf16: the CPU kernels are fp32 only/);
+  await assert.rejects(cli(['kernels', '--gpu', '1', '--binary', '/nonexistent']), /gpu: applies to the CUDA suite only/);
 });
 
 test('bench kernels names the missing binary and how to build it', async () => {
@@ -94,8 +139,8 @@ test('kernelReport: roofline fractions from the measured ceilings', () => {
   const json: GoogleBenchmarkJson = {
     context: { nt_device: 'cpu', nt_model: 'tiny', nt_B: '2', nt_T: '16', nt_threads: '1' },
     benchmarks: [
-      b('ceiling/sgemm', 20, 2e9, 1e6), // median 100 GFLOP/s, but the ceiling is the fastest repetition:
-      b('ceiling/sgemm', 10, 2e9, 1e6, { aggregate_name: 'min' }), // 200 GFLOP/s
+      b('ceiling/gemm', 20, 2e9, 1e6), // median 100 GFLOP/s, but the ceiling is the fastest repetition:
+      b('ceiling/gemm', 10, 2e9, 1e6, { aggregate_name: 'min' }), // 200 GFLOP/s
       b('ceiling/copy', 10, 0, 2e8), // 20 GB/s
       b('gemm/a', 10, 1e9, 1e6), // compute roof 5 ms: 50%
       b('gelu/fwd', 4, 1e6, 4e7), // memory roof 2 ms: 50%
@@ -107,7 +152,7 @@ test('kernelReport: roofline fractions from the measured ceilings', () => {
   };
   const r = kernelReport(json);
   const row = (k: string) => r.rows.find((x) => x.kernel === k)!;
-  assert.equal(r.context.sgemm_ceiling_gflop_s, 200);
+  assert.equal(r.context.gemm_ceiling_gflop_s, 200);
   assert.equal(r.context.copy_ceiling_gb_s, 20);
   assert.equal(row('gemm/a').bound, 'compute');
   assert.ok(Math.abs((row('gemm/a').roof_fraction as number) - 0.5) < 1e-12);
@@ -116,7 +161,15 @@ test('kernelReport: roofline fractions from the measured ceilings', () => {
   assert.ok(Math.abs((row('gelu/fwd').gb_s as number) - 10) < 1e-9);
   assert.ok(Math.abs((row('layernorm/fwd').time_ms as number) - 2) < 1e-12);
   assert.ok(r.notes.includes('furthest from the roof: gemm/a 50.0%, gelu/fwd 50.0%, layernorm/fwd 100.0%'), r.notes.join('\n'));
-  assert.throws(() => kernelReport({ ...json, benchmarks: json.benchmarks.filter((x) => !x.run_name.startsWith('ceiling/sgemm')) }), /no ceiling\/sgemm/);
+  assert.throws(() => kernelReport({ ...json, benchmarks: json.benchmarks.filter((x) => !x.run_name.startsWith('ceiling/gemm')) }), /no ceiling\/gemm/);
+  // The CUDA suite times with events (UseManualTime): run names end in /manual_time.
+  const manual = kernelReport({
+    context: { ...json.context, nt_device: 'cuda', nt_precision: 'bf16', nt_gpu: 'NVIDIA H200 (sm_90, 132 SMs)' },
+    benchmarks: json.benchmarks.map((x) => ({ ...x, run_name: x.run_name.replace('/real_time', '/manual_time') })),
+  });
+  assert.deepEqual(manual.rows.map((x) => x.kernel), r.rows.map((x) => x.kernel));
+  assert.equal(manual.context.gemm_ceiling_gflop_s, 200);
+  assert.match(manual.title, /cuda bf16, tiny B=2 T=16, NVIDIA H200/);
 });
 
 test('formatTable: aligned columns, percentages, and the reason for an empty cell', () => {

@@ -6,17 +6,18 @@
  *
  * Roofline (Williams, Waterman & Patterson 2009): a kernel doing F FLOPs and
  * moving at least M bytes cannot take less than max(F / P, M / BW) seconds,
- * P = the sgemm ceiling (GFLOP/s), BW = the copy ceiling (GB/s). Its fraction
+ * P = the GEMM ceiling (GFLOP/s), BW = the copy ceiling (GB/s). Its fraction
  * of the roof is that bound over the measured time; `bound` says which term
  * is larger. The copy ceiling is DRAM bandwidth at 1:1 read:write, so a
  * memory-bound kernel whose working set stays in cache, or that mostly
  * reads (AdamW: 4 reads per 3 writes), can exceed 100%.
  *
- * CUDA hook: `--device cuda` runs build/Release/nodetune_bench_cuda instead,
- * which the CUDA build (native/cuda) provides; it must keep the contract
- * written at the top of bench/kernels.cpp (counters flop_per_iter,
- * bytes_per_iter and calls_per_step, ceilings named ceiling/sgemm and
- * ceiling/copy, nt_* context; nt_device=cuda and nt_gpu name the device).
+ * Both suites keep the contract written at the top of bench/suite.h (counters
+ * flop_per_iter, bytes_per_iter and calls_per_step, ceilings named
+ * ceiling/gemm and ceiling/copy, nt_* context). `device: 'cuda'` runs
+ * build/Release/nodetune_bench_cuda (bench/kernels_cuda.cpp, built with the
+ * CUDA kernels and Google Benchmark), timed with CUDA events, whose ceilings
+ * are a cuBLASLt GEMM in the suite's precision and a device-to-device copy.
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -30,18 +31,22 @@ export const KERNEL_MODELS = ['minilm-l6', 'bert-tiny', 'bert-base'] as const;
 export type KernelModel = (typeof KERNEL_MODELS)[number];
 
 export interface KernelBenchOptions {
-  /** Tiny shapes and short runs (tests): B=2 T=16 C=64, ceilings 256^3 sgemm and 8 MiB copy. */
+  /** Tiny shapes and short runs (tests): B=2 T=16 C=64, ceilings 256^3 GEMM and 8 MiB copy. */
   tiny?: boolean;
   /** Model whose layer shapes are measured (default minilm-l6). Ignored with tiny. */
   model?: KernelModel;
   /** Batch size B (default 32) and sequence length T (default 128). */
   batch?: number;
   seq?: number;
-  /** OpenMP/OpenBLAS threads (default: OpenMP's default, all cores). */
+  /** CPU suite: OpenMP/OpenBLAS threads (default: OpenMP's default, all cores). */
   threads?: number;
+  /** CUDA suite: activation/weight precision (default bf16; the CPU suite is fp32). */
+  precision?: 'bf16' | 'fp32';
+  /** CUDA suite: device index (default 0). */
+  gpu?: number;
   /** Repetitions the median is taken over (default 5; tiny 3). */
   repetitions?: number;
-  /** Minimum seconds per repetition (default 0.2; tiny 0.01). */
+  /** Minimum seconds per repetition (default 0.2 on the CPU, 0.1 on CUDA; tiny 0.01). */
   minTime?: number;
   /** Regular expression selecting benchmarks; the two ceilings always run. */
   filter?: string;
@@ -87,6 +92,8 @@ function binaryArgs(o: KernelBenchOptions, outFile: string): string[] {
   if (o.batch !== undefined) args.push(`--batch=${o.batch}`);
   if (o.seq !== undefined) args.push(`--seq=${o.seq}`);
   if (o.threads !== undefined) args.push(`--threads=${o.threads}`);
+  if (o.precision !== undefined) args.push(`--precision=${o.precision}`);
+  if (o.gpu !== undefined) args.push(`--gpu=${o.gpu}`);
   if (o.repetitions !== undefined) args.push(`--benchmark_repetitions=${o.repetitions}`);
   if (o.minTime !== undefined) args.push(`--benchmark_min_time=${o.minTime}`);
   if (o.filter) args.push(`--benchmark_filter=^ceiling/|${o.filter}`);
@@ -110,12 +117,22 @@ function runBinary(path: string, args: string[], onProgress?: (t: string) => voi
   });
 }
 
+/** Options that only one device's suite has; the other's binary would reject them less clearly. */
+function checkDeviceOptions(o: KernelBenchOptions, device: 'cpu' | 'cuda'): void {
+  if (device === 'cuda' && o.threads !== undefined) throw new Error('threads: applies to the CPU suite only (the CUDA suite runs on one GPU)');
+  if (device === 'cpu' && o.gpu !== undefined) throw new Error('gpu: applies to the CUDA suite only (use device: \'cuda\')');
+  if (device === 'cpu' && o.precision !== undefined && o.precision !== 'fp32') {
+    throw new Error(`precision ${o.precision}: the CPU kernels are fp32 only (bf16 is a CUDA precision)`);
+  }
+}
+
 /**
  * Runs the kernel suite and post-processes its JSON.
  * @throws Error naming the binary when it is missing (and how to build it) or fails.
  */
 export async function runKernelBench(opts: KernelBenchOptions = {}): Promise<BenchReport> {
   const device = opts.device ?? 'cpu';
+  checkDeviceOptions(opts, device);
   const binary = opts.binary ?? releaseBinary(device === 'cuda' ? 'nodetune_bench_cuda' : 'nodetune_bench_kernels');
   if (!existsSync(binary)) throw new Error(missingBinaryMessage(binary, device));
   const dir = await mkdtemp(join(tmpdir(), 'nodetune-bench-'));
@@ -159,7 +176,7 @@ interface Measured {
 function medians(json: GoogleBenchmarkJson): Measured[] {
   const runs = new Map<string, { aggs: Record<string, number>; iters: number[]; label: string; flop: number; bytes: number; calls: number | null }>();
   for (const b of json.benchmarks) {
-    const name = b.run_name.replace(/\/(real_time|repeats:\d+)/g, '');
+    const name = b.run_name.replace(/\/(real_time|manual_time|repeats:\d+)/g, '');
     if (b.error_occurred) throw new Error(`kernel benchmark ${name} failed: ${b.error_message ?? 'unknown error'}`);
     if (b.flop_per_iter === undefined || b.bytes_per_iter === undefined) {
       throw new Error(`kernel benchmark ${name}: counters flop_per_iter and bytes_per_iter are missing (see the contract in bench/kernels.cpp)`);
@@ -181,6 +198,9 @@ function medians(json: GoogleBenchmarkJson): Measured[] {
   });
 }
 
+/** The context without the keys the other device's suite fills (threads and blas on a GPU, cuda on a CPU). */
+const dropNulls = (o: Record<string, BenchValue>) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== null));
+
 const ctx = (json: GoogleBenchmarkJson, key: string): BenchValue => {
   const v = json.context[key];
   if (v === undefined || v === null) return null;
@@ -190,7 +210,7 @@ const ctx = (json: GoogleBenchmarkJson, key: string): BenchValue => {
 /**
  * Post-processes Google Benchmark JSON from bench/kernels.cpp (or a CUDA suite
  * keeping its contract) into a report. Pure: no I/O.
- * @throws Error when a ceiling (ceiling/sgemm, ceiling/copy) or a counter is missing.
+ * @throws Error when a ceiling (ceiling/gemm, ceiling/copy) or a counter is missing.
  */
 export function kernelReport(json: GoogleBenchmarkJson): BenchReport {
   const all = medians(json);
@@ -199,9 +219,9 @@ export function kernelReport(json: GoogleBenchmarkJson): BenchReport {
     if (!m) throw new Error(`kernel benchmark output has no ${n}: the ceilings must run in the same suite`);
     return m;
   };
-  const sgemm = find('ceiling/sgemm');
+  const gemm = find('ceiling/gemm');
   const copy = find('ceiling/copy');
-  const peakFlops = sgemm.flop / sgemm.seconds;
+  const peakFlops = gemm.flop / gemm.seconds;
   const peakBytes = copy.bytes / copy.seconds;
   const rows = all.map((m) => {
     const tFlop = m.flop / peakFlops;
@@ -227,13 +247,16 @@ export function kernelReport(json: GoogleBenchmarkJson): BenchReport {
   const heaviest = [...weighed].sort((a, b) => b.ms_per_step - a.ms_per_step).slice(0, 3);
   const pct = (r: { roof_fraction: number }) => `${(r.roof_fraction * 100).toFixed(1)}%`;
   const device = String(ctx(json, 'nt_device') ?? 'cpu');
+  const precision = String(ctx(json, 'nt_precision') ?? 'fp32');
   const model = ctx(json, 'nt_model');
+  const where = device === 'cuda' ? `${ctx(json, 'nt_gpu')}` : `${ctx(json, 'nt_threads')} threads`;
   return {
     suite: 'kernels',
-    title: `nodetune kernel benchmarks (${device}, ${model} B=${ctx(json, 'nt_B')} T=${ctx(json, 'nt_T')}, ${ctx(json, 'nt_threads')} threads)`,
-    context: {
+    title: `nodetune kernel benchmarks (${device} ${precision}, ${model} B=${ctx(json, 'nt_B')} T=${ctx(json, 'nt_T')}, ${where})`,
+    context: dropNulls({
       device,
-      cpu: device === 'cpu' ? (cpus()[0]?.model ?? 'unknown').trim() : (ctx(json, 'nt_gpu') ?? null),
+      precision,
+      processor: device === 'cpu' ? (cpus()[0]?.model ?? 'unknown').trim() : (ctx(json, 'nt_gpu') ?? null),
       model,
       B: ctx(json, 'nt_B'),
       T: ctx(json, 'nt_T'),
@@ -244,13 +267,14 @@ export function kernelReport(json: GoogleBenchmarkJson): BenchReport {
       parameters: ctx(json, 'nt_params'),
       threads: ctx(json, 'nt_threads'),
       blas: ctx(json, 'nt_blas'),
-      sgemm_ceiling_gflop_s: Number((peakFlops / 1e9).toFixed(2)),
-      sgemm_ceiling_shape: sgemm.shape,
+      cuda: ctx(json, 'nt_cuda'),
+      gemm_ceiling_gflop_s: Number((peakFlops / 1e9).toFixed(2)),
+      gemm_ceiling_shape: gemm.shape,
       copy_ceiling_gb_s: Number((peakBytes / 1e9).toFixed(2)),
       copy_ceiling_shape: copy.shape,
       load_avg_1min: Array.isArray(json.context.load_avg) ? Number(json.context.load_avg[0]) : null,
       date: String(json.context.date ?? ''),
-    },
+    }),
     columns: [
       { key: 'kernel', header: 'kernel' },
       { key: 'shape', header: 'shape' },
@@ -264,7 +288,7 @@ export function kernelReport(json: GoogleBenchmarkJson): BenchReport {
     ],
     rows,
     notes: [
-      `roof = min(sgemm ceiling ${(peakFlops / 1e9).toFixed(1)} GFLOP/s, arithmetic intensity x copy ceiling ${(peakBytes / 1e9).toFixed(1)} GB/s), both measured in this run (fastest repetition); "of roof" = roof-bound time / median time`,
+      `roof = min(${precision} GEMM ceiling ${(peakFlops / 1e9).toFixed(1)} GFLOP/s, arithmetic intensity x copy ceiling ${(peakBytes / 1e9).toFixed(1)} GB/s), both measured in this run (fastest repetition); "of roof" = roof-bound time / median time`,
       'a memory-bound kernel above 100% kept its working set in cache (the copy ceiling is DRAM) or reads more than it writes (the copy is 1:1; reads are cheaper than writes on many machines)',
       `furthest from the roof: ${worst.map((r) => `${r.kernel} ${pct(r)}`).join(', ')}`,
       ...(weighed.length

@@ -27,6 +27,12 @@ function positive(value: string): number {
   return x;
 }
 
+function deviceIndex(value: string): number {
+  const x = int(value);
+  if (x < 0) throw new InvalidArgumentError(`'${value}' must be a CUDA device index >= 0.`);
+  return x;
+}
+
 const list = (value: string) => value.split(',').map((s) => s.trim()).filter(Boolean);
 
 function render(report: BenchReport, opts: Record<string, unknown>): string {
@@ -86,14 +92,16 @@ export function registerBench(program: Command, io: BenchIO = processIO): void {
 
   bench
     .command('kernels')
-    .description("each kernel's GFLOP/s or GB/s as a fraction of this machine's sgemm and memory-copy ceilings (Google Benchmark)")
+    .description("each kernel's GFLOP/s or GB/s as a fraction of this machine's GEMM and memory-copy ceilings (Google Benchmark)")
     .option('--tiny', 'tiny shapes and short runs (a smoke test)')
     .addOption(new Option('--model <name>', 'layer shapes of this model').choices([...KERNEL_MODELS]).default('minilm-l6'))
     .option('--batch <n>', 'batch size B', positive, 32)
     .option('--seq <n>', 'sequence length T', positive, 128)
-    .option('--threads <n>', 'OpenMP/OpenBLAS threads (default: all cores)', positive)
+    .option('--threads <n>', 'CPU: OpenMP/OpenBLAS threads (default: all cores)', positive)
+    .addOption(new Option('--precision <p>', 'cuda: activation/weight precision (default bf16; the CPU suite is fp32)').choices(['bf16', 'fp32']))
+    .option('--gpu <n>', 'cuda: device index (default 0)', deviceIndex)
     .option('--repetitions <n>', 'repetitions the median is taken over (default 5; tiny 3)', positive)
-    .option('--min-time <s>', 'minimum seconds per repetition (default 0.2; tiny 0.01)', num)
+    .option('--min-time <s>', 'minimum seconds per repetition (default 0.2 on the CPU, 0.1 on CUDA; tiny 0.01)', num)
     .option('--filter <regex>', 'only benchmarks matching this regular expression (ceilings always run)')
     .addOption(new Option('--device <device>', 'cpu: build/Release/nodetune_bench_kernels; cuda: build/Release/nodetune_bench_cuda').choices(['cpu', 'cuda']).default('cpu'))
     .option('--binary <path>', 'benchmark binary to run instead of the default')
@@ -107,6 +115,8 @@ export function registerBench(program: Command, io: BenchIO = processIO): void {
         batch: opts.tiny ? undefined : (opts.batch as number),
         seq: opts.tiny ? undefined : (opts.seq as number),
         threads: opts.threads as number | undefined,
+        precision: opts.precision as 'bf16' | 'fp32' | undefined,
+        gpu: opts.gpu as number | undefined,
         repetitions: opts.repetitions as number | undefined,
         minTime: opts.minTime as number | undefined,
         filter: opts.filter as string | undefined,

@@ -10,8 +10,15 @@
 #
 # Usage: bash test/gpu/emulate.sh [build-dir]     (default /tmp/nodetune-emu)
 #        EMU_ENGINE_ONLY=1 bash test/gpu/emulate.sh   (skip kernel_check)
+#        bash test/gpu/emulate.sh --bench [build-dir]
+#          instead builds the CUDA kernel benchmarks (bench/kernels_cuda.cpp,
+#          needs Google Benchmark) as build-dir/nodetune_bench_cuda_emu and runs
+#          test/bench.test.ts's CUDA-suite test on it: names, work counts and the
+#          JSON contract, not speed (about 2 minutes on 2 cores).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+bench=0
+if [ "${1:-}" = --bench ]; then bench=1; shift; fi
 out="${1:-/tmp/nodetune-emu}"
 cuda="${CUDAToolkit_ROOT:-$root/.cache/cuda/toolkit}"
 [ -f "$cuda/include/cuda_runtime.h" ] || {
@@ -48,12 +55,23 @@ done
 compile -O3 -c "$root/native/engine/engine.cpp" -o "$out/obj/cpu_engine.o"
 objs+=("$out/obj/cpu_engine.o")
 compile -c "$root/test/gpu/emu/cuda_emu.cpp" -o "$out/obj/emu.o"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+if [ $bench = 1 ]; then
+  compile -c "$root/bench/suite.cpp" -o "$out/obj/bench_suite.o"
+  compile -c "$root/bench/kernels_cuda.cpp" -o "$out/obj/kernels_cuda.o"
+  for p in "${pids[@]}"; do wait "$p"; done
+  "${cxx[@]}" "${objs[@]}" "$out/obj/emu.o" "$out/obj/bench_suite.o" "$out/obj/kernels_cuda.o" \
+    -lbenchmark -lpthread -lopenblas -o "$out/nodetune_bench_cuda_emu"
+  [ -f "$root/dist/test/bench.test.js" ] || (cd "$root" && npx tsc -p tsconfig.json)
+  echo "running the CUDA kernel benchmarks on the CPU emulator (--tiny) through test/bench.test.ts ..."
+  NODETUNE_BENCH_CUDA="$out/nodetune_bench_cuda_emu" node --test --test-name-pattern='device cuda' "$root/dist/test/bench.test.js"
+  exit
+fi
 compile -c "$root/test/gpu/kernel_check.cpp" -o "$out/obj/kernel_check.o"
 compile -c "$root/test/gpu/engine_check.cpp" -o "$out/obj/engine_check.o"
 for p in "${pids[@]}"; do wait "$p"; done   # set -e: the first failed compile stops here
 "${cxx[@]}" "${objs[@]}" "$out/obj/emu.o" "$out/obj/kernel_check.o" -lopenblas -o "$out/kernel_check_emu"
 "${cxx[@]}" "${objs[@]}" "$out/obj/emu.o" "$out/obj/engine_check.o" -lopenblas -o "$out/engine_check_emu"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 status=0
 if [ "${EMU_ENGINE_ONLY:-0}" != 1 ]; then
   echo "running the kernels on the CPU emulator (--quick sizes) ..."

@@ -6,6 +6,9 @@
 #   .cache/gpu-deps/include/cblas.h, openblas_config.h   (from libopenblas-openmp-dev)
 #   .cache/gpu-deps/debs/*.deb   libopenblas0-openmp, libgfortran5, libquadmath0
 #                                (about 8 MB; unpacked by run.sh only when the image has no OpenBLAS)
+#   .cache/gpu-deps/bench/*.deb  libbenchmark1debian, libbenchmark-dev (Google Benchmark, about
+#                                0.2 MB; unpacked by run.sh when the image has none, for the
+#                                CUDA kernel benchmarks bench/kernels_cuda.cpp)
 #   .cache/gpu-deps/node/node.xz this machine's Node 20 binary, xz-compressed (about 24 MB;
 #                                unpacked by run.sh when the image has no Node 20)
 # The addon is built there with plain CMake from node_modules/node-addon-api and
@@ -31,6 +34,16 @@ else
   cp "$(find "$tmp/dev" -name cblas.h | head -n1)" "$(find "$tmp/dev" -name openblas_config.h | head -n1)" "$dest/include/"
   rm -f "$dest"/debs/*.deb
   cp "$tmp"/libopenblas0-openmp_*.deb "$tmp"/libgfortran5_*.deb "$tmp"/libquadmath0_*.deb "$dest/debs/"
+fi
+
+if [ "$(ls "$dest"/bench/*.deb 2>/dev/null | wc -l)" -ge 2 ]; then
+  echo "Google Benchmark for the GPU machine already in $dest/bench"
+else
+  mkdir -p "$dest/bench"
+  (cd "$dest/bench" && apt-get download libbenchmark1debian libbenchmark-dev >/dev/null 2>&1) || {
+    echo "prepare.sh: apt-get download libbenchmark1debian libbenchmark-dev failed" >&2
+    exit 1
+  }
 fi
 
 node_bin="$(readlink -f "$(command -v node)")"

@@ -9,6 +9,9 @@
 #   addon_parity   device 'cuda' through the addon on the tiny-bert fixture
 #                  against Hugging Face (test/gpu/parity.mjs; needs node)
 #   bench          nodetune vs PyTorch eager bf16 training steps, TFLOP/s, MFU (test/gpu/bench.sh)
+#   kernels_bf16, kernels_fp32   every CUDA kernel against the GPU's own GEMM and copy
+#                  ceilings (bench/kernels_cuda.cpp through `nodetune bench kernels
+#                  --device cuda`; MiniLM-L6 B=32 T=128; needs Google Benchmark)
 #   memcheck, racecheck, engine_memcheck   compute-sanitizer at --quick sizes
 # and prints a short table last, whatever failed. Designed for < 6 minutes:
 # each step has its own time limit, cut to what is left of NT_BUDGET seconds
@@ -19,7 +22,8 @@
 #   run(command="bash test/gpu/run.sh", timeout_s=480,
 #       carry=[".cache/gpu-deps", "dist", "node_modules/node-addon-api", "node_modules/node-api-headers"])
 # Outputs land in $OUT (the device tool's folder) or /tmp/nodetune-gpu-out:
-#   summary.txt, kernel_check.json, engine_check.json, bench.txt, *.log
+#   summary.txt, kernel_check.json, engine_check.json, bench.txt,
+#   kernels_cuda_{bf16,fp32}.{json,md}, *.log
 #
 # Env: NT_CUDA_ARCHS (default 90), NT_GPU_BUILD (default /tmp/nodetune-gpu-build),
 #      NT_SANITIZE=0 skips compute-sanitizer, NT_CARRIED_BLAS=1 uses the carried
@@ -116,6 +120,32 @@ else
   echo "openblas: system"
 fi
 
+# Google Benchmark for the CUDA kernel benchmarks: the image's, else the carried debs.
+bench_args=(-DNODETUNE_BUILD_BENCH=OFF)
+bench_target=()
+bench_cfg="$(find /usr/lib /usr/local/lib /usr/lib64 -name benchmarkConfig.cmake 2>/dev/null | head -n1)"
+if [ -z "$bench_cfg" ] && ls "$root"/.cache/gpu-deps/bench/*.deb >/dev/null 2>&1; then
+  unpack=/tmp/nodetune-gpu-bench
+  mkdir -p "$unpack"
+  for deb in "$root"/.cache/gpu-deps/bench/*.deb; do
+    if command -v dpkg-deb >/dev/null; then
+      dpkg-deb -x "$deb" "$unpack"
+    else
+      (cd "$unpack" && ar x "$deb" && tar -xf data.tar.* && rm -f data.tar.* control.tar.* debian-binary)
+    fi
+  done
+  bench_cfg="$(find "$unpack" -name benchmarkConfig.cmake | head -n1)"
+  lib="$(dirname "$(find "$unpack" -name 'libbenchmark.so.1*' | head -n1)")"
+  export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+if [ -n "$bench_cfg" ]; then
+  bench_args=(-DNODETUNE_BUILD_BENCH=ON -Dbenchmark_DIR="$(dirname "$bench_cfg")")
+  bench_target=(nodetune_bench_cuda)
+  echo "google benchmark: $(dirname "$bench_cfg")"
+else
+  echo "google benchmark: not found and not carried (run test/gpu/prepare.sh): kernel benchmarks skipped"
+fi
+
 # Node 20+ for the addon: the image's, else the one prepare.sh carried.
 node_bin=""
 if command -v node >/dev/null && node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then
@@ -148,14 +178,14 @@ fi
 gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
 run_step configure 90 "$out/configure.log" cmake -S "$root" -B "$build" "${gen[@]}" \
-  -DCMAKE_BUILD_TYPE=Release -DNODETUNE_CUDA=ON -DNODETUNE_BUILD_BENCH=OFF -DCMAKE_CUDA_COMPILER="$nvcc" \
+  -DCMAKE_BUILD_TYPE=Release -DNODETUNE_CUDA=ON "${bench_args[@]}" -DCMAKE_CUDA_COMPILER="$nvcc" \
   -DCMAKE_CUDA_ARCHITECTURES="${NT_CUDA_ARCHS:-90}" "${blas_args[@]}" "${addon_args[@]}"
 finish configure "$(grep -m1 'nodetune CUDA:' "$out/configure.log" | sed 's/^-- //')"
 if [ "$step_rc" -ne 0 ]; then tail -n 30 "$out/configure.log"; print_summary; exit 1; fi
 
 run_step build 240 "$out/build.log" cmake --build "$build" -j "$(nproc)" \
-  --target nodetune_cuda_check nodetune_engine_check "${addon_target[@]}"
-finish build "nodetune_cuda_check nodetune_engine_check ${addon_target[*]}"
+  --target nodetune_cuda_check nodetune_engine_check "${addon_target[@]}" "${bench_target[@]}"
+finish build "nodetune_cuda_check nodetune_engine_check ${addon_target[*]} ${bench_target[*]}"
 if [ "$step_rc" -ne 0 ]; then grep -E 'error|Error' "$out/build.log" | head -n 30; print_summary; exit 1; fi
 bin="$build/Release"
 
@@ -180,6 +210,27 @@ fi
 run_step bench 200 "$out/bench.log" env BUILD="$build" OUT="$out" bash "$root/test/gpu/bench.sh"
 finish bench "$(tail -n1 "$out/bench.log")"
 cat "$out/bench.txt" 2>/dev/null || tail -n 20 "$out/bench.log"
+
+# ---- kernel benchmarks against the GPU's ceilings (issue: kernel benchmarks) -------------
+if [ ${#bench_target[@]} -gt 0 ] && [ -n "$node_bin" ] && [ -f "$root/dist/bench/kernels.js" ]; then
+  for prec in bf16 fp32; do
+    run_step "kernels_$prec" 75 "$out/kernels_cuda_$prec.log" "$node_bin" "$root/dist/bench/kernels.js" \
+      --device cuda --precision "$prec" --binary "$bin/nodetune_bench_cuda" --json --quiet
+    if [ "$step_status" = ok ]; then
+      cp "$out/kernels_cuda_$prec.log" "$out/kernels_cuda_$prec.json"
+      "$node_bin" --input-type=module -e "
+        import { readFileSync } from 'node:fs';
+        import { formatTable, formatMarkdown } from '$root/dist/src/bench/report.js';
+        const r = JSON.parse(readFileSync('$out/kernels_cuda_$prec.json', 'utf8'));
+        process.stdout.write(formatMarkdown(r));
+        process.stderr.write(formatTable(r));" >"$out/kernels_cuda_$prec.md" 2>"$out/kernels_cuda_$prec.txt"
+      cat "$out/kernels_cuda_$prec.txt"
+    fi
+    finish "kernels_$prec" "$(grep -m1 -o 'furthest from the roof: .*' "$out/kernels_cuda_$prec.txt" 2>/dev/null || tail -n1 "$out/kernels_cuda_$prec.log" | sed 's/.* failed ([^)]*): //')"
+  done
+else
+  row kernels skipped 0 "needs Google Benchmark (carried by prepare.sh), node and dist/"
+fi
 
 # ---- compute-sanitizer at --quick sizes (seen working on Firecracker machines) ---------
 if [ "${NT_SANITIZE:-1}" != "0" ]; then
