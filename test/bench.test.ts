@@ -14,7 +14,7 @@ import { registerBench } from '../src/cli/bench.js';
 import { kernelReport, type GoogleBenchmarkJson } from '../src/bench/kernels.js';
 import { formatTable, type BenchReport } from '../src/bench/report.js';
 import { releaseBinary, repoRoot } from '../src/bench/paths.js';
-import { BERT_DEFAULTS, parameterShapes } from '../src/config.js';
+import { KERNELS, TINY, checkKernelReport, tinyParameterCount } from './helpers/kernel-suite.js';
 
 const run = promisify(execFile);
 
@@ -26,12 +26,6 @@ async function cli(args: string[]): Promise<string> {
   return out;
 }
 
-const KERNELS = [
-  ...['qkv', 'attn_out', 'ffn_up', 'ffn_down'].flatMap((g) => ['fwd', 'dX', 'dW'].map((p) => `gemm/${g}/${p}`)),
-  'layernorm/fwd', 'layernorm/bwd', 'gelu/fwd', 'gelu/bwd', 'attention/fwd', 'attention/bwd',
-  'crossentropy/fwd_bwd', 'adamw/arena', 'embedding/fwd', 'embedding/bwd',
-];
-
 // CMake records a deliberate absence of Google Benchmark; anything else missing is a failure.
 const benchmarkNotInstalled = () => {
   const cache = join(repoRoot, 'build/CMakeCache.txt');
@@ -40,81 +34,24 @@ const benchmarkNotInstalled = () => {
 const binary = releaseBinary('nodetune_bench_kernels');
 const skipKernels = !existsSync(binary) && benchmarkNotInstalled() ? 'Google Benchmark not installed (libbenchmark-dev)' : false;
 
-/** Checks what both suites must report: every kernel, positive figures, both ceilings. */
-function checkSuite(report: BenchReport, kernels: string[]): Map<string, Record<string, unknown>> {
-  assert.equal(report.suite, 'kernels');
-  const byName = new Map(report.rows.map((r) => [r.kernel as string, r]));
-  for (const k of [...kernels, 'ceiling/gemm', 'ceiling/copy']) {
-    const r = byName.get(k);
-    assert.ok(r, `kernel ${k} missing from the report`);
-    for (const f of ['time_ms', 'gb_s', 'roof_fraction', 'bytes_per_iter']) {
-      assert.ok(typeof r[f] === 'number' && (r[f] as number) > 0 && Number.isFinite(r[f]), `${k}.${f} = ${r[f]}`);
-    }
-    if (k !== 'ceiling/copy') assert.ok((r.gflop_s as number) > 0, `${k}.gflop_s = ${r.gflop_s}`);
-    assert.match(String(r.bound), /^(compute|memory)$/);
-  }
-  const c = report.context;
-  assert.ok((c.gemm_ceiling_gflop_s as number) > 0 && (c.copy_ceiling_gb_s as number) > 0);
-  assert.equal(byName.get('ceiling/gemm')!.bound, 'compute');
-  assert.equal(byName.get('ceiling/copy')!.bound, 'memory');
-  assert.equal(byName.get('ceiling/gemm')!.calls_per_step, null);
-  assert.match(report.notes.join('\n'), /furthest from the roof: \S+ [\d.]+%, \S+ [\d.]+%, \S+ [\d.]+%/);
-  return byName;
-}
-
-// The tiny shape (B=2 T=16 C=64 NH=2 I=128, 7 labels, vocab 1000, 64 positions).
-const N = 2 * 16, C = 64, I = 128;
-const tinyParams = () => parameterShapes({
-  ...BERT_DEFAULTS, vocab_size: 1000, hidden_size: C, num_hidden_layers: 2, num_attention_heads: 2,
-  intermediate_size: I, max_position_embeddings: 64, type_vocab_size: 2, num_labels: 7,
-}).reduce((s, [, shape]) => s + shape.reduce((a, b) => a * b, 1), 0);
-
 test('bench kernels --tiny --json: every kernel, positive figures, both ceilings', { skip: skipKernels }, async () => {
   const report = JSON.parse(await cli(['kernels', '--tiny', '--json', '--threads', '1', '--quiet'])) as BenchReport;
-  const byName = checkSuite(report, KERNELS);
+  const byName = checkKernelReport(report, KERNELS);
+  const { N, C, I, B, T, NH } = TINY;
   assert.equal(report.context.device, 'cpu');
   assert.equal(report.context.precision, 'fp32');
   // Counts against independent formulas.
   assert.equal(byName.get('gemm/ffn_up/fwd')!.flop_per_iter, 2 * N * I * C);
   assert.equal(byName.get('gemm/qkv/dW')!.flop_per_iter, 2 * (3 * C) * C * N);
   assert.equal(byName.get('gemm/ffn_down/dX')!.bytes_per_iter, 4 * (N * C + C * I + N * I));
-  // The AdamW arena is the whole model: the same count as the TS parameter table.
-  const params = tinyParams();
-  assert.equal(report.context.parameters, params);
-  assert.equal(byName.get('adamw/arena')!.bytes_per_iter, 7 * 4 * params);
+  // The AdamW arena is the whole model (checkKernelReport compares it with the TS parameter table).
+  assert.equal(byName.get('adamw/arena')!.bytes_per_iter, 7 * 4 * tinyParameterCount());
   // The CPU attention saves the (B,NH,T,T) probabilities: qkv + out + probs + mask.
-  assert.equal(byName.get('attention/fwd')!.bytes_per_iter, 4 * 4 * N * C + 4 * 2 * 2 * 16 * 16 + 4 * N);
+  assert.equal(byName.get('attention/fwd')!.bytes_per_iter, 4 * 4 * N * C + 4 * B * NH * T * T + 4 * N);
   // Calls per training step of the tiny model (2 layers): GEMMs once per layer, LayerNorm 2L+1.
   assert.equal(byName.get('gemm/qkv/fwd')!.calls_per_step, 2);
   assert.equal(byName.get('layernorm/bwd')!.calls_per_step, 5);
   assert.equal(byName.get('adamw/arena')!.calls_per_step, 1);
-});
-
-// The CUDA suite needs a CUDA build (bench/kernels_cuda.cpp). Without a GPU,
-// .ci/run builds it on the CPU emulator (test/gpu/emulate.sh --bench) and
-// points NODETUNE_BENCH_CUDA at it: the figures are meaningless there, the
-// names, counts and contract are what this checks.
-const cudaBinary = process.env.NODETUNE_BENCH_CUDA;
-test('bench kernels --device cuda --tiny: the CPU suite\'s kernels in bf16, flash-attention counts', {
-  skip: cudaBinary ? false : 'set NODETUNE_BENCH_CUDA to a nodetune_bench_cuda binary (a GPU build, or the emulated one from test/gpu/emulate.sh --bench)',
-}, async () => {
-  const report = JSON.parse(await cli(['kernels', '--device', 'cuda', '--binary', cudaBinary!, '--tiny', '--json', '--quiet'])) as BenchReport;
-  const byName = checkSuite(report, [...KERNELS, 'layernorm/residual_fwd']);
-  assert.equal(report.context.device, 'cuda');
-  assert.equal(report.context.precision, 'bf16');
-  assert.match(String(report.title), /cuda bf16/);
-  // bf16 operands (2 bytes); the weight gradient accumulates in fp32.
-  assert.equal(byName.get('gemm/ffn_down/dX')!.bytes_per_iter, 2 * (N * C + C * I + N * I));
-  assert.equal(byName.get('gemm/qkv/dW')!.bytes_per_iter, 2 * (N * 3 * C + N * C) + 4 * 2 * 3 * C * C);
-  // Flash attention saves the (B,NH,T) logsumexp, not the probabilities; the
-  // backward recomputes Q K^T (10 T^2 HS per head instead of 8).
-  const BH = 2 * 2, TT = 16 * 16, HS = C / 2;
-  assert.equal(byName.get('attention/fwd')!.bytes_per_iter, 2 * 4 * N * C + 4 * BH * 16 + 4 * N);
-  assert.equal(byName.get('attention/bwd')!.flop_per_iter, BH * (10 * TT * HS + 5 * TT));
-  // Mixed-precision AdamW: fp32 master weights and moments plus the bf16 copy.
-  assert.equal(byName.get('adamw/arena')!.bytes_per_iter, 30 * tinyParams());
-  assert.equal(byName.get('layernorm/residual_fwd')!.calls_per_step, 4);
-  assert.equal(byName.get('layernorm/fwd')!.calls_per_step, 1);
 });
 
 test('bench kernels rejects options of the other device before running anything', async () => {

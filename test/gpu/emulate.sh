@@ -13,8 +13,8 @@
 #        bash test/gpu/emulate.sh --bench [build-dir]
 #          instead builds the CUDA kernel benchmarks (bench/kernels_cuda.cpp,
 #          needs Google Benchmark) as build-dir/nodetune_bench_cuda_emu and runs
-#          test/bench.test.ts's CUDA-suite test on it: names, work counts and the
-#          JSON contract, not speed (about 2 minutes on 2 cores).
+#          test/gpu/bench_cuda.test.mjs on it: names, work counts and the JSON
+#          contract, not speed (about a minute on 2 cores).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bench=0
@@ -62,9 +62,9 @@ if [ $bench = 1 ]; then
   for p in "${pids[@]}"; do wait "$p"; done
   "${cxx[@]}" "${objs[@]}" "$out/obj/emu.o" "$out/obj/bench_suite.o" "$out/obj/kernels_cuda.o" \
     -lbenchmark -lpthread -lopenblas -o "$out/nodetune_bench_cuda_emu"
-  [ -f "$root/dist/test/bench.test.js" ] || (cd "$root" && npx tsc -p tsconfig.json)
-  echo "running the CUDA kernel benchmarks on the CPU emulator (--tiny) through test/bench.test.ts ..."
-  NODETUNE_BENCH_CUDA="$out/nodetune_bench_cuda_emu" node --test --test-name-pattern='device cuda' "$root/dist/test/bench.test.js"
+  [ -f "$root/dist/test/helpers/kernel-suite.js" ] || (cd "$root" && npx tsc -p tsconfig.json)
+  echo "running the CUDA kernel benchmarks on the CPU emulator (--tiny) through test/gpu/bench_cuda.test.mjs ..."
+  NODETUNE_BENCH_CUDA="$out/nodetune_bench_cuda_emu" node --test "$root/test/gpu/bench_cuda.test.mjs"
   exit
 fi
 compile -c "$root/test/gpu/kernel_check.cpp" -o "$out/obj/kernel_check.o"

@@ -9,6 +9,8 @@
 #   addon_parity   device 'cuda' through the addon on the tiny-bert fixture
 #                  against Hugging Face (test/gpu/parity.mjs; needs node)
 #   bench          nodetune vs PyTorch eager bf16 training steps, TFLOP/s, MFU (test/gpu/bench.sh)
+#   kernels_contract  the CUDA kernel benchmarks at --tiny: every kernel, the counts
+#                  (test/gpu/bench_cuda.test.mjs)
 #   kernels_bf16, kernels_fp32   every CUDA kernel against the GPU's own GEMM and copy
 #                  ceilings (bench/kernels_cuda.cpp through `nodetune bench kernels
 #                  --device cuda`; MiniLM-L6 B=32 T=128; needs Google Benchmark)
@@ -212,21 +214,26 @@ finish bench "$(tail -n1 "$out/bench.log")"
 cat "$out/bench.txt" 2>/dev/null || tail -n 20 "$out/bench.log"
 
 # ---- kernel benchmarks against the GPU's ceilings (issue: kernel benchmarks) -------------
-if [ ${#bench_target[@]} -gt 0 ] && [ -n "$node_bin" ] && [ -f "$root/dist/bench/kernels.js" ]; then
+# Through dist/src/bench/kernels.js (no npm dependencies: node_modules is not carried).
+if [ ${#bench_target[@]} -gt 0 ] && [ -n "$node_bin" ] && [ -f "$root/dist/src/bench/kernels.js" ]; then
+  run_step kernels_contract 60 "$out/kernels_contract.txt" env NODETUNE_BENCH_CUDA="$bin/nodetune_bench_cuda" \
+    "$node_bin" --test "$root/test/gpu/bench_cuda.test.mjs"
+  finish kernels_contract "$(grep -E '^# (pass|fail)' "$out/kernels_contract.txt" | tr '\n' ' ')"
+  grep -E '^not ok' "$out/kernels_contract.txt" | head -n 10
   for prec in bf16 fp32; do
-    run_step "kernels_$prec" 75 "$out/kernels_cuda_$prec.log" "$node_bin" "$root/dist/bench/kernels.js" \
-      --device cuda --precision "$prec" --binary "$bin/nodetune_bench_cuda" --json --quiet
-    if [ "$step_status" = ok ]; then
-      cp "$out/kernels_cuda_$prec.log" "$out/kernels_cuda_$prec.json"
-      "$node_bin" --input-type=module -e "
-        import { readFileSync } from 'node:fs';
-        import { formatTable, formatMarkdown } from '$root/dist/src/bench/report.js';
-        const r = JSON.parse(readFileSync('$out/kernels_cuda_$prec.json', 'utf8'));
-        process.stdout.write(formatMarkdown(r));
-        process.stderr.write(formatTable(r));" >"$out/kernels_cuda_$prec.md" 2>"$out/kernels_cuda_$prec.txt"
-      cat "$out/kernels_cuda_$prec.txt"
-    fi
-    finish "kernels_$prec" "$(grep -m1 -o 'furthest from the roof: .*' "$out/kernels_cuda_$prec.txt" 2>/dev/null || tail -n1 "$out/kernels_cuda_$prec.log" | sed 's/.* failed ([^)]*): //')"
+    run_step "kernels_$prec" 75 "$out/kernels_cuda_$prec.log" "$node_bin" --input-type=module -e "
+      import { writeFileSync } from 'node:fs';
+      import { runKernelBench } from '$root/dist/src/bench/kernels.js';
+      import { formatTable, formatMarkdown } from '$root/dist/src/bench/report.js';
+      const r = await runKernelBench({ device: 'cuda', precision: '$prec', binary: '$bin/nodetune_bench_cuda' }).catch((e) => {
+        process.stdout.write(e.message.replace(/^.* failed \\([^)]*\\): /, '') + '\\n');
+        process.exit(1);
+      });
+      writeFileSync('$out/kernels_cuda_$prec.json', JSON.stringify(r, null, 2));
+      writeFileSync('$out/kernels_cuda_$prec.md', formatMarkdown(r));
+      process.stdout.write(formatTable(r));"
+    cat "$out/kernels_cuda_$prec.log"
+    finish "kernels_$prec" "$(grep -m1 -o 'furthest from the roof: .*' "$out/kernels_cuda_$prec.log" || tail -n1 "$out/kernels_cuda_$prec.log")"
   done
 else
   row kernels skipped 0 "needs Google Benchmark (carried by prepare.sh), node and dist/"
