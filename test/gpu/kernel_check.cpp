@@ -639,6 +639,37 @@ void check_grad_norm() {
     sync();
     const float bn = dnorm.down<float>()[0], bc = dclip.down<float>()[0];
     record("global_grad_norm inf gradient -> norm inf, clip NaN", "fp32", std::isinf(bn) && std::isnan(bc) ? 0 : 1, 0);
+    // an exactly zero gradient (everything frozen, or a batch that touches no
+    // weight): norm 0 and clip scale 1, never 0/0
+    dg.up(std::vector<float>(n, 0.f));
+    nt::cuda::global_grad_norm(dnorm.p, dclip.p, dg.p, n, max_norm, scratch.p, stream);
+    sync();
+    compare("global_grad_norm zero gradient -> norm 0", "fp32", dbl(dnorm.down<float>()), {0.0}, 0);
+    compare("global_grad_norm zero gradient -> clip 1", "fp32", dbl(dclip.down<float>()), {1.0}, 0);
+}
+
+// The first step of a weight whose gradient is exactly zero (a padding row,
+// an unused token type): m = v = 0, so the Adam term is 0 / (0 + eps) = 0 and
+// only weight decay moves the weight, in both precisions; never NaN.
+void check_adamw_zero_gradient() {
+    const size_t n = 4099;
+    const float lr = 1e-2f, wd = 0.01f;
+    const auto p0 = normal(n);
+    std::vector<double> rp = dbl(p0), rm(n, 0.0), rv(n, 0.0);
+    const std::vector<double> zero(n, 0.0);
+    nt::adamw_update<double>(rp.data(), zero.data(), rm.data(), rv.data(), n, lr, 0.9f, 0.999f, 1e-8f, wd, 1, 1.f);
+    Dev<float> dp(n), dg(n), dm(n), dv(n);
+    Dev<bf16> dpb(n);
+    dp.up(p0), dg.up(std::vector<float>(n, 0.f)), dm.up(std::vector<float>(n, 0.f)), dv.up(std::vector<float>(n, 0.f));
+    nt::cuda::adamw_update(dp.p, dpb.p, dg.p, dm.p, dv.p, nullptr, n, lr, 0.9f, 0.999f, 1e-8f, wd, 1, 1.f, nullptr, stream);
+    sync();
+    compare("adamw_update zero gradient params (decay only)", "fp32", dbl(dp.down<float>()), rp, 1e-6);
+    compare("adamw_update zero gradient exp_avg", "fp32", dbl(dm.down<float>()), rm, 0);
+    compare("adamw_update zero gradient exp_avg_sq", "fp32", dbl(dv.down<float>()), rv, 0);
+    const auto gb = dpb.down<uint16_t>();
+    size_t nonfinite = 0;
+    for (uint16_t h : gb) nonfinite += !std::isfinite(bf2f(h));
+    record("adamw_update zero gradient bf16 copy (non-finite)", "bf16", (double)nonfinite, 0);
 }
 
 void check_adamw() {
@@ -696,6 +727,7 @@ void check_adamw() {
         changed += std::memcmp(&gp2[i], &gp[i], 4) != 0 || std::memcmp(&gm2[i], &gm[i], 4) != 0 ||
                    std::memcmp(&gv2[i], &gv[i], 4) != 0 || gb2[i] != gb[i];
     record("adamw_update NaN scale skips (changed elements)", "fp32", (double)changed, 0);
+    check_adamw_zero_gradient();
 }
 
 // Runs one check; an exception becomes a failed row naming it, and the
