@@ -429,6 +429,9 @@ test('range checks name the flag before the model is loaded; --output a file; mi
   const missing = join(tmp, 'no-such.csv');
   const m = nodetune('train', '--model', model, '--train', missing, ...COLUMNS, '--output', never);
   assert.ok(m.stderr.includes(`nodetune: --train ${missing} does not exist`), m.stderr);
+  const noModel = join(tmp, 'no-such-model');
+  const mm = nodetune('train', '--model', noModel, '--train', trainCsv, ...COLUMNS, '--output', never);
+  assert.equal(mm.stderr, `nodetune: --model ${noModel} does not exist\n`);
   const d = nodetune('predict', '--model', out, '--input', tmp);
   assert.ok(d.stderr.includes(`nodetune: --input ${tmp} is a folder, expected a file`), d.stderr);
   const w = ok(quick(join(tmp, 'capped'), '--max-length', '100000'));

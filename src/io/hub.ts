@@ -402,12 +402,16 @@ async function shardsOf(indexPath: string, siblings: Map<string, Sibling>, repoI
 /**
  * A local model folder as is, or a Hub repo id pulled into the cache.
  *
- * @throws Error when a path-like argument does not exist, or as pull().
+ * @throws Error when a path-like argument does not exist (code ENOENT, path = the
+ *   argument, like an fs error), or as pull().
  */
 export async function resolveModel(idOrFolder: string, opts: PullOptions = {}): Promise<string> {
   const st = await stat(idOrFolder).catch(() => null);
   if (st?.isDirectory()) return resolve(idOrFolder);
   if (st) throw new Error(`${idOrFolder} is a file; expected a model folder or a Hugging Face repo id`);
-  if (/^[.~/\\]/.test(idOrFolder) || idOrFolder.split('/').length > 2) throw new Error(`model folder ${resolve(idOrFolder)} does not exist`);
+  if (/^[.~/\\]/.test(idOrFolder) || idOrFolder.split('/').length > 2) {
+    // code and path as fs errors carry them, so the CLI can name the flag that held the path
+    throw Object.assign(new Error(`model folder ${resolve(idOrFolder)} does not exist`), { code: 'ENOENT', path: idOrFolder });
+  }
   return (await pull(idOrFolder, opts)).folder;
 }
