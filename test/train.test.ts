@@ -276,6 +276,8 @@ test('bad TrainingArguments are rejected before the model is loaded, naming the 
     [{ early_stopping_patience: 2, eval_strategy: 'no' }, /^Error: early_stopping_patience 2 needs evaluations; eval_strategy is 'no'/],
     // The engine would reject it too, but only after the model is loaded.
     [{ adam_beta2: 1.5 }, /^Error: adam_beta2 1\.5: expected a number in \[0, 1\)$/],
+    [{ label_smoothing_factor: 1.5 }, /^Error: label_smoothing_factor 1\.5: expected a number in \[0, 1\] \(torch\.nn\.CrossEntropyLoss\)$/],
+    [{ class_weights: [1, -2, 1, 1] }, /^Error: class_weights\[1\] -2: expected a finite number ≥ 0$/],
   ];
   for (const [bad, message] of cases) {
     let loaded = false;

@@ -125,6 +125,22 @@ export function prepareData(o: FineTuneOptions, configLabel2id?: Record<string, 
   return { train, eval: evalSet, labels };
 }
 
+/**
+ * The loss options' ranges, checked before the model loads (the engine checks
+ * them too, but only once it exists): label_smoothing_factor in [0, 1] as
+ * torch.nn.CrossEntropyLoss, explicit class_weights finite and ≥ 0 (their
+ * count needs the label set, so classWeights checks it).
+ * @throws Error naming the option (and index) and what was expected.
+ */
+function validateLossOptions(o: FineTuneOptions): void {
+  const s = o.label_smoothing_factor;
+  if (s !== undefined && !(s >= 0 && s <= 1)) throw new Error(`label_smoothing_factor ${s}: expected a number in [0, 1] (torch.nn.CrossEntropyLoss)`);
+  if (Array.isArray(o.class_weights)) {
+    const i = o.class_weights.findIndex((w) => !(Number.isFinite(w) && w >= 0));
+    if (i >= 0) throw new Error(`class_weights[${i}] ${o.class_weights[i]}: expected a finite number ≥ 0`);
+  }
+}
+
 /** scikit-learn's compute_class_weight('balanced'): n_samples / (n_classes × count). */
 function classWeights(o: FineTuneOptions, data: PreparedData): Float32Array | undefined {
   if (!o.class_weights) return undefined;
@@ -151,6 +167,7 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
   const started = performance.now();
   const log = o.log ?? (() => undefined);
   validateTrainingArguments(o);
+  validateLossOptions(o);
   await prepareOutputDir(o);
   // A Hub id is downloaded first: its config's label2id decides the class ids (an existing head keeps its labels).
   const folder = await resolveModel(o.model);
