@@ -13,6 +13,8 @@
 // iteration enqueues `inner` launches between two events and reports their
 // mean; `inner` is picked during warm-up so an event pair spans >= 200 us,
 // far above the events' resolution (~0.5 us) and the gaps between enqueues.
+// Inputs are built once per benchmark (random values, uploaded), not per
+// repetition.
 //
 // Flags: those of bench/suite.h, plus
 //   --precision=bf16|fp32   (default bf16)
@@ -49,7 +51,7 @@ struct Gpu {
 };
 Gpu* gpu = nullptr;
 
-// A device buffer of n elements (freed with the benchmark that made it).
+// A device buffer of n elements, shared by the launch closures that use it.
 template <typename T>
 struct Buf {
     T* p = nullptr;
@@ -58,11 +60,18 @@ struct Buf {
     Buf(const Buf&) = delete;
     Buf& operator=(const Buf&) = delete;
 };
+template <typename T>
+using DevPtr = std::shared_ptr<Buf<T>>;
+
+template <typename T>
+DevPtr<T> alloc(size_t n) {
+    return std::make_shared<Buf<T>>(n);
+}
 
 // Uploads host floats as T (bf16: rounded on the device by nt::cuda::convert).
 template <typename T>
-std::unique_ptr<Buf<T>> upload(const std::vector<float>& h) {
-    auto d = std::make_unique<Buf<T>>(h.size());
+DevPtr<T> upload(const std::vector<float>& h) {
+    auto d = alloc<T>(h.size());
     if constexpr (std::is_same_v<T, float>) {
         NT_CUDA_CHECK(cudaMemcpy(d->p, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
     } else {
@@ -74,15 +83,15 @@ std::unique_ptr<Buf<T>> upload(const std::vector<float>& h) {
     return d;
 }
 
-std::unique_ptr<Buf<int32_t>> upload_ids(const std::vector<int32_t>& h) {
-    auto d = std::make_unique<Buf<int32_t>>(h.size());
+DevPtr<int32_t> upload_ids(const std::vector<int32_t>& h) {
+    auto d = alloc<int32_t>(h.size());
     NT_CUDA_CHECK(cudaMemcpy(d->p, h.data(), h.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
     return d;
 }
 
 template <typename T>
-std::unique_ptr<Buf<T>> zeros(size_t n) {
-    auto d = std::make_unique<Buf<T>>(n);
+DevPtr<T> zeros(size_t n) {
+    auto d = alloc<T>(n);
     NT_CUDA_CHECK(cudaMemset(d->p, 0, std::max<size_t>(n, 1) * sizeof(T)));
     return d;
 }
@@ -99,27 +108,44 @@ double time_launches(const std::function<void()>& launch, int inner) {
     return ms * 1e-3;
 }
 
-// Warms up (plan cache, first touch), then times `launch` per iteration; a
-// CUDA error ends the benchmark with its message (the report then fails
-// naming it) instead of aborting the suite.
-void run(benchmark::State& state, const std::function<void()>& launch) {
-    try {
-        launch();
-        const double once = time_launches(launch, 1);
-        const int inner = (int)std::clamp(std::ceil(200e-6 / std::max(once, 1e-7)), 1.0, 1000.0);
-        for (auto _ : state) state.SetIterationTime(time_launches(launch, inner) / inner);
-    } catch (const std::exception& e) {
-        state.SkipWithError(e.what());
+// A benchmark ready to run: its launch (holding its device buffers) and the
+// work one launch does.
+struct Prepared {
+    std::function<void()> launch;
+    Work work;
+};
+using Setup = std::function<Prepared()>;
+
+// The inputs of one benchmark at a time: Google Benchmark calls a benchmark
+// once per repetition and per iteration-count probe, and building up to a GB
+// of random inputs each time would dominate the suite's run time. Benchmarks
+// run one after another, so the previous one's buffers are freed first.
+std::string prepared_name;
+std::shared_ptr<Prepared> prepared;
+
+const Prepared& prepare(const std::string& name, const Setup& setup) {
+    if (prepared_name != name || !prepared) {
+        prepared.reset();
+        prepared_name.clear();
+        prepared = std::make_shared<Prepared>(setup());
+        prepared_name = name;
     }
+    return *prepared;
 }
 
-// Builds the benchmark's buffers and its launch (setup errors are reported
-// like launch errors), runs it, and sets the contract's counters.
-benchmark::internal::Benchmark* reg(const std::string& name, int calls_per_step,
-                                    std::function<void(benchmark::State&)> fn) {
-    return benchmark::RegisterBenchmark(name.c_str(), [fn, calls_per_step](benchmark::State& s) {
+// Warms up (plan cache, first touch), then times the launch per iteration
+// (events, manual time). A CUDA or setup error ends the benchmark with its
+// message, which the report turns into an error naming it, instead of
+// aborting the suite.
+benchmark::internal::Benchmark* reg(const std::string& name, int calls_per_step, Setup setup) {
+    return benchmark::RegisterBenchmark(name.c_str(), [name, calls_per_step, setup](benchmark::State& s) {
         try {
-            fn(s);
+            const Prepared& p = prepare(name, setup);
+            p.launch();
+            const double once = time_launches(p.launch, 1);
+            const int inner = (int)std::clamp(std::ceil(200e-6 / std::max(once, 1e-7)), 1.0, 1000.0);
+            for (auto _ : s) s.SetIterationTime(time_launches(p.launch, inner) / inner);
+            count(s, p.work);
         } catch (const std::exception& e) {
             s.SkipWithError(e.what());
         }
@@ -139,21 +165,20 @@ constexpr int act_bytes() {
 template <typename T>
 void register_ceilings(bool tiny) {
     const int n = tiny ? 256 : 8192;
-    reg("ceiling/gemm", 0, [n](benchmark::State& s) {
+    reg("ceiling/gemm", 0, [n] {
         auto A = upload<T>(random((size_t)n * n, 1, 1)), B = upload<T>(random((size_t)n * n, 1, 2));
-        Buf<T> C((size_t)n * n);
-        run(s, [&] { gpu->blas->gemm<T, T>(gpu->stream, false, false, n, n, n, 1.f, A->p, n, B->p, n, 0.f, C.p, n); });
+        auto C = alloc<T>((size_t)n * n);
         Work w = gemm_work(n, n, n, act_bytes<T>(), act_bytes<T>(), false);
         w.shape = std::string(sizeof(T) == 2 ? "bf16" : "fp32") + " cuBLASLt " + w.shape;
-        count(s, w);
+        return Prepared{[=] { gpu->blas->gemm<T, T>(gpu->stream, false, false, n, n, n, 1.f, A->p, n, B->p, n, 0.f, C->p, n); }, w};
     })->ComputeStatistics("min", fastest);
     // 512 MiB each way: ten times the largest L2 (H100/H200: 50 MiB), so HBM is measured.
     const size_t bytes = tiny ? (8u << 20) : (512u << 20);
-    reg("ceiling/copy", 0, [bytes](benchmark::State& s) {
-        Buf<char> src(bytes), dst(bytes);
-        NT_CUDA_CHECK(cudaMemset(src.p, 1, bytes));
-        run(s, [&] { NT_CUDA_CHECK(cudaMemcpyAsync(dst.p, src.p, bytes, cudaMemcpyDeviceToDevice, gpu->stream)); });
-        count(s, {0, 2.0 * bytes, std::to_string(bytes >> 20) + " MiB read + written (cudaMemcpyAsync)"});
+    reg("ceiling/copy", 0, [bytes] {
+        auto src = alloc<char>(bytes), dst = alloc<char>(bytes);
+        NT_CUDA_CHECK(cudaMemset(src->p, 1, bytes));
+        return Prepared{[=] { NT_CUDA_CHECK(cudaMemcpyAsync(dst->p, src->p, bytes, cudaMemcpyDeviceToDevice, gpu->stream)); },
+                        {0, 2.0 * bytes, std::to_string(bytes >> 20) + " MiB read + written (cudaMemcpyAsync)"}};
     })->ComputeStatistics("min", fastest);
 }
 
@@ -165,21 +190,21 @@ template <typename T>
 void register_linear(const LayerLinear& l, int layers, int N) {
     const auto name = [&](const char* pass) { return std::string("gemm/") + l.tag + "/" + pass; };
     auto fwd_or_dx = [&](const char* pass, bool tb, int M, int Nn, int K) {
-        reg(name(pass), layers, [=](benchmark::State& s) {
+        reg(name(pass), layers, [=] {
             auto A = upload<T>(random((size_t)M * K, 1, 11)), B = upload<T>(random((size_t)K * Nn, 1, 12));
-            Buf<T> C((size_t)M * Nn);
-            run(s, [&] { gpu->blas->gemm<T, T>(gpu->stream, false, tb, M, Nn, K, 1.f, A->p, K, B->p, tb ? K : Nn, 0.f, C.p, Nn); });
-            count(s, gemm_work(M, Nn, K, act_bytes<T>(), act_bytes<T>(), false));
+            auto C = alloc<T>((size_t)M * Nn);
+            return Prepared{[=] { gpu->blas->gemm<T, T>(gpu->stream, false, tb, M, Nn, K, 1.f, A->p, K, B->p, tb ? K : Nn, 0.f, C->p, Nn); },
+                            gemm_work(M, Nn, K, act_bytes<T>(), act_bytes<T>(), false)};
         });
     };
     fwd_or_dx("fwd", true, N, l.OC, l.IC);   // out(N,OC) = X(N,IC) W(OC,IC)^T
     fwd_or_dx("dX", false, N, l.IC, l.OC);   // dX(N,IC) = dY(N,OC) W(OC,IC)
     const int M = l.OC, Nn = l.IC, K = N;    // dW(OC,IC) += dY(N,OC)^T X(N,IC)
-    reg(name("dW"), layers, [=](benchmark::State& s) {
+    reg(name("dW"), layers, [=] {
         auto A = upload<T>(random((size_t)K * M, 1, 13)), B = upload<T>(random((size_t)K * Nn, 1, 14));
         auto C = zeros<float>((size_t)M * Nn);
-        run(s, [&] { gpu->blas->gemm<T, float>(gpu->stream, true, false, M, Nn, K, 1.f, A->p, M, B->p, Nn, 1.f, C->p, Nn); });
-        count(s, gemm_work(M, Nn, K, act_bytes<T>(), sizeof(float), true));
+        return Prepared{[=] { gpu->blas->gemm<T, float>(gpu->stream, true, false, M, Nn, K, 1.f, A->p, M, B->p, Nn, 1.f, C->p, Nn); },
+                        gemm_work(M, Nn, K, act_bytes<T>(), sizeof(float), true)};
     });
 }
 
@@ -191,46 +216,45 @@ void register_layernorm(const Shape& sh) {
     const size_t NC = (size_t)N * C;
     // The engine runs the plain form once (embeddings) and the fused residual
     // form twice per layer; the CPU suite's layernorm/fwd counts all 2L+1.
-    reg("layernorm/fwd", 1, [=](benchmark::State& s) {
+    reg("layernorm/fwd", 1, [=] {
         auto x = upload<T>(random(NC, 1, 21)), w = upload<T>(random(C, 1, 22)), b = upload<T>(random(C, 1, 23));
-        Buf<T> out(NC);
-        Buf<float> mean(N), rstd(N);
-        run(s, [&] { nt::cuda::layernorm_forward<T>(out.p, mean.p, rstd.p, x->p, w->p, b->p, N, C, 1e-12f, gpu->stream); });
-        count(s, layernorm_fwd_work(sh, act_bytes<T>(), false));
+        auto out = alloc<T>(NC);
+        auto mean = alloc<float>(N), rstd = alloc<float>(N);
+        return Prepared{[=] { nt::cuda::layernorm_forward<T>(out->p, mean->p, rstd->p, x->p, w->p, b->p, N, C, 1e-12f, gpu->stream); },
+                        layernorm_fwd_work(sh, act_bytes<T>(), false)};
     });
-    reg("layernorm/residual_fwd", 2 * sh.layers, [=](benchmark::State& s) {
+    reg("layernorm/residual_fwd", 2 * sh.layers, [=] {
         auto a = upload<T>(random(NC, 1, 27)), x = upload<T>(random(NC, 1, 28));
         auto w = upload<T>(random(C, 1, 22)), b = upload<T>(random(C, 1, 23));
-        Buf<T> res(NC), out(NC);
-        Buf<float> mean(N), rstd(N);
-        run(s, [&] { nt::cuda::residual_layernorm_forward<T>(res.p, out.p, mean.p, rstd.p, a->p, x->p, w->p, b->p, N, C, 1e-12f, gpu->stream); });
-        count(s, layernorm_fwd_work(sh, act_bytes<T>(), true));
+        auto res = alloc<T>(NC), out = alloc<T>(NC);
+        auto mean = alloc<float>(N), rstd = alloc<float>(N);
+        return Prepared{[=] { nt::cuda::residual_layernorm_forward<T>(res->p, out->p, mean->p, rstd->p, a->p, x->p, w->p, b->p, N, C, 1e-12f, gpu->stream); },
+                        layernorm_fwd_work(sh, act_bytes<T>(), true)};
     });
-    reg("layernorm/bwd", calls_layernorm(sh), [=](benchmark::State& s) {
+    reg("layernorm/bwd", calls_layernorm(sh), [=] {
         auto x = upload<T>(random(NC, 1, 24)), dy = upload<T>(random(NC, 1, 25)), w = upload<T>(random(C, 1, 26));
-        Buf<T> out(NC), dx(NC);
-        Buf<float> mean(N), rstd(N), scratch(nt::cuda::layernorm_backward_scratch_floats(N, C));
+        auto out = alloc<T>(NC), dx = alloc<T>(NC);
+        auto mean = alloc<float>(N), rstd = alloc<float>(N);
+        auto scratch = alloc<float>(nt::cuda::layernorm_backward_scratch_floats(N, C));
         auto dw = zeros<float>(C), db = zeros<float>(C);
-        nt::cuda::layernorm_forward<T>(out.p, mean.p, rstd.p, x->p, w->p, w->p, N, C, 1e-12f, gpu->stream);
-        run(s, [&] { nt::cuda::layernorm_backward<T>(dx.p, dw->p, db->p, dy->p, x->p, w->p, mean.p, rstd.p, N, C, scratch.p, false, gpu->stream); });
-        count(s, layernorm_bwd_work(sh, act_bytes<T>()));
+        nt::cuda::layernorm_forward<T>(out->p, mean->p, rstd->p, x->p, w->p, w->p, N, C, 1e-12f, gpu->stream);
+        return Prepared{[=] { nt::cuda::layernorm_backward<T>(dx->p, dw->p, db->p, dy->p, x->p, w->p, mean->p, rstd->p, N, C, scratch->p, false, gpu->stream); },
+                        layernorm_bwd_work(sh, act_bytes<T>())};
     });
 }
 
 template <typename T>
 void register_gelu(const Shape& sh) {
     const size_t n = (size_t)sh.N() * sh.I;
-    reg("gelu/fwd", sh.layers, [=](benchmark::State& s) {
+    reg("gelu/fwd", sh.layers, [=] {
         auto x = upload<T>(random(n, 3, 31));
-        Buf<T> y(n);
-        run(s, [&] { nt::cuda::gelu_forward<T>(y.p, x->p, n, gpu->stream); });
-        count(s, gelu_fwd_work(sh, act_bytes<T>()));
+        auto y = alloc<T>(n);
+        return Prepared{[=] { nt::cuda::gelu_forward<T>(y->p, x->p, n, gpu->stream); }, gelu_fwd_work(sh, act_bytes<T>())};
     });
-    reg("gelu/bwd", sh.layers, [=](benchmark::State& s) {
+    reg("gelu/bwd", sh.layers, [=] {
         auto x = upload<T>(random(n, 3, 32)), dy = upload<T>(random(n, 1, 33));
-        Buf<T> dx(n);
-        run(s, [&] { nt::cuda::gelu_backward<T>(dx.p, x->p, dy->p, n, gpu->stream); });
-        count(s, gelu_bwd_work(sh, act_bytes<T>()));
+        auto dx = alloc<T>(n);
+        return Prepared{[=] { nt::cuda::gelu_backward<T>(dx->p, x->p, dy->p, n, gpu->stream); }, gelu_bwd_work(sh, act_bytes<T>())};
     });
 }
 
@@ -241,22 +265,22 @@ void register_attention(const Shape& sh) {
     const int B = sh.B, Tn = sh.T, C = sh.C, NH = sh.NH;
     const size_t N = (size_t)B * Tn, rows = (size_t)B * NH * Tn;
     const nt::DropoutKey key{1, 0, 7};
-    reg("attention/fwd", sh.layers, [=](benchmark::State& s) {
+    reg("attention/fwd", sh.layers, [=] {
         auto qkv = upload<T>(random(N * 3 * C, 1, 41));
         auto mask = upload_ids(std::vector<int32_t>(N, 1));
-        Buf<T> out(N * C);
-        Buf<float> lse(rows);
-        run(s, [&] { nt::cuda::attention_forward<T>(out.p, lse.p, qkv->p, mask->p, B, Tn, C, NH, kDropout, key, gpu->stream); });
-        count(s, attention_fwd_work(sh, act_bytes<T>(), true));
+        auto out = alloc<T>(N * C);
+        auto lse = alloc<float>(rows);
+        return Prepared{[=] { nt::cuda::attention_forward<T>(out->p, lse->p, qkv->p, mask->p, B, Tn, C, NH, kDropout, key, gpu->stream); },
+                        attention_fwd_work(sh, act_bytes<T>(), true)};
     });
-    reg("attention/bwd", sh.layers, [=](benchmark::State& s) {
+    reg("attention/bwd", sh.layers, [=] {
         auto qkv = upload<T>(random(N * 3 * C, 1, 42)), dout = upload<T>(random(N * C, 1, 43));
         auto mask = upload_ids(std::vector<int32_t>(N, 1));
-        Buf<T> out(N * C), dqkv(N * 3 * C);
-        Buf<float> lse(rows), delta(rows);
-        nt::cuda::attention_forward<T>(out.p, lse.p, qkv->p, mask->p, B, Tn, C, NH, kDropout, key, gpu->stream);
-        run(s, [&] { nt::cuda::attention_backward<T>(dqkv.p, delta.p, dout->p, out.p, qkv->p, lse.p, mask->p, B, Tn, C, NH, kDropout, key, gpu->stream); });
-        count(s, attention_bwd_work(sh, act_bytes<T>(), true));
+        auto out = alloc<T>(N * C), dqkv = alloc<T>(N * 3 * C);
+        auto lse = alloc<float>(rows), delta = alloc<float>(rows);
+        nt::cuda::attention_forward<T>(out->p, lse->p, qkv->p, mask->p, B, Tn, C, NH, kDropout, key, gpu->stream);
+        return Prepared{[=] { nt::cuda::attention_backward<T>(dqkv->p, delta->p, dout->p, out->p, qkv->p, lse->p, mask->p, B, Tn, C, NH, kDropout, key, gpu->stream); },
+                        attention_bwd_work(sh, act_bytes<T>(), true)};
     });
 }
 
@@ -265,32 +289,31 @@ void register_attention(const Shape& sh) {
 template <typename T>
 void register_loss_optimizer(const Shape& sh) {
     const int B = sh.B, L = sh.L;
-    reg("crossentropy/fwd_bwd", 1, [=](benchmark::State& s) {
+    reg("crossentropy/fwd_bwd", 1, [=] {
         auto logits = upload<T>(random((size_t)B * L, 4, 51));
         auto labels = upload_ids(random_ids(B, 0, L, 52));
-        Buf<T> dlogits((size_t)B * L);
-        Buf<float> loss(1);
-        run(s, [&] { nt::cuda::crossentropy_softmax_forward_backward<T>(loss.p, dlogits.p, logits->p, labels->p, nullptr, B, L, 0.f, 1.f, gpu->stream); });
-        count(s, crossentropy_work(sh, act_bytes<T>()));
+        auto dlogits = alloc<T>((size_t)B * L);
+        auto loss = alloc<float>(1);
+        return Prepared{[=] { nt::cuda::crossentropy_softmax_forward_backward<T>(loss->p, dlogits->p, logits->p, labels->p, nullptr, B, L, 0.f, 1.f, gpu->stream); },
+                        crossentropy_work(sh, act_bytes<T>())};
     });
     const size_t n = sh.params();
     constexpr bool mixed = std::is_same_v<T, bf16>;
-    reg("adamw/arena", 1, [=](benchmark::State& s) {
+    reg("adamw/arena", 1, [=] {
         auto p = upload<float>(random(n, 0.02f, 61)), g = upload<float>(random(n, 1e-3f, 62));
         auto m = upload<float>(random(n, 1e-3f, 63));
         auto v_host = random(n, 1e-6f, 64);
         for (float& x : v_host) x = x * x;  // second moments are non-negative
         auto v = upload<float>(v_host);
-        auto copy = std::make_unique<Buf<bf16>>(mixed ? n : 0);
-        bf16* p16 = mixed ? copy->p : nullptr;
-        run(s, [&] { nt::cuda::adamw_update(p->p, p16, g->p, m->p, v->p, nullptr, n, 5e-5f, 0.9f, 0.999f, 1e-8f, 0.01f, 10, 1.f, nullptr, gpu->stream); });
-        count(s, adamw_work(n, mixed));
+        auto copy = alloc<bf16>(mixed ? n : 0);  // the bf16 weights, written in mixed precision only
+        return Prepared{[=] { nt::cuda::adamw_update(p->p, mixed ? copy->p : nullptr, g->p, m->p, v->p, nullptr, n, 5e-5f, 0.9f, 0.999f, 1e-8f, 0.01f, 10, 1.f, nullptr, gpu->stream); },
+                        adamw_work(n, mixed)};
     });
 }
 
-// Device copies of make_id_buckets' arrays, alive as long as the benchmark.
+// Device copies of make_id_buckets' arrays.
 struct Buckets {
-    std::unique_ptr<Buf<int32_t>> order, offsets, ids;
+    DevPtr<int32_t> order, offsets, ids;
     nt::cuda::DeviceBuckets view;
     Buckets(const std::vector<int32_t>& host_ids, int N, int num_ids) {
         const nt::cuda::IdBuckets b = nt::cuda::make_id_buckets(host_ids.data(), N, num_ids);
@@ -307,21 +330,22 @@ void register_embedding(const Shape& sh) {
     const size_t N = (size_t)B * Tn;
     const auto ids = random_ids(N, 1, V, 71);
     const double unique = distinct(ids);
-    reg("embedding/fwd", 1, [=](benchmark::State& s) {
+    reg("embedding/fwd", 1, [=] {
         auto wte = upload<T>(random((size_t)V * C, 1, 72)), wpe = upload<T>(random((size_t)sh.P * C, 1, 73));
         auto wtt = upload<T>(random((size_t)sh.TV * C, 1, 74));
         auto d_ids = upload_ids(ids), tt = upload_ids(std::vector<int32_t>(N, 0));
-        Buf<T> out(N * C);
-        run(s, [&] { nt::cuda::embedding_forward<T>(out.p, d_ids->p, tt->p, wte->p, wpe->p, wtt->p, B, Tn, C, gpu->stream); });
-        count(s, embedding_fwd_work(sh, unique, act_bytes<T>()));
+        auto out = alloc<T>(N * C);
+        return Prepared{[=] { nt::cuda::embedding_forward<T>(out->p, d_ids->p, tt->p, wte->p, wpe->p, wtt->p, B, Tn, C, gpu->stream); },
+                        embedding_fwd_work(sh, unique, act_bytes<T>())};
     });
     // The deterministic backward the engine runs (buckets built on the host per batch, not timed).
-    reg("embedding/bwd", 1, [=](benchmark::State& s) {
+    reg("embedding/bwd", 1, [=] {
         auto dout = upload<T>(random(N * C, 1, 75));
         auto dwte = zeros<float>((size_t)V * C), dwpe = zeros<float>((size_t)sh.P * C), dwtt = zeros<float>((size_t)sh.TV * C);
-        Buckets words(ids, (int)N, V), types(std::vector<int32_t>(N, 0), (int)N, sh.TV);
-        run(s, [&] { nt::cuda::embedding_backward_sorted<T>(dwte->p, dwpe->p, dwtt->p, dout->p, words.view, types.view, B, Tn, C, gpu->stream); });
-        count(s, embedding_bwd_work(sh, unique, act_bytes<T>(), true));
+        auto words = std::make_shared<Buckets>(ids, (int)N, V);
+        auto types = std::make_shared<Buckets>(std::vector<int32_t>(N, 0), (int)N, sh.TV);
+        return Prepared{[=] { nt::cuda::embedding_backward_sorted<T>(dwte->p, dwpe->p, dwtt->p, dout->p, words->view, types->view, B, Tn, C, gpu->stream); },
+                        embedding_bwd_work(sh, unique, act_bytes<T>(), true)};
     });
 }
 
@@ -388,6 +412,7 @@ int main(int argc, char** argv) {
     else register_all<float>(o.shape, o.tiny);
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
+    prepared.reset();  // device buffers go before the stream and the handle
     g.blas.reset();
     cudaEventDestroy(g.start);
     cudaEventDestroy(g.stop);
