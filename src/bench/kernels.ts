@@ -1,6 +1,7 @@
 /**
  * `nodetune bench kernels`: runs the Google Benchmark suite bench/kernels.cpp
- * (built by CMake as build/Release/nodetune_bench_kernels) and turns its JSON
+ * (built by CMake as build/Release/nodetune_bench_kernels; on CUDA
+ * bench/kernels_cuda.cpp, nodetune_bench_cuda) and turns its JSON
  * into a {@link BenchReport}: per kernel the median time, GFLOP/s, GB/s and the
  * fraction of the machine's own roof measured in the same run.
  *
@@ -179,7 +180,7 @@ function medians(json: GoogleBenchmarkJson): Measured[] {
     const name = b.run_name.replace(/\/(real_time|manual_time|repeats:\d+)/g, '');
     if (b.error_occurred) throw new Error(`kernel benchmark ${name} failed: ${b.error_message ?? 'unknown error'}`);
     if (b.flop_per_iter === undefined || b.bytes_per_iter === undefined) {
-      throw new Error(`kernel benchmark ${name}: counters flop_per_iter and bytes_per_iter are missing (see the contract in bench/kernels.cpp)`);
+      throw new Error(`kernel benchmark ${name}: counters flop_per_iter and bytes_per_iter are missing (see the contract in bench/suite.h)`);
     }
     const r = runs.get(name) ?? { aggs: {}, iters: [], label: b.label ?? '', flop: b.flop_per_iter, bytes: b.bytes_per_iter, calls: b.calls_per_step || null };
     const seconds = b.real_time * UNIT_S[b.time_unit];
@@ -208,8 +209,8 @@ const ctx = (json: GoogleBenchmarkJson, key: string): BenchValue => {
 };
 
 /**
- * Post-processes Google Benchmark JSON from bench/kernels.cpp (or a CUDA suite
- * keeping its contract) into a report. Pure: no I/O.
+ * Post-processes Google Benchmark JSON from bench/kernels.cpp or bench/kernels_cuda.cpp
+ * (the contract in bench/suite.h) into a report. Pure: no I/O.
  * @throws Error when a ceiling (ceiling/gemm, ceiling/copy) or a counter is missing.
  */
 export function kernelReport(json: GoogleBenchmarkJson): BenchReport {

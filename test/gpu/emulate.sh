@@ -27,7 +27,9 @@ cuda="${CUDAToolkit_ROOT:-$root/.cache/cuda/toolkit}"
 }
 blas_inc="$(dirname "$(find /usr/include -name cblas.h -path '*openblas*' | head -n1)")"
 mkdir -p "$out/src" "$out/obj"
-cxx=(g++ -std=c++17 -O2 -g -fopenmp -Wall -Wno-unknown-pragmas -I"$root/native" -I"$cuda/include" -I"$blas_inc")
+# EMU_CXXFLAGS adds compiler flags, e.g. "-fsanitize=address": device memory is host
+# memory here, so AddressSanitizer finds a kernel's out-of-bounds reads and writes.
+cxx=(g++ -std=c++17 -O2 -g -fopenmp -Wall -Wno-unknown-pragmas -I"$root/native" -I"$cuda/include" -I"$blas_inc" ${EMU_CXXFLAGS:-})
 
 # kernel<<<cfg>>>(args)  ->  ::emu::launch(::emu::Cfg(cfg), kernel, args)
 python3 - "$root/native/cuda" "$out/src" <<'PY'
