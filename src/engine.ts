@@ -103,6 +103,28 @@ export function loadAddon(): NativeAddon {
 }
 
 /**
+ * Checks a device and precision the way the native engine factory
+ * (native/engine/factory.cpp) will, without creating an engine, so a caller can
+ * reject them before loading weights: device 'cpu', 'cuda' or 'cuda:N';
+ * precision 'fp32' or 'bf16' (CUDA only); 'cuda' needs an addon built with the
+ * CUDA backend. Whether a GPU and driver are present is only known when the
+ * engine is created.
+ * @throws Error with the factory's wording.
+ */
+export function checkDevice(device = 'cpu', precision = 'fp32'): void {
+  if (precision !== 'fp32' && precision !== 'bf16') throw new Error(`precision '${precision}' is not supported: expected 'fp32' or 'bf16'`);
+  if (device === 'cpu') {
+    if (precision !== 'fp32') throw new Error("precision 'bf16' needs device 'cuda': the CPU engine trains in fp32");
+    return;
+  }
+  if (!/^cuda(:|$)/.test(device)) throw new Error(`unknown device '${device}': expected 'cpu', 'cuda' or 'cuda:N'`);
+  if (!/^cuda(:\d+)?$/.test(device)) throw new Error(`device '${device}': expected 'cuda:N' with N a device number`);
+  if (!loadAddon().cudaCompiled) {
+    throw new Error("device 'cuda' was requested, but this build of nodetune has no CUDA backend: rebuild on a machine with a CUDA toolkit (see README, 'CUDA')");
+  }
+}
+
+/**
  * A BertForSequenceClassification training engine in native memory.
  * Parameter names are Hugging Face checkpoint keys with the `bert.` prefix
  * (`bert.encoder.layer.0.attention.self.query.weight`, `classifier.weight`).

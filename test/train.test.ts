@@ -286,6 +286,27 @@ test('bad TrainingArguments are rejected before the model is loaded, naming the 
   }
 });
 
+test('device, precision, resume/overwrite and an empty validation split are rejected before the model loads, leaving no output', async () => {
+  const rows = intentRows(4, 44); // one example per intent: none can be held out
+  const cases: Array<[Partial<FineTuneOptions>, RegExp]> = [
+    [{ device: 'gpu' }, /^Error: unknown device 'gpu': expected 'cpu', 'cuda' or 'cuda:N'$/],
+    [{ device: 'cuda:x' }, /^Error: device 'cuda:x': expected 'cuda:N' with N a device number$/],
+    [{ precision: 'bf16' }, /^Error: precision 'bf16' needs device 'cuda': the CPU engine trains in fp32$/],
+    [{ resume_from_checkpoint: true, overwrite_output_dir: true }, /^Error: --resume and --overwrite-output-dir contradict each other/],
+    [{ validation_split: 0.1, eval_strategy: 'epoch' }, /--validation-split 0\.1 of 4 examples leaves no evaluation examples; pass --eval FILE, a larger --validation-split, or --validation-split 0/],
+  ];
+  const csv = `${outDir()}.csv`;
+  await writeIntentCsv(csv, rows);
+  for (const [bad, message] of cases) {
+    let loaded = false;
+    const out = outDir();
+    const options: FineTuneOptions = { model: noDropout, train_file: csv, label_column: 'category', output_dir: out, validation_split: 0, eval_strategy: 'no', threads: THREADS };
+    await assert.rejects(fineTune({ ...options, ...bad, log: () => (loaded = true) }), message);
+    assert.equal(loaded, false, `${JSON.stringify(bad)}: rejected before loading the model`);
+    assert.ok(!existsSync(out), `${JSON.stringify(bad)}: nothing written to ${out}`);
+  }
+});
+
 test('optimizer and seed arguments out of range are rejected naming the argument; defaults and edge values pass', () => {
   const base = { output_dir: 'unused' };
   const cases: Array<[Partial<TrainingArguments>, RegExp]> = [

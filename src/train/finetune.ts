@@ -9,6 +9,7 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { readDataset, buildLabelMap, encodeLabels, stratifiedSplit, type Dataset, type LabelMap } from '../data/index.js';
 import { loadModel, saveModel, type Model } from '../model.js';
+import { checkDevice } from '../engine.js';
 import { readSafetensors } from '../io/safetensors.js';
 import { resolveModel } from '../io/hub.js';
 import { writeReport } from '../report/index.js';
@@ -76,6 +77,9 @@ const RUN_OUTPUTS = [
  */
 export async function prepareOutputDir(o: FineTuneOptions): Promise<void> {
   const dir = o.output_dir;
+  if (o.resume_from_checkpoint && o.overwrite_output_dir) {
+    throw new Error('--resume and --overwrite-output-dir contradict each other: one continues the run in --output, the other deletes it; pass one');
+  }
   if (!existsSync(dir)) {
     if (o.resume_from_checkpoint) throw new Error(`cannot resume: --output ${dir} does not exist (no checkpoint-last to resume from)`);
     return;
@@ -119,6 +123,12 @@ export function prepareData(o: FineTuneOptions, configLabel2id?: Record<string, 
     encodeLabels(evalSet, labels); // throws on a label training never saw, naming file and line
   } else if ((o.validation_split ?? 0.1) > 0) {
     const split = stratifiedSplit(train.examples, { evalFraction: o.validation_split ?? 0.1, seed: o.seed ?? 42 });
+    if (split.eval.length === 0) {
+      throw new Error(
+        `${train.path}: --validation-split ${o.validation_split ?? 0.1} of ${train.examples.length} examples leaves no evaluation examples; ` +
+          'pass --eval FILE, a larger --validation-split, or --validation-split 0 to train without evaluation',
+      );
+    }
     evalSet = { path: `${train.path} (held-out split)`, examples: split.eval };
     train = { path: train.path, examples: split.train };
   }
@@ -168,6 +178,7 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
   const log = o.log ?? (() => undefined);
   validateTrainingArguments(o);
   validateLossOptions(o);
+  checkDevice(o.device, o.precision);
   await prepareOutputDir(o);
   // A Hub id is downloaded first: its config's label2id decides the class ids (an existing head keeps its labels).
   const folder = await resolveModel(o.model);
