@@ -15,6 +15,7 @@ import * as ort from 'onnxruntime-node';
 import { loadModel, engineWeights } from '../src/model.js';
 import { exportOnnx } from '../src/onnx/export.js';
 import type { Batch } from '../src/engine.js';
+import { positiveInt } from '../src/cli/common.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -44,11 +45,12 @@ function randomBatch(B: number, T: number, vocab: number): Batch {
 async function main(): Promise<void> {
   const o = new Command('bench:inference')
     .option('--model <folder>', 'model folder', join(root, '.cache/models/all-MiniLM-L6-v2'))
-    .option('--batch <n>', 'batch size', Number, 32)
-    .option('--seq <list>', 'sequence lengths', (v: string) => v.split(',').map(Number), [32, 128])
-    .option('--threads <n>', 'threads for both engines', Number, 2)
-    .option('--steps <n>', 'timed runs per engine', Number, 10)
+    .option('--batch <n>', 'batch size', positiveInt, 32)
+    .option('--seq <list>', 'comma-separated sequence lengths', (v: string) => v.split(',').map((t) => positiveInt(t.trim())), [32, 128])
+    .option('--threads <n>', 'threads for both engines', positiveInt, 2)
+    .option('--steps <n>', 'timed runs per engine', positiveInt, 10)
     .option('--markdown', 'print a markdown table')
+    .showHelpAfterError()
     .parse()
     .opts();
   const model = await loadModel(o.model, { num_labels: 77, seed: 1, threads: o.threads, log: () => undefined });

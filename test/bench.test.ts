@@ -6,13 +6,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Command } from 'commander';
 import { registerBench } from '../src/cli/bench.js';
-import { kernelReport, type GoogleBenchmarkJson } from '../src/bench/kernels.js';
-import { formatTable, type BenchReport } from '../src/bench/report.js';
+import { kernelReport, parseGoogleBenchmarkJson, runKernelBench, type GoogleBenchmarkJson } from '../src/bench/kernels.js';
+import { formatTable, loadWarning, type BenchReport } from '../src/bench/report.js';
 import { releaseBinary, repoRoot } from '../src/bench/paths.js';
 import { KERNELS, TINY, checkKernelReport, tinyParameterCount } from './helpers/kernel-suite.js';
 
@@ -20,7 +21,7 @@ const run = promisify(execFile);
 
 async function cli(args: string[]): Promise<string> {
   let out = '';
-  const program = new Command('nodetune').exitOverride();
+  const program = new Command('nodetune').exitOverride().configureOutput({ writeErr: () => undefined });
   registerBench(program, { stdout: (t) => (out += t), stderr: () => undefined });
   await program.parseAsync(['node', 'nodetune', 'bench', ...args]);
   return out;
@@ -58,6 +59,112 @@ test('bench kernels rejects options of the other device before running anything'
   await assert.rejects(cli(['kernels', '--device', 'cuda', '--threads', '2', '--binary', '/nonexistent']), /threads: applies to the CPU suite only/);
   await assert.rejects(cli(['kernels', '--precision', 'bf16', '--binary', '/nonexistent']), /precision bf16: the CPU kernels are fp32 only/);
   await assert.rejects(cli(['kernels', '--gpu', '1', '--binary', '/nonexistent']), /gpu: applies to the CUDA suite only/);
+});
+
+test('bench kernels --precision fp32 runs the CPU suite (fp32 is its precision; the binary takes no --precision)', { skip: skipKernels }, async () => {
+  const report = JSON.parse(await cli(['kernels', '--tiny', '--precision', 'fp32', '--filter', '^gelu/fwd/', '--threads', '1', '--quiet', '--json'])) as BenchReport;
+  assert.deepEqual(report.rows.map((r) => r.kernel), ['ceiling/gemm', 'ceiling/copy', 'gelu/fwd']);
+  assert.equal(report.context.precision, 'fp32');
+});
+
+/**
+ * A stand-in suite binary: records its arguments, one a line, in `argsFile`
+ * and writes `json` where --benchmark_out points.
+ */
+function fakeSuite(dir: string, json: GoogleBenchmarkJson): { binary: string; args: () => string[] } {
+  const binary = join(dir, 'fake_bench');
+  const argsFile = join(dir, 'args.txt');
+  writeFileSync(join(dir, 'out.json'), JSON.stringify(json));
+  writeFileSync(binary, [
+    '#!/bin/sh',
+    `printf '%s\n' "$@" > '${argsFile}'`,
+    'for a in "$@"; do case "$a" in --benchmark_out=*) out="${a#--benchmark_out=}";; esac; done',
+    `cat '${join(dir, 'out.json')}' > "$out"`,
+  ].join('\n'));
+  chmodSync(binary, 0o755);
+  return { binary, args: () => readFileSync(argsFile, 'utf8').trim().split('\n') };
+}
+
+/** Median aggregates of the two ceilings and gelu/fwd, as Google Benchmark writes them. */
+function suiteJson(context: Record<string, unknown>): GoogleBenchmarkJson {
+  const b = (run_name: string, flop: number, bytes: number) => ({
+    name: `${run_name}/manual_time_median`, run_name: `${run_name}/manual_time`, run_type: 'aggregate' as const,
+    aggregate_name: 'median', real_time: 1, time_unit: 'ms' as const, label: 'x', flop_per_iter: flop, bytes_per_iter: bytes,
+  });
+  return { context, benchmarks: [b('ceiling/gemm', 1e9, 1e6), b('ceiling/copy', 0, 1e9), b('gelu/fwd', 1e6, 1e8)] };
+}
+
+test('bench kernels passes --precision and --gpu to the CUDA suite only, and --threads to the CPU suite only', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'nodetune-bench-test-'));
+  try {
+    // A GPU run on a loaded host: no load warning (the suite barely uses the host cores).
+    const cuda = fakeSuite(dir, suiteJson({ nt_device: 'cuda', nt_precision: 'bf16', nt_gpu: 'GPU', load_avg: [99, 1, 1] }));
+    const report = JSON.parse(await cli(['kernels', '--device', 'cuda', '--precision', 'bf16', '--gpu', '1', '--binary', cuda.binary, '--json', '--quiet'])) as BenchReport;
+    assert.ok(cuda.args().includes('--precision=bf16') && cuda.args().includes('--gpu=1'), cuda.args().join(' '));
+    assert.equal(report.context.load_avg_1min, 99);
+    assert.ok(!report.notes.some((n) => n.includes('load average')), report.notes.join('\n'));
+    const cpu = fakeSuite(dir, suiteJson({ nt_device: 'cpu', nt_threads: '2', load_avg: [0, 0, 0] }));
+    await cli(['kernels', '--precision', 'fp32', '--threads', '2', '--binary', cpu.binary, '--json', '--quiet']);
+    assert.ok(cpu.args().includes('--threads=2'), cpu.args().join(' '));
+    assert.ok(!cpu.args().some((a) => a.startsWith('--precision') || a.startsWith('--gpu')), cpu.args().join(' '));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('bench kernels --filter: an invalid regular expression is named before anything runs', async () => {
+  await assert.rejects(cli(['kernels', '--filter', '[', '--binary', '/nonexistent']), (err: Error) => {
+    assert.match(err.message, /^--filter '\[': invalid regular expression: \S/);
+    return true;
+  });
+  await assert.rejects(runKernelBench({ filter: 'a)', binary: '/nonexistent' }), /^Error: --filter 'a\)': invalid regular expression/);
+});
+
+test('bench kernels --filter: what only std::regex rejects shows the binary\'s stderr', { skip: skipKernels }, async () => {
+  // Lookbehind is valid in JS, not in std::regex's ECMAScript grammar: the binary exits 0 with no JSON.
+  await assert.rejects(cli(['kernels', '--tiny', '--filter', '(?<=a)b', '--quiet']), (err: Error) => {
+    assert.match(err.message, /Google Benchmark output is not JSON \(it is empty\); its stderr ends: .*Could not compile benchmark re/);
+    return true;
+  });
+});
+
+test('parseGoogleBenchmarkJson: empty or broken output names the source and ends with the stderr tail', () => {
+  assert.throws(() => parseGoogleBenchmarkJson('', 'bin/x', 'line 1\nbad filter'), (err: Error) => {
+    assert.equal(err.message, 'bin/x: Google Benchmark output is not JSON (it is empty); its stderr ends: line 1 | bad filter');
+    return true;
+  });
+  assert.throws(() => parseGoogleBenchmarkJson('{"context":', 'bin/x'), /^Error: bin\/x: Google Benchmark output is not JSON \([^)]+\)$/);
+  assert.deepEqual(parseGoogleBenchmarkJson('{"context": {"cv": nan, "x": -inf}, "benchmarks": []}', 'bin/x').context, { cv: null, x: null });
+});
+
+test('bench kernels --filter that matches nothing fails; one naming a ceiling does not', { skip: skipKernels }, async () => {
+  await assert.rejects(cli(['kernels', '--tiny', '--filter', 'nomatch', '--threads', '1', '--quiet']), /^Error: no benchmark matches --filter 'nomatch' \(/);
+  const report = JSON.parse(await cli(['kernels', '--tiny', '--filter', 'ceiling/gemm', '--threads', '1', '--quiet', '--json'])) as BenchReport;
+  assert.deepEqual(report.rows.map((r) => r.kernel), ['ceiling/gemm', 'ceiling/copy']);
+});
+
+test('bench kernels --min-time must be a number of seconds > 0', async () => {
+  for (const v of ['-1', '0', 'abc', 'Infinity']) {
+    await assert.rejects(cli(['kernels', '--min-time', v, '--binary', '/nonexistent']), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'commander.invalidArgument', err.message);
+      assert.match(err.message, new RegExp(`--min-time <s>' argument '${v}' is invalid`));
+      return true;
+    });
+  }
+  await assert.rejects(runKernelBench({ minTime: 0, binary: '/nonexistent' }), /^Error: --min-time 0: expected a number of seconds > 0$/);
+});
+
+test('every bench entry point prints --help and exits 0 without running', async () => {
+  // A run would take minutes (the default inference benchmark); the timeout turns that into a failure.
+  const help = (script: string) => run(process.execPath, [join(repoRoot, 'dist/bench', script), '--help'], { timeout: 60_000 });
+  const [index, train, kernels, inference] = await Promise.all(['index.js', 'train.js', 'kernels.js', 'inference.js'].map(help));
+  assert.match(train.stdout, /^Usage: bench\/train \[options\]/m);
+  assert.match(kernels.stdout, /^Usage: nodetune bench kernels \[options\]/m);
+  assert.match(inference.stdout, /^Usage: bench:inference \[options\]/m);
+  assert.match(index.stdout, /^npm run bench/);
+  assert.ok(index.stdout.includes(train.stdout) && index.stdout.includes(inference.stdout), index.stdout);
+  // What a run prints (a result line or a table header) is absent.
+  for (const r of [index, train, kernels, inference]) assert.doesNotMatch(r.stdout, /samples\/s \(|native \/ onnxruntime \||^kernel +shape/m);
 });
 
 test('bench kernels names the missing binary and how to build it', async () => {
@@ -107,6 +214,23 @@ test('kernelReport: roofline fractions from the measured ceilings', () => {
   assert.deepEqual(manual.rows.map((x) => x.kernel), r.rows.map((x) => x.kernel));
   assert.equal(manual.context.gemm_ceiling_gflop_s, 200);
   assert.match(manual.title, /cuda bf16, tiny B=2 T=16, NVIDIA H200/);
+  // Only the ceilings (a filter that matched nothing): no note naming kernels, none left dangling.
+  const ceilings = kernelReport({ ...json, benchmarks: json.benchmarks.filter((x) => x.run_name.startsWith('ceiling/')) });
+  assert.equal(ceilings.rows.length, 2);
+  assert.ok(!ceilings.notes.some((n) => /furthest|add up to|:\s*$/.test(n)), ceilings.notes.join('\n'));
+});
+
+test('load warning: a 1-minute load average at or above the thread count, CPU reports only', () => {
+  const warning = 'warning: load average 2.3 >= 2 threads at the start: other processes share the cores; figures are unreliable, compare ratios across runs';
+  assert.equal(loadWarning(2.3, 2), warning);
+  assert.equal(loadWarning(2, 2), warning.replace('2.3', '2.0'));
+  assert.equal(loadWarning(1.99, 2), null);
+  assert.equal(loadWarning(null, 2), null);
+  assert.equal(loadWarning(5, null), null);
+  const json = (context: Record<string, unknown>): GoogleBenchmarkJson => suiteJson({ nt_device: 'cpu', nt_threads: '2', ...context });
+  assert.equal(kernelReport(json({ load_avg: [2.3, 1, 1] })).notes[0], warning);
+  assert.ok(!kernelReport(json({ load_avg: [1.2, 3, 3] })).notes.some((n) => n.startsWith('warning')));
+  assert.ok(!kernelReport(json({ nt_device: 'cuda', load_avg: [2.3, 1, 1] })).notes.some((n) => n.startsWith('warning')));
 });
 
 test('formatTable: aligned columns, percentages, and the reason for an empty cell', () => {
@@ -144,4 +268,8 @@ test('bench/train.ts (the first half of npm run bench): one step of bert-tiny wi
   assert.ok(Math.abs((r.gflop_s as number) - (r.train_flops as number) / (r.step_ms as number) / 1e6) < 1e-9);
   assert.equal(r.vs_torch, null);
   assert.equal(r.torch_status, 'not run (--no-torch)');
+  // The load average at the start is recorded, and warned about at >= 1 (the thread count).
+  const load = report.context.load_avg_1min as number;
+  assert.ok(Number.isFinite(load) && load >= 0, `load_avg_1min = ${load}`);
+  assert.deepEqual(report.notes.filter((n) => n.startsWith('warning: load average')), load >= 1 ? [loadWarning(load, 1)] : []);
 });

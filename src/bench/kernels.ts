@@ -26,7 +26,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { releaseBinary } from './paths.js';
-import type { BenchReport, BenchValue } from './report.js';
+import { loadWarning, type BenchReport, type BenchValue } from './report.js';
 
 export const KERNEL_MODELS = ['minilm-l6', 'bert-tiny', 'bert-base'] as const;
 export type KernelModel = (typeof KERNEL_MODELS)[number];
@@ -41,7 +41,7 @@ export interface KernelBenchOptions {
   seq?: number;
   /** CPU suite: OpenMP/OpenBLAS threads (default: OpenMP's default, all cores). */
   threads?: number;
-  /** CUDA suite: activation/weight precision (default bf16; the CPU suite is fp32). */
+  /** Activation/weight precision: CUDA bf16 (default) or fp32; the CPU suite is fp32 only and accepts 'fp32'. */
   precision?: 'bf16' | 'fp32';
   /** CUDA suite: device index (default 0). */
   gpu?: number;
@@ -49,7 +49,7 @@ export interface KernelBenchOptions {
   repetitions?: number;
   /** Minimum seconds per repetition (default 0.2 on the CPU, 0.1 on CUDA; tiny 0.01). */
   minTime?: number;
-  /** Regular expression selecting benchmarks; the two ceilings always run. */
+  /** Regular expression (std::regex ECMAScript) selecting benchmarks; the two ceilings always run. */
   filter?: string;
   device?: 'cpu' | 'cuda';
   /** Path of the benchmark binary (default build/Release/nodetune_bench_{kernels,cuda}). */
@@ -86,22 +86,27 @@ function missingBinaryMessage(path: string, device: 'cpu' | 'cuda'): string {
   return `kernel benchmark binary not found at ${path}: CMake builds it when Google Benchmark is installed (Debian/Ubuntu: apt-get install libbenchmark-dev; macOS: brew install google-benchmark), then rebuild with \`npm run build:native\``;
 }
 
-function binaryArgs(o: KernelBenchOptions, outFile: string): string[] {
+/** The last lines of a tool's stderr, on one line (where Google Benchmark and the suite say what went wrong). */
+const stderrTail = (stderr: string) => stderr.trim().split('\n').slice(-5).join(' | ');
+
+/** Command-line arguments of the suite binary; --precision and --gpu exist only in the CUDA one. */
+function binaryArgs(o: KernelBenchOptions, device: 'cpu' | 'cuda', outFile: string): string[] {
   const args = [`--benchmark_out=${outFile}`, '--benchmark_out_format=json'];
   if (o.tiny) args.push('--tiny');
   if (o.model) args.push(`--model=${o.model}`);
   if (o.batch !== undefined) args.push(`--batch=${o.batch}`);
   if (o.seq !== undefined) args.push(`--seq=${o.seq}`);
   if (o.threads !== undefined) args.push(`--threads=${o.threads}`);
-  if (o.precision !== undefined) args.push(`--precision=${o.precision}`);
-  if (o.gpu !== undefined) args.push(`--gpu=${o.gpu}`);
+  if (device === 'cuda' && o.precision !== undefined) args.push(`--precision=${o.precision}`);
+  if (device === 'cuda' && o.gpu !== undefined) args.push(`--gpu=${o.gpu}`);
   if (o.repetitions !== undefined) args.push(`--benchmark_repetitions=${o.repetitions}`);
   if (o.minTime !== undefined) args.push(`--benchmark_min_time=${o.minTime}`);
   if (o.filter) args.push(`--benchmark_filter=^ceiling/|${o.filter}`);
   return args;
 }
 
-function runBinary(path: string, args: string[], onProgress?: (t: string) => void): Promise<void> {
+/** Runs the suite; resolves with its stderr (Google Benchmark reports a bad filter there and still exits 0). */
+function runBinary(path: string, args: string[], onProgress?: (t: string) => void): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = spawn(path, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
@@ -112,14 +117,32 @@ function runBinary(path: string, args: string[], onProgress?: (t: string) => voi
     });
     child.on('error', (err) => reject(new Error(`cannot run ${path}: ${err.message}`)));
     child.on('close', (code, signal) => {
-      if (code === 0) resolve();
-      else reject(new Error(`${path} ${args.join(' ')} failed (${signal ?? `exit ${code}`}): ${stderr.trim().split('\n').slice(-5).join(' | ')}`));
+      if (code === 0) resolve(stderr);
+      else reject(new Error(`${path} ${args.join(' ')} failed (${signal ?? `exit ${code}`}): ${stderrTail(stderr)}`));
     });
   });
 }
 
-/** Options that only one device's suite has; the other's binary would reject them less clearly. */
-function checkDeviceOptions(o: KernelBenchOptions, device: 'cpu' | 'cuda'): void {
+/**
+ * The filter as a JS RegExp. Google Benchmark compiles it with std::regex
+ * (ECMAScript grammar), which rejects what JS rejects and a little more (e.g.
+ * lookbehind); those show in the binary's stderr.
+ */
+function filterRegExp(filter: string): RegExp {
+  try {
+    return new RegExp(filter);
+  } catch (err) {
+    const why = (err as Error).message.replace(/^Invalid regular expression: \/.*\/[a-z]*: /s, '');
+    throw new Error(`--filter '${filter}': invalid regular expression: ${why}`);
+  }
+}
+
+/** Options the binary would reject less clearly (or not at all), checked before it runs. */
+function checkOptions(o: KernelBenchOptions, device: 'cpu' | 'cuda'): void {
+  if (o.minTime !== undefined && !(Number.isFinite(o.minTime) && o.minTime > 0)) {
+    throw new Error(`--min-time ${o.minTime}: expected a number of seconds > 0`);
+  }
+  if (o.filter) filterRegExp(o.filter);
   if (device === 'cuda' && o.threads !== undefined) throw new Error('threads: applies to the CPU suite only (the CUDA suite runs on one GPU)');
   if (device === 'cpu' && o.gpu !== undefined) throw new Error('gpu: applies to the CUDA suite only (use device: \'cuda\')');
   if (device === 'cpu' && o.precision !== undefined && o.precision !== 'fp32') {
@@ -128,20 +151,35 @@ function checkDeviceOptions(o: KernelBenchOptions, device: 'cpu' | 'cuda'): void
 }
 
 /**
+ * --filter selected nothing when only the ceilings (which always run) came
+ * back, unless the filter itself names a ceiling.
+ */
+function checkFilterMatched(report: BenchReport, filter: string, binary: string): void {
+  const re = filterRegExp(filter);
+  const names = report.rows.map((r) => String(r.kernel));
+  if (names.some((n) => !n.startsWith('ceiling/') || re.test(n))) return;
+  throw new Error(`no benchmark matches --filter '${filter}' (\`${binary} --benchmark_list_tests\` lists the names)`);
+}
+
+/**
  * Runs the kernel suite and post-processes its JSON.
- * @throws Error naming the binary when it is missing (and how to build it) or fails.
+ * @throws Error naming the option for a bad --min-time or --filter, an option of the
+ *   other device, or a filter that matches no benchmark; naming the binary when it
+ *   is missing (and how to build it), fails, or writes no JSON (with its stderr's tail).
  */
 export async function runKernelBench(opts: KernelBenchOptions = {}): Promise<BenchReport> {
   const device = opts.device ?? 'cpu';
-  checkDeviceOptions(opts, device);
+  checkOptions(opts, device);
   const binary = opts.binary ?? releaseBinary(device === 'cuda' ? 'nodetune_bench_cuda' : 'nodetune_bench_kernels');
   if (!existsSync(binary)) throw new Error(missingBinaryMessage(binary, device));
   const dir = await mkdtemp(join(tmpdir(), 'nodetune-bench-'));
   try {
     const out = join(dir, 'kernels.json');
-    await runBinary(binary, binaryArgs(opts, out), opts.onProgress);
-    const json = parseGoogleBenchmarkJson(await readFile(out, 'utf8'), binary);
-    return kernelReport(json);
+    const stderr = await runBinary(binary, binaryArgs(opts, device, out), opts.onProgress);
+    const text = await readFile(out, 'utf8').catch(() => '');
+    const report = kernelReport(parseGoogleBenchmarkJson(text, binary, stderr));
+    if (opts.filter) checkFilterMatched(report, opts.filter, binary);
+    return report;
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -150,14 +188,17 @@ export async function runKernelBench(opts: KernelBenchOptions = {}): Promise<Ben
 /**
  * Parses Google Benchmark's JSON, which writes NaN and inf bare (e.g. the
  * coefficient of variation of a counter that is 0 in every repetition); those
- * become null. @throws Error naming the source when the text is not JSON.
+ * become null. @throws Error naming the source when the text is empty or not
+ * JSON, ending with the tail of `stderr` (the binary's) when given.
  */
-export function parseGoogleBenchmarkJson(text: string, source: string): GoogleBenchmarkJson {
+export function parseGoogleBenchmarkJson(text: string, source: string, stderr = ''): GoogleBenchmarkJson {
   const clean = text.replace(/:\s*-?(nan|NaN|inf|Infinity)\b/g, ': null');
   try {
     return JSON.parse(clean) as GoogleBenchmarkJson;
   } catch (err) {
-    throw new Error(`${source}: Google Benchmark output is not JSON: ${(err as Error).message}`);
+    const why = text.trim() === '' ? 'it is empty' : (err as Error).message;
+    const tail = stderr.trim() ? `; its stderr ends: ${stderrTail(stderr)}` : '';
+    throw new Error(`${source}: Google Benchmark output is not JSON (${why})${tail}`);
   }
 }
 
@@ -251,6 +292,9 @@ export function kernelReport(json: GoogleBenchmarkJson): BenchReport {
   const precision = String(ctx(json, 'nt_precision') ?? 'fp32');
   const model = ctx(json, 'nt_model');
   const where = device === 'cuda' ? `${ctx(json, 'nt_gpu')}` : `${ctx(json, 'nt_threads')} threads`;
+  const load1 = Array.isArray(json.context.load_avg) ? Number(json.context.load_avg[0]) : null;
+  // A GPU suite barely uses the host cores, so their load is no warning there.
+  const busy = device === 'cpu' ? loadWarning(load1, ctx(json, 'nt_threads')) : null;
   return {
     suite: 'kernels',
     title: `nodetune kernel benchmarks (${device} ${precision}, ${model} B=${ctx(json, 'nt_B')} T=${ctx(json, 'nt_T')}, ${where})`,
@@ -273,7 +317,7 @@ export function kernelReport(json: GoogleBenchmarkJson): BenchReport {
       gemm_ceiling_shape: gemm.shape,
       copy_ceiling_gb_s: Number((peakBytes / 1e9).toFixed(2)),
       copy_ceiling_shape: copy.shape,
-      load_avg_1min: Array.isArray(json.context.load_avg) ? Number(json.context.load_avg[0]) : null,
+      load_avg_1min: load1,
       date: String(json.context.date ?? ''),
     }),
     columns: [
@@ -289,9 +333,10 @@ export function kernelReport(json: GoogleBenchmarkJson): BenchReport {
     ],
     rows,
     notes: [
+      ...(busy ? [busy] : []),
       `roof = min(${precision} GEMM ceiling ${(peakFlops / 1e9).toFixed(1)} GFLOP/s, arithmetic intensity x copy ceiling ${(peakBytes / 1e9).toFixed(1)} GB/s), both measured in this run (fastest repetition); "of roof" = roof-bound time / median time`,
       'a memory-bound kernel above 100% kept its working set in cache (the copy ceiling is DRAM) or reads more than it writes (the copy is 1:1; reads are cheaper than writes on many machines)',
-      `furthest from the roof: ${worst.map((r) => `${r.kernel} ${pct(r)}`).join(', ')}`,
+      ...(worst.length ? [`furthest from the roof: ${worst.map((r) => `${r.kernel} ${pct(r)}`).join(', ')}`] : []),
       ...(weighed.length
         ? [`these kernels add up to ${stepMs.toFixed(1)} ms of one training step (median x calls per step; pooler/classifier GEMMs, dropout, residual adds and the gradient norm are not in the suite); largest shares: ${heaviest.map((r) => `${r.kernel} ${r.ms_per_step.toFixed(1)} ms at ${pct(r)} of roof`).join(', ')}`]
         : []),

@@ -83,6 +83,20 @@ export function formatJson(report: BenchReport): string {
   return `${JSON.stringify(report, null, 2)}\n`;
 }
 
+/**
+ * The note a report carries when the machine was busy as the run started: a
+ * 1-minute load average (runnable processes, os.loadavg() / getloadavg(3)) of
+ * at least the thread count means the benchmark's threads shared their cores.
+ * @param load1 1-minute load average at the start (null: unknown, no note).
+ * @param threads threads the benchmark runs (null or non-number: unknown, no note).
+ * @returns the warning, or null when the load is below the thread count or unknown.
+ */
+export function loadWarning(load1: number | null, threads: BenchValue): string | null {
+  if (load1 === null || !Number.isFinite(load1) || typeof threads !== 'number' || !(threads > 0)) return null;
+  if (load1 < threads) return null;
+  return `warning: load average ${load1.toFixed(1)} >= ${threads} thread${threads === 1 ? '' : 's'} at the start: other processes share the cores; figures are unreliable, compare ratios across runs`;
+}
+
 /** Median of a non-empty list of numbers. @throws Error on an empty list. */
 export function median(xs: number[]): number {
   if (xs.length === 0) throw new Error('median: empty list of samples');

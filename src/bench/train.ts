@@ -12,13 +12,13 @@
  * same protocol bench_torch.py uses, so the ratio compares like with like.
  */
 import { spawn } from 'node:child_process';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { BERT_DEFAULTS, parameterShapes, type BertConfig } from '../config.js';
 import { Engine, type Batch } from '../engine.js';
 import { repoRoot } from './paths.js';
-import { median, type BenchReport, type BenchValue } from './report.js';
+import { loadWarning, median, type BenchReport, type BenchValue } from './report.js';
 
 /** A model shape by its Hugging Face config fields. */
 export interface TrainShape {
@@ -224,6 +224,8 @@ export async function runTrainBench(opts: TrainBenchOptions = {}): Promise<Bench
     if (!Number.isInteger(v) || v < 1) throw new Error(`--${k}: expected a positive integer, got ${v}`);
   }
   if (seqs.some((t) => t > BERT_DEFAULTS.max_position_embeddings)) throw new Error(`--seq: at most ${BERT_DEFAULTS.max_position_embeddings} (max_position_embeddings)`);
+  // Before the first engine starts: the load of other processes, not of this run.
+  const load1 = Number(loadavg()[0].toFixed(2));
   const python = opts.python ?? process.env.PYTHON ?? 'python3';
   const attn = opts.torchAttn ?? 'sdpa';
   let torchDown: string | undefined = opts.torch === false ? 'not run (--no-torch)' : undefined;
@@ -288,6 +290,7 @@ export async function runTrainBench(opts: TrainBenchOptions = {}): Promise<Bench
       node: process.version,
       peer: torchVersion ?? torchDown ?? null,
       flops: '6*P_tok*B*T + 6*P_seq*B + 12*L*B*T^2*C (src/bench/train.ts)',
+      load_avg_1min: load1,
     },
     columns: [
       { key: 'model', header: 'model' },
@@ -303,6 +306,7 @@ export async function runTrainBench(opts: TrainBenchOptions = {}): Promise<Bench
     ],
     rows,
     notes: [
+      ...[loadWarning(load1, threads)].filter((n): n is string => n !== null),
       'one step = forward + cross-entropy + backward + clip_grad_norm(1.0) + AdamW, dropout on; median of the timed steps after warm-up, torch with the same steps and warm-up',
     ],
   };

@@ -33,6 +33,13 @@ function deviceIndex(value: string): number {
   return x;
 }
 
+/** Google Benchmark's --benchmark_min_time: seconds, finite and > 0. */
+function seconds(value: string): number {
+  const x = num(value);
+  if (!(x > 0)) throw new InvalidArgumentError(`'${value}' must be a number of seconds > 0.`);
+  return x;
+}
+
 const list = (value: string) => value.split(',').map((s) => s.trim()).filter(Boolean);
 
 function render(report: BenchReport, opts: Record<string, unknown>): string {
@@ -98,10 +105,10 @@ export function registerBench(program: Command, io: BenchIO = processIO): void {
     .option('--batch <n>', 'batch size B', positive, 32)
     .option('--seq <n>', 'sequence length T', positive, 128)
     .option('--threads <n>', 'CPU: OpenMP/OpenBLAS threads (default: all cores)', positive)
-    .addOption(new Option('--precision <p>', 'cuda: activation/weight precision (default bf16; the CPU suite is fp32)').choices(['bf16', 'fp32']))
+    .addOption(new Option('--precision <p>', 'activation/weight precision: cuda bf16 (default) or fp32; the CPU suite is fp32 only').choices(['bf16', 'fp32']))
     .option('--gpu <n>', 'cuda: device index (default 0)', deviceIndex)
     .option('--repetitions <n>', 'repetitions the median is taken over (default 5; tiny 3)', positive)
-    .option('--min-time <s>', 'minimum seconds per repetition (default 0.2 on the CPU, 0.1 on CUDA; tiny 0.01)', num)
+    .option('--min-time <s>', 'minimum seconds per repetition (default 0.2 on the CPU, 0.1 on CUDA; tiny 0.01)', seconds)
     .option('--filter <regex>', 'only benchmarks matching this regular expression (ceilings always run)')
     .addOption(new Option('--device <device>', 'cpu: build/Release/nodetune_bench_kernels; cuda: build/Release/nodetune_bench_cuda').choices(['cpu', 'cuda']).default('cpu'))
     .option('--binary <path>', 'benchmark binary to run instead of the default')
