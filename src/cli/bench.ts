@@ -109,7 +109,7 @@ export function registerBench(program: Command, io: BenchIO = processIO): void {
     .option('--gpu <n>', 'cuda: device index (default 0)', deviceIndex)
     .option('--repetitions <n>', 'repetitions the median is taken over (default 5; tiny 3)', positive)
     .option('--min-time <s>', 'minimum seconds per repetition (default 0.2 on the CPU, 0.1 on CUDA; tiny 0.01)', seconds)
-    .option('--filter <regex>', 'only benchmarks matching this regular expression (ceilings always run)')
+    .option('--filter <regex>', 'only benchmarks whose full name (e.g. gemm/qkv/fwd/real_time; CUDA: .../manual_time) matches this regular expression; ceilings always run')
     .addOption(new Option('--device <device>', 'cpu: build/Release/nodetune_bench_kernels; cuda: build/Release/nodetune_bench_cuda').choices(['cpu', 'cuda']).default('cpu'))
     .option('--binary <path>', 'benchmark binary to run instead of the default')
     .option('--quiet', "hide Google Benchmark's progress on stderr")
