@@ -208,36 +208,43 @@ else
   row addon_parity skipped 0 "needs node, node_modules/node-addon-api, node_modules/node-api-headers and dist/ (carry them)"
 fi
 
-# ---- benchmark ---------------------------------------------------------------------------
-run_step bench 200 "$out/bench.log" env BUILD="$build" OUT="$out" bash "$root/test/gpu/bench.sh"
-finish bench "$(tail -n1 "$out/bench.log")"
-cat "$out/bench.txt" 2>/dev/null || tail -n 20 "$out/bench.log"
-
 # ---- kernel benchmarks against the GPU's ceilings (issue: kernel benchmarks) -------------
 # Through dist/src/bench/kernels.js (no npm dependencies: node_modules is not carried).
-if [ ${#bench_target[@]} -gt 0 ] && [ -n "$node_bin" ] && [ -f "$root/dist/src/bench/kernels.js" ]; then
+# bf16 (the training precision) runs before the training benchmark, fp32 after it,
+# so a slow training benchmark cannot starve both tables of the budget.
+kernels_ok=0
+[ ${#bench_target[@]} -gt 0 ] && [ -n "$node_bin" ] && [ -f "$root/dist/src/bench/kernels.js" ] && kernels_ok=1
+kernel_table() {  # PRECISION
+  local prec=$1
+  run_step "kernels_$prec" 75 "$out/kernels_cuda_$prec.log" "$node_bin" --input-type=module -e "
+    import { writeFileSync } from 'node:fs';
+    import { runKernelBench } from '$root/dist/src/bench/kernels.js';
+    import { formatTable, formatMarkdown } from '$root/dist/src/bench/report.js';
+    const r = await runKernelBench({ device: 'cuda', precision: '$prec', binary: '$bin/nodetune_bench_cuda' }).catch((e) => {
+      process.stdout.write(e.message.replace(/^.* failed \\([^)]*\\): /, '') + '\\n');
+      process.exit(1);
+    });
+    writeFileSync('$out/kernels_cuda_$prec.json', JSON.stringify(r, null, 2));
+    writeFileSync('$out/kernels_cuda_$prec.md', formatMarkdown(r));
+    process.stdout.write(formatTable(r));"
+  cat "$out/kernels_cuda_$prec.log"
+  finish "kernels_$prec" "$(grep -m1 -o 'furthest from the roof: .*' "$out/kernels_cuda_$prec.log" || tail -n1 "$out/kernels_cuda_$prec.log")"
+}
+if [ $kernels_ok = 1 ]; then
   run_step kernels_contract 60 "$out/kernels_contract.txt" env NODETUNE_BENCH_CUDA="$bin/nodetune_bench_cuda" \
     "$node_bin" --test "$root/test/gpu/bench_cuda.test.mjs"
   finish kernels_contract "$(grep -E '^# (pass|fail)' "$out/kernels_contract.txt" | tr '\n' ' ')"
   grep -E '^not ok' "$out/kernels_contract.txt" | head -n 10
-  for prec in bf16 fp32; do
-    run_step "kernels_$prec" 75 "$out/kernels_cuda_$prec.log" "$node_bin" --input-type=module -e "
-      import { writeFileSync } from 'node:fs';
-      import { runKernelBench } from '$root/dist/src/bench/kernels.js';
-      import { formatTable, formatMarkdown } from '$root/dist/src/bench/report.js';
-      const r = await runKernelBench({ device: 'cuda', precision: '$prec', binary: '$bin/nodetune_bench_cuda' }).catch((e) => {
-        process.stdout.write(e.message.replace(/^.* failed \\([^)]*\\): /, '') + '\\n');
-        process.exit(1);
-      });
-      writeFileSync('$out/kernels_cuda_$prec.json', JSON.stringify(r, null, 2));
-      writeFileSync('$out/kernels_cuda_$prec.md', formatMarkdown(r));
-      process.stdout.write(formatTable(r));"
-    cat "$out/kernels_cuda_$prec.log"
-    finish "kernels_$prec" "$(grep -m1 -o 'furthest from the roof: .*' "$out/kernels_cuda_$prec.log" || tail -n1 "$out/kernels_cuda_$prec.log")"
-  done
+  kernel_table bf16
 else
   row kernels skipped 0 "needs Google Benchmark (carried by prepare.sh), node and dist/"
 fi
+
+# ---- training benchmark vs PyTorch ----------------------------------------------------------
+run_step bench 200 "$out/bench.log" env BUILD="$build" OUT="$out" bash "$root/test/gpu/bench.sh"
+finish bench "$(tail -n1 "$out/bench.log")"
+cat "$out/bench.txt" 2>/dev/null || tail -n 20 "$out/bench.log"
+[ $kernels_ok = 1 ] && kernel_table fp32
 
 # ---- compute-sanitizer at --quick sizes (seen working on Firecracker machines) ---------
 if [ "${NT_SANITIZE:-1}" != "0" ]; then
