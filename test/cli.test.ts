@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parameterShapes, type BertConfig } from '../src/config.js';
@@ -454,10 +454,99 @@ test('export, serve, predict, eval: a missing --model folder, or a file, exits 1
     assert.equal(f.status, 1, `${command}: ${f.stderr}`);
     assert.equal(f.stderr, `nodetune: --model ${file} is a file, expected a folder\n`, command);
   }
+  // The paths named are the ones the user gave (not <output>/onnx).
   const o = run('export', '--model', out, '--output', join(file, 'onnx-out'));
   assert.equal(o.status, 1, o.stderr);
-  assert.ok(o.stderr.includes(`nodetune: --output ${join(file, 'onnx-out', 'onnx')} is not a folder`), o.stderr);
+  assert.equal(o.stderr, `nodetune: --output ${join(file, 'onnx-out')}: ${file} is a file, expected a folder\n`);
+  const of = run('export', '--model', out, '--output', file);
+  assert.equal(of.status, 1, of.stderr);
+  assert.equal(of.stderr, `nodetune: --output ${file} is a file, expected a folder\n`);
+  const op = run('export', '--model', out, '--opset', '16');
+  assert.equal(op.status, 1, op.stderr);
+  assert.equal(op.stderr, 'nodetune: --opset 16: expected 17-23\n');
   assert.ok(!existsSync(missing));
+});
+
+test('a folder without config.json: every command says it is not a model folder, naming --model', async () => {
+  const empty = join(tmp, 'not-a-model');
+  await mkdir(empty);
+  const texts = join(tmp, 'one-text.txt');
+  await writeFile(texts, 'hello\n');
+  const never = join(tmp, 'never-not-a-model');
+  const run = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, FORCE_COLOR: '0' } });
+  const want = `nodetune: --model ${empty} is not a model folder: config.json is missing (expected a Hugging Face model folder: config.json, model.safetensors, tokenizer files)\n`;
+  for (const [command, ...extra] of [
+    ['train', '--train', trainCsv, ...COLUMNS, '--output', never],
+    ['eval', '--data', evalCsv, ...COLUMNS],
+    ['predict', '--input', texts],
+    ['export'],
+    ['serve', '--port', '0'],
+  ]) {
+    const r = run(command, '--model', empty, ...extra);
+    assert.equal(r.status, 1, `${command}: ${r.stderr}`);
+    assert.equal(r.stderr, want, command);
+  }
+  // --model from --config is checked too.
+  const cfg = join(tmp, 'predict-not-a-model.yaml');
+  await writeFile(cfg, `model: ${empty}\ninput: ${texts}\n`);
+  assert.equal(run('predict', '--config', cfg).stderr, want);
+  assert.ok(!existsSync(never));
+});
+
+test('--config with a syntax error names the file, line and column', async () => {
+  const bad = join(tmp, 'syntax.json');
+  for (const [text, where, reason] of [
+    ['{\n  "top_k": 2,\n  model: "x"\n}\n', '3:3', 'Expected double-quoted property name'],
+    ['{"top_k": }', '1:11', "Unexpected token '}'"],
+  ]) {
+    await writeFile(bad, text);
+    const r = nodetune('predict', '--config', bad);
+    assert.equal(r.status, 1);
+    assert.equal(r.stderr, `nodetune: --config ${bad}:${where}: invalid JSON: ${reason}\n`);
+  }
+  const yaml = join(tmp, 'syntax.yaml');
+  await writeFile(yaml, 'top_k: 2\n  model: x\n');
+  const y = nodetune('predict', '--config', yaml);
+  assert.equal(y.status, 1);
+  assert.equal(y.stderr, `nodetune: --config ${yaml}:1:8: invalid YAML: Nested mappings are not allowed in compact mappings\n`);
+});
+
+test('predict and serve warn, as train does, when --max-length is above max_position_embeddings (64 here), and keep working', async () => {
+  const input = join(tmp, 'card.txt');
+  await writeFile(input, 'my card is lost\n');
+  const warning = "warning: --max-length 100000 is above the model's max_position_embeddings; capped at 64";
+  const capped = ok(nodetune('predict', '--model', out, '--input', input, '--max-length', '100000', '--threads', '2'));
+  assert.ok(capped.stderr.includes(warning), capped.stderr);
+  const plain = ok(nodetune('predict', '--model', out, '--input', input, '--threads', '2'));
+  assert.ok(!plain.stderr.includes('warning'), plain.stderr);
+  assert.equal(capped.stdout, plain.stdout, 'capped at the default length');
+  assert.equal(JSON.parse(plain.stdout).label, 'card');
+
+  const { spawn } = await import('node:child_process');
+  const child = spawn(process.execPath, [CLI, 'serve', '--model', out, '--backend', 'native', '--port', '0', '--max-length', '100000', '--threads', '2']);
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+  try {
+    const url = await new Promise<string>((resolve, reject) => {
+      let stdout = '';
+      child.stdout.on('data', (d: Buffer) => {
+        stdout += d.toString();
+        const m = / at (http:\/\/\S+)/.exec(stdout);
+        if (m) resolve(m[1]);
+      });
+      child.on('close', () => reject(new Error(`serve exited before listening: ${stderr}`)));
+    });
+    assert.ok(stderr.includes(warning), stderr);
+    const res = await fetch(`${url}/classify`, { method: 'POST', body: JSON.stringify({ text: 'my card is lost' }) });
+    const served = ((await res.json()) as { predictions: Array<Array<{ label: string; score: number }>> }).predictions[0][0];
+    const predicted = JSON.parse(plain.stdout);
+    assert.equal(served.label, predicted.label);
+    assert.ok(Math.abs(served.score - predicted.score) < 1e-5, `serve ${served.score} vs predict ${predicted.score}`);
+  } finally {
+    child.kill('SIGTERM');
+  }
+  assert.equal(await exited, 0, stderr);
 });
 
 test('no eval set: the result table is printed without metrics', () => {

@@ -1,6 +1,6 @@
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +17,7 @@ import {
 
 const BANKING = fileURLToPath(new URL('../../data/banking77/', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'nodetune-data-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
 let fileNo = 0;
 
 /** Writes `content` to a fresh temp file with extension `ext`; returns its path. */

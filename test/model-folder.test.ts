@@ -20,6 +20,7 @@ import {
   writeSafetensors,
   type TensorToWrite,
 } from '../src/io/index.js';
+import { assertModelFolder, readModelConfigJson } from '../src/io/model-folder.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const MINILM = join(ROOT, '.cache/models/all-MiniLM-L6-v2');
@@ -230,4 +231,36 @@ test('labels: id2label option sets num_labels; disagreeing num_labels is an erro
   assert.deepEqual(byName.config.id2label, { '0': 'neg', '1': 'pos' });
   await assert.rejects(loadModelFolder(dir, { num_labels: 3, id2label: { 0: 'neg', 1: 'pos' } }), /num_labels 3 disagrees with the 2 labels/);
   await assert.rejects(loadModelFolder(join(tmp, 'nope')), /model folder .*nope does not exist/);
+});
+
+test('a folder without config.json is "not a model folder" (code ENOENT, path as given), suggesting a subfolder that has one', async () => {
+  const parent = join(tmp, 'models');
+  const inner = await tinyFolder(join('models', 'tiny'));
+  const expected = `${parent} is not a model folder: config.json is missing (expected a Hugging Face model folder: config.json, model.safetensors, tokenizer files)`;
+  await assert.rejects(loadModelFolder(parent), (e: NodeJS.ErrnoException) => {
+    assert.equal(e.message, `${expected}; did you mean ${inner}?`);
+    assert.equal(e.code, 'ENOENT');
+    assert.equal(e.path, parent);
+    return true;
+  });
+  const empty = join(tmp, 'empty-folder');
+  await mkdir(empty);
+  await assert.rejects(readModelConfigJson(empty), { message: expected.replace(parent, empty), code: 'ENOENT', path: empty });
+  const file = join(inner, 'vocab.txt');
+  assert.throws(() => assertModelFolder(file), { message: `${file} is a file, expected a model folder`, code: 'ENOTDIR', path: file });
+});
+
+test('config.json with a JSON syntax error: file, line and column of the culprit', async () => {
+  const dir = await tinyFolder('bad-json');
+  const cfg = join(dir, 'config.json');
+  // Trailing comma (V8 gives a position) and a missing value (V8 gives none: found by the prefix search).
+  for (const [text, where, reason] of [
+    ['{\n  "model_type": "bert",\n  "hidden_size": 32,\n}\n', '4:1', 'Expected double-quoted property name'],
+    ['{\n  "model_type": "bert",\n  "hidden_size": }\n', '3:18', "Unexpected token '}'"],
+    ['{"model_type": "bert"', '1:22', "Expected ',' or '}' after property value"],
+    ['', '1:1', 'Unexpected end of JSON input'],
+  ]) {
+    await writeFile(cfg, text);
+    await assert.rejects(loadModelFolder(dir), { message: `${cfg}:${where}: invalid JSON: ${reason}` }, JSON.stringify(text));
+  }
 });

@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,6 +18,7 @@ import { Engine } from '../src/engine.js';
 import { loadModelFolder, saveModelFolder } from '../src/io/model-folder.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { exportOnnx } from '../src/onnx/export.js';
+import { exportModelFolder } from '../src/onnx/folder.js';
 import { decodeModel, type ModelProto } from '../src/onnx/schema.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -210,8 +211,15 @@ test('export errors name the tensor, config field or opset', async () => {
   const short = new Map(weights).set('classifier.weight', new Float32Array(7));
   await assert.rejects(exportOnnx({ config: tinyConfig(), weights: short }, out), /'classifier\.weight' has 7 elements, expected shape \[5,32\]/);
   await assert.rejects(exportOnnx({ config: { ...tinyConfig(), hidden_act: 'relu' }, weights }, out), /hidden_act 'relu'/);
-  await assert.rejects(exportOnnx({ config: tinyConfig(), weights }, out, { opset: 16 }), /opset 16 is not supported/);
+  for (const opset of [16, 24]) {
+    await assert.rejects(exportOnnx({ config: tinyConfig(), weights }, out, { opset }), { message: `opset ${opset} is not supported (expected 17-23)` });
+  }
   assert.equal(existsSync(out), false);
+  // exportModelFolder checks the opset and the output before loading: the folder here does not even exist.
+  await assert.rejects(exportModelFolder(join(tmp, 'no-model'), { opset: 16 }), { message: 'opset 16 is not supported (expected 17-23)' });
+  const file = join(tmp, 'a-file.txt');
+  await writeFile(file, 'x');
+  await assert.rejects(exportModelFolder(join(tmp, 'no-model'), { output: file }), { message: `${file} is a file, expected a folder`, code: 'ENOTDIR', path: file });
 });
 
 /** all-MiniLM-L6-v2 with the fixture's head, as loadModelFolder gives it. */
@@ -360,4 +368,9 @@ test('nodetune export: writes onnx/model.onnx + config and tokenizer files into 
   group.forEach((b, i) => assert.ok(maxAbsDiff(row(got, i, 5), row(logits, b, 5)) < 1e-5));
   await assert.rejects(cliExport(['--model', minilmDir, '--output', join(tmp, 'x')]), /has no classifier\.bias, classifier\.weight; fine-tune the model before exporting/);
   await assert.rejects(cliExport(['--model', src, '--opset', 'abc']), (e: unknown) => e instanceof CommanderError && /'abc' is not an integer/.test(e.message));
+  await assert.rejects(cliExport(['--model', src, '--opset', '16']), { message: '--opset 16: expected 17-23' });
+  const file = join(tmp, 'output-file.txt');
+  await writeFile(file, 'x');
+  await assert.rejects(cliExport(['--model', src, '--output', file]), { message: `--output ${file} is a file, expected a folder` });
+  await assert.rejects(cliExport(['--model', src, '--output', join(file, 'sub')]), { message: `--output ${join(file, 'sub')}: ${file} is a file, expected a folder` });
 });

@@ -1,11 +1,14 @@
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { computeMetrics } from '../src/metrics/index.js';
 import { renderReport, writeReport, type ReportData } from '../src/report/index.js';
 import { ticks } from '../src/report/svg.js';
+
+const tmp = mkdtempSync(join(tmpdir(), 'nodetune-report-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
 
 const VOID = new Set(['meta', 'br', 'hr', 'img', 'input', 'link']);
 
@@ -54,7 +57,7 @@ function sample(labels: string[], y: number[], p: number[]): ReportData {
 }
 
 test('writeReport writes a self-contained, well-formed report.html with every section', () => {
-  const out = join(mkdtempSync(join(tmpdir(), 'nodetune-report-')), 'run', 'nested');
+  const out = join(tmp, 'run', 'nested');
   const data = sample(['pos', 'neg', 'a<b & "c"'], [0, 0, 1, 1, 2, 2, 2], [0, 1, 1, 1, 2, 0, 2]);
   const path = writeReport(out, data);
   assert.equal(path, join(out, 'report.html'));

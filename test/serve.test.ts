@@ -6,8 +6,9 @@ import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { Command, CommanderError } from 'commander';
 import { registerServe } from '../src/cli/serve.js';
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +17,8 @@ import { loadModelFolder, saveModelFolder } from '../src/io/model-folder.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { exportModelFolder } from '../src/onnx/folder.js';
 import { startServer, type RunningServer } from '../src/serve/server.js';
+import { BertTokenizer } from '../src/tokenizer/index.js';
+import { CLI } from './helpers/tiny-model.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const minilmDir = join(root, '.cache/models/all-MiniLM-L6-v2');
@@ -28,11 +31,12 @@ const MAX_TEXTS = 8;
 const MAX_BODY = 4096;
 
 let tmp: string;
+let folder: string;
 let server: RunningServer;
 let reference: Classifier;
 before(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'nodetune-serve-'));
-  const folder = join(tmp, 'minilm-head');
+  folder = join(tmp, 'minilm-head');
   const { config, weights } = await loadModelFolder(minilmDir, { num_labels: 5 });
   for (const [k, t] of (await readSafetensors(join(headDir, 'head.safetensors'))).tensors) weights.set(k, t.data as Float32Array);
   await saveModelFolder(folder, { config, weights, tokenizerFrom: minilmDir });
@@ -154,4 +158,49 @@ test('nodetune serve rejects a bad port, backend or limit before loading anythin
   await assert.rejects(parse(['--port', '70000']), fails(/'70000' is not a TCP port/));
   await assert.rejects(parse(['--backend', 'tpu']), fails(/Allowed choices are onnx, native/));
   await assert.rejects(parse(['--max-texts', '0']), fails(/'0' must be at least 1/));
+});
+
+/** Runs `nodetune serve --model <folder> ...args` in-process; it rejects when the server cannot start. */
+function cliServe(args: string[]): Promise<Command> {
+  const program = new Command('nodetune').exitOverride().configureOutput({ writeErr: () => undefined, writeOut: () => undefined });
+  registerServe(program);
+  return program.parseAsync(['serve', '--model', folder, '--threads', '1', ...args], { from: 'user' });
+}
+
+test('a host or port that cannot be bound is an error naming --host or --port; the running server is unaffected', async () => {
+  // No DNS here answers ENOTFOUND, elsewhere a resolver may answer EAI_AGAIN: either way getaddrinfo and --host.
+  await assert.rejects(cliServe(['--host', '999.1.1.1', '--port', '0']), (e: Error) => {
+    assert.match(e.message, /^--host 999\.1\.1\.1: cannot listen there \(getaddrinfo E[A-Z_]+/);
+    return true;
+  });
+  const port = new URL(server.url).port;
+  await assert.rejects(cliServe(['--port', port]), { message: `--port ${port}: cannot listen there (listen EADDRINUSE: another process is listening there)` });
+  await assert.rejects(startServer({ classifier: reference, port: Number(port) }), { message: `cannot listen on 127.0.0.1:${port} (listen EADDRINUSE)`, code: 'EADDRINUSE' });
+  assert.equal((await post({ text: 'still serving' })).status, 200);
+});
+
+test('predict and serve truncate at the same default (max_position_embeddings, at most 512): they agree on a text over 128 tokens', async () => {
+  const long = texts.join(' ').replace(/\s+/g, ' '); // one line: predict reads one text per line
+  const tokenizer = await BertTokenizer.fromFolder(folder, { maxPositionEmbeddings: 512 });
+  const tokens = tokenizer.encode(long, null, { maxLength: 512 }).input_ids.length;
+  assert.ok(tokens > 128 && tokens <= 512, `${tokens} tokens`);
+  const input = join(tmp, 'long.txt');
+  await writeFile(input, `${long}\n`);
+  const r = spawnSync(process.execPath, [CLI, 'predict', '--model', folder, '--input', input, '--backend', 'onnx', '--top-k', '5', '--threads', '2'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok(!r.stderr.includes('warning'), r.stderr);
+  const predicted: Prediction[] = JSON.parse(r.stdout).top_k;
+  const defaults = await startServer({ model: folder, port: 0, threads: 2 });
+  let served: Prediction[][];
+  try {
+    const res = await fetch(`${defaults.url}/classify`, { method: 'POST', body: JSON.stringify({ text: long, top_k: 5 }) });
+    served = ((await res.json()) as { predictions: Prediction[][] }).predictions;
+  } finally {
+    await defaults.close();
+  }
+  assertSamePredictions([predicted], served);
+  // predict's former default of 128 tokens gives other scores on this text.
+  const at128 = await reference.classify(long, { topK: 5 });
+  const diff = Math.max(...at128.map((p) => Math.abs(p.score - predicted.find((q) => q.label === p.label)!.score)));
+  assert.ok(diff > 1e-3, `128 vs full-length scores differ by only ${diff}`);
 });

@@ -1,8 +1,9 @@
 /** Shared pieces of the sub-commands: number parsing, --config files, tables. */
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { extname } from 'node:path';
+import { dirname, extname, isAbsolute, relative, resolve } from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
 import YAML from 'yaml';
+import { assertModelFolder, parseJsonText } from '../io/model-folder.js';
 
 /** Commander parser for a finite number. */
 export function num(value: string): number {
@@ -50,23 +51,31 @@ function parseBoolean(raw: unknown, where: string): boolean {
   throw new Error(`${where}: expected true or false (or yes/no, 1/0), got ${JSON.stringify(raw)}`);
 }
 
+/** YAML.parse naming file:line:column (yaml puts them in linePos; its message repeats them with a code excerpt). */
+function parseYaml(text: string, path: string): unknown {
+  try {
+    return YAML.parse(text);
+  } catch (err) {
+    const e = err as Error & { linePos?: Array<{ line: number; col: number }> };
+    const at = e.linePos?.[0];
+    const reason = e.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, '');
+    throw new Error(`--config ${path}${at ? `:${at.line}:${at.col}` : ''}: invalid YAML: ${reason}`, { cause: err });
+  }
+}
+
 /**
  * Merges `--config file.json|yaml` into the parsed options: keys may be written
  * as flags (`learning-rate`, `batch-size`) or Hugging Face TrainingArguments names
  * (`learning_rate`, `per_device_train_batch_size`); booleans also as yes/no, 1/0.
  * Flags given on the command line win over the file; the file wins over defaults.
- * @throws Error naming the file and the key that no flag matches, or a parse error.
+ * @throws Error naming the file and the key that no flag matches, or the
+ *   file:line:column of a syntax error.
  */
 export async function applyConfigFile(cmd: Command, opts: Record<string, unknown>): Promise<void> {
   const path = opts.config as string | undefined;
   if (!path) return;
   const text = readFileSync(path, 'utf8');
-  let data: unknown;
-  try {
-    data = extname(path) === '.json' ? JSON.parse(text) : YAML.parse(text);
-  } catch (err) {
-    throw new Error(`--config ${path}: cannot parse: ${(err as Error).message}`);
-  }
+  const data = extname(path) === '.json' ? parseJsonText(text, `--config ${path}`) : parseYaml(text, path);
   if (data === null || typeof data !== 'object' || Array.isArray(data)) throw new Error(`--config ${path}: expected a mapping of flag names to values`);
   const known = new Map(cmd.options.map((o) => [o.attributeName(), o]));
   for (const [key, raw] of Object.entries(data as Record<string, unknown>)) {
@@ -102,35 +111,95 @@ export async function applyConfigFile(cmd: Command, opts: Record<string, unknown
 const PATH_FLAGS = ['train', 'eval', 'data', 'input', 'model', 'output', 'config'];
 const FILE_FLAGS = ['train', 'eval', 'data', 'input', 'config'];
 const isFolder = (p: string) => existsSync(p) && statSync(p).isDirectory();
+const WHAT: Record<string, string> = {
+  ENOENT: 'does not exist',
+  EISDIR: 'is a folder, expected a file',
+  ENOTDIR: 'is not a folder',
+  EACCES: 'is not readable/writable (permission denied)',
+};
 
 /**
  * Runs `fn`; a file-system error (ENOENT, EISDIR, ENOTDIR, EACCES) is rethrown naming
  * the flag whose value holds its path, and what went wrong in words (the original error
- * as its `cause`). Each flag in `folders` must name an existing local folder before `fn`
- * runs: the library's own message about a file inside it would not name the flag.
+ * as its `cause`). An error with such a code that is already worded (its message starts
+ * with its `path`, e.g. assertModelFolder's) gets the flag put in front; an ENOTDIR names
+ * the file that stands where a folder was expected. Each flag in `folders` must name
+ * an existing local folder before `fn` runs, and --model a model folder (config.json):
+ * the library's own message about a file inside it would not name the flag.
  * Only for flags that take local paths (train's --model may be a Hub id).
- * @throws Error "--model ./modle does not exist", "--model x.txt is a file, expected a folder".
+ * @throws Error "--model ./modle does not exist", "--model x.txt is a file, expected a folder",
+ *   "--output out.txt is a file, expected a folder" (for out.txt/onnx too).
  */
 export async function explainPathErrors<T>(opts: Record<string, unknown>, fn: () => Promise<T>, folders: readonly string[] = []): Promise<T> {
   try {
     for (const flag of folders) requireFolder(opts, flag);
     return await fn();
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    const what: Record<string, string> = { ENOENT: 'does not exist', EISDIR: 'is a folder, expected a file', ENOTDIR: 'is not a folder', EACCES: 'is not readable/writable (permission denied)' };
-    if (!e?.code || !what[e.code]) throw err;
-    // readFileSync on a folder throws EISDIR without a path: the file flag naming a folder is the culprit.
-    const path = e.path ?? (e.code === 'EISDIR' ? FILE_FLAGS.map((f) => opts[f]).find((v) => typeof v === 'string' && isFolder(v)) : undefined);
-    if (typeof path !== 'string') throw err;
-    const flag = PATH_FLAGS.find((f) => typeof opts[f] === 'string' && (path === opts[f] || path.startsWith(`${String(opts[f]).replace(/\/$/, '')}/`)));
-    throw new Error(`${flag ? `--${kebab(flag)} ` : ''}${path} ${what[e.code]}`, { cause: err });
+    throw explainPathError(opts, err);
   }
+}
+
+/** The error explainPathErrors throws for `err` (`err` itself when no flag holds its path). */
+function explainPathError(opts: Record<string, unknown>, err: unknown): unknown {
+  const e = err as NodeJS.ErrnoException;
+  if (!e?.code || !WHAT[e.code]) return err;
+  // readFileSync on a folder throws EISDIR without a path: the file flag naming a folder is the culprit.
+  const path = e.path ?? (e.code === 'EISDIR' ? FILE_FLAGS.map((f) => opts[f]).find((v) => typeof v === 'string' && isFolder(v)) : undefined);
+  if (typeof path !== 'string') return err;
+  // The innermost match: export --output inside the --model folder names --output.
+  const flag = PATH_FLAGS.filter((f) => typeof opts[f] === 'string' && isWithin(path, opts[f] as string))
+    .sort((a, b) => resolve(String(opts[b])).length - resolve(String(opts[a])).length)[0];
+  const named = flag ? `--${kebab(flag)} ` : '';
+  const value = flag ? String(opts[flag]) : path;
+  const same = resolve(path) === resolve(value);
+  if (e.message.startsWith(`${path} `)) {
+    if (!flag) return err;
+    return new Error(same ? `${named}${value}${e.message.slice(path.length)}` : `${named}${value}: ${e.message}`, { cause: err });
+  }
+  const file = e.code === 'ENOTDIR' ? fileAncestor(path) : undefined;
+  if (file !== undefined) {
+    const where = resolve(file) === resolve(value) ? `${named}${value}` : `${named}${value}: ${file}`;
+    return new Error(`${where} is a file, expected a folder`, { cause: err });
+  }
+  return new Error(`${named}${same ? value : path} ${WHAT[e.code]}`, { cause: err });
+}
+
+/** True when `path` is `folder` or inside it (compared as absolute paths). */
+function isWithin(path: string, folder: string): boolean {
+  const rel = relative(resolve(folder), resolve(path));
+  return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
+}
+
+/** The file among `path` and its parents that made a folder operation fail with ENOTDIR. */
+function fileAncestor(path: string): string | undefined {
+  for (let p = path; p !== dirname(p); p = dirname(p)) {
+    let isDir: boolean;
+    try {
+      isDir = statSync(p).isDirectory();
+    } catch {
+      continue; // ENOTDIR/ENOENT: the culprit is further up
+    }
+    return isDir ? undefined : p;
+  }
+  return undefined;
 }
 
 /** statSync's ENOENT/ENOTDIR/EACCES carry the path, which explainPathErrors words; a file is worded here. */
 function requireFolder(opts: Record<string, unknown>, flag: string): void {
   const path = opts[flag];
-  if (typeof path === 'string' && !statSync(path).isDirectory()) throw new Error(`--${kebab(flag)} ${path} is a file, expected a folder`);
+  if (typeof path !== 'string') return;
+  if (!statSync(path).isDirectory()) throw new Error(`--${kebab(flag)} ${path} is a file, expected a folder`);
+  if (flag === 'model') assertModelFolder(path);
+}
+
+/**
+ * train's warning for an explicit --max-length above the model's
+ * max_position_embeddings (the tokenizer caps it there), on stderr.
+ */
+export function warnMaxLength(maxLength: number | undefined, maxPositionEmbeddings: number): void {
+  if (maxLength !== undefined && maxLength > maxPositionEmbeddings) {
+    process.stderr.write(`warning: --max-length ${maxLength} is above the model's max_position_embeddings; capped at ${maxPositionEmbeddings}\n`);
+  }
 }
 
 /** Prints a two-column table to stderr. */

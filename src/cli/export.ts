@@ -4,6 +4,7 @@
  * fine-tuned model folder.
  */
 import { Command, InvalidArgumentError } from 'commander';
+import { SUPPORTED_OPSETS } from '../onnx/export.js';
 import { exportModelFolder } from '../onnx/folder.js';
 import { explainPathErrors } from './common.js';
 
@@ -21,7 +22,7 @@ export function registerExport(program: Command): Command {
     .description('Export a fine-tuned model folder to ONNX (onnx/model.onnx, loadable by onnxruntime and transformers.js)')
     .requiredOption('--model <folder>', 'model folder (config.json, model.safetensors, tokenizer files)')
     .option('--output <folder>', 'destination folder (default: the model folder); config and tokenizer files are copied there')
-    .option('--opset <n>', 'ONNX opset, 17-23 (20+ uses the Gelu operator)', parseIntOption, 17)
+    .option('--opset <n>', `ONNX opset, ${SUPPORTED_OPSETS[0]}-${SUPPORTED_OPSETS.at(-1)} (20+ uses the Gelu operator)`, parseIntOption, 17)
     .action((opts: ExportCliOptions) => explainPathErrors({ ...opts }, () => runExport(opts), ['model']));
 }
 
@@ -32,6 +33,7 @@ interface ExportCliOptions {
 }
 
 async function runExport(opts: ExportCliOptions): Promise<void> {
+  if (!SUPPORTED_OPSETS.includes(opts.opset)) throw new Error(`--opset ${opts.opset}: expected ${SUPPORTED_OPSETS[0]}-${SUPPORTED_OPSETS.at(-1)}`);
   const result = await exportModelFolder(opts.model, { output: opts.output, opset: opts.opset });
   for (const w of result.warnings) process.stderr.write(`warning: ${w}\n`);
   const extra = result.externalDataPath ? ` (+ external data ${result.externalDataPath})` : '';

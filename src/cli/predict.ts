@@ -6,7 +6,8 @@ import { Command, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { readTexts as readTextRecords } from '../data/index.js';
 import { Classifier, type Prediction } from '../classifier.js';
-import { applyConfigFile, explainPathErrors, positiveInt, requireOptions } from './common.js';
+import { assertModelFolder } from '../io/model-folder.js';
+import { applyConfigFile, explainPathErrors, positiveInt, requireOptions, warnMaxLength } from './common.js';
 
 /**
  * Texts from a file or stdin ('-') through the training data reader (strict UTF-8,
@@ -39,7 +40,7 @@ export function registerPredict(program: Command): void {
     .option('--text-column <name>', 'column/key holding the text', 'text')
     .option('--top-k <k>', 'labels per text, best first', positiveInt, 1)
     .addOption(new Option('--backend <name>', 'inference engine').choices(['native', 'onnx']).default('native'))
-    .option('--max-length <n>', 'truncate to n tokens', positiveInt, 128)
+    .option('--max-length <n>', 'tokens per text incl. [CLS]/[SEP] (default: max_position_embeddings, at most 512, as serve)', positiveInt)
     .option('--batch-size <n>', 'texts per forward pass', positiveInt, 32)
     .option('--threads <n>', 'CPU threads', positiveInt)
     .option('--config <file>', 'JSON or YAML file holding any of these flags')
@@ -52,13 +53,15 @@ export function registerPredict(program: Command): void {
 async function predict(cmd: Command, opts: Record<string, unknown>): Promise<void> {
   await applyConfigFile(cmd, opts);
   requireOptions(opts, ['model', 'input']);
+  assertModelFolder(String(opts.model)); // --model may come from --config, after explainPathErrors' own check
   const texts = readTexts(String(opts.input), opts.textColumn as string);
   const classifier = await Classifier.load(String(opts.model), {
     backend: opts.backend as 'native' | 'onnx',
-    maxLength: opts.maxLength as number,
+    maxLength: opts.maxLength as number | undefined,
     batchSize: opts.batchSize as number,
     threads: opts.threads as number | undefined,
   });
+  warnMaxLength(opts.maxLength as number | undefined, classifier.config.max_position_embeddings);
   try {
     const topK = opts.topK as number;
     const results = (await classifier.classify(texts, { topK })) as Prediction[][];

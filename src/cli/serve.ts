@@ -6,7 +6,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import type { ClassifierBackend } from '../classifier.js';
 import { startServer } from '../serve/server.js';
 import { parseIntOption } from './export.js';
-import { explainPathErrors } from './common.js';
+import { explainPathErrors, warnMaxLength } from './common.js';
 
 function positive(value: string): number {
   const n = parseIntOption(value);
@@ -49,9 +49,34 @@ export function registerServe(program: Command): Command {
     .action((opts: ServeCliOptions) => explainPathErrors({ ...opts }, () => serve(opts), ['model']));
 }
 
+/** Words for the system errors of binding host:port, by code. */
+const LISTEN_HINTS: Record<string, string> = {
+  ENOTFOUND: 'no such IP address or host name',
+  EAI_AGAIN: 'the host name could not be resolved',
+  EADDRNOTAVAIL: 'not an address of this machine',
+  EADDRINUSE: 'another process is listening there',
+  EACCES: 'permission denied; ports below 1024 need privileges',
+};
+
+/**
+ * startServer's listen error rethrown naming the flag at fault: --port for a port
+ * in use or privileged, --host otherwise. Other errors pass through.
+ * @returns e.g. Error "--host 999.1.1.1: cannot listen there (getaddrinfo ENOTFOUND: no such IP address or host name)".
+ */
+export function nameListenFlag(err: unknown, host: string, port: number): unknown {
+  const e = err as NodeJS.ErrnoException;
+  if (e?.syscall !== 'listen' && e?.syscall !== 'getaddrinfo') return err;
+  const flag = e.code === 'EADDRINUSE' || e.code === 'EACCES' ? `--port ${port}` : `--host ${host}`;
+  const hint = e.code && LISTEN_HINTS[e.code] ? `: ${LISTEN_HINTS[e.code]}` : '';
+  return new Error(`${flag}: cannot listen there (${e.syscall} ${e.code}${hint})`, { cause: err });
+}
+
 /** Starts the server; it stops on SIGINT/SIGTERM (exit 0, or 1 when closing fails). */
 async function serve(opts: ServeCliOptions): Promise<void> {
-  const server = await startServer({ ...opts, log: (line) => process.stderr.write(`${line}\n`) });
+  const server = await startServer({ ...opts, log: (line) => process.stderr.write(`${line}\n`) }).catch((err: unknown) => {
+    throw nameListenFlag(err, opts.host, opts.port);
+  });
+  warnMaxLength(opts.maxLength, server.classifier.config.max_position_embeddings);
   process.stdout.write(`serving ${opts.model} (${opts.backend}) at ${server.url}  — POST /classify, GET /health\n`);
   const stop = () => {
     server.close().then(

@@ -5,8 +5,8 @@
  * the checkpoint lacks are initialised like `BertPreTrainedModel._init_weights`,
  * and both are reported in transformers' words.
  */
-import { existsSync } from 'node:fs';
-import { mkdir, readFile, realpath, stat } from 'node:fs/promises';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { mkdir, readFile, realpath } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { BERT_DEFAULTS, parameterShapes, type BertConfig } from '../config.js';
 import { BertTokenizer } from '../tokenizer/index.js';
@@ -81,6 +81,61 @@ export function formatUnusedWeightsMessage(path: string, keys: readonly string[]
   return `Some weights of the model checkpoint at ${path} were not used when initializing ${modelClass}: ${pythonListRepr([...keys].sort())}`;
 }
 
+/** What a model folder holds, in the words of the "not a model folder" error. */
+const MODEL_FOLDER_FILES = 'expected a Hugging Face model folder: config.json, model.safetensors, tokenizer files';
+
+/** An Error carrying `code` and `path` as fs errors do, so the CLI can name the flag that held the path. */
+function pathError(message: string, code: string, path: string): Error {
+  return Object.assign(new Error(message), { code, path });
+}
+
+/**
+ * Where a JSON.parse SyntaxError points in `text`: V8 says "at position N" for
+ * most errors, nothing for an unexpected token; there the shortest prefix of
+ * `text` that fails before its own end ends just past the culprit.
+ * @returns 1-based line and column (UTF-16 units), and V8's reason without the position.
+ */
+function locateJsonError(text: string, err: Error): { line: number; column: number; reason: string } {
+  const at = / at position (\d+)/.exec(err.message);
+  const reason = err.message.replace(/ at position \d+.*$/s, '').replace(/ in JSON$/, '').replace(/, (?:\.\.\.)?".*is not valid JSON$/s, '');
+  let pos = at ? Number(at[1]) : text.length;
+  if (!at && !/end of JSON input/.test(err.message)) {
+    let [lo, hi] = [1, text.length];
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (failsBeforeEnd(text.slice(0, mid))) hi = mid;
+      else lo = mid + 1;
+    }
+    pos = lo - 1;
+  }
+  const before = text.slice(0, pos).split('\n');
+  return { line: before.length, column: before[before.length - 1].length + 1, reason };
+}
+
+/** True when `prefix` is invalid JSON for a reason other than ending too early. */
+function failsBeforeEnd(prefix: string): boolean {
+  try {
+    JSON.parse(prefix);
+    return false;
+  } catch (err) {
+    const m = /at position (\d+)/.exec((err as Error).message);
+    return !/end of JSON input/.test((err as Error).message) && (!m || Number(m[1]) < prefix.trimEnd().length);
+  }
+}
+
+/**
+ * JSON.parse naming the file, line and column of a syntax error.
+ * @throws Error "<path>:<line>:<column>: invalid JSON: <reason>".
+ */
+export function parseJsonText(text: string, path: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    const { line, column, reason } = locateJsonError(text, err as Error);
+    throw new Error(`${path}:${line}:${column}: invalid JSON: ${reason}`, { cause: err });
+  }
+}
+
 async function readJsonFile(path: string): Promise<Record<string, unknown>> {
   let text: string;
   try {
@@ -88,14 +143,50 @@ async function readJsonFile(path: string): Promise<Record<string, unknown>> {
   } catch (err) {
     throw new Error(`cannot read ${path}: ${(err as Error).message}`, { cause: err });
   }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new Error(`${path}: invalid JSON (${(err as Error).message})`, { cause: err });
-  }
+  const value = parseJsonText(text, path);
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error(`${path}: expected a JSON object`);
   return value as Record<string, unknown>;
+}
+
+/** Subfolders of `folder` that hold a config.json (at most 3), for "did you mean". */
+function modelSubfolders(folder: string): string[] {
+  try {
+    return readdirSync(folder, { withFileTypes: true })
+      .filter((d) => d.isDirectory() && existsSync(join(folder, d.name, 'config.json')))
+      .slice(0, 3)
+      .map((d) => join(folder, d.name));
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Checks that `folder` is a model folder: an existing folder with a config.json.
+ * Errors carry `code` and `path` (= `folder` as given) like fs errors, and
+ * their message starts with that path (except for a missing folder).
+ * @throws Error "model folder <abs> does not exist" (ENOENT), "<folder> is a
+ *   file, expected a model folder" (ENOTDIR), or "<folder> is not a model
+ *   folder: config.json is missing (expected ...)" (ENOENT), naming subfolders
+ *   that do hold a config.json.
+ */
+export function assertModelFolder(folder: string): void {
+  const st = statSync(folder, { throwIfNoEntry: false });
+  if (!st) throw pathError(`model folder ${resolve(folder)} does not exist`, 'ENOENT', folder);
+  if (!st.isDirectory()) throw pathError(`${folder} is a file, expected a model folder`, 'ENOTDIR', folder);
+  if (existsSync(join(folder, 'config.json'))) return;
+  const subs = modelSubfolders(folder);
+  const hint = subs.length ? `; did you mean ${subs.join(' or ')}?` : '';
+  throw pathError(`${folder} is not a model folder: config.json is missing (${MODEL_FOLDER_FILES})${hint}`, 'ENOENT', folder);
+}
+
+/**
+ * `<folder>/config.json` as a JSON object, after assertModelFolder.
+ * @throws Error as assertModelFolder, or naming the file (and line:column of a
+ *   syntax error) when config.json is unreadable, not JSON, or not an object.
+ */
+export async function readModelConfigJson(folder: string): Promise<Record<string, unknown>> {
+  assertModelFolder(folder);
+  return readJsonFile(join(folder, 'config.json'));
 }
 
 function invertLabels(id2label: Record<string, string>, where: string): Record<string, number> {
@@ -236,7 +327,8 @@ function initWeight(key: string, shape: number[], config: BertConfig, rng: Seede
  *
  * @returns config, weights (float32, shapes of parameterShapes(config)), the
  *   key reports, and the folder's tokenizer.
- * @throws Error naming the file for: missing folder/config.json, model_type
+ * @throws Error naming the file for: missing folder or config.json (see
+ *   assertModelFolder), config.json not valid JSON (line:column), model_type
  *   other than bert, missing config fields, no model.safetensors (e.g. only
  *   pytorch_model.bin), malformed safetensors, a checkpoint tensor whose shape
  *   disagrees with the config (key and both shapes), integer dtype for a
@@ -244,9 +336,8 @@ function initWeight(key: string, shape: number[], config: BertConfig, rng: Seede
  */
 export async function loadModelFolder(folder: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
   const dir = resolve(folder);
-  if (!(await stat(dir).catch(() => null))?.isDirectory()) throw new Error(`model folder ${dir} does not exist or is not a folder`);
   const configPath = join(dir, 'config.json');
-  const config = parseBertConfig(await readJsonFile(configPath), configPath, opts);
+  const config = parseBertConfig(await readModelConfigJson(folder), configPath, opts);
   const shapes = new Map(parameterShapes(config));
   const expected = new Set(shapes.keys());
   const loaded = new Map<string, Float32Array>();

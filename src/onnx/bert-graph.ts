@@ -27,23 +27,23 @@ export function checkWeights(config: BertConfig, weights: WeightMap): void {
   for (const [key, shape] of parameterShapes(config)) {
     const data = weights.get(key);
     const size = shape.reduce((a, b) => a * b, 1);
-    if (!data) throw new Error(`exportOnnx: weight '${key}' is missing (expected shape [${shape}])`);
+    if (!data) throw new Error(`ONNX export: weight '${key}' is missing (expected shape [${shape}])`);
     if (data.length !== size) {
-      throw new Error(`exportOnnx: weight '${key}' has ${data.length} elements, expected shape [${shape}] = ${size}`);
+      throw new Error(`ONNX export: weight '${key}' has ${data.length} elements, expected shape [${shape}] = ${size}`);
     }
   }
 }
 
 function checkConfig(config: BertConfig): void {
   const act = config.hidden_act ?? 'gelu';
-  if (act !== 'gelu') throw new Error(`exportOnnx: config.hidden_act '${act}' is not supported (expected 'gelu')`);
+  if (act !== 'gelu') throw new Error(`ONNX export: config hidden_act '${act}' is not supported (expected 'gelu')`);
   const pos = config.position_embedding_type ?? 'absolute';
   if (pos !== 'absolute') {
-    throw new Error(`exportOnnx: config.position_embedding_type '${pos}' is not supported (expected 'absolute')`);
+    throw new Error(`ONNX export: config position_embedding_type '${pos}' is not supported (expected 'absolute')`);
   }
   if (config.hidden_size % config.num_attention_heads !== 0) {
     throw new Error(
-      `exportOnnx: config.hidden_size ${config.hidden_size} is not a multiple of num_attention_heads ${config.num_attention_heads}`,
+      `ONNX export: config hidden_size ${config.hidden_size} is not a multiple of num_attention_heads ${config.num_attention_heads}`,
     );
   }
 }

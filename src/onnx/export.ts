@@ -15,6 +15,16 @@ import { DataLocation, encodeModel, type GraphProto, type ModelProto, type Tenso
 /** IR version released with each supported opset (onnx/docs/Versioning.md). */
 const IR_VERSION_FOR_OPSET: Record<number, number> = { 17: 8, 18: 8, 19: 9, 20: 9, 21: 10, 22: 10, 23: 11 };
 
+/** Opsets the exporter writes (ONNX's LayerNormalization needs 17). */
+export const SUPPORTED_OPSETS: readonly number[] = Object.keys(IR_VERSION_FOR_OPSET).map(Number);
+
+/** @throws Error "opset 16 is not supported (expected 17-23)" for an opset outside SUPPORTED_OPSETS. */
+export function checkOpset(opset: number): void {
+  if (!SUPPORTED_OPSETS.includes(opset)) {
+    throw new Error(`opset ${opset} is not supported (expected ${SUPPORTED_OPSETS[0]}-${SUPPORTED_OPSETS.at(-1)})`);
+  }
+}
+
 /** Protobuf messages cannot exceed 2 GiB; keep headroom for the graph itself. */
 export const DEFAULT_EXTERNAL_DATA_THRESHOLD = 1.8 * 2 ** 30;
 
@@ -126,10 +136,8 @@ export async function exportOnnx(
   options: ExportOptions = {},
 ): Promise<ExportResult> {
   const opset = options.opset ?? 17;
+  checkOpset(opset);
   const irVersion = IR_VERSION_FOR_OPSET[opset];
-  if (irVersion === undefined) {
-    throw new Error(`exportOnnx: opset ${opset} is not supported (expected one of ${Object.keys(IR_VERSION_FOR_OPSET).join(', ')})`);
-  }
   const graph = buildBertGraph(model.config, model.weights, opset);
   const total = graph.initializer.reduce((n, t) => n + (t.raw_data?.byteLength ?? 0), 0);
   const dataPath = `${outPath}_data`;

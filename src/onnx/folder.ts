@@ -4,12 +4,12 @@
  * tokenizer_config.json (+ vocab.txt, special_tokens_map.json) and
  * onnx/model.onnx (+ onnx/model.onnx_data for models over 2 GB).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { copyFileAtomic, writeFileAtomic } from '../io/atomic.js';
 import { loadModelFolder, TOKENIZER_FILES } from '../io/model-folder.js';
-import { exportOnnx, type ExportOptions, type ExportResult } from './export.js';
+import { checkOpset, exportOnnx, type ExportOptions, type ExportResult } from './export.js';
 
 /** Files copied next to onnx/ when exporting into another folder. */
 const COMPANION_FILES = ['config.json', ...TOKENIZER_FILES];
@@ -30,11 +30,18 @@ export interface FolderExportResult extends ExportResult {
  * Write `<output>/onnx/model.onnx` for the model in `folder`, copying
  * config.json and the tokenizer files when `output` is another folder.
  *
- * @throws Error when the folder cannot be loaded (see loadModelFolder), when
- *   its classifier head or any other weight is missing from model.safetensors
- *   (a random head is not worth exporting: fine-tune first), or on export errors.
+ * @throws Error, before loading anything, for an unsupported opset or an
+ *   `output` that is a file ("<output> is a file, expected a folder", code
+ *   ENOTDIR and path as fs errors); when the folder cannot be loaded (see
+ *   loadModelFolder); when its classifier head or any other weight is missing
+ *   from model.safetensors (a random head is not worth exporting: fine-tune
+ *   first); or on export errors.
  */
 export async function exportModelFolder(folder: string, options: FolderExportOptions = {}): Promise<FolderExportResult> {
+  checkOpset(options.opset ?? 17);
+  if (options.output !== undefined && statSync(options.output, { throwIfNoEntry: false })?.isFile()) {
+    throw Object.assign(new Error(`${options.output} is a file, expected a folder`), { code: 'ENOTDIR', path: options.output });
+  }
   const { config, weights, newlyInitialized } = await loadModelFolder(folder);
   if (newlyInitialized.length > 0) {
     throw new Error(`${folder}: model.safetensors has no ${newlyInitialized.join(', ')}; fine-tune the model before exporting it`);

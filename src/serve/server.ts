@@ -13,7 +13,7 @@
  * 405 wrong method (with Allow), 413 body over maxBodyBytes, 500 inference failure.
  * A bad request never stops the server.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { basename, resolve } from 'node:path';
 import { Classifier, type ClassifierBackend, type Prediction } from '../classifier.js';
@@ -151,11 +151,32 @@ function route(method: string, path: string): 'classify' | 'health' {
 }
 
 /**
+ * server.listen as a promise.
+ * @throws Error "cannot listen on <host>:<port> (<syscall> <code>)" with the
+ *   system error's code, syscall and address kept (e.g. getaddrinfo ENOTFOUND
+ *   for an unknown host, listen EADDRINUSE for a port in use).
+ */
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise<void>((ok, fail) => {
+    const onError = (err: NodeJS.ErrnoException) => {
+      const what = err.syscall && err.code ? `${err.syscall} ${err.code}` : err.message;
+      fail(Object.assign(new Error(`cannot listen on ${host}:${port} (${what})`, { cause: err }), { code: err.code, syscall: err.syscall, host, port }));
+    };
+    server.once('error', onError);
+    server.listen(port, host, () => {
+      server.off('error', onError);
+      ok();
+    });
+  });
+}
+
+/**
  * Start the HTTP server for a classifier.
  *
  * @returns once listening: the base URL, the classifier, and close().
  * @throws Error when neither `model` nor `classifier` is given, the model
- *   cannot be loaded (see Classifier.load), or the port cannot be bound.
+ *   cannot be loaded (see Classifier.load), or host:port cannot be bound
+ *   (see listen; a classifier loaded here is disposed first).
  */
 export async function startServer(options: ServeOptions): Promise<RunningServer> {
   if (!options.classifier && !options.model) throw new Error('startServer: give a model folder (model) or a loaded classifier');
@@ -192,13 +213,12 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
     });
   });
 
-  await new Promise<void>((ok, fail) => {
-    server.once('error', fail);
-    server.listen(options.port ?? 8080, options.host ?? '127.0.0.1', () => {
-      server.off('error', fail);
-      ok();
-    });
-  });
+  try {
+    await listen(server, options.port ?? 8080, options.host ?? '127.0.0.1');
+  } catch (err) {
+    if (owned) await classifier.dispose();
+    throw err;
+  }
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   return {
