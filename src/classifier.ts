@@ -5,11 +5,10 @@
  * `text-classification` pipeline returns, for many concurrent callers.
  */
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BertConfig } from './config.js';
 import type { Batch } from './engine.js';
-import { loadModelFolder, parseBertConfig } from './io/model-folder.js';
+import { loadModelFolder, parseBertConfig, readModelConfigJson } from './io/model-folder.js';
 import { BertTokenizer, type Encoding } from './tokenizer/index.js';
 
 /** One label with its softmax probability in [0, 1]. */
@@ -95,23 +94,13 @@ async function nativeBackend(folder: string, threads?: number): Promise<Backend>
   };
 }
 
-/** config.json of `folder` as a BertConfig. @throws Error naming the file when it is missing or not valid JSON. */
+/**
+ * config.json of `folder` as a BertConfig.
+ * @throws Error when `folder` is not a model folder (readModelConfigJson's errors, which carry
+ *   code and path like fs errors), or naming file, line and column when it is not valid JSON.
+ */
 async function readModelConfig(folder: string): Promise<BertConfig> {
-  const path = join(folder, 'config.json');
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    throw new Error(`cannot read ${path}: ${(err as Error).message}`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    throw new Error(`${path} is not valid JSON: ${(err as Error).message}`);
-  }
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new Error(`${path} must hold a JSON object`);
-  return parseBertConfig(json as Record<string, unknown>, path);
+  return parseBertConfig(await readModelConfigJson(folder), join(folder, 'config.json'));
 }
 
 /** softmax(row) in float64, then the topK (label, score) pairs by descending score. */

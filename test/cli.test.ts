@@ -197,6 +197,11 @@ test('sizes and step counts must be positive integers: --batch-size 0 and friend
   const r = nodetune('predict', '--model', out, '--input', evalCsv, '--top-k', '0');
   assert.equal(r.status, 1);
   assert.match(r.stderr, /'--top-k <k>' argument '0' is invalid/);
+  for (const command of [['predict', '--input', evalCsv], ['eval', '--data', evalCsv], ['serve'], ['train', '--train', trainCsv, '--output', join(tmp, 'never')]]) {
+    const m = nodetune(command[0], '--model', out, ...command.slice(1), '--max-length', '1');
+    assert.equal(m.status, 1, command[0]);
+    assert.ok(m.stderr.includes(`option '--max-length <n>' argument '1' is invalid. '1' is below 2: [CLS] and [SEP] take two tokens.`), m.stderr);
+  }
   assert.ok(!existsSync(join(tmp, 'never')));
 });
 
@@ -341,10 +346,10 @@ test('--resume checks the settings against trainer_state.json before loading wei
   await writeFile(join(cfgDir, 'config.json'), '{"hidden_size": ');
   const cc = nodetune('train', '--model', cfgDir, '--train', trainCsv, ...COLUMNS, '--output', join(tmp, 'cc'));
   assert.equal(cc.status, 1);
-  assert.ok(cc.stderr.includes(`${join(cfgDir, 'config.json')}: not valid JSON`), cc.stderr);
+  assert.ok(cc.stderr.includes(`${join(cfgDir, 'config.json')}:1:17: invalid JSON: Unexpected end of JSON input`), cc.stderr);
   const ce = nodetune('eval', '--model', cfgDir, '--data', evalCsv, ...COLUMNS);
   assert.equal(ce.status, 1);
-  assert.ok(ce.stderr.includes(`${join(cfgDir, 'config.json')}: not valid JSON`), ce.stderr);
+  assert.ok(ce.stderr.includes(`${join(cfgDir, 'config.json')}:1:17: invalid JSON: Unexpected end of JSON input`), ce.stderr);
 });
 
 test('--config takes Hugging Face TrainingArguments names; booleans as yes/no; unknown keys list flag names', async () => {

@@ -26,6 +26,13 @@ export function positiveInt(value: string): number {
   return x;
 }
 
+/** Commander parser for --max-length: an integer ≥ 2, since [CLS] and [SEP] take two tokens. */
+export function maxLength(value: string): number {
+  const x = int(value);
+  if (x < 2) throw new InvalidArgumentError(`'${value}' is below 2: [CLS] and [SEP] take two tokens.`);
+  return x;
+}
+
 const camel = (key: string) => key.replace(/[-_]([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 const kebab = (name: string) => name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 

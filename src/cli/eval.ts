@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { evaluateFile } from '../train/evaluate.js';
 import { formatClassificationReport } from '../metrics/index.js';
 import { writeReport } from '../report/index.js';
-import { applyConfigFile, explainPathErrors, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
+import { applyConfigFile, explainPathErrors, maxLength, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
 
 export function registerEval(program: Command): void {
   withDataColumns(
@@ -15,7 +15,7 @@ export function registerEval(program: Command): void {
   )
     .option('--model <folder>', 'fine-tuned model folder (config.json with id2label)')
     .option('--data <file>', 'labelled data (.csv, .tsv, .jsonl)')
-    .option('--max-length <n>', 'truncate to n tokens', positiveInt, 128)
+    .option('--max-length <n>', 'truncate to n tokens', maxLength, 128)
     .option('--batch-size <n>', 'examples per forward pass', positiveInt, 64)
     .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
     .option('--output <folder>', 'also write eval_results.json and report.html here')

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { readTexts as readTextRecords } from '../data/index.js';
 import { Classifier, type Prediction } from '../classifier.js';
 import { assertModelFolder } from '../io/model-folder.js';
-import { applyConfigFile, explainPathErrors, positiveInt, requireOptions, warnMaxLength } from './common.js';
+import { applyConfigFile, explainPathErrors, maxLength, positiveInt, requireOptions, warnMaxLength } from './common.js';
 
 /**
  * Texts from a file or stdin ('-') through the training data reader (strict UTF-8,
@@ -40,7 +40,7 @@ export function registerPredict(program: Command): void {
     .option('--text-column <name>', 'column/key holding the text', 'text')
     .option('--top-k <k>', 'labels per text, best first', positiveInt, 1)
     .addOption(new Option('--backend <name>', 'inference engine').choices(['native', 'onnx']).default('native'))
-    .option('--max-length <n>', 'tokens per text incl. [CLS]/[SEP] (default: max_position_embeddings, at most 512, as serve)', positiveInt)
+    .option('--max-length <n>', 'tokens per text incl. [CLS]/[SEP] (default: max_position_embeddings, at most 512, as serve)', maxLength)
     .option('--batch-size <n>', 'texts per forward pass', positiveInt, 32)
     .option('--threads <n>', 'CPU threads', positiveInt)
     .option('--config <file>', 'JSON or YAML file holding any of these flags')

@@ -6,7 +6,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import type { ClassifierBackend } from '../classifier.js';
 import { startServer } from '../serve/server.js';
 import { parseIntOption } from './export.js';
-import { explainPathErrors, warnMaxLength } from './common.js';
+import { explainPathErrors, maxLength, warnMaxLength } from './common.js';
 
 function positive(value: string): number {
   const n = parseIntOption(value);
@@ -43,7 +43,7 @@ export function registerServe(program: Command): Command {
     .addOption(new Option('--backend <name>', 'inference backend').choices(['onnx', 'native']).default('onnx'))
     .option('--max-texts <n>', 'most texts per request', positive, 256)
     .option('--max-body-bytes <n>', 'largest request body in bytes', positive, 1024 * 1024)
-    .option('--max-length <n>', 'tokens per text incl. [CLS]/[SEP] (default: max_position_embeddings, at most 512)', positive)
+    .option('--max-length <n>', 'tokens per text incl. [CLS]/[SEP] (default: max_position_embeddings, at most 512)', maxLength)
     .option('--batch-size <n>', 'texts per forward pass', positive, 32)
     .option('--threads <n>', 'intra-op threads (default: all cores)', positive)
     .action((opts: ServeCliOptions) => explainPathErrors({ ...opts }, () => serve(opts), ['model']));

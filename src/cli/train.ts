@@ -8,7 +8,7 @@ import cliProgress from 'cli-progress';
 import { fineTune, type FineTuneOptions } from '../train/finetune.js';
 import type { LogEntry, EvalEntry } from '../train/trainer.js';
 import { SCHEDULER_TYPES } from '../train/schedule.js';
-import { applyConfigFile, explainPathErrors, num, int, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
+import { applyConfigFile, explainPathErrors, maxLength, num, int, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
 
 export function registerTrain(program: Command): void {
   withDataColumns(
@@ -21,7 +21,7 @@ export function registerTrain(program: Command): void {
     .option('--eval <file>', 'evaluation data; default: a stratified split of --train')
     .option('--output <folder>', 'output folder (model, eval_results.json, training_log.jsonl, report.html)')
     .option('--validation-split <fraction>', 'held-out fraction when --eval is absent', num, 0.1)
-    .option('--max-length <n>', 'truncate to n tokens', positiveInt, 128)
+    .option('--max-length <n>', 'truncate to n tokens', maxLength, 128)
     .option('--epochs <n>', 'num_train_epochs', num, 3)
     .option('--max-steps <n>', 'total optimizer steps (overrides --epochs)', int, -1)
     .option('--batch-size <n>', 'per_device_train_batch_size', positiveInt, 32)

@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { readDataset, labelMapFromNames, encodeLabels } from '../data/index.js';
 import { loadModel } from '../model.js';
 import type { EvalResults } from '../metrics/index.js';
-import { encodeExamples, evaluateExamples, readJsonFile } from './trainer.js';
+import { encodeExamples, evaluateExamples } from './trainer.js';
+import { readModelConfigJson } from '../io/model-folder.js';
 
 export interface EvaluateFileOptions {
   model: string;
@@ -19,11 +20,11 @@ export interface EvaluateFileOptions {
 /**
  * Loads `model` (a folder whose config.json has id2label), reads `data`, maps
  * its labels through the model's labels (case-insensitively) and evaluates.
- * @throws Error when the model has no labels, or naming file and line of a
- *   label the model does not know.
+ * @throws Error when `model` is not a model folder (code and path as fs errors),
+ *   when it has no labels, or naming file and line of a label it does not know.
  */
 export async function evaluateFile(o: EvaluateFileOptions): Promise<EvalResults> {
-  const config = (await readJsonFile(join(o.model, 'config.json'))) as { id2label?: Record<string, string> };
+  const config = (await readModelConfigJson(o.model)) as { id2label?: Record<string, string> };
   const id2label = config.id2label;
   if (!id2label || Object.keys(id2label).length === 0) {
     throw new Error(`${join(o.model, 'config.json')} has no id2label: evaluate a model fine-tuned by \`nodetune train\``);

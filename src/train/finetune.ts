@@ -12,10 +12,11 @@ import { loadModel, saveModel, type Model } from '../model.js';
 import { checkDevice } from '../engine.js';
 import { readSafetensors } from '../io/safetensors.js';
 import { resolveModel } from '../io/hub.js';
+import { readModelConfigJson } from '../io/model-folder.js';
 import { writeReport } from '../report/index.js';
 import type { EvalResults } from '../metrics/index.js';
 import {
-  Trainer, encodeExamples, evaluateExamples, validateTrainingArguments, checkResumeSettings, readJsonFile, resumeSettings,
+  Trainer, encodeExamples, evaluateExamples, validateTrainingArguments, checkResumeSettings, resumeSettings,
   type TrainingArguments,
 } from './trainer.js';
 
@@ -168,7 +169,7 @@ function classWeights(o: FineTuneOptions, data: PreparedData): Float32Array | un
 async function configLabel2id(model: string): Promise<Record<string, number> | undefined> {
   const path = join(model, 'config.json');
   if (!existsSync(path)) return undefined;
-  const cfg = (await readJsonFile(path)) as { label2id?: Record<string, number> };
+  const cfg = (await readModelConfigJson(model)) as { label2id?: Record<string, number> };
   return cfg.label2id;
 }
 
