@@ -197,6 +197,8 @@ test('sizes and step counts must be positive integers: --batch-size 0 and friend
   const r = nodetune('predict', '--model', out, '--input', evalCsv, '--top-k', '0');
   assert.equal(r.status, 1);
   assert.match(r.stderr, /'--top-k <k>' argument '0' is invalid/);
+  assert.ok(nodetune('train').stderr.includes('missing required options --model, --train, --output (give them as flags or in --config)'));
+  assert.ok(nodetune('train', '--model', model, '--train', trainCsv).stderr.includes('missing required option --output (give it as a flag or in --config)'));
   for (const command of [['predict', '--input', evalCsv], ['eval', '--data', evalCsv], ['serve'], ['train', '--train', trainCsv, '--output', join(tmp, 'never')]]) {
     const m = nodetune(command[0], '--model', out, ...command.slice(1), '--max-length', '1');
     assert.equal(m.status, 1, command[0]);

@@ -220,7 +220,7 @@ export function printTable(title: string, rows: Array<[string, string]>): void {
 export function requireOptions(opts: Record<string, unknown>, names: string[]): void {
   const missing = names.filter((n) => opts[n] === undefined || opts[n] === null || opts[n] === '');
   if (missing.length > 0) {
-    throw new Error(`missing required option${missing.length > 1 ? 's' : ''} ${missing.map((n) => `--${n.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} (give it as a flag or in --config)`);
+    throw new Error(`missing required option${missing.length > 1 ? 's' : ''} ${missing.map((n) => `--${n.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} (give ${missing.length > 1 ? 'them as flags' : 'it as a flag'} or in --config)`);
   }
 }
 

@@ -19,7 +19,7 @@ export function parseIntOption(value: string): number {
 export function registerExport(program: Command): Command {
   return program
     .command('export')
-    .description('Export a fine-tuned model folder to ONNX (onnx/model.onnx, loadable by onnxruntime and transformers.js)')
+    .description('export a fine-tuned model folder to ONNX (onnx/model.onnx, loadable by onnxruntime and transformers.js)')
     .requiredOption('--model <folder>', 'model folder (config.json, model.safetensors, tokenizer files)')
     .option('--output <folder>', 'destination folder (default: the model folder); config and tokenizer files are copied there')
     .option('--opset <n>', `ONNX opset, ${SUPPORTED_OPSETS[0]}-${SUPPORTED_OPSETS.at(-1)} (20+ uses the Gelu operator)`, parseIntOption, 17)

@@ -21,7 +21,7 @@ function progressPrinter(): (file: string, received: number, total: number | und
 export function registerPull(program: Command): void {
   program
     .command('pull')
-    .description('Download a model (config, safetensors weights, tokenizer) from the Hugging Face Hub into the local cache')
+    .description('download a model (config, safetensors weights, tokenizer) from the Hugging Face Hub into the local cache')
     .argument('<repo-id>', 'Hub repository, e.g. sentence-transformers/all-MiniLM-L6-v2')
     .option('--revision <rev>', 'branch, tag or commit', 'main')
     .option('--cache-dir <dir>', 'cache root (default $NODETUNE_CACHE or ~/.cache/nodetune/hub)')

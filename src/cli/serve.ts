@@ -36,7 +36,7 @@ interface ServeCliOptions {
 export function registerServe(program: Command): Command {
   return program
     .command('serve')
-    .description('Serve a fine-tuned model over HTTP: POST /classify {"text"|"texts", "top_k"}, GET /health')
+    .description('serve a fine-tuned model over HTTP: POST /classify {"text"|"texts", "top_k"}, GET /health')
     .requiredOption('--model <folder>', 'model folder (onnx/model.onnx for --backend onnx)')
     .option('--port <n>', 'TCP port (0: any free port)', port, 8080)
     .option('--host <address>', 'interface to bind (0.0.0.0 exposes the server to the network)', '127.0.0.1')
