@@ -324,6 +324,31 @@ test('bad configs throw naming the field', () => {
     () => new Engine({ config: { ...base, hidden_size: 32 }, class_weights: new Float32Array(3) }),
     /class_weights has 3 entries, expected num_labels = 2/,
   );
+  assert.throws(() => new Engine({ config: { ...base, hidden_size: 32, layer_norm_eps: NaN } }), /config\.layer_norm_eps must be a finite number >= 0/);
+});
+
+// A config or batch too large for the machine must throw before memory is
+// touched: with overcommit, a huge zero-filled allocation succeeds and the
+// kernel's OOM killer ends the process instead (no exception to report).
+test('configs and batches larger than the available memory throw naming their sizes instead of being OOM-killed', async () => {
+  const base: BertConfig = {
+    vocab_size: 8, hidden_size: 65536, num_hidden_layers: 1000, num_attention_heads: 1, intermediate_size: 8,
+    max_position_embeddings: 8, type_vocab_size: 2, layer_norm_eps: 1e-12, hidden_dropout_prob: 0,
+    attention_probs_dropout_prob: 0, initializer_range: 0.02, num_labels: 2,
+  };
+  // ~1.7e13 parameters: 69 TB of float32 weights alone.
+  assert.throws(() => new Engine({ config: base }), /this config \([\d.e+]+ M parameters: vocab_size 8, hidden_size 65536, num_hidden_layers 1000, intermediate_size 8\) needs \d+ MiB, but only \d+ MiB of memory is available/);
+  // 1024 heads of size 1 at T=512: the (B, NH, T, T) probabilities of batch 64 are 69 GB per layer.
+  const wide = new Engine({ config: { ...base, hidden_size: 1024, num_attention_heads: 1024, num_hidden_layers: 1, max_position_embeddings: 512 } });
+  const B = 64, T = 512;
+  const batch = { input_ids: new Int32Array(B * T).fill(1), attention_mask: new Int32Array(B * T).fill(1), token_type_ids: new Int32Array(B * T), labels: new Int32Array(B), batchSize: B, seqLen: T };
+  await assert.rejects(wide.forward(batch), /activations for batchSize=64, seqLen=512 \(use a smaller batch size or max_length\) needs \d+ MiB, but only \d+ MiB of memory is available/);
+  // The engine is still usable with a batch that fits.
+  const small = { ...batch, input_ids: batch.input_ids.subarray(0, 2 * 8), attention_mask: batch.attention_mask.subarray(0, 2 * 8), token_type_ids: batch.token_type_ids.subarray(0, 2 * 8), labels: batch.labels.subarray(0, 2), batchSize: 2, seqLen: 8 };
+  const { logits } = await wide.forward(small);
+  assert.equal(logits.length, 4);
+  assert.ok(logits.every(Number.isFinite));
+  await wide.dispose();
 });
 
 test('devices: unknown names, bf16 on the CPU and CUDA without a CUDA build are clear errors', async () => {
@@ -354,9 +379,11 @@ test('a non-finite gradient skips the update: weights, moments and the step coun
   await engine.trainStep(f.batch, { learningRate: 1e-3 });
   const before = engine.getWeight('classifier.weight');
   const moments = engine.getOptimizerState('classifier.weight');
-  // an overflowing loss scale: the loss stays finite, the gradients do not
-  const { loss } = await engine.accumulate(f.batch, { lossScale: Infinity });
-  assert.ok(Number.isFinite(loss));
+  // loss scales near float32's max: the loss stays finite, the summed gradients overflow
+  for (let i = 0; i < 4; i++) {
+    const { loss } = await engine.accumulate(f.batch, { lossScale: 3e38 });
+    assert.ok(Number.isFinite(loss));
+  }
   const { gradNorm } = await engine.step({ learningRate: 1e-3 });
   assert.ok(!Number.isFinite(gradNorm), `grad norm ${gradNorm}`);
   assert.deepEqual(engine.getWeight('classifier.weight'), before);
@@ -375,7 +402,8 @@ test('bad optimizer options and misuse throw naming the option', async () => {
   assert.throws(() => new Engine({ config: f.config, threads: -1 }), /threads must be >= 0/);
   assert.throws(() => new Engine({ config: f.config, label_smoothing_factor: 2 }), /label_smoothing_factor must be in \[0, 1\]/);
   const engine = makeEngine(f);
-  await assert.rejects(engine.accumulate(f.batch, { lossScale: NaN }), /lossScale must be a number >= 0/);
+  await assert.rejects(engine.accumulate(f.batch, { lossScale: NaN }), /lossScale must be a finite number >= 0/);
+  await assert.rejects(engine.accumulate(f.batch, { lossScale: Infinity }), /lossScale must be a finite number >= 0/);
   assert.throws(() => engine.setCounters({ optimizerStep: 1e20, microStep: 0 }), /optimizerStep must be an integer in \[0, 2\^53\)/);
   await engine.dispose();
 });

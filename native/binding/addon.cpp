@@ -434,8 +434,8 @@ private:
             auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], true));
             float scale = 1.0f;
             if (info.Length() > 1 && info[1].IsObject()) scale = get_float(info[1].As<Napi::Object>(), "lossScale", "options", 1.0f);
-            if (!(scale >= 0.0f) || std::isnan(scale))
-                throw EngineError("Engine.accumulate: options.lossScale must be a number >= 0 (a micro-batch's share of the examples), got " +
+            if (!(scale >= 0.0f) || !std::isfinite(scale))
+                throw EngineError("Engine.accumulate: options.lossScale must be a finite number >= 0 (a micro-batch's share of the examples), got " +
                                   std::to_string(scale));
             auto loss = std::make_shared<float>(0.0f);
             return Queue(

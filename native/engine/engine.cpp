@@ -9,7 +9,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <sstream>
+
+#include <unistd.h>
 
 #include <cblas.h>
 
@@ -26,12 +29,50 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 
 
+// "22.7 M parameters: vocab_size 30522, hidden_size 384, num_hidden_layers 6, intermediate_size 1536"
+std::string describe_size(const BertConfig& c, double params) {
+    std::ostringstream s;
+    s.precision(3);
+    s << params / 1e6 << " M parameters: vocab_size " << c.vocab_size << ", hidden_size " << c.hidden_size
+      << ", num_hidden_layers " << c.num_hidden_layers << ", intermediate_size " << c.intermediate_size;
+    return s.str();
+}
+
 void add_into(float* out, const float* a, const float* b, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 }  // namespace
+
+size_t available_memory_bytes() {
+    std::ifstream meminfo("/proc/meminfo");
+    std::string key;
+    size_t kib = 0;
+    while (meminfo >> key >> kib) {
+        if (key == "MemAvailable:") return kib * 1024;
+        meminfo.ignore(256, '\n');
+    }
+#if defined(_SC_AVPHYS_PAGES) && defined(_SC_PAGESIZE)
+    const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) return (size_t)pages * (size_t)page;
+#endif
+    return 0;
+}
+
+void require_memory(size_t bytes, const std::string& what) {
+    const size_t avail = available_memory_bytes();
+    if (avail == 0 || bytes <= avail) return;
+    throw EngineError(what + " needs " + std::to_string(bytes >> 20) + " MiB, but only " +
+                      std::to_string(avail >> 20) + " MiB of memory is available");
+}
+
+double count_parameters(const BertConfig& c) {
+    const double C = c.hidden_size, I = c.intermediate_size, L = c.num_labels;
+    const double embeddings = ((double)c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * C + 2 * C;
+    const double layer = 4 * C * C + 4 * C + 2 * C * I + I + C + 4 * C;  // attention, FFN, two LayerNorms
+    return embeddings + c.num_hidden_layers * layer + C * C + C + L * C + L;
+}
 
 EngineBase::EngineBase(const BertConfig& config, const TrainConfig& train) : cfg_(config), tc_(train) {
     auto positive = [](const char* name, int v) {
@@ -45,6 +86,8 @@ EngineBase::EngineBase(const BertConfig& config, const TrainConfig& train) : cfg
     positive("max_position_embeddings", cfg_.max_position_embeddings);
     positive("type_vocab_size", cfg_.type_vocab_size);
     positive("num_labels", cfg_.num_labels);
+    if (!(cfg_.layer_norm_eps >= 0.0f) || !std::isfinite(cfg_.layer_norm_eps))
+        throw EngineError("config.layer_norm_eps must be a finite number >= 0, got " + std::to_string(cfg_.layer_norm_eps));
     if (cfg_.hidden_size % cfg_.num_attention_heads != 0)
         throw EngineError("config.hidden_size (" + std::to_string(cfg_.hidden_size) +
                           ") must be a multiple of config.num_attention_heads (" +
@@ -72,10 +115,17 @@ EngineBase::EngineBase(const BertConfig& config, const TrainConfig& train) : cfg
     if (!tc_.class_weights.empty() && (int)tc_.class_weights.size() != cfg_.num_labels)
         throw EngineError("class_weights has " + std::to_string(tc_.class_weights.size()) +
                           " entries, expected num_labels = " + std::to_string(cfg_.num_labels));
+    // Before the parameter table (16 entries a layer) is built: every engine
+    // keeps at least one float32 copy of the weights on the host.
+    const double n = count_parameters(cfg_);
+    require_memory((size_t)std::min(n * 4.0, 1e18), "this config (" + describe_size(cfg_, n) + ")");
     build_param_table();
 }
 
 CpuEngine::CpuEngine(const BertConfig& config, const TrainConfig& train) : EngineBase(config, train) {
+    // Weights, gradients and the two AdamW moments, zero-filled up front.
+    require_memory(4 * arena_size_ * sizeof(float), "the CPU engine's weights, gradients and AdamW moments for this config (" +
+                                                        describe_size(cfg_, (double)n_params_) + ")");
     w_.assign(arena_size_, 0.0f);
     g_.assign(arena_size_, 0.0f);
     m_.assign(arena_size_, 0.0f);
@@ -219,16 +269,22 @@ void CpuEngine::ensure_activations(int B, int T) {
                          3 * align_up(Bc * C) + align_up(Bc * L);
     const size_t dtotal = 3 * align_up(N * C) + 2 * align_up(N * I) + align_up(N * 3 * C) + align_up(TT) +
                           3 * align_up(Bc * C) + align_up(Bc * L);
+    const std::string what = "activations for batchSize=" + std::to_string(B) + ", seqLen=" + std::to_string(T);
     try {
+        require_memory((total + dtotal) * sizeof(float), what + " (use a smaller batch size or max_length)");
         acts_.assign(total, 0.0f);
         dacts_.assign(dtotal, 0.0f);
     } catch (const std::bad_alloc&) {
         acts_ = {};
         dacts_ = {};
         cap_B_ = cap_T_ = 0;
-        throw EngineError("out of memory: activations for batchSize=" + std::to_string(B) + ", seqLen=" +
-                          std::to_string(T) + " need " + std::to_string((total + dtotal) * 4 / (1 << 20)) +
+        throw EngineError("out of memory: " + what + " need " + std::to_string((total + dtotal) * 4 / (1 << 20)) +
                           " MiB; use a smaller batch size or max_length");
+    } catch (const EngineError&) {
+        acts_ = {};
+        dacts_ = {};
+        cap_B_ = cap_T_ = 0;
+        throw;
     }
     float* p = acts_.data();
     auto take = [&p](size_t n) { float* r = p; p += align_up(n); return r; };

@@ -72,6 +72,21 @@ struct EngineError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// Bytes of memory the OS can still hand out without swapping (Linux:
+// MemAvailable of /proc/meminfo; elsewhere the free physical pages), or 0 when
+// unknown. Used before large zero-filled allocations: with memory overcommit a
+// huge allocation succeeds and filling it gets the process killed, which no
+// exception can report.
+size_t available_memory_bytes();
+// Throws EngineError "<what> needs X MiB, but only Y MiB of memory is
+// available" when `bytes` exceeds available_memory_bytes() (a known value).
+void require_memory(size_t bytes, const std::string& what);
+
+// Parameters of a BertForSequenceClassification with this config (embeddings,
+// encoder, pooler, classifier), computed from the config alone, in double so
+// an absurd config cannot overflow.
+double count_parameters(const BertConfig& config);
+
 // What every device's engine shares: the model plan (the parameter table in
 // arena order, with q/k/v packed so one GEMM computes all three), input
 // validation, freezing flags and the optimizer/dropout counters. A device
