@@ -22,11 +22,14 @@ export type ClassifierBackend = 'native' | 'onnx';
 export interface ClassifierOptions {
   /** 'onnx' (default): onnx/model.onnx via onnxruntime-node; 'native': the C++ engine on model.safetensors. */
   backend?: ClassifierBackend;
-  /** Tokens per text including [CLS]/[SEP]; longer texts are truncated. Default: max_position_embeddings (≤ 512). */
+  /**
+   * Tokens per text including [CLS]/[SEP]; longer texts are truncated. Default: max_position_embeddings,
+   * at most 512. A larger value is capped at max_position_embeddings (`Classifier.maxLength` reports the cap).
+   */
   maxLength?: number;
   /** Texts per forward pass; queued texts of concurrent callers share batches. Default 32. */
   batchSize?: number;
-  /** Intra-op threads for the backend; default: the backend's own default (all cores). */
+  /** Intra-op threads for the backend, a positive integer; default: the backend's own default (all cores). */
   threads?: number;
 }
 
@@ -101,6 +104,27 @@ async function nativeBackend(folder: string, threads?: number): Promise<Backend>
  */
 async function readModelConfig(folder: string): Promise<BertConfig> {
   return parseBertConfig(await readModelConfigJson(folder), join(folder, 'config.json'));
+}
+
+/** What a value is, for error messages: 'null', 'undefined', 'number', 'Set', 'object', ... */
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value !== 'object') return typeof value;
+  const name = (value as { constructor?: { name?: unknown } }).constructor?.name;
+  return typeof name === 'string' && name !== 'Object' ? name : 'object';
+}
+
+/**
+ * `input` as a list of texts.
+ * @throws Error when `input` is neither a string nor an array, or naming the index of an element that is not a string.
+ */
+function textList(input: unknown): readonly string[] {
+  if (typeof input === 'string') return [input];
+  if (!Array.isArray(input)) throw new Error(`classify: texts must be a string or an array of strings, got ${describe(input)}`);
+  input.forEach((t: unknown, i) => {
+    if (typeof t !== 'string') throw new Error(`classify: texts[${i}] is ${describe(t)}, expected a string`);
+  });
+  return input as string[];
 }
 
 /** softmax(row) in float64, then the topK (label, score) pairs by descending score. */
@@ -182,6 +206,10 @@ export class Classifier {
     private readonly runner: Backend,
     /** Which backend runs the model. */
     readonly backend: ClassifierBackend,
+    /**
+     * Tokens per text incl. [CLS]/[SEP] actually used: the requested maxLength (default
+     * max_position_embeddings, at most 512) capped at max_position_embeddings.
+     */
     readonly maxLength: number,
     readonly batchSize: number,
   ) {
@@ -191,8 +219,11 @@ export class Classifier {
   /**
    * Load a model folder (config.json, tokenizer files, and onnx/model.onnx or
    * model.safetensors).
+   * A maxLength above the model's max_position_embeddings is capped there, silently;
+   * `maxLength` on the result reports the value used.
    * @throws Error naming the missing file (for 'onnx': run `nodetune export`),
-   *   an invalid option, or a folder whose classifier head is untrained.
+   *   an invalid option (backend, batchSize, maxLength, threads), or a folder
+   *   whose classifier head is untrained.
    */
   static async load(folder: string, options: ClassifierOptions = {}): Promise<Classifier> {
     const backendName = options.backend ?? 'onnx';
@@ -201,11 +232,17 @@ export class Classifier {
     }
     const batchSize = options.batchSize ?? 32;
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`Classifier.load: batchSize ${batchSize} must be a positive integer`);
+    const threads = options.threads;
+    if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) {
+      throw new Error(`Classifier.load: threads ${threads} must be a positive integer`);
+    }
     const config = await readModelConfig(folder);
-    const maxLength = options.maxLength ?? Math.min(512, config.max_position_embeddings);
-    if (!Number.isInteger(maxLength) || maxLength < 2) throw new Error(`Classifier.load: maxLength ${maxLength} must be an integer ≥ 2`);
+    const requested = options.maxLength ?? Math.min(512, config.max_position_embeddings);
+    if (!Number.isInteger(requested) || requested < 2) throw new Error(`Classifier.load: maxLength ${requested} must be an integer ≥ 2`);
+    // The tokenizer truncates at max_position_embeddings anyway; report what is used.
+    const maxLength = Math.min(requested, config.max_position_embeddings);
     const tokenizer = await BertTokenizer.fromFolder(folder, { maxPositionEmbeddings: config.max_position_embeddings });
-    const runner = backendName === 'onnx' ? await onnxBackend(folder, options.threads) : await nativeBackend(folder, options.threads);
+    const runner = backendName === 'onnx' ? await onnxBackend(folder, threads) : await nativeBackend(folder, threads);
     if (backendName === 'onnx') await checkOnnxWidth(runner, folder, config.num_labels);
     return new Classifier(folder, config, tokenizer, runner, backendName, maxLength, batchSize);
   }
@@ -215,18 +252,16 @@ export class Classifier {
    * @returns per text, its topK predictions sorted by descending score
    *   (softmax over the logits; labels from id2label). A single string gives
    *   one list, an array gives one list per text.
-   * @throws Error for a non-string text (naming its index), a topK that is
-   *   not a positive integer, or after dispose().
+   * @throws Error when the input is neither a string nor an array of strings
+   *   (naming the index of a non-string element), a topK that is not a
+   *   positive integer, or after dispose().
    */
   classify(text: string, options?: ClassifyOptions): Promise<Prediction[]>;
   classify(texts: readonly string[], options?: ClassifyOptions): Promise<Prediction[][]>;
   async classify(input: string | readonly string[], options: ClassifyOptions = {}): Promise<Prediction[] | Prediction[][]> {
     const topK = options.topK ?? 1;
     if (!Number.isInteger(topK) || topK < 1) throw new Error(`classify: topK ${topK} must be a positive integer`);
-    const texts = typeof input === 'string' ? [input] : input;
-    texts.forEach((t, i) => {
-      if (typeof t !== 'string') throw new Error(`classify: texts[${i}] is ${typeof t}, expected a string`);
-    });
+    const texts = textList(input);
     const logits = await Promise.all(texts.map((t) => this.enqueue(t)));
     const preds = logits.map((row) => topPredictions(row, this.labels, Math.min(topK, this.labels.length)));
     return typeof input === 'string' ? preds[0] : preds;

@@ -3,7 +3,8 @@
  * BertForSequenceClassification (Hugging Face modeling_bert.py semantics) with
  * its gradients and AdamW moments in native memory; each long call (forward,
  * accumulate, step, trainStep) runs off the main thread and resolves a Promise.
- * Calls are queued, so concurrent callers never overlap on one engine.
+ * The Promise-returning calls are queued one after another; the synchronous
+ * accessors are not (see the Engine class).
  */
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
@@ -128,6 +129,22 @@ export function checkDevice(device = 'cpu', precision = 'fp32'): void {
  * A BertForSequenceClassification training engine in native memory.
  * Parameter names are Hugging Face checkpoint keys with the `bert.` prefix
  * (`bert.encoder.layer.0.attention.self.query.weight`, `classifier.weight`).
+ *
+ * Concurrency: the Promise-returning methods (forward, accumulate, step,
+ * trainStep, zeroGrad, dispose) go into one FIFO queue, so they never overlap
+ * each other; each starts in a later microtask, once the previous one has
+ * settled. The synchronous methods (parameterNames, parameterShape, device,
+ * numParameters, getWeight, setWeight, getGradient, get/setOptimizerState,
+ * setTrainable, isTrainable, get/setCounters) are NOT queued: they act at once
+ * on the engine's current state. Hence
+ * - while a queued call is running on its worker thread, they throw
+ *   "Engine.<method>(): the engine is busy with a forward/trainStep; await it
+ *   before calling again";
+ * - called in the same tick as a queued call that has not started yet (e.g.
+ *   `engine.trainStep(b, o); engine.getWeight(n)` without await), they run
+ *   before it: getWeight sees the weights from before the step, and setWeight
+ *   changes the weights the step will use.
+ * Await the queued call's Promise before using them.
  * @throws Error for an invalid config (naming the field).
  */
 export class Engine {

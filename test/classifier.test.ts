@@ -117,6 +117,22 @@ test('native backend agrees with HF within 1e-4', async (t) => {
   }
 });
 
+test('maxLength reports the length used: the default is max_position_embeddings (512); a larger request is capped there', async () => {
+  assert.equal(onnx.maxLength, maxLength, 'an explicit value within the limit is kept');
+  const long = `${'my card payment was declined at the shop again today '.repeat(60)}and i need a new pin`;
+  const big = await Classifier.load(folder, { maxLength: 10000, threads: 1 });
+  const plain = await Classifier.load(folder, { threads: 1 });
+  try {
+    assert.equal(big.maxLength, 512);
+    assert.equal(plain.maxLength, 512);
+    // A text of ~600 tokens runs (the position table has 512 rows) and scores as one cut at 512.
+    assert.deepEqual(await big.classify(long, { topK: 5 }), await plain.classify(long, { topK: 5 }));
+  } finally {
+    await big.dispose();
+    await plain.dispose();
+  }
+});
+
 test('errors: missing onnx/model.onnx, bad text, bad topK, bad options, use after dispose', async () => {
   const bare = join(tmp, 'no-onnx');
   await cp(folder, bare, { recursive: true, filter: (src) => !src.includes('/onnx') });
@@ -124,6 +140,20 @@ test('errors: missing onnx/model.onnx, bad text, bad topK, bad options, use afte
   await assert.rejects(Classifier.load(folder, { backend: 'tpu' as never }), /backend 'tpu' is unknown/);
   await assert.rejects(Classifier.load(folder, { batchSize: 0 }), /batchSize 0 must be a positive integer/);
   await assert.rejects(onnx.classify(['ok', 42 as unknown as string]), /texts\[1\] is number, expected a string/);
+  await assert.rejects(onnx.classify(['ok', 'fine', null as unknown as string]), /^Error: classify: texts\[2\] is null, expected a string$/);
+  const notTexts: Array<[unknown, string]> = [[undefined, 'undefined'], [null, 'null'], [123, 'number'], [new Set(['a']), 'Set'], [{ 0: 'a' }, 'object']];
+  for (const [input, type] of notTexts) {
+    await assert.rejects(
+      onnx.classify(input as string),
+      { message: `classify: texts must be a string or an array of strings, got ${type}` },
+      `classify(${String(input)})`,
+    );
+  }
+  for (const backend of ['onnx', 'native'] as const) {
+    for (const threads of [1.5, 0, -2]) {
+      await assert.rejects(Classifier.load(folder, { backend, threads }), { message: `Classifier.load: threads ${threads} must be a positive integer` });
+    }
+  }
   await assert.rejects(onnx.classify('ok', { topK: 0 }), /topK 0 must be a positive integer/);
   const c = await Classifier.load(folder, { maxLength });
   await c.dispose();

@@ -425,6 +425,19 @@ test('freezing: --freeze embeddings + --freeze-layers 1 keeps those weights bit-
   await assert.rejects(fineTuneRows(rows, { freeze_layers: 3 }), /--freeze-layers 3: expected 0\.\.num_hidden_layers \(2\)/);
 });
 
+test('max_length above max_position_embeddings (64 here) is capped with a warning naming the value asked for, or the default 128', async () => {
+  // One text of ~100 tokens: training on it only works when the cap is applied (the engine rejects T > 64).
+  const rows = [...intentRows(8, 71), { text: `${'my card is not working '.repeat(20)}card`, category: 'card' }];
+  const warnings = async (extra: Partial<FineTuneOptions>) => {
+    const lines: string[] = [];
+    await fineTuneRows(rows, { max_steps: 2, per_device_train_batch_size: 9, log: (l) => lines.push(l), ...extra });
+    return lines.filter((l) => l.startsWith('warning:'));
+  };
+  assert.deepEqual(await warnings({}), ["warning: max_length 128 (the default) is above the model's max_position_embeddings; capped at 64"]);
+  assert.deepEqual(await warnings({ max_length: 100 }), ["warning: --max-length 100 is above the model's max_position_embeddings; capped at 64"]);
+  assert.deepEqual(await warnings({ max_length: 64 }), [], 'no warning at the limit');
+});
+
 /** torch.nn.CrossEntropyLoss(weight, label_smoothing) with mean reduction, in float64, from logits (N, C). */
 function crossEntropy(logits: Float32Array, labels: number[], C: number, weight?: number[], eps = 0): number {
   let num = 0;

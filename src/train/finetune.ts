@@ -28,6 +28,7 @@ export interface FineTuneOptions extends TrainingArguments {
   text_column?: string;
   text_pair_column?: string;
   label_column?: string;
+  /** Tokens per example incl. [CLS]/[SEP]; default 128; capped (with a warning through `log`) at max_position_embeddings. */
   max_length?: number;
   /** Fraction of the training file held out when no eval_file is given. */
   validation_split?: number;
@@ -63,6 +64,9 @@ export interface FineTuneResult {
   /** Optimizer steps taken (in all runs, when resumed). */
   global_step: number;
 }
+
+/** max_length when none is given: HF run_glue's max_seq_length default. */
+const DEFAULT_MAX_LENGTH = 128;
 
 /** What a finished or interrupted run leaves in output_dir (checkpoint-* folders too). */
 const RUN_OUTPUTS = [
@@ -207,8 +211,7 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
     log,
   });
   try {
-    const maxLength = Math.min(o.max_length ?? 128, model.config.max_position_embeddings);
-    if (maxLength < (o.max_length ?? 128)) log(`warning: --max-length ${o.max_length} is above the model's max_position_embeddings; capped at ${maxLength}`);
+    const maxLength = cappedMaxLength(o.max_length, model.config.max_position_embeddings, log);
     const encode = (ds: Dataset) => encodeExamples(model.tokenizer, ds.examples, encodeLabels(ds, labels), maxLength);
     const train = encode(data.train);
     const evalSet = data.eval ? encode(data.eval) : null;
@@ -245,6 +248,19 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
   } finally {
     await model.engine.dispose();
   }
+}
+
+/**
+ * Tokens per example: max_length (default 128, as HF run_glue) capped at
+ * max_position_embeddings, warning through `log` when capped and naming the
+ * value actually requested (or the default).
+ */
+function cappedMaxLength(requested: number | undefined, maxPositionEmbeddings: number, log: (line: string) => void): number {
+  const wanted = requested ?? DEFAULT_MAX_LENGTH;
+  if (wanted <= maxPositionEmbeddings) return wanted;
+  const named = requested === undefined ? `max_length ${DEFAULT_MAX_LENGTH} (the default)` : `--max-length ${requested}`;
+  log(`warning: ${named} is above the model's max_position_embeddings; capped at ${maxPositionEmbeddings}`);
+  return maxPositionEmbeddings;
 }
 
 function freeze(model: Model, o: FineTuneOptions): void {
