@@ -5,14 +5,15 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel, engineWeights, type LoadModelOptions, type Model } from '../src/model.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { getScheduler } from '../src/train/schedule.js';
 import { makeBatches } from '../src/data/index.js';
-import { fineTune, type FineTuneOptions } from '../src/train/finetune.js';
+import { fineTune, LOCK_FILE, type FineTuneOptions } from '../src/train/finetune.js';
 import { Trainer, collate, validateTrainingArguments, type EncodedExample, type LogEntry, type TrainingArguments } from '../src/train/trainer.js';
 import { INTENTS, intentRows, writeIntentCsv, writeTinyModel, type IntentRow } from './helpers/tiny-model.js';
 
@@ -284,6 +285,29 @@ test('bad TrainingArguments are rejected before the model is loaded, naming the 
     await assert.rejects(fineTuneRows(rows, { ...bad, log: () => (loaded = true) }), message);
     assert.equal(loaded, false, `${JSON.stringify(bad)}: rejected before loading the model`);
   }
+});
+
+test('output_dir is locked while a run trains: a live owner is an error naming its pid, a dead owner\'s lock is taken over and removed', async () => {
+  const rows = intentRows(16, 45);
+  const csv = `${outDir()}.csv`;
+  await writeIntentCsv(csv, rows);
+  const out = outDir();
+  await mkdir(out, { recursive: true });
+  const options: FineTuneOptions = { model: noDropout, train_file: csv, label_column: 'category', output_dir: out, validation_split: 0, eval_strategy: 'no', threads: THREADS, max_steps: 1 };
+  await writeFile(join(out, LOCK_FILE), `${process.pid}\n`);
+  await assert.rejects(fineTune(options), new RegExp(`--output ${out} is in use by another nodetune run \\(pid ${process.pid},`));
+  assert.ok(!existsSync(join(out, 'model.safetensors')));
+  // --overwrite-output-dir must not delete a live run's files either.
+  await writeFile(join(out, 'training_log.jsonl'), '{}\n');
+  await assert.rejects(fineTune({ ...options, overwrite_output_dir: true }), /is in use by another nodetune run/);
+  assert.ok(existsSync(join(out, 'training_log.jsonl')));
+  await rm(join(out, 'training_log.jsonl'));
+  // A process that has exited: its pid is free (or reused by then, which only makes this test fail loudly).
+  const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout;
+  await writeFile(join(out, LOCK_FILE), `${dead}\n`);
+  await fineTune(options);
+  assert.ok(existsSync(join(out, 'model.safetensors')));
+  assert.ok(!existsSync(join(out, LOCK_FILE)), 'the lock is removed when the run ends');
 });
 
 test('device, precision, resume/overwrite and an empty validation split are rejected before the model loads, leaving no output', async () => {

@@ -4,7 +4,7 @@
  * checkpoint, and write the output folder (a Hugging Face model folder plus
  * eval_results.json, training_log.jsonl and report.html).
  */
-import { writeFile, rm, readdir } from 'node:fs/promises';
+import { mkdir, readFile, writeFile, rm, readdir } from 'node:fs/promises';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { readDataset, buildLabelMap, encodeLabels, stratifiedSplit, type Dataset, type LabelMap } from '../data/index.js';
@@ -90,6 +90,7 @@ export async function prepareOutputDir(o: FineTuneOptions): Promise<void> {
     return;
   }
   if (!statSync(dir).isDirectory()) throw new Error(`--output ${dir} is a file; expected a folder (new or from a previous run)`);
+  await checkNotLocked(dir); // before --overwrite-output-dir deletes a live run's files
   const previous = (await readdir(dir)).filter((f) => RUN_OUTPUTS.includes(f) || /^checkpoint-/.test(f));
   if (o.resume_from_checkpoint) {
     if (!existsSync(join(dir, 'checkpoint-last', 'trainer_state.json'))) {
@@ -210,6 +211,7 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
     class_weights: classWeights(o, data),
     log,
   });
+  let releaseLock = async () => undefined as void;
   try {
     const maxLength = cappedMaxLength(o.max_length, model.config.max_position_embeddings, log);
     const encode = (ds: Dataset) => encodeExamples(model.tokenizer, ds.examples, encodeLabels(ds, labels), maxLength);
@@ -218,6 +220,7 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
     freeze(model, o);
     log(`device: ${model.engine.device()}, precision ${o.precision ?? 'fp32'}`);
     log(`train: ${train.length} examples from ${data.train.path}; eval: ${evalSet?.length ?? 0}; labels: ${labels.num_labels}`);
+    releaseLock = await lockOutputDir(o.output_dir);
     const trainer = new Trainer(model, train, evalSet, o);
     o.onTrainer?.(trainer);
     const run = await trainer.trainLoop();
@@ -246,7 +249,51 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
     await rm(trainer.bestDir, { recursive: true, force: true });
     return { ...base, eval: finalEval, best_step: run.bestStep, stopped_early: run.stoppedEarly, seconds, interrupted: false };
   } finally {
+    await releaseLock();
     await model.engine.dispose();
+  }
+}
+
+/** The lock file of a running fine-tuning job in its output_dir, holding the owner's pid. */
+export const LOCK_FILE = '.nodetune.lock';
+
+/**
+ * Claims output_dir for this process until the returned function runs: two
+ * jobs writing one folder would interleave training_log.jsonl and race on
+ * checkpoint renames. A lock left by a process that no longer exists (killed,
+ * crashed) is taken over. Creates output_dir.
+ * @throws Error naming the folder and the pid of the job that holds it.
+ */
+async function lockOutputDir(dir: string): Promise<() => Promise<void>> {
+  await mkdir(dir, { recursive: true });
+  const path = join(dir, LOCK_FILE);
+  for (;;) {
+    try {
+      await writeFile(path, `${process.pid}\n`, { flag: 'wx' });
+      return () => rm(path, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    await checkNotLocked(dir);
+    await rm(path, { force: true }); // stale: its process is gone
+  }
+}
+
+/** @throws Error when a live process holds output_dir's lock (see lockOutputDir). */
+async function checkNotLocked(dir: string): Promise<void> {
+  const path = join(dir, LOCK_FILE);
+  const pid = Number((await readFile(path, 'utf8').catch(() => '')).trim());
+  if (Number.isInteger(pid) && pid > 0 && processExists(pid)) {
+    throw new Error(`--output ${dir} is in use by another nodetune run (pid ${pid}, ${path}); wait for it or choose another --output`);
+  }
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'; // alive, owned by another user
   }
 }
 
