@@ -317,6 +317,10 @@ test('device, precision, resume/overwrite and an empty validation split are reje
     [{ device: 'cuda:x' }, /^Error: device 'cuda:x': expected 'cuda:N' with N a device number$/],
     [{ precision: 'bf16' }, /^Error: precision 'bf16' needs device 'cuda': the CPU engine trains in fp32$/],
     [{ resume_from_checkpoint: true, overwrite_output_dir: true }, /^Error: --resume and --overwrite-output-dir contradict each other/],
+    // From JavaScript a misspelled key would otherwise train with the default.
+    [{ learningrate: 1 } as Partial<FineTuneOptions>, /^Error: fineTune: unknown option 'learningrate' \(did you mean learning_rate\?\)$/],
+    [{ batch_size: 8 } as Partial<FineTuneOptions>, /^Error: fineTune: unknown option 'batch_size' \(did you mean per_device_train_batch_size or per_device_eval_batch_size\?\)$/],
+    [{ freeze_layers: 5 }, /^Error: --freeze-layers 5: expected 0\.\.num_hidden_layers \(2\)$/],
     [{ validation_split: 0.1, eval_strategy: 'epoch' }, /--validation-split 0\.1 of 4 examples leaves no evaluation examples; pass --eval FILE, a larger --validation-split, or --validation-split 0/],
   ];
   const csv = `${outDir()}.csv`;

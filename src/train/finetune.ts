@@ -171,24 +171,61 @@ function classWeights(o: FineTuneOptions, data: PreparedData): Float32Array | un
   return Float32Array.from(counts, (c) => (c > 0 ? ids.length / (n * c) : 0));
 }
 
-async function configLabel2id(model: string): Promise<Record<string, number> | undefined> {
-  const path = join(model, 'config.json');
-  if (!existsSync(path)) return undefined;
-  const cfg = (await readModelConfigJson(model)) as { label2id?: Record<string, number> };
-  return cfg.label2id;
+/** config.json's label2id and num_hidden_layers, read before the weights (undefined where absent). */
+async function configFacts(model: string): Promise<{ label2id?: Record<string, number>; num_hidden_layers?: number }> {
+  if (!existsSync(join(model, 'config.json'))) return {};
+  return (await readModelConfigJson(model)) as { label2id?: Record<string, number>; num_hidden_layers?: number };
+}
+
+/** Every FineTuneOptions key: `satisfies` makes the compiler keep this list complete and exact. */
+const OPTION_KEYS = new Set(Object.keys({
+  model: 1, train_file: 1, eval_file: 1, text_column: 1, text_pair_column: 1, label_column: 1, max_length: 1,
+  validation_split: 1, label_smoothing_factor: 1, class_weights: 1, freeze_embeddings: 1, freeze_layers: 1,
+  threads: 1, device: 1, precision: 1, overwrite_output_dir: 1, log: 1, onTrainer: 1,
+  output_dir: 1, num_train_epochs: 1, max_steps: 1, per_device_train_batch_size: 1, per_device_eval_batch_size: 1,
+  gradient_accumulation_steps: 1, learning_rate: 1, lr_scheduler_type: 1, warmup_steps: 1, warmup_ratio: 1,
+  decay_rate: 1, weight_decay: 1, adam_beta1: 1, adam_beta2: 1, adam_epsilon: 1, max_grad_norm: 1,
+  eval_strategy: 1, eval_steps: 1, save_steps: 1, metric_for_best_model: 1, greater_is_better: 1,
+  early_stopping_patience: 1, logging_steps: 1, seed: 1, group_by_length: 1, resume_from_checkpoint: 1,
+} satisfies Record<keyof FineTuneOptions, 1>));
+
+/**
+ * Rejects keys fineTune does not know, as Hugging Face TrainingArguments
+ * rejects unknown keyword arguments: from JavaScript a typo (`learningrate`)
+ * would otherwise train silently with the default.
+ * @throws Error naming the key and the known keys it resembles.
+ */
+function checkOptionKeys(o: FineTuneOptions): void {
+  const squash = (k: string) => k.toLowerCase().replace(/[_-]/g, '');
+  for (const key of Object.keys(o)) {
+    if (OPTION_KEYS.has(key)) continue;
+    const near = [...OPTION_KEYS].filter((k) => squash(k) === squash(key) || squash(k).includes(squash(key)) || squash(key).includes(squash(k)));
+    throw new Error(`fineTune: unknown option '${key}'${near.length ? ` (did you mean ${near.join(' or ')}?)` : ''}`);
+  }
+}
+
+/** @throws Error when freeze_layers is not an integer in 0..num_hidden_layers. */
+function checkFreezeLayers(layers: number | undefined, numHiddenLayers: number): void {
+  if (layers === undefined) return;
+  if (!Number.isInteger(layers) || layers < 0 || layers > numHiddenLayers) {
+    throw new Error(`--freeze-layers ${layers}: expected 0..num_hidden_layers (${numHiddenLayers})`);
+  }
 }
 
 /** Runs the whole job. @throws Error naming file/line/column for bad data, or the argument for a bad TrainingArguments value, before any training. */
 export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
   const started = performance.now();
   const log = o.log ?? (() => undefined);
+  checkOptionKeys(o);
   validateTrainingArguments(o);
   validateLossOptions(o);
   checkDevice(o.device, o.precision);
   await prepareOutputDir(o);
   // A Hub id is downloaded first: its config's label2id decides the class ids (an existing head keeps its labels).
   const folder = await resolveModel(o.model);
-  const data = prepareData(o, await configLabel2id(folder));
+  const facts = await configFacts(folder);
+  if (typeof facts.num_hidden_layers === 'number') checkFreezeLayers(o.freeze_layers, facts.num_hidden_layers);
+  const data = prepareData(o, facts.label2id);
   const { labels } = data;
   if (o.resume_from_checkpoint) {
     // Before any weights load: a changed batch size or label set would resume into a different run.
@@ -313,9 +350,7 @@ function cappedMaxLength(requested: number | undefined, maxPositionEmbeddings: n
 function freeze(model: Model, o: FineTuneOptions): void {
   const engine = model.engine;
   const layers = o.freeze_layers ?? 0;
-  if (layers < 0 || layers > model.config.num_hidden_layers) {
-    throw new Error(`--freeze-layers ${layers}: expected 0..num_hidden_layers (${model.config.num_hidden_layers})`);
-  }
+  checkFreezeLayers(layers, model.config.num_hidden_layers);
   for (const name of engine.parameterNames()) {
     const m = /^bert\.encoder\.layer\.(\d+)\./.exec(name);
     if ((o.freeze_embeddings && name.startsWith('bert.embeddings.')) || (m && Number(m[1]) < layers)) {
