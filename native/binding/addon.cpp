@@ -17,21 +17,7 @@ namespace {
 
 using nt::EngineError;
 
-// A batch copied out of JS memory, so the worker thread owns what it reads.
-struct OwnedBatch {
-    std::vector<int32_t> input_ids, attention_mask, token_type_ids, labels;
-    int B = 0, T = 0;
-    nt::Batch view() const {
-        nt::Batch b;
-        b.input_ids = input_ids.data();
-        b.attention_mask = attention_mask.data();
-        b.token_type_ids = token_type_ids.data();
-        b.labels = labels.empty() ? nullptr : labels.data();
-        b.B = B;
-        b.T = T;
-        return b;
-    }
-};
+using nt::OwnedBatch;  // a batch copied out of JS memory, owned by the worker thread
 
 int get_int(const Napi::Object& o, const char* key, const char* what, bool required, int fallback) {
     Napi::Value v = o.Get(key);

@@ -58,6 +58,23 @@ struct Batch {
     int T = 0;
 };
 
+// A batch that owns its arrays (the binding copies JS memory into one so the
+// worker thread owns what it reads; tests build them); view() lends it as a Batch.
+struct OwnedBatch {
+    std::vector<int32_t> input_ids, attention_mask, token_type_ids, labels;  // labels may be empty
+    int B = 0, T = 0;
+    Batch view() const {
+        Batch b;
+        b.input_ids = input_ids.data();
+        b.attention_mask = attention_mask.data();
+        b.token_type_ids = token_type_ids.data();
+        b.labels = labels.empty() ? nullptr : labels.data();
+        b.B = B;
+        b.T = T;
+        return b;
+    }
+};
+
 struct ParamInfo {
     std::string name;          // HF checkpoint key, e.g. bert.encoder.layer.0.attention.self.query.weight
     std::vector<int64_t> shape;

@@ -123,20 +123,7 @@ std::vector<float> get(EngineBase& e, size_t i, EngineBase::Slot slot) {
     return v;
 }
 
-struct HostBatch {
-    std::vector<int32_t> ids, mask, types, labels;
-    int B = 0, T = 0;
-    Batch view() const {
-        Batch b;
-        b.input_ids = ids.data();
-        b.attention_mask = mask.data();
-        b.token_type_ids = types.data();
-        b.labels = labels.empty() ? nullptr : labels.data();
-        b.B = B;
-        b.T = T;
-        return b;
-    }
-};
+using HostBatch = nt::OwnedBatch;
 
 // Row 0 full, the others padded (pad_token_id, mask 0) to random lengths;
 // two segments per row. `ignore_one`: label of the last row is -100.
@@ -151,9 +138,9 @@ HostBatch random_batch(const BertConfig& c, int B, int T, uint64_t seed, bool pa
         const int n = (!padded || b == 0) ? T : len(rng);
         const int split = std::max(1, n / 2);
         for (int t = 0; t < T; t++) {
-            h.ids.push_back(t < n ? tok(rng) : c.pad_token_id);
-            h.mask.push_back(t < n);
-            h.types.push_back(t < n && t >= split);
+            h.input_ids.push_back(t < n ? tok(rng) : c.pad_token_id);
+            h.attention_mask.push_back(t < n);
+            h.token_type_ids.push_back(t < n && t >= split);
         }
         h.labels.push_back(lab(rng));
     }
