@@ -9,54 +9,13 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Engine, loadAddon, type Batch } from '../src/engine.js';
 import type { BertConfig } from '../src/config.js';
-import { readSafetensors } from '../src/io/safetensors.js';
+import { loadTinyBertFixture, relErr, tensors, type TinyBertFixture } from './helpers/tiny-bert-fixture.js';
 import { loadModel } from '../src/model.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
-const fixture = join(root, 'test/fixtures/tiny-bert');
 
-interface Fixture {
-  config: BertConfig;
-  weights: Map<string, Float32Array>;
-  expected: Map<string, Float32Array>;
-  batch: Batch;
-  meta: {
-    class_weights: number[];
-    label_smoothing: number;
-    optimizer: { lr: number; betas: [number, number]; eps: number; weight_decay: number; max_grad_norm: number };
-    train_log: Array<{ loss: number; grad_norm: number }>;
-  };
-}
-
-async function tensors(path: string): Promise<Map<string, Float32Array>> {
-  const out = new Map<string, Float32Array>();
-  for (const [name, t] of (await readSafetensors(path)).tensors) {
-    if (t.data instanceof Float32Array) out.set(name, t.data);
-  }
-  return out;
-}
-
-async function loadFixture(): Promise<Fixture> {
-  const config = JSON.parse(await readFile(join(fixture, 'config.json'), 'utf8')) as BertConfig;
-  config.num_labels = Object.keys(config.id2label ?? {}).length || config.num_labels;
-  const meta = JSON.parse(await readFile(join(fixture, 'batch.json'), 'utf8'));
-  const flat = (rows: number[][]) => Int32Array.from(rows.flat());
-  const batch: Batch = {
-    input_ids: flat(meta.input_ids),
-    attention_mask: flat(meta.attention_mask),
-    token_type_ids: flat(meta.token_type_ids),
-    labels: Int32Array.from(meta.labels),
-    batchSize: meta.input_ids.length,
-    seqLen: meta.input_ids[0].length,
-  };
-  return {
-    config,
-    weights: await tensors(join(fixture, 'model.safetensors')),
-    expected: await tensors(join(fixture, 'expected.safetensors')),
-    batch,
-    meta,
-  };
-}
+type Fixture = TinyBertFixture;
+const loadFixture = loadTinyBertFixture;
 
 function makeEngine(f: Fixture, extra: Partial<BertConfig> = {}, options = {}): Engine {
   const o = f.meta.optimizer;
@@ -85,18 +44,6 @@ function makeEngine(f: Fixture, extra: Partial<BertConfig> = {}, options = {}): 
  * analytically zero: softmax ignores a shift shared by all keys) is compared
  * absolutely instead, against float32 round-off (1e-9).
  */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num = Math.max(num, Math.abs(a[i] - b[i]));
-    den = Math.max(den, Math.abs(b[i]));
-  }
-  if (den < 1e-9) return num < 1e-9 ? 0 : Infinity;
-  return num / den;
-}
-
 test('parameters: names, shapes and count match the Hugging Face checkpoint', async () => {
   const f = await loadFixture();
   const engine = makeEngine(f);

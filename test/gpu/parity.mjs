@@ -14,14 +14,12 @@
 //   engine, any machine: the GPU-only checks are skipped)
 // Prints one line per check and, last, "addon parity: P of N checks passed".
 // Exit 0 when all pass; 1 otherwise (also when there is no GPU).
-import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
-const fixture = join(root, 'test/fixtures/tiny-bert');
 const { Engine, loadAddon } = await import(join(root, 'dist/src/engine.js'));
-const { readSafetensors } = await import(join(root, 'dist/src/io/safetensors.js'));
+const { loadTinyBertFixture, relErr } = await import(join(root, 'dist/test/helpers/tiny-bert-fixture.js'));
 
 const rows = [];
 function check(name, err, tol, note = '') {
@@ -34,40 +32,8 @@ function checkTrue(name, cond, note = '') {
   console.log(`${cond ? 'ok  ' : 'FAIL'} ${name.padEnd(52)} ${note}`);
 }
 
-/** max |a - b| / max |b| (absolute when the reference is below 1e-9, as test/engine.test.ts). */
-function relErr(a, b) {
-  if (a.length !== b.length) return Infinity;
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    if (!Number.isFinite(a[i])) return Infinity;
-    num = Math.max(num, Math.abs(a[i] - b[i]));
-    den = Math.max(den, Math.abs(b[i]));
-  }
-  if (den < 1e-9) return num < 1e-9 ? 0 : Infinity;
-  return num / den;
-}
-
-async function tensors(path) {
-  const out = new Map();
-  for (const [name, t] of (await readSafetensors(path)).tensors) if (t.data instanceof Float32Array) out.set(name, t.data);
-  return out;
-}
-
-const config = JSON.parse(await readFile(join(fixture, 'config.json'), 'utf8'));
-config.num_labels = Object.keys(config.id2label ?? {}).length || config.num_labels;
-const meta = JSON.parse(await readFile(join(fixture, 'batch.json'), 'utf8'));
-const weights = await tensors(join(fixture, 'model.safetensors'));
-const expected = await tensors(join(fixture, 'expected.safetensors'));
-const flat = (r) => Int32Array.from(r.flat());
-const batch = {
-  input_ids: flat(meta.input_ids),
-  attention_mask: flat(meta.attention_mask),
-  token_type_ids: flat(meta.token_type_ids),
-  labels: Int32Array.from(meta.labels),
-  batchSize: meta.input_ids.length,
-  seqLen: meta.input_ids[0].length,
-};
+// The fixture loader and error metric of test/engine.test.ts (test/helpers/tiny-bert-fixture.ts).
+const { config, weights, expected, batch, meta } = await loadTinyBertFixture();
 const opt = meta.optimizer;
 const dev = process.env.NT_PARITY_DEVICE ?? 'cuda';
 const onGpu = dev.startsWith('cuda');

@@ -1,0 +1,74 @@
+// The tiny-bert fixture (test/fixtures/tiny-bert: a random 2-layer BERT, one
+// padded batch and Hugging Face float64 reference values, made by
+// scripts/reference/tiny_bert.py) and the error metric its checks use; shared
+// by test/engine.test.ts and the GPU parity script test/gpu/parity.mjs.
+import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { BertConfig } from '../../src/config.js';
+import type { Batch } from '../../src/engine.js';
+import { readSafetensors } from '../../src/io/safetensors.js';
+
+const fixture = join(dirname(fileURLToPath(import.meta.url)), '../../../test/fixtures/tiny-bert');
+
+export interface TinyBertFixture {
+  config: BertConfig;
+  weights: Map<string, Float32Array>;
+  expected: Map<string, Float32Array>;
+  batch: Batch;
+  meta: {
+    class_weights: number[];
+    label_smoothing: number;
+    optimizer: { lr: number; betas: [number, number]; eps: number; weight_decay: number; max_grad_norm: number };
+    train_log: Array<{ loss: number; grad_norm: number }>;
+  };
+}
+
+/** The float32 tensors of a safetensors file by name. */
+export async function tensors(path: string): Promise<Map<string, Float32Array>> {
+  const out = new Map<string, Float32Array>();
+  for (const [name, t] of (await readSafetensors(path)).tensors) {
+    if (t.data instanceof Float32Array) out.set(name, t.data);
+  }
+  return out;
+}
+
+/** Config (num_labels from id2label), weights, reference tensors and the (B, T) batch. */
+export async function loadTinyBertFixture(): Promise<TinyBertFixture> {
+  const config = JSON.parse(await readFile(join(fixture, 'config.json'), 'utf8')) as BertConfig;
+  config.num_labels = Object.keys(config.id2label ?? {}).length || config.num_labels;
+  const meta = JSON.parse(await readFile(join(fixture, 'batch.json'), 'utf8'));
+  const flat = (rows: number[][]) => Int32Array.from(rows.flat());
+  const batch: Batch = {
+    input_ids: flat(meta.input_ids),
+    attention_mask: flat(meta.attention_mask),
+    token_type_ids: flat(meta.token_type_ids),
+    labels: Int32Array.from(meta.labels),
+    batchSize: meta.input_ids.length,
+    seqLen: meta.input_ids[0].length,
+  };
+  return {
+    config,
+    weights: await tensors(join(fixture, 'model.safetensors')),
+    expected: await tensors(join(fixture, 'expected.safetensors')),
+    batch,
+    meta,
+  };
+}
+
+/**
+ * max |a - b| / max |b|; absolute when the reference is below 1e-9. Infinity
+ * for different lengths or a non-finite value in `a`, so a check fails.
+ */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) return Infinity;
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    if (!Number.isFinite(a[i])) return Infinity;
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  if (den < 1e-9) return num < 1e-9 ? 0 : Infinity;
+  return num / den;
+}
