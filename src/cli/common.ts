@@ -231,3 +231,12 @@ export function withDataColumns(cmd: Command): Command {
     .option('--text-pair-column <name>', 'column holding the second text of a pair')
     .option('--label-column <name>', 'column holding the label', 'label');
 }
+
+/** The values of withDataColumns' flags, under the option names fineTune and evaluateFile take. */
+export function dataColumns(opts: Record<string, unknown>): { text_column: string; text_pair_column?: string; label_column: string } {
+  return {
+    text_column: opts.textColumn as string,
+    text_pair_column: opts.textPairColumn as string | undefined,
+    label_column: opts.labelColumn as string,
+  };
+}

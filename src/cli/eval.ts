@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { evaluateFile } from '../train/evaluate.js';
 import { formatClassificationReport } from '../metrics/index.js';
 import { writeReport } from '../report/index.js';
-import { applyConfigFile, explainPathErrors, maxLength, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
+import { applyConfigFile, dataColumns, explainPathErrors, maxLength, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
 
 export function registerEval(program: Command): void {
   withDataColumns(
@@ -29,9 +29,7 @@ async function runEval(cmd: Command, opts: Record<string, unknown>): Promise<voi
   const results = await evaluateFile({
     model: String(opts.model),
     data: String(opts.data),
-    text_column: opts.textColumn as string,
-    text_pair_column: opts.textPairColumn as string | undefined,
-    label_column: opts.labelColumn as string,
+    ...dataColumns(opts),
     max_length: opts.maxLength as number,
     batch_size: opts.batchSize as number,
     threads: opts.threads as number | undefined,

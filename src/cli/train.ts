@@ -8,7 +8,7 @@ import cliProgress from 'cli-progress';
 import { fineTune, type FineTuneOptions } from '../train/finetune.js';
 import type { LogEntry, EvalEntry } from '../train/trainer.js';
 import { SCHEDULER_TYPES } from '../train/schedule.js';
-import { applyConfigFile, explainPathErrors, maxLength, num, int, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
+import { applyConfigFile, dataColumns, explainPathErrors, maxLength, num, int, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
 
 export function registerTrain(program: Command): void {
   withDataColumns(
@@ -126,9 +126,7 @@ function toOptions(o: Record<string, unknown>): FineTuneOptions {
     train_file: String(o.train),
     eval_file: o.eval as string | undefined,
     output_dir: String(o.output),
-    text_column: o.textColumn as string,
-    text_pair_column: o.textPairColumn as string | undefined,
-    label_column: o.labelColumn as string,
+    ...dataColumns(o),
     validation_split: o.validationSplit as number,
     max_length: o.maxLength as number,
     num_train_epochs: o.epochs as number,

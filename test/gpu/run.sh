@@ -94,6 +94,20 @@ echo "nvcc: $nvcc ($("$nvcc" --version | tail -n1))"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
 echo "cmake: $(cmake --version | head -n1); cores: $(nproc)"
 
+# unpack_debs DEST DEB...: extracts carried .deb files (dpkg-deb, or ar + tar where the image has none).
+unpack_debs() {
+  local dest=$1 deb
+  shift
+  mkdir -p "$dest"
+  for deb in "$@"; do
+    if command -v dpkg-deb >/dev/null; then
+      dpkg-deb -x "$deb" "$dest"
+    else
+      (cd "$dest" && ar x "$deb" && tar -xf data.tar.* && rm -f data.tar.* control.tar.* debian-binary)
+    fi
+  done
+}
+
 # OpenBLAS for the CPU reference kernels: the image's own, else the carried debs.
 blas_args=()
 if [ "${NT_CARRIED_BLAS:-0}" = 1 ] || ! find /usr/include /usr/local/include -name cblas.h 2>/dev/null | grep -q . ||
@@ -105,14 +119,7 @@ if [ "${NT_CARRIED_BLAS:-0}" = 1 ] || ! find /usr/include /usr/local/include -na
     exit 2
   fi
   unpack=/tmp/nodetune-gpu-deps
-  mkdir -p "$unpack"
-  for deb in "$deps"/debs/*.deb; do
-    if command -v dpkg-deb >/dev/null; then
-      dpkg-deb -x "$deb" "$unpack"
-    else
-      (cd "$unpack" && ar x "$deb" && tar -xf data.tar.* && rm -f data.tar.* control.tar.* debian-binary)
-    fi
-  done
+  unpack_debs "$unpack" "$deps"/debs/*.deb
   blas_lib="$(find "$unpack" -name 'libopenblas.so.0' | head -n1)"
   libdirs="$(dirname "$blas_lib"):$(dirname "$(find "$unpack" -name 'libgfortran.so.5' | head -n1)")"
   export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -128,14 +135,7 @@ bench_target=()
 bench_cfg="$(find /usr/lib /usr/local/lib /usr/lib64 -name benchmarkConfig.cmake 2>/dev/null | head -n1)"
 if [ -z "$bench_cfg" ] && ls "$root"/.cache/gpu-deps/bench/*.deb >/dev/null 2>&1; then
   unpack=/tmp/nodetune-gpu-bench
-  mkdir -p "$unpack"
-  for deb in "$root"/.cache/gpu-deps/bench/*.deb; do
-    if command -v dpkg-deb >/dev/null; then
-      dpkg-deb -x "$deb" "$unpack"
-    else
-      (cd "$unpack" && ar x "$deb" && tar -xf data.tar.* && rm -f data.tar.* control.tar.* debian-binary)
-    fi
-  done
+  unpack_debs "$unpack" "$root"/.cache/gpu-deps/bench/*.deb
   bench_cfg="$(find "$unpack" -name benchmarkConfig.cmake | head -n1)"
   lib="$(dirname "$(find "$unpack" -name 'libbenchmark.so.1*' | head -n1)")"
   export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
