@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { BERT_DEFAULTS, parameterShapes, type BertConfig } from '../config.js';
 import { Engine, type Batch } from '../engine.js';
+import { mulberry32 } from '../data/rng.js';
 import { repoRoot } from './paths.js';
 import { loadWarning, median, type BenchReport, type BenchValue } from './report.js';
 
@@ -98,21 +99,9 @@ export function trainingFlops(config: BertConfig, B: number, T: number): number 
   return 6 * perToken * B * T + 6 * perSequence * B + 12 * L * B * T * T * C;
 }
 
-/** mulberry32 (Tommy Ettinger): a small seeded PRNG; uniform in [0, 1). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Hugging Face BertPreTrainedModel._init_weights: normal(0, 0.02), LayerNorm 1/0, biases 0. */
 function initWeights(engine: Engine, seed: number): void {
-  const u = rng(seed);
+  const u = mulberry32(seed);
   for (const name of engine.parameterNames()) {
     const n = engine.parameterShape(name).reduce((a, b) => a * b, 1);
     const w = new Float32Array(n);
@@ -131,7 +120,7 @@ function initWeights(engine: Engine, seed: number): void {
 }
 
 function randomBatch(config: BertConfig, B: number, T: number, seed: number): Batch {
-  const u = rng(seed);
+  const u = mulberry32(seed);
   const input_ids = Int32Array.from({ length: B * T }, () => 1 + Math.floor(u() * (config.vocab_size - 1)));
   const labels = Int32Array.from({ length: B }, () => Math.floor(u() * NUM_LABELS));
   return {
