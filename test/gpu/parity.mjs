@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const { Engine, loadAddon } = await import(join(root, 'dist/src/engine.js'));
-const { loadTinyBertFixture, relErr } = await import(join(root, 'dist/test/helpers/tiny-bert-fixture.js'));
+const { fixtureEngine, loadTinyBertFixture, relErr } = await import(join(root, 'dist/test/helpers/tiny-bert-fixture.js'));
 
 const rows = [];
 function check(name, err, tol, note = '') {
@@ -33,26 +33,14 @@ function checkTrue(name, cond, note = '') {
 }
 
 // The fixture loader and error metric of test/engine.test.ts (test/helpers/tiny-bert-fixture.ts).
-const { config, weights, expected, batch, meta } = await loadTinyBertFixture();
+const fixture = await loadTinyBertFixture();
+const { config, expected, batch, meta } = fixture;
 const opt = meta.optimizer;
 const dev = process.env.NT_PARITY_DEVICE ?? 'cuda';
 const onGpu = dev.startsWith('cuda');
 
 function makeEngine(device, precision = 'fp32', extra = {}, seed = 7) {
-  const engine = new Engine({
-    config: { ...config, ...extra },
-    device,
-    precision,
-    seed,
-    threads: 4,
-    adam_beta1: opt.betas[0],
-    adam_beta2: opt.betas[1],
-    adam_epsilon: opt.eps,
-    weight_decay: opt.weight_decay,
-    max_grad_norm: opt.max_grad_norm,
-  });
-  for (const name of engine.parameterNames()) engine.setWeight(name, weights.get(name));
-  return engine;
+  return fixtureEngine(fixture, { config: { ...config, ...extra }, device, precision, seed, threads: 4 });
 }
 
 async function main() {

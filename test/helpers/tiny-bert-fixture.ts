@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BertConfig } from '../../src/config.js';
-import type { Batch } from '../../src/engine.js';
+import { Engine, type Batch, type EngineOptions } from '../../src/engine.js';
 import { readSafetensors } from '../../src/io/safetensors.js';
 
 const fixture = join(dirname(fileURLToPath(import.meta.url)), '../../../test/fixtures/tiny-bert');
@@ -57,8 +57,33 @@ export async function loadTinyBertFixture(): Promise<TinyBertFixture> {
 }
 
 /**
- * max |a - b| / max |b|; absolute when the reference is below 1e-9. Infinity
- * for different lengths or a non-finite value in `a`, so a check fails.
+ * An Engine with the fixture's AdamW and clipping settings (the reference
+ * optimizer's) and its weights; `options` (config, seed, threads, device, ...)
+ * override. A parameter the fixture lacks keeps the engine's initial value.
+ */
+export function fixtureEngine(f: TinyBertFixture, options: Partial<{ config: BertConfig } & EngineOptions> = {}): Engine {
+  const o = f.meta.optimizer;
+  const engine = new Engine({
+    config: f.config,
+    adam_beta1: o.betas[0],
+    adam_beta2: o.betas[1],
+    adam_epsilon: o.eps,
+    weight_decay: o.weight_decay,
+    max_grad_norm: o.max_grad_norm,
+    ...options,
+  });
+  for (const name of engine.parameterNames()) {
+    const w = f.weights.get(name);
+    if (w) engine.setWeight(name, w);
+  }
+  return engine;
+}
+
+/**
+ * max |a - b| / max |b|, the per-tensor relative error. A reference below
+ * 1e-9 (the key bias gradient is analytically zero: softmax ignores a shift
+ * shared by all keys) is compared absolutely, against float32 round-off.
+ * Infinity for different lengths or a non-finite value in `a`, so a check fails.
  */
 export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   if (a.length !== b.length) return Infinity;
