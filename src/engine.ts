@@ -79,6 +79,8 @@ interface NativeAddon {
   Engine: new (config: BertConfig, options: EngineOptions) => NativeEngine;
   /** Whether this build has the CUDA backend. */
   cudaCompiled: boolean;
+  /** native/engine/factory.cpp's check_device: throws the factory's error for a bad device/precision. */
+  checkDevice(device: string, precision: string): void;
 }
 
 let addon: NativeAddon | undefined;
@@ -104,8 +106,8 @@ export function loadAddon(): NativeAddon {
 }
 
 /**
- * Checks a device and precision the way the native engine factory
- * (native/engine/factory.cpp) will, without creating an engine, so a caller can
+ * Checks a device and precision with the native engine factory's own check
+ * (check_device in native/engine/factory.cpp), without creating an engine, so a caller can
  * reject them before loading weights: device 'cpu', 'cuda' or 'cuda:N';
  * precision 'fp32' or 'bf16' (CUDA only); 'cuda' needs an addon built with the
  * CUDA backend. Whether a GPU and driver are present is only known when the
@@ -113,16 +115,7 @@ export function loadAddon(): NativeAddon {
  * @throws Error with the factory's wording.
  */
 export function checkDevice(device = 'cpu', precision = 'fp32'): void {
-  if (precision !== 'fp32' && precision !== 'bf16') throw new Error(`precision '${precision}' is not supported: expected 'fp32' or 'bf16'`);
-  if (device === 'cpu') {
-    if (precision !== 'fp32') throw new Error("precision 'bf16' needs device 'cuda': the CPU engine trains in fp32");
-    return;
-  }
-  if (!/^cuda(:|$)/.test(device)) throw new Error(`unknown device '${device}': expected 'cpu', 'cuda' or 'cuda:N'`);
-  if (!/^cuda(:\d+)?$/.test(device)) throw new Error(`device '${device}': expected 'cuda:N' with N a device number`);
-  if (!loadAddon().cudaCompiled) {
-    throw new Error("device 'cuda' was requested, but this build of nodetune has no CUDA backend: rebuild on a machine with a CUDA toolkit (see README, 'CUDA')");
-  }
+  loadAddon().checkDevice(device, precision);
 }
 
 /**

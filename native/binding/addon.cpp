@@ -482,8 +482,23 @@ private:
     }
 };
 
+// checkDevice(device, precision): nt::check_device, the engine factory's own
+// rules, so a caller can reject a device before loading any weights.
+Napi::Value CheckDevice(const Napi::CallbackInfo& info) {
+    const auto text = [&](size_t i, const char* fallback) {
+        return info.Length() > i && info[i].IsString() ? info[i].As<Napi::String>().Utf8Value() : std::string(fallback);
+    };
+    try {
+        nt::check_device(text(0, "cpu"), text(1, "fp32"));
+    } catch (const std::exception& e) {
+        throw Napi::Error::New(info.Env(), e.what());
+    }
+    return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("Engine", EngineWrap::Init(env));
+    exports.Set("checkDevice", Napi::Function::New(env, CheckDevice, "checkDevice"));
     exports.Set("cudaCompiled", Napi::Boolean::New(env, nt::cuda_compiled()));
     return exports;
 }

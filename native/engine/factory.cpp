@@ -17,9 +17,9 @@ DeviceSpec parse_device(const std::string& device, const std::string& precision)
     }
     if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
         d.kind = "cuda";
-        if (device.size() > 5) {
+        if (device.size() > 4) {  // "cuda:" and a number
             const std::string n = device.substr(5);
-            if (n.empty() || n.find_first_not_of("0123456789") != std::string::npos)
+            if (n.empty() || n.size() > 9 || n.find_first_not_of("0123456789") != std::string::npos)
                 throw EngineError("device '" + device + "': expected 'cuda:N' with N a device number");
             d.index = std::stoi(n);
         }
@@ -36,13 +36,21 @@ bool cuda_compiled() {
 #endif
 }
 
+DeviceSpec check_device(const std::string& device, const std::string& precision) {
+    DeviceSpec d = parse_device(device, precision);
+    if (d.kind == "cuda" && !cuda_compiled())
+        throw EngineError("device 'cuda' was requested, but this build of nodetune has no CUDA backend: "
+                          "rebuild on a machine with a CUDA toolkit (see README, 'CUDA')");
+    return d;
+}
+
 std::unique_ptr<EngineBase> make_engine(const BertConfig& config, const TrainConfig& train, const DeviceSpec& device) {
     if (device.kind == "cpu") return std::make_unique<CpuEngine>(config, train);
+    check_device("cuda", device.precision);  // throws without the CUDA backend
 #ifdef NODETUNE_WITH_CUDA
     return cuda::make_cuda_engine(config, train, device.index, device.precision == "bf16");
 #else
-    throw EngineError("device 'cuda' was requested, but this build of nodetune has no CUDA backend: "
-                      "rebuild on a machine with a CUDA toolkit (see README, 'CUDA')");
+    return nullptr;  // unreachable: check_device threw
 #endif
 }
 

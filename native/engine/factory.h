@@ -17,6 +17,11 @@ struct DeviceSpec {
 // Parses "cpu", "cuda", "cuda:1"; throws EngineError otherwise.
 DeviceSpec parse_device(const std::string& device, const std::string& precision);
 
+// parse_device, plus: CUDA requested from a build without the CUDA backend
+// throws EngineError. What can be known about a device before an engine
+// exists (whether a GPU and driver are present is known only by make_engine).
+DeviceSpec check_device(const std::string& device, const std::string& precision);
+
 // Throws EngineError when the device is unknown, not compiled in, or absent.
 std::unique_ptr<EngineBase> make_engine(const BertConfig& config, const TrainConfig& train, const DeviceSpec& device);
 
