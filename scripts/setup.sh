@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian/Ubuntu machine for nodetune: system packages (cmake, g++,
 # OpenBLAS with OpenMP, Google Benchmark), npm packages (which builds the native addon
-# with cmake-js), the TypeScript build, and the real pretrained model all-MiniLM-L6-v2.
+# with cmake-js), the TypeScript build, and the real pretrained models all-MiniLM-L6-v2
+# and SmolLM2-135M-Instruct (Q4_1 GGUF).
 # Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,3 +24,4 @@ export ONNXRUNTIME_NODE_INSTALL=skip
 npm ci --no-audit --no-fund
 npm run build:ts
 bash scripts/fetch-model.sh
+bash scripts/fetch-llm.sh
