@@ -22,6 +22,13 @@ void embedding_forward(T* out, const int32_t* input_ids, const int32_t* token_ty
     }
 }
 
+// Llama-family token embeddings (no position table: positions enter through RoPE).
+template <typename T>
+void token_embedding_forward(T* out, const int32_t* ids, const T* wte, int N, int C) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) std::copy(wte + (size_t)ids[n] * C, wte + (size_t)(ids[n] + 1) * C, out + (size_t)n * C);
+}
+
 // Each thread owns a contiguous channel range and walks every token in order,
 // so repeated ids never race and the sum order does not depend on threads.
 template <typename T>
@@ -51,6 +58,7 @@ void embedding_backward(T* dwte, T* dwpe, T* dwtt, const T* dout, const int32_t*
 }
 
 #define NT_INSTANTIATE(T)                                                                     \
+    template void token_embedding_forward<T>(T*, const int32_t*, const T*, int, int);         \
     template void embedding_forward<T>(T*, const int32_t*, const int32_t*, const T*, const T*, \
                                        const T*, int, int, int);                              \
     template void embedding_backward<T>(T*, T*, T*, const T*, const int32_t*, const int32_t*, \

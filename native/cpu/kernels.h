@@ -143,4 +143,99 @@ template <typename T>
 void adamw_update(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int64_t t, float grad_scale);
 
+// ==== decoder (Llama family: HF modeling_llama.py, Qwen2) ===================
+// Shapes: N = B*T token rows; C hidden_size; NH query heads, NKV key/value
+// heads (grouped-query attention: query head h reads kv head h / (NH/NKV));
+// HS head_dim; I intermediate_size; V vocab_size; r LoRA rank.
+
+// ---- token embeddings (HF nn.Embedding, no positions) ----------------------
+// out(N,C) = wte[ids]. Backward: embedding_backward(dwte, null, null, ...).
+template <typename T>
+void token_embedding_forward(T* out, const int32_t* ids, const T* wte, int N, int C);
+
+// ---- RMSNorm (Zhang & Sennrich 2019; HF LlamaRMSNorm) ----------------------
+// out(N,C) = inp * rstd * weight, rstd(N) = 1 / sqrt(mean_c(inp^2) + eps).
+template <typename T>
+void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int N, int C, T eps);
+// dinp (=, or += when accumulate_dinp: the residual stream's gradient adds in
+// place), dweight (+=, may be null).
+template <typename T>
+void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight,
+                      const T* rstd, int N, int C, bool accumulate_dinp);
+
+// ---- rotary position embedding (Su et al. 2021; HF rotate_half layout) -----
+// inv_freq (HS/2) for rope_theta and HF's rope_scaling: type "default" (none)
+// or "llama3" (transformers' _compute_llama3_parameters: wavelengths longer
+// than original_max_position_embeddings / low_freq_factor divided by factor,
+// shorter than .../high_freq_factor kept, smoothly interpolated between).
+struct RopeScaling {
+    bool llama3 = false;
+    double factor = 1, low_freq_factor = 1, high_freq_factor = 4;
+    double original_max_position_embeddings = 8192;
+};
+void rope_inv_freq(double* inv_freq, int HS, double theta, const RopeScaling& scaling);
+// cos/sin tables (P, HS/2): angle(p, i) = p * inv_freq[i].
+template <typename T>
+void rope_tables(T* cos_t, T* sin_t, const double* inv_freq, int P, int HS);
+// In place on n_heads heads of HS channels at the start of each row of x
+// (row stride `stride` elements): for i < HS/2, with a = angle(pos[n], i),
+//   x1' = x1 cos a - x2 sin a,  x2' = x2 cos a + x1 sin a   (x1 = x[i], x2 = x[i + HS/2]).
+// pos (N) indexes the tables. Backward is the inverse rotation (in place on dx).
+template <typename T>
+void rope_forward(T* x, const T* cos_t, const T* sin_t, const int32_t* pos, int N, int stride,
+                  int n_heads, int HS);
+template <typename T>
+void rope_backward(T* dx, const T* cos_t, const T* sin_t, const int32_t* pos, int N, int stride,
+                   int n_heads, int HS);
+
+// ---- SwiGLU MLP activation (Shazeer 2020; HF LlamaMLP) ---------------------
+// gu (N, 2I) = [gate | up] from one GEMM; out(N,I) = silu(gate) * up.
+template <typename T>
+void swiglu_forward(T* out, const T* gu, int N, int I);
+// dgu (N, 2I) written.
+template <typename T>
+void swiglu_backward(T* dgu, const T* dout, const T* gu, int N, int I);
+
+// ---- causal self-attention with GQA and padding ----------------------------
+// qkv (N, (NH + 2 NKV) HS) per token [q heads | k heads | v heads], q and k
+// already rotated. mask (B,T): 1 = real token, 0 = padding (never a key).
+// Query t attends to keys t' <= t that are real: softmax(q k^T / sqrt(HS)) v.
+// out (N, NH HS); lse (B, NH, T) saves each row's log-sum-exp so the backward
+// recomputes the probabilities instead of storing (T x T) per head (FlashAttention's
+// recomputation, Dao et al. 2022, on BLAS blocks of query rows). A query with no
+// key it may attend to (a left-padding row) gets out = 0 and no gradient.
+template <typename T>
+void causal_attention_forward(T* out, T* lse, const T* qkv, const int32_t* mask, int B, int Tn,
+                              int NH, int NKV, int HS);
+// dqkv (N, (NH + 2 NKV) HS) written; uses out and lse from the forward.
+template <typename T>
+void causal_attention_backward(T* dqkv, const T* dout, const T* out, const T* qkv, const T* lse,
+                               const int32_t* mask, int B, int Tn, int NH, int NKV, int HS);
+
+// ---- fused, chunked lm_head + softmax cross-entropy -----------------------
+// Over the rows n with targets[n] != -100 only, `chunk` rows at a time:
+// logits = h[n] W^T (V), loss_n = logsumexp(logits) - logits[target]. The
+// (rows x V) logits exist one chunk at a time in `scratch` (chunk*V + chunk*C
+// elements), never whole. Returns the sum of loss_n (double). When dh is set:
+// dh (N,C) written (zero rows where ignored) and dW (V,C) += (may be null),
+// both of grad_scale * d(sum)/d(.). targets must be -100 or in [0, V).
+template <typename T>
+double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* targets, int N,
+                           int C, int V, T grad_scale, T* scratch, int chunk);
+
+// ---- LoRA (Hu et al. 2021; PEFT tuners/lora/layer.py Linear) --------------
+// out (N rows, stride ldo, OC columns) += scale * dropout(inp) A^T B^T, with
+// A (r, IC), B (OC, r), scale = lora_alpha / r (or / sqrt(r), rsLoRA). t (N, r)
+// saves dropout(inp) A^T for the backward. xd (N, IC) is workspace, used only
+// when dropout_p > 0 (the mask is regenerated in the backward, not stored).
+template <typename T>
+void lora_forward(T* out, int ldo, T* t, T* xd, const T* inp, const T* A, const T* B, int N,
+                  int IC, int OC, int r, T scale, float dropout_p, const DropoutKey& key);
+// dinp (N, IC) += (may be null), dA, dB += (may be null). dt (N, r) and
+// xd (N, IC) are workspace.
+template <typename T>
+void lora_backward(T* dinp, T* dA, T* dB, T* dt, T* xd, const T* dout, int ldo, const T* inp,
+                   const T* t, const T* A, const T* B, int N, int IC, int OC, int r, T scale,
+                   float dropout_p, const DropoutKey& key);
+
 }  // namespace nt

@@ -718,6 +718,292 @@ void check_thread_invariance(Rng& rng) {
            diff, 0.5);
 }
 
+
+// ============================================================ decoder ====
+
+void check_token_embedding(Rng& rng) {
+    const int N = 9, C = 20, Vn = 4;
+    IV ids(N);
+    for (auto& x : ids) x = rng.randint(0, Vn - 1);
+    V wte = rng.vec(Vn * C), out = nans(N * C), want(N * C);
+    nt::token_embedding_forward<double>(out.data(), ids.data(), wte.data(), N, C);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) want[n * C + c] = wte[ids[n] * C + c];
+    record("token_embedding_forward", "out", "reference", "N=9,C=20,repeated ids", rel_err(out, want), kRefTol);
+}
+
+void check_rmsnorm(Rng& rng, bool accumulate) {
+    const int N = 10, C = 32;
+    const double eps = 1e-6;
+    V inp = rng.vec(N * C, -2, 3), w = rng.vec(C, 0.5, 1.5), R = rng.vec(N * C);
+    auto forward = [&](V& out, V& rstd) {
+        out = nans(N * C);
+        rstd = nans(N);
+        nt::rmsnorm_forward<double>(out.data(), rstd.data(), inp.data(), w.data(), N, C, eps);
+    };
+    V out, rstd, want(N * C), wr(N);
+    forward(out, rstd);
+    for (int n = 0; n < N; n++) {
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += inp[n * C + c] * inp[n * C + c];
+        wr[n] = 1 / std::sqrt(ss / C + eps);
+        for (int c = 0; c < C; c++) want[n * C + c] = inp[n * C + c] * wr[n] * w[c];
+    }
+    const std::string kf = "N=10,C=32,eps=1e-6";
+    if (!accumulate) {
+        record("rmsnorm_forward", "out", "reference", kf, rel_err(out, want), kRefTol);
+        record("rmsnorm_forward", "rstd", "reference", kf, rel_err(rstd, wr), kRefTol);
+        FV fo = fnans(N * C), fr = fnans(N), fi = to_f(inp), fw = to_f(w);
+        nt::rmsnorm_forward<float>(fo.data(), fr.data(), fi.data(), fw.data(), N, C, 1e-6f);
+        record("rmsnorm_forward", "out", "float32_vs_float64", kf, rel_err(fo, out), kF32Tol);
+    }
+    V g0i = accumulate ? rng.vec(N * C) : nans(N * C), dinp = g0i, g0w = rng.vec(C), dw = g0w;
+    nt::rmsnorm_backward<double>(dinp.data(), dw.data(), R.data(), inp.data(), w.data(), rstd.data(), N, C,
+                                 accumulate);
+    if (!accumulate) std::fill(g0i.begin(), g0i.end(), 0.0);
+    auto obj = [&]() {
+        V o, r;
+        forward(o, r);
+        return dot(o, R);
+    };
+    const std::string kb = std::string("N=10,C=32, dweight accumulates") + (accumulate ? ", accumulate_dinp" : "");
+    fd("rmsnorm_backward", "inp", kb, inp, minus(dinp, g0i), obj);
+    fd("rmsnorm_backward", "weight", kb, w, minus(dw, g0w), obj);
+}
+
+void check_rope(Rng& rng) {
+    const int N = 7, HS = 8, half = HS / 2, nh = 3, stride = nh * HS + 5, P = 12;
+    // llama3 scaling against a direct transcription of transformers'
+    // _compute_llama3_parameters, with wavelengths on both sides of the band.
+    nt::RopeScaling sc;
+    sc.llama3 = true;
+    sc.factor = 8;
+    sc.low_freq_factor = 1;
+    sc.high_freq_factor = 4;
+    sc.original_max_position_embeddings = 16;
+    std::vector<double> inv(half), want_inv(half);
+    nt::rope_inv_freq(inv.data(), HS, 10000.0, sc);
+    int kept = 0, divided = 0, smoothed = 0;
+    for (int i = 0; i < half; i++) {
+        const double f = std::pow(10000.0, -2.0 * i / HS), wl = 2 * M_PI / f;
+        if (wl < 16.0 / 4) { want_inv[i] = f; kept++; }
+        else if (wl > 16.0 / 1) { want_inv[i] = f / 8; divided++; }
+        else {
+            const double s = (16.0 / wl - 1) / (4 - 1);
+            want_inv[i] = (1 - s) * f / 8 + s * f;
+            smoothed++;
+        }
+    }
+    record("rope_inv_freq", "inv_freq", "reference",
+           "llama3 scaling: " + std::to_string(kept) + " kept, " + std::to_string(smoothed) + " smoothed, " +
+               std::to_string(divided) + " divided",
+           rel_err(inv, want_inv), kRefTol);
+    V cos_t(P * half), sin_t(P * half);
+    nt::rope_tables<double>(cos_t.data(), sin_t.data(), inv.data(), P, HS);
+    V want_cs(2 * P * half), got_cs(cos_t);
+    got_cs.insert(got_cs.end(), sin_t.begin(), sin_t.end());
+    for (int q = 0; q < P; q++)
+        for (int i = 0; i < half; i++) {
+            want_cs[q * half + i] = std::cos(q * inv[i]);
+            want_cs[P * half + q * half + i] = std::sin(q * inv[i]);
+        }
+    record("rope_tables", "cos,sin", "reference", "P=12,HS=8", rel_err(got_cs, want_cs), kRefTol);
+    IV pos(N);
+    for (auto& p : pos) p = rng.randint(0, P - 1);
+    V x0 = rng.vec(N * stride), R = rng.vec(N * stride);
+    auto forward = [&](const V& in) {
+        V x = in;
+        nt::rope_forward<double>(x.data(), cos_t.data(), sin_t.data(), pos.data(), N, stride, nh, HS);
+        return x;
+    };
+    V out = forward(x0), want = x0;
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < nh; h++)
+            for (int i = 0; i < HS; i++) {
+                // HF: q * cos + rotate_half(q) * sin, cos/sin = cat(freqs, freqs)
+                const double a = pos[n] * inv[i % half];
+                const double* xr = x0.data() + n * stride + h * HS;
+                const double rot = i < half ? -xr[i + half] : xr[i - half];
+                want[n * stride + h * HS + i] = xr[i] * std::cos(a) + rot * std::sin(a);
+            }
+    record("rope_forward", "x", "reference", "rotate_half, 3 heads, row stride > heads (tail untouched)",
+           rel_err(out, want), kRefTol);
+    FV fc = to_f(cos_t), fs = to_f(sin_t), fx = to_f(x0);
+    nt::rope_forward<float>(fx.data(), fc.data(), fs.data(), pos.data(), N, stride, nh, HS);
+    record("rope_forward", "x", "float32_vs_float64", "rotate_half", rel_err(fx, out), kF32Tol);
+    V dx = R;
+    nt::rope_backward<double>(dx.data(), cos_t.data(), sin_t.data(), pos.data(), N, stride, nh, HS);
+    V x = x0;
+    fd("rope_backward", "x", "in place, 3 heads", x, dx, [&]() { return dot(forward(x), R); });
+}
+
+void check_swiglu(Rng& rng) {
+    const int N = 6, I = 40;
+    V gu = rng.vec(N * 2 * I, -6, 6), R = rng.vec(N * I);
+    auto forward = [&]() {
+        V out = nans(N * I);
+        nt::swiglu_forward<double>(out.data(), gu.data(), N, I);
+        return out;
+    };
+    V out = forward(), want(N * I);
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < I; i++) {
+            const double g = gu[n * 2 * I + i], u = gu[n * 2 * I + I + i];
+            want[n * I + i] = g / (1 + std::exp(-g)) * u;
+        }
+    record("swiglu_forward", "out", "reference", "N=6,I=40,gate in [-6,6]", rel_err(out, want), kRefTol);
+    FV fo = fnans(N * I), fg = to_f(gu);
+    nt::swiglu_forward<float>(fo.data(), fg.data(), N, I);
+    record("swiglu_forward", "out", "float32_vs_float64", "N=6,I=40", rel_err(fo, out), kF32Tol);
+    V dgu = nans(N * 2 * I);
+    nt::swiglu_backward<double>(dgu.data(), R.data(), gu.data(), N, I);
+    fd("swiglu_backward", "gate_up", "N=6,I=40", gu, dgu, [&]() { return dot(forward(), R); });
+}
+
+// Direct transcription: per (b, h), scores over keys j <= i with mask[j] = 1,
+// softmax, weighted values; a row with no key gives 0.
+void causal_attention_ref(V& out, const V& qkv, const IV& mask, int B, int T, int NH, int NKV, int HS) {
+    const int QKV = (NH + 2 * NKV) * HS;
+    out.assign((size_t)B * T * NH * HS, 0.0);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const int kvh = h / (NH / NKV);
+            for (int i = 0; i < T; i++) {
+                std::vector<double> s(T, -INFINITY);
+                double mx = -INFINITY;
+                for (int j = 0; j <= i; j++) {
+                    if (!mask[b * T + j]) continue;
+                    double d = 0;
+                    for (int c = 0; c < HS; c++)
+                        d += qkv[(size_t)(b * T + i) * QKV + h * HS + c] * qkv[(size_t)(b * T + j) * QKV + (NH + kvh) * HS + c];
+                    s[j] = d / std::sqrt((double)HS);
+                    mx = std::max(mx, s[j]);
+                }
+                if (mx == -INFINITY) continue;
+                double sum = 0;
+                for (int j = 0; j <= i; j++) sum += s[j] == -INFINITY ? 0 : std::exp(s[j] - mx);
+                for (int j = 0; j <= i; j++) {
+                    if (s[j] == -INFINITY) continue;
+                    const double p = std::exp(s[j] - mx) / sum;
+                    for (int c = 0; c < HS; c++)
+                        out[(size_t)(b * T + i) * NH * HS + h * HS + c] += p * qkv[(size_t)(b * T + j) * QKV + (NH + NKV + kvh) * HS + c];
+                }
+            }
+        }
+}
+
+void check_causal_attention(Rng& rng, int T, int NH, int NKV) {
+    const int B = 3, HS = 4, QKV = (NH + 2 * NKV) * HS;
+    IV mask(B * T, 1);
+    for (int t = 0; t < 3; t++) mask[0 * T + t] = 0;       // row 0 left-padded
+    for (int t = T - 5; t < T; t++) mask[1 * T + t] = 0;   // row 1 right-padded
+    V qkv = rng.vec((size_t)B * T * QKV, -2, 2), R = rng.vec((size_t)B * T * NH * HS);
+    V lse;
+    auto forward = [&]() {
+        V out = nans((size_t)B * T * NH * HS);
+        lse = nans((size_t)B * NH * T);
+        nt::causal_attention_forward<double>(out.data(), lse.data(), qkv.data(), mask.data(), B, T, NH, NKV, HS);
+        return out;
+    };
+    const std::string kase = "B=3,T=" + std::to_string(T) + ",NH=" + std::to_string(NH) + ",NKV=" +
+                             std::to_string(NKV) + ",left+right padding";
+    V out = forward(), want;
+    causal_attention_ref(want, qkv, mask, B, T, NH, NKV, HS);
+    record("causal_attention_forward", "out", "reference", kase, rel_err(out, want), kRefTol);
+    FV fo = fnans(out.size()), fl = fnans(lse.size()), fq = to_f(qkv);
+    nt::causal_attention_forward<float>(fo.data(), fl.data(), fq.data(), mask.data(), B, T, NH, NKV, HS);
+    record("causal_attention_forward", "out", "float32_vs_float64", kase, rel_err(fo, out), kF32Tol);
+    const V saved_lse = lse;
+    V dqkv = nans(qkv.size());
+    nt::causal_attention_backward<double>(dqkv.data(), R.data(), out.data(), qkv.data(), saved_lse.data(), mask.data(),
+                                          B, T, NH, NKV, HS);
+    fd("causal_attention_backward", "qkv", kase, qkv, dqkv, [&]() { return dot(forward(), R); });
+}
+
+void check_lmhead_crossentropy(Rng& rng, int chunk, bool with_dW) {
+    const int N = 11, C = 6, Vn = 13;
+    V h = rng.vec(N * C, -2, 2), W = rng.vec(Vn * C, -2, 2);
+    IV y(N);
+    for (auto& t : y) t = rng.randint(0, Vn - 1);
+    y[0] = y[4] = y[5] = -100;
+    const double gs = 0.37;
+    V scratch((size_t)chunk * (Vn + C));
+    auto loss = [&]() {
+        return nt::lmhead_crossentropy<double>(nullptr, nullptr, h.data(), W.data(), y.data(), N, C, Vn, gs,
+                                               scratch.data(), chunk);
+    };
+    double want = 0;
+    for (int n = 0; n < N; n++) {
+        if (y[n] == -100) continue;
+        std::vector<double> z(Vn);
+        double mx = -INFINITY;
+        for (int v = 0; v < Vn; v++) {
+            z[v] = 0;
+            for (int c = 0; c < C; c++) z[v] += h[n * C + c] * W[v * C + c];
+            mx = std::max(mx, z[v]);
+        }
+        double s = 0;
+        for (int v = 0; v < Vn; v++) s += std::exp(z[v] - mx);
+        want += mx + std::log(s) - z[y[n]];
+    }
+    const std::string kase = "N=11 (3 ignored),V=13,chunk=" + std::to_string(chunk) + (with_dW ? "" : ", dW=null");
+    record("lmhead_crossentropy", "loss", "reference", kase, std::fabs(loss() - want) / std::fabs(want), kRefTol);
+    FV fh = to_f(h), fW = to_f(W), fs((size_t)chunk * (Vn + C));
+    const double fl = nt::lmhead_crossentropy<float>(nullptr, nullptr, fh.data(), fW.data(), y.data(), N, C, Vn, 0.37f,
+                                                     fs.data(), chunk);
+    record("lmhead_crossentropy", "loss", "float32_vs_float64", kase, std::fabs(fl - want) / std::fabs(want), kF32Tol);
+    V dh = nans(N * C), g0W = rng.vec(Vn * C), dW = g0W;
+    const double l2 = nt::lmhead_crossentropy<double>(dh.data(), with_dW ? dW.data() : nullptr, h.data(), W.data(),
+                                                      y.data(), N, C, Vn, gs, scratch.data(), chunk);
+    record("lmhead_crossentropy", "loss", "reference", kase + ", with backward", std::fabs(l2 - want) / std::fabs(want),
+           kRefTol);
+    auto obj = [&]() { return gs * loss(); };
+    V ddh(dh);
+    fd("lmhead_crossentropy", "h", kase, h, ddh, obj);
+    if (with_dW) fd("lmhead_crossentropy", "W", kase, W, minus(dW, g0W), obj);
+    else record("lmhead_crossentropy", "W", "reference", kase + ", dW untouched", rel_err(dW, g0W), kRefTol);
+}
+
+void check_lora(Rng& rng, float p) {
+    const int N = 9, IC = 10, OC = 7, r = 3, ldo = OC + 4;
+    const double scale = 8.0 / r;
+    const nt::DropoutKey key{11, 3, 5};
+    V inp = rng.vec(N * IC), A = rng.vec(r * IC), Bm = rng.vec(OC * r), base = rng.vec(N * ldo), R = rng.vec(N * ldo);
+    for (int n = 0; n < N; n++)
+        for (int c = OC; c < ldo; c++) R[n * ldo + c] = 0;  // columns outside the adapter's block
+    V t(N * r), xd(N * IC);
+    auto forward = [&]() {
+        V out = base;
+        nt::lora_forward<double>(out.data(), ldo, t.data(), xd.data(), inp.data(), A.data(), Bm.data(), N, IC, OC, r,
+                                 scale, p, key);
+        return out;
+    };
+    V out = forward(), want = base;
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            double s = 0;
+            for (int k = 0; k < r; k++) {
+                double a = 0;
+                for (int i = 0; i < IC; i++) {
+                    const double keep = p > 0 ? (nt::dropout_uniform(key, (uint64_t)n * IC + i) >= p ? 1.0 / (1.0 - p) : 0.0) : 1.0;
+                    a += inp[n * IC + i] * keep * A[k * IC + i];
+                }
+                s += a * Bm[o * r + k];
+            }
+            want[n * ldo + o] += scale * s;
+        }
+    const std::string kase = "N=9,IC=10,OC=7,r=3,ldo=11,dropout=" + std::to_string(p).substr(0, 3);
+    record("lora_forward", "out", "reference", kase + " (columns past OC untouched)", rel_err(out, want), kRefTol);
+    V g0i = rng.vec(N * IC), dinp = g0i, g0A = rng.vec(r * IC), dA = g0A, g0B = rng.vec(OC * r), dB = g0B, dt(N * r);
+    forward();  // t for the current weights
+    nt::lora_backward<double>(dinp.data(), dA.data(), dB.data(), dt.data(), xd.data(), R.data(), ldo, inp.data(),
+                              t.data(), A.data(), Bm.data(), N, IC, OC, r, scale, p, key);
+    auto obj = [&]() { return dot(forward(), R); };
+    fd("lora_backward", "inp", kase + ", dinp accumulates", inp, minus(dinp, g0i), obj);
+    fd("lora_backward", "A", kase, A, minus(dA, g0A), obj);
+    fd("lora_backward", "B", kase, Bm, minus(dB, g0B), obj);
+}
+
 void run_suite(int threads) {
     g_threads = threads;
     omp_set_num_threads(threads);
@@ -739,6 +1025,18 @@ void run_suite(int threads) {
     check_crossentropy_errors();
     check_optimizer(rng);
     check_thread_invariance(rng);
+    check_token_embedding(rng);
+    check_rmsnorm(rng, false);
+    check_rmsnorm(rng, true);
+    check_rope(rng);
+    check_swiglu(rng);
+    check_causal_attention(rng, 9, 4, 2);   // GQA, one query block
+    check_causal_attention(rng, 70, 2, 1);  // two query blocks (64 + 6 rows)
+    check_causal_attention(rng, 6, 3, 3);   // plain multi-head
+    check_lmhead_crossentropy(rng, 3, true);  // 8 target rows in chunks of 3
+    check_lmhead_crossentropy(rng, 64, false);
+    check_lora(rng, 0.f);
+    check_lora(rng, 0.3f);
 }
 
 std::string json_str(const std::string& s) {
