@@ -1,0 +1,54 @@
+// What the binding sees of any model engine: a named parameter table with
+// four float32 slots per parameter, a batch-in / loss-out training step, and
+// the optimizer and dropout counters. Each architecture (BERT classifier in
+// engine/engine.*, Llama-family causal LM in models/llama.*) is one subclass;
+// the binding, the Trainer and checkpoints only use this interface.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace nt {
+
+class Model {
+public:
+    virtual ~Model() = default;
+    Model() = default;
+    Model(const Model&) = delete;
+    Model& operator=(const Model&) = delete;
+
+    // Parameters in arena order; names are Hugging Face checkpoint keys (PEFT
+    // keys for LoRA adapters).
+    virtual const std::vector<ParamInfo>& params() const = 0;
+    // Throws EngineError naming the expected key form.
+    virtual const ParamInfo& param(const std::string& name) const = 0;
+    virtual size_t num_parameters() const = 0;
+    virtual std::string device() const = 0;
+
+    enum class Slot { Weight, Grad, ExpAvg, ExpAvgSq };
+    virtual void read(const ParamInfo& p, Slot slot, float* dst) = 0;
+    virtual void write(const ParamInfo& p, Slot slot, const float* src) = 0;
+    virtual void set_trainable(const std::string& name, bool trainable) = 0;
+
+    // The batch contract: labels hold one entry per sequence (a classifier)
+    // or one per token (a causal LM: B*T, shifted inside the engine), and a
+    // forward writes logits_size(B, T) floats.
+    virtual bool labels_per_token() const = 0;
+    virtual size_t logits_size(int B, int T) const = 0;
+
+    // See EngineBase for the contracts (validation, loss scaling, clipping,
+    // non-finite skip); both architectures keep them.
+    virtual float forward(const Batch& batch, float* logits, bool train) = 0;
+    virtual float accumulate(const Batch& batch, float loss_scale) = 0;
+    virtual float step(float learning_rate) = 0;
+    virtual void zero_grad() = 0;
+
+    virtual int64_t optimizer_step() const = 0;
+    virtual void set_optimizer_step(int64_t t) = 0;
+    virtual uint64_t micro_step() const = 0;
+    virtual void set_micro_step(uint64_t s) = 0;
+};
+
+}  // namespace nt

@@ -1,0 +1,31 @@
+#include "engine/training.h"
+
+#include <cmath>
+#include <string>
+
+namespace nt {
+
+void validate_train_config(const TrainConfig& tc) {
+    auto in_range = [](const char* name, float v, float lo, float hi, const char* expect) {
+        if (!(v >= lo && v < hi)) throw EngineError(std::string(name) + " must be " + expect + ", got " + std::to_string(v));
+    };
+    in_range("adam_beta1", tc.adam_beta1, 0.0f, 1.0f, "in [0, 1)");
+    in_range("adam_beta2", tc.adam_beta2, 0.0f, 1.0f, "in [0, 1)");
+    in_range("adam_epsilon", tc.adam_epsilon, 1e-30f, INFINITY, "> 0");
+    in_range("weight_decay", tc.weight_decay, 0.0f, INFINITY, ">= 0");
+    in_range("label_smoothing_factor", tc.label_smoothing_factor, 0.0f, 1.0f + 1e-7f, "in [0, 1]");
+    if (!(tc.max_grad_norm == tc.max_grad_norm)) throw EngineError("max_grad_norm must be a number (<= 0 disables clipping)");
+    if (tc.threads < 0) throw EngineError("threads must be >= 0 (0 = all cores), got " + std::to_string(tc.threads));
+    for (size_t i = 0; i < tc.class_weights.size(); i++)
+        if (!(tc.class_weights[i] >= 0.0f) || !std::isfinite(tc.class_weights[i]))
+            throw EngineError("class_weights[" + std::to_string(i) + "] must be a finite number >= 0, got " +
+                              std::to_string(tc.class_weights[i]));
+}
+
+float clip_scale(float norm, float max_norm) {
+    if (max_norm <= 0) return 1.0f;
+    const float coef = max_norm / (norm + 1e-6f);
+    return coef < 1.0f ? coef : 1.0f;
+}
+
+}  // namespace nt

@@ -1,0 +1,589 @@
+// LlamaForCausalLM training step on the CPU kernels. Sources followed: Hugging
+// Face transformers models/llama/modeling_llama.py (LlamaRMSNorm,
+// LlamaRotaryEmbedding, LlamaAttention eager path, LlamaMLP, LlamaForCausalLM's
+// shifted loss), models/qwen2 (biases on q/k/v only), PEFT tuners/lora
+// (LoRA Linear, Kaiming-uniform A and zero B), torch.optim.AdamW and
+// clip_grad_norm_ (shared with the BERT engine's rules).
+#include "models/llama.h"
+
+#include "engine/training.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include <cblas.h>
+
+namespace nt {
+
+const char* const kLoraTargetNames[kNumTargets] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                   "gate_proj", "up_proj", "down_proj"};
+
+namespace {
+
+constexpr size_t kAlign = 16;  // floats: 64-byte aligned tensor starts
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Tensor id of the LoRA A initialisation stream: apart from dropout's ids
+// (which count from 0 per micro-step) by using a step no run reaches.
+constexpr uint64_t kInitStep = ~uint64_t(0);
+
+void add_inplace(float* out, const float* x, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] += x[i];
+}
+
+}  // namespace
+
+double count_parameters(const LlamaConfig& c) {
+    const double C = c.hidden_size, I = c.intermediate_size, HS = c.head_dim;
+    const double NH = c.num_attention_heads, NKV = c.num_key_value_heads;
+    const double attn = C * (NH + 2 * NKV) * HS + NH * HS * C + (c.attention_bias ? (NH + 2 * NKV) * HS : 0) +
+                        (c.o_proj_bias ? C : 0);
+    const double mlp = 3 * C * I + (c.mlp_bias ? 2 * I + C : 0);
+    const double layer = attn + mlp + 2 * C;
+    return (double)c.vocab_size * C * (c.tie_word_embeddings ? 1 : 2) + C + c.num_hidden_layers * layer;
+}
+
+LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
+                         bool gradient_checkpointing)
+    : cfg_(config), lora_(lora), tc_(train), checkpointing_(gradient_checkpointing) {
+    auto positive = [](const char* name, int v) {
+        if (v <= 0) throw EngineError(std::string("config.") + name + " must be a positive integer, got " + std::to_string(v));
+    };
+    positive("vocab_size", cfg_.vocab_size);
+    positive("hidden_size", cfg_.hidden_size);
+    positive("intermediate_size", cfg_.intermediate_size);
+    positive("num_hidden_layers", cfg_.num_hidden_layers);
+    positive("num_attention_heads", cfg_.num_attention_heads);
+    positive("num_key_value_heads", cfg_.num_key_value_heads);
+    positive("head_dim", cfg_.head_dim);
+    positive("max_position_embeddings", cfg_.max_position_embeddings);
+    if (cfg_.num_attention_heads % cfg_.num_key_value_heads != 0)
+        throw EngineError("config.num_attention_heads (" + std::to_string(cfg_.num_attention_heads) +
+                          ") must be a multiple of config.num_key_value_heads (" +
+                          std::to_string(cfg_.num_key_value_heads) + ")");
+    if (cfg_.head_dim % 2 != 0)
+        throw EngineError("config.head_dim must be even (rotary embeddings rotate channel pairs), got " +
+                          std::to_string(cfg_.head_dim));
+    if (!(cfg_.rms_norm_eps >= 0.0f) || !std::isfinite(cfg_.rms_norm_eps))
+        throw EngineError("config.rms_norm_eps must be a finite number >= 0, got " + std::to_string(cfg_.rms_norm_eps));
+    if (!(cfg_.rope_theta > 0.0) || !std::isfinite(cfg_.rope_theta))
+        throw EngineError("config.rope_theta must be a finite number > 0, got " + std::to_string(cfg_.rope_theta));
+    const RopeScaling& rs = cfg_.rope_scaling;
+    if (rs.llama3 && !(rs.factor > 0 && rs.low_freq_factor > 0 && rs.high_freq_factor > rs.low_freq_factor &&
+                       rs.original_max_position_embeddings > 0 && std::isfinite(rs.factor) &&
+                       std::isfinite(rs.high_freq_factor) && std::isfinite(rs.original_max_position_embeddings)))
+        throw EngineError("config.rope_scaling (llama3) needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
+                          "original_max_position_embeddings > 0");
+    // Bounded before anything is looped over or allocated: the parameter
+    // table has about 20 entries a layer, each with a name.
+    if (cfg_.num_hidden_layers > 1024)
+        throw EngineError("config.num_hidden_layers = " + std::to_string(cfg_.num_hidden_layers) +
+                          " is larger than any Llama-family model (at most 1024 supported)");
+    const double n = count_parameters(cfg_);
+    require_memory((size_t)std::min(n * 4.0, 1e18), "this config (" + std::to_string((long long)(n / 1e6)) +
+                                                        " M parameters: hidden_size " + std::to_string(cfg_.hidden_size) +
+                                                        ", num_hidden_layers " + std::to_string(cfg_.num_hidden_layers) +
+                                                        ", vocab_size " + std::to_string(cfg_.vocab_size) + ")");
+    validate_train_config(tc_);
+    if (lora_.r < 0) throw EngineError("lora r must be a positive integer, got " + std::to_string(lora_.r));
+    const bool any_target = std::any_of(lora_.target.begin(), lora_.target.end(), [](bool b) { return b; });
+    if (lora_.r > 0 && !any_target)
+        throw EngineError("lora target_modules is empty: expected some of q_proj, k_proj, v_proj, o_proj, gate_proj, "
+                          "up_proj, down_proj (or all-linear)");
+    if (lora_.r == 0 && any_target) throw EngineError("lora r must be a positive integer when target_modules are set, got 0");
+    if (lora_.r > 0) {
+        if (!std::isfinite(lora_.lora_alpha) || lora_.lora_alpha <= 0)
+            throw EngineError("lora_alpha must be a finite number > 0, got " + std::to_string(lora_.lora_alpha));
+        if (!(lora_.lora_dropout >= 0.0f && lora_.lora_dropout < 1.0f))
+            throw EngineError("lora_dropout must be in [0, 1), got " + std::to_string(lora_.lora_dropout));
+        if (lora_.r > std::min(cfg_.hidden_size, cfg_.intermediate_size))
+            throw EngineError("lora r = " + std::to_string(lora_.r) + " exceeds the smallest adapted dimension (" +
+                              std::to_string(std::min(cfg_.hidden_size, cfg_.intermediate_size)) + ")");
+        lora_scale_ = lora_.use_rslora ? lora_.lora_alpha / std::sqrt((float)lora_.r) : lora_.lora_alpha / lora_.r;
+    }
+    QKV_ = (cfg_.num_attention_heads + 2 * cfg_.num_key_value_heads) * cfg_.head_dim;
+    build_param_table();
+    const size_t w_floats = align_up(w_size_), g_floats = align_up(g_size_);
+    require_memory((w_floats + 3 * g_floats) * sizeof(float), "the weights, gradients and AdamW moments of this model");
+    w_.assign(w_floats, 0.0f);
+    g_.assign(g_floats, 0.0f);
+    m_.assign(g_floats, 0.0f);
+    v_.assign(g_floats, 0.0f);
+    inv_freq_.resize(cfg_.head_dim / 2);
+    rope_inv_freq(inv_freq_.data(), cfg_.head_dim, cfg_.rope_theta, cfg_.rope_scaling);
+    init_lora();
+}
+
+// ---- the parameter table ----------------------------------------------------
+
+size_t LlamaEngine::add_param(const std::string& name, std::vector<int64_t> shape, bool trainable,
+                              bool packed_with_previous) {
+    ParamInfo p;
+    p.name = name;
+    p.shape = std::move(shape);
+    p.numel = 1;
+    for (auto d : p.shape) p.numel *= (size_t)d;
+    // Packed members (q|k|v, gate|up) follow each other without padding so one
+    // GEMM covers the group, in the weight arena and in the gradient arena.
+    p.offset = packed_with_previous ? params_.back().offset + params_.back().numel : align_up(w_size_);
+    w_size_ = p.offset + p.numel;
+    size_t goff = kNone;
+    if (trainable) {
+        goff = packed_with_previous && goff_.back() != kNone ? goff_.back() + params_.back().numel : align_up(g_size_);
+        g_size_ = goff + p.numel;
+    }
+    // Hugging Face Trainer.get_decay_parameter_names: no decay on biases and norms.
+    p.decay = !(ends_with(name, ".bias") || name.find("norm") != std::string::npos);
+    p.trainable = trainable;
+    params_.push_back(p);
+    goff_.push_back(goff);
+    n_params_ += p.numel;
+    return params_.size() - 1;
+}
+
+void LlamaEngine::build_param_table() {
+    const int64_t C = cfg_.hidden_size, I = cfg_.intermediate_size, HS = cfg_.head_dim;
+    const int64_t QO = (int64_t)cfg_.num_attention_heads * HS, KVO = (int64_t)cfg_.num_key_value_heads * HS;
+    const bool full = lora_.r == 0;  // without adapters every parameter trains
+    embed_ = add_param("model.embed_tokens.weight", {cfg_.vocab_size, C}, full, false);
+    layers_.resize(cfg_.num_hidden_layers);
+    for (int l = 0; l < cfg_.num_hidden_layers; l++) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        Layer& L = layers_[l];
+        L.in_norm = add_param(p + "input_layernorm.weight", {C}, full, false);
+        L.qkv_w = add_param(p + "self_attn.q_proj.weight", {QO, C}, full, false);
+        add_param(p + "self_attn.k_proj.weight", {KVO, C}, full, true);
+        add_param(p + "self_attn.v_proj.weight", {KVO, C}, full, true);
+        if (cfg_.attention_bias) {
+            L.qkv_b = add_param(p + "self_attn.q_proj.bias", {QO}, full, false);
+            add_param(p + "self_attn.k_proj.bias", {KVO}, full, true);
+            add_param(p + "self_attn.v_proj.bias", {KVO}, full, true);
+        }
+        L.o_w = add_param(p + "self_attn.o_proj.weight", {C, QO}, full, false);
+        if (cfg_.o_proj_bias) L.o_b = add_param(p + "self_attn.o_proj.bias", {C}, full, false);
+        L.post_norm = add_param(p + "post_attention_layernorm.weight", {C}, full, false);
+        L.gu_w = add_param(p + "mlp.gate_proj.weight", {I, C}, full, false);
+        add_param(p + "mlp.up_proj.weight", {I, C}, full, true);
+        if (cfg_.mlp_bias) {
+            L.gu_b = add_param(p + "mlp.gate_proj.bias", {I}, full, false);
+            add_param(p + "mlp.up_proj.bias", {I}, full, true);
+        }
+        L.down_w = add_param(p + "mlp.down_proj.weight", {C, I}, full, false);
+        if (cfg_.mlp_bias) L.down_b = add_param(p + "mlp.down_proj.bias", {C}, full, false);
+        L.lora_A.fill(kNone);
+        L.lora_B.fill(kNone);
+        if (full) continue;
+        // PEFT names: base_model.model.<module>.lora_A.weight (r, in), lora_B.weight (out, r)
+        const int64_t in[kNumTargets] = {C, C, C, QO, C, C, I};
+        const int64_t out[kNumTargets] = {QO, KVO, KVO, C, I, I, C};
+        const char* module[kNumTargets] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                           "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+        for (int t = 0; t < kNumTargets; t++) {
+            if (!lora_.target[t]) continue;
+            const std::string base = "base_model.model." + p + module[t];
+            L.lora_A[t] = add_param(base + ".lora_A.weight", {lora_.r, in[t]}, true, false);
+            L.lora_B[t] = add_param(base + ".lora_B.weight", {out[t], lora_.r}, true, false);
+        }
+    }
+    norm_ = add_param("model.norm.weight", {C}, full, false);
+    if (!cfg_.tie_word_embeddings) lm_head_ = add_param("lm_head.weight", {cfg_.vocab_size, C}, full, false);
+}
+
+// PEFT LoraLayer.reset_lora_parameters: A ~ kaiming_uniform_(a = sqrt(5)),
+// i.e. U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the adapted model starts equal
+// to the base. Drawn from the Philox stream of the seed, one id per tensor.
+void LlamaEngine::init_lora() {
+    for (int l = 0; l < cfg_.num_hidden_layers; l++)
+        for (int t = 0; t < kNumTargets; t++) {
+            const size_t a = layers_[l].lora_A[t];
+            if (a == kNone) continue;
+            const ParamInfo& p = params_[a];
+            const float bound = 1.0f / std::sqrt((float)p.shape[1]);
+            const DropoutKey k{tc_.seed, kInitStep, lora_tensor(l, t)};
+            float* w = W(a);
+            for (size_t i = 0; i < p.numel; i++) w[i] = (2.0f * dropout_uniform(k, i) - 1.0f) * bound;
+        }
+}
+
+const ParamInfo& LlamaEngine::param(const std::string& name) const {
+    for (const auto& p : params_)
+        if (p.name == name) return p;
+    throw EngineError("unknown parameter '" + name +
+                      "': expected a Hugging Face LlamaForCausalLM key such as 'model.layers.0.self_attn.q_proj.weight'" +
+                      (lora_.r > 0 ? " or a PEFT key such as 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'"
+                                   : ""));
+}
+
+void LlamaEngine::set_trainable(const std::string& name, bool trainable) {
+    const ParamInfo& p = param(name);
+    const size_t i = &p - params_.data();
+    if (trainable && goff_[i] == kNone)
+        throw EngineError("parameter '" + name + "' was frozen when the engine was built (a LoRA base weight) and has no "
+                          "gradient or optimizer buffers; build the engine without LoRA to train it");
+    params_[i].trainable = trainable;
+    if (!trainable && goff_[i] != kNone) std::fill_n(g_.data() + goff_[i], p.numel, 0.0f);
+}
+
+void LlamaEngine::read(const ParamInfo& p, Slot slot, float* dst) {
+    const size_t i = &p - params_.data();
+    if (slot == Slot::Weight) {
+        std::copy(w_.data() + p.offset, w_.data() + p.offset + p.numel, dst);
+        return;
+    }
+    if (goff_[i] == kNone) {  // frozen since construction: no gradient, no moments
+        std::fill_n(dst, p.numel, 0.0f);
+        return;
+    }
+    const float* src = (slot == Slot::Grad ? g_ : slot == Slot::ExpAvg ? m_ : v_).data() + goff_[i];
+    std::copy(src, src + p.numel, dst);
+}
+
+void LlamaEngine::write(const ParamInfo& p, Slot slot, const float* src) {
+    const size_t i = &p - params_.data();
+    if (slot == Slot::Weight) {
+        std::copy(src, src + p.numel, w_.data() + p.offset);
+        return;
+    }
+    if (goff_[i] == kNone)
+        throw EngineError("parameter '" + p.name + "' is frozen (a LoRA base weight) and has no gradient or optimizer state");
+    float* dst = (slot == Slot::Grad ? g_ : slot == Slot::ExpAvg ? m_ : v_).data() + goff_[i];
+    std::copy(src, src + p.numel, dst);
+}
+
+// ---- input validation -------------------------------------------------------
+
+void LlamaEngine::validate(const Batch& b, bool need_labels) const {
+    if (b.B <= 0 || b.T <= 0)
+        throw EngineError("batch must have at least one sequence of at least one token, got B=" + std::to_string(b.B) +
+                          ", T=" + std::to_string(b.T));
+    if (b.T > cfg_.max_position_embeddings)
+        throw EngineError("sequence length T=" + std::to_string(b.T) + " exceeds max_position_embeddings=" +
+                          std::to_string(cfg_.max_position_embeddings) + ": truncate input_ids to at most " +
+                          std::to_string(cfg_.max_position_embeddings) + " tokens");
+    auto where = [&](const char* name, size_t i) {
+        return std::string(name) + "[" + std::to_string(i / b.T) + "][" + std::to_string(i % b.T) + "]";
+    };
+    const size_t n = (size_t)b.B * b.T;
+    for (size_t i = 0; i < n; i++) {
+        const int32_t id = b.input_ids[i];
+        if (id < 0 || id >= cfg_.vocab_size)
+            throw EngineError(where("input_ids", i) + " = " + std::to_string(id) +
+                              " is out of range: expected 0 <= id < vocab_size (" + std::to_string(cfg_.vocab_size) + ")");
+        const int32_t m = b.attention_mask[i];
+        if (m != 0 && m != 1) throw EngineError(where("attention_mask", i) + " = " + std::to_string(m) + ": expected 0 or 1");
+    }
+    if (need_labels && !b.labels)
+        throw EngineError("labels are required for training: expected an Int32Array of length batchSize × seqLen");
+    if (b.labels)
+        for (size_t i = 0; i < n; i++) {
+            const int32_t y = b.labels[i];
+            if (y != -100 && (y < 0 || y >= cfg_.vocab_size))
+                throw EngineError(where("labels", i) + " = " + std::to_string(y) +
+                                  " is out of range: expected a token id in [0, vocab_size = " +
+                                  std::to_string(cfg_.vocab_size) + ") or -100 (ignored)");
+        }
+}
+
+// ---- activation arena -------------------------------------------------------
+
+void LlamaEngine::ensure_activations(int B, int T, bool train) {
+    cur_B_ = B;
+    cur_T_ = T;
+    const size_t N = (size_t)B * T;
+    // Sized by B x T, and given back when a much smaller batch follows.
+    const bool have_grads = !dacts_.empty();
+    if (N <= acts_for_ && N * 4 > acts_for_ && (have_grads || !train)) return;
+    const size_t C = cfg_.hidden_size, I = cfg_.intermediate_size, HS = cfg_.head_dim;
+    const size_t NH = cfg_.num_attention_heads, OC = NH * HS, V = cfg_.vocab_size, L = cfg_.num_hidden_layers;
+    const size_t r = lora_.r;
+    size_t n_lora = 0;
+    for (bool t : lora_.target) n_lora += t;
+    const size_t inner = 2 * align_up(N * C) + 2 * align_up(N) + align_up(N * QKV_) + align_up(N * OC) +
+                         align_up(N * NH) + align_up(N * C) + align_up(N * 2 * I) + align_up(N * I) +
+                         n_lora * align_up(N * r);
+    const size_t per_layer = align_up(N * C) + (checkpointing_ ? 0 : inner);
+    const size_t total = L * per_layer + (checkpointing_ ? inner : 0) + 2 * align_up(N * C) + align_up(N) +
+                         2 * align_up(N * HS / 2 + HS) + align_up((size_t)kLmChunk * (V + C));
+    const size_t dtotal = train ? 2 * align_up(N * C) + align_up(N * QKV_) + align_up(N * OC) + align_up(N * 2 * I) +
+                                      align_up(N * I) + align_up(N * std::max<size_t>(r, 1)) +
+                                      align_up(N * std::max({C, I, OC}))
+                                : 0;
+    const std::string what = "activations for batchSize=" + std::to_string(B) + ", seqLen=" + std::to_string(T);
+    acts_ = {};
+    dacts_ = {};
+    acts_for_ = 0;
+    try {
+        require_memory((total + dtotal) * sizeof(float), what + " (use a smaller batch size or max_length" +
+                                                             (checkpointing_ ? ")" : ", or gradient checkpointing)"));
+        acts_.assign(total, 0.0f);
+        dacts_.assign(dtotal, 0.0f);
+        iacts_.assign(2 * N, 0);
+    } catch (const std::bad_alloc&) {
+        acts_ = {};
+        dacts_ = {};
+        throw EngineError("out of memory: " + what + " need " + std::to_string((total + dtotal) * 4 >> 20) + " MiB");
+    }
+    acts_for_ = N;
+    float* p = acts_.data();
+    auto take = [&p](size_t n) { float* q = p; p += align_up(n); return q; };
+    auto inner_views = [&](Acts& a) {
+        a.n1 = take(N * C);
+        a.rstd1 = take(N);
+        a.qkv = take(N * QKV_);
+        a.att = take(N * OC);
+        a.lse = take(N * NH);
+        a.a = take(N * C);
+        a.n2 = take(N * C);
+        a.rstd2 = take(N);
+        a.gu = take(N * 2 * I);
+        a.act = take(N * I);
+        for (int t = 0; t < kNumTargets; t++) a.t[t] = lora_.target[t] ? take(N * r) : nullptr;
+    };
+    la_.assign(L, Acts{});
+    for (auto& a : la_) {
+        a.h = take(N * C);
+        if (!checkpointing_) inner_views(a);
+    }
+    if (checkpointing_) {
+        Acts shared{};
+        inner_views(shared);
+        for (auto& a : la_) {
+            float* h = a.h;
+            a = shared;
+            a.h = h;
+        }
+    }
+    a_.hL = take(N * C);
+    a_.hf = take(N * C);
+    a_.rstdf = take(N);
+    a_.cos = take(N * HS / 2 + HS);
+    a_.sin = take(N * HS / 2 + HS);
+    a_.lm_scratch = take((size_t)kLmChunk * (V + C));
+    a_.pos = iacts_.data();
+    a_.targets = iacts_.data() + N;
+    if (!train) return;
+    float* q = dacts_.data();
+    auto dtake = [&q](size_t n) { float* r = q; q += align_up(n); return r; };
+    d_.dh = dtake(N * C);
+    d_.dn = dtake(N * C);
+    d_.dqkv = dtake(N * QKV_);
+    d_.datt = dtake(N * OC);
+    d_.dgu = dtake(N * 2 * I);
+    d_.dact = dtake(N * I);
+    d_.dt = dtake(N * std::max<size_t>(r, 1));
+    d_.xd = dtake(N * std::max({C, I, OC}));
+}
+
+void LlamaEngine::set_threads() const {
+    if (tc_.threads > 0) {
+        omp_set_num_threads(tc_.threads);
+        openblas_set_num_threads(tc_.threads);
+    }
+}
+
+// ---- forward ------------------------------------------------------------------
+
+void LlamaEngine::linear_fwd(float* out, const float* in, size_t w, size_t bias, int IC, int OC, int l, Blocks blocks,
+                             bool train) {
+    const int N = cur_B_ * cur_T_;
+    linear_forward(out, in, W(w), bias != kNone ? W(bias) : nullptr, N, IC, OC);
+    for (const auto& [target, col] : blocks) {
+        const size_t A = layers_[l].lora_A[target];
+        if (A == kNone) continue;
+        const size_t B = layers_[l].lora_B[target];
+        lora_forward(out + col, OC, la_[l].t[target], d_.xd, in, W(A), W(B), N, IC, (int)params_[B].shape[0], lora_.r,
+                     lora_scale_, train ? lora_.lora_dropout : 0.0f, key(lora_tensor(l, target)));
+    }
+}
+
+void LlamaEngine::layer_forward(int l, const int32_t* mask, bool train) {
+    const int B = cur_B_, T = cur_T_, N = B * T, C = cfg_.hidden_size, I = cfg_.intermediate_size;
+    const int NH = cfg_.num_attention_heads, NKV = cfg_.num_key_value_heads, HS = cfg_.head_dim, OC = NH * HS;
+    const Layer& L = layers_[l];
+    Acts& a = la_[l];
+    float* out = l + 1 < cfg_.num_hidden_layers ? la_[l + 1].h : a_.hL;
+    rmsnorm_forward(a.n1, a.rstd1, a.h, W(L.in_norm), N, C, cfg_.rms_norm_eps);
+    linear_fwd(a.qkv, a.n1, L.qkv_w, L.qkv_b, C, QKV_, l, {{kQ, 0}, {kK, OC}, {kV, OC + NKV * HS}}, train);
+    rope_forward(a.qkv, a_.cos, a_.sin, a_.pos, N, QKV_, NH, HS);
+    rope_forward(a.qkv + OC, a_.cos, a_.sin, a_.pos, N, QKV_, NKV, HS);
+    causal_attention_forward(a.att, a.lse, a.qkv, mask, B, T, NH, NKV, HS);
+    linear_fwd(a.a, a.att, L.o_w, L.o_b, OC, C, l, {{kO, 0}}, train);
+    add_inplace(a.a, a.h, (size_t)N * C);
+    rmsnorm_forward(a.n2, a.rstd2, a.a, W(L.post_norm), N, C, cfg_.rms_norm_eps);
+    linear_fwd(a.gu, a.n2, L.gu_w, L.gu_b, C, 2 * I, l, {{kGate, 0}, {kUp, I}}, train);
+    swiglu_forward(a.act, a.gu, N, I);
+    linear_fwd(out, a.act, L.down_w, L.down_b, I, C, l, {{kDown, 0}}, train);
+    add_inplace(out, a.a, (size_t)N * C);
+}
+
+void LlamaEngine::forward_impl(const Batch& b, bool train) {
+    ensure_activations(b.B, b.T, train);
+    const int B = b.B, T = b.T, N = B * T, C = cfg_.hidden_size;
+    // HF generate()'s position_ids: cumsum(attention_mask) - 1, clamped at 0.
+    for (int i = 0; i < B; i++) {
+        int seen = 0;
+        for (int t = 0; t < T; t++) {
+            seen += b.attention_mask[(size_t)i * T + t];
+            a_.pos[(size_t)i * T + t] = std::max(seen - 1, 0);
+        }
+    }
+    // LlamaForCausalLM's loss: logits[:, :-1] predict labels[:, 1:].
+    if (b.labels)
+        for (int i = 0; i < B; i++)
+            for (int t = 0; t < T; t++)
+                a_.targets[(size_t)i * T + t] = t + 1 < T ? b.labels[(size_t)i * T + t + 1] : -100;
+    rope_tables(a_.cos, a_.sin, inv_freq_.data(), T, cfg_.head_dim);
+    token_embedding_forward(la_[0].h, b.input_ids, W(embed_), N, C);
+    for (int l = 0; l < cfg_.num_hidden_layers; l++) layer_forward(l, b.attention_mask, train);
+    rmsnorm_forward(a_.hf, a_.rstdf, a_.hL, W(norm_), N, C, cfg_.rms_norm_eps);
+}
+
+int LlamaEngine::n_targets(const Batch& b) const {
+    int n = 0;
+    for (size_t i = 0; i < (size_t)b.B * b.T; i++) n += a_.targets[i] != -100;
+    return n;
+}
+
+float LlamaEngine::forward(const Batch& b, float* logits, bool train) {
+    set_threads();
+    validate(b, false);
+    forward_impl(b, train);
+    const int N = b.B * b.T, C = cfg_.hidden_size, V = cfg_.vocab_size;
+    const float* head = W(lm_head_ != kNone ? lm_head_ : embed_);
+    if (logits) linear_forward(logits, a_.hf, head, (const float*)nullptr, N, C, V);
+    if (!b.labels) return 0.0f;
+    const int n = n_targets(b);
+    if (n == 0) return 0.0f;
+    const double sum = lmhead_crossentropy<float>(nullptr, nullptr, a_.hf, head, a_.targets, N, C, V, 1.0f,
+                                                  a_.lm_scratch, kLmChunk);
+    return (float)(sum / n);
+}
+
+// ---- backward -----------------------------------------------------------------
+
+float* LlamaEngine::G_group(size_t first, size_t count) {
+    if (first == kNone || goff_[first] == kNone) return nullptr;
+    for (size_t i = first; i < first + count; i++)
+        if (params_[i].trainable) return g_.data() + goff_[first];
+    return nullptr;
+}
+
+void LlamaEngine::clear_frozen(size_t first, size_t count) {
+    if (first == kNone || goff_[first] == kNone) return;
+    for (size_t i = first; i < first + count; i++)
+        if (!params_[i].trainable) std::fill_n(g_.data() + goff_[i], params_[i].numel, 0.0f);
+}
+
+void LlamaEngine::linear_bwd(float* din, const float* dout, const float* in, size_t w, size_t bias, int group, int IC,
+                             int OC, int l, Blocks blocks) {
+    const int N = cur_B_ * cur_T_;
+    linear_backward(din, G_group(w, group), G_group(bias, group), dout, in, W(w), N, IC, OC, false);
+    clear_frozen(w, group);
+    clear_frozen(bias, group);
+    for (const auto& [target, col] : blocks) {
+        const size_t A = layers_[l].lora_A[target];
+        if (A == kNone) continue;
+        const size_t B = layers_[l].lora_B[target];
+        lora_backward(din, G(A), G(B), d_.dt, d_.xd, dout + col, OC, in, la_[l].t[target], W(A), W(B), N, IC,
+                      (int)params_[B].shape[0], lora_.r, lora_scale_, lora_.lora_dropout, key(lora_tensor(l, target)));
+    }
+}
+
+void LlamaEngine::layer_backward(int l, const int32_t* mask, bool need_dinp) {
+    const int B = cur_B_, T = cur_T_, N = B * T, C = cfg_.hidden_size, I = cfg_.intermediate_size;
+    const int NH = cfg_.num_attention_heads, NKV = cfg_.num_key_value_heads, HS = cfg_.head_dim, OC = NH * HS;
+    if (checkpointing_) layer_forward(l, mask, true);  // same keys: the same dropout masks
+    const Layer& L = layers_[l];
+    Acts& a = la_[l];
+    // d_.dh holds the gradient of the layer's output; it becomes that of `a`, then of h.
+    linear_bwd(d_.dact, d_.dh, a.act, L.down_w, L.down_b, 1, I, C, l, {{kDown, 0}});
+    swiglu_backward(d_.dgu, d_.dact, a.gu, N, I);
+    linear_bwd(d_.dn, d_.dgu, a.n2, L.gu_w, L.gu_b, 2, C, 2 * I, l, {{kGate, 0}, {kUp, I}});
+    rmsnorm_backward(d_.dh, G(L.post_norm), d_.dn, a.a, W(L.post_norm), a.rstd2, N, C, true);
+    linear_bwd(d_.datt, d_.dh, a.att, L.o_w, L.o_b, 1, OC, C, l, {{kO, 0}});
+    causal_attention_backward(d_.dqkv, d_.datt, a.att, a.qkv, a.lse, mask, B, T, NH, NKV, HS);
+    rope_backward(d_.dqkv, a_.cos, a_.sin, a_.pos, N, QKV_, NH, HS);
+    rope_backward(d_.dqkv + OC, a_.cos, a_.sin, a_.pos, N, QKV_, NKV, HS);
+    float* in_norm_grad = G(L.in_norm);
+    // The lowest trained layer needs no input gradient (nor, without a norm
+    // weight to train, the normalised input's).
+    const bool need_dn = need_dinp || in_norm_grad;
+    linear_bwd(need_dn ? d_.dn : nullptr, d_.dqkv, a.n1, L.qkv_w, L.qkv_b, 3, C, QKV_, l,
+               {{kQ, 0}, {kK, OC}, {kV, OC + NKV * HS}});
+    if (need_dn)
+        rmsnorm_backward(need_dinp ? d_.dh : nullptr, in_norm_grad, d_.dn, a.h, W(L.in_norm), a.rstd1, N, C, true);
+}
+
+void LlamaEngine::backward_impl(const Batch& b) {
+    // Backpropagate only as deep as the lowest trainable parameter.
+    int first = cfg_.num_hidden_layers;
+    if (params_[embed_].trainable) first = -1;
+    for (int l = 0; l < cfg_.num_hidden_layers && first == cfg_.num_hidden_layers; l++) {
+        const size_t lo = layers_[l].in_norm;
+        const size_t hi = l + 1 < cfg_.num_hidden_layers ? layers_[l + 1].in_norm : norm_;
+        for (size_t i = lo; i < hi; i++)
+            if (params_[i].trainable) {
+                first = l;
+                break;
+            }
+    }
+    rmsnorm_backward(d_.dh, G(norm_), d_.dn, a_.hL, W(norm_), a_.rstdf, b.B * b.T, cfg_.hidden_size, false);
+    for (int l = cfg_.num_hidden_layers - 1; l >= std::max(first, 0); l--) layer_backward(l, b.attention_mask, l > first);
+    if (first < 0)
+        embedding_backward(G(embed_), (float*)nullptr, (float*)nullptr, d_.dh, b.input_ids, (const int32_t*)nullptr, 1,
+                           b.B * b.T, cfg_.hidden_size);
+}
+
+float LlamaEngine::accumulate(const Batch& b, float loss_scale) {
+    set_threads();
+    validate(b, true);
+    forward_impl(b, true);
+    const int N = b.B * b.T, C = cfg_.hidden_size, V = cfg_.vocab_size;
+    const int n = n_targets(b);
+    if (n == 0) {  // nothing to learn from: no gradient (HF's mean would be NaN)
+        micro_step_++;
+        return 0.0f;
+    }
+    const bool tied = lm_head_ == kNone;
+    const double sum = lmhead_crossentropy<float>(d_.dn, G(tied ? embed_ : lm_head_), a_.hf, W(tied ? embed_ : lm_head_),
+                                                  a_.targets, N, C, V, loss_scale / (float)n, a_.lm_scratch, kLmChunk);
+    backward_impl(b);
+    micro_step_++;
+    return (float)(sum / n);
+}
+
+// ---- optimizer ------------------------------------------------------------------
+
+float LlamaEngine::step(float lr) {
+    set_threads();
+    double ss = 0.0;
+    for (size_t i = 0; i < params_.size(); i++)
+        if (params_[i].trainable && goff_[i] != kNone) ss += sum_squares(g_.data() + goff_[i], params_[i].numel);
+    const float norm = (float)std::sqrt(ss);
+    if (!std::isfinite(norm)) {  // the same rule as the BERT engine: skip, report
+        zero_grad();
+        return norm;
+    }
+    const float scale = clip_scale(norm, tc_.max_grad_norm);
+    t_++;
+    for (size_t i = 0; i < params_.size(); i++) {
+        const ParamInfo& p = params_[i];
+        if (!p.trainable || goff_[i] == kNone) continue;
+        adamw_update(w_.data() + p.offset, g_.data() + goff_[i], m_.data() + goff_[i], v_.data() + goff_[i], p.numel, lr,
+                     tc_.adam_beta1, tc_.adam_beta2, tc_.adam_epsilon, p.decay ? tc_.weight_decay : 0.0f, t_, scale);
+    }
+    zero_grad();
+    return norm;
+}
+
+void LlamaEngine::zero_grad() { std::fill(g_.begin(), g_.end(), 0.0f); }
+
+}  // namespace nt

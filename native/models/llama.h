@@ -1,0 +1,179 @@
+// LlamaForCausalLM (Hugging Face modeling_llama.py) on the CPU kernels, fully
+// trainable or with PEFT LoRA adapters on a frozen base. The plan is driven by
+// the config alone, so the same class runs Llama 2/3, SmolLM/SmolLM2,
+// TinyLlama and, with biases on q/k/v, Qwen2/Qwen2.5:
+//
+//   h0 = embed_tokens[input_ids]
+//   per layer: a = h + o_proj(attn(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),
+//              n1 = input_layernorm(h)
+//              h' = a + down_proj(silu(gate_proj(n2)) * up_proj(n2)),
+//              n2 = post_attention_layernorm(a)
+//   logits = lm_head(norm(hL))   (lm_head = embed_tokens when tied)
+//
+// Position ids follow the attention mask (cumsum(mask) - 1, clamped at 0), so
+// left- and right-padded rows give the same logits for their real tokens.
+// Loss: next-token cross-entropy, labels (B, T) shifted by one inside the
+// engine, -100 ignored, mean over the micro-batch's targets; accumulate()'s
+// loss_scale is the micro-batch's share of the optimizer step's targets, so
+// accumulated gradients are those of the mean over all of the step's targets.
+//
+// Memory: weights in one arena; gradients and AdamW moments only for what
+// trains (LoRA: the adapters alone); activations sized by B x T; the lm_head
+// logits exist one chunk of target rows at a time (lmhead_crossentropy).
+#pragma once
+#include <array>
+#include <initializer_list>
+#include <utility>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "engine/model.h"
+
+namespace nt {
+
+// Hugging Face LlamaConfig field names (Qwen2Config's map onto them).
+struct LlamaConfig {
+    int vocab_size = 0;
+    int hidden_size = 0;
+    int intermediate_size = 0;
+    int num_hidden_layers = 0;
+    int num_attention_heads = 0;
+    int num_key_value_heads = 0;  // grouped-query attention; = heads for MHA
+    int head_dim = 0;             // HF: hidden_size / num_attention_heads unless set
+    int max_position_embeddings = 0;
+    float rms_norm_eps = 1e-6f;
+    double rope_theta = 10000.0;
+    RopeScaling rope_scaling;     // HF rope_scaling null or {"rope_type": "llama3", ...}
+    bool tie_word_embeddings = false;
+    bool attention_bias = false;  // biases on q_proj, k_proj, v_proj
+    bool o_proj_bias = false;     // Llama's attention_bias covers o_proj too; Qwen2's does not
+    bool mlp_bias = false;
+};
+
+// The linear layers LoRA can adapt, by their Hugging Face module names.
+enum LoraTarget { kQ, kK, kV, kO, kGate, kUp, kDown, kNumTargets };
+extern const char* const kLoraTargetNames[kNumTargets];  // "q_proj", ...
+
+// PEFT LoraConfig names. r == 0: no adapters, every parameter trains.
+struct LoraConfig {
+    int r = 0;
+    float lora_alpha = 8.0f;
+    float lora_dropout = 0.0f;
+    bool use_rslora = false;  // scale alpha / sqrt(r) instead of alpha / r
+    std::array<bool, kNumTargets> target{};
+};
+
+// Parameters of the base model (no adapters), in double so an absurd config
+// cannot overflow.
+double count_parameters(const LlamaConfig& config);
+
+class LlamaEngine final : public Model {
+public:
+    // Throws EngineError naming the config field and the expected value.
+    // gradient_checkpointing keeps only each layer's input and recomputes the
+    // layer in backward (HF TrainingArguments.gradient_checkpointing).
+    LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
+                bool gradient_checkpointing = false);
+
+    const LlamaConfig& config() const { return cfg_; }
+    const std::vector<ParamInfo>& params() const override { return params_; }
+    const ParamInfo& param(const std::string& name) const override;
+    size_t num_parameters() const override { return n_params_; }
+    std::string device() const override { return "cpu"; }
+    void read(const ParamInfo& p, Slot slot, float* dst) override;
+    void write(const ParamInfo& p, Slot slot, const float* src) override;
+    // Only parameters that train since construction have gradient and moment
+    // buffers: a frozen base weight cannot be made trainable (EngineError).
+    void set_trainable(const std::string& name, bool trainable) override;
+
+    bool labels_per_token() const override { return true; }
+    size_t logits_size(int B, int T) const override { return (size_t)B * T * cfg_.vocab_size; }
+    // Checks ids, mask (0/1), labels (-100 or a token id) and T against the
+    // config; throws EngineError naming tensor, position and range.
+    void validate(const Batch& batch, bool need_labels) const;
+
+    // logits (B, T, vocab_size) when not null; the mean loss over the shifted
+    // targets when batch.labels is set (0 when it has no target).
+    float forward(const Batch& batch, float* logits, bool train) override;
+    float accumulate(const Batch& batch, float loss_scale) override;
+    float step(float learning_rate) override;
+    void zero_grad() override;
+
+    int64_t optimizer_step() const override { return t_; }
+    void set_optimizer_step(int64_t t) override { t_ = t; }
+    uint64_t micro_step() const override { return micro_step_; }
+    void set_micro_step(uint64_t s) override { micro_step_ = s; }
+
+private:
+    static constexpr size_t kNone = (size_t)-1;
+    struct Layer {
+        size_t in_norm, qkv_w, qkv_b = kNone, o_w, o_b = kNone, post_norm, gu_w, gu_b = kNone, down_w,
+                        down_b = kNone;
+        std::array<size_t, kNumTargets> lora_A{}, lora_B{};  // kNone when not adapted
+    };
+    // Per-layer activations (views into acts_); with gradient checkpointing
+    // every layer shares one set except h (its input), recomputed in backward.
+    struct Acts {
+        float *h, *n1, *rstd1, *qkv, *att, *lse, *a, *n2, *rstd2, *gu, *act;
+        std::array<float*, kNumTargets> t{};  // LoRA: dropout(x) A^T, (N, r)
+    };
+
+    size_t add_param(const std::string& name, std::vector<int64_t> shape, bool trainable, bool packed_with_previous);
+    void build_param_table();
+    void init_lora();
+    void ensure_activations(int B, int T, bool train);
+    void set_threads() const;
+    void forward_impl(const Batch& b, bool train);
+    void layer_forward(int l, const int32_t* mask, bool train);
+    void layer_backward(int l, const int32_t* mask, bool need_dinp);
+    void backward_impl(const Batch& b);
+    // Linear with optional LoRA adapters on column blocks of its output.
+    // `group` is the number of packed weights (3 for q|k|v, 2 for gate|up).
+    using Blocks = std::initializer_list<std::pair<LoraTarget, int>>;  // adapter, first output column
+    void linear_fwd(float* out, const float* in, size_t w, size_t bias, int IC, int OC, int l, Blocks blocks,
+                    bool train);
+    void linear_bwd(float* din, const float* dout, const float* in, size_t w, size_t bias, int group, int IC, int OC,
+                    int l, Blocks blocks);
+    float* W(size_t i) { return w_.data() + params_[i].offset; }
+    float* G(size_t i) { return i != kNone && params_[i].trainable && goff_[i] != kNone ? g_.data() + goff_[i] : nullptr; }
+    // A packed group (q|k|v or gate|up) shares one GEMM: its gradient pointer
+    // when any member trains; frozen members' slices are cleared after.
+    float* G_group(size_t first, size_t count);
+    void clear_frozen(size_t first, size_t count);
+    DropoutKey key(uint32_t tensor) const { return DropoutKey{tc_.seed, micro_step_, tensor}; }
+    uint32_t lora_tensor(int l, int target) const { return (uint32_t)(l * kNumTargets + target); }
+    int n_targets(const Batch& b) const;
+
+    LlamaConfig cfg_;
+    LoraConfig lora_;
+    TrainConfig tc_;
+    float lora_scale_ = 0.0f;
+    int QKV_ = 0;  // (NH + 2 NKV) * head_dim: the fused q|k|v width
+    std::vector<ParamInfo> params_;
+    std::vector<size_t> goff_;  // offset in the gradient/moment arenas, kNone if none
+    size_t n_params_ = 0, w_size_ = 0, g_size_ = 0;
+    size_t embed_ = 0, norm_ = 0, lm_head_ = kNone;
+    std::vector<Layer> layers_;
+    std::vector<double> inv_freq_;
+    std::vector<float> w_, g_, m_, v_;
+    std::vector<float> acts_, dacts_;
+    std::vector<Acts> la_;
+    struct {
+        float *hL, *rstdf, *hf, *cos, *sin, *lm_scratch;
+        int32_t *pos, *targets;
+    } a_{};
+    struct {
+        float *dh, *dn, *dqkv, *datt, *dgu, *dact, *dt, *xd;
+    } d_{};
+    std::vector<int32_t> iacts_;
+    int cur_B_ = 0, cur_T_ = 0;
+    size_t acts_for_ = 0;  // B*T the arenas are laid out for
+    int64_t t_ = 0;
+    uint64_t micro_step_ = 0;
+    bool checkpointing_ = false;
+    static constexpr int kLmChunk = 64;
+};
+
+}  // namespace nt
