@@ -149,11 +149,54 @@ void causal_attention_backward(T* dqkv, const T* dout, const T* out, const T* qk
     }
 }
 
+// A single query row: the scores fit a small per-thread buffer, and a dot
+// product per key beats a BLAS call of one row.
+template <typename T>
+void decode_attention(T* out, const T* q, int q_stride, const T* kcache, const T* vcache,
+                      const int32_t* mask, int B, int NH, int NKV, int HS, int ncols, int cap) {
+    const int G = NH / NKV;
+    const T scale = T(1) / std::sqrt(T(HS));
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * NH; bh++) {
+        const int b = bh / NH, h = bh % NH, kvh = h / G;
+        const T* qh = q + (size_t)b * q_stride + (size_t)h * HS;
+        const T* K = kcache + ((size_t)b * NKV + kvh) * cap * HS;
+        const T* V = vcache + ((size_t)b * NKV + kvh) * cap * HS;
+        const int32_t* m = mask + (size_t)b * cap;
+        T* s = scratch<T>(0, (size_t)ncols);
+        T mx = T(-INFINITY);
+        for (int j = 0; j < ncols; j++) {
+            T d = 0;
+#pragma omp simd reduction(+ : d)
+            for (int c = 0; c < HS; c++) d += qh[c] * K[(size_t)j * HS + c];
+            s[j] = m[j] ? d * scale : T(-INFINITY);
+            mx = s[j] > mx ? s[j] : mx;
+        }
+        T* o = out + (size_t)b * NH * HS + (size_t)h * HS;
+        for (int c = 0; c < HS; c++) o[c] = T(0);
+        if (mx == T(-INFINITY)) continue;
+        T sum = 0;
+        for (int j = 0; j < ncols; j++) {
+            s[j] = simd::exp(s[j] - mx);
+            sum += s[j];
+        }
+        const T inv = T(1) / sum;
+        for (int j = 0; j < ncols; j++) {
+            const T p = s[j] * inv;
+            if (p == T(0)) continue;
+#pragma omp simd
+            for (int c = 0; c < HS; c++) o[c] += p * V[(size_t)j * HS + c];
+        }
+    }
+}
+
 #define NT_INSTANTIATE(T)                                                                       \
     template void causal_attention_forward<T>(T*, T*, const T*, const int32_t*, int, int, int, int, \
                                               int);                                             \
     template void causal_attention_backward<T>(T*, const T*, const T*, const T*, const T*,     \
-                                               const int32_t*, int, int, int, int, int);
+                                               const int32_t*, int, int, int, int, int);    \
+    template void decode_attention<T>(T*, const T*, int, const T*, const T*, const int32_t*, int, int,  \
+                                      int, int, int, int);
 NT_INSTANTIATE(float)
 NT_INSTANTIATE(double)
 #undef NT_INSTANTIATE

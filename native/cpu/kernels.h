@@ -212,6 +212,15 @@ template <typename T>
 void causal_attention_backward(T* dqkv, const T* dout, const T* out, const T* qkv, const T* lse,
                                const int32_t* mask, int B, int Tn, int NH, int NKV, int HS);
 
+// One new query per sequence against a KV cache (generation's decode step).
+// q (B rows of stride q_stride, NH heads of HS); kcache/vcache (B, NKV, cap, HS)
+// hold ncols valid columns; mask (B, cap): 1 = a real key. out (B, NH HS).
+// Equals causal_attention_forward's last row when the cache holds the
+// sequence's rotated keys and values.
+template <typename T>
+void decode_attention(T* out, const T* q, int q_stride, const T* kcache, const T* vcache,
+                      const int32_t* mask, int B, int NH, int NKV, int HS, int ncols, int cap);
+
 // ---- fused, chunked lm_head + softmax cross-entropy -----------------------
 // Over the rows n with targets[n] != -100 only, `chunk` rows at a time:
 // logits = h[n] W^T (V), loss_n = logsumexp(logits) - logits[target]. The

@@ -412,9 +412,20 @@ void LlamaEngine::layer_forward(int l, const int32_t* mask, bool train) {
     float* out = l + 1 < cfg_.num_hidden_layers ? la_[l + 1].h : a_.hL;
     rmsnorm_forward(a.n1, a.rstd1, a.h, W(L.in_norm), N, C, cfg_.rms_norm_eps);
     linear_fwd(a.qkv, a.n1, L.qkv_w, L.qkv_b, C, QKV_, l, {{kQ, 0}, {kK, OC}, {kV, OC + NKV * HS}}, train);
-    rope_forward(a.qkv, a_.cos, a_.sin, a_.pos, N, QKV_, NH, HS);
-    rope_forward(a.qkv + OC, a_.cos, a_.sin, a_.pos, N, QKV_, NKV, HS);
-    causal_attention_forward(a.att, a.lse, a.qkv, mask, B, T, NH, NKV, HS);
+    // A decode step rotates at each row's own next position (a table over
+    // the whole cache) and attends to the cache instead of to its batch.
+    const float* cos_t = gen_.decoding ? gen_.cos.data() : a_.cos;
+    const float* sin_t = gen_.decoding ? gen_.sin.data() : a_.sin;
+    rope_forward(a.qkv, cos_t, sin_t, a_.pos, N, QKV_, NH, HS);
+    rope_forward(a.qkv + OC, cos_t, sin_t, a_.pos, N, QKV_, NKV, HS);
+    if (gen_.capturing || gen_.decoding) capture_kv(l);
+    if (gen_.decoding) {
+        const size_t layer = (size_t)B * NKV * gen_.cap * HS;
+        decode_attention(a.att, a.qkv, QKV_, &gen_.k[l * layer], &gen_.v[l * layer], gen_.mask.data(), B, NH, NKV, HS,
+                         gen_.len + 1, gen_.cap);
+    } else {
+        causal_attention_forward(a.att, a.lse, a.qkv, mask, B, T, NH, NKV, HS);
+    }
     linear_fwd(a.a, a.att, L.o_w, L.o_b, OC, C, l, {{kO, 0}}, train);
     add_inplace(a.a, a.h, (size_t)N * C);
     rmsnorm_forward(a.n2, a.rstd2, a.a, W(L.post_norm), N, C, cfg_.rms_norm_eps);
@@ -465,6 +476,103 @@ float LlamaEngine::forward(const Batch& b, float* logits, bool train) {
     const double sum = lmhead_crossentropy<float>(nullptr, nullptr, a_.hf, head, a_.targets, N, C, V, 1.0f,
                                                   a_.lm_scratch, kLmChunk);
     return (float)(sum / n);
+}
+
+// ---- generation -----------------------------------------------------------------
+
+void LlamaEngine::lm_head_rows(float* logits, const float* h, int rows) {
+    linear_forward(logits, h, W(lm_head_ != kNone ? lm_head_ : embed_), (const float*)nullptr, rows, cfg_.hidden_size,
+                   cfg_.vocab_size);
+}
+
+// Copies layer l's rotated keys and values into the cache: a prefill's
+// columns 0..T-1, or a decode step's one column.
+void LlamaEngine::capture_kv(int l) {
+    const int B = cur_B_, T = cur_T_, NH = cfg_.num_attention_heads, NKV = cfg_.num_key_value_heads, HS = cfg_.head_dim;
+    const int col0 = gen_.decoding ? gen_.len : 0;
+    const size_t layer = (size_t)B * NKV * gen_.cap * HS;
+    const float* qkv = la_[l].qkv;
+#pragma omp parallel for schedule(static)
+    for (int bt = 0; bt < B * T; bt++) {
+        const int b = bt / T, t = bt % T;
+        for (int h = 0; h < NKV; h++) {
+            const size_t dst = l * layer + (((size_t)b * NKV + h) * gen_.cap + col0 + t) * HS;
+            std::memcpy(&gen_.k[dst], qkv + (size_t)bt * QKV_ + (size_t)(NH + h) * HS, HS * sizeof(float));
+            std::memcpy(&gen_.v[dst], qkv + (size_t)bt * QKV_ + (size_t)(NH + NKV + h) * HS, HS * sizeof(float));
+        }
+    }
+}
+
+void LlamaEngine::prefill(const Batch& b, int max_new_tokens, float* logits) {
+    set_threads();
+    validate(b, false);
+    if (max_new_tokens < 1) throw EngineError("max_new_tokens must be >= 1, got " + std::to_string(max_new_tokens));
+    for (int i = 0; i < b.B; i++)
+        if (b.attention_mask[(size_t)i * b.T + b.T - 1] != 1)
+            throw EngineError("prompt " + std::to_string(i) + " does not end in column T-1: generation needs left padding");
+    const long long cap = (long long)b.T + max_new_tokens;
+    if (cap > cfg_.max_position_embeddings)
+        throw EngineError("prompt length " + std::to_string(b.T) + " + max_new_tokens " + std::to_string(max_new_tokens) +
+                          " exceeds max_position_embeddings=" + std::to_string(cfg_.max_position_embeddings));
+    const int L = cfg_.num_hidden_layers, NKV = cfg_.num_key_value_heads, HS = cfg_.head_dim, C = cfg_.hidden_size;
+    const size_t cache = (size_t)L * b.B * NKV * cap * HS;
+    require_memory(2 * cache * sizeof(float), "the KV cache for " + std::to_string(b.B) + " sequences of " +
+                                                  std::to_string(cap) + " tokens");
+    gen_.B = 0;  // invalid until the prefill completes
+    gen_.cap = (int)cap;
+    gen_.k.assign(cache, 0.0f);
+    gen_.v.assign(cache, 0.0f);
+    gen_.mask.assign((size_t)b.B * cap, 0);
+    gen_.pos.assign(b.B, 0);
+    gen_.cos.resize(cap * HS / 2);
+    gen_.sin.resize(cap * HS / 2);
+    rope_tables(gen_.cos.data(), gen_.sin.data(), inv_freq_.data(), (int)cap, HS);
+    gen_.capturing = true;
+    try {
+        forward_impl(b, false);
+    } catch (...) {
+        gen_.capturing = false;
+        throw;
+    }
+    gen_.capturing = false;
+    gen_.x.resize((size_t)b.B * C);
+    for (int i = 0; i < b.B; i++) {
+        std::memcpy(&gen_.x[(size_t)i * C], a_.hf + ((size_t)i * b.T + b.T - 1) * C, C * sizeof(float));
+        int real = 0;
+        for (int t = 0; t < b.T; t++) {
+            gen_.mask[(size_t)i * cap + t] = b.attention_mask[(size_t)i * b.T + t];
+            real += b.attention_mask[(size_t)i * b.T + t];
+        }
+        gen_.pos[i] = real;
+    }
+    lm_head_rows(logits, gen_.x.data(), b.B);
+    gen_.len = b.T;
+    gen_.B = b.B;
+}
+
+void LlamaEngine::decode(const int32_t* tokens, float* logits) {
+    if (gen_.B == 0) throw EngineError("decode() needs a prefill() first");
+    if (gen_.len >= gen_.cap)
+        throw EngineError("decode(): the KV cache is full (" + std::to_string(gen_.cap) + " columns: prompt + max_new_tokens)");
+    const int B = gen_.B, C = cfg_.hidden_size, cap = gen_.cap, col = gen_.len;
+    for (int i = 0; i < B; i++)
+        if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size)
+            throw EngineError("tokens[" + std::to_string(i) + "] = " + std::to_string(tokens[i]) +
+                              " is out of range: expected 0 <= id < vocab_size (" + std::to_string(cfg_.vocab_size) + ")");
+    set_threads();
+    ensure_activations(B, 1, false);
+    for (int i = 0; i < B; i++) {
+        a_.pos[i] = gen_.pos[i];
+        gen_.mask[(size_t)i * cap + col] = 1;
+    }
+    token_embedding_forward(la_[0].h, tokens, W(embed_), B, C);
+    gen_.decoding = true;
+    for (int l = 0; l < cfg_.num_hidden_layers; l++) layer_forward(l, nullptr, false);
+    gen_.decoding = false;
+    rmsnorm_forward(a_.hf, a_.rstdf, a_.hL, W(norm_), B, C, cfg_.rms_norm_eps);
+    lm_head_rows(logits, a_.hf, B);
+    gen_.len++;
+    for (int i = 0; i < B; i++) gen_.pos[i]++;
 }
 
 // ---- backward -----------------------------------------------------------------

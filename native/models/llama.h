@@ -101,6 +101,19 @@ public:
     float step(float learning_rate) override;
     void zero_grad() override;
 
+    // Generation with a KV cache (HF generate()'s use_cache): prefill runs the
+    // prompts (B, T), left-padded so every row's last token sits in column
+    // T-1, stores every layer's rotated keys and values, and writes the
+    // logits of each row's last token (B, vocab_size). Each decode() then
+    // feeds one token per row (B) at the next position and writes the next
+    // logits. Dropout off. Throws EngineError when T + max_new_tokens would
+    // pass max_position_embeddings, or decode() is called past that budget or
+    // before prefill().
+    void prefill(const Batch& prompts, int max_new_tokens, float* logits);
+    void decode(const int32_t* tokens, float* logits);
+    // Rows of the current generation (0 before any prefill).
+    int generation_batch() const { return gen_.B; }
+
     int64_t optimizer_step() const override { return t_; }
     void set_optimizer_step(int64_t t) override { t_ = t; }
     uint64_t micro_step() const override { return micro_step_; }
@@ -145,6 +158,8 @@ private:
     DropoutKey key(uint32_t tensor) const { return DropoutKey{tc_.seed, micro_step_, tensor}; }
     uint32_t lora_tensor(int l, int target) const { return (uint32_t)(l * kNumTargets + target); }
     int n_targets(const Batch& b) const;
+    void lm_head_rows(float* logits, const float* h, int rows);
+    void capture_kv(int l);
 
     LlamaConfig cfg_;
     LoraConfig lora_;
@@ -173,6 +188,14 @@ private:
     int64_t t_ = 0;
     uint64_t micro_step_ = 0;
     bool checkpointing_ = false;
+    // The KV cache: per layer (B, NKV, cap, HS) keys and values, the key mask
+    // (B, cap), each row's next position id, columns filled.
+    struct {
+        int B = 0, cap = 0, len = 0;
+        std::vector<float> k, v, cos, sin, x;
+        std::vector<int32_t> mask, pos;
+        bool capturing = false, decoding = false;
+    } gen_;
     static constexpr int kLmChunk = 64;
 };
 

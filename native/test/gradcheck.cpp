@@ -920,6 +920,36 @@ void check_causal_attention(Rng& rng, int T, int NH, int NKV) {
     fd("causal_attention_backward", "qkv", kase, qkv, dqkv, [&]() { return dot(forward(), R); });
 }
 
+// The decode step's attention equals the last row of the full causal
+// attention when the cache holds the same (rotated) keys and values.
+void check_decode_attention(Rng& rng) {
+    const int B = 3, T = 7, NH = 4, NKV = 2, HS = 4, QKV = (NH + 2 * NKV) * HS, cap = 10;
+    IV mask(B * T, 1);
+    for (int t = 0; t < 2; t++) mask[2 * T + t] = 0;  // row 2 left-padded
+    mask[1 * T + 3] = 0;                               // a masked key inside row 1
+    V qkv = rng.vec((size_t)B * T * QKV), out(B * T * NH * HS), lse(B * NH * T);
+    nt::causal_attention_forward<double>(out.data(), lse.data(), qkv.data(), mask.data(), B, T, NH, NKV, HS);
+    V kc = nans((size_t)B * NKV * cap * HS), vc = nans((size_t)B * NKV * cap * HS);
+    IV cmask(B * cap, 0);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            cmask[b * cap + t] = mask[b * T + t];
+            for (int h = 0; h < NKV; h++)
+                for (int c = 0; c < HS; c++) {
+                    const size_t row = (size_t)(b * T + t) * QKV;
+                    kc[((size_t)(b * NKV + h) * cap + t) * HS + c] = qkv[row + (NH + h) * HS + c];
+                    vc[((size_t)(b * NKV + h) * cap + t) * HS + c] = qkv[row + (NH + NKV + h) * HS + c];
+                }
+        }
+    V got = nans(B * NH * HS), want(B * NH * HS);
+    nt::decode_attention<double>(got.data(), qkv.data() + (size_t)(T - 1) * QKV, T * QKV, kc.data(), vc.data(),
+                                 cmask.data(), B, NH, NKV, HS, T, cap);
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < NH * HS; i++) want[b * NH * HS + i] = out[(size_t)(b * T + T - 1) * NH * HS + i];
+    record("decode_attention", "out", "reference", "last row of causal_attention_forward, GQA, masked keys, cap > ncols",
+           rel_err(got, want), kRefTol);
+}
+
 void check_lmhead_crossentropy(Rng& rng, int chunk, bool with_dW) {
     const int N = 11, C = 6, Vn = 13;
     V h = rng.vec(N * C, -2, 2), W = rng.vec(Vn * C, -2, 2);
@@ -1033,6 +1063,7 @@ void run_suite(int threads) {
     check_causal_attention(rng, 9, 4, 2);   // GQA, one query block
     check_causal_attention(rng, 70, 2, 1);  // two query blocks (64 + 6 rows)
     check_causal_attention(rng, 6, 3, 3);   // plain multi-head
+    check_decode_attention(rng);
     check_lmhead_crossentropy(rng, 3, true);  // 8 target rows in chunks of 3
     check_lmhead_crossentropy(rng, 64, false);
     check_lora(rng, 0.f);
