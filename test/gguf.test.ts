@@ -349,6 +349,9 @@ test('write → read round trip: empty and nested arrays, raw tensors of any typ
     ['a.nested', { type: 'array', value: { itemType: 'array', items: [{ itemType: 'bool', items: [true] }, { itemType: 'array', items: [] }] } }],
     ['s', { type: 'string', value: '' }],
     ['i64', { type: 'int64', value: -5n }],
+    // Large enough that the header buffer grows many times while being written.
+    ['a.tokens', { type: 'array', value: { itemType: 'string', items: Array.from({ length: 20000 }, (_, i) => `tok${i}\u0120`) } }],
+    ['a.scores', { type: 'array', value: { itemType: 'float32', items: Float32Array.from({ length: 5000 }, (_, i) => -i / 7) } }],
   ]);
   const x = Float32Array.from({ length: 96 }, (_, i) => Math.sin(i));
   const out = join(dir, 'roundtrip.gguf');

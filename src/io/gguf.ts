@@ -658,17 +658,22 @@ class ByteWriter {
     this.length += n;
     return at;
   }
+  // room() may replace this.buf, so it is called before this.buf is read.
   u8(v: number): void {
-    this.buf[this.room(1)] = v;
+    const at = this.room(1);
+    this.buf[at] = v;
   }
   u32(v: number): void {
-    this.buf.writeUInt32LE(v, this.room(4));
+    const at = this.room(4);
+    this.buf.writeUInt32LE(v, at);
   }
   u64(v: bigint | number): void {
-    this.buf.writeBigUInt64LE(BigInt(v), this.room(8));
+    const at = this.room(8);
+    this.buf.writeBigUInt64LE(BigInt(v), at);
   }
   raw(b: Uint8Array): void {
-    this.buf.set(b, this.room(b.length));
+    const at = this.room(b.length);
+    this.buf.set(b, at);
   }
   string(s: string): void {
     const b = Buffer.from(s, 'utf8');
