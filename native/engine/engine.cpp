@@ -86,6 +86,20 @@ EngineBase::EngineBase(const BertConfig& config, const TrainConfig& train) : cfg
     positive("max_position_embeddings", cfg_.max_position_embeddings);
     positive("type_vocab_size", cfg_.type_vocab_size);
     positive("num_labels", cfg_.num_labels);
+    auto at_most = [](const char* name, int v, int max) {
+        if (v > max)
+            throw EngineError(std::string("config.") + name + " = " + std::to_string(v) + " is too large: at most " +
+                              std::to_string(max) + " is supported");
+    };
+    using Max = BertConfigLimits;
+    at_most("vocab_size", cfg_.vocab_size, Max::vocab_size);
+    at_most("hidden_size", cfg_.hidden_size, Max::hidden_size);
+    at_most("num_hidden_layers", cfg_.num_hidden_layers, Max::num_hidden_layers);
+    at_most("num_attention_heads", cfg_.num_attention_heads, Max::num_attention_heads);
+    at_most("intermediate_size", cfg_.intermediate_size, Max::intermediate_size);
+    at_most("max_position_embeddings", cfg_.max_position_embeddings, Max::max_position_embeddings);
+    at_most("type_vocab_size", cfg_.type_vocab_size, Max::type_vocab_size);
+    at_most("num_labels", cfg_.num_labels, Max::num_labels);
     if (!(cfg_.layer_norm_eps >= 0.0f) || !std::isfinite(cfg_.layer_norm_eps))
         throw EngineError("config.layer_norm_eps must be a finite number >= 0, got " + std::to_string(cfg_.layer_norm_eps));
     if (cfg_.hidden_size % cfg_.num_attention_heads != 0)
@@ -219,6 +233,10 @@ void EngineBase::validate(const Batch& b, bool need_labels) const {
     if (b.B <= 0 || b.T <= 0)
         throw EngineError("batch must have at least one sequence of at least one token, got B=" +
                           std::to_string(b.B) + ", T=" + std::to_string(b.T));
+    // The kernels index rows of the (B*T, C) activations with an int.
+    if ((int64_t)b.B * b.T > INT32_MAX)
+        throw EngineError("batch of batchSize × seqLen = " + std::to_string(b.B) + " × " + std::to_string(b.T) +
+                          " tokens is too large: at most 2147483647 tokens per batch");
     if (b.T > cfg_.max_position_embeddings)
         throw EngineError("sequence length T=" + std::to_string(b.T) + " exceeds max_position_embeddings=" +
                           std::to_string(cfg_.max_position_embeddings) + ": truncate input_ids to at most " +
@@ -254,38 +272,44 @@ void EngineBase::validate(const Batch& b, bool need_labels) const {
 // ---- activation arena -------------------------------------------------------
 
 void CpuEngine::ensure_activations(int B, int T) {
+    // Floats for this (B, T), in double so that no shape overflows before the
+    // memory check has refused it; the same sums as lay_out_activations takes.
+    const double N = (double)B * T, C = cfg_.hidden_size, I = cfg_.intermediate_size;
+    const double TT = (double)B * cfg_.num_attention_heads * T * T, Bc = B, L = cfg_.num_labels;
+    auto al = [](double n) { return std::ceil(n / kAlign) * kAlign; };
+    const double per_layer = al(N * 3 * C) + al(TT) + 5 * al(N * C) + 4 * al(N) + 2 * al(N * I) + 2 * al(N * C);
+    const double total = 2 * al(N * C) + 2 * al(N) + per_layer * cfg_.num_hidden_layers + 3 * al(Bc * C) + al(Bc * L);
+    const double dtotal = 3 * al(N * C) + 2 * al(N * I) + al(N * 3 * C) + al(TT) + 3 * al(Bc * C) + al(Bc * L);
+    const double held = (double)acts_.size() + (double)dacts_.size();
+    // Grow to exactly what this batch needs (not max B × max T of all batches
+    // so far), and give memory back when a batch needs under a quarter of what
+    // is held, so one long batch does not pin its arena for every short one.
+    if (total > (double)acts_.size() || dtotal > (double)dacts_.size() || 4 * (total + dtotal) < held) {
+        // Free first: the old arena is not needed, and MemAvailable then counts it.
+        std::vector<float>().swap(acts_);
+        std::vector<float>().swap(dacts_);
+        const double bytes = (total + dtotal) * sizeof(float);
+        const std::string what = "activations for batchSize=" + std::to_string(B) + ", seqLen=" + std::to_string(T);
+        try {
+            require_memory((size_t)std::min(bytes, 1e18), what + " (use a smaller batch size or max_length)");
+            acts_.assign((size_t)total, 0.0f);
+            dacts_.assign((size_t)dtotal, 0.0f);
+        } catch (const std::bad_alloc&) {
+            std::vector<float>().swap(acts_);
+            std::vector<float>().swap(dacts_);
+            throw EngineError("out of memory: " + what + " need " + std::to_string((size_t)(bytes / (1 << 20))) +
+                              " MiB; use a smaller batch size or max_length");
+        }
+    }
     cur_B_ = B;
     cur_T_ = T;
-    if (B <= cap_B_ && T <= cap_T_) return;  // views laid out for the capacity fit
-    cap_B_ = std::max(B, cap_B_);
-    cap_T_ = std::max(T, cap_T_);
-    // Views are laid out for the capacity, so a smaller batch reuses them.
-    const size_t N = (size_t)cap_B_ * cap_T_, C = cfg_.hidden_size, I = cfg_.intermediate_size;
-    const size_t NH = cfg_.num_attention_heads, TT = (size_t)cap_B_ * NH * cap_T_ * cap_T_;
-    const size_t Bc = cap_B_, L = cfg_.num_labels;
-    const size_t per_layer = align_up(N * 3 * C) + align_up(TT) + 5 * align_up(N * C) + 4 * align_up(N) +
-                             2 * align_up(N * I) + 2 * align_up(N * C);
-    const size_t total = 2 * align_up(N * C) + 2 * align_up(N) + per_layer * cfg_.num_hidden_layers +
-                         3 * align_up(Bc * C) + align_up(Bc * L);
-    const size_t dtotal = 3 * align_up(N * C) + 2 * align_up(N * I) + align_up(N * 3 * C) + align_up(TT) +
-                          3 * align_up(Bc * C) + align_up(Bc * L);
-    const std::string what = "activations for batchSize=" + std::to_string(B) + ", seqLen=" + std::to_string(T);
-    try {
-        require_memory((total + dtotal) * sizeof(float), what + " (use a smaller batch size or max_length)");
-        acts_.assign(total, 0.0f);
-        dacts_.assign(dtotal, 0.0f);
-    } catch (const std::bad_alloc&) {
-        acts_ = {};
-        dacts_ = {};
-        cap_B_ = cap_T_ = 0;
-        throw EngineError("out of memory: " + what + " need " + std::to_string((total + dtotal) * 4 / (1 << 20)) +
-                          " MiB; use a smaller batch size or max_length");
-    } catch (const EngineError&) {
-        acts_ = {};
-        dacts_ = {};
-        cap_B_ = cap_T_ = 0;
-        throw;
-    }
+    lay_out_activations();
+}
+
+void CpuEngine::lay_out_activations() {
+    const size_t N = (size_t)cur_B_ * cur_T_, C = cfg_.hidden_size, I = cfg_.intermediate_size;
+    const size_t TT = (size_t)cur_B_ * cfg_.num_attention_heads * cur_T_ * cur_T_;
+    const size_t Bc = cur_B_, L = cfg_.num_labels;
     float* p = acts_.data();
     auto take = [&p](size_t n) { float* r = p; p += align_up(n); return r; };
     a_.emb = take(N * C);

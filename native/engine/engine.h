@@ -5,8 +5,9 @@
 //
 // Memory: one arena each for parameters, gradients, AdamW first and second
 // moments (all laid out by the same parameter table), and one activation
-// arena sized for the largest (B, T) seen; a step allocates nothing once the
-// activation arena fits the batch.
+// arena sized for the batch's B × T: grown when a batch needs more, given back
+// when one needs under a quarter of it; a step allocates nothing while the
+// batch shape stays in that range.
 #pragma once
 #include <cstdint>
 #include <stdexcept>
@@ -32,6 +33,22 @@ struct BertConfig {
     float hidden_dropout_prob = 0.1f;
     float attention_probs_dropout_prob = 0.1f;
     float classifier_dropout = 0.1f;  // resolved: HF's null means hidden_dropout_prob
+};
+
+// The largest config sizes an engine accepts, checked before anything is sized
+// from a config: far above any released BERT (bert-large: hidden 1024, 24
+// layers, vocab 30522, 512 positions), and small enough that a config cannot
+// make the engine loop or allocate for long before the memory check refuses
+// it, and that index products stay in range.
+struct BertConfigLimits {
+    static constexpr int vocab_size = 1 << 24;
+    static constexpr int hidden_size = 1 << 16;
+    static constexpr int num_hidden_layers = 1024;
+    static constexpr int num_attention_heads = 1 << 16;
+    static constexpr int intermediate_size = 1 << 18;
+    static constexpr int max_position_embeddings = 1 << 20;
+    static constexpr int type_vocab_size = 1 << 16;
+    static constexpr int num_labels = 1 << 20;
 };
 
 // Optimizer and loss settings (Hugging Face TrainingArguments names).
@@ -121,6 +138,8 @@ public:
     const ParamInfo& param(const std::string& name) const;  // throws EngineError
     size_t num_parameters() const { return n_params_; }
     virtual std::string device() const = 0;  // "cpu", "cuda:0 (NVIDIA H200, bf16)"
+    // Bytes the activation arenas hold now (0 where a device does not say).
+    virtual size_t activation_bytes() const { return 0; }
 
     // The four parameter-shaped arenas, copied in and out in float32.
     enum class Slot { Weight, Grad, ExpAvg, ExpAvgSq };
@@ -129,8 +148,9 @@ public:
     // Frozen parameters get no gradient (their slice is zeroed) and no update.
     void set_trainable(const std::string& name, bool trainable);
 
-    // Checks ids, mask, token types, labels and T against the config; throws
-    // EngineError naming the tensor, the position and the allowed range.
+    // Checks ids, mask, token types, labels, T and B × T (at most 2^31 - 1
+    // tokens) against the config; throws EngineError naming the tensor, the
+    // position and the allowed range.
     void validate(const Batch& batch, bool need_labels) const;
 
     // forward() and accumulate() validate the batch first (EngineError).
@@ -192,6 +212,7 @@ class CpuEngine final : public EngineBase {
 public:
     CpuEngine(const BertConfig& config, const TrainConfig& train);
     std::string device() const override { return "cpu"; }
+    size_t activation_bytes() const override { return (acts_.size() + dacts_.size()) * sizeof(float); }
     void read(const ParamInfo& p, Slot slot, float* dst) override;
     void write(const ParamInfo& p, Slot slot, const float* src) override;
     float forward(const Batch& batch, float* logits, bool train) override;
@@ -207,7 +228,9 @@ private:
     };
     void on_frozen(const ParamInfo& p) override;
     float* arena(Slot slot);
+    // Sizes the activation arenas for (B, T) and lays out the views.
     void ensure_activations(int B, int T);
+    void lay_out_activations();  // views into acts_/dacts_ for (cur_B_, cur_T_)
     void forward_impl(const Batch& batch, bool train);
     void backward_impl(const Batch& batch);
     void layer_forward(int l, const float* x, const int32_t* mask, bool train);
@@ -230,8 +253,7 @@ private:
     struct {
         float *dh, *dres, *dI1, *dI2, *dqkv, *datt, *dC, *dC2, *dlogits, *dpool1, *dpool2;
     } d_{};
-    int cap_B_ = 0, cap_T_ = 0;  // activation arena capacity
-    int cur_B_ = 0, cur_T_ = 0;
+    int cur_B_ = 0, cur_T_ = 0;  // the batch the activation views are laid out for
 };
 
 }  // namespace nt
