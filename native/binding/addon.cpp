@@ -1,13 +1,35 @@
 // The only file that knows Node-API. Exposes one class, Engine, wrapping
-// nt::Engine. Long operations (forward, accumulate, step, trainStep) run on
+// nt::EngineBase. Long operations (forward, accumulate, step, trainStep) run on
 // the libuv thread pool through one AsyncWorker and resolve a Promise; every
 // C++ exception becomes a thrown JS Error or a rejected Promise.
+//
+// The caller may be hostile (issue 18): reading an argument can run
+// JavaScript — a getter, a Proxy trap — and that JavaScript can call back into
+// the same engine (dispose it, start a forward). So every entry point is
+// written in four phases, in this order, and nothing else:
+//   1. read   all of its JavaScript arguments into C++ values (read_batch,
+//             read_int, an options object's fields, ...). The engine is not
+//             touched: it may be disposed, or busy, by the time this returns.
+//   2. take   the engine: slot_.Use(method) for a synchronous call, or
+//             slot_.Queue(env, method, work, build) for a long one. Both throw
+//             "disposed" / "busy". From here no JavaScript runs until phase 4,
+//             so nothing can come in between the check and the use.
+//   3. use    the engine — synchronously, or `work` on the thread pool — and
+//             produce C++ values only.
+//   4. build  the JavaScript result from those values (`build` runs on the
+//             main thread for a queued call). Setting a key on a new object can
+//             run a setter on Object.prototype, so the engine is not used here.
+// A second engine kind is another ObjectWrap holding an EngineSlot<ItsEngine>
+// and following the same phases; EngineSlot and EngineWorker are generic.
 #include <napi.h>
 
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/engine.h"
@@ -19,36 +41,87 @@ using nt::EngineError;
 
 using nt::OwnedBatch;  // a batch copied out of JS memory, owned by the worker thread
 
-int get_int(const Napi::Object& o, const char* key, const char* what, bool required, int fallback) {
-    Napi::Value v = o.Get(key);
-    if (v.IsUndefined() || v.IsNull()) {
-        if (required) throw EngineError(std::string(what) + "." + key + " is required (a positive integer)");
+// ---- phase 1: JavaScript values → C++ values -----------------------------------
+// Everything here may run JavaScript (getters, Proxy traps). Numbers are read
+// as they are, never coerced: valueOf and Symbol.toPrimitive are not called.
+
+// What the caller typed: 1e12 as 1000000000000, 2.5 as 2.5, NaN as nan.
+std::string num(double d, int digits = 15) {
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%.*g", digits, d);
+    return buf;
+}
+
+// "a string", "an object", ... for "must be X, got Y" messages.
+std::string type_name(const Napi::Value& v) {
+    switch (v.Type()) {
+        case napi_undefined: return "undefined";
+        case napi_null: return "null";
+        case napi_boolean: return "a boolean";
+        case napi_number: return "a number";
+        case napi_string: return "a string";
+        case napi_symbol: return "a symbol";
+        case napi_function: return "a function";
+        case napi_external: return "an external";
+        case napi_bigint: return "a bigint";
+        case napi_object: return v.IsArray() ? "an array" : v.IsTypedArray() ? "a typed array" : "an object";
+    }
+    return "a value";
+}
+
+bool absent(const Napi::Value& v) { return v.IsUndefined() || v.IsNull(); }
+
+// o[key] as an int: absent → `fallback` (or an error when required).
+int read_int(const Napi::Object& o, const char* key, const std::string& what, bool required, int fallback) {
+    const Napi::Value v = o.Get(key);
+    const std::string name = what + "." + key;
+    if (absent(v)) {
+        if (required) throw EngineError(name + " is required (a positive integer)");
         return fallback;
     }
-    if (!v.IsNumber()) throw EngineError(std::string(what) + "." + key + " must be a number");
+    if (!v.IsNumber()) throw EngineError(name + " must be a number, got " + type_name(v));
     const double d = v.As<Napi::Number>().DoubleValue();
-    if (d != (double)(int64_t)d || d > 2147483647.0 || d < -2147483648.0)
-        throw EngineError(std::string(what) + "." + key + " must be an integer, got " + std::to_string(d));
+    if (!std::isfinite(d) || d != std::floor(d)) throw EngineError(name + " must be an integer, got " + num(d));
+    if (d > 2147483647.0) throw EngineError(name + " = " + num(d) + " is too large: expected at most 2147483647");
+    if (d < -2147483648.0) throw EngineError(name + " = " + num(d) + " is too small: expected at least -2147483648");
     return (int)d;
 }
 
-float get_float(const Napi::Object& o, const char* key, const char* what, float fallback) {
-    Napi::Value v = o.Get(key);
-    if (v.IsUndefined() || v.IsNull()) return fallback;
-    if (!v.IsNumber()) throw EngineError(std::string(what) + "." + key + " must be a number");
-    return v.As<Napi::Number>().FloatValue();
+// o[key] as a double: absent → nullopt.
+std::optional<double> read_number(const Napi::Object& o, const char* key, const std::string& what) {
+    const Napi::Value v = o.Get(key);
+    if (absent(v)) return std::nullopt;
+    if (!v.IsNumber()) throw EngineError(what + "." + key + " must be a number, got " + type_name(v));
+    return v.As<Napi::Number>().DoubleValue();
 }
 
-std::vector<int32_t> copy_int32(const Napi::Object& batch, const char* key, size_t expected, const std::string& expect_desc,
+float read_float(const Napi::Object& o, const char* key, const std::string& what, float fallback) {
+    const auto d = read_number(o, key, what);
+    return d ? (float)*d : fallback;
+}
+
+// o[key] as a string: absent → `fallback`.
+std::string read_string(const Napi::Object& o, const char* key, const std::string& what, const char* fallback,
+                        const char* expect) {
+    const Napi::Value v = o.Get(key);
+    if (absent(v)) return fallback;
+    if (!v.IsString()) throw EngineError(what + "." + key + " must be a string (" + expect + "), got " + type_name(v));
+    return v.As<Napi::String>().Utf8Value();
+}
+
+bool detached(const Napi::TypedArray& a) { return a.ArrayBuffer().IsDetached(); }
+
+// An Int32Array's contents, copied (the worker thread reads them after JS has moved on).
+std::vector<int32_t> copy_int32(const Napi::Value& v, const char* key, size_t expected, const std::string& expect_desc,
                                 bool required, int32_t fill) {
-    Napi::Value v = batch.Get(key);
-    if (v.IsUndefined() || v.IsNull()) {
+    if (absent(v)) {
         if (required) throw EngineError(std::string("batch.") + key + " is required: expected an Int32Array of length " + expect_desc);
         return std::vector<int32_t>(expected, fill);
     }
     if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
         throw EngineError(std::string("batch.") + key + " must be an Int32Array of length " + expect_desc);
     auto a = v.As<Napi::Int32Array>();
+    if (detached(a)) throw EngineError(std::string("batch.") + key + "'s buffer is detached: expected an Int32Array of length " + expect_desc);
     if (a.ElementLength() != expected)
         throw EngineError(std::string("batch.") + key + " has length " + std::to_string(a.ElementLength()) +
                           ", expected " + expect_desc);
@@ -59,66 +132,187 @@ OwnedBatch read_batch(const Napi::Value& value, bool need_labels) {
     if (!value.IsObject()) throw EngineError("batch must be an object {input_ids, attention_mask, token_type_ids, labels, batchSize, seqLen}");
     auto o = value.As<Napi::Object>();
     OwnedBatch b;
-    b.B = get_int(o, "batchSize", "batch", true, 0);
-    b.T = get_int(o, "seqLen", "batch", true, 0);
+    b.B = read_int(o, "batchSize", "batch", true, 0);
+    b.T = read_int(o, "seqLen", "batch", true, 0);
     if (b.B <= 0 || b.T <= 0)
         throw EngineError("batch.batchSize and batch.seqLen must be positive, got " + std::to_string(b.B) + " and " +
                           std::to_string(b.T));
     const size_t n = (size_t)b.B * b.T;
     const std::string bt = "batchSize × seqLen = " + std::to_string(b.B) + " × " + std::to_string(b.T) + " = " + std::to_string(n);
-    b.input_ids = copy_int32(o, "input_ids", n, bt, true, 0);
-    b.attention_mask = copy_int32(o, "attention_mask", n, bt, false, 1);
-    b.token_type_ids = copy_int32(o, "token_type_ids", n, bt, false, 0);
-    Napi::Value labels = o.Get("labels");
-    if (need_labels || !(labels.IsUndefined() || labels.IsNull()))
-        b.labels = copy_int32(o, "labels", b.B, "batchSize = " + std::to_string(b.B), true, 0);
+    b.input_ids = copy_int32(o.Get("input_ids"), "input_ids", n, bt, true, 0);
+    b.attention_mask = copy_int32(o.Get("attention_mask"), "attention_mask", n, bt, false, 1);
+    b.token_type_ids = copy_int32(o.Get("token_type_ids"), "token_type_ids", n, bt, false, 0);
+    const Napi::Value labels = o.Get("labels");  // read once: a getter may answer differently twice
+    if (need_labels || !absent(labels))
+        b.labels = copy_int32(labels, "labels", b.B, "batchSize = " + std::to_string(b.B), true, 0);
     return b;
 }
 
-// Runs `work` on the thread pool; `done` turns its result into JS on the main
-// thread. `finally` runs on the main thread either way (clears the busy flag).
-class EngineWorker : public Napi::AsyncWorker {
+// info[i] as an options object, or an error naming the call.
+Napi::Object options_arg(const Napi::CallbackInfo& info, size_t i, const std::string& what) {
+    if (info.Length() <= i || !info[i].IsObject()) throw EngineError(what + " required");
+    return info[i].As<Napi::Object>();
+}
+
+std::string name_arg(const Napi::CallbackInfo& info, const char* method) {
+    if (info.Length() < 1 || !info[0].IsString())
+        throw EngineError(std::string("Engine.") + method + "(name): name must be a parameter name string");
+    return info[0].As<Napi::String>().Utf8Value();
+}
+
+// A float in [0, inf), finite: a learning rate, a loss scale.
+float finite_non_negative(double d, const std::string& what, const char* why) {
+    if (!(d >= 0.0) || !std::isfinite(d)) throw EngineError(what + " must be a finite number >= 0" + why + ", got " + num(d));
+    return (float)d;
+}
+
+// ---- one engine, at most one worker ---------------------------------------------
+
+// What an engine's JS wrapper and its running worker share. Both hold it by
+// shared_ptr, so the engine lives until the last of them lets go: a wrapper
+// collected — or finalized by a worker thread being torn down — while its
+// step runs leaves the engine to that step.
+template <typename E>
+struct Held {
+    std::unique_ptr<E> engine;  // null once disposed
+    bool busy = false;          // a worker owns the engine; only that worker clears it
+};
+
+// One long call: `work` (phase 3) on the thread pool, `build` (phase 4) on the
+// main thread, a Promise settled with the result.
+template <typename E, typename Result>
+class EngineWorker final : public Napi::AsyncWorker {
 public:
-    // `owner` (the JS Engine) is kept alive until the work is done, so the
-    // native engine cannot be collected under a running step.
-    EngineWorker(Napi::Env env, const Napi::Object& owner, std::function<void()> work,
-                 std::function<Napi::Value(Napi::Env)> done, std::function<void()> finally)
+    using Work = std::function<Result(E&)>;
+    using Build = std::function<Napi::Value(Napi::Env, Result&)>;
+
+    EngineWorker(Napi::Env env, std::shared_ptr<Held<E>> held, Work work, Build build)
         : Napi::AsyncWorker(env, "nodetune.Engine"), deferred_(Napi::Promise::Deferred::New(env)),
-          owner_(Napi::Persistent(owner)), work_(std::move(work)), done_(std::move(done)),
-          finally_(std::move(finally)) {}
+          held_(std::move(held)), work_(std::move(work)), build_(std::move(build)) {}
+    ~EngineWorker() override { Release(); }  // a cancelled work never reaches OnOK/OnError
+
     Napi::Promise Promise() const { return deferred_.Promise(); }
+
     void Execute() override {
         try {
-            work_();
+            result_ = work_(*held_->engine);
         } catch (const std::exception& e) {
             SetError(e.what());
         } catch (...) {
             SetError("unknown native error in the nodetune engine");
         }
     }
+
+    // OnOK and OnError also run while an environment is torn down (a worker
+    // thread that exited or was terminated during the step): no JavaScript can
+    // run then, the promise cannot be settled, and node-addon-api reports that
+    // as a C++ exception which, leaving here, would abort the whole process.
+    // So the engine is released first and every exception is caught.
     void OnOK() override {
-        finally_();
-        Napi::Value result;
+        Release();
         try {
-            result = done_(Env());
-        } catch (const std::exception& e) {
-            deferred_.Reject(Napi::Error::New(Env(), e.what()).Value());
-            return;
+            Napi::Value value;
+            try {
+                value = build_(Env(), result_);
+            } catch (const Napi::Error& e) {  // JavaScript threw while the result was built (a prototype setter)
+                deferred_.Reject(e.Value());
+                return;
+            } catch (const std::exception& e) {
+                deferred_.Reject(Napi::Error::New(Env(), e.what()).Value());
+                return;
+            }
+            deferred_.Resolve(value);
+        } catch (...) {
+            // The environment is going away: nobody is left to receive the result.
         }
-        deferred_.Resolve(result);
     }
+
     void OnError(const Napi::Error& e) override {
-        finally_();
-        deferred_.Reject(e.Value());
+        Release();
+        try {
+            deferred_.Reject(e.Value());
+        } catch (...) {
+            // As in OnOK.
+        }
     }
 
 private:
+    void Release() {
+        if (!held_) return;
+        held_->busy = false;
+        held_.reset();
+    }
+
     Napi::Promise::Deferred deferred_;
-    Napi::ObjectReference owner_;
-    std::function<void()> work_;
-    std::function<Napi::Value(Napi::Env)> done_;
-    std::function<void()> finally_;
+    std::shared_ptr<Held<E>> held_;
+    Work work_;
+    Build build_;
+    Result result_{};
 };
+
+// Phase 2: the only way an entry point reaches its engine.
+template <typename E>
+class EngineSlot {
+public:
+    explicit EngineSlot(const char* cls) : cls_(cls), held_(std::make_shared<Held<E>>()) {}
+
+    void Set(std::unique_ptr<E> engine) { held_->engine = std::move(engine); }
+
+    // For a synchronous call, after its arguments are read; throws when disposed or busy.
+    E& Use(const char* method) const {
+        Check(method);
+        return *held_->engine;
+    }
+
+    // For a long call, after its arguments are read: takes the engine for one
+    // worker and returns that worker's Promise. Nothing from the check to the
+    // queueing runs JavaScript, so no second call can slip in between.
+    template <typename Result>
+    Napi::Value Queue(Napi::Env env, const char* method, std::function<Result(E&)> work,
+                      std::function<Napi::Value(Napi::Env, Result&)> build) {
+        Check(method);
+        auto* w = new EngineWorker<E, Result>(env, held_, std::move(work), std::move(build));
+        Napi::Promise promise = w->Promise();
+        held_->busy = true;
+        try {
+            w->Queue();
+        } catch (...) {
+            delete w;  // releases busy
+            throw;
+        }
+        return promise;
+    }
+
+    void Dispose(const char* method) {
+        if (held_->busy) throw EngineError(std::string(cls_) + "." + method + "(): a forward/trainStep is running; await it first");
+        held_->engine.reset();
+    }
+
+private:
+    void Check(const char* method) const {
+        if (!held_->engine) throw EngineError(std::string(cls_) + "." + method + "(): the engine has been disposed");
+        if (held_->busy)
+            throw EngineError(std::string(cls_) + "." + method +
+                              "(): the engine is busy with a forward/trainStep; await it before calling again");
+    }
+
+    const char* cls_;
+    std::shared_ptr<Held<E>> held_;
+};
+
+// Runs f, turning C++ exceptions into a thrown JS Error.
+template <typename F>
+auto Guard(Napi::Env env, F&& f) -> decltype(f()) {
+    try {
+        return f();
+    } catch (const Napi::Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        throw Napi::Error::New(env, e.what());
+    }
+}
+
+// ---- the BERT engine ----------------------------------------------------------------
 
 class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 public:
@@ -137,6 +331,7 @@ public:
                                InstanceMethod("getCounters", &EngineWrap::GetCounters),
                                InstanceMethod("setCounters", &EngineWrap::SetCounters),
                                InstanceMethod("numParameters", &EngineWrap::NumParameters),
+                               InstanceMethod("activationBytes", &EngineWrap::ActivationBytes),
                                InstanceMethod("device", &EngineWrap::Device),
                                InstanceMethod("forward", &EngineWrap::Forward),
                                InstanceMethod("accumulate", &EngineWrap::Accumulate),
@@ -147,268 +342,293 @@ public:
                            });
     }
 
+    // No engine exists until every config and option value has been read.
     explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
         Guard(info.Env(), [&] {
             if (info.Length() < 1 || !info[0].IsObject())
                 throw EngineError("new Engine(config, options): config must be an object with Hugging Face BertConfig fields");
             auto c = info[0].As<Napi::Object>();
             nt::BertConfig cfg;
-            cfg.vocab_size = get_int(c, "vocab_size", "config", true, 0);
-            cfg.hidden_size = get_int(c, "hidden_size", "config", true, 0);
-            cfg.num_hidden_layers = get_int(c, "num_hidden_layers", "config", true, 0);
-            cfg.num_attention_heads = get_int(c, "num_attention_heads", "config", true, 0);
-            cfg.intermediate_size = get_int(c, "intermediate_size", "config", true, 0);
-            cfg.max_position_embeddings = get_int(c, "max_position_embeddings", "config", true, 0);
-            cfg.type_vocab_size = get_int(c, "type_vocab_size", "config", true, 0);
-            cfg.num_labels = get_int(c, "num_labels", "config", true, 0);
-            cfg.pad_token_id = get_int(c, "pad_token_id", "config", false, 0);
-            cfg.layer_norm_eps = get_float(c, "layer_norm_eps", "config", 1e-12f);
-            cfg.hidden_dropout_prob = get_float(c, "hidden_dropout_prob", "config", 0.1f);
-            cfg.attention_probs_dropout_prob = get_float(c, "attention_probs_dropout_prob", "config", 0.1f);
-            cfg.classifier_dropout = get_float(c, "classifier_dropout", "config", cfg.hidden_dropout_prob);
+            cfg.vocab_size = read_int(c, "vocab_size", "config", true, 0);
+            cfg.hidden_size = read_int(c, "hidden_size", "config", true, 0);
+            cfg.num_hidden_layers = read_int(c, "num_hidden_layers", "config", true, 0);
+            cfg.num_attention_heads = read_int(c, "num_attention_heads", "config", true, 0);
+            cfg.intermediate_size = read_int(c, "intermediate_size", "config", true, 0);
+            cfg.max_position_embeddings = read_int(c, "max_position_embeddings", "config", true, 0);
+            cfg.type_vocab_size = read_int(c, "type_vocab_size", "config", true, 0);
+            cfg.num_labels = read_int(c, "num_labels", "config", true, 0);
+            cfg.pad_token_id = read_int(c, "pad_token_id", "config", false, 0);
+            cfg.layer_norm_eps = read_float(c, "layer_norm_eps", "config", 1e-12f);
+            cfg.hidden_dropout_prob = read_float(c, "hidden_dropout_prob", "config", 0.1f);
+            cfg.attention_probs_dropout_prob = read_float(c, "attention_probs_dropout_prob", "config", 0.1f);
+            cfg.classifier_dropout = read_float(c, "classifier_dropout", "config", cfg.hidden_dropout_prob);
             nt::TrainConfig tc;
             Napi::Object o = info.Length() > 1 && info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(info.Env());
-            tc.adam_beta1 = get_float(o, "adam_beta1", "options", tc.adam_beta1);
-            tc.adam_beta2 = get_float(o, "adam_beta2", "options", tc.adam_beta2);
-            tc.adam_epsilon = get_float(o, "adam_epsilon", "options", tc.adam_epsilon);
-            tc.weight_decay = get_float(o, "weight_decay", "options", tc.weight_decay);
-            tc.max_grad_norm = get_float(o, "max_grad_norm", "options", tc.max_grad_norm);
-            tc.label_smoothing_factor = get_float(o, "label_smoothing_factor", "options", 0.0f);
+            tc.adam_beta1 = read_float(o, "adam_beta1", "options", tc.adam_beta1);
+            tc.adam_beta2 = read_float(o, "adam_beta2", "options", tc.adam_beta2);
+            tc.adam_epsilon = read_float(o, "adam_epsilon", "options", tc.adam_epsilon);
+            tc.weight_decay = read_float(o, "weight_decay", "options", tc.weight_decay);
+            tc.max_grad_norm = read_float(o, "max_grad_norm", "options", tc.max_grad_norm);
+            tc.label_smoothing_factor = read_float(o, "label_smoothing_factor", "options", 0.0f);
             if (tc.label_smoothing_factor < 0.0f || tc.label_smoothing_factor > 1.0f)
                 throw EngineError("options.label_smoothing_factor must be in [0, 1]");
-            tc.threads = get_int(o, "threads", "options", false, 0);
-            Napi::Value seed = o.Get("seed");
-            if (seed.IsNumber()) tc.seed = (uint64_t)seed.As<Napi::Number>().Int64Value();
-            else if (seed.IsBigInt()) { bool lossless; tc.seed = seed.As<Napi::BigInt>().Uint64Value(&lossless); }
-            Napi::Value cw = o.Get("class_weights");
+            tc.threads = read_int(o, "threads", "options", false, 0);
+            const Napi::Value seed = o.Get("seed");
+            if (seed.IsNumber()) {
+                const double d = seed.As<Napi::Number>().DoubleValue();
+                if (!std::isfinite(d)) throw EngineError("options.seed must be a finite number, got " + num(d));
+                tc.seed = (uint64_t)seed.As<Napi::Number>().Int64Value();
+            } else if (seed.IsBigInt()) {
+                bool lossless;
+                tc.seed = seed.As<Napi::BigInt>().Uint64Value(&lossless);
+            } else if (!absent(seed)) {
+                throw EngineError("options.seed must be a number or a bigint, got " + type_name(seed));
+            }
+            const Napi::Value cw = o.Get("class_weights");
             if (cw.IsTypedArray() && cw.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array) {
                 auto a = cw.As<Napi::Float32Array>();
+                if (detached(a)) throw EngineError("options.class_weights's buffer is detached: expected a Float32Array of num_labels entries");
+                if (a.ElementLength() == 0)
+                    throw EngineError("options.class_weights is empty: expected a Float32Array of num_labels entries (omit it for equal weights)");
                 tc.class_weights.assign(a.Data(), a.Data() + a.ElementLength());
-            } else if (!cw.IsUndefined() && !cw.IsNull()) {
-                throw EngineError("options.class_weights must be a Float32Array of num_labels entries");
+            } else if (!absent(cw)) {
+                throw EngineError("options.class_weights must be a Float32Array of num_labels entries, got " + type_name(cw));
             }
-            const std::string device = o.Get("device").IsString() ? o.Get("device").As<Napi::String>().Utf8Value() : "cpu";
-            const std::string precision =
-                o.Get("precision").IsString() ? o.Get("precision").As<Napi::String>().Utf8Value() : "fp32";
-            engine_ = nt::make_engine(cfg, tc, nt::parse_device(device, precision));
+            const std::string device = read_string(o, "device", "options", "cpu", "'cpu', 'cuda' or 'cuda:N'");
+            const std::string precision = read_string(o, "precision", "options", "fp32", "'fp32' or 'bf16'");
+            slot_.Set(nt::make_engine(cfg, tc, nt::parse_device(device, precision)));
         });
     }
 
 private:
-    std::unique_ptr<nt::EngineBase> engine_;
-    bool busy_ = false;
-
-    // Runs f, turning C++ exceptions into a thrown JS Error.
-    template <typename F>
-    static auto Guard(Napi::Env env, F&& f) -> decltype(f()) {
-        try {
-            return f();
-        } catch (const Napi::Error&) {
-            throw;
-        } catch (const std::exception& e) {
-            throw Napi::Error::New(env, e.what());
-        }
-    }
-
-    nt::EngineBase& Live(const char* method) {
-        if (!engine_) throw EngineError(std::string("Engine.") + method + "(): the engine has been disposed");
-        if (busy_)
-            throw EngineError(std::string("Engine.") + method +
-                              "(): the engine is busy with a forward/trainStep; await it before calling again");
-        return *engine_;
-    }
-
-    std::string Name(const Napi::CallbackInfo& info, const char* method) {
-        if (info.Length() < 1 || !info[0].IsString())
-            throw EngineError(std::string("Engine.") + method + "(name): name must be a parameter name string");
-        return info[0].As<Napi::String>().Utf8Value();
-    }
-
+    using Engine = nt::EngineBase;
     using Slot = nt::EngineBase::Slot;
 
-    Napi::Float32Array Read(Napi::Env env, nt::EngineBase& e, const nt::ParamInfo& p, Slot slot) {
-        auto a = Napi::Float32Array::New(env, p.numel);
+    EngineSlot<Engine> slot_{"Engine"};
+
+    // "[2, 32]" for messages.
+    static std::string shape_text(const nt::ParamInfo& p) {
+        std::string s = "[";
+        for (size_t i = 0; i < p.shape.size(); i++) s += (i ? ", " : "") + std::to_string(p.shape[i]);
+        return s + "]";
+    }
+
+    // Phase 3 reading of a Float32Array captured in phase 1: only now, after
+    // every getter has run, are its type, buffer and length looked at (none
+    // of which runs JavaScript).
+    static const float* f32_data(const Napi::Value& v, const nt::ParamInfo& p, const std::string& what) {
+        if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+            throw EngineError(what + ": expected a Float32Array of " + std::to_string(p.numel) + " values (shape " +
+                              shape_text(p) + ")");
+        auto a = v.As<Napi::Float32Array>();
+        if (detached(a)) throw EngineError(what + ": the Float32Array's buffer is detached");
+        if (a.ElementLength() != p.numel)
+            throw EngineError(what + ": got " + std::to_string(a.ElementLength()) + " values, expected " +
+                              std::to_string(p.numel) + " (shape " + shape_text(p) + ")");
+        return a.Data();
+    }
+
+    static Napi::Float32Array ReadSlot(Napi::Env env, Engine& e, const nt::ParamInfo& p, Slot slot) {
+        auto a = Napi::Float32Array::New(env, p.numel);  // allocating runs no JavaScript
         e.read(p, slot, a.Data());
         return a;
     }
 
-    void CopyIn(const Napi::Value& v, nt::EngineBase& e, const nt::ParamInfo& p, Slot slot, const char* method) {
-        std::string shape = "[";
-        for (size_t i = 0; i < p.shape.size(); i++) shape += (i ? ", " : "") + std::to_string(p.shape[i]);
-        shape += "]";
-        if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-            throw EngineError(std::string("Engine.") + method + "('" + p.name + "'): expected a Float32Array of " +
-                              std::to_string(p.numel) + " values (shape " + shape + ")");
-        auto a = v.As<Napi::Float32Array>();
-        if (a.ElementLength() != p.numel)
-            throw EngineError(std::string("Engine.") + method + "('" + p.name + "'): got " + std::to_string(a.ElementLength()) +
-                              " values, expected " + std::to_string(p.numel) + " (shape " + shape + ")");
-        e.write(p, slot, a.Data());
-    }
-
     Napi::Value ParameterNames(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            auto& e = Live("parameterNames");
-            auto arr = Napi::Array::New(info.Env(), e.params().size());
-            for (size_t i = 0; i < e.params().size(); i++) arr.Set(i, e.params()[i].name);
+            std::vector<std::string> names;
+            for (const auto& p : slot_.Use("parameterNames").params()) names.push_back(p.name);
+            auto arr = Napi::Array::New(info.Env(), names.size());
+            for (size_t i = 0; i < names.size(); i++) arr.Set(i, names[i]);
             return arr;
         });
     }
 
     Napi::Value ParameterShape(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            const auto& p = Live("parameterShape").param(Name(info, "parameterShape"));
-            auto arr = Napi::Array::New(info.Env(), p.shape.size());
-            for (size_t i = 0; i < p.shape.size(); i++) arr.Set(i, (double)p.shape[i]);
+            const std::string name = name_arg(info, "parameterShape");
+            const std::vector<int64_t> shape = slot_.Use("parameterShape").param(name).shape;
+            auto arr = Napi::Array::New(info.Env(), shape.size());
+            for (size_t i = 0; i < shape.size(); i++) arr.Set(i, (double)shape[i]);
             return arr;
         });
     }
 
     Napi::Value GetWeight(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            auto& e = Live("getWeight");
-            const auto& p = e.param(Name(info, "getWeight"));
-            return Read(info.Env(), e, p, Slot::Weight);
+            const std::string name = name_arg(info, "getWeight");
+            Engine& e = slot_.Use("getWeight");
+            return ReadSlot(info.Env(), e, e.param(name), Slot::Weight);
         });
     }
 
     Napi::Value SetWeight(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            auto& e = Live("setWeight");
-            const auto& p = e.param(Name(info, "setWeight"));
-            CopyIn(info[1], e, p, Slot::Weight, "setWeight");
+            const std::string name = name_arg(info, "setWeight");
+            const Napi::Value data = info[1];
+            Engine& e = slot_.Use("setWeight");
+            const auto& p = e.param(name);
+            e.write(p, Slot::Weight, f32_data(data, p, "Engine.setWeight('" + name + "')"));
             return info.Env().Undefined();
         });
     }
 
     Napi::Value GetGradient(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            auto& e = Live("getGradient");
-            const auto& p = e.param(Name(info, "getGradient"));
-            return Read(info.Env(), e, p, Slot::Grad);
+            const std::string name = name_arg(info, "getGradient");
+            Engine& e = slot_.Use("getGradient");
+            return ReadSlot(info.Env(), e, e.param(name), Slot::Grad);
         });
     }
 
     Napi::Value GetOptimizerState(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            auto& e = Live("getOptimizerState");
-            const auto& p = e.param(Name(info, "getOptimizerState"));
-            auto o = Napi::Object::New(info.Env());
-            o.Set("exp_avg", Read(info.Env(), e, p, Slot::ExpAvg));
-            o.Set("exp_avg_sq", Read(info.Env(), e, p, Slot::ExpAvgSq));
+            const std::string name = name_arg(info, "getOptimizerState");
+            Engine& e = slot_.Use("getOptimizerState");
+            const auto& p = e.param(name);
+            Napi::Float32Array m = ReadSlot(info.Env(), e, p, Slot::ExpAvg);
+            Napi::Float32Array v = ReadSlot(info.Env(), e, p, Slot::ExpAvgSq);
+            auto o = Napi::Object::New(info.Env());  // phase 4: the engine is done with
+            o.Set("exp_avg", m);
+            o.Set("exp_avg_sq", v);
             return o;
         });
     }
 
+    // exp_avg must be finite and exp_avg_sq finite and >= 0: AdamW divides by
+    // sqrt(exp_avg_sq), and a NaN moment turns every later update into NaN
+    // while the gradient norm (all the step checks) stays finite.
+    static void check_moments(const float* m, const float* v, const nt::ParamInfo& p, const std::string& what) {
+        for (size_t i = 0; i < p.numel; i++)
+            if (!std::isfinite(m[i]))
+                throw EngineError(what + ": exp_avg[" + std::to_string(i) + "] = " + num(m[i], 8) +
+                                  ": expected finite values (a NaN or infinite moment poisons every later update)");
+        for (size_t i = 0; i < p.numel; i++)
+            if (!(v[i] >= 0.0f) || !std::isfinite(v[i]))
+                throw EngineError(what + ": exp_avg_sq[" + std::to_string(i) + "] = " + num(v[i], 8) +
+                                  ": expected a finite number >= 0 (a running mean of squared gradients)");
+    }
+
     Napi::Value SetOptimizerState(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            auto& e = Live("setOptimizerState");
-            const auto& p = e.param(Name(info, "setOptimizerState"));
-            if (info.Length() < 2 || !info[1].IsObject())
-                throw EngineError("Engine.setOptimizerState(name, {exp_avg, exp_avg_sq}): state object required");
-            auto o = info[1].As<Napi::Object>();
-            CopyIn(o.Get("exp_avg"), e, p, Slot::ExpAvg, "setOptimizerState");
-            CopyIn(o.Get("exp_avg_sq"), e, p, Slot::ExpAvgSq, "setOptimizerState");
+            const std::string name = name_arg(info, "setOptimizerState");
+            const Napi::Object o = options_arg(info, 1, "Engine.setOptimizerState(name, {exp_avg, exp_avg_sq}): state object");
+            const Napi::Value m = o.Get("exp_avg");
+            const Napi::Value v = o.Get("exp_avg_sq");
+            Engine& e = slot_.Use("setOptimizerState");
+            const auto& p = e.param(name);
+            const std::string what = "Engine.setOptimizerState('" + name + "')";
+            const float* md = f32_data(m, p, what + " exp_avg");
+            const float* vd = f32_data(v, p, what + " exp_avg_sq");
+            check_moments(md, vd, p, what);
+            e.write(p, Slot::ExpAvg, md);
+            e.write(p, Slot::ExpAvgSq, vd);
             return info.Env().Undefined();
         });
     }
 
     Napi::Value SetTrainable(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            auto& e = Live("setTrainable");
-            const std::string name = Name(info, "setTrainable");
+            const std::string name = name_arg(info, "setTrainable");
             if (info.Length() < 2 || !info[1].IsBoolean())
                 throw EngineError("Engine.setTrainable(name, trainable): trainable must be a boolean");
-            e.set_trainable(name, info[1].As<Napi::Boolean>().Value());
+            const bool trainable = info[1].As<Napi::Boolean>().Value();
+            slot_.Use("setTrainable").set_trainable(name, trainable);
             return info.Env().Undefined();
         });
     }
 
     Napi::Value IsTrainable(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            return Napi::Boolean::New(info.Env(), Live("isTrainable").param(Name(info, "isTrainable")).trainable);
+            const std::string name = name_arg(info, "isTrainable");
+            const bool trainable = slot_.Use("isTrainable").param(name).trainable;
+            return Napi::Boolean::New(info.Env(), trainable);
         });
     }
 
     Napi::Value GetCounters(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            auto& e = Live("getCounters");
+            Engine& e = slot_.Use("getCounters");
+            const double t = (double)e.optimizer_step(), ms = (double)e.micro_step();
             auto o = Napi::Object::New(info.Env());
-            o.Set("optimizerStep", (double)e.optimizer_step());
-            o.Set("microStep", (double)e.micro_step());
+            o.Set("optimizerStep", t);
+            o.Set("microStep", ms);
             return o;
         });
     }
 
     Napi::Value SetCounters(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            auto& e = Live("setCounters");
-            if (info.Length() < 1 || !info[0].IsObject())
-                throw EngineError("Engine.setCounters({optimizerStep, microStep}): object required");
-            auto o = info[0].As<Napi::Object>();
-            auto counter = [&](const char* key, double fallback) {
-                Napi::Value v = o.Get(key);
-                const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
-                if (!(d >= 0 && d <= 9007199254740991.0) || d != std::floor(d))
-                    throw EngineError(std::string("Engine.setCounters: ") + key + " must be an integer in [0, 2^53), got " + std::to_string(d));
+            const Napi::Object o = options_arg(info, 0, "Engine.setCounters({optimizerStep, microStep}): object");
+            auto counter = [&](const char* key) -> std::optional<double> {
+                const auto d = read_number(o, key, "Engine.setCounters: options");
+                if (d && (!(*d >= 0 && *d <= 9007199254740991.0) || *d != std::floor(*d)))
+                    throw EngineError(std::string("Engine.setCounters: ") + key + " must be an integer in [0, 2^53), got " + num(*d));
                 return d;
             };
-            const int64_t t = (int64_t)counter("optimizerStep", (double)e.optimizer_step());
-            const double ms = counter("microStep", (double)e.micro_step());
-            e.set_optimizer_step(t);
-            e.set_micro_step((uint64_t)ms);
+            const auto t = counter("optimizerStep");
+            const auto ms = counter("microStep");
+            Engine& e = slot_.Use("setCounters");
+            if (t) e.set_optimizer_step((int64_t)*t);
+            if (ms) e.set_micro_step((uint64_t)*ms);
             return info.Env().Undefined();
         });
     }
 
     Napi::Value NumParameters(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            return Napi::Number::New(info.Env(), (double)Live("numParameters").num_parameters());
+            return Napi::Number::New(info.Env(), (double)slot_.Use("numParameters").num_parameters());
+        });
+    }
+
+    Napi::Value ActivationBytes(const Napi::CallbackInfo& info) {
+        return Guard(info.Env(), [&]() -> Napi::Value {
+            return Napi::Number::New(info.Env(), (double)slot_.Use("activationBytes").activation_bytes());
         });
     }
 
     Napi::Value Device(const Napi::CallbackInfo& info) {
-        return Guard(info.Env(), [&]() -> Napi::Value { return Napi::String::New(info.Env(), Live("device").device()); });
+        return Guard(info.Env(), [&]() -> Napi::Value { return Napi::String::New(info.Env(), slot_.Use("device").device()); });
     }
 
     Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            Live("zeroGrad").zero_grad();
+            slot_.Use("zeroGrad").zero_grad();
             return info.Env().Undefined();
         });
     }
 
     Napi::Value Dispose(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            if (busy_) throw EngineError("Engine.dispose(): a forward/trainStep is running; await it first");
-            engine_.reset();
+            slot_.Dispose("dispose");
             return info.Env().Undefined();
         });
     }
 
-    // Queues work on the thread pool while holding the busy flag.
-    Napi::Value Queue(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> done) {
-        busy_ = true;
-        auto* w = new EngineWorker(env, Value(), std::move(work), std::move(done), [this] { busy_ = false; });
-        Napi::Promise p = w->Promise();
-        w->Queue();
-        return p;
-    }
+    // ---- long calls: read, then slot_.Queue(work, build) ----
+
+    struct ForwardResult {
+        std::vector<float> logits;
+        float loss = 0.0f;
+    };
 
     Napi::Value Forward(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            nt::EngineBase& e = Live("forward");
             auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], false));
-            auto logits = std::make_shared<std::vector<float>>((size_t)batch->B * e.config().num_labels);
-            auto loss = std::make_shared<float>(0.0f);
-            return Queue(
-                info.Env(), [&e, batch, logits, loss] { *loss = e.forward(batch->view(), logits->data(), false); },
-                [batch, logits, loss](Napi::Env env) -> Napi::Value {
+            return slot_.Queue<ForwardResult>(
+                info.Env(), "forward",
+                [batch](Engine& e) {
+                    ForwardResult r;
+                    r.logits.resize((size_t)batch->B * e.config().num_labels);
+                    r.loss = e.forward(batch->view(), r.logits.data(), false);
+                    return r;
+                },
+                [has_labels = !batch->labels.empty()](Napi::Env env, ForwardResult& r) -> Napi::Value {
+                    auto a = Napi::Float32Array::New(env, r.logits.size());
+                    std::copy(r.logits.begin(), r.logits.end(), a.Data());
                     auto o = Napi::Object::New(env);
-                    auto a = Napi::Float32Array::New(env, logits->size());
-                    std::copy(logits->begin(), logits->end(), a.Data());
                     o.Set("logits", a);
-                    if (!batch->labels.empty()) o.Set("loss", *loss);
+                    if (has_labels) o.Set("loss", r.loss);
                     return o;
                 });
         });
@@ -416,45 +636,38 @@ private:
 
     Napi::Value Accumulate(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            nt::EngineBase& e = Live("accumulate");
             auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], true));
             float scale = 1.0f;
-            if (info.Length() > 1 && info[1].IsObject()) scale = get_float(info[1].As<Napi::Object>(), "lossScale", "options", 1.0f);
-            if (!(scale >= 0.0f) || !std::isfinite(scale))
-                throw EngineError("Engine.accumulate: options.lossScale must be a finite number >= 0 (a micro-batch's share of the examples), got " +
-                                  std::to_string(scale));
-            auto loss = std::make_shared<float>(0.0f);
-            return Queue(
-                info.Env(), [&e, batch, loss, scale] { *loss = e.accumulate(batch->view(), scale); },
-                [loss](Napi::Env env) -> Napi::Value {
+            if (info.Length() > 1 && info[1].IsObject()) {
+                const auto d = read_number(info[1].As<Napi::Object>(), "lossScale", "Engine.accumulate: options");
+                if (d) scale = finite_non_negative(*d, "Engine.accumulate: options.lossScale", " (a micro-batch's share of the examples)");
+            }
+            return slot_.Queue<float>(
+                info.Env(), "accumulate", [batch, scale](Engine& e) { return e.accumulate(batch->view(), scale); },
+                [](Napi::Env env, float& loss) -> Napi::Value {
                     auto o = Napi::Object::New(env);
-                    o.Set("loss", *loss);
+                    o.Set("loss", loss);
                     return o;
                 });
         });
     }
 
     static float LearningRate(const Napi::CallbackInfo& info, size_t arg, const char* method) {
-        if (info.Length() <= arg || !info[arg].IsObject())
-            throw EngineError(std::string("Engine.") + method + ": options {learningRate} required");
-        Napi::Value v = info[arg].As<Napi::Object>().Get("learningRate");
-        if (!v.IsNumber()) throw EngineError(std::string("Engine.") + method + ": options.learningRate must be a number");
-        const double lr = v.As<Napi::Number>().DoubleValue();
-        if (!(lr >= 0.0) || !std::isfinite(lr))
-            throw EngineError(std::string("Engine.") + method + ": options.learningRate must be a finite number >= 0, got " + std::to_string(lr));
-        return (float)lr;
+        const std::string what = std::string("Engine.") + method + ": options";
+        const Napi::Object o = options_arg(info, arg, what + " {learningRate}");
+        const auto lr = read_number(o, "learningRate", what);
+        if (!lr) throw EngineError(what + ".learningRate must be a number, got undefined");
+        return finite_non_negative(*lr, what + ".learningRate", "");
     }
 
     Napi::Value Step(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            nt::EngineBase& e = Live("step");
             const float lr = LearningRate(info, 0, "step");
-            auto norm = std::make_shared<float>(0.0f);
-            return Queue(
-                info.Env(), [&e, norm, lr] { *norm = e.step(lr); },
-                [norm](Napi::Env env) -> Napi::Value {
+            return slot_.Queue<float>(
+                info.Env(), "step", [lr](Engine& e) { return e.step(lr); },
+                [](Napi::Env env, float& norm) -> Napi::Value {
                     auto o = Napi::Object::New(env);
-                    o.Set("gradNorm", *norm);
+                    o.Set("gradNorm", norm);
                     return o;
                 });
         });
@@ -462,20 +675,18 @@ private:
 
     Napi::Value TrainStep(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            nt::EngineBase& e = Live("trainStep");
             auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], true));
             const float lr = LearningRate(info, 1, "trainStep");
-            auto out = std::make_shared<std::pair<float, float>>(0.0f, 0.0f);
-            return Queue(
-                info.Env(),
-                [&e, batch, out, lr] {
-                    out->first = e.accumulate(batch->view(), 1.0f);
-                    out->second = e.step(lr);
+            return slot_.Queue<std::pair<float, float>>(
+                info.Env(), "trainStep",
+                [batch, lr](Engine& e) {
+                    const float loss = e.accumulate(batch->view(), 1.0f);
+                    return std::make_pair(loss, e.step(lr));
                 },
-                [out](Napi::Env env) -> Napi::Value {
+                [](Napi::Env env, std::pair<float, float>& r) -> Napi::Value {
                     auto o = Napi::Object::New(env);
-                    o.Set("loss", out->first);
-                    o.Set("gradNorm", out->second);
+                    o.Set("loss", r.first);
+                    o.Set("gradNorm", r.second);
                     return o;
                 });
         });
@@ -500,6 +711,17 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("Engine", EngineWrap::Init(env));
     exports.Set("checkDevice", Napi::Function::New(env, CheckDevice, "checkDevice"));
     exports.Set("cudaCompiled", Napi::Boolean::New(env, nt::cuda_compiled()));
+    using Max = nt::BertConfigLimits;
+    auto limits = Napi::Object::New(env);
+    limits.Set("vocab_size", Max::vocab_size);
+    limits.Set("hidden_size", Max::hidden_size);
+    limits.Set("num_hidden_layers", Max::num_hidden_layers);
+    limits.Set("num_attention_heads", Max::num_attention_heads);
+    limits.Set("intermediate_size", Max::intermediate_size);
+    limits.Set("max_position_embeddings", Max::max_position_embeddings);
+    limits.Set("type_vocab_size", Max::type_vocab_size);
+    limits.Set("num_labels", Max::num_labels);
+    exports.Set("configLimits", limits);
     return exports;
 }
 
