@@ -10,6 +10,7 @@ import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { types } from 'node:util';
 import type { BertConfig } from './config.js';
 
 /** A tokenized batch: B sequences of T tokens, row-major (B*T). */
@@ -66,6 +67,7 @@ interface NativeEngine {
   getCounters(): { optimizerStep: number; microStep: number };
   setCounters(c: { optimizerStep: number; microStep: number }): void;
   numParameters(): number;
+  activationBytes(): number;
   device(): string;
   forward(batch: Batch): Promise<{ logits: Float32Array; loss?: number }>;
   accumulate(batch: Batch, opts: { lossScale: number }): Promise<{ loss: number }>;
@@ -81,6 +83,8 @@ interface NativeAddon {
   cudaCompiled: boolean;
   /** native/engine/factory.cpp's check_device: throws the factory's error for a bad device/precision. */
   checkDevice(device: string, precision: string): void;
+  /** native/engine/engine.h's BertConfigLimits: the largest config sizes the engine accepts. */
+  configLimits: Readonly<Record<'vocab_size' | 'hidden_size' | 'num_hidden_layers' | 'num_attention_heads' | 'intermediate_size' | 'max_position_embeddings' | 'type_vocab_size' | 'num_labels', number>>;
 }
 
 let addon: NativeAddon | undefined;
@@ -126,9 +130,12 @@ export function checkDevice(device = 'cpu', precision = 'fp32'): void {
  * Concurrency: the Promise-returning methods (forward, accumulate, step,
  * trainStep, zeroGrad, dispose) go into one FIFO queue, so they never overlap
  * each other; each starts in a later microtask, once the previous one has
- * settled. The synchronous methods (parameterNames, parameterShape, device,
- * numParameters, getWeight, setWeight, getGradient, get/setOptimizerState,
- * setTrainable, isTrainable, get/setCounters) are NOT queued: they act at once
+ * settled. What they are given is copied when they are called (the batch's
+ * arrays and sizes, the learning rate), so a caller may refill the same
+ * buffers for the next batch at once. The synchronous methods
+ * (parameterNames, parameterShape, device, numParameters, activationBytes,
+ * getWeight, setWeight, getGradient, get/setOptimizerState, setTrainable,
+ * isTrainable, get/setCounters) are NOT queued: they act at once
  * on the engine's current state. Hence
  * - while a queued call is running on its worker thread, they throw
  *   "Engine.<method>(): the engine is busy with a forward/trainStep; await it
@@ -174,6 +181,14 @@ export class Engine {
   numParameters(): number {
     return this.native.numParameters();
   }
+  /**
+   * Bytes the activation arenas hold now: sized by the last batch's B × T
+   * (grown for a larger one, given back after one that needs under a quarter);
+   * 0 on a device that does not report it.
+   */
+  activationBytes(): number {
+    return this.native.activationBytes();
+  }
   /** A copy of a parameter (float32, row-major). @throws on an unknown name. */
   getWeight(name: string): Float32Array {
     return this.native.getWeight(name);
@@ -212,7 +227,7 @@ export class Engine {
    * loss: mean cross-entropy when batch.labels is given.
    */
   forward(batch: Batch): Promise<{ logits: Float32Array; loss?: number }> {
-    return this.enqueue(() => this.native.forward(batch));
+    return this.enqueueWith(() => snapshotBatch(batch), (b) => this.native.forward(b));
   }
 
   /**
@@ -221,17 +236,23 @@ export class Engine {
    * accumulation). Returns the micro-batch's mean loss.
    */
   accumulate(batch: Batch, opts: { lossScale?: number } = {}): Promise<{ loss: number }> {
-    return this.enqueue(() => this.native.accumulate(batch, { lossScale: opts.lossScale ?? 1 }));
+    return this.enqueueWith(
+      () => ({ batch: snapshotBatch(batch), lossScale: opts?.lossScale ?? 1 }),
+      (a) => this.native.accumulate(a.batch, { lossScale: a.lossScale }),
+    );
   }
 
   /** Clip (max_grad_norm) + AdamW + zero gradients. gradNorm is before clipping. */
   step(opts: { learningRate: number }): Promise<{ gradNorm: number }> {
-    return this.enqueue(() => this.native.step(opts));
+    return this.enqueueWith(() => snapshotRate(opts), (o) => this.native.step(o));
   }
 
   /** One full training step on one batch: accumulate + step. */
   trainStep(batch: Batch, opts: { learningRate: number }): Promise<{ loss: number; gradNorm: number }> {
-    return this.enqueue(() => this.native.trainStep(batch, opts));
+    return this.enqueueWith(
+      () => ({ batch: snapshotBatch(batch), opts: snapshotRate(opts) }),
+      (a) => this.native.trainStep(a.batch, a.opts),
+    );
   }
 
   zeroGrad(): Promise<void> {
@@ -248,4 +269,33 @@ export class Engine {
     this.queue = run.catch(() => undefined);
     return run;
   }
+
+  /** enqueue, with `take` run now (its error rejects the returned Promise) and `fn` run in turn on what it took. */
+  private enqueueWith<A, R>(take: () => A, fn: (args: A) => Promise<R>): Promise<R> {
+    let args: A;
+    try {
+      args = take();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.enqueue(() => fn(args));
+  }
+}
+
+/**
+ * The batch as it is at the call: its Int32Arrays copied and its sizes read,
+ * so that refilling the caller's buffers in the same tick cannot change what
+ * a queued call trains on. Anything else passes through for the engine to
+ * refuse by name.
+ */
+function snapshotBatch(batch: Batch): Batch {
+  if (typeof batch !== 'object' || batch === null) return batch;
+  const copy = (a: unknown) => (types.isInt32Array(a) ? new Int32Array(a) : a);
+  const { input_ids, attention_mask, token_type_ids, labels, batchSize, seqLen } = batch;
+  return { input_ids: copy(input_ids), attention_mask: copy(attention_mask), token_type_ids: copy(token_type_ids), labels: copy(labels), batchSize, seqLen } as Batch;
+}
+
+/** { learningRate } as it is at the call. */
+function snapshotRate(opts: { learningRate: number }): { learningRate: number } {
+  return typeof opts === 'object' && opts !== null ? { learningRate: opts.learningRate } : opts;
 }
