@@ -55,6 +55,32 @@ export interface SaveModelOptions {
 
 const REQUIRED_FIELDS = ['vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size'] as const;
 const INT_FIELDS = [...REQUIRED_FIELDS, 'max_position_embeddings', 'type_vocab_size'] as const;
+/**
+ * The largest sizes a config.json may give, checked before anything is built
+ * from them (a label list of num_labels entries, a parameter table of
+ * num_hidden_layers layers): the native engine's BertConfigLimits
+ * (native/engine/engine.h, which the addon exports as configLimits), far above
+ * any released BERT. A folder is read without loading the addon (the ONNX
+ * backend needs none), hence this copy; test/hostile.test.ts checks the two agree.
+ */
+export const CONFIG_LIMITS = {
+  vocab_size: 2 ** 24,
+  hidden_size: 2 ** 16,
+  num_hidden_layers: 1024,
+  num_attention_heads: 2 ** 16,
+  intermediate_size: 2 ** 18,
+  max_position_embeddings: 2 ** 20,
+  type_vocab_size: 2 ** 16,
+  num_labels: 2 ** 20,
+} as const;
+
+/** A positive integer no larger than CONFIG_LIMITS[field]. @throws Error "<where>: <field> ..." naming the value. */
+function checkSize(value: unknown, field: keyof typeof CONFIG_LIMITS, where: string): number {
+  if (!Number.isInteger(value) || (value as number) < 1) throw new Error(`${where}: ${field} must be a positive integer, got ${JSON.stringify(value)}`);
+  if ((value as number) > CONFIG_LIMITS[field]) throw new Error(`${where}: ${field} ${value} is too large (at most ${CONFIG_LIMITS[field]})`);
+  return value as number;
+}
+
 const FLOAT_FIELDS = ['layer_norm_eps', 'hidden_dropout_prob', 'attention_probs_dropout_prob', 'initializer_range'] as const;
 
 /** Python repr of a list of strings, as transformers prints key lists. */
@@ -201,6 +227,7 @@ function invertLabels(id2label: Record<string, string>, where: string): Record<s
 /** id2label with string keys "0".."n-1", checked to be exactly that range. */
 function normalizeId2label(raw: Record<string | number, unknown>, where: string): Record<string, string> {
   const entries = Object.entries(raw);
+  if (entries.length > CONFIG_LIMITS.num_labels) throw new Error(`${where}: id2label has ${entries.length} labels, too many (at most ${CONFIG_LIMITS.num_labels})`);
   const out: Record<string, string> = {};
   for (let i = 0; i < entries.length; i++) {
     const name = raw[String(i)];
@@ -218,12 +245,14 @@ function resolveLabels(json: Record<string, unknown>, opts: LoadModelOptions, wh
   const cfgLabels = json.id2label && typeof json.id2label === 'object' ? normalizeId2label(json.id2label as Record<string, unknown>, where) : undefined;
   if (opts.num_labels !== undefined) {
     if (!Number.isInteger(opts.num_labels) || opts.num_labels < 1) throw new Error(`num_labels must be a positive integer, got ${opts.num_labels}`);
+    if (opts.num_labels > CONFIG_LIMITS.num_labels) throw new Error(`num_labels ${opts.num_labels} is too large (at most ${CONFIG_LIMITS.num_labels})`);
     if (id2label && Object.keys(id2label).length !== opts.num_labels) {
       throw new Error(`num_labels ${opts.num_labels} disagrees with the ${Object.keys(id2label).length} labels given in id2label/label2id`);
     }
   }
   if (!id2label && cfgLabels && (opts.num_labels === undefined || Object.keys(cfgLabels).length === opts.num_labels)) id2label = cfgLabels;
-  const cfgNum = typeof json.num_labels === 'number' ? json.num_labels : undefined;
+  // Checked before the LABEL_i defaults below are made from it.
+  const cfgNum = json.num_labels === undefined || json.num_labels === null ? undefined : checkSize(json.num_labels, 'num_labels', where);
   const n = opts.num_labels ?? (id2label ? Object.keys(id2label).length : cfgNum ?? 2);
   id2label ??= Object.fromEntries(Array.from({ length: n }, (_, i) => [String(i), `LABEL_${i}`]));
   const label2id = invertLabels(id2label, where);
@@ -255,9 +284,7 @@ export function parseBertConfig(json: Record<string, unknown>, path: string, opt
   if (missing.length) throw new Error(`${path} is missing required field(s): ${missing.join(', ')}`);
   const cfg = { ...BERT_DEFAULTS } as Record<string, unknown>;
   for (const key of Object.keys(BERT_DEFAULTS)) if (json[key] !== undefined) cfg[key] = json[key];
-  for (const f of INT_FIELDS) {
-    if (!Number.isInteger(cfg[f]) || (cfg[f] as number) < 1) throw new Error(`${path}: ${f} must be a positive integer, got ${JSON.stringify(cfg[f])}`);
-  }
+  for (const f of INT_FIELDS) checkSize(cfg[f], f, path);
   for (const f of FLOAT_FIELDS) {
     if (typeof cfg[f] !== 'number' || !Number.isFinite(cfg[f])) throw new Error(`${path}: ${f} must be a number, got ${JSON.stringify(cfg[f])}`);
   }
