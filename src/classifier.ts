@@ -138,6 +138,9 @@ function topPredictions(logits: Float32Array, labels: readonly string[], topK: n
     .slice(0, topK);
 }
 
+/** Longest stretch of tokenizing in drain() before it lets the event loop run. */
+const YIELD_AFTER_MS = 10;
+
 interface Pending {
   text: string;
   resolve: (logits: Float32Array) => void;
@@ -297,11 +300,18 @@ export class Classifier {
         return;
       }
       const items: Tokenized[] = [];
+      let since = performance.now();
       for (const p of taken) {
         try {
           items.push({ ...p, enc: this.tokenizer.encode(p.text, null, { maxLength: this.maxLength }) });
         } catch (err) {
           p.reject(err);
+        }
+        // Tokenizing is bounded per text (encode reads a prefix sized by maxLength),
+        // but a round holds up to 4 batches of texts: let other requests' I/O in.
+        if (performance.now() - since > YIELD_AFTER_MS) {
+          await new Promise((resolve) => setImmediate(resolve));
+          since = performance.now();
         }
       }
       for (const group of groupByLength(items, this.batchSize)) await this.runGroup(group);

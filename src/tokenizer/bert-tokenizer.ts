@@ -47,9 +47,21 @@ export interface BatchEncoding {
 }
 
 export interface EncodeOptions {
-  /** Maximum tokens including [CLS]/[SEP]; default 128, capped at max_position_embeddings. */
+  /**
+   * Maximum tokens including [CLS]/[SEP]; default 128, capped at max_position_embeddings.
+   * It also bounds the work: see BertTokenizer.encode.
+   */
   maxLength?: number;
 }
+
+/**
+ * encode() reads at most this many characters per token of maxLength (plus
+ * the margin) of a text: English averages about 5 characters a token, so only
+ * texts made mostly of whitespace, control characters or 100-character words
+ * ever reach it. Without such a bound one 10 MB text blocked the event loop
+ * for seconds to produce 128 tokens.
+ */
+export const MAX_CHARS_PER_TOKEN = 64;
 
 /**
  * Strings on which @huggingface/tokenizers 0.2 has been seen to differ from
@@ -117,6 +129,18 @@ function specialTokensFrom(cfg: TokenizerConfigJson, map: TokenizerConfigJson | 
     tokenContent(map?.[`${k}_token` as keyof TokenizerConfigJson] as SpecialTokenValue) ??
     dflt;
   return { cls: pick('cls', '[CLS]'), sep: pick('sep', '[SEP]'), pad: pick('pad', '[PAD]'), unk: pick('unk', '[UNK]'), mask: pick('mask', '[MASK]') };
+}
+
+/**
+ * How many tokens at the end of a tokenized prefix of a text may differ from
+ * the whole text's tokens at those positions: BertNormalizer works character
+ * by character and BertPreTokenizer splits words, so a prefix cut inside a
+ * word changes that word's tokens only (at most max_input_chars_per_word
+ * pieces, or one [UNK]) plus those of an added token cut short (at most its
+ * length). Everything before them is the whole text's.
+ */
+function prefixMargin(spec: WordPieceTokenizerSpec): number {
+  return spec.model.max_input_chars_per_word + spec.added_tokens.reduce((m, t) => Math.max(m, t.content.length), 0);
 }
 
 /** Build the WordPiece spec from tokenizer.json, or explain why it cannot express that file. */
@@ -206,6 +230,8 @@ export class BertTokenizer {
     readonly backendNote: string | undefined,
     /** Hard cap on sequence length (the model's max_position_embeddings); Infinity when unknown. */
     readonly maxPositionEmbeddings: number,
+    /** prefixMargin of the pipeline; undefined when it is not the BERT WordPiece pipeline (no early stop, only the cap). */
+    private readonly margin: number | undefined,
   ) {
     const id = (tok: string, role: string) => {
       const v = vocab.get(tok);
@@ -246,7 +272,7 @@ export class BertTokenizer {
     const vocab = parseVocabTxt(await readFile(vocabPath, 'utf8'));
     const addedJson = await readJsonIfExists<Record<string, number>>(join(folder, 'added_tokens.json'));
     const wp = new WordPieceTokenizer(specFromVocab(vocab, cfg, specials, addedJson));
-    return new BertTokenizer((t) => wp.encode(t), wp.spec.vocab, specials, 'wordpiece', undefined, maxPos);
+    return new BertTokenizer((t) => wp.encode(t), wp.spec.vocab, specials, 'wordpiece', undefined, maxPos, prefixMargin(wp.spec));
   }
 
   /** tokenizer.json through @huggingface/tokenizers, or the WordPiece port when the library fails or disagrees. */
@@ -271,12 +297,13 @@ export class BertTokenizer {
     if (lib && (!reason || want === 'tokenizers')) {
       const hf = lib;
       const note = typeof spec === 'string' ? `no WordPiece cross-check: ${spec}` : undefined;
-      return new BertTokenizer((t) => hf.encode(t, { add_special_tokens: false }).ids, hf.get_vocab(true), specials, 'tokenizers', note, maxPos);
+      const margin = typeof spec === 'string' ? undefined : prefixMargin(spec);
+      return new BertTokenizer((t) => hf.encode(t, { add_special_tokens: false }).ids, hf.get_vocab(true), specials, 'tokenizers', note, maxPos, margin);
     }
     if (want === 'tokenizers') throw new Error(reason);
     if (!mirror) throw new Error(`${reason}; and the built-in WordPiece tokenizer cannot stand in: ${spec}`);
     const note = `${reason}; using the built-in WordPiece tokenizer with the vocabulary of ${tjPath}`;
-    return new BertTokenizer((t) => mirror.encode(t), mirror.spec.vocab, specials, 'wordpiece', note, maxPos);
+    return new BertTokenizer((t) => mirror.encode(t), mirror.spec.vocab, specials, 'wordpiece', note, maxPos, prefixMargin(mirror.spec));
   }
 
   /** Token ids of `text` without special tokens. */
@@ -296,6 +323,12 @@ export class BertTokenizer {
    * min(maxLength, max_position_embeddings) tokens. No padding. An empty
    * `textPair` counts as no pair, as in transformers.
    *
+   * The work is bounded by maxLength, not by the text: a long text is
+   * tokenized from a prefix just long enough to give the tokens kept (the
+   * same tokens as the whole text; see prefixMargin), and never beyond its
+   * first MAX_CHARS_PER_TOKEN × (maxLength + margin) characters — a text
+   * needing more than that to fill maxLength is treated as cut there.
+   *
    * @throws Error when that limit leaves no room for the special tokens.
    */
   encode(text: string, textPair?: string | null, opts: EncodeOptions = {}): Encoding {
@@ -304,14 +337,13 @@ export class BertTokenizer {
     const hasPair = textPair != null && textPair !== '';
     const special = hasPair ? 3 : 2;
     if (!(limit >= special)) throw new Error(`maxLength ${limit} leaves no room for the ${special} special tokens`);
-    let a = this.textToIds(text);
-    let b = hasPair ? this.textToIds(textPair) : null;
-    if (b) {
-      const [n1, n2] = longestFirstLengths(a.length, b.length, limit - special);
-      a = a.slice(0, n1);
-      b = b.slice(0, n2);
+    const budget = limit - special;
+    let a: number[];
+    let b: number[] | null = null;
+    if (hasPair) {
+      [a, b] = this.pairIds(text, textPair, budget, limit);
     } else {
-      a = a.slice(0, limit - special);
+      a = this.leadingIds(text, budget, limit).ids.slice(0, budget);
     }
     const input_ids = [this.clsTokenId, ...a, this.sepTokenId];
     const token_type_ids = new Array<number>(input_ids.length).fill(0);
@@ -320,6 +352,45 @@ export class BertTokenizer {
       for (let i = 0; i <= b.length; i++) token_type_ids.push(1);
     }
     return { input_ids, token_type_ids, attention_mask: new Array<number>(input_ids.length).fill(1) };
+  }
+
+  /**
+   * The first `need` or more tokens of `text` (its first tokens, exactly), or
+   * all of them (`all`), reading as little of the text as it can: prefixes of
+   * doubling length until one gives `need` tokens beyond the margin, the
+   * whole text, or the character cap for `limit`.
+   */
+  private leadingIds(text: string, need: number, limit: number): { ids: number[]; all: boolean } {
+    const margin = this.margin ?? 0;
+    const cap = MAX_CHARS_PER_TOKEN * (limit + (this.margin ?? 100));
+    let window = this.margin === undefined ? cap : 4 * (need + margin) + 64;
+    for (;;) {
+      if (window >= text.length || window >= cap) return { ids: this.textToIds(prefix(text, cap)), all: true };
+      const ids = this.textToIds(prefix(text, window));
+      if (ids.length >= need + margin) return { ids: ids.slice(0, ids.length - margin), all: false };
+      window *= 2;
+    }
+  }
+
+  /**
+   * Both texts' tokens as longest-first truncation keeps them. That depends on
+   * the shorter text's length and on which is longer, so a text is read
+   * further only while that is still open.
+   */
+  private pairIds(text: string, pair: string, budget: number, limit: number): [number[], number[]] {
+    // budget + 1 tokens show a text is longer than the budget
+    let a = this.leadingIds(text, budget + 1, limit);
+    let b = this.leadingIds(pair, budget + 1, limit);
+    // with both over budget, only which is longer matters, and only for an odd budget
+    if (!a.all && !b.all && budget % 2 === 1) {
+      a = this.leadingIds(text, Infinity, limit);
+      b = this.leadingIds(pair, Infinity, limit);
+    }
+    // one known length n, the other at least m: read on until m > n or it is all read
+    if (a.all && !b.all && b.ids.length <= a.ids.length) b = this.leadingIds(pair, a.ids.length + 1, limit);
+    if (b.all && !a.all && a.ids.length <= b.ids.length) a = this.leadingIds(text, b.ids.length + 1, limit);
+    const [n1, n2] = longestFirstLengths(a.ids.length, b.ids.length, budget);
+    return [a.ids.slice(0, n1), b.ids.slice(0, n2)];
   }
 
   /**
@@ -372,6 +443,13 @@ export class BertTokenizer {
     for (const [from, to] of CLEANUP) text = text.split(from).join(to);
     return text;
   }
+}
+
+/** The first `n` UTF-16 units of `text`, one fewer rather than half a surrogate pair. */
+function prefix(text: string, n: number): string {
+  if (n >= text.length) return text;
+  const last = text.charCodeAt(n - 1);
+  return text.slice(0, last >= 0xd800 && last <= 0xdbff ? n - 1 : n);
 }
 
 const CLEANUP: Array<[string, string]> = [
