@@ -6,6 +6,7 @@ export { Engine, loadAddon, type Batch, type EngineOptions, type OptimizerState 
 export { loadModel, saveModel, engineWeights, type Model, type LoadModelOptions } from './model.js';
 export * from './io/index.js';
 export * from './tokenizer/index.js';
+export * from './chat/index.js';
 export * from './data/index.js';
 export * from './metrics/index.js';
 export * from './report/index.js';
