@@ -22,3 +22,20 @@ export {
   type WordPieceOptions,
   type WordPieceTokenizerSpec,
 } from './wordpiece.js';
+export {
+  LlmTokenizer,
+  type ApplyChatTemplateOptions,
+  type LlmDecodeOptions,
+  type LlmEncodeOptions,
+  type LlmStreamDecoder,
+  type LlmTokenizerFiles,
+  type NamedChatTemplate,
+} from './bpe.js';
+export {
+  tokenizerJsonFromGguf,
+  ggufChatTemplates,
+  SUPPORTED_GGUF_PRE_TOKENIZERS,
+  GGUF_TOKEN_TYPE,
+  type GgufMetadataLike,
+  type GgufTokenizerFiles,
+} from './gguf-tokenizer.js';
