@@ -82,7 +82,7 @@ TEXTS = [
     "!!!???...,,,;;;", "-----", "____init____", "@@@ ### $$$",
     "a \nb", "x  \n  y", "\n \n", " \n\n ", "\t\n", "end\n\n\n\n", " " * 100, "\n" * 20, "ab" + " " * 7 + "\t" * 3 + "cd",
     "5's don't I'M", "\u0301 lone combining", " \u0301\u0302", "thin\u2009space", "mongolian\u180esep",
-    "1234567", "12 345 6789", "𝛼𝛽 math letters", "𐀀 linear b", "🫨 shaking face", "𑼄 kawi", "𐵐 garay", "각 jamo",
+    "x \ufeffy", "x \u0085y", "1234567", "12 345 6789", "𝛼𝛽 math letters", "𐀀 linear b", "🫨 shaking face", "𑼄 kawi", "𐵐 garay", "각 jamo",
 ]
 
 
