@@ -12,6 +12,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { types } from 'node:util';
 import type { BertConfig } from './config.js';
+import { resolveLoraConfig, type LlamaConfig, type LoraConfig } from './models/llama.js';
 
 /** A tokenized batch: B sequences of T tokens, row-major (B*T). */
 export interface Batch {
@@ -21,7 +22,11 @@ export interface Batch {
   attention_mask?: Int32Array;
   /** (B, T) segment ids in [0, type_vocab_size). Default: all zeros. */
   token_type_ids?: Int32Array;
-  /** (B) class indices in [0, num_labels), or -100 to ignore an example. */
+  /**
+   * Classifier: (B) class indices in [0, num_labels), or -100 to ignore an example.
+   * Causal LM: (B, T) token ids, -100 where no loss is taken; the engine shifts
+   * them (position t's logits predict labels[t + 1]), as Hugging Face does.
+   */
   labels?: Int32Array;
   batchSize: number;
   seqLen: number;
@@ -47,6 +52,18 @@ export interface EngineOptions {
   device?: string;
   /** 'fp32' (default) or 'bf16' mixed precision (CUDA only: bf16 weights and activations, fp32 master weights and moments). */
   precision?: 'fp32' | 'bf16';
+  /** Causal LM only: PEFT LoRA adapters on a frozen base (absent: every parameter trains). */
+  lora?: LoraConfig;
+  /** Causal LM only: keep each layer's input and recompute the layer in backward (less memory, ~1/3 more compute). */
+  gradient_checkpointing?: boolean;
+}
+
+/** What a model engine is built from: a classifier's BertConfig or a causal LM's LlamaConfig. */
+export type ModelConfig = BertConfig | LlamaConfig;
+
+/** Whether a config describes a Llama-family causal LM (model_type llama, qwen2 or mistral). */
+export function isCausalLM(config: ModelConfig): config is LlamaConfig {
+  return config.model_type === 'llama' || config.model_type === 'qwen2' || config.model_type === 'mistral';
 }
 
 export interface OptimizerState {
@@ -69,7 +86,9 @@ interface NativeEngine {
   numParameters(): number;
   activationBytes(): number;
   device(): string;
-  forward(batch: Batch): Promise<{ logits: Float32Array; loss?: number }>;
+  forward(batch: Batch, opts?: { logits: boolean }): Promise<{ logits?: Float32Array; loss?: number }>;
+  prefill(batch: Batch, opts: { maxNewTokens: number }): Promise<{ logits: Float32Array }>;
+  decode(tokens: Int32Array): Promise<{ logits: Float32Array }>;
   accumulate(batch: Batch, opts: { lossScale: number }): Promise<{ loss: number }>;
   step(opts: { learningRate: number }): Promise<{ gradNorm: number }>;
   trainStep(batch: Batch, opts: { learningRate: number }): Promise<{ loss: number; gradNorm: number }>;
@@ -78,7 +97,7 @@ interface NativeEngine {
 }
 
 interface NativeAddon {
-  Engine: new (config: BertConfig, options: EngineOptions) => NativeEngine;
+  Engine: new (config: ModelConfig, options: Omit<EngineOptions, 'lora'> & { lora?: unknown }) => NativeEngine;
   /** Whether this build has the CUDA backend. */
   cudaCompiled: boolean;
   /** native/engine/factory.cpp's check_device: throws the factory's error for a bad device/precision. */
@@ -145,19 +164,32 @@ export function checkDevice(device = 'cpu', precision = 'fp32'): void {
  *   before it: getWeight sees the weights from before the step, and setWeight
  *   changes the weights the step will use.
  * Await the queued call's Promise before using them.
+ *
+ * The same class holds a Llama-family causal LM (a {@link LlamaConfig}, as
+ * src/models/llama.ts parses it; optionally with `lora`): parameter names are
+ * then `model.layers.0.self_attn.q_proj.weight` and, for adapters, PEFT's
+ * `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`; labels are
+ * per token; forward's logits are (B, T, vocab_size); prefill/decode generate.
  * @throws Error for an invalid config (naming the field).
  */
 export class Engine {
-  readonly config: BertConfig;
+  readonly config: ModelConfig;
   private native: NativeEngine;
   private queue: Promise<unknown> = Promise.resolve();
 
-  constructor(opts: { config: BertConfig } & EngineOptions) {
+  constructor(opts: { config: ModelConfig } & EngineOptions) {
     if (!opts || typeof opts.config !== 'object' || opts.config === null) {
-      throw new Error('new Engine({ config, ...options }): config must be an object with Hugging Face BertConfig fields (vocab_size, hidden_size, ...)');
+      throw new Error('new Engine({ config, ...options }): config must be an object with Hugging Face config fields (BertConfig, or LlamaConfig with model_type llama)');
     }
-    const { config, ...options } = opts;
+    const { config, lora, ...options } = opts;
     this.config = config;
+    if (isCausalLM(config)) {
+      this.native = new (loadAddon().Engine)(config, { ...options, lora: lora === undefined ? undefined : resolveLoraConfig(lora) });
+      return;
+    }
+    if (lora !== undefined || options.gradient_checkpointing !== undefined) {
+      throw new Error('options.lora and options.gradient_checkpointing are for causal LMs (config.model_type llama, qwen2 or mistral)');
+    }
     const resolved = {
       ...config,
       classifier_dropout: config.classifier_dropout ?? config.hidden_dropout_prob,
@@ -223,11 +255,41 @@ export class Engine {
   }
 
   /**
-   * Inference forward (dropout off). logits: (B, num_labels) float32;
-   * loss: mean cross-entropy when batch.labels is given.
+   * Inference forward (dropout off). logits: (B, num_labels) float32 for a
+   * classifier, (B, T, vocab_size) for a causal LM; loss: mean cross-entropy
+   * when batch.labels is given (a causal LM's over its shifted targets).
    */
-  forward(batch: Batch): Promise<{ logits: Float32Array; loss?: number }> {
-    return this.enqueueWith(() => snapshotBatch(batch), (b) => this.native.forward(b));
+  forward(batch: Batch): Promise<{ logits: Float32Array; loss?: number }>;
+  /** With `{ logits: false }`: the loss alone (a causal LM's logits are the largest tensor there is). */
+  forward(batch: Batch, opts: { logits: false }): Promise<{ logits?: undefined; loss?: number }>;
+  forward(batch: Batch, opts: { logits?: boolean } = {}): Promise<{ logits?: Float32Array; loss?: number }> {
+    return this.enqueueWith(
+      () => ({ batch: snapshotBatch(batch), logits: opts?.logits ?? true }),
+      (a) => this.native.forward(a.batch, { logits: a.logits }),
+    );
+  }
+
+  /**
+   * Starts a generation (causal LM): `batch` holds the prompts, LEFT-padded
+   * so each ends in column T-1 (attention_mask 0 on the padding); the KV cache
+   * is sized for `maxNewTokens` more tokens. Resolves each prompt's
+   * next-token logits, (B, vocab_size) float32. Replaces any earlier generation.
+   * @throws (rejects) for a classifier, right padding, or prompt + maxNewTokens > max_position_embeddings.
+   */
+  prefill(batch: Batch, opts: { maxNewTokens: number }): Promise<{ logits: Float32Array }> {
+    return this.enqueueWith(
+      () => ({ batch: snapshotBatch(batch), maxNewTokens: opts?.maxNewTokens }),
+      (a) => this.native.prefill(a.batch, { maxNewTokens: a.maxNewTokens }),
+    );
+  }
+
+  /**
+   * Feeds one token per prompt (Int32Array of B) at each row's next position
+   * and resolves the next logits (B, vocab_size).
+   * @throws (rejects) before prefill, past the cache's maxNewTokens, or for a bad id.
+   */
+  decode(tokens: Int32Array): Promise<{ logits: Float32Array }> {
+    return this.enqueueWith(() => (types.isInt32Array(tokens) ? new Int32Array(tokens) : tokens), (t) => this.native.decode(t));
   }
 
   /**

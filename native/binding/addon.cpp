@@ -1,5 +1,6 @@
-// The only file that knows Node-API. Exposes one class, Engine, wrapping
-// nt::EngineBase. Long operations (forward, accumulate, step, trainStep) run on
+// The only file that knows Node-API. Exposes one class, Engine, wrapping an
+// nt::Model: the BERT classifier (nt::EngineBase) or a Llama-family causal LM
+// (nt::LlamaEngine), chosen by config.model_type. Long operations (forward, accumulate, step, trainStep) run on
 // the libuv thread pool through one AsyncWorker and resolve a Promise; every
 // C++ exception becomes a thrown JS Error or a rejected Promise.
 //
@@ -19,8 +20,9 @@
 //   4. build  the JavaScript result from those values (`build` runs on the
 //             main thread for a queued call). Setting a key on a new object can
 //             run a setter on Object.prototype, so the engine is not used here.
-// A second engine kind is another ObjectWrap holding an EngineSlot<ItsEngine>
-// and following the same phases; EngineSlot and EngineWorker are generic.
+// Both architectures share the entry points (they differ in what a batch's
+// labels hold and how many logits a forward gives, which nt::Model answers);
+// prefill/decode exist for causal LMs only.
 #include <napi.h>
 
 #include <cmath>
@@ -34,6 +36,7 @@
 
 #include "engine/engine.h"
 #include "engine/factory.h"
+#include "models/llama.h"
 
 namespace {
 
@@ -128,7 +131,8 @@ std::vector<int32_t> copy_int32(const Napi::Value& v, const char* key, size_t ex
     return std::vector<int32_t>(a.Data(), a.Data() + expected);
 }
 
-OwnedBatch read_batch(const Napi::Value& value, bool need_labels) {
+// labels: one per sequence (a classifier) or one per token (a causal LM).
+OwnedBatch read_batch(const Napi::Value& value, bool need_labels, bool labels_per_token) {
     if (!value.IsObject()) throw EngineError("batch must be an object {input_ids, attention_mask, token_type_ids, labels, batchSize, seqLen}");
     auto o = value.As<Napi::Object>();
     OwnedBatch b;
@@ -144,7 +148,8 @@ OwnedBatch read_batch(const Napi::Value& value, bool need_labels) {
     b.token_type_ids = copy_int32(o.Get("token_type_ids"), "token_type_ids", n, bt, false, 0);
     const Napi::Value labels = o.Get("labels");  // read once: a getter may answer differently twice
     if (need_labels || !absent(labels))
-        b.labels = copy_int32(labels, "labels", b.B, "batchSize = " + std::to_string(b.B), true, 0);
+        b.labels = labels_per_token ? copy_int32(labels, "labels", n, bt, true, 0)
+                                    : copy_int32(labels, "labels", b.B, "batchSize = " + std::to_string(b.B), true, 0);
     return b;
 }
 
@@ -337,6 +342,8 @@ public:
                                InstanceMethod("accumulate", &EngineWrap::Accumulate),
                                InstanceMethod("step", &EngineWrap::Step),
                                InstanceMethod("trainStep", &EngineWrap::TrainStep),
+                               InstanceMethod("prefill", &EngineWrap::Prefill),
+                               InstanceMethod("decode", &EngineWrap::Decode),
                                InstanceMethod("zeroGrad", &EngineWrap::ZeroGrad),
                                InstanceMethod("dispose", &EngineWrap::Dispose),
                            });
@@ -346,8 +353,26 @@ public:
     explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
         Guard(info.Env(), [&] {
             if (info.Length() < 1 || !info[0].IsObject())
-                throw EngineError("new Engine(config, options): config must be an object with Hugging Face BertConfig fields");
+                throw EngineError("new Engine(config, options): config must be an object with Hugging Face config fields "
+                                  "(BertConfig, or LlamaConfig with model_type 'llama')");
             auto c = info[0].As<Napi::Object>();
+            Napi::Object o = info.Length() > 1 && info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(info.Env());
+            const std::string model_type = read_string(c, "model_type", "config", "bert", "'bert', 'llama', 'qwen2' or 'mistral'");
+            if (model_type == "llama" || model_type == "qwen2" || model_type == "mistral") {
+                const nt::LlamaConfig cfg = read_llama_config(c);
+                const nt::LoraConfig lora = read_lora(o);
+                const Napi::Value gc = o.Get("gradient_checkpointing");
+                if (!absent(gc) && !gc.IsBoolean())
+                    throw EngineError("options.gradient_checkpointing must be a boolean, got " + type_name(gc));
+                const bool checkpointing = gc.IsBoolean() && gc.As<Napi::Boolean>().Value();
+                const nt::TrainConfig tc = read_train_config(o);
+                const nt::DeviceSpec device = read_device(o);
+                labels_per_token_ = true;
+                slot_.Set(nt::make_causal_lm(cfg, lora, tc, device, checkpointing));
+                return;
+            }
+            if (model_type != "bert")
+                throw EngineError("config.model_type '" + model_type + "' is not supported: expected 'bert', 'llama', 'qwen2' or 'mistral'");
             nt::BertConfig cfg;
             cfg.vocab_size = read_int(c, "vocab_size", "config", true, 0);
             cfg.hidden_size = read_int(c, "hidden_size", "config", true, 0);
@@ -362,28 +387,7 @@ public:
             cfg.hidden_dropout_prob = read_float(c, "hidden_dropout_prob", "config", 0.1f);
             cfg.attention_probs_dropout_prob = read_float(c, "attention_probs_dropout_prob", "config", 0.1f);
             cfg.classifier_dropout = read_float(c, "classifier_dropout", "config", cfg.hidden_dropout_prob);
-            nt::TrainConfig tc;
-            Napi::Object o = info.Length() > 1 && info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(info.Env());
-            tc.adam_beta1 = read_float(o, "adam_beta1", "options", tc.adam_beta1);
-            tc.adam_beta2 = read_float(o, "adam_beta2", "options", tc.adam_beta2);
-            tc.adam_epsilon = read_float(o, "adam_epsilon", "options", tc.adam_epsilon);
-            tc.weight_decay = read_float(o, "weight_decay", "options", tc.weight_decay);
-            tc.max_grad_norm = read_float(o, "max_grad_norm", "options", tc.max_grad_norm);
-            tc.label_smoothing_factor = read_float(o, "label_smoothing_factor", "options", 0.0f);
-            if (tc.label_smoothing_factor < 0.0f || tc.label_smoothing_factor > 1.0f)
-                throw EngineError("options.label_smoothing_factor must be in [0, 1]");
-            tc.threads = read_int(o, "threads", "options", false, 0);
-            const Napi::Value seed = o.Get("seed");
-            if (seed.IsNumber()) {
-                const double d = seed.As<Napi::Number>().DoubleValue();
-                if (!std::isfinite(d)) throw EngineError("options.seed must be a finite number, got " + num(d));
-                tc.seed = (uint64_t)seed.As<Napi::Number>().Int64Value();
-            } else if (seed.IsBigInt()) {
-                bool lossless;
-                tc.seed = seed.As<Napi::BigInt>().Uint64Value(&lossless);
-            } else if (!absent(seed)) {
-                throw EngineError("options.seed must be a number or a bigint, got " + type_name(seed));
-            }
+            nt::TrainConfig tc = read_train_config(o);
             const Napi::Value cw = o.Get("class_weights");
             if (cw.IsTypedArray() && cw.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array) {
                 auto a = cw.As<Napi::Float32Array>();
@@ -394,17 +398,124 @@ public:
             } else if (!absent(cw)) {
                 throw EngineError("options.class_weights must be a Float32Array of num_labels entries, got " + type_name(cw));
             }
-            const std::string device = read_string(o, "device", "options", "cpu", "'cpu', 'cuda' or 'cuda:N'");
-            const std::string precision = read_string(o, "precision", "options", "fp32", "'fp32' or 'bf16'");
-            slot_.Set(nt::make_engine(cfg, tc, nt::parse_device(device, precision)));
+            const nt::DeviceSpec device = read_device(o);
+            slot_.Set(nt::make_engine(cfg, tc, device));
         });
     }
 
 private:
-    using Engine = nt::EngineBase;
-    using Slot = nt::EngineBase::Slot;
+    using Engine = nt::Model;
+    using Slot = nt::Model::Slot;
 
     EngineSlot<Engine> slot_{"Engine"};
+    bool labels_per_token_ = false;  // fixed at construction: read_batch needs it before the engine is taken
+
+    // Optimizer and runtime options (TrainingArguments names) both architectures take.
+    static nt::TrainConfig read_train_config(const Napi::Object& o) {
+        nt::TrainConfig tc;
+        tc.adam_beta1 = read_float(o, "adam_beta1", "options", tc.adam_beta1);
+        tc.adam_beta2 = read_float(o, "adam_beta2", "options", tc.adam_beta2);
+        tc.adam_epsilon = read_float(o, "adam_epsilon", "options", tc.adam_epsilon);
+        tc.weight_decay = read_float(o, "weight_decay", "options", tc.weight_decay);
+        tc.max_grad_norm = read_float(o, "max_grad_norm", "options", tc.max_grad_norm);
+        tc.label_smoothing_factor = read_float(o, "label_smoothing_factor", "options", 0.0f);
+        if (tc.label_smoothing_factor < 0.0f || tc.label_smoothing_factor > 1.0f)
+            throw EngineError("options.label_smoothing_factor must be in [0, 1]");
+        tc.threads = read_int(o, "threads", "options", false, 0);
+        const Napi::Value seed = o.Get("seed");
+        if (seed.IsNumber()) {
+            const double d = seed.As<Napi::Number>().DoubleValue();
+            if (!std::isfinite(d)) throw EngineError("options.seed must be a finite number, got " + num(d));
+            tc.seed = (uint64_t)seed.As<Napi::Number>().Int64Value();
+        } else if (seed.IsBigInt()) {
+            bool lossless;
+            tc.seed = seed.As<Napi::BigInt>().Uint64Value(&lossless);
+        } else if (!absent(seed)) {
+            throw EngineError("options.seed must be a number or a bigint, got " + type_name(seed));
+        }
+        return tc;
+    }
+
+    static nt::DeviceSpec read_device(const Napi::Object& o) {
+        const std::string device = read_string(o, "device", "options", "cpu", "'cpu', 'cuda' or 'cuda:N'");
+        const std::string precision = read_string(o, "precision", "options", "fp32", "'fp32' or 'bf16'");
+        return nt::parse_device(device, precision);
+    }
+
+    static bool read_bool(const Napi::Object& o, const char* key, const std::string& what, bool fallback) {
+        const Napi::Value v = o.Get(key);
+        if (absent(v)) return fallback;
+        if (!v.IsBoolean()) throw EngineError(what + "." + key + " must be true or false, got " + type_name(v));
+        return v.As<Napi::Boolean>().Value();
+    }
+
+    // Hugging Face LlamaConfig fields, resolved by src/models/llama.ts
+    // (head_dim, rope_scaling, o_proj_bias); the engine checks the values.
+    static nt::LlamaConfig read_llama_config(const Napi::Object& c) {
+        nt::LlamaConfig cfg;
+        cfg.vocab_size = read_int(c, "vocab_size", "config", true, 0);
+        cfg.hidden_size = read_int(c, "hidden_size", "config", true, 0);
+        cfg.intermediate_size = read_int(c, "intermediate_size", "config", true, 0);
+        cfg.num_hidden_layers = read_int(c, "num_hidden_layers", "config", true, 0);
+        cfg.num_attention_heads = read_int(c, "num_attention_heads", "config", true, 0);
+        cfg.num_key_value_heads = read_int(c, "num_key_value_heads", "config", false, cfg.num_attention_heads);
+        cfg.head_dim = read_int(c, "head_dim", "config", false,
+                                cfg.num_attention_heads > 0 ? cfg.hidden_size / cfg.num_attention_heads : 0);
+        cfg.max_position_embeddings = read_int(c, "max_position_embeddings", "config", true, 0);
+        cfg.rms_norm_eps = read_float(c, "rms_norm_eps", "config", 1e-6f);
+        cfg.rope_theta = read_number(c, "rope_theta", "config").value_or(10000.0);
+        cfg.tie_word_embeddings = read_bool(c, "tie_word_embeddings", "config", false);
+        cfg.attention_bias = read_bool(c, "attention_bias", "config", false);
+        cfg.o_proj_bias = read_bool(c, "o_proj_bias", "config", cfg.attention_bias);
+        cfg.mlp_bias = read_bool(c, "mlp_bias", "config", false);
+        const Napi::Value rs = c.Get("rope_scaling");
+        if (!absent(rs)) {
+            if (!rs.IsObject()) throw EngineError("config.rope_scaling must be null or an object, got " + type_name(rs));
+            const Napi::Object r = rs.As<Napi::Object>();
+            const std::string type = read_string(r, "rope_type", "config.rope_scaling", "default", "'default' or 'llama3'");
+            if (type == "llama3") {
+                cfg.rope_scaling.llama3 = true;
+                cfg.rope_scaling.factor = read_number(r, "factor", "config.rope_scaling").value_or(NAN);
+                cfg.rope_scaling.low_freq_factor = read_number(r, "low_freq_factor", "config.rope_scaling").value_or(NAN);
+                cfg.rope_scaling.high_freq_factor = read_number(r, "high_freq_factor", "config.rope_scaling").value_or(NAN);
+                cfg.rope_scaling.original_max_position_embeddings =
+                    read_number(r, "original_max_position_embeddings", "config.rope_scaling").value_or(NAN);
+            } else if (type != "default") {
+                throw EngineError("config.rope_scaling.rope_type '" + type + "' is not supported: expected 'default' or 'llama3'");
+            }
+        }
+        return cfg;
+    }
+
+    // PEFT LoraConfig fields (options.lora); absent = full fine-tuning.
+    static nt::LoraConfig read_lora(const Napi::Object& o) {
+        nt::LoraConfig lora;
+        const Napi::Value v = o.Get("lora");
+        if (absent(v)) return lora;
+        if (!v.IsObject()) throw EngineError("options.lora must be an object {r, lora_alpha, lora_dropout, target_modules, use_rslora}, got " + type_name(v));
+        const Napi::Object l = v.As<Napi::Object>();
+        lora.r = read_int(l, "r", "options.lora", true, 0);
+        lora.lora_alpha = read_float(l, "lora_alpha", "options.lora", 8.0f);  // PEFT default
+        lora.lora_dropout = read_float(l, "lora_dropout", "options.lora", 0.0f);
+        lora.use_rslora = read_bool(l, "use_rslora", "options.lora", false);
+        const Napi::Value t = l.Get("target_modules");
+        if (!t.IsArray()) throw EngineError("options.lora.target_modules must be an array of module names, got " + type_name(t));
+        const Napi::Array arr = t.As<Napi::Array>();
+        const uint32_t n = arr.Length();
+        if (n > nt::kNumTargets * 4) throw EngineError("options.lora.target_modules has " + std::to_string(n) + " entries");
+        for (uint32_t i = 0; i < n; i++) {
+            const Napi::Value name = arr.Get(i);
+            if (!name.IsString()) throw EngineError("options.lora.target_modules[" + std::to_string(i) + "] must be a string, got " + type_name(name));
+            const std::string m = name.As<Napi::String>().Utf8Value();
+            int k = 0;
+            while (k < nt::kNumTargets && m != nt::kLoraTargetNames[k]) k++;
+            if (k == nt::kNumTargets)
+                throw EngineError("options.lora.target_modules[" + std::to_string(i) + "] = '" + m +
+                                  "' is not a module LoRA can adapt: expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj");
+            lora.target[k] = true;
+        }
+        return lora;
+    }
 
     // "[2, 32]" for messages.
     static std::string shape_text(const nt::ParamInfo& p) {
@@ -612,31 +723,99 @@ private:
         float loss = 0.0f;
     };
 
+    // forward(batch, {logits: false}) computes the loss only: a causal LM's
+    // (B, T, vocab_size) logits are the largest tensor of the model.
     Napi::Value Forward(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], false));
+            auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], false, labels_per_token_));
+            bool want_logits = true;
+            if (info.Length() > 1 && info[1].IsObject()) want_logits = read_bool(info[1].As<Napi::Object>(), "logits", "Engine.forward: options", true);
             return slot_.Queue<ForwardResult>(
                 info.Env(), "forward",
-                [batch](Engine& e) {
+                [batch, want_logits](Engine& e) {
                     ForwardResult r;
-                    r.logits.resize((size_t)batch->B * e.config().num_labels);
-                    r.loss = e.forward(batch->view(), r.logits.data(), false);
+                    if (want_logits) {
+                        const size_t n = e.logits_size(batch->B, batch->T);
+                        nt::require_memory(n * sizeof(float) * 2, "the logits of this forward (batchSize x seqLen x vocab_size)");
+                        r.logits.resize(n);
+                    }
+                    r.loss = e.forward(batch->view(), want_logits ? r.logits.data() : nullptr, false);
                     return r;
                 },
-                [has_labels = !batch->labels.empty()](Napi::Env env, ForwardResult& r) -> Napi::Value {
-                    auto a = Napi::Float32Array::New(env, r.logits.size());
-                    std::copy(r.logits.begin(), r.logits.end(), a.Data());
+                [has_labels = !batch->labels.empty(), want_logits](Napi::Env env, ForwardResult& r) -> Napi::Value {
                     auto o = Napi::Object::New(env);
-                    o.Set("logits", a);
+                    if (want_logits) {
+                        auto a = Napi::Float32Array::New(env, r.logits.size());
+                        std::copy(r.logits.begin(), r.logits.end(), a.Data());
+                        o.Set("logits", a);
+                    }
                     if (has_labels) o.Set("loss", r.loss);
                     return o;
                 });
         });
     }
 
+    // Generation (causal LMs): prefill(batch of left-padded prompts,
+    // {maxNewTokens}) and decode(tokens: Int32Array of batchSize) each resolve
+    // {logits: Float32Array (batchSize x vocab_size)} for the next token.
+    static nt::LlamaEngine& causal_lm(Engine& e, const char* method) {
+        auto* lm = dynamic_cast<nt::LlamaEngine*>(&e);
+        if (!lm) throw EngineError(std::string("Engine.") + method + "(): generation needs a causal LM (config.model_type 'llama'), not a classifier");
+        return *lm;
+    }
+
+    static Napi::Value LogitsResult(Napi::Env env, std::vector<float>& logits) {
+        auto a = Napi::Float32Array::New(env, logits.size());
+        std::copy(logits.begin(), logits.end(), a.Data());
+        auto o = Napi::Object::New(env);
+        o.Set("logits", a);
+        return o;
+    }
+
+    Napi::Value Prefill(const Napi::CallbackInfo& info) {
+        return Guard(info.Env(), [&]() -> Napi::Value {
+            auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], false, labels_per_token_));
+            const Napi::Object o = options_arg(info, 1, "Engine.prefill: options {maxNewTokens}");
+            const int max_new = read_int(o, "maxNewTokens", "Engine.prefill: options", true, 0);
+            return slot_.Queue<std::vector<float>>(
+                info.Env(), "prefill",
+                [batch, max_new](Engine& e) {
+                    nt::LlamaEngine& lm = causal_lm(e, "prefill");
+                    std::vector<float> logits((size_t)batch->B * lm.config().vocab_size);
+                    lm.prefill(batch->view(), max_new, logits.data());
+                    return logits;
+                },
+                LogitsResult);
+        });
+    }
+
+    Napi::Value Decode(const Napi::CallbackInfo& info) {
+        return Guard(info.Env(), [&]() -> Napi::Value {
+            const Napi::Value v = info.Length() > 0 ? info[0] : info.Env().Undefined();
+            if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+                throw EngineError("Engine.decode(tokens): tokens must be an Int32Array with one token per prompt, got " + type_name(v));
+            auto a = v.As<Napi::Int32Array>();
+            if (detached(a)) throw EngineError("Engine.decode(tokens): the Int32Array's buffer is detached");
+            auto tokens = std::make_shared<std::vector<int32_t>>(a.Data(), a.Data() + a.ElementLength());
+            return slot_.Queue<std::vector<float>>(
+                info.Env(), "decode",
+                [tokens](Engine& e) {
+                    nt::LlamaEngine& lm = causal_lm(e, "decode");
+                    if ((int)tokens->size() != lm.generation_batch())
+                        throw EngineError("Engine.decode(tokens): got " + std::to_string(tokens->size()) + " tokens, expected one per prompt (" +
+                                          std::to_string(lm.generation_batch()) + ")" +
+                                          (lm.generation_batch() == 0 ? ": call prefill() first" : ""));
+                    std::vector<float> logits(tokens->size() * lm.config().vocab_size);
+                    lm.decode(tokens->data(), logits.data());
+                    return logits;
+                },
+                LogitsResult);
+        });
+    }
+
     Napi::Value Accumulate(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], true));
+            auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], true, labels_per_token_));
             float scale = 1.0f;
             if (info.Length() > 1 && info[1].IsObject()) {
                 const auto d = read_number(info[1].As<Napi::Object>(), "lossScale", "Engine.accumulate: options");
@@ -675,7 +854,7 @@ private:
 
     Napi::Value TrainStep(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
-            auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], true));
+            auto batch = std::make_shared<OwnedBatch>(read_batch(info[0], true, labels_per_token_));
             const float lr = LearningRate(info, 1, "trainStep");
             return slot_.Queue<std::pair<float, float>>(
                 info.Env(), "trainStep",

@@ -4,6 +4,8 @@
 // BertOutput, BertPooler) and torch.optim.AdamW / clip_grad_norm_.
 #include "engine/engine.h"
 
+#include "engine/training.h"
+
 #include <omp.h>
 
 #include <algorithm>
@@ -112,20 +114,7 @@ EngineBase::EngineBase(const BertConfig& config, const TrainConfig& train) : cfg
     prob("config.hidden_dropout_prob", cfg_.hidden_dropout_prob);
     prob("config.attention_probs_dropout_prob", cfg_.attention_probs_dropout_prob);
     prob("config.classifier_dropout", cfg_.classifier_dropout);
-    auto in_range = [](const char* name, float v, float lo, float hi, const char* expect) {
-        if (!(v >= lo && v < hi)) throw EngineError(std::string(name) + " must be " + expect + ", got " + std::to_string(v));
-    };
-    in_range("adam_beta1", tc_.adam_beta1, 0.0f, 1.0f, "in [0, 1)");
-    in_range("adam_beta2", tc_.adam_beta2, 0.0f, 1.0f, "in [0, 1)");
-    in_range("adam_epsilon", tc_.adam_epsilon, 1e-30f, INFINITY, "> 0");
-    in_range("weight_decay", tc_.weight_decay, 0.0f, INFINITY, ">= 0");
-    in_range("label_smoothing_factor", tc_.label_smoothing_factor, 0.0f, 1.0f + 1e-7f, "in [0, 1]");
-    if (!(tc_.max_grad_norm == tc_.max_grad_norm)) throw EngineError("max_grad_norm must be a number (<= 0 disables clipping)");
-    if (tc_.threads < 0) throw EngineError("threads must be >= 0 (0 = all cores), got " + std::to_string(tc_.threads));
-    for (size_t i = 0; i < tc_.class_weights.size(); i++)
-        if (!(tc_.class_weights[i] >= 0.0f) || !std::isfinite(tc_.class_weights[i]))
-            throw EngineError("class_weights[" + std::to_string(i) + "] must be a finite number >= 0, got " +
-                              std::to_string(tc_.class_weights[i]));
+    validate_train_config(tc_);
     if (!tc_.class_weights.empty() && (int)tc_.class_weights.size() != cfg_.num_labels)
         throw EngineError("class_weights has " + std::to_string(tc_.class_weights.size()) +
                           " entries, expected num_labels = " + std::to_string(cfg_.num_labels));
@@ -533,12 +522,7 @@ float CpuEngine::step(float lr) {
         zero_grad();
         return norm;
     }
-    float scale = 1.0f;
-    // torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total_norm + 1e-6)
-    if (tc_.max_grad_norm > 0) {
-        const float coef = tc_.max_grad_norm / (norm + 1e-6f);
-        if (coef < 1.0f) scale = coef;
-    }
+    const float scale = clip_scale(norm, tc_.max_grad_norm);
     t_++;
     for (const auto& p : params_) {
         if (!p.trainable) continue;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "engine/model.h"
 
 namespace nt {
 
@@ -125,7 +126,7 @@ double count_parameters(const BertConfig& config);
 // arena order, with q/k/v packed so one GEMM computes all three), input
 // validation, freezing flags and the optimizer/dropout counters. A device
 // engine (CpuEngine here, CudaEngine in native/cuda) owns the memory.
-class EngineBase {
+class EngineBase : public Model {
 public:
     EngineBase(const BertConfig& config, const TrainConfig& train);  // throws EngineError
     virtual ~EngineBase() = default;
@@ -134,19 +135,15 @@ public:
 
     const BertConfig& config() const { return cfg_; }
     const TrainConfig& train_config() const { return tc_; }
-    const std::vector<ParamInfo>& params() const { return params_; }
-    const ParamInfo& param(const std::string& name) const;  // throws EngineError
-    size_t num_parameters() const { return n_params_; }
-    virtual std::string device() const = 0;  // "cpu", "cuda:0 (NVIDIA H200, bf16)"
-    // Bytes the activation arenas hold now (0 where a device does not say).
-    virtual size_t activation_bytes() const { return 0; }
-
-    // The four parameter-shaped arenas, copied in and out in float32.
-    enum class Slot { Weight, Grad, ExpAvg, ExpAvgSq };
-    virtual void read(const ParamInfo& p, Slot slot, float* dst) = 0;
-    virtual void write(const ParamInfo& p, Slot slot, const float* src) = 0;
-    // Frozen parameters get no gradient (their slice is zeroed) and no update.
-    void set_trainable(const std::string& name, bool trainable);
+    const std::vector<ParamInfo>& params() const override { return params_; }
+    const ParamInfo& param(const std::string& name) const override;  // throws EngineError
+    size_t num_parameters() const override { return n_params_; }
+    bool labels_per_token() const override { return false; }
+    size_t logits_size(int B, int) const override { return (size_t)B * cfg_.num_labels; }
+    // The four parameter-shaped arenas (Model::Slot) are copied in and out
+    // in float32 by the device engine's read/write; activation_bytes() is the
+    // device engine's too. Frozen parameters get no gradient (their slice is zeroed) and no update.
+    void set_trainable(const std::string& name, bool trainable) override;
 
     // Checks ids, mask, token types, labels, T and B × T (at most 2^31 - 1
     // tokens) against the config; throws EngineError naming the tensor, the
@@ -156,23 +153,23 @@ public:
     // forward() and accumulate() validate the batch first (EngineError).
     // logits (B, num_labels) written to `logits`. train=false disables
     // dropout. Returns the mean loss when batch.labels is set, else 0.
-    virtual float forward(const Batch& batch, float* logits, bool train) = 0;
+    float forward(const Batch& batch, float* logits, bool train) override = 0;
     // forward(train) + loss + backward; parameter gradients are ADDED to the
     // gradient arena with the loss scaled by `loss_scale` (a micro-batch's
     // share of the examples under gradient accumulation). Returns the
     // micro-batch's mean loss (unscaled).
-    virtual float accumulate(const Batch& batch, float loss_scale) = 0;
+    float accumulate(const Batch& batch, float loss_scale) override = 0;
     // Global-norm clipping (torch.nn.utils.clip_grad_norm_), fused AdamW on
     // every trainable parameter, then zeroes the gradients. Returns the norm
     // before clipping. A non-finite norm skips the update (weights, moments
     // and the step count stay as they were) and is returned as is.
-    virtual float step(float learning_rate) = 0;
-    virtual void zero_grad() = 0;
+    float step(float learning_rate) override = 0;
+    void zero_grad() override = 0;
 
-    int64_t optimizer_step() const { return t_; }
-    void set_optimizer_step(int64_t t) { t_ = t; }
-    uint64_t micro_step() const { return micro_step_; }
-    void set_micro_step(uint64_t s) { micro_step_ = s; }
+    int64_t optimizer_step() const override { return t_; }
+    void set_optimizer_step(int64_t t) override { t_ = t; }
+    uint64_t micro_step() const override { return micro_step_; }
+    void set_micro_step(uint64_t s) override { micro_step_ = s; }
 
 protected:
     // Indices into params_ of one encoder layer's tensors.

@@ -1,5 +1,7 @@
 #include "engine/factory.h"
 
+#include "models/llama.h"
+
 #ifdef NODETUNE_WITH_CUDA
 #include "cuda/engine_cuda.h"
 #endif
@@ -52,6 +54,14 @@ std::unique_ptr<EngineBase> make_engine(const BertConfig& config, const TrainCon
 #else
     return nullptr;  // unreachable: check_device threw
 #endif
+}
+
+std::unique_ptr<Model> make_causal_lm(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
+                                      const DeviceSpec& device, bool gradient_checkpointing) {
+    if (device.kind != "cpu")
+        throw EngineError("device '" + device.kind + "': the Llama-family engine runs on the CPU only in this build "
+                          "(CUDA kernels for decoders are not written yet)");
+    return std::make_unique<LlamaEngine>(config, lora, train, gradient_checkpointing);
 }
 
 }  // namespace nt

@@ -25,6 +25,12 @@ DeviceSpec check_device(const std::string& device, const std::string& precision)
 // Throws EngineError when the device is unknown, not compiled in, or absent.
 std::unique_ptr<EngineBase> make_engine(const BertConfig& config, const TrainConfig& train, const DeviceSpec& device);
 
+struct LlamaConfig;  // models/llama.h
+struct LoraConfig;
+// A Llama-family causal LM (models/llama.h); CPU only for now (EngineError otherwise).
+std::unique_ptr<Model> make_causal_lm(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
+                                      const DeviceSpec& device, bool gradient_checkpointing);
+
 // True when this build includes the CUDA backend.
 bool cuda_compiled();
 

@@ -2,15 +2,17 @@
 // four float32 slots per parameter, a batch-in / loss-out training step, and
 // the optimizer and dropout counters. Each architecture (BERT classifier in
 // engine/engine.*, Llama-family causal LM in models/llama.*) is one subclass;
-// the binding, the Trainer and checkpoints only use this interface.
+// the binding, the Trainer and checkpoints only use this interface. The
+// types it names (ParamInfo, Batch, ...) are in engine/engine.h.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "engine/engine.h"
-
 namespace nt {
+
+struct ParamInfo;  // engine/engine.h
+struct Batch;
 
 class Model {
 public:
@@ -25,7 +27,9 @@ public:
     // Throws EngineError naming the expected key form.
     virtual const ParamInfo& param(const std::string& name) const = 0;
     virtual size_t num_parameters() const = 0;
-    virtual std::string device() const = 0;
+    virtual std::string device() const = 0;  // "cpu", "cuda:0 (NVIDIA H200, bf16)"
+    // Bytes the activation arena holds now (0 where not tracked).
+    virtual size_t activation_bytes() const { return 0; }
 
     enum class Slot { Weight, Grad, ExpAvg, ExpAvgSq };
     virtual void read(const ParamInfo& p, Slot slot, float* dst) = 0;

@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
-#include "engine/model.h"
+#include "engine/engine.h"
 
 namespace nt {
 
@@ -82,6 +82,9 @@ public:
     const ParamInfo& param(const std::string& name) const override;
     size_t num_parameters() const override { return n_params_; }
     std::string device() const override { return "cpu"; }
+    size_t activation_bytes() const override {
+        return (acts_.size() + dacts_.size()) * sizeof(float) + iacts_.size() * sizeof(int32_t);
+    }
     void read(const ParamInfo& p, Slot slot, float* dst) override;
     void write(const ParamInfo& p, Slot slot, const float* src) override;
     // Only parameters that train since construction have gradient and moment

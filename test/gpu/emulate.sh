@@ -55,7 +55,8 @@ for f in "$root"/native/cpu/*.cpp; do
   objs+=("$o")
 done
 compile -O3 -c "$root/native/engine/engine.cpp" -o "$out/obj/cpu_engine.o"
-objs+=("$out/obj/cpu_engine.o")
+compile -O3 -c "$root/native/engine/training.cpp" -o "$out/obj/cpu_training.o"
+objs+=("$out/obj/cpu_engine.o" "$out/obj/cpu_training.o")
 compile -c "$root/test/gpu/emu/cuda_emu.cpp" -o "$out/obj/emu.o"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 if [ $bench = 1 ]; then
