@@ -1,0 +1,121 @@
+/**
+ * A Llama-family causal LM from what people hold: a GGUF file (llama.cpp,
+ * node-llama-cpp, Ollama), a Hugging Face folder (config.json,
+ * model.safetensors or a sharded model.safetensors.index.json, tokenizer.json,
+ * tokenizer_config.json, generation_config.json), or a Hub repo id pulled into
+ * the cache. The weights end up in a native {@link Engine}, float32, under
+ * Hugging Face names (GGUF tensors dequantized, llama.cpp's q/k row order undone).
+ */
+import { existsSync, statSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
+import { Engine, type EngineOptions } from '../engine.js';
+import { readGgufModel } from '../io/gguf-llama.js';
+import { resolveModel } from '../io/hub.js';
+import { readSafetensors } from '../io/safetensors.js';
+import { parseJsonText } from '../io/model-folder.js';
+import { llamaParameterShapes, parseLlamaConfig, type LlamaConfig } from '../models/llama.js';
+import { LlmTokenizer } from '../tokenizer/bpe.js';
+
+export interface LoadCausalLMOptions extends EngineOptions {
+  /** Hub revision when `model` is a repo id. */
+  revision?: string;
+}
+
+/** A loaded causal LM: its config, tokenizer, native engine, and where it came from. */
+export interface CausalLM {
+  config: LlamaConfig;
+  tokenizer: LlmTokenizer;
+  engine: Engine;
+  /** The GGUF file or the model folder. */
+  source: { kind: 'gguf' | 'folder'; path: string };
+  /** generation_config.json (a folder's), or {} */
+  generationConfig: Record<string, unknown>;
+}
+
+async function readJson(path: string): Promise<Record<string, unknown>> {
+  const value = parseJsonText(await readFile(path, 'utf8'), path);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error(`${path}: expected a JSON object`);
+  return value as Record<string, unknown>;
+}
+
+/** model.safetensors, or every shard model.safetensors.index.json names: tensors by name (float32). */
+async function readFolderWeights(folder: string): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
+  const single = join(folder, 'model.safetensors');
+  const index = join(folder, 'model.safetensors.index.json');
+  let files: string[];
+  if (existsSync(single)) files = [single];
+  else if (existsSync(index)) {
+    const map = (await readJson(index)).weight_map;
+    if (typeof map !== 'object' || map === null) throw new Error(`${index}: weight_map must be an object of tensor name → shard file`);
+    const shards = [...new Set(Object.values(map as Record<string, unknown>))];
+    for (const s of shards) {
+      if (typeof s !== 'string' || basename(s) !== s) throw new Error(`${index}: weight_map names a shard ${JSON.stringify(s)}: expected a file name in the folder`);
+    }
+    files = (shards as string[]).map((s) => join(folder, s));
+  } else {
+    throw new Error(`${folder} has neither model.safetensors nor model.safetensors.index.json`);
+  }
+  const out = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const file of files) {
+    for (const [name, t] of (await readSafetensors(file)).tensors) {
+      if (!(t.data instanceof Float32Array)) throw new Error(`${file}: tensor '${name}' is ${t.dtype}; expected a floating-point tensor`);
+      out.set(name, { shape: t.shape, data: t.data });
+    }
+  }
+  return out;
+}
+
+/**
+ * Copies tensors into the engine by Hugging Face name.
+ * @throws Error naming a missing tensor or a shape that differs from the config's.
+ */
+function loadWeights(engine: Engine, config: LlamaConfig, tensors: Map<string, { shape: number[]; data: Float32Array }>, where: string): void {
+  for (const [name, shape] of llamaParameterShapes(config)) {
+    const t = tensors.get(name);
+    if (!t) throw new Error(`${where}: tensor '${name}' is missing (expected shape [${shape.join(', ')}])`);
+    if (t.shape.join(',') !== shape.join(',')) throw new Error(`${where}: tensor '${name}' has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}] from the config`);
+    engine.setWeight(name, t.data);
+  }
+}
+
+/**
+ * Loads a causal LM into a native engine.
+ * @param model a .gguf file, a Hugging Face model folder, or a Hub repo id.
+ * @param opts engine options (threads, seed, lora, gradient_checkpointing, ...).
+ * @throws Error naming the file: not a supported architecture, a missing or
+ *   misshapen tensor, an unsupported tokenizer; ENOENT-coded for a missing path.
+ */
+export async function loadCausalLM(model: string, opts: LoadCausalLMOptions = {}): Promise<CausalLM> {
+  const { revision, ...engineOptions } = opts;
+  if (model.endsWith('.gguf') || (existsSync(model) && statSync(model).isFile())) {
+    if (!existsSync(model)) throw Object.assign(new Error(`model file ${resolve(model)} does not exist`), { code: 'ENOENT', path: model });
+    const gguf = await readGgufModel(model);
+    const config = parseLlamaConfig(gguf.config as unknown as Record<string, unknown>, `${model} (GGUF metadata)`);
+    const tokenizer = LlmTokenizer.fromGgufMetadata(gguf.metadata);
+    const engine = new Engine({ config, ...engineOptions });
+    try {
+      loadWeights(engine, config, gguf.tensors, model);
+    } catch (err) {
+      await engine.dispose();
+      throw err;
+    }
+    return { config, tokenizer, engine, source: { kind: 'gguf', path: resolve(model) }, generationConfig: {} };
+  }
+  const folder = await resolveModel(model, { revision });
+  const configPath = join(folder, 'config.json');
+  if (!existsSync(configPath)) throw new Error(`${folder} is not a model folder: it has no config.json`);
+  const config = parseLlamaConfig(await readJson(configPath), configPath);
+  const tokenizer = await LlmTokenizer.fromTokenizerJson(folder);
+  const genPath = join(folder, 'generation_config.json');
+  const generationConfig = existsSync(genPath) ? await readJson(genPath) : {};
+  const tensors = await readFolderWeights(folder);
+  const engine = new Engine({ config, ...engineOptions });
+  try {
+    loadWeights(engine, config, tensors, folder);
+  } catch (err) {
+    await engine.dispose();
+    throw err;
+  }
+  return { config, tokenizer, engine, source: { kind: 'folder', path: folder }, generationConfig };
+}
