@@ -560,3 +560,178 @@ test('writeMergedGguf refuses tensors that do not match the base', async () => {
   await assert.rejects(writeMergedGguf(path, { baseGguf, tensors: base, config: qwen, type: 'F16' }), /config\.model_type is "qwen2" but the base GGUF .* has "llama"/);
   assert.equal(existsSync(path), false);
 });
+
+// ------------------------------------------------------------------------------------------
+// llama.cpp (node-llama-cpp, CPU prebuilt binary) on the real SmolLM2-135M-Instruct Q4_1 GGUF
+
+type NodeLlamaCpp = typeof import('node-llama-cpp');
+let nlc: NodeLlamaCpp | null = null;
+let nlcMissing = '';
+try {
+  nlc = await import('node-llama-cpp');
+} catch (err) {
+  nlcMissing = `node-llama-cpp is not installed (${(err as Error).message.split('\n')[0]})`;
+}
+const skipLlamaCpp = !existsSync(SMOLLM2) ? `${SMOLLM2} is absent: run bash scripts/fetch-llm.sh` : nlc ? false : nlcMissing;
+
+let llamaPromise: ReturnType<NodeLlamaCpp['getLlama']> | null = null;
+/** One llama.cpp runtime for the file: the prebuilt CPU binary, never a local build. */
+function llamaCpp(): ReturnType<NodeLlamaCpp['getLlama']> {
+  llamaPromise ??= nlc!.getLlama({ gpu: false, build: 'never', logLevel: nlc!.LlamaLogLevel.error });
+  return llamaPromise;
+}
+test.after(async () => {
+  if (llamaPromise) await (await llamaPromise).dispose();
+});
+
+/** What llama.cpp generated for one prompt. */
+interface LlamaCppRun {
+  /** The prompt's token ids as fed (model.tokenize(prompt) for a string: no BOS added). */
+  promptIds: number[];
+  /** Greedy new token ids (stops early at an end-of-generation token). */
+  ids: number[];
+  text: string;
+  /** Softmax over the whole vocabulary at each step (token id → probability), before the greedy choice. */
+  probabilities: Array<Map<number, number>>;
+}
+
+/**
+ * Greedy continuation of each prompt by llama.cpp: `modelPath` loaded with `lora` (a LoRA GGUF
+ * applied at scale 1 through createContext({ lora })), one sequence, history cleared between
+ * prompts, 2 threads. Prompts may be text or token ids, so nodetune's own generation can be
+ * compared id for id and step for step.
+ */
+async function llamaCppGreedy(modelPath: string, prompts: Array<string | number[]>, opts: { lora?: string; maxTokens?: number } = {}): Promise<LlamaCppRun[]> {
+  const llama = await llamaCpp();
+  const model = await llama.loadModel({ modelPath });
+  try {
+    const context = await model.createContext({ contextSize: 256, threads: 2, ...(opts.lora ? { lora: { adapters: [{ filePath: opts.lora }] } } : {}) });
+    const sequence = context.getSequence();
+    const runs: LlamaCppRun[] = [];
+    for (const prompt of prompts) {
+      await sequence.clearHistory();
+      const promptIds = typeof prompt === 'string' ? model.tokenize(prompt) : (prompt as never[]);
+      const run: LlamaCppRun = { promptIds: [...promptIds], ids: [], text: '', probabilities: [] };
+      for await (const step of sequence.evaluateWithMetadata(promptIds, { probabilities: true }, { temperature: 0 })) {
+        run.ids.push(step.token);
+        run.probabilities.push(step.probabilities as Map<number, number>);
+        if (run.ids.length >= (opts.maxTokens ?? 8) || model.isEogToken(step.token)) break;
+      }
+      run.text = model.detokenize(run.ids as never[]);
+      runs.push(run);
+    }
+    await context.dispose();
+    return runs;
+  } finally {
+    await model.dispose();
+  }
+}
+
+/** Total variation distance of two next-token distributions. */
+function totalVariation(p: Map<number, number>, q: Map<number, number>): number {
+  let s = 0;
+  for (const k of new Set([...p.keys(), ...q.keys()])) s += Math.abs((p.get(k) ?? 0) - (q.get(k) ?? 0));
+  return s / 2;
+}
+
+/** The most probable token (ties to the lower id, as the greedy choice). */
+function argmax(p: Map<number, number>): number {
+  let best = -1, bestP = -1;
+  for (const [k, v] of p) if (v > bestP || (v === bestP && k < best)) [best, bestP] = [k, v];
+  return best;
+}
+
+/** A LoRA adapter on a GGUF model's shapes: A, B ~ N(0, std²) (B = 0 with zeroB), PEFT names. */
+function randomAdapter(c: { hidden_size: number; intermediate_size: number; num_attention_heads: number; num_key_value_heads: number; head_dim: number; num_hidden_layers: number }, opts: { r: number; targets: readonly (typeof LORA_TARGETS)[number][]; seed: number; std: number; zeroB?: boolean }): NamedTensors {
+  const rng = new SeededRng(opts.seed);
+  const q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim, C = c.hidden_size, I = c.intermediate_size;
+  const dims = { q_proj: [q, C], k_proj: [kv, C], v_proj: [kv, C], o_proj: [C, q], gate_proj: [I, C], up_proj: [I, C], down_proj: [C, I] } as const;
+  const m: NamedTensors = new Map();
+  for (let layer = 0; layer < c.num_hidden_layers; layer++) {
+    for (const t of opts.targets) {
+      const [o, i] = dims[t];
+      m.set(peftKey(layer, t, 'A'), { shape: [opts.r, i], data: rng.fillNormal(new Float32Array(opts.r * i), 0, opts.std) });
+      const B = new Float32Array(o * opts.r);
+      if (!opts.zeroB) rng.fillNormal(B, 0, opts.std);
+      m.set(peftKey(layer, t, 'B'), { shape: [o, opts.r], data: B });
+    }
+  }
+  return m;
+}
+
+const PROMPTS = ['The capital of France is', 'def fibonacci(n):', 'Once upon a time'];
+
+test('llama.cpp applies nodetune LoRA GGUFs to SmolLM2 Q4_1: a random adapter changes every greedy completion, a zero-B adapter changes nothing; the merged Q8_0 GGUF loads and starts like the base', { skip: skipLlamaCpp }, async (t) => {
+  const model = await readGgufModel(SMOLLM2);
+  const c = model.config;
+  const base = await llamaCppGreedy(SMOLLM2, PROMPTS);
+  assert.match(base[0].text, /^ Paris/);
+
+  // r 8, all-linear, N(0, 0.02²), s = 256 / 8 = 32: large enough to see in 8 tokens.
+  const lora: LoraConfig = { r: 8, lora_alpha: 256, target_modules: 'all-linear' };
+  const randomPath = join(tmp, 'smollm2-random-lora.gguf');
+  await writeLoraGguf(randomPath, { baseGguf: SMOLLM2, tensors: randomAdapter(c, { r: 8, targets: LORA_TARGETS, seed: 1, std: 0.02 }), lora, name: 'random test adapter' });
+  const random = await llamaCppGreedy(SMOLLM2, PROMPTS, { lora: randomPath });
+
+  const zero = randomAdapter(c, { r: 8, targets: LORA_TARGETS, seed: 2, std: 0.02, zeroB: true });
+  const zeroPath = join(tmp, 'smollm2-zero-lora.gguf');
+  await writeLoraGguf(zeroPath, { baseGguf: SMOLLM2, tensors: zero, lora });
+  const same = await llamaCppGreedy(SMOLLM2, PROMPTS, { lora: zeroPath });
+
+  const mergedPath = join(tmp, 'smollm2-merged-q8_0.gguf');
+  await writeMergedGguf(mergedPath, { baseGguf: SMOLLM2, tensors: mergeLora(model.tensors, zero, lora), type: 'Q8_0' });
+  const merged = await llamaCppGreedy(mergedPath, PROMPTS);
+  await rm(mergedPath);
+
+  for (let i = 0; i < PROMPTS.length; i++) {
+    const tv = (r: LlamaCppRun) => totalVariation(base[i].probabilities[0], r.probabilities[0]).toFixed(4);
+    t.diagnostic(`${JSON.stringify(PROMPTS[i])}: base ${JSON.stringify(base[i].text)} | random adapter ${JSON.stringify(random[i].text)} (first-token TV ${tv(random[i])}) | zero-B adapter ${JSON.stringify(same[i].text)} (TV ${tv(same[i])}) | merged Q8_0 ${JSON.stringify(merged[i].text)} (TV ${tv(merged[i])})`);
+    assert.notDeepEqual(random[i].ids, base[i].ids, `the random adapter changes ${JSON.stringify(PROMPTS[i])}`);
+    assert.ok(totalVariation(base[i].probabilities[0], random[i].probabilities[0]) > 0.2);
+    assert.deepEqual(same[i].ids, base[i].ids, 'a zero-B adapter is a no-op: names and shapes were accepted, nothing changed');
+    assert.ok(totalVariation(base[i].probabilities[0], same[i].probabilities[0]) < 1e-5);
+    assert.equal(merged[i].ids[0], base[i].ids[0], 'Q8_0 of the merged weights: the same first token');
+    assert.ok(totalVariation(base[i].probabilities[0], merged[i].probabilities[0]) < 0.2, 'and nearly the same distribution (Q8_0 rounding only)');
+  }
+});
+
+test('llama.cpp: base + nodetune LoRA GGUF equals nodetune\'s merged GGUF (F16 base, q/k-only adapter, so the rotary row permutation of lora_b decides)', { skip: skipLlamaCpp }, async (t) => {
+  const model = await readGgufModel(SMOLLM2);
+  const c = model.config;
+  // An F16 base, so both sides use the same weight format and only the adapter differs.
+  const baseF16 = join(tmp, 'smollm2-f16.gguf');
+  await writeMergedGguf(baseF16, { baseGguf: SMOLLM2, tensors: model.tensors, type: 'F16' });
+  const lora: LoraConfig = { r: 8, lora_alpha: 1024, target_modules: ['q_proj', 'k_proj'] };
+  const adapter = randomAdapter(c, { r: 8, targets: ['q_proj', 'k_proj'], seed: 3, std: 0.02 });
+  const loraPath = join(tmp, 'smollm2-qk-lora.gguf');
+  await writeLoraGguf(loraPath, { baseGguf: baseF16, tensors: adapter, lora });
+  // Negative control: B handed over pre-unpermuted, so the file holds PEFT's row order.
+  const unpermuted = new Map(adapter);
+  for (let layer = 0; layer < c.num_hidden_layers; layer++) {
+    for (const [target, heads] of [['q_proj', c.num_attention_heads], ['k_proj', c.num_key_value_heads]] as const) {
+      const B = adapter.get(peftKey(layer, target, 'B'))!;
+      unpermuted.set(peftKey(layer, target, 'B'), { shape: B.shape, data: unpermuteQK(B.data, B.shape[0], heads) });
+    }
+  }
+  const wrongPath = join(tmp, 'smollm2-qk-lora-unpermuted.gguf');
+  await writeLoraGguf(wrongPath, { baseGguf: baseF16, tensors: unpermuted, lora });
+  const mergedF16 = join(tmp, 'smollm2-qk-merged-f16.gguf');
+  await writeMergedGguf(mergedF16, { baseGguf: baseF16, tensors: mergeLora(model.tensors, adapter, lora), type: 'F16' });
+
+  const base = await llamaCppGreedy(baseF16, PROMPTS, { maxTokens: 1 });
+  const viaLora = await llamaCppGreedy(baseF16, PROMPTS, { lora: loraPath, maxTokens: 1 });
+  const wrong = await llamaCppGreedy(baseF16, PROMPTS, { lora: wrongPath, maxTokens: 1 });
+  const merged = await llamaCppGreedy(mergedF16, PROMPTS, { maxTokens: 1 });
+  await Promise.all([baseF16, mergedF16].map((p) => rm(p)));
+  for (let i = 0; i < PROMPTS.length; i++) {
+    const p = (r: LlamaCppRun) => r.probabilities[0];
+    const tvMerged = totalVariation(p(viaLora[i]), p(merged[i]));
+    const tvBase = totalVariation(p(base[i]), p(viaLora[i]));
+    const tvWrong = totalVariation(p(wrong[i]), p(merged[i]));
+    t.diagnostic(`${JSON.stringify(PROMPTS[i])}: first-token TV adapter vs merged ${tvMerged.toFixed(4)}, base vs adapter ${tvBase.toFixed(4)}, unpermuted adapter vs merged ${tvWrong.toFixed(4)}; argmax base ${argmax(p(base[i]))} adapter ${argmax(p(viaLora[i]))} merged ${argmax(p(merged[i]))} unpermuted ${argmax(p(wrong[i]))}`);
+    assert.equal(viaLora[i].ids[0], merged[i].ids[0], 'the same first token');
+    assert.ok(tvMerged < 0.03, `adapter and merged model agree: TV ${tvMerged}`);
+    assert.ok(tvWrong > 10 * tvMerged && tvWrong > 0.05, `an unpermuted lora_b would be caught: TV ${tvWrong}`);
+  }
+  assert.ok(Math.max(...PROMPTS.map((_, i) => totalVariation(base[i].probabilities[0], viaLora[i].probabilities[0]))) > 0.5, 'the adapter matters');
+});
