@@ -272,6 +272,7 @@ test('bad input gets an Error naming what is wrong', async () => {
   const batch = (ids: number[], seqLen = T): Batch => ({ input_ids: Int32Array.from(ids), batchSize: 1, seqLen, labels: Int32Array.from(ids) });
   await assert.rejects(engine.forward(batch([1, 2, 256, 3])), /input_ids\[0\]\[2\] = 256 is out of range: expected 0 <= id < vocab_size \(256\)/);
   await assert.rejects(engine.forward(batch(Array(65).fill(1), 65)), /T=65 exceeds max_position_embeddings=64/);
+  await assert.rejects(engine.forward({ ...batch([1, 2, 3, 4]), attention_mask: Int32Array.from([1, 1, -1, 1]) }), /attention_mask\[0\]\[2\] = -1: expected 0 \(padding\), 1, or a packed example's segment number >= 1/);
   await assert.rejects(engine.accumulate({ ...batch([1, 2, 3, 4]), labels: Int32Array.from([1, 2, -5, 4]) }), /labels\[0\]\[2\] = -5 is out of range/);
   await assert.rejects(engine.accumulate({ ...batch([1, 2, 3, 4]), labels: Int32Array.from([1]) }), /labels has length 1, expected batchSize × seqLen = 1 × 4 = 4/);
   await engine.dispose();
@@ -282,3 +283,59 @@ test('bad input gets an Error naming what is wrong', async () => {
   assert.throws(() => parseLlamaConfig({ ...f.config, num_key_value_heads: 3 } as unknown as Record<string, unknown>, 'config.json'), /config.json: num_attention_heads 4 is not a multiple of num_key_value_heads 3/);
   assert.throws(() => parseLlamaConfig({ ...f.config, rope_scaling: { rope_type: 'yarn', factor: 4 } } as unknown as Record<string, unknown>, 'config.json'), /rope_scaling type 'yarn' is not supported/);
 });
+
+test('packing: two examples in one row (segments 1 and 2) give the loss and gradients of the two rows apart', async () => {
+  const f = await load('tiny-qwen2');
+  const lora = f.meta.lora.config;
+  const a = [5, 17, 33, 92, 41], b = [7, 250, 18];
+  const la = [-100, -100, 33, 92, 41], lb = [-100, 250, 18];
+  const apart: Batch = {
+    input_ids: Int32Array.from([...a, ...b, 0, 0]),
+    attention_mask: Int32Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 0]),
+    labels: Int32Array.from([...la, ...lb, -100, -100]),
+    batchSize: 2, seqLen: 5,
+  };
+  const packed: Batch = {
+    input_ids: Int32Array.from([...a, ...b]),
+    attention_mask: Int32Array.from([1, 1, 1, 1, 1, 2, 2, 2]),
+    // b's first token keeps a real label: the engine never predicts across a segment's end
+    labels: Int32Array.from([...la, 7, 250, 18]),
+    batchSize: 1, seqLen: 8,
+  };
+  const run = async (batch: Batch) => {
+    const engine = makeEngine(f, lora);
+    const { loss } = await engine.accumulate(batch);
+    const g = engine.parameterNames().filter((n) => n.includes('lora_')).map((n) => engine.getGradient(n));
+    await engine.dispose();
+    return { loss, g };
+  };
+  const x = await run(apart), y = await run(packed);
+  close(y.loss, x.loss, 1e-6, 'packed loss');
+  for (let i = 0; i < x.g.length; i++) assert.ok(relErr(y.g[i], x.g[i]) < 1e-5, `gradient ${i}: rel err ${relErr(y.g[i], x.g[i])}`);
+});
+
+test('layers_to_transform adapts only those layers, with the gradients of the same adapters among all-layer ones', async () => {
+  const f = await load('tiny-llama');
+  const some = makeEngineWith(f, { ...f.meta.lora.config, layers_to_transform: [1] });
+  assert.ok(some.parameterNames().filter((n) => n.includes('lora_')).every((n) => n.includes('.layers.1.')));
+  const all = makeEngine(f, f.meta.lora.config);
+  // Zero B on layer 0: the all-layer model computes the same function.
+  for (const n of all.parameterNames()) if (n.includes('.layers.0.') && n.includes('lora_B')) all.setWeight(n, new Float32Array(all.getWeight(n).length));
+  await some.accumulate(f.batch);
+  await all.accumulate(f.batch);
+  for (const n of some.parameterNames().filter((x) => x.includes('lora_'))) {
+    assert.ok(relErr(some.getGradient(n), all.getGradient(n)) < 1e-5, n);
+  }
+  assert.throws(() => new Engine({ config: f.config, lora: { ...f.meta.lora.config, layers_to_transform: [2] } }), /layers_to_transform names layer 2: expected 0 <= layer < num_hidden_layers \(2\)/);
+  await some.dispose();
+  await all.dispose();
+});
+
+function makeEngineWith(f: Fixture, lora: LoraConfig): Engine {
+  const engine = new Engine({ config: f.config, lora, seed: 7, threads: 2 });
+  for (const name of engine.parameterNames()) {
+    const w = f.weights.get(name) ?? f.loraInit.get(name);
+    if (w) engine.setWeight(name, w);
+  }
+  return engine;
+}

@@ -514,6 +514,21 @@ private:
                                   "' is not a module LoRA can adapt: expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj");
             lora.target[k] = true;
         }
+        const Napi::Value layers = l.Get("layers_to_transform");
+        if (!absent(layers)) {
+            if (!layers.IsArray()) throw EngineError("options.lora.layers_to_transform must be an array of layer numbers, got " + type_name(layers));
+            const Napi::Array la = layers.As<Napi::Array>();
+            const uint32_t count = la.Length();
+            if (count > 4096) throw EngineError("options.lora.layers_to_transform has " + std::to_string(count) + " entries");
+            for (uint32_t i = 0; i < count; i++) {
+                const Napi::Value x = la.Get(i);
+                if (!x.IsNumber()) throw EngineError("options.lora.layers_to_transform[" + std::to_string(i) + "] must be a number, got " + type_name(x));
+                const double d = x.As<Napi::Number>().DoubleValue();
+                if (d != std::floor(d) || !(d >= 0 && d < 1e6))
+                    throw EngineError("options.lora.layers_to_transform[" + std::to_string(i) + "] must be a layer number >= 0, got " + num(d));
+                lora.layers_to_transform.push_back((int)d);
+            }
+        }
         return lora;
     }
 

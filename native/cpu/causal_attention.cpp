@@ -40,9 +40,10 @@ void causal_softmax(T* S, int rows, int nk, int i0, const int32_t* m, const T* l
     for (int r = 0; r < rows; r++) {
         T* s = S + (size_t)r * nk;
         const int i = i0 + r;
-        // keys j <= i that are real tokens
+        // keys j <= i of the query's own segment (padding, 0, has none)
+        const int32_t seg = m[i];
 #pragma omp simd
-        for (int j = 0; j < nk; j++) s[j] = (j <= i && m[j] != 0) ? s[j] : T(-INFINITY);
+        for (int j = 0; j < nk; j++) s[j] = (j <= i && seg != 0 && m[j] == seg) ? s[j] : T(-INFINITY);
         T l;
         if (lse_in) {
             l = lse_in[r];

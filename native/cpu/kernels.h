@@ -198,12 +198,14 @@ void swiglu_backward(T* dgu, const T* dout, const T* gu, int N, int I);
 
 // ---- causal self-attention with GQA and padding ----------------------------
 // qkv (N, (NH + 2 NKV) HS) per token [q heads | k heads | v heads], q and k
-// already rotated. mask (B,T): 1 = real token, 0 = padding (never a key).
-// Query t attends to keys t' <= t that are real: softmax(q k^T / sqrt(HS)) v.
+// already rotated. mask (B,T): 0 = padding (never a key), k >= 1 = the token
+// belongs to segment k (1 everywhere for one sequence a row; packed examples
+// get 1, 2, 3, ...). Query t attends to keys t' <= t of its own segment:
+// softmax(q k^T / sqrt(HS)) v, so packed examples never see each other.
 // out (N, NH HS); lse (B, NH, T) saves each row's log-sum-exp so the backward
 // recomputes the probabilities instead of storing (T x T) per head (FlashAttention's
 // recomputation, Dao et al. 2022, on BLAS blocks of query rows). A query with no
-// key it may attend to (a left-padding row) gets out = 0 and no gradient.
+// key it may attend to (a padding row) gets out = 0 and no gradient.
 template <typename T>
 void causal_attention_forward(T* out, T* lse, const T* qkv, const int32_t* mask, int B, int Tn,
                               int NH, int NKV, int HS);

@@ -108,6 +108,10 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
             throw EngineError("lora r = " + std::to_string(lora_.r) + " exceeds the smallest adapted dimension (" +
                               std::to_string(std::min(cfg_.hidden_size, cfg_.intermediate_size)) + ")");
         lora_scale_ = lora_.use_rslora ? lora_.lora_alpha / std::sqrt((float)lora_.r) : lora_.lora_alpha / lora_.r;
+        for (int l : lora_.layers_to_transform)
+            if (l < 0 || l >= cfg_.num_hidden_layers)
+                throw EngineError("lora layers_to_transform names layer " + std::to_string(l) + ": expected 0 <= layer < num_hidden_layers (" +
+                                  std::to_string(cfg_.num_hidden_layers) + ")");
     }
     QKV_ = (cfg_.num_attention_heads + 2 * cfg_.num_key_value_heads) * cfg_.head_dim;
     build_param_table();
@@ -180,7 +184,8 @@ void LlamaEngine::build_param_table() {
         if (cfg_.mlp_bias) L.down_b = add_param(p + "mlp.down_proj.bias", {C}, full, false);
         L.lora_A.fill(kNone);
         L.lora_B.fill(kNone);
-        if (full) continue;
+        const auto& only = lora_.layers_to_transform;
+        if (full || (!only.empty() && std::find(only.begin(), only.end(), l) == only.end())) continue;
         // PEFT names: base_model.model.<module>.lora_A.weight (r, in), lora_B.weight (out, r)
         const int64_t in[kNumTargets] = {C, C, C, QO, C, C, I};
         const int64_t out[kNumTargets] = {QO, KVO, KVO, C, I, I, C};
@@ -278,7 +283,9 @@ void LlamaEngine::validate(const Batch& b, bool need_labels) const {
             throw EngineError(where("input_ids", i) + " = " + std::to_string(id) +
                               " is out of range: expected 0 <= id < vocab_size (" + std::to_string(cfg_.vocab_size) + ")");
         const int32_t m = b.attention_mask[i];
-        if (m != 0 && m != 1) throw EngineError(where("attention_mask", i) + " = " + std::to_string(m) + ": expected 0 or 1");
+        if (m < 0)
+            throw EngineError(where("attention_mask", i) + " = " + std::to_string(m) +
+                              ": expected 0 (padding), 1, or a packed example's segment number >= 1");
     }
     if (need_labels && !b.labels)
         throw EngineError("labels are required for training: expected an Int32Array of length batchSize × seqLen");
@@ -438,19 +445,27 @@ void LlamaEngine::layer_forward(int l, const int32_t* mask, bool train) {
 void LlamaEngine::forward_impl(const Batch& b, bool train) {
     ensure_activations(b.B, b.T, train);
     const int B = b.B, T = b.T, N = B * T, C = cfg_.hidden_size;
-    // HF generate()'s position_ids: cumsum(attention_mask) - 1, clamped at 0.
+    // HF generate()'s position_ids: cumsum(attention_mask != 0) - 1, clamped
+    // at 0; packed examples (segments 1, 2, ...) each count from 0, as HF's
+    // packing with position_ids does.
     for (int i = 0; i < B; i++) {
-        int seen = 0;
+        const int32_t* m = b.attention_mask + (size_t)i * T;
+        int seen = 0, in_segment = 0;
         for (int t = 0; t < T; t++) {
-            seen += b.attention_mask[(size_t)i * T + t];
-            a_.pos[(size_t)i * T + t] = std::max(seen - 1, 0);
+            seen += m[t] != 0;
+            in_segment = m[t] != 0 && t > 0 && m[t - 1] == m[t] ? in_segment + 1 : 0;
+            a_.pos[(size_t)i * T + t] = m[t] == 0 ? std::max(seen - 1, 0) : in_segment;
         }
     }
-    // LlamaForCausalLM's loss: logits[:, :-1] predict labels[:, 1:].
+    // LlamaForCausalLM's loss: logits[:, :-1] predict labels[:, 1:]; never
+    // across a packed segment's end (the next example is not a continuation).
     if (b.labels)
         for (int i = 0; i < B; i++)
-            for (int t = 0; t < T; t++)
-                a_.targets[(size_t)i * T + t] = t + 1 < T ? b.labels[(size_t)i * T + t + 1] : -100;
+            for (int t = 0; t < T; t++) {
+                const size_t n = (size_t)i * T + t;
+                const bool same = t + 1 < T && b.attention_mask[n + 1] == b.attention_mask[n];
+                a_.targets[n] = same ? b.labels[n + 1] : -100;
+            }
     rope_tables(a_.cos, a_.sin, inv_freq_.data(), T, cfg_.head_dim);
     token_embedding_forward(la_[0].h, b.input_ids, W(embed_), N, C);
     for (int l = 0; l < cfg_.num_hidden_layers; l++) layer_forward(l, b.attention_mask, train);

@@ -63,6 +63,9 @@ struct LoraConfig {
     float lora_dropout = 0.0f;
     bool use_rslora = false;  // scale alpha / sqrt(r) instead of alpha / r
     std::array<bool, kNumTargets> target{};
+    // PEFT layers_to_transform: the layers that get adapters (empty = all).
+    // Backward stops at the lowest one, so adapting only the top layers is cheaper.
+    std::vector<int> layers_to_transform;
 };
 
 // Parameters of the base model (no adapters), in double so an absurd config

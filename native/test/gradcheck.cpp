@@ -860,8 +860,9 @@ void check_swiglu(Rng& rng) {
     fd("swiglu_backward", "gate_up", "N=6,I=40", gu, dgu, [&]() { return dot(forward(), R); });
 }
 
-// Direct transcription: per (b, h), scores over keys j <= i with mask[j] = 1,
-// softmax, weighted values; a row with no key gives 0.
+// Direct transcription: per (b, h), scores over keys j <= i in query i's
+// segment (mask[j] == mask[i] != 0), softmax, weighted values; a row with no
+// key gives 0.
 void causal_attention_ref(V& out, const V& qkv, const IV& mask, int B, int T, int NH, int NKV, int HS) {
     const int QKV = (NH + 2 * NKV) * HS;
     out.assign((size_t)B * T * NH * HS, 0.0);
@@ -872,7 +873,7 @@ void causal_attention_ref(V& out, const V& qkv, const IV& mask, int B, int T, in
                 std::vector<double> s(T, -INFINITY);
                 double mx = -INFINITY;
                 for (int j = 0; j <= i; j++) {
-                    if (!mask[b * T + j]) continue;
+                    if (mask[b * T + i] == 0 || mask[b * T + j] != mask[b * T + i]) continue;
                     double d = 0;
                     for (int c = 0; c < HS; c++)
                         d += qkv[(size_t)(b * T + i) * QKV + h * HS + c] * qkv[(size_t)(b * T + j) * QKV + (NH + kvh) * HS + c];
@@ -897,6 +898,7 @@ void check_causal_attention(Rng& rng, int T, int NH, int NKV) {
     IV mask(B * T, 1);
     for (int t = 0; t < 3; t++) mask[0 * T + t] = 0;       // row 0 left-padded
     for (int t = T - 5; t < T; t++) mask[1 * T + t] = 0;   // row 1 right-padded
+    for (int t = T / 3; t < T; t++) mask[2 * T + t] = t < T - 1 ? 2 : 0;  // row 2: two packed segments, a pad
     V qkv = rng.vec((size_t)B * T * QKV, -2, 2), R = rng.vec((size_t)B * T * NH * HS);
     V lse;
     auto forward = [&]() {
@@ -906,7 +908,7 @@ void check_causal_attention(Rng& rng, int T, int NH, int NKV) {
         return out;
     };
     const std::string kase = "B=3,T=" + std::to_string(T) + ",NH=" + std::to_string(NH) + ",NKV=" +
-                             std::to_string(NKV) + ",left+right padding";
+                             std::to_string(NKV) + ",left+right padding, packed segments";
     V out = forward(), want;
     causal_attention_ref(want, qkv, mask, B, T, NH, NKV, HS);
     record("causal_attention_forward", "out", "reference", kase, rel_err(out, want), kRefTol);

@@ -66,6 +66,8 @@ export interface LoraConfig {
   target_modules: readonly string[] | 'all-linear';
   /** rsLoRA (Kalajdzievski 2023): scale lora_alpha / sqrt(r). */
   use_rslora?: boolean;
+  /** PEFT layers_to_transform: adapt only these layers (default all); backward stops at the lowest. */
+  layers_to_transform?: number | readonly number[];
 }
 
 function editDistance(a: string, b: string): number {
@@ -110,7 +112,7 @@ export function resolveLoraTargets(target_modules: readonly string[] | string): 
  * @throws Error naming the field: r not a positive integer, lora_alpha not a finite
  *   number > 0, lora_dropout outside [0, 1), unknown target modules.
  */
-export function resolveLoraConfig(lora: LoraConfig): Required<Omit<LoraConfig, 'target_modules'>> & { target_modules: LoraTarget[] } {
+export function resolveLoraConfig(lora: LoraConfig): Required<Omit<LoraConfig, 'target_modules' | 'layers_to_transform'>> & { target_modules: LoraTarget[]; layers_to_transform?: number[] } {
   if (!lora || typeof lora !== 'object') throw new Error('lora must be an object {r, lora_alpha, lora_dropout, target_modules, use_rslora}');
   if (!Number.isInteger(lora.r) || lora.r <= 0) throw new Error(`lora r must be a positive integer, got ${JSON.stringify(lora.r)}`);
   if (typeof lora.lora_alpha !== 'number' || !Number.isFinite(lora.lora_alpha) || lora.lora_alpha <= 0) {
@@ -119,7 +121,16 @@ export function resolveLoraConfig(lora: LoraConfig): Required<Omit<LoraConfig, '
   const dropout = lora.lora_dropout ?? 0;
   if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1)) throw new Error(`lora_dropout must be in [0, 1), got ${JSON.stringify(dropout)}`);
   if (lora.use_rslora !== undefined && typeof lora.use_rslora !== 'boolean') throw new Error(`use_rslora must be a boolean, got ${JSON.stringify(lora.use_rslora)}`);
-  return { r: lora.r, lora_alpha: lora.lora_alpha, lora_dropout: dropout, use_rslora: lora.use_rslora ?? false, target_modules: resolveLoraTargets(lora.target_modules) };
+  let layers: number[] | undefined;
+  if (lora.layers_to_transform !== undefined && lora.layers_to_transform !== null) {
+    layers = typeof lora.layers_to_transform === 'number' ? [lora.layers_to_transform] : [...lora.layers_to_transform];
+    for (const l of layers) if (!Number.isInteger(l) || l < 0) throw new Error(`lora layers_to_transform must hold layer numbers >= 0, got ${JSON.stringify(l)}`);
+    if (layers.length === 0) throw new Error('lora layers_to_transform is empty: omit it to adapt every layer');
+  }
+  return {
+    r: lora.r, lora_alpha: lora.lora_alpha, lora_dropout: dropout, use_rslora: lora.use_rslora ?? false,
+    target_modules: resolveLoraTargets(lora.target_modules), ...(layers ? { layers_to_transform: layers } : {}),
+  };
 }
 
 /** PEFT's key of a LoRA matrix: base_model.model.model.layers.{layer}.self_attn.q_proj.lora_A.weight. */
