@@ -735,3 +735,16 @@ test('llama.cpp: base + nodetune LoRA GGUF equals nodetune\'s merged GGUF (F16 b
   }
   assert.ok(Math.max(...PROMPTS.map((_, i) => totalVariation(base[i].probabilities[0], viaLora[i].probabilities[0]))) > 0.5, 'the adapter matters');
 });
+
+test('layers_to_transform round-trips through adapter_config.json; an adapter on a left-out layer is refused', async () => {
+  const { adapter, config } = await tiny('tiny-llama' as TinyName);
+  const top: NamedTensors = new Map([...adapter].filter(([k]) => k.includes('.layers.1.')));
+  const folder = join(out, 'peft-layers');
+  const lora = { r: 4, lora_alpha: 8, target_modules: 'all-linear' as const, layers_to_transform: [1] };
+  await savePeftAdapter(folder, { lora, tensors: top, baseModel: 'tiny', config });
+  const json = JSON.parse(await readFile(join(folder, 'adapter_config.json'), 'utf8'));
+  assert.deepEqual(json.layers_to_transform, [1]);
+  const got = await loadPeftAdapter(folder, { config });
+  assert.deepEqual(got.lora.layers_to_transform, [1]);
+  await assert.rejects(savePeftAdapter(join(out, 'peft-layers-bad'), { lora, tensors: adapter, baseModel: 'tiny', config }), /adapts layer 0, which layers_to_transform \[1\] leaves out/);
+});

@@ -125,11 +125,17 @@ export function checkLoraTensors(
   }
   if (byModule.size === 0) throw new Error(`${where}: no LoRA tensors`);
   const layers = numLayers ?? maxLayer + 1;
+  const adapted = lora.layers_to_transform ? new Set(lora.layers_to_transform) : null;
   const pairs: LoraPair[] = [];
   for (let layer = 0; layer < layers; layer++) {
+    if (adapted && !adapted.has(layer)) {
+      for (const target of lora.target_modules)
+        if (byModule.has(`${layer}.${target}`)) throw new Error(`${where}: tensor '${peftKey(layer, target, 'A')}' adapts layer ${layer}, which layers_to_transform [${[...adapted].join(', ')}] leaves out`);
+      continue;
+    }
     for (const target of lora.target_modules) {
       const e = byModule.get(`${layer}.${target}`);
-      if (!e) throw new Error(`${where}: tensor '${peftKey(layer, target, 'A')}' is missing (target_modules includes ${target}; every layer carries every target)`);
+      if (!e) throw new Error(`${where}: tensor '${peftKey(layer, target, 'A')}' is missing (target_modules includes ${target}; every adapted layer carries every target)`);
       if (!e.A) throw new Error(`${where}: tensor '${peftKey(layer, target, 'A')}' is missing (its lora_B is present)`);
       if (!e.B) throw new Error(`${where}: tensor '${peftKey(layer, target, 'B')}' is missing (its lora_A is present)`);
       const want = baseShape?.(e.baseName!);
@@ -197,7 +203,7 @@ export function peftAdapterConfigJson(lora: ResolvedLoraConfig, baseModel: strin
     kasa_config: null,
     layer_replication: null,
     layers_pattern: null,
-    layers_to_transform: null,
+    layers_to_transform: lora.layers_to_transform ?? null,
     loftq_config: {},
     lora_alpha: lora.lora_alpha,
     lora_bias: false,
@@ -275,7 +281,6 @@ const UNSUPPORTED: Array<[string, (v: unknown) => boolean, string]> = [
   ['fan_in_fan_out', (v) => v === true, 'fan_in_fan_out (Conv1D / GPT-2 layout) is not supported'],
   ['rank_pattern', (v) => v != null && Object.keys(v as object).length > 0, 'per-module ranks (rank_pattern) are not supported'],
   ['alpha_pattern', (v) => v != null && Object.keys(v as object).length > 0, 'per-module alphas (alpha_pattern) are not supported'],
-  ['layers_to_transform', (v) => v != null, 'layers_to_transform is not supported (every layer must be adapted)'],
   ['layer_replication', (v) => v != null, 'layer_replication is not supported'],
   ['modules_to_save', (v) => v != null && (v as unknown[]).length > 0, 'modules_to_save (fully trained extra modules) is not supported'],
   ['trainable_token_indices', (v) => v != null, 'trainable_token_indices is not supported'],
@@ -365,6 +370,7 @@ export async function loadPeftAdapter(
       lora_dropout: (json.lora_dropout ?? 0) as number,
       use_rslora: (json.use_rslora ?? false) as boolean,
       target_modules: targetModules,
+      layers_to_transform: (json.layers_to_transform ?? undefined) as number | number[] | undefined,
     });
   } catch (err) {
     throw new Error(`${cfgPath}: ${(err as Error).message}`, { cause: err });
