@@ -273,3 +273,19 @@ test('bench/train.ts (the first half of npm run bench): one step of bert-tiny wi
   assert.ok(Number.isFinite(load) && load >= 0, `load_avg_1min = ${load}`);
   assert.deepEqual(report.notes.filter((n) => n.startsWith('warning: load average')), load >= 1 ? [loadWarning(load, 1)] : []);
 });
+
+test('bench train on a decoder shape: nodetune LoRA and full steps in child processes, tokens/s, GFLOP/s and peak memory', async () => {
+  const { stdout } = await run(process.execPath, [
+    join(repoRoot, 'dist/src/cli/main.js'), 'bench', 'train', '--shapes', 'smollm2-135m', '--seq', '8', '--batch', '1', '--steps', '1', '--warmup', '0',
+    '--threads', '1', '--lora', '4,0', '--no-torch', '--json',
+  ]);
+  const report = JSON.parse(stdout) as BenchReport;
+  assert.deepEqual(report.rows.map((r) => [r.model, r.mode, r.T]), [['smollm2-135m', 'LoRA r4', 8], ['smollm2-135m', 'full', 8]]);
+  for (const r of report.rows) {
+    for (const f of ['tokens_s', 'gflop_s', 'peak_mib']) assert.ok((r[f] as number) > 0, `${f} = ${r[f]}`);
+    assert.equal(r.torch_status, 'not run (--no-torch)');
+  }
+  // Full fine-tuning holds gradients and two AdamW moments for all 135M parameters: far more memory.
+  assert.ok((report.rows[1].peak_mib as number) > (report.rows[0].peak_mib as number) + 1000);
+  await assert.rejects(run(process.execPath, [join(repoRoot, 'dist/src/cli/main.js'), 'bench', 'train', '--shapes', 'smollm2-135m,bert-tiny', '--no-torch']), /run encoder and decoder shapes separately/);
+});

@@ -8,6 +8,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { formatJson, formatMarkdown, formatTable, type BenchReport } from '../bench/report.js';
 import { KERNEL_MODELS, runKernelBench, type KernelModel } from '../bench/kernels.js';
 import { TRAIN_SHAPES, runTrainBench, type TrainBenchOptions } from '../bench/train.js';
+import { LLM_SHAPES, runLlmTrainBench } from '../bench/train-llm.js';
 import { int, num } from './common.js';
 
 /** Where the commands write: stdout gets the report, stderr progress. */
@@ -51,9 +52,10 @@ function render(report: BenchReport, opts: Record<string, unknown>): string {
 /** Adds the `bench train` flags to a command (shared with bench/train.ts, `npm run bench`). */
 export function addTrainOptions(cmd: Command): Command {
   return cmd
-    .option('--shapes <list>', `comma-separated shapes (${TRAIN_SHAPES.map((s) => s.name).join(', ')})`, list)
-    .option('--seq <list>', 'comma-separated sequence lengths T', (v) => list(v).map(positive), [32, 128])
-    .option('--batch <n>', 'batch size B', positive, 32)
+    .option('--shapes <list>', `comma-separated shapes: encoders (${TRAIN_SHAPES.map((s) => s.name).join(', ')}) or a decoder (${Object.keys(LLM_SHAPES).join(', ')})`, list)
+    .option('--seq <list>', 'comma-separated sequence lengths T (default 32,128; decoders 128,512)', (v) => list(v).map(positive))
+    .option('--batch <n>', 'batch size B (default 32; decoders 8)', positive)
+    .option('--lora <list>', 'decoders: LoRA ranks to measure, 0 = full fine-tuning (default: r 16 at every T and full at the first)', (v) => list(v).map(int))
     .option('--threads <n>', 'threads for nodetune and torch', positive, 2)
     .option('--steps <n>', 'timed steps (default: ~3 s worth, 3 to 20)', positive)
     .option('--warmup <n>', 'untimed warm-up steps (both sides)', int, 2)
@@ -66,6 +68,26 @@ export function addTrainOptions(cmd: Command): Command {
 
 /** Runs `bench train` from parsed options and writes the report. */
 export async function trainAction(opts: Record<string, unknown>, io: BenchIO = processIO): Promise<BenchReport> {
+  const shapes = opts.shapes as string[] | undefined;
+  const decoders = (shapes ?? []).filter((s) => s in LLM_SHAPES);
+  if (decoders.length && decoders.length !== shapes!.length) throw new InvalidArgumentError('--shapes: run encoder and decoder shapes separately (their batch, sequence lengths and peers differ)');
+  if (!decoders.length && opts.lora !== undefined) throw new InvalidArgumentError('--lora applies to decoder shapes only');
+  if (decoders.length) {
+    const report = await runLlmTrainBench({
+      shapes: decoders,
+      modes: opts.lora as number[] | undefined,
+      seqs: opts.seq as number[] | undefined,
+      batch: opts.batch as number | undefined,
+      threads: opts.threads as number,
+      steps: opts.steps as number | undefined,
+      warmup: opts.warmup as number | undefined,
+      torch: opts.torch as boolean,
+      python: opts.python as string | undefined,
+      onProgress: (line) => io.stderr(`${line}\n`),
+    });
+    io.stdout(render(report, opts));
+    return report;
+  }
   const report = await runTrainBench({
     shapes: opts.shapes as string[] | undefined,
     seqs: opts.seq as number[],
