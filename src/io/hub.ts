@@ -25,6 +25,13 @@ import { writeFileAtomic } from './atomic.js';
 
 /** Files a model folder needs, downloaded when the repository has them. */
 export const MODEL_FILES = ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'vocab.txt', 'special_tokens_map.json'] as const;
+/**
+ * What a causal LM's folder adds, downloaded when the repository has them: generation defaults
+ * (eos_token_id lists, max_new_tokens) and chat templates saved beside tokenizer_config.json
+ * (transformers >= 4.43: chat_template.jinja, chat_template.json, additional_chat_templates/*.jinja).
+ */
+export const LLM_FILES = ['generation_config.json', 'chat_template.jinja', 'chat_template.json'] as const;
+const EXTRA_TEMPLATE = /^additional_chat_templates\/[\w-][\w.-]*\.jinja$/;
 export const DEFAULT_ENDPOINT = 'https://huggingface.co';
 const MANIFEST = '.nodetune-manifest.json';
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
@@ -318,22 +325,27 @@ function chooseFiles(siblings: Sibling[], repoId: string): string[] {
         'A converted copy may exist on a pull-request revision (--revision refs/pr/N).',
     );
   }
-  const files: string[] = MODEL_FILES.filter((f) => names.has(f));
+  const files: string[] = [...MODEL_FILES, ...LLM_FILES].filter((f) => names.has(f));
+  files.push(...[...names].filter((f) => EXTRA_TEMPLATE.test(f) && !f.includes('..')).sort());
   if (!names.has('model.safetensors')) files.push('model.safetensors.index.json');
   return files;
 }
 
 /**
  * Download (or find in the cache) the files of a Hugging Face model repo:
- * config.json, model.safetensors (or its index and shards), tokenizer.json,
- * tokenizer_config.json, vocab.txt, special_tokens_map.json — those the repo has.
+ * config.json, model.safetensors (or model.safetensors.index.json and every
+ * shard its weight_map names), tokenizer.json, tokenizer_config.json, vocab.txt,
+ * special_tokens_map.json, and for causal LMs generation_config.json and the
+ * chat template files (LLM_FILES, additional_chat_templates/*.jinja) — those the repo has.
  *
  * Environment: HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE, NODETUNE_CACHE (options win).
  *
  * @returns the local folder and what was downloaded.
  * @throws Error for an invalid repo id; repository or revision not found
  *   (HTTP 401/404, message says so); a repo without config.json or
- *   safetensors weights; a size or sha256 mismatch (file, expected, actual);
+ *   safetensors weights; a model.safetensors.index.json that is not JSON, has
+ *   no weight_map object, or names a shard that is not a plain .safetensors
+ *   file name of the repo; a size or sha256 mismatch (file, expected, actual);
  *   a download that keeps failing (partial data kept for the next call); and,
  *   offline or with the Hub unreachable, a cache that lacks files (listed).
  */
@@ -391,12 +403,32 @@ async function cachedEntry(dir: string, file: string, sib: Sibling, old: Manifes
   return prev;
 }
 
+/**
+ * The shard files a model.safetensors.index.json names (transformers' sharded checkpoints).
+ * The index is untrusted: each shard must be a plain file name (no folder, no '..', nothing
+ * hidden) ending in .safetensors, so nothing is written outside the model folder.
+ * @throws Error naming the index and the bad value, or the shards the repo lacks.
+ */
 async function shardsOf(indexPath: string, siblings: Map<string, Sibling>, repoId: string): Promise<string[]> {
-  const index = JSON.parse(await readFile(indexPath, 'utf8')) as { weight_map?: Record<string, string> };
-  const shards = [...new Set(Object.values(index.weight_map ?? {}))];
-  const absent = shards.filter((s) => !siblings.has(s));
-  if (absent.length) throw new Error(`${repoId}: model.safetensors.index.json names shards the repo lacks: ${absent.join(', ')}`);
-  return shards;
+  const where = `${repoId}: model.safetensors.index.json`;
+  let index: unknown;
+  try {
+    index = JSON.parse(await readFile(indexPath, 'utf8'));
+  } catch (err) {
+    throw new Error(`${where} is not valid JSON (${(err as Error).message})`, { cause: err });
+  }
+  const map = (index as { weight_map?: unknown } | null)?.weight_map;
+  if (map === null || typeof map !== 'object' || Array.isArray(map)) throw new Error(`${where}: weight_map must be an object of tensor name → shard file`);
+  const shards = [...new Set(Object.values(map as Record<string, unknown>))];
+  if (shards.length === 0) throw new Error(`${where}: weight_map names no shards`);
+  for (const s of shards) {
+    if (typeof s !== 'string' || !/^[\w-][\w.-]*\.safetensors$/.test(s) || s.includes('..')) {
+      throw new Error(`${where}: weight_map names a shard ${JSON.stringify(s)}; expected a plain file name ending in .safetensors`);
+    }
+  }
+  const absent = (shards as string[]).filter((s) => !siblings.has(s));
+  if (absent.length) throw new Error(`${where} names shards the repo lacks: ${absent.join(', ')}`);
+  return shards as string[];
 }
 
 /**
