@@ -4,20 +4,26 @@
  * Argument names follow Hugging Face TrainingArguments; the loop follows
  * transformers' Trainer (an optimizer step every gradient_accumulation_steps
  * micro-batches, a final partial window still steps; the scheduler counts
- * optimizer steps).
+ * optimizer steps). What differs between tasks — encoding, collation, the
+ * loss normalisation of accumulated micro-batches, metrics, what a checkpoint
+ * holds — is a {@link TrainingTask} (src/tasks): the sequence classifier
+ * (src/tasks/classification.ts) and the causal LM (src/tasks/causal-lm) share
+ * this one loop.
  */
 import { EventEmitter } from 'node:events';
 import { mkdir, readFile, rm, rename, appendFile, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Batch } from '../engine.js';
 import type { Model } from '../model.js';
-import { saveModel } from '../model.js';
-import { makeBatches, type Example } from '../data/index.js';
+import { makeBatches } from '../data/index.js';
 import { getScheduler, type SchedulerType, type LrSchedule } from './schedule.js';
-import { computeMetrics, type EvalResults } from '../metrics/index.js';
+import type { EvalResults } from '../metrics/index.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
-import type { BertTokenizer, Encoding } from '../tokenizer/index.js';
+import { ClassificationTask, CLASSIFICATION_METRICS, type EncodedExample } from '../tasks/classification.js';
+import type { TaskEvalResults, TaskSetting, TrainingTask } from '../tasks/task.js';
+
+export { collate, encodeExamples, evaluateExamples, predictExamples, type EncodedExample } from '../tasks/classification.js';
+export type { TaskEvalResults, TaskSetting, TrainingTask } from '../tasks/task.js';
 
 export interface TrainingArguments {
   output_dir: string;
@@ -53,24 +59,23 @@ export interface TrainingArguments {
   resume_from_checkpoint?: boolean;
 }
 
-/** One tokenized, labelled example. */
-export interface EncodedExample extends Encoding {
-  label: number;
-}
-
 export interface LogEntry {
   step: number;
   epoch: number;
   loss: number;
   learning_rate: number;
   grad_norm: number;
+  /** Examples (rows, when packed) per second since the last log line. */
   samples_per_second: number;
+  /** Real (unpadded) tokens per second since the last log line; tasks that count tokens only (the causal LM). */
+  tokens_per_second?: number;
 }
 
-export interface EvalEntry extends EvalResults {
+/** One evaluation: the task's results (classifier: {@link EvalResults}) at an optimizer step. */
+export type EvalEntry<R extends TaskEvalResults = EvalResults> = R & {
   step: number;
   epoch: number;
-}
+};
 
 interface TrainerState {
   global_step: number;
@@ -81,7 +86,7 @@ interface TrainerState {
   best_step: number | null;
   patience_used: number;
   log_history: LogEntry[];
-  eval_history: EvalEntry[];
+  eval_history: Array<EvalEntry<TaskEvalResults>>;
   engine_counters: { optimizerStep: number; microStep: number };
   num_training_steps: number;
   /** Losses of the steps since the last log line, so a resumed run logs the same means. */
@@ -90,10 +95,13 @@ interface TrainerState {
   settings?: ResumeSettings;
 }
 
-/** The settings that decide data order, schedule and head shape: a resumed run must use the same. */
+/**
+ * The settings that decide data order, schedule and head shape: a resumed run must use the same.
+ * A task adds its own (a classifier num_labels; a causal LM max_length, packing, the LoRA shape).
+ */
 export interface ResumeSettings {
   train_examples: number;
-  num_labels: number;
+  num_labels?: number;
   per_device_train_batch_size: number;
   gradient_accumulation_steps: number;
   num_train_epochs: number;
@@ -104,10 +112,11 @@ export interface ResumeSettings {
   warmup_ratio: number;
   seed: number;
   group_by_length: boolean;
+  [task: string]: string | number | boolean | undefined;
 }
 
 /** CLI flag of each setting, so a mismatch names what the user typed. */
-const SETTING_FLAGS: Record<keyof ResumeSettings, string> = {
+const SETTING_FLAGS: Record<string, string> = {
   train_examples: 'training examples',
   num_labels: 'num_labels',
   per_device_train_batch_size: '--batch-size',
@@ -124,10 +133,16 @@ const SETTING_FLAGS: Record<keyof ResumeSettings, string> = {
 
 /** The ResumeSettings of `args` (defaults filled in) for a training set of `trainExamples` and `numLabels` classes. */
 export function resumeSettings(args: TrainingArguments, trainExamples: number, numLabels: number): ResumeSettings {
+  return taskResumeSettings(args, trainExamples, { num_labels: { value: numLabels, flag: 'num_labels' } });
+}
+
+/** The ResumeSettings of `args` for `trainExamples` training examples (rows) plus a task's own settings. */
+export function taskResumeSettings(args: TrainingArguments, trainExamples: number, task: Record<string, TaskSetting>): ResumeSettings {
   const a = withDefaults(args);
+  const extra = Object.fromEntries(Object.entries(task).map(([k, s]) => [k, s.value]));
   return {
     train_examples: trainExamples,
-    num_labels: numLabels,
+    ...extra,
     per_device_train_batch_size: a.per_device_train_batch_size,
     gradient_accumulation_steps: a.gradient_accumulation_steps,
     num_train_epochs: a.num_train_epochs,
@@ -157,22 +172,24 @@ export async function readJsonFile(path: string): Promise<unknown> {
 
 /**
  * Compares the settings saved in `statePath` (a checkpoint's trainer_state.json) with `now`.
+ * @param flags the flag of each task setting (a task's resumeSettings()), for the message.
  * @throws Error naming the file and listing every mismatch ("--batch-size: checkpoint 16, now 32"),
  *   or naming a corrupt file; a checkpoint without saved settings (older runs) passes.
  */
-export async function checkResumeSettings(statePath: string, now: ResumeSettings): Promise<void> {
+export async function checkResumeSettings(statePath: string, now: ResumeSettings, flags: Record<string, string> = {}): Promise<void> {
   const state = (await readJsonFile(statePath)) as Partial<TrainerState> | null;
   if (state === null || typeof state !== 'object' || typeof state.global_step !== 'number') {
     throw new Error(`${statePath}: not a trainer state (no global_step); the checkpoint is corrupt`);
   }
   const saved = state.settings;
   if (!saved) return;
-  if (saved.num_labels !== now.num_labels) {
+  if (saved.num_labels !== undefined && saved.num_labels !== now.num_labels) {
     throw new Error(`cannot resume from ${statePath}: the checkpoint has ${saved.num_labels} labels, the data ${now.num_labels}`);
   }
-  const diffs = (Object.keys(SETTING_FLAGS) as Array<keyof ResumeSettings>)
+  const names = { ...SETTING_FLAGS, ...flags };
+  const diffs = [...new Set([...Object.keys(SETTING_FLAGS), ...Object.keys(now)])]
     .filter((k) => saved[k] !== undefined && saved[k] !== now[k])
-    .map((k) => `${SETTING_FLAGS[k]}: checkpoint ${saved[k]}, now ${now[k]}`);
+    .map((k) => `${names[k] ?? k}: checkpoint ${saved[k]}, now ${now[k]}`);
   if (diffs.length > 0) {
     throw new Error(`cannot resume from ${statePath}: settings differ from the checkpoint (use the same ones, or train afresh with --overwrite-output-dir):\n  ${diffs.join('\n  ')}`);
   }
@@ -198,7 +215,6 @@ const DEFAULTS = {
   group_by_length: true,
 };
 
-const METRICS = ['accuracy', 'macro_f1', 'micro_f1', 'weighted_f1', 'loss'];
 
 /**
  * [argument, test, expected] for the optimizer and seed arguments (checked when given). The native
@@ -234,9 +250,10 @@ function withDefaults(args: TrainingArguments): Trainer['args'] {
  * typo does not surface after an epoch of training (or never: a step count
  * of 0 would silently disable logging, saving or accumulation; an adam_beta2
  * of 1.5 would only fail once the model is loaded).
+ * @param metrics what metric_for_best_model may name (default: the classifier's metrics).
  * @throws Error naming the argument, its value and what was expected.
  */
-export function validateTrainingArguments(args: TrainingArguments): void {
+export function validateTrainingArguments(args: TrainingArguments, metrics: readonly string[] = CLASSIFICATION_METRICS): void {
   const a = withDefaults(args);
   const positiveInts = ['per_device_train_batch_size', 'per_device_eval_batch_size', 'gradient_accumulation_steps', 'logging_steps', 'save_steps', 'eval_steps'] as const;
   for (const key of positiveInts) {
@@ -250,100 +267,62 @@ export function validateTrainingArguments(args: TrainingArguments): void {
   if (a.early_stopping_patience > 0 && a.eval_strategy === 'no') {
     throw new Error(`early_stopping_patience ${a.early_stopping_patience} needs evaluations; eval_strategy is 'no' (expected 'epoch' or 'steps')`);
   }
-  if (!METRICS.includes(a.metric_for_best_model.replace(/^eval_/, ''))) {
-    throw new Error(`metric_for_best_model '${a.metric_for_best_model}' is not one of: ${METRICS.join(', ')}`);
+  if (!metrics.includes(a.metric_for_best_model.replace(/^eval_/, ''))) {
+    throw new Error(`metric_for_best_model '${a.metric_for_best_model}' is not one of: ${metrics.join(', ')}`);
   }
   checkRanges(a);
   // The schedule's own checks (name, learning_rate, warmup, decay_rate) do not depend on the step count.
   getScheduler({ name: a.lr_scheduler_type, learningRate: a.learning_rate, numTrainingSteps: 1, warmupSteps: a.warmup_steps, warmupRatio: a.warmup_ratio, decayRate: a.decay_rate });
 }
 
-/** Tokenizes each example (truncated to maxLength tokens) and attaches its class id labelIds[i]. */
-export function encodeExamples(
-  tokenizer: BertTokenizer,
-  examples: readonly Example[],
-  labelIds: ArrayLike<number>,
-  maxLength: number,
-): EncodedExample[] {
-  return examples.map((e, i) => ({ ...tokenizer.encode(e.text, e.textPair ?? null, { maxLength }), label: labelIds[i] }));
-}
-
-/** Pads encoded examples into one (B, T) batch (T = the longest). */
-export function collate(examples: EncodedExample[], padTokenId: number): Batch {
-  const B = examples.length;
-  const T = Math.max(...examples.map((e) => e.input_ids.length));
-  const input_ids = new Int32Array(B * T).fill(padTokenId);
-  const attention_mask = new Int32Array(B * T);
-  const token_type_ids = new Int32Array(B * T);
-  const labels = new Int32Array(B);
-  examples.forEach((e, b) => {
-    input_ids.set(e.input_ids, b * T);
-    attention_mask.set(e.attention_mask, b * T);
-    token_type_ids.set(e.token_type_ids, b * T);
-    labels[b] = e.label;
-  });
-  return { input_ids, attention_mask, token_type_ids, labels, batchSize: B, seqLen: T };
-}
-
-/** Forward passes over `examples` (dropout off): mean loss, predictions and logits (N, num_labels). */
-export async function predictExamples(
-  model: Model,
-  examples: EncodedExample[],
-  batchSize = 64,
-): Promise<{ loss: number; predictions: Int32Array; logits: Float32Array }> {
-  const L = model.config.num_labels;
-  const logits = new Float32Array(examples.length * L);
-  const predictions = new Int32Array(examples.length);
-  let lossSum = 0;
-  const batches = makeBatches(examples.map((e) => e.input_ids.length), { batchSize, shuffle: false, groupByLength: true });
-  for (const idx of batches) {
-    const out = await model.engine.forward(collate(idx.map((i) => examples[i]), model.tokenizer.padTokenId));
-    lossSum += (out.loss ?? 0) * idx.length;
-    idx.forEach((ex, r) => {
-      const row = out.logits.subarray(r * L, (r + 1) * L);
-      logits.set(row, ex * L);
-      let best = 0;
-      for (let c = 1; c < L; c++) if (row[c] > row[best]) best = c;
-      predictions[ex] = best;
-    });
-  }
-  return { loss: lossSum / Math.max(1, examples.length), predictions, logits };
-}
-
-/** Accuracy, F1s, per-class report and confusion matrix of `model` on `examples`. */
-export async function evaluateExamples(model: Model, examples: EncodedExample[], batchSize = 64): Promise<EvalResults> {
-  const { loss, predictions } = await predictExamples(model, examples, batchSize);
-  const labels = Int32Array.from(examples.map((e) => e.label));
-  const id2label: Record<string, string> = {};
-  for (let i = 0; i < model.config.num_labels; i++) id2label[String(i)] = model.config.id2label?.[String(i)] ?? `LABEL_${i}`;
-  return computeMetrics(labels, predictions, id2label, loss);
+/** A classifier Model (which the loop wraps in a ClassificationTask) rather than a task. */
+function isTask<E, R extends TaskEvalResults>(x: Model | TrainingTask<E, R>): x is TrainingTask<E, R> {
+  return typeof (x as TrainingTask<E, R>).collate === 'function';
 }
 
 /**
+ * The one training loop. Give it a {@link TrainingTask} (the causal LM's, or any other), or a
+ * classifier {@link Model}, which it runs as a {@link ClassificationTask}.
+ *
  * Events: 'step' (LogEntry, every optimizer step), 'log' (LogEntry, every
  * logging_steps), 'evaluate' (EvalEntry), 'checkpoint' ({dir, kind: 'last' | 'best'}),
  * 'done' (after the final save).
+ * @typeParam E the task's encoded example; R its evaluation results.
  */
-export class Trainer extends EventEmitter {
+export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults> extends EventEmitter {
   readonly args: Required<Omit<TrainingArguments, 'decay_rate' | 'weight_decay' | 'adam_beta1' | 'adam_beta2' | 'adam_epsilon' | 'max_grad_norm' | 'greater_is_better' | 'resume_from_checkpoint'>> &
     TrainingArguments;
+  readonly task: TrainingTask<E, R>;
   private stopRequested = false;
   /** Steps since the last log line. */
-  private window = { loss: 0, steps: 0, samples: 0, start: 0 };
+  private window = { loss: 0, steps: 0, samples: 0, tokens: 0, start: 0 };
   private lastEntry: LogEntry | null = null;
   private state!: TrainerState;
   private schedule!: LrSchedule;
 
+  /**
+   * @throws Error naming a bad TrainingArguments value (metric_for_best_model checked against the
+   *   task's metrics), or for an empty training set.
+   */
   constructor(
-    readonly model: Model,
-    readonly train: EncodedExample[],
-    readonly evalSet: EncodedExample[] | null,
+    modelOrTask: Model | TrainingTask<E, R>,
+    readonly train: E[],
+    readonly evalSet: E[] | null,
     args: TrainingArguments,
   ) {
     super();
-    validateTrainingArguments(args);
-    this.args = withDefaults(args);
+    this.task = isTask(modelOrTask) ? modelOrTask : (new ClassificationTask(modelOrTask) as unknown as TrainingTask<E, R>);
+    const withMetric = { ...args, metric_for_best_model: args.metric_for_best_model ?? this.task.defaultMetric };
+    validateTrainingArguments(withMetric, this.task.metricNames);
+    this.args = withDefaults(withMetric);
     if (train.length === 0) throw new Error('Trainer: the training set is empty');
+  }
+
+  /** The classifier's Model when the task is a {@link ClassificationTask} (what the constructor got). */
+  get model(): Model {
+    const model = (this.task as { model?: Model }).model;
+    if (!model) throw new Error('Trainer.model: this trainer runs a task without a classifier Model; use trainer.task');
+    return model;
   }
 
   /** True once stop() was called (Ctrl-C): the run ended before its last step. */
@@ -374,7 +353,7 @@ export class Trainer extends EventEmitter {
   }
 
   /** Runs training to the end (or stop()); returns the state's histories. */
-  async trainLoop(): Promise<{ log: LogEntry[]; evals: EvalEntry[]; stoppedEarly: boolean; bestStep: number | null }> {
+  async trainLoop(): Promise<{ log: LogEntry[]; evals: Array<EvalEntry<R>>; stoppedEarly: boolean; bestStep: number | null }> {
     const a = this.args;
     await mkdir(a.output_dir, { recursive: true });
     const batchesPerEpoch = Math.ceil(this.train.length / a.per_device_train_batch_size);
@@ -392,10 +371,10 @@ export class Trainer extends EventEmitter {
     this.state = a.resume_from_checkpoint ? await this.loadCheckpoint() : this.freshState(total);
     // The log file holds exactly the checkpointed history, so a resumed run does not repeat lines.
     await writeFile(join(a.output_dir, 'training_log.jsonl'), this.state.log_history.map((e) => JSON.stringify(e) + '\n').join(''));
-    const lengths = this.train.map((e) => e.input_ids.length);
+    const lengths = this.train.map((e) => this.task.length(e));
     let stoppedEarly = false;
     const pending = this.state.log_window ?? { loss: 0, steps: 0 };
-    this.window = { ...pending, samples: 0, start: performance.now() };
+    this.window = { ...pending, samples: 0, tokens: 0, start: performance.now() };
     while (this.state.global_step < total && !this.stopRequested && !stoppedEarly) {
       const epoch = this.state.epoch;
       const batches = makeBatches(lengths, {
@@ -407,19 +386,22 @@ export class Trainer extends EventEmitter {
       while (this.state.batch_in_epoch < batches.length && this.state.global_step < total) {
         const start = this.state.batch_in_epoch;
         const window = batches.slice(start, Math.min(start + a.gradient_accumulation_steps, batches.length));
-        const { loss, gradNorm } = await this.optimizerStep(window);
+        const { loss, gradNorm, tokens } = await this.optimizerStep(window);
         this.state.batch_in_epoch += window.length;
         this.window.loss += loss;
         this.window.steps += 1;
         this.window.samples += window.reduce((n, b) => n + b.length, 0);
+        this.window.tokens += tokens;
+        const ms = Math.max(1e-9, performance.now() - this.window.start);
         const entry: LogEntry = {
           step: this.state.global_step,
           epoch: epoch + this.state.batch_in_epoch / batches.length,
           loss,
           learning_rate: this.schedule.lrAt(this.state.global_step - 1),
           grad_norm: gradNorm,
-          samples_per_second: (this.window.samples * 1000) / Math.max(1e-9, performance.now() - this.window.start),
+          samples_per_second: (this.window.samples * 1000) / ms,
         };
+        if (this.task.tokenCount) entry.tokens_per_second = (this.window.tokens * 1000) / ms;
         this.emit('step', entry);
         this.lastEntry = entry;
         if (this.state.global_step % a.logging_steps === 0) await this.flushLog(entry);
@@ -444,7 +426,7 @@ export class Trainer extends EventEmitter {
     }
     await this.saveLast();
     this.emit('done');
-    return { log: this.state.log_history, evals: this.state.eval_history, stoppedEarly, bestStep: this.state.best_step };
+    return { log: this.state.log_history, evals: this.state.eval_history as Array<EvalEntry<R>>, stoppedEarly, bestStep: this.state.best_step };
   }
 
   /** Logs the mean loss over the steps since the last log line (HF logging_steps). */
@@ -453,7 +435,7 @@ export class Trainer extends EventEmitter {
     this.state.log_history.push(logged);
     await appendFile(join(this.args.output_dir, 'training_log.jsonl'), JSON.stringify(logged) + '\n');
     this.emit('log', logged);
-    this.window = { loss: 0, steps: 0, samples: 0, start: performance.now() };
+    this.window = { loss: 0, steps: 0, samples: 0, tokens: 0, start: performance.now() };
   }
 
   /** checkpoint-last's folder for an error message, or that there is none yet. */
@@ -461,14 +443,24 @@ export class Trainer extends EventEmitter {
     return existsSync(this.lastDir) ? this.lastDir : '(none saved yet)';
   }
 
-  /** Accumulates the micro-batches of one window, then one AdamW step. */
-  private async optimizerStep(window: number[][]): Promise<{ loss: number; gradNorm: number }> {
-    const engine = this.model.engine;
-    const total = window.reduce((n, b) => n + b.length, 0);
+  /**
+   * Accumulates the micro-batches of one window, each scaled by its share of the window's
+   * lossWeight (examples, or target tokens), then one AdamW step: the step's gradient is that
+   * of the window's mean loss, as if it were one batch.
+   */
+  private async optimizerStep(window: number[][]): Promise<{ loss: number; gradNorm: number; tokens: number }> {
+    const engine = this.task.engine;
+    const micro = window.map((idx) => idx.map((i) => this.train[i]));
+    const weights = micro.map((ex) => this.task.lossWeight(ex));
+    const total = weights.reduce((n, w) => n + w, 0);
     let loss = 0;
-    for (const idx of window) {
-      const batch = collate(idx.map((i) => this.train[i]), this.model.tokenizer.padTokenId);
-      const share = idx.length / total;
+    let tokens = 0;
+    for (let m = 0; m < micro.length; m++) {
+      // A micro-batch with nothing to learn (weight 0) would only add zero gradients.
+      if (weights[m] === 0) continue;
+      const batch = this.task.collate(micro[m]);
+      tokens += this.task.tokenCount?.(micro[m]) ?? 0;
+      const share = weights[m] / total;
       const out = await engine.accumulate(batch, { lossScale: share });
       if (!Number.isFinite(out.loss)) {
         await engine.zeroGrad();
@@ -490,7 +482,7 @@ export class Trainer extends EventEmitter {
       );
     }
     this.state.global_step += 1;
-    return { loss, gradNorm };
+    return { loss, gradNorm, tokens };
   }
 
   /** Evaluates, keeps the best checkpoint, saves the last; returns true to stop early. */
@@ -500,12 +492,12 @@ export class Trainer extends EventEmitter {
       await this.saveLast();
       return false;
     }
-    const results = await evaluateExamples(this.model, this.evalSet, a.per_device_eval_batch_size);
-    const entry: EvalEntry = { ...results, step: this.state.global_step, epoch: this.state.epoch };
+    const results = await this.task.evaluate(this.evalSet, a.per_device_eval_batch_size);
+    const entry: EvalEntry<R> = { ...results, step: this.state.global_step, epoch: this.state.epoch };
     this.state.eval_history.push(entry);
     this.emit('evaluate', entry);
     const metric = (results as unknown as Record<string, number>)[a.metric_for_best_model.replace(/^eval_/, '')];
-    if (typeof metric !== 'number') throw new Error(`metric_for_best_model '${a.metric_for_best_model}' is not one of: ${METRICS.join(', ')}`);
+    if (typeof metric !== 'number') throw new Error(`metric_for_best_model '${a.metric_for_best_model}' is not one of: ${this.task.metricNames.join(', ')}`);
     const greater = a.greater_is_better ?? a.metric_for_best_model.replace(/^eval_/, '') !== 'loss';
     const best = this.state.best_metric;
     const improved = best === null || (greater ? metric > best : metric < best);
@@ -539,14 +531,14 @@ export class Trainer extends EventEmitter {
   }
 
   private settings(): ResumeSettings {
-    return resumeSettings(this.args, this.train.length, this.model.config.num_labels);
+    return taskResumeSettings(this.args, this.train.length, this.task.resumeSettings());
   }
 
   /** Writes a model folder next to its final place, then swaps it in. */
   private async saveModelTo(dir: string, extra?: (tmp: string) => Promise<void>): Promise<void> {
     const tmp = `${dir}.tmp-${process.pid}`;
     await rm(tmp, { recursive: true, force: true });
-    await saveModel(this.model, tmp);
+    await this.task.saveModel(tmp);
     if (extra) await extra(tmp);
     const old = `${dir}.old-${process.pid}`;
     if (existsSync(dir)) await rename(dir, old);
@@ -554,14 +546,14 @@ export class Trainer extends EventEmitter {
     await rm(old, { recursive: true, force: true });
   }
 
-  /** checkpoint-last: model, AdamW moments, counters, data position and histories. */
+  /** checkpoint-last: model, AdamW moments of what trains, counters, data position and histories. */
   private async saveLast(): Promise<void> {
-    const engine = this.model.engine;
+    const engine = this.task.engine;
     this.state.engine_counters = engine.getCounters();
     this.state.log_window = { loss: this.window.loss, steps: this.window.steps };
     await this.saveModelTo(this.lastDir, async (tmp) => {
       const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
-      for (const name of engine.parameterNames()) {
+      for (const name of this.task.checkpointParameters()) {
         const s = engine.getOptimizerState(name);
         const shape = engine.parameterShape(name);
         tensors.set(`${name}.exp_avg`, { shape, data: s.exp_avg });
@@ -579,19 +571,20 @@ export class Trainer extends EventEmitter {
     if (!existsSync(statePath)) {
       throw new Error(`cannot resume: ${statePath} does not exist (no checkpoint-last in ${this.args.output_dir})`);
     }
-    await checkResumeSettings(statePath, this.settings());
+    const flags = Object.fromEntries(Object.entries(this.task.resumeSettings()).map(([k, s]) => [k, s.flag]));
+    await checkResumeSettings(statePath, this.settings(), flags);
     const state = (await readJsonFile(statePath)) as TrainerState;
-    const engine = this.model.engine;
-    const weights = (await readSafetensors(join(dir, 'model.safetensors'))).tensors;
+    const engine = this.task.engine;
+    const weights = await this.task.readSavedWeights(dir);
     const moments = (await readSafetensors(join(dir, 'optimizer.safetensors'))).tensors;
-    for (const name of engine.parameterNames()) {
+    for (const name of this.task.checkpointParameters()) {
       const w = weights.get(name);
       const m = moments.get(`${name}.exp_avg`);
       const v = moments.get(`${name}.exp_avg_sq`);
-      if (!(w?.data instanceof Float32Array) || !(m?.data instanceof Float32Array) || !(v?.data instanceof Float32Array)) {
+      if (!(w instanceof Float32Array) || !(m?.data instanceof Float32Array) || !(v?.data instanceof Float32Array)) {
         throw new Error(`cannot resume from ${dir}: tensor '${name}' (or its AdamW moments) is missing`);
       }
-      engine.setWeight(name, w.data);
+      engine.setWeight(name, w);
       engine.setOptimizerState(name, { exp_avg: m.data, exp_avg_sq: v.data });
     }
     engine.setCounters(state.engine_counters);
