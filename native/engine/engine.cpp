@@ -219,26 +219,11 @@ bool EngineBase::any_trainable(size_t first, size_t count) const {
 // ---- input validation -------------------------------------------------------
 
 void EngineBase::validate(const Batch& b, bool need_labels) const {
-    if (b.B <= 0 || b.T <= 0)
-        throw EngineError("batch must have at least one sequence of at least one token, got B=" +
-                          std::to_string(b.B) + ", T=" + std::to_string(b.T));
-    // The kernels index rows of the (B*T, C) activations with an int.
-    if ((int64_t)b.B * b.T > INT32_MAX)
-        throw EngineError("batch of batchSize × seqLen = " + std::to_string(b.B) + " × " + std::to_string(b.T) +
-                          " tokens is too large: at most 2147483647 tokens per batch");
-    if (b.T > cfg_.max_position_embeddings)
-        throw EngineError("sequence length T=" + std::to_string(b.T) + " exceeds max_position_embeddings=" +
-                          std::to_string(cfg_.max_position_embeddings) + ": truncate input_ids to at most " +
-                          std::to_string(cfg_.max_position_embeddings) + " tokens");
-    auto where = [&](const char* name, size_t i) {
-        return std::string(name) + "[" + std::to_string(i / b.T) + "][" + std::to_string(i % b.T) + "]";
-    };
+    check_batch_size(b, cfg_.max_position_embeddings);
+    auto where = [&](const char* name, size_t i) { return batch_where(name, i, b.T); };
     const size_t n = (size_t)b.B * b.T;
     for (size_t i = 0; i < n; i++) {
-        const int32_t id = b.input_ids[i];
-        if (id < 0 || id >= cfg_.vocab_size)
-            throw EngineError(where("input_ids", i) + " = " + std::to_string(id) +
-                              " is out of range: expected 0 <= id < vocab_size (" + std::to_string(cfg_.vocab_size) + ")");
+        check_token_id("input_ids", i, b.T, b.input_ids[i], cfg_.vocab_size);
         const int32_t tt = b.token_type_ids[i];
         if (tt < 0 || tt >= cfg_.type_vocab_size)
             throw EngineError(where("token_type_ids", i) + " = " + std::to_string(tt) +

@@ -1,5 +1,6 @@
 #include "engine/training.h"
 
+#include <climits>
 #include <cmath>
 #include <string>
 
@@ -26,6 +27,29 @@ float clip_scale(float norm, float max_norm) {
     if (max_norm <= 0) return 1.0f;
     const float coef = max_norm / (norm + 1e-6f);
     return coef < 1.0f ? coef : 1.0f;
+}
+
+void check_batch_size(const Batch& b, int max_position_embeddings) {
+    if (b.B <= 0 || b.T <= 0)
+        throw EngineError("batch must have at least one sequence of at least one token, got B=" + std::to_string(b.B) +
+                          ", T=" + std::to_string(b.T));
+    if ((int64_t)b.B * b.T > INT32_MAX)
+        throw EngineError("batch of batchSize × seqLen = " + std::to_string(b.B) + " × " + std::to_string(b.T) +
+                          " tokens is too large: at most 2147483647 tokens per batch");
+    if (b.T > max_position_embeddings)
+        throw EngineError("sequence length T=" + std::to_string(b.T) + " exceeds max_position_embeddings=" +
+                          std::to_string(max_position_embeddings) + ": truncate input_ids to at most " +
+                          std::to_string(max_position_embeddings) + " tokens");
+}
+
+std::string batch_where(const char* tensor, size_t i, int T) {
+    return std::string(tensor) + "[" + std::to_string(i / T) + "][" + std::to_string(i % T) + "]";
+}
+
+void check_token_id(const char* tensor, size_t i, int T, int32_t id, int vocab_size) {
+    if (id < 0 || id >= vocab_size)
+        throw EngineError(batch_where(tensor, i, T) + " = " + std::to_string(id) +
+                          " is out of range: expected 0 <= id < vocab_size (" + std::to_string(vocab_size) + ")");
 }
 
 }  // namespace nt

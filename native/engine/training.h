@@ -1,5 +1,5 @@
-// Optimizer rules every architecture shares (Hugging Face TrainingArguments
-// semantics), so the BERT and Llama engines cannot drift apart.
+// The rules every architecture shares (Hugging Face TrainingArguments and
+// batch semantics), so the BERT and Llama engines cannot drift apart.
 #pragma once
 #include "engine/engine.h"
 
@@ -13,5 +13,15 @@ void validate_train_config(const TrainConfig& tc);
 // torch.nn.utils.clip_grad_norm_: the factor min(1, max_norm / (norm + 1e-6))
 // the gradients are multiplied by; 1 when max_norm <= 0 (clipping off).
 float clip_scale(float norm, float max_norm);
+
+// A batch's size: B, T >= 1, B × T at most 2^31 - 1 tokens (the kernels index
+// rows with an int), T <= max_position_embeddings. Throws EngineError.
+void check_batch_size(const Batch& b, int max_position_embeddings);
+
+// "input_ids[b][t]" for element i of a (B, T) tensor, for error messages.
+std::string batch_where(const char* tensor, size_t i, int T);
+
+// Throws EngineError naming tensor[b][t] when id is not in [0, vocab_size).
+void check_token_id(const char* tensor, size_t i, int T, int32_t id, int vocab_size);
 
 }  // namespace nt

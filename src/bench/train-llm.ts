@@ -18,10 +18,10 @@
  * the lm_head once (tied or not). With a frozen base that is DESIGN.md's
  * "4 x parameters per token".
  */
-import { spawn } from 'node:child_process';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { repoRoot } from './paths.js';
+import { runJsonLine } from './train.js';
 import { loadWarning, type BenchReport, type BenchValue } from './report.js';
 import type { LlamaConfig } from '../models/llama.js';
 
@@ -73,28 +73,6 @@ export function llmTrainingFlops(c: LlamaConfig, B: number, T: number, full: boo
   return perToken * B * T;
 }
 
-/** Runs a command that prints one JSON line last; failures become a status text. */
-function runJson(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<LlmCaseResult> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('error', (e: NodeJS.ErrnoException) => resolve({ status: e.code === 'ENOENT' ? `${cmd} not found` : `failed: ${e.message}` }));
-    child.on('close', (code) => {
-      const missing = /No module named '(torch|transformers|peft)'/.exec(err);
-      if (missing) return resolve({ status: `${missing[1]} not installed` });
-      try {
-        if (code === 0) return resolve(JSON.parse(out.trim().split('\n').pop() ?? '') as LlmCaseResult);
-      } catch {
-        /* falls through */
-      }
-      resolve({ status: `failed: ${err.trim().split('\n').pop() ?? `exit ${code}`}` });
-    });
-  });
-}
-
 export interface LlmTrainBenchOptions {
   shapes?: string[];
   /** LoRA ranks to measure; 0 = full fine-tuning (default [16] and full at the first T). */
@@ -140,7 +118,7 @@ export async function runLlmTrainBench(opts: LlmTrainBenchOptions = {}): Promise
   const env = { ...process.env, OMP_NUM_THREADS: String(threads) };
   for (const c of cases) {
     const spec: LlmCase = { ...c, B, threads, steps, warmup, seed };
-    const ours = await runJson(process.execPath, [join(repoRoot, 'dist/src/bench/train-llm-case.js'), JSON.stringify(spec)], env);
+    const ours = await runJsonLine<LlmCaseResult>(process.execPath, [join(repoRoot, 'dist/src/bench/train-llm-case.js'), JSON.stringify(spec)], env);
     if (!ours.tokens_per_s) throw new Error(`bench: nodetune ${c.shape} ${c.lora ? `LoRA r${c.lora}` : 'full'} T=${c.T}: ${ours.status}`);
     const config = llmShapeConfig(c.shape);
     const flops = llmTrainingFlops(config, B, c.T, c.lora === 0);
@@ -156,7 +134,7 @@ export async function runLlmTrainBench(opts: LlmTrainBenchOptions = {}): Promise
         '--intermediate', s.intermediate_size, '--vocab', s.vocab_size, '--tied', s.tie_word_embeddings ? 1 : 0, '--lora', c.lora,
         '--batch', B, '--seq', c.T, '--threads', threads, '--steps', steps, '--warmup', warmup, '--seed', seed,
       ].map(String);
-      const t = await runJson(python, [join(repoRoot, 'scripts/reference/bench_torch_llama.py'), ...args], env);
+      const t = await runJsonLine<LlmCaseResult>(python, [join(repoRoot, 'scripts/reference/bench_torch_llama.py'), ...args], env);
       if (t.tokens_per_s) {
         peer = `torch ${t.torch}, transformers ${t.transformers}, peft ${t.peft ?? '-'}`;
         Object.assign(row, {

@@ -159,31 +159,40 @@ interface TorchResult {
   status?: string;
 }
 
-/** Runs scripts/reference/bench_torch.py; never throws: failures become a status text. */
-function runTorch(python: string, args: string[]): Promise<TorchResult> {
+/**
+ * Runs a command whose last stdout line is one JSON object (a peer script, or a
+ * nodetune case in its own process); never throws: a failure becomes
+ * `{ status }` ("torch not installed", "python3 not found", the last stderr line).
+ */
+export function runJsonLine<T extends { status?: string }>(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<T> {
   return new Promise((resolve) => {
-    const child = spawn(python, [join(repoRoot, 'scripts/reference/bench_torch.py'), ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, OMP_NUM_THREADS: args[args.indexOf('--threads') + 1] },
-    });
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     child.on('error', (e: NodeJS.ErrnoException) =>
-      resolve({ status: e.code === 'ENOENT' ? `${python} not found` : `torch failed: ${e.message}` }),
+      resolve({ status: e.code === 'ENOENT' ? `${cmd} not found` : `failed: ${e.message}` } as T),
     );
     child.on('close', (code) => {
-      const missing = /No module named '(torch|transformers)'/.exec(err);
-      if (missing) return resolve({ status: `${missing[1]} not installed` });
+      const missing = /No module named '(torch|transformers|peft)'/.exec(err);
+      if (missing) return resolve({ status: `${missing[1]} not installed` } as T);
       const line = out.trim().split('\n').pop() ?? '';
       try {
-        if (code === 0) return resolve(JSON.parse(line) as TorchResult);
+        if (code === 0) return resolve(JSON.parse(line) as T);
       } catch {
         /* falls through to the failure status */
       }
-      resolve({ status: `torch failed: ${err.trim().split('\n').pop() ?? `exit ${code}`}` });
+      resolve({ status: `failed: ${err.trim().split('\n').pop() ?? `exit ${code}`}` } as T);
     });
+  });
+}
+
+/** Runs scripts/reference/bench_torch.py with its thread count in OMP_NUM_THREADS. */
+function runTorch(python: string, args: string[]): Promise<TorchResult> {
+  return runJsonLine<TorchResult>(python, [join(repoRoot, 'scripts/reference/bench_torch.py'), ...args], {
+    ...process.env,
+    OMP_NUM_THREADS: args[args.indexOf('--threads') + 1],
   });
 }
 
