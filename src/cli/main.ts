@@ -13,6 +13,8 @@ import { registerPredict } from './predict.js';
 import { registerExport } from './export.js';
 import { registerServe } from './serve.js';
 import { registerBench } from './bench.js';
+import { registerGenerate } from './generate.js';
+import { registerChat } from './chat.js';
 
 function packageVersion(): string {
   const pkg = new URL('../../../package.json', import.meta.url);
@@ -21,7 +23,7 @@ function packageVersion(): string {
 
 export function buildProgram(): Command {
   const program = new Command('nodetune')
-    .description('Fine-tune pretrained BERT-family encoders from Node.js, export to ONNX, serve.')
+    .description('Fine-tune pretrained transformers from Node.js: BERT-family encoders (train, export to ONNX, serve) and Llama-family LLMs (generate, chat).')
     .version(packageVersion())
     .showHelpAfterError('(add --help for the list of options)');
   registerTrain(program);
@@ -29,6 +31,8 @@ export function buildProgram(): Command {
   registerPredict(program);
   registerExport(program);
   registerServe(program);
+  registerGenerate(program);
+  registerChat(program);
   registerPull(program);
   registerBench(program);
   return program;

@@ -1,0 +1,84 @@
+// `nodetune generate` and `nodetune chat` as a user runs them (child processes) on the real
+// SmolLM2-135M-Instruct GGUF: the printed text equals LLM.generate's in this process, chat keeps
+// and resets its history over stdin, and bad flags are named.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { LLM } from '../src/llm/llm.js';
+import type { ChatMessage } from '../src/chat/template.js';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
+const CLI = join(root, 'dist/src/cli/main.js');
+const gguf = join(root, '.cache/models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf');
+const missing = existsSync(gguf) ? false : `${gguf} is missing: run bash scripts/fetch-llm.sh (setup does)`;
+
+function nodetune(input: string, ...args: string[]) {
+  const r = spawnSync(process.execPath, [CLI, ...args], { input, encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0' } });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+let shared: LLM | undefined;
+async function llm(): Promise<LLM> {
+  shared ??= await LLM.load(gguf, { threads: 2 });
+  return shared;
+}
+const line = (text: string) => (text.endsWith('\n') ? text : `${text}\n`);
+
+test('nodetune generate prints what LLM.generate gives: raw prompt, --stop, and --chat with --system', { skip: missing }, async () => {
+  const m = await llm();
+  const raw = nodetune('', 'generate', '--model', gguf, '--prompt', 'The capital of France is', '--max-new-tokens', '8', '--threads', '2');
+  assert.equal(raw.status, 0, raw.stderr);
+  assert.equal(raw.stdout, line((await m.generate('The capital of France is', { maxNewTokens: 8 })).text));
+  const stopped = nodetune('', 'generate', '--model', gguf, '--prompt', 'The capital of France is', '--max-new-tokens', '8', '--stop', '.', 'answer', '--threads', '2');
+  assert.equal(stopped.stdout, ' Paris\n');
+  const messages: ChatMessage[] = [{ role: 'system', content: 'Answer in one word.' }, { role: 'user', content: 'What is the capital of Italy?' }];
+  const chat = nodetune('', 'generate', '--model', gguf, '--chat', '--system', 'Answer in one word.', '--prompt', 'What is the capital of Italy?', '--max-new-tokens', '12', '--threads', '2');
+  assert.equal(chat.status, 0, chat.stderr);
+  assert.equal(chat.stdout, line((await m.generate(messages, { maxNewTokens: 12 })).text));
+});
+
+test('nodetune chat over stdin: replies stream, history is kept, /reset clears it, /exit ends', { skip: missing }, async () => {
+  const m = await llm();
+  const u1 = { role: 'user', content: 'What is the capital of France?' };
+  const u2 = { role: 'user', content: 'And of Italy?' };
+  const o = { maxNewTokens: 12 };
+  const r1 = await m.generate([u1], o);
+  const r2 = await m.generate([u1, { role: 'assistant', content: r1.text }, u2], o);
+  const r3 = await m.generate([u2], o);
+  const res = nodetune(`${u1.content}\n${u2.content}\n/reset\n\n${u2.content}\n/exit\nWhat is 2+2?\n`, 'chat', '--model', gguf, '--max-new-tokens', '12', '--threads', '2', '--verbose');
+  assert.equal(res.status, 0, res.stderr);
+  assert.equal(res.stdout, [r1, r2, r3].map((r) => line(r.text)).join(''));
+  const usage = [...res.stderr.matchAll(/\[(\d+) prompt tokens, (\d+) new, (\w+)\]/g)].map((x) => [Number(x[1]), Number(x[2]), x[3]]);
+  assert.deepEqual(usage, [r1, r2, r3].map((r) => [r.usage.promptTokens, r.usage.completionTokens, r.finishReason]));
+  assert.match(res.stderr, /\(history cleared\)/);
+  // End of input (Ctrl-D) ends the chat after the last reply.
+  const eof = nodetune(`${u1.content}\n`, 'chat', '--model', gguf, '--max-new-tokens', '12', '--threads', '2');
+  assert.equal(eof.status, 0, eof.stderr);
+  assert.equal(eof.stdout, line(r1.text));
+});
+
+test('generate/chat flag errors name the flag; --help lists both commands', { skip: missing }, () => {
+  const bad = (args: string[], re: RegExp) => {
+    const r = nodetune('', ...args);
+    assert.equal(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, re);
+  };
+  bad(['generate', '--model', 'no/such/model.gguf', '--prompt', 'x'], /--model no\/such\/model\.gguf does not exist/);
+  bad(['generate', '--model', gguf], /missing required option --prompt/);
+  bad(['generate', '--prompt', 'x'], /missing required option --model/);
+  bad(['generate', '--model', gguf, '--prompt', 'x', '--top-p', '2'], /option '--top-p <p>' argument '2' is invalid\. '2' must be in \(0, 1\]/);
+  bad(['generate', '--model', gguf, '--prompt', 'x', '--max-new-tokens', '0'], /option '--max-new-tokens <n>' argument '0' is invalid/);
+  bad(['generate', '--model', gguf, '--prompt', 'x', '--system', 'y'], /--system needs --chat/);
+  bad(['generate', '--model', gguf, '--prompt', 'x', '--max-new-tokens', '9000', '--threads', '2'], /--prompt: the prompt is 1 token; with --max-new-tokens 9000 that exceeds the model's max_position_embeddings 8192/);
+  bad(['chat', '--model', gguf, '--temperature', 'hot'], /option '--temperature <t>' argument 'hot' is invalid/);
+  const help = nodetune('', '--help');
+  assert.match(help.stdout, /generate \[options\]\s+generate text with a causal LM/);
+  assert.match(help.stdout, /chat \[options\]\s+chat with a causal LM in the terminal/);
+});
+
+test.after(async () => {
+  await shared?.dispose();
+});
