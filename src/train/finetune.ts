@@ -69,7 +69,7 @@ export interface FineTuneResult {
 const DEFAULT_MAX_LENGTH = 128;
 
 /** What a finished or interrupted run leaves in output_dir (checkpoint-* folders too). */
-const RUN_OUTPUTS = [
+export const RUN_OUTPUTS = [
   'config.json', 'model.safetensors', 'training_log.jsonl', 'eval_results.json', 'report.html', 'onnx',
   'tokenizer.json', 'vocab.txt', 'tokenizer_config.json', 'special_tokens_map.json',
 ];
@@ -78,9 +78,13 @@ const RUN_OUTPUTS = [
  * HF run_glue's guard: a previous run's outputs in output_dir are an error unless the run
  * resumes or overwrite_output_dir is set (then they are deleted, so no stale onnx/ or
  * eval_results.json survives). Runs before anything is loaded or created.
+ * @param outputs file names a previous run of this kind leaves (default: the classifier's RUN_OUTPUTS).
  * @throws Error naming the folder and the two flags; or output_dir is a file; or resume without a checkpoint.
  */
-export async function prepareOutputDir(o: FineTuneOptions): Promise<void> {
+export async function prepareOutputDir(
+  o: Pick<FineTuneOptions, 'output_dir' | 'resume_from_checkpoint' | 'overwrite_output_dir'>,
+  outputs: readonly string[] = RUN_OUTPUTS,
+): Promise<void> {
   const dir = o.output_dir;
   if (o.resume_from_checkpoint && o.overwrite_output_dir) {
     throw new Error('--resume and --overwrite-output-dir contradict each other: one continues the run in --output, the other deletes it; pass one');
@@ -91,7 +95,7 @@ export async function prepareOutputDir(o: FineTuneOptions): Promise<void> {
   }
   if (!statSync(dir).isDirectory()) throw new Error(`--output ${dir} is a file; expected a folder (new or from a previous run)`);
   await checkNotLocked(dir); // before --overwrite-output-dir deletes a live run's files
-  const previous = (await readdir(dir)).filter((f) => RUN_OUTPUTS.includes(f) || /^checkpoint-/.test(f));
+  const previous = (await readdir(dir)).filter((f) => outputs.includes(f) || /^checkpoint-/.test(f));
   if (o.resume_from_checkpoint) {
     if (!existsSync(join(dir, 'checkpoint-last', 'trainer_state.json'))) {
       throw new Error(`cannot resume: ${join(dir, 'checkpoint-last', 'trainer_state.json')} does not exist (no checkpoint-last in --output ${dir})`);
@@ -301,7 +305,7 @@ export const LOCK_FILE = '.nodetune.lock';
  * crashed) is taken over. Creates output_dir.
  * @throws Error naming the folder and the pid of the job that holds it.
  */
-async function lockOutputDir(dir: string): Promise<() => Promise<void>> {
+export async function lockOutputDir(dir: string): Promise<() => Promise<void>> {
   await mkdir(dir, { recursive: true });
   const path = join(dir, LOCK_FILE);
   for (;;) {
