@@ -79,6 +79,23 @@ test('generate/chat flag errors name the flag; --help lists both commands', { sk
   assert.match(help.stdout, /chat \[options\]\s+chat with a causal LM in the terminal/);
 });
 
+test('nodetune bench generate runs both sides at two batch sizes (tiny N) and prints the report as JSON', { skip: missing }, () => {
+  const r = nodetune('', 'bench', 'generate', '--new-tokens', '2', '--batch', '1,2', '--threads', '2', '--json');
+  assert.equal(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout) as { suite: string; rows: Array<Record<string, number | string | null>>; context: Record<string, unknown> };
+  assert.equal(report.suite, 'generate');
+  assert.deepEqual(report.rows.map((x) => x.B), [1, 2]);
+  for (const row of report.rows) {
+    for (const k of ['prefill', 'decode', 'ms_step']) assert.ok((row[k] as number) > 0, `${k}: ${row[k]}`);
+    // llama.cpp may be unavailable on a machine without its prebuilt binary: then the row says why.
+    if (row.cpp_status === null) assert.ok((row.cpp_decode as number) > 0 && (row.same as number) >= 1, JSON.stringify(row));
+    else assert.equal(typeof row.cpp_status, 'string');
+  }
+  const bad = nodetune('', 'bench', 'generate', '--new-tokens', '1', '--no-llama-cpp');
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /--new-tokens must be an integer >= 2/);
+});
+
 test.after(async () => {
   await shared?.dispose();
 });

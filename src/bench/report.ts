@@ -21,7 +21,7 @@ export type BenchValue = string | number | boolean | null;
 
 /** One benchmark run: what was measured, where, and the results. */
 export interface BenchReport {
-  suite: 'train' | 'kernels';
+  suite: 'train' | 'kernels' | 'generate';
   title: string;
   /** Machine, thread count, shapes, versions, ceilings: scalar facts about the run. */
   context: Record<string, BenchValue>;

@@ -1,5 +1,5 @@
 /**
- * `nodetune bench train` and `nodetune bench kernels`: throughput of a whole
+ * `nodetune bench train`, `nodetune bench kernels` and `nodetune bench generate`: throughput of a whole
  * training step against PyTorch, and of each kernel against the machine's own
  * GEMM and memory ceilings. Both print one format (src/bench/report.ts): a
  * table by default, `--json` for tools, `--markdown` for the README.
@@ -8,6 +8,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { formatJson, formatMarkdown, formatTable, type BenchReport } from '../bench/report.js';
 import { KERNEL_MODELS, runKernelBench, type KernelModel } from '../bench/kernels.js';
 import { TRAIN_SHAPES, runTrainBench, type TrainBenchOptions } from '../bench/train.js';
+import { DEFAULT_GENERATE_MODEL, runGenerateBench } from '../bench/generate.js';
 import { LLM_SHAPES, runLlmTrainBench } from '../bench/train-llm.js';
 import { int, num } from './common.js';
 
@@ -109,7 +110,7 @@ export async function trainAction(opts: Record<string, unknown>, io: BenchIO = p
  * output (tests); by default stdout gets the report and stderr the progress.
  */
 export function registerBench(program: Command, io: BenchIO = processIO): void {
-  const bench = program.command('bench').description('measure training-step and kernel throughput');
+  const bench = program.command('bench').description('measure training-step, kernel and generation throughput');
 
   addTrainOptions(
     bench
@@ -152,6 +153,30 @@ export function registerBench(program: Command, io: BenchIO = processIO): void {
         device: opts.device as 'cpu' | 'cuda',
         binary: opts.binary as string | undefined,
         onProgress: opts.quiet ? undefined : io.stderr,
+      });
+      io.stdout(render(report, opts));
+    });
+
+  bench
+    .command('generate')
+    .description('generation throughput (prefill and decode tokens/s at batch 1 and 16) beside llama.cpp (node-llama-cpp) on the same GGUF, threads and prompt')
+    .option('--model <gguf>', 'GGUF file', DEFAULT_GENERATE_MODEL)
+    .option('--prompt <text>', 'prompt text (raw, no chat template; default: a fixed ~60-token paragraph)')
+    .option('--new-tokens <n>', 'new tokens per sequence, end-of-sequence suppressed (at least 2)', positive, 64)
+    .option('--batch <list>', 'comma-separated batch sizes', (v) => list(v).map(positive), [1, 16])
+    .option('--threads <n>', 'threads for nodetune and llama.cpp', positive, 2)
+    .option('--no-llama-cpp', 'skip the llama.cpp peer')
+    .option('--json', 'print the report as JSON')
+    .option('--markdown', 'print the table as markdown')
+    .action(async (opts: Record<string, unknown>) => {
+      const report = await runGenerateBench({
+        model: opts.model as string,
+        prompt: opts.prompt as string | undefined,
+        newTokens: opts.newTokens as number,
+        batches: opts.batch as number[],
+        threads: opts.threads as number,
+        llamaCpp: opts.llamaCpp as boolean,
+        onProgress: (line) => io.stderr(`${line}\n`),
       });
       io.stdout(render(report, opts));
     });
