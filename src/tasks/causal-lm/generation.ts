@@ -7,6 +7,7 @@
  */
 import type { CausalLM } from '../../llm/load.js';
 import { generateIds } from '../../llm/generate.js';
+import { parseToolCalls } from '../../llm/tool-calls.js';
 import type { ChatMessage } from '../../chat/template.js';
 import type { SftRecord, SourceRef } from './data.js';
 import { chatForTemplate, hermesToolCallText } from './encode.js';
@@ -27,6 +28,8 @@ export interface GenerationTarget {
   reference: string;
   /** The reference's tool calls, when it is a tool-calling turn. */
   referenceCalls?: ToolCallRef[];
+  /** Names of the tools offered (a bare-JSON Llama 3 call counts only for one of these). */
+  toolNames?: string[];
 }
 
 /** One generated answer and how it scored. */
@@ -99,11 +102,13 @@ export function generationTarget(lm: CausalLM, r: SftRecord): GenerationTarget |
   const reference = calls && calls.length > 0
     ? [typeof answer.content === 'string' ? answer.content.trim() : '', ...calls.map((c) => hermesToolCallText(c.name, c.arguments))].filter(Boolean).join('\n')
     : String(answer.content ?? '');
+  const toolNames = (r.tools ?? []).map((t) => (t as { function?: { name?: unknown } }).function?.name).filter((n): n is string => typeof n === 'string');
   return {
     source: r.source,
     promptIds: tok.encode(prompt, { addSpecialTokens: false }),
     reference,
     ...(calls && calls.length > 0 ? { referenceCalls: calls } : {}),
+    ...(toolNames.length > 0 ? { toolNames } : {}),
   };
 }
 
@@ -121,50 +126,13 @@ export function jsonEqual(a: unknown, b: unknown): boolean {
   return ka.length === kb.length && ka.every((k) => Object.hasOwn(b as object, k) && jsonEqual((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]));
 }
 
-function asCall(v: unknown): ToolCallRef | undefined {
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) return undefined;
-  const o = v as Record<string, unknown>;
-  const fn = (o.function !== null && typeof o.function === 'object' ? o.function : o) as Record<string, unknown>;
-  if (typeof fn.name !== 'string' || fn.name === '') return undefined;
-  let args = fn.arguments ?? fn.parameters ?? {};
-  if (typeof args === 'string') {
-    try {
-      args = JSON.parse(args);
-    } catch {
-      return undefined;
-    }
-  }
-  if (args === null || typeof args !== 'object' || Array.isArray(args)) return undefined;
-  return { name: fn.name, arguments: args as Record<string, unknown> };
-}
-
 /**
- * The tool calls in a generated answer: `<tool_call>{json}</tool_call>` blocks (the Hermes
- * convention of ChatML tool templates, which the training data is rendered in when the model's
- * template has none; an unclosed last block counts when its JSON is whole), or else the whole
- * answer as one JSON call object `{"name", "arguments"}` (Llama 3's JSON tool calls).
+ * The tool calls in a generated answer, as src/llm/tool-calls.ts finds them (Hermes
+ * `<tool_call>` blocks — the convention the training data is rendered in when the model's
+ * template has none —, Mistral `[TOOL_CALLS]`, a Llama 3 bare-JSON call to one of `toolNames`).
  */
-export function parseGeneratedToolCalls(text: string): ToolCallRef[] {
-  const calls: ToolCallRef[] = [];
-  for (const m of text.matchAll(/<tool_call>\s*([\s\S]*?)\s*(?:<\/tool_call>|$)/g)) {
-    try {
-      const c = asCall(JSON.parse(m[1]));
-      if (c) calls.push(c);
-    } catch {
-      // not a call
-    }
-  }
-  if (calls.length > 0) return calls;
-  const body = text.trim();
-  if (body.startsWith('{')) {
-    try {
-      const c = asCall(JSON.parse(body));
-      if (c) return [c];
-    } catch {
-      // not a call
-    }
-  }
-  return [];
+export function parseGeneratedToolCalls(text: string, toolNames: readonly string[] = []): ToolCallRef[] {
+  return parseToolCalls(text, { toolNames }).tool_calls.map((c) => ({ name: c.function.name, arguments: c.function.arguments }));
 }
 
 /** Scores predictions against targets. */
@@ -177,7 +145,7 @@ export function scoreGenerations(targets: readonly GenerationTarget[], predictio
     let ok: boolean;
     if (t.referenceCalls) {
       toolN++;
-      const found = parseGeneratedToolCalls(pred);
+      const found = parseGeneratedToolCalls(pred, t.toolNames);
       calls.push(found);
       if (found.length > 0) parseable++;
       const ref = t.referenceCalls[0];
