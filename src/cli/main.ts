@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { registerPull } from './pull.js';
 import { registerTrain } from './train.js';
+import { registerSft } from './sft.js';
 import { registerEval } from './eval.js';
 import { registerPredict } from './predict.js';
 import { registerExport } from './export.js';
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
     .version(packageVersion())
     .showHelpAfterError('(add --help for the list of options)');
   registerTrain(program);
+  registerSft(program);
   registerEval(program);
   registerPredict(program);
   registerExport(program);
