@@ -86,6 +86,7 @@ const SHAREGPT_ROLES: Record<string, string> = {
 type Where = (field?: string) => string;
 
 function describe(v: unknown): string {
+  if (v === undefined) return 'missing';
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
   if (typeof v === 'object') return 'an object';
