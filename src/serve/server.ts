@@ -13,10 +13,11 @@
  * 405 wrong method (with Allow), 413 body over maxBodyBytes, 500 inference failure.
  * A bad request never stops the server.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { basename, resolve } from 'node:path';
 import { Classifier, type ClassifierBackend, type Prediction } from '../classifier.js';
+import { HttpError, listen, readBody, sendJson } from './http.js';
 
 export interface ServeOptions {
   /** Model folder to load (ignored when `classifier` is given). */
@@ -49,52 +50,12 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-/** An error that becomes an HTTP status + {"error": message}. */
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message);
-  }
-}
-
 interface ClassifyRequest {
   texts: string[];
   topK: number;
 }
 
 const ALLOWED_FIELDS = new Set(['text', 'texts', 'top_k']);
-
-function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const data = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(data), ...headers });
-  res.end(data);
-}
-
-/** Reads the body up to `limit` bytes; past it, rejects with 413 and discards the rest. */
-function readBody(req: IncomingMessage, limit: number): Promise<string> {
-  return new Promise((resolveBody, reject) => {
-    const declared = Number(req.headers['content-length']);
-    if (declared > limit) {
-      req.resume();
-      reject(new HttpError(413, `request body of ${declared} bytes exceeds the limit of ${limit} bytes`, { connection: 'close' }));
-      return;
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size <= limit) chunks.push(chunk);
-    });
-    req.on('end', () => {
-      if (size > limit) reject(new HttpError(413, `request body exceeds the limit of ${limit} bytes`));
-      else resolveBody(Buffer.concat(chunks).toString('utf8'));
-    });
-    req.on('error', reject);
-  });
-}
 
 /** Validates a parsed /classify body. @throws HttpError 400 naming the field. */
 export function parseClassifyBody(body: unknown, maxTexts: number): ClassifyRequest {
@@ -148,26 +109,6 @@ function route(method: string, path: string): 'classify' | 'health' {
   const allowed = entry[1] === 'GET' ? ['GET', 'HEAD'] : [entry[1]];
   if (!allowed.includes(method)) throw new HttpError(405, `${method} is not allowed on ${path} (use ${entry[1]})`, { allow: allowed.join(', ') });
   return entry[0];
-}
-
-/**
- * server.listen as a promise.
- * @throws Error "cannot listen on <host>:<port> (<syscall> <code>)" with the
- *   system error's code, syscall and address kept (e.g. getaddrinfo ENOTFOUND
- *   for an unknown host, listen EADDRINUSE for a port in use).
- */
-function listen(server: Server, port: number, host: string): Promise<void> {
-  return new Promise<void>((ok, fail) => {
-    const onError = (err: NodeJS.ErrnoException) => {
-      const what = err.syscall && err.code ? `${err.syscall} ${err.code}` : err.message;
-      fail(Object.assign(new Error(`cannot listen on ${host}:${port} (${what})`, { cause: err }), { code: err.code, syscall: err.syscall, host, port }));
-    };
-    server.once('error', onError);
-    server.listen(port, host, () => {
-      server.off('error', onError);
-      ok();
-    });
-  });
 }
 
 /**

@@ -1,0 +1,80 @@
+/**
+ * What both HTTP servers (the classifier's src/serve/server.ts and the LLM's
+ * src/serve/llm-server.ts) share on node:http: an error that carries its status, a bounded body
+ * reader, JSON replies and listen() as a promise.
+ */
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+
+/**
+ * An error that becomes an HTTP reply. `param` and `code` fill the OpenAI error object
+ * ({error: {message, type, param, code}}); the classifier server sends only the message.
+ */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly headers: Record<string, string> = {},
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+  ) {
+    super(message);
+  }
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const data = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(data), ...headers });
+  res.end(data);
+}
+
+/**
+ * Reads the body up to `limit` bytes.
+ * @throws HttpError 413 when the declared or received length is over `limit`; the rest of the
+ *   body is drained, not kept, so a large upload costs no memory.
+ */
+export function readBody(req: IncomingMessage, limit: number): Promise<string> {
+  return new Promise((resolveBody, reject) => {
+    const declared = Number(req.headers['content-length']);
+    if (declared > limit) {
+      req.resume();
+      reject(new HttpError(413, `request body of ${declared} bytes exceeds the limit of ${limit} bytes`, { connection: 'close' }, null, 'request_too_large'));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) chunks.push(chunk);
+    });
+    req.on('end', () => {
+      if (size > limit) reject(new HttpError(413, `request body exceeds the limit of ${limit} bytes`, {}, null, 'request_too_large'));
+      else resolveBody(Buffer.concat(chunks).toString('utf8'));
+    });
+    req.on('error', reject);
+  });
+}
+
+/**
+ * server.listen as a promise.
+ * @throws Error "cannot listen on <host>:<port> (<syscall> <code>)" with the
+ *   system error's code, syscall and address kept (e.g. getaddrinfo ENOTFOUND
+ *   for an unknown host, listen EADDRINUSE for a port in use).
+ */
+export function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise<void>((ok, fail) => {
+    const onError = (err: NodeJS.ErrnoException) => {
+      const what = err.syscall && err.code ? `${err.syscall} ${err.code}` : err.message;
+      fail(Object.assign(new Error(`cannot listen on ${host}:${port} (${what})`, { cause: err }), { code: err.code, syscall: err.syscall, host, port }));
+    };
+    server.once('error', onError);
+    server.listen(port, host, () => {
+      server.off('error', onError);
+      ok();
+    });
+  });
+}
+
+/** The JSON type of a value as error messages name it. */
+export function jsonType(v: unknown): string {
+  return v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v;
+}
