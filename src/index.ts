@@ -18,6 +18,7 @@ export { exportOnnx, type ExportOptions, type ExportResult } from './onnx/export
 export { exportModelFolder, type FolderExportOptions } from './onnx/folder.js';
 export { Classifier, type ClassifierOptions, type ClassifyOptions, type Prediction } from './classifier.js';
 export { startServer, type ServeOptions, type RunningServer } from './serve/server.js';
+export { startLlmServer, loadServedLLM, type LlmServeOptions, type RunningLlmServer } from './serve/llm-server.js';
 export { LLM, type LLMLoadOptions, type GenerateOptions, type GenerateResult, type AssistantMessage, type Prompt } from './llm/llm.js';
 export { parseToolCalls, TOOL_CALL_FORMATS, type ParsedToolCall, type ParseToolCallsOptions, type ToolCallFormat } from './llm/tool-calls.js';
 export { ChoiceConstraint } from './llm/choices.js';
