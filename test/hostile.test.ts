@@ -49,6 +49,22 @@ test('a getter that disposes the engine while forward/trainStep/accumulate/step/
   assert.match(runCase('proxy-options-dispose-in-has-trap').message, DISPOSED);
 });
 
+test('the causal-LM surface (prefill, decode, LoRA options) follows the same rules: getters that dispose get an Error, decodes never overlap, bad tokens are named', () => {
+  assert.match(runCase('lm-dispose-in-prefill-batch-getter').message, /Engine\.prefill\(\): the engine has been disposed/);
+  assert.match(runCase('lm-dispose-in-prefill-options-getter').message, /Engine\.prefill\(\): the engine has been disposed/);
+  const d = runCase('lm-decode-reentry-and-detached');
+  assert.match(d.busy, /Engine\.decode\(\): the engine is busy/);
+  assert.equal(d.logits, 2 * 64);
+  assert.match(d.detachedMsg, /buffer is detached/);
+  assert.match(d.wrongCount, /got 1 tokens, expected one per prompt \(2\)/);
+  assert.match(d.outOfRange, /tokens\[1\] = 99 is out of range/);
+  const l = runCase('lm-dispose-in-lora-getter');
+  assert.equal(l.adapters, 2);
+  assert.match(l.after, /Engine\.forward\(\): the engine has been disposed/);
+  assert.match(l.huge, /num_hidden_layers = 1000000 is larger than any Llama-family model/);
+  assert.match(l.badTarget, /target_modules\[0\] = 'lm_head' is not a module LoRA can adapt/);
+});
+
 test('setCounters whose getter disposes the engine and makes a new one: an Error, and the new engine keeps its own counters', () => {
   const r = runCase('dispose-in-setCounters-getter-then-new-engine');
   assert.match(r.message, /Engine\.setCounters\(\): the engine has been disposed/);

@@ -124,7 +124,65 @@ function disposingGetter(e: Raw, key: string, value: unknown, extra: Record<stri
   });
 }
 
+/** A tiny Llama (GQA, tied): the causal-LM surface of the same Engine class. */
+const TINY_LM = {
+  model_type: 'llama', vocab_size: 64, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1,
+  num_attention_heads: 2, num_key_value_heads: 1, head_dim: 8, max_position_embeddings: 64, tie_word_embeddings: true,
+};
+
+function lmBatch(B: number, T: number): Required<Batch> {
+  const b = batchOf(B, T);
+  return { ...b, labels: new Int32Array(b.input_ids) };
+}
+
 const CASES: Record<string, () => Promise<unknown>> = {
+  async 'lm-dispose-in-prefill-batch-getter'() {
+    const e = rawEngine(TINY_LM);
+    const b = lmBatch(2, 8) as unknown as Record<string, unknown>;
+    const mask = b.attention_mask;
+    Object.defineProperty(b, 'attention_mask', { enumerable: true, get() { e.dispose(); return mask; } });
+    return { message: await errorOf(() => e.prefill(b, { maxNewTokens: 4 })) };
+  },
+
+  async 'lm-dispose-in-prefill-options-getter'() {
+    const e = rawEngine(TINY_LM);
+    return { message: await errorOf(() => e.prefill(lmBatch(2, 8), disposingGetter(e, 'maxNewTokens', 4))) };
+  },
+
+  async 'lm-decode-reentry-and-detached'() {
+    const e = rawEngine(TINY_LM);
+    await e.prefill(lmBatch(2, 8), { maxNewTokens: 4 });
+    // Two decodes without awaiting: the second is refused as busy, the first completes.
+    const first = e.decode(Int32Array.from([1, 2]));
+    const busy = await errorOf(() => e.decode(Int32Array.from([1, 2])));
+    const { logits } = await first;
+    const buf = new ArrayBuffer(8);
+    const detachedTokens = new Int32Array(buf);
+    structuredClone(buf, { transfer: [buf] });
+    const detachedMsg = await errorOf(() => e.decode(detachedTokens));
+    const wrongCount = await errorOf(() => e.decode(Int32Array.from([1])));
+    const outOfRange = await errorOf(() => e.decode(Int32Array.from([1, 99])));
+    return { busy, logits: logits.length, detachedMsg, wrongCount, outOfRange };
+  },
+
+  async 'lm-dispose-in-lora-getter'() {
+    // A LoRA option getter that disposes another engine while a new one is configured.
+    const e = rawEngine(TINY_LM);
+    const lora = Object.defineProperty({ r: 2, lora_alpha: 4, target_modules: ['q_proj'] }, 'lora_dropout', {
+      enumerable: true,
+      get() {
+        e.dispose();
+        return 0;
+      },
+    });
+    const built = new (loadAddon().Engine)(TINY_LM as never, { threads: 1, lora });
+    const adapters = built.parameterNames().filter((n: string) => n.includes('lora_')).length;
+    const after = await errorOf(() => e.forward(lmBatch(1, 4)));
+    const huge = await errorOf(() => new (loadAddon().Engine)({ ...TINY_LM, num_hidden_layers: 1000000 } as never, { threads: 1 }));
+    const badTarget = await errorOf(() => new (loadAddon().Engine)(TINY_LM as never, { lora: { r: 2, target_modules: ['lm_head'] } }));
+    return { adapters, after, huge, badTarget };
+  },
+
   async 'dispose-in-forward-batch-getter'() {
     const e = rawEngine();
     const message = await errorOf(() => e.forward(trappedBatch(4, 16, () => e.dispose())));
