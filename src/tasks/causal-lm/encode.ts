@@ -164,8 +164,12 @@ export function encodeSftRecords(tokenizer: LlmTokenizer, records: readonly SftR
   const stats: EncodeStats = { examples: records.length, truncated: 0, skipped: 0, skippedSources: [], targetTokens: 0, tokens: 0 };
   for (const r of records) {
     const { ids, labels } = encodeSftRecord(tokenizer, r);
-    const truncated = ids.length > o.maxLength;
-    const n = Math.min(ids.length, o.maxLength);
+    // Tokens after the last target (ChatML's "\n" after <|im_end|>) change no loss: causal
+    // attention keeps them out of every earlier position, and nothing after them is predicted.
+    let last = labels.length - 1;
+    while (last > 0 && labels[last] === IGNORE_INDEX) last--;
+    const truncated = last + 1 > o.maxLength;
+    const n = Math.min(last + 1, o.maxLength);
     const row: EncodedSftExample = {
       input_ids: Int32Array.from(ids.slice(0, n)),
       labels: Int32Array.from(labels.slice(0, n)),
