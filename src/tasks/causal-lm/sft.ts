@@ -261,8 +261,12 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
     if (gen.choices) log(`generation constrained to ${gen.choices.length} choices`);
     releaseLock = await lockOutputDir(o.output_dir);
 
+    // Report samples spread over the eval set (files are often sorted by label).
     const reportN = o.report_samples ?? 8;
-    const sampleRecords = (genRecords.length > 0 ? genRecords : train.records).filter((r) => r.kind !== 'text').slice(0, reportN);
+    const pool = (genRecords.length > 0 ? genRecords : train.records).filter((r) => r.kind !== 'text');
+    const stride = Math.max(1, Math.floor(pool.length / Math.max(1, reportN)));
+    const picks = pool.map((_, i) => i).filter((i) => i % stride === 0).slice(0, reportN);
+    const sampleRecords = picks.map((i) => pool[i]);
     const before = sampleRecords.length > 0 && !o.resume_from_checkpoint ? (await evaluateByGeneration(lm, sampleRecords, gen)).samples : null;
 
     const trainer = new Trainer<SftRow, CausalLMEvalResults>(task, rows, evalRows, args);
@@ -311,7 +315,8 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
       await writeFile(join(o.output_dir, 'eval_results.json'), JSON.stringify(finalEval, null, 1));
       files.push('eval_results.json');
     }
-    const after = before ? (samples.length >= sampleRecords.length && genRecords.length > 0 ? samples.slice(0, sampleRecords.length) : (await evaluateByGeneration(lm, sampleRecords, gen)).samples) : null;
+    // The eval answers already hold the samples' (same records, same order of non-text records).
+    const after = before ? (samples.length === pool.length && genRecords.length > 0 ? picks.map((i) => samples[i]) : (await evaluateByGeneration(lm, sampleRecords, gen)).samples) : null;
     const seconds = (performance.now() - started) / 1000;
     const { log: _l, onTrainer: _t, ...config } = o;
     await writeFile(join(o.output_dir, 'training_args.json'), JSON.stringify({ ...config, ...args, lora: resolvedLora ?? null, max_length: maxLength }, null, 1));
