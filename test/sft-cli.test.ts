@@ -9,7 +9,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -130,8 +130,17 @@ test('sft: bad data and contradictory flags are named before the model loads; a 
   assert.match(m.stderr, /metric_for_best_model 'accuracy' is not one of: loss, perplexity/);
   const l = nodetune('sft', '--model', gguf, '--train', trainFile, '--output', join(tmp, 'never'), '--lora-layers', '3-1');
   assert.match(l.stderr, /'3-1' is an empty range/);
+  // --config takes flag names and Hugging Face / PEFT names; unknown keys are named.
+  const cfg = join(tmp, 'sft.yaml');
+  await writeFile(cfg, `model: ${gguf}\ntrain: ${trainFile}\noutput: ${join(tmp, 'never')}\nlora_r: 8\nper_device_train_batch_size: 2\nlora-dropout: 0.1\nlora_rank: 8\n`);
+  const c = nodetune('sft', '--config', cfg);
+  assert.equal(c.status, 1);
+  assert.match(c.stderr, /--config .*sft\.yaml: unknown key 'lora_rank' \(expected a flag name: .*lora-r.*; or a Hugging Face name: .*per_device_train_batch_size/);
   assert.ok(!existsSync(join(tmp, 'never')));
-  const out = join(tmp, 'run');
+  // A folder holding a previous run's files (made here, so this test stands alone).
+  const out = join(tmp, 'previous-run');
+  await mkdir(out, { recursive: true });
+  await writeFile(join(out, 'training_log.jsonl'), '');
   const again = nodetune('sft', '--model', gguf, '--train', trainFile, '--output', out);
   assert.equal(again.status, 1);
   assert.match(again.stderr, /already holds a previous run .*pass --resume to continue it or --overwrite-output-dir to replace it/);
