@@ -1,4 +1,7 @@
 {
+  "variables": {
+    "with_dnnl": "<!(test -f /usr/include/oneapi/dnnl/dnnl.hpp && echo 1 || echo 0)"
+  },
   "targets": [
     {
       "target_name": "nodetune",
@@ -15,6 +18,7 @@
         "native/cpu/embedding.cpp",
         "native/cpu/gelu.cpp",
         "native/cpu/gemm.cpp",
+        "native/cpu/gemm_bf16.cpp",
         "native/cpu/layernorm.cpp",
         "native/cpu/linear.cpp",
         "native/cpu/lmhead_crossentropy.cpp",
@@ -34,6 +38,12 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
       "cflags_cc": ["-std=c++17", "-O3", "-fopenmp", "-fno-math-errno", "-march=x86-64-v3", "-fexceptions"],
+      "conditions": [
+        ["with_dnnl==1", {
+          "defines": ["NODETUNE_WITH_DNNL"],
+          "libraries": ["-ldnnl"]
+        }]
+      ],
       "libraries": ["-lopenblas", "-fopenmp"]
     },
     {
@@ -48,6 +58,7 @@
         "native/cpu/embedding.cpp",
         "native/cpu/gelu.cpp",
         "native/cpu/gemm.cpp",
+        "native/cpu/gemm_bf16.cpp",
         "native/cpu/layernorm.cpp",
         "native/cpu/linear.cpp",
         "native/cpu/lmhead_crossentropy.cpp",
@@ -62,6 +73,12 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
       "cflags_cc": ["-std=c++17", "-O2", "-fopenmp", "-march=x86-64-v3", "-fexceptions"],
+      "conditions": [
+        ["with_dnnl==1", {
+          "defines": ["NODETUNE_WITH_DNNL"],
+          "libraries": ["-ldnnl"]
+        }]
+      ],
       "libraries": ["-lopenblas", "-fopenmp"]
     }
   ]

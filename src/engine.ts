@@ -50,7 +50,11 @@ export interface EngineOptions {
   class_weights?: Float32Array;
   /** 'cpu' (default), 'cuda' or 'cuda:N' (needs an addon built with a CUDA toolkit). */
   device?: string;
-  /** 'fp32' (default) or 'bf16' mixed precision (CUDA only: bf16 weights and activations, fp32 master weights and moments). */
+  /**
+   * 'fp32' (default) or 'bf16'. CUDA: mixed precision (bf16 weights and activations, fp32 master weights and
+   * moments). CPU, causal LM with `lora` only: the frozen base's GEMMs read bf16 weights (oneDNN; AMX-BF16 or
+   * AVX512_BF16), activations rounded to bf16 going in, everything else fp32; the encoder's CPU engine is fp32 only.
+   */
   precision?: 'fp32' | 'bf16';
   /** Causal LM only: PEFT LoRA adapters on a frozen base (absent: every parameter trains). */
   lora?: LoraConfig;
@@ -101,7 +105,7 @@ interface NativeAddon {
   /** Whether this build has the CUDA backend. */
   cudaCompiled: boolean;
   /** native/engine/factory.cpp's check_device: throws the factory's error for a bad device/precision. */
-  checkDevice(device: string, precision: string): void;
+  checkDevice(device: string, precision: string, causalLM?: boolean): void;
   /** native/engine/engine.h's BertConfigLimits: the largest config sizes the engine accepts. */
   configLimits: Readonly<Record<'vocab_size' | 'hidden_size' | 'num_hidden_layers' | 'num_attention_heads' | 'intermediate_size' | 'max_position_embeddings' | 'type_vocab_size' | 'num_labels', number>>;
 }
@@ -132,13 +136,14 @@ export function loadAddon(): NativeAddon {
  * Checks a device and precision with the native engine factory's own check
  * (check_device in native/engine/factory.cpp), without creating an engine, so a caller can
  * reject them before loading weights: device 'cpu', 'cuda' or 'cuda:N';
- * precision 'fp32' or 'bf16' (CUDA only); 'cuda' needs an addon built with the
- * CUDA backend. Whether a GPU and driver are present is only known when the
- * engine is created.
+ * precision 'fp32' or 'bf16' (CUDA; on the CPU only for a causal LM, `causalLM`
+ * true, on a build with oneDNN and a CPU with AMX-BF16 or AVX512_BF16); 'cuda'
+ * needs an addon built with the CUDA backend. Whether a GPU and driver are
+ * present is only known when the engine is created.
  * @throws Error with the factory's wording.
  */
-export function checkDevice(device = 'cpu', precision = 'fp32'): void {
-  loadAddon().checkDevice(device, precision);
+export function checkDevice(device = 'cpu', precision = 'fp32', causalLM = false): void {
+  loadAddon().checkDevice(device, precision, causalLM);
 }
 
 /**

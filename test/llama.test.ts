@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Engine, type Batch } from '../src/engine.js';
+import { checkDevice, Engine, type Batch } from '../src/engine.js';
 import { llamaParameterShapes, parseLlamaConfig, peftKey, resolveLoraTargets, type LlamaConfig, type LoraConfig } from '../src/models/llama.js';
 import { relErr, tensors } from './helpers/tiny-bert-fixture.js';
 
@@ -339,3 +339,52 @@ function makeEngineWith(f: Fixture, lora: LoraConfig): Engine {
   }
   return engine;
 }
+
+// precision 'bf16' on the CPU: the frozen base's GEMMs read bf16 copies of its
+// weights and bf16-rounded activations (oneDNN; AMX-BF16 or AVX512_BF16). The
+// reference is still transformers + PEFT in float64; the tolerances are those
+// of bf16 inputs (unit roundoff 2^-9 ≈ 2e-3, accumulated over a few layers).
+let bf16Unsupported: string | undefined;
+try {
+  checkDevice('cpu', 'bf16', true);
+} catch (e) {
+  bf16Unsupported = (e as Error).message;
+}
+
+for (const name of ['tiny-llama', 'tiny-qwen2'] as const) {
+  test(`${name}: LoRA on a bf16 base: logits, loss and every A and B gradient within bf16 tolerance of PEFT (float64)`, async () => {
+    const f = await load(name);
+    if (bf16Unsupported) {
+      // This CPU or build cannot: the engine says why instead of running slowly or wrongly.
+      assert.match(bf16Unsupported, /^precision 'bf16' on the CPU: (this CPU has neither AVX512_BF16 nor AMX-BF16|this build of nodetune has no oneDNN)/);
+      assert.throws(() => makeEngine(f, f.meta.lora.config, { precision: 'bf16' }), (e: Error) => e.message === bf16Unsupported);
+      return;
+    }
+    const engine = makeEngine(f, f.meta.lora.config, { precision: 'bf16' });
+    const V = f.config.vocab_size;
+    const { logits, loss } = await engine.forward(f.batch);
+    const err = relErr(realLogits(logits, f.batch.attention_mask!, V), realLogits(f.expected.get('lora.logits')!, f.batch.attention_mask!, V));
+    assert.ok(err < 2e-2 && err > 0, `bf16 LoRA logits rel err ${err}`);
+    close(loss!, f.expected.get('lora.loss')![0], 1e-3, 'bf16 LoRA loss');
+    await engine.accumulate(f.batch);
+    for (const n of engine.parameterNames().filter((x) => x.includes('.lora_'))) {
+      const e = relErr(engine.getGradient(n), f.expected.get(`lora.grad.${n}`)!);
+      assert.ok(e < 3e-2, `bf16 grad of ${n}: rel err ${e}`);
+    }
+    // The fp32 weights stay the masters: reading them back gives what was written.
+    for (const [n, w] of f.weights) assert.deepEqual(engine.getWeight(n), w, `base weight ${n} changed`);
+    // A weight written after the first step is read in bf16 from then on.
+    const head = f.config.tie_word_embeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+    engine.setWeight(head, new Float32Array(f.weights.get(head)!.length));
+    const zero = await engine.forward(f.batch);
+    assert.ok(zero.logits.every((x) => x === 0), 'a zeroed lm_head gives zero logits');
+    await engine.dispose();
+  });
+}
+
+test("precision 'bf16' on the CPU: LoRA only, causal LMs only", async () => {
+  const f = await load('tiny-llama');
+  assert.throws(() => makeEngine(f, undefined, { precision: 'bf16' }),
+    bf16Unsupported ? (e: Error) => e.message === bf16Unsupported : /^Error: precision 'bf16' on the CPU holds a frozen base in bf16 and needs LoRA \(options.lora\): full fine-tuning on the CPU trains in fp32$/);
+  assert.throws(() => checkDevice('cpu', 'bf16'), /^Error: precision 'bf16' needs device 'cuda': the CPU encoder engine trains in fp32$/);
+});

@@ -315,7 +315,7 @@ test('device, precision, resume/overwrite and an empty validation split are reje
   const cases: Array<[Partial<FineTuneOptions>, RegExp]> = [
     [{ device: 'gpu' }, /^Error: unknown device 'gpu': expected 'cpu', 'cuda' or 'cuda:N'$/],
     [{ device: 'cuda:x' }, /^Error: device 'cuda:x': expected 'cuda:N' with N a device number$/],
-    [{ precision: 'bf16' }, /^Error: precision 'bf16' needs device 'cuda': the CPU engine trains in fp32$/],
+    [{ precision: 'bf16' }, /^Error: precision 'bf16' needs device 'cuda': the CPU encoder engine trains in fp32$/],
     [{ resume_from_checkpoint: true, overwrite_output_dir: true }, /^Error: --resume and --overwrite-output-dir contradict each other/],
     // From JavaScript a misspelled key would otherwise train with the default.
     [{ learningrate: 1 } as Partial<FineTuneOptions>, /^Error: fineTune: unknown option 'learningrate' \(did you mean learning_rate\?\)$/],

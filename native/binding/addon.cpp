@@ -366,7 +366,7 @@ public:
                     throw EngineError("options.gradient_checkpointing must be a boolean, got " + type_name(gc));
                 const bool checkpointing = gc.IsBoolean() && gc.As<Napi::Boolean>().Value();
                 const nt::TrainConfig tc = read_train_config(o);
-                const nt::DeviceSpec device = read_device(o);
+                const nt::DeviceSpec device = read_device(o, true);
                 labels_per_token_ = true;
                 slot_.Set(nt::make_causal_lm(cfg, lora, tc, device, checkpointing));
                 return;
@@ -436,10 +436,10 @@ private:
         return tc;
     }
 
-    static nt::DeviceSpec read_device(const Napi::Object& o) {
+    static nt::DeviceSpec read_device(const Napi::Object& o, bool causal_lm = false) {
         const std::string device = read_string(o, "device", "options", "cpu", "'cpu', 'cuda' or 'cuda:N'");
         const std::string precision = read_string(o, "precision", "options", "fp32", "'fp32' or 'bf16'");
-        return nt::parse_device(device, precision);
+        return nt::parse_device(device, precision, causal_lm);
     }
 
     static bool read_bool(const Napi::Object& o, const char* key, const std::string& what, bool fallback) {
@@ -887,14 +887,14 @@ private:
     }
 };
 
-// checkDevice(device, precision): nt::check_device, the engine factory's own
-// rules, so a caller can reject a device before loading any weights.
+// checkDevice(device, precision, causalLM?): nt::check_device, the engine
+// factory's own rules, so a caller can reject a device before loading weights.
 Napi::Value CheckDevice(const Napi::CallbackInfo& info) {
     const auto text = [&](size_t i, const char* fallback) {
         return info.Length() > i && info[i].IsString() ? info[i].As<Napi::String>().Utf8Value() : std::string(fallback);
     };
     try {
-        nt::check_device(text(0, "cpu"), text(1, "fp32"));
+        nt::check_device(text(0, "cpu"), text(1, "fp32"), info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value());
     } catch (const std::exception& e) {
         throw Napi::Error::New(info.Env(), e.what());
     }

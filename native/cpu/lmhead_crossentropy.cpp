@@ -10,8 +10,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
+#include <type_traits>
 #include <vector>
 
+#include "cpu/gemm_bf16.h"
 #include "cpu/kernels.h"
 #include "cpu/simd_math.h"
 
@@ -19,7 +22,16 @@ namespace nt {
 
 template <typename T>
 double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* targets, int N,
-                           int C, int V, T grad_scale, T* scratch, int chunk) {
+                           int C, int V, T grad_scale, T* scratch, int chunk, const uint16_t* Wbf16) {
+    if (Wbf16 && (!std::is_same_v<T, float> || dW))
+        throw std::invalid_argument("lmhead_crossentropy: a bf16 head is float only and frozen (dW must be null)");
+    // Z = A W^T (transB) or A W, through the bf16 copy when there is one.
+    auto times_W = [&](bool transB, int M, int Nc, int K, const T* A, T* out) {
+        if constexpr (std::is_same_v<T, float>) {
+            if (Wbf16) return gemm_bf16w(transB, M, Nc, K, A, K, Wbf16, 0.0f, out, Nc);
+        }
+        gemm<T>(false, transB, M, Nc, K, T(1), A, K, W, C, T(0), out, Nc);
+    };
     std::vector<int> rows;
     rows.reserve(N);
     for (int n = 0; n < N; n++)
@@ -31,7 +43,7 @@ double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* 
     for (size_t r0 = 0; r0 < rows.size(); r0 += chunk) {
         const int nr = (int)std::min<size_t>(chunk, rows.size() - r0);
         for (int r = 0; r < nr; r++) std::memcpy(H + (size_t)r * C, h + (size_t)rows[r0 + r] * C, C * sizeof(T));
-        gemm<T>(false, true, nr, V, C, T(1), H, C, W, C, T(0), Z, V);
+        times_W(true, nr, V, C, H, Z);
         double chunk_loss = 0;
 #pragma omp parallel for schedule(static) reduction(+ : chunk_loss)
         for (int r = 0; r < nr; r++) {
@@ -55,7 +67,7 @@ double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* 
         if (!dh) continue;
         // dH into H's rows (H is no longer needed once dW has used it)
         if (dW) gemm<T>(true, false, V, C, nr, T(1), Z, V, H, C, T(1), dW, C);
-        gemm<T>(false, false, nr, C, V, T(1), Z, V, W, C, T(0), H, C);
+        times_W(false, nr, C, V, Z, H);
         for (int r = 0; r < nr; r++) std::memcpy(dh + (size_t)rows[r0 + r] * C, H + (size_t)r * C, C * sizeof(T));
     }
     return total;
@@ -63,7 +75,7 @@ double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* 
 
 #define NT_INSTANTIATE(T)                                                                  \
     template double lmhead_crossentropy<T>(T*, T*, const T*, const T*, const int32_t*, int, \
-                                           int, int, T, T*, int);
+                                           int, int, T, T*, int, const uint16_t*);
 NT_INSTANTIATE(float)
 NT_INSTANTIATE(double)
 #undef NT_INSTANTIATE

@@ -1,5 +1,6 @@
 #include "engine/factory.h"
 
+#include "cpu/gemm_bf16.h"
 #include "models/llama.h"
 
 #ifdef NODETUNE_WITH_CUDA
@@ -8,13 +9,14 @@
 
 namespace nt {
 
-DeviceSpec parse_device(const std::string& device, const std::string& precision) {
+DeviceSpec parse_device(const std::string& device, const std::string& precision, bool causal_lm) {
     DeviceSpec d;
     d.precision = precision;
     if (precision != "fp32" && precision != "bf16")
         throw EngineError("precision '" + precision + "' is not supported: expected 'fp32' or 'bf16'");
     if (device == "cpu") {
-        if (precision != "fp32") throw EngineError("precision 'bf16' needs device 'cuda': the CPU engine trains in fp32");
+        if (precision != "fp32" && !causal_lm)
+            throw EngineError("precision 'bf16' needs device 'cuda': the CPU encoder engine trains in fp32");
         return d;
     }
     if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
@@ -38,8 +40,12 @@ bool cuda_compiled() {
 #endif
 }
 
-DeviceSpec check_device(const std::string& device, const std::string& precision) {
-    DeviceSpec d = parse_device(device, precision);
+DeviceSpec check_device(const std::string& device, const std::string& precision, bool causal_lm) {
+    DeviceSpec d = parse_device(device, precision, causal_lm);
+    if (d.kind == "cpu" && d.precision == "bf16") {
+        const std::string why = bf16_gemm_support();
+        if (!why.empty()) throw EngineError("precision 'bf16' on the CPU: " + why);
+    }
     if (d.kind == "cuda" && !cuda_compiled())
         throw EngineError("device 'cuda' was requested, but this build of nodetune has no CUDA backend: "
                           "rebuild on a machine with a CUDA toolkit (see README, 'CUDA')");
@@ -61,7 +67,7 @@ std::unique_ptr<Model> make_causal_lm(const LlamaConfig& config, const LoraConfi
     if (device.kind != "cpu")
         throw EngineError("device '" + device.kind + "': the Llama-family engine runs on the CPU only in this build "
                           "(CUDA kernels for decoders are not written yet)");
-    return std::make_unique<LlamaEngine>(config, lora, train, gradient_checkpointing);
+    return std::make_unique<LlamaEngine>(config, lora, train, gradient_checkpointing, device.precision == "bf16");
 }
 
 }  // namespace nt

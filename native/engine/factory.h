@@ -11,16 +11,18 @@ namespace nt {
 struct DeviceSpec {
     std::string kind = "cpu";       // "cpu" | "cuda"
     int index = 0;                  // CUDA device ordinal
-    std::string precision = "fp32"; // "fp32" | "bf16" (CUDA only)
+    std::string precision = "fp32"; // "fp32" | "bf16" (CUDA; on the CPU a causal LM's frozen base only)
 };
 
-// Parses "cpu", "cuda", "cuda:1"; throws EngineError otherwise.
-DeviceSpec parse_device(const std::string& device, const std::string& precision);
+// Parses "cpu", "cuda", "cuda:1"; throws EngineError otherwise. causal_lm:
+// for a Llama-family engine, whose CPU engine can hold a frozen base in bf16.
+DeviceSpec parse_device(const std::string& device, const std::string& precision, bool causal_lm = false);
 
-// parse_device, plus: CUDA requested from a build without the CUDA backend
-// throws EngineError. What can be known about a device before an engine
-// exists (whether a GPU and driver are present is known only by make_engine).
-DeviceSpec check_device(const std::string& device, const std::string& precision);
+// parse_device, plus: CUDA requested from a build without the CUDA backend,
+// or bf16 on a CPU or build without bf16 GEMMs, throws EngineError. What can
+// be known about a device before an engine exists (whether a GPU and driver
+// are present is known only by make_engine).
+DeviceSpec check_device(const std::string& device, const std::string& precision, bool causal_lm = false);
 
 // Throws EngineError when the device is unknown, not compiled in, or absent.
 std::unique_ptr<EngineBase> make_engine(const BertConfig& config, const TrainConfig& train, const DeviceSpec& device);

@@ -6,6 +6,7 @@
 // clip_grad_norm_ (shared with the BERT engine's rules).
 #include "models/llama.h"
 
+#include "cpu/gemm_bf16.h"
 #include "engine/training.h"
 
 #include <omp.h>
@@ -39,6 +40,12 @@ void add_inplace(float* out, const float* x, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] += x[i];
 }
 
+void add_bias_rows(float* out, const float* bias, int N, int OC) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < OC; c++) out[(size_t)n * OC + c] += bias[c];
+}
+
 }  // namespace
 
 double count_parameters(const LlamaConfig& c) {
@@ -52,8 +59,8 @@ double count_parameters(const LlamaConfig& c) {
 }
 
 LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
-                         bool gradient_checkpointing)
-    : cfg_(config), lora_(lora), tc_(train), checkpointing_(gradient_checkpointing) {
+                         bool gradient_checkpointing, bool bf16_base)
+    : cfg_(config), lora_(lora), tc_(train), checkpointing_(gradient_checkpointing), bf16_(bf16_base) {
     auto positive = [](const char* name, int v) {
         if (v <= 0) throw EngineError(std::string("config.") + name + " must be a positive integer, got " + std::to_string(v));
     };
@@ -113,11 +120,20 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
                 throw EngineError("lora layers_to_transform names layer " + std::to_string(l) + ": expected 0 <= layer < num_hidden_layers (" +
                                   std::to_string(cfg_.num_hidden_layers) + ")");
     }
+    if (bf16_ && lora_.r == 0)
+        throw EngineError("precision 'bf16' on the CPU holds a frozen base in bf16 and needs LoRA (options.lora): "
+                          "full fine-tuning on the CPU trains in fp32");
+    if (bf16_) {
+        const std::string why = bf16_gemm_support();
+        if (!why.empty()) throw EngineError("precision 'bf16' on the CPU: " + why);
+    }
     QKV_ = (cfg_.num_attention_heads + 2 * cfg_.num_key_value_heads) * cfg_.head_dim;
     build_param_table();
     const size_t w_floats = align_up(w_size_), g_floats = align_up(g_size_);
     require_memory((w_floats + 3 * g_floats) * sizeof(float), "the weights, gradients and AdamW moments of this model");
+    if (bf16_) require_memory(w_floats * sizeof(uint16_t), "the bf16 copy of the frozen base");
     w_.assign(w_floats, 0.0f);
+    if (bf16_) wb_.assign(w_floats, 0);
     g_.assign(g_floats, 0.0f);
     m_.assign(g_floats, 0.0f);
     v_.assign(g_floats, 0.0f);
@@ -234,6 +250,7 @@ void LlamaEngine::set_trainable(const std::string& name, bool trainable) {
         throw EngineError("parameter '" + name + "' was frozen when the engine was built (a LoRA base weight) and has no "
                           "gradient or optimizer buffers; build the engine without LoRA to train it");
     params_[i].trainable = trainable;
+    wb_stale_ = true;
     if (!trainable && goff_[i] != kNone) std::fill_n(g_.data() + goff_[i], p.numel, 0.0f);
 }
 
@@ -255,6 +272,7 @@ void LlamaEngine::write(const ParamInfo& p, Slot slot, const float* src) {
     const size_t i = &p - params_.data();
     if (slot == Slot::Weight) {
         std::copy(src, src + p.numel, w_.data() + p.offset);
+        wb_stale_ = wb_stale_ || !p.trainable;
         return;
     }
     if (goff_[i] == kNone)
@@ -387,10 +405,31 @@ void LlamaEngine::set_threads() const {
 
 // ---- forward ------------------------------------------------------------------
 
+const uint16_t* LlamaEngine::WB(size_t first, size_t count) {
+    if (!bf16_) return nullptr;
+    for (size_t i = first; i < first + count; i++)
+        if (params_[i].trainable) return nullptr;
+    return wb_.data() + params_[first].offset;
+}
+
+// Rounds the frozen weights to bf16 again after any of them was written (a
+// checkpoint or model load writes each tensor once, before the first step).
+void LlamaEngine::refresh_bf16() {
+    if (!bf16_ || !wb_stale_) return;
+    for (const ParamInfo& p : params_)
+        if (!p.trainable) to_bf16(wb_.data() + p.offset, w_.data() + p.offset, p.numel);
+    wb_stale_ = false;
+}
+
 void LlamaEngine::linear_fwd(float* out, const float* in, size_t w, size_t bias, int IC, int OC, int l, Blocks blocks,
                              bool train) {
     const int N = cur_B_ * cur_T_;
-    linear_forward(out, in, W(w), bias != kNone ? W(bias) : nullptr, N, IC, OC);
+    if (const uint16_t* wb = WB(w, blocks.size())) {
+        gemm_bf16w(true, N, OC, IC, in, IC, wb, 0.0f, out, OC);
+        if (bias != kNone) add_bias_rows(out, W(bias), N, OC);
+    } else {
+        linear_forward(out, in, W(w), bias != kNone ? W(bias) : nullptr, N, IC, OC);
+    }
     for (const auto& [target, col] : blocks) {
         const size_t A = layers_[l].lora_A[target];
         if (A == kNone) continue;
@@ -432,6 +471,7 @@ void LlamaEngine::layer_forward(int l, const int32_t* mask, bool train) {
 }
 
 void LlamaEngine::forward_impl(const Batch& b, bool train) {
+    refresh_bf16();
     ensure_activations(b.B, b.T, train);
     const int B = b.B, T = b.T, N = B * T, C = cfg_.hidden_size;
     // HF generate()'s position_ids: cumsum(attention_mask != 0) - 1, clamped
@@ -472,21 +512,24 @@ float LlamaEngine::forward(const Batch& b, float* logits, bool train) {
     validate(b, false);
     forward_impl(b, train);
     const int N = b.B * b.T, C = cfg_.hidden_size, V = cfg_.vocab_size;
-    const float* head = W(lm_head_ != kNone ? lm_head_ : embed_);
-    if (logits) linear_forward(logits, a_.hf, head, (const float*)nullptr, N, C, V);
+    const size_t hi = lm_head_ != kNone ? lm_head_ : embed_;
+    if (logits) lm_head_rows(logits, a_.hf, N);
     if (!b.labels) return 0.0f;
     const int n = n_targets(b);
     if (n == 0) return 0.0f;
-    const double sum = lmhead_crossentropy<float>(nullptr, nullptr, a_.hf, head, a_.targets, N, C, V, 1.0f,
-                                                  a_.lm_scratch, kLmChunk);
+    const double sum = lmhead_crossentropy<float>(nullptr, nullptr, a_.hf, W(hi), a_.targets, N, C, V, 1.0f,
+                                                  a_.lm_scratch, kLmChunk, WB(hi, 1));
     return (float)(sum / n);
 }
 
 // ---- generation -----------------------------------------------------------------
 
 void LlamaEngine::lm_head_rows(float* logits, const float* h, int rows) {
-    linear_forward(logits, h, W(lm_head_ != kNone ? lm_head_ : embed_), (const float*)nullptr, rows, cfg_.hidden_size,
-                   cfg_.vocab_size);
+    const size_t hi = lm_head_ != kNone ? lm_head_ : embed_;
+    if (const uint16_t* wb = WB(hi, 1))
+        gemm_bf16w(true, rows, cfg_.vocab_size, cfg_.hidden_size, h, cfg_.hidden_size, wb, 0.0f, logits, cfg_.vocab_size);
+    else
+        linear_forward(logits, h, W(hi), (const float*)nullptr, rows, cfg_.hidden_size, cfg_.vocab_size);
 }
 
 // Copies layer l's rotated keys and values into the cache: a prefill's
@@ -564,6 +607,7 @@ void LlamaEngine::decode(const int32_t* tokens, float* logits) {
             throw EngineError("tokens[" + std::to_string(i) + "] = " + std::to_string(tokens[i]) +
                               " is out of range: expected 0 <= id < vocab_size (" + std::to_string(cfg_.vocab_size) + ")");
     set_threads();
+    refresh_bf16();
     ensure_activations(B, 1, false);
     for (int i = 0; i < B; i++) {
         a_.pos[i] = gen_.pos[i];
@@ -597,9 +641,14 @@ void LlamaEngine::clear_frozen(size_t first, size_t count) {
 void LlamaEngine::linear_bwd(float* din, const float* dout, const float* in, size_t w, size_t bias, int group, int IC,
                              int OC, int l, Blocks blocks) {
     const int N = cur_B_ * cur_T_;
-    linear_backward(din, G_group(w, group), G_group(bias, group), dout, in, W(w), N, IC, OC, false);
-    clear_frozen(w, group);
-    clear_frozen(bias, group);
+    const uint16_t* wb = WB(w, group);
+    if (wb && !G_group(bias, group)) {  // a frozen group: only the input's gradient
+        if (din) gemm_bf16w(false, N, IC, OC, dout, OC, wb, 0.0f, din, IC);
+    } else {
+        linear_backward(din, G_group(w, group), G_group(bias, group), dout, in, W(w), N, IC, OC, false);
+        clear_frozen(w, group);
+        clear_frozen(bias, group);
+    }
     for (const auto& [target, col] : blocks) {
         const size_t A = layers_[l].lora_A[target];
         if (A == kNone) continue;
@@ -664,9 +713,9 @@ float LlamaEngine::accumulate(const Batch& b, float loss_scale) {
         micro_step_++;
         return 0.0f;
     }
-    const bool tied = lm_head_ == kNone;
-    const double sum = lmhead_crossentropy<float>(d_.dn, G(tied ? embed_ : lm_head_), a_.hf, W(tied ? embed_ : lm_head_),
-                                                  a_.targets, N, C, V, loss_scale / (float)n, a_.lm_scratch, kLmChunk);
+    const size_t hi = lm_head_ != kNone ? lm_head_ : embed_;
+    const double sum = lmhead_crossentropy<float>(d_.dn, G(hi), a_.hf, W(hi), a_.targets, N, C, V, loss_scale / (float)n,
+                                                  a_.lm_scratch, kLmChunk, G(hi) ? nullptr : WB(hi, 1));
     backward_impl(b);
     micro_step_++;
     return (float)(sum / n);

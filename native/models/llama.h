@@ -77,8 +77,12 @@ public:
     // Throws EngineError naming the config field and the expected value.
     // gradient_checkpointing keeps only each layer's input and recomputes the
     // layer in backward (HF TrainingArguments.gradient_checkpointing).
+    // bf16_base (LoRA only): the frozen base's GEMMs read a bf16 copy of its
+    // weights (cpu/gemm_bf16.h; activations rounded to bf16 going in, fp32
+    // out); adapters, norms, attention and the optimizer stay fp32. Throws
+    // EngineError without LoRA or without bf16 GEMMs on this build and CPU.
     LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
-                bool gradient_checkpointing = false);
+                bool gradient_checkpointing = false, bool bf16_base = false);
 
     const LlamaConfig& config() const { return cfg_; }
     const std::vector<ParamInfo>& params() const override { return params_; }
@@ -156,6 +160,10 @@ private:
     void linear_bwd(float* din, const float* dout, const float* in, size_t w, size_t bias, int group, int IC, int OC,
                     int l, Blocks blocks);
     float* W(size_t i) { return w_.data() + params_[i].offset; }
+    // The bf16 copy of a frozen packed group (q|k|v, gate|up, or one weight),
+    // or null when that group is read in fp32.
+    const uint16_t* WB(size_t first, size_t count);
+    void refresh_bf16();
     float* G(size_t i) { return i != kNone && params_[i].trainable && goff_[i] != kNone ? g_.data() + goff_[i] : nullptr; }
     // A packed group (q|k|v or gate|up) shares one GEMM: its gradient pointer
     // when any member trains; frozen members' slices are cleared after.
@@ -194,6 +202,8 @@ private:
     int64_t t_ = 0;
     uint64_t micro_step_ = 0;
     bool checkpointing_ = false;
+    bool bf16_ = false, wb_stale_ = true;
+    std::vector<uint16_t> wb_;  // bf16 copies of the frozen weights, at their w_ offsets
     // The KV cache: per layer (B, NKV, cap, HS) keys and values, the key mask
     // (B, cap), each row's next position id, columns filled.
     struct {

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/gemm_bf16.h"
 #include "cpu/kernels.h"
 
 namespace nt::detail {
@@ -1036,11 +1037,79 @@ void check_lora(Rng& rng, float p) {
     fd("lora_backward", "B", kase, Bm, minus(dB, g0B), obj);
 }
 
+// ------------------------------------------------------------ bf16 GEMM ----
+// gemm_bf16w rounds A to bf16 and multiplies by bf16 B with fp32 sums: the
+// reference is the float64 product of the same rounded values, so the only
+// error left is fp32 accumulation. Without bf16 support here (no oneDNN, or a
+// CPU without AVX512_BF16/AMX) the call must throw, with the reason.
+void check_gemm_bf16(Rng& rng) {
+    {
+        // round to nearest even: 1 + 2^-8 is a tie (to 1), 1 + 3*2^-8 a tie up
+        const float in[] = {1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -2.5f, 3.4e38f, NAN};
+        const double want[] = {1.0, 1.0 + 4.0 / 256, -2.5, INFINITY, NAN};
+        uint16_t out[5];
+        nt::to_bf16(out, in, 5);
+        bool ok = true;
+        for (int i = 0; i < 5; i++) {
+            const double got = nt::from_bf16(out[i]);
+            ok = ok && (std::isnan(want[i]) ? std::isnan(got) : got == want[i]);
+        }
+        record("to_bf16", "dst", "property", "ties to even, overflow to inf, NaN kept", ok ? 0 : 1, 0.5);
+    }
+    const std::string why = nt::bf16_gemm_support();
+    if (!why.empty()) {
+        bool threw = false;
+        FV A(4), B(4), C(4);
+        std::vector<uint16_t> Bb(4);
+        try {
+            nt::gemm_bf16w(true, 2, 2, 2, A.data(), 2, Bb.data(), 0.0f, C.data(), 2);
+        } catch (const std::exception& e) {
+            threw = std::string(e.what()).find(why) != std::string::npos;
+        }
+        record("gemm_bf16w", "C", "property", "unsupported here, throws: " + why, threw ? 0 : 1, 0.5);
+        return;
+    }
+    struct Case { bool tb; int M, N, K, pad; float beta; };
+    for (const Case c : {Case{true, 37, 29, 70, 3, 0.0f}, Case{false, 37, 29, 70, 5, 1.0f}, Case{true, 1, 40, 33, 0, 0.0f},
+                         Case{false, 130, 64, 96, 0, 0.0f}, Case{true, 3, 17, 5, 2, 1.0f}}) {
+        const int lda = c.K + c.pad, ldc = c.N + c.pad;
+        FV A = to_f(rng.vec((size_t)c.M * lda)), Bf = to_f(rng.vec((size_t)c.N * c.K)), C = to_f(rng.vec((size_t)c.M * ldc));
+        std::vector<uint16_t> Ab(A.size()), Bb(Bf.size());
+        nt::to_bf16(Ab.data(), A.data(), A.size());
+        nt::to_bf16(Bb.data(), Bf.data(), Bf.size());
+        V want(C.begin(), C.end());
+        for (int i = 0; i < c.M; i++)
+            for (int j = 0; j < c.N; j++) {
+                double s = 0;
+                for (int k = 0; k < c.K; k++)
+                    s += (double)nt::from_bf16(Ab[(size_t)i * lda + k]) *
+                         nt::from_bf16(c.tb ? Bb[(size_t)j * c.K + k] : Bb[(size_t)k * c.N + j]);
+                want[(size_t)i * ldc + j] = s + (c.beta != 0.0f ? (double)C[(size_t)i * ldc + j] : 0.0);
+            }
+        if (c.beta == 0.0f)
+            for (int i = 0; i < c.M; i++)
+                for (int j = 0; j < c.N; j++) C[(size_t)i * ldc + j] = NAN;  // beta 0 ignores C
+        nt::gemm_bf16w(c.tb, c.M, c.N, c.K, A.data(), lda, Bb.data(), c.beta, C.data(), ldc);
+        // the padding columns of C are not the GEMM's: compare the M x N block only
+        V got(want.size()), ref(want.size());
+        for (size_t i = 0; i < want.size(); i++) {
+            const bool inside = (int)(i % ldc) < c.N;
+            got[i] = inside ? C[i] : 0.0;
+            ref[i] = inside ? want[i] : 0.0;
+        }
+        const std::string kase = std::string("transB=") + (c.tb ? "1" : "0") + ",M=" + std::to_string(c.M) +
+                                 ",N=" + std::to_string(c.N) + ",K=" + std::to_string(c.K) +
+                                 ",lda,ldc pad " + std::to_string(c.pad) + ",beta=" + (c.beta != 0.0f ? "1" : "0");
+        record("gemm_bf16w", "C", "reference", kase, rel_err(got, ref), kF32Tol);
+    }
+}
+
 void run_suite(int threads) {
     g_threads = threads;
     omp_set_num_threads(threads);
     Rng rng(20240601);
     check_gemm(rng);
+    check_gemm_bf16(rng);
     check_embedding(rng);
     check_layernorm(rng);
     for (int bias = 0; bias < 2; bias++)

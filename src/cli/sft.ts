@@ -99,7 +99,7 @@ export function registerSft(program: Command): void {
       .option('--report-samples <n>', 'examples generated before and after training for report.html', int, 8)
       .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
       .option('--device <device>', "'cpu', 'cuda' or 'cuda:N'", 'cpu')
-      .addOption(new Option('--precision <p>', 'fp32, or bf16 mixed precision (CUDA)').choices(['fp32', 'bf16']).default('fp32'))
+      .addOption(new Option('--precision <p>', 'fp32, or bf16: mixed precision on CUDA; on the CPU (LoRA) the frozen base read in bf16').choices(['fp32', 'bf16']).default('fp32'))
       .option('--resume', 'resume from <output>/checkpoint-last')
       .option('--overwrite-output-dir', "delete a previous run's outputs in --output first")
       .option('--config <file>', 'JSON or YAML file holding any of these flags'),

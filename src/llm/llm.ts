@@ -32,7 +32,7 @@ export interface LLMLoadOptions {
   revision?: string;
   /** 'cpu' (default), 'cuda' or 'cuda:N'. */
   device?: string;
-  /** 'fp32' (default) or 'bf16' (CUDA only). */
+  /** 'fp32' (default) or 'bf16' (CUDA; on the CPU only with `lora`: the frozen base read in bf16, see EngineOptions.precision). */
   precision?: 'fp32' | 'bf16';
 }
 

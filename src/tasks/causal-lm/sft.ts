@@ -218,7 +218,7 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
   const hasEval = o.eval_file !== undefined;
   const args = trainerArgs(o, hasEval);
   validateTrainingArguments(args, CAUSAL_LM_METRICS);
-  checkDevice(o.device, o.precision);
+  checkDevice(o.device, o.precision, true);
   await prepareOutputDir(o, SFT_OUTPUTS);
   const train = readSftFile(o.train_file);
   const evalData = o.eval_file ? readSftFile(o.eval_file) : null;

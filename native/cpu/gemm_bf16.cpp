@@ -1,0 +1,146 @@
+// bf16-weight GEMMs through oneDNN's matmul (see gemm_bf16.h). Primitives are
+// created once per shape and kept per thread: creating one picks and JIT-
+// compiles a kernel (milliseconds), running one is the GEMM alone.
+#include "cpu/gemm_bf16.h"
+
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <tuple>
+#include <vector>
+
+#ifdef NODETUNE_WITH_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+namespace nt {
+
+void to_bf16(uint16_t* dst, const float* src, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= (1u << 16))
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        std::memcpy(&u, &src[i], 4);
+        // NaN: keep a quiet NaN (rounding could carry it into infinity)
+        dst[i] = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((u >> 16) | 0x40u)
+                                                 : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+}
+
+float from_bf16(uint16_t x) {
+    const uint32_t u = (uint32_t)x << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+#ifdef NODETUNE_WITH_DNNL
+
+namespace {
+
+using dnnl::memory;
+using Key = std::tuple<bool, int, int, int, int, int, bool>;  // transB, M, N, K, lda, ldc, accumulate
+
+struct Prim {
+    dnnl::matmul::primitive_desc pd;
+    dnnl::matmul mm;
+};
+
+struct Cache {
+    dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+    dnnl::stream stream{engine};
+    std::map<Key, Prim> prims;
+    std::vector<uint16_t> a;  // A rounded to bf16
+};
+
+Cache& cache() {
+    static thread_local Cache c;
+    return c;
+}
+
+dnnl::matmul::primitive_desc describe(const dnnl::engine& eng, bool transB, int M, int N, int K, int lda, int ldc,
+                                      bool accumulate) {
+    const memory::desc a({M, K}, memory::data_type::bf16, memory::dims{lda, 1});
+    const memory::desc b({K, N}, memory::data_type::bf16, transB ? memory::dims{1, K} : memory::dims{N, 1});
+    const memory::desc c({M, N}, memory::data_type::f32, memory::dims{ldc, 1});
+    dnnl::primitive_attr attr;
+    if (accumulate) {
+        dnnl::post_ops ops;
+        ops.append_sum(1.0f);
+        attr.set_post_ops(ops);
+    }
+    return dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c), attr, eng);
+}
+
+std::string shape(bool transB, int M, int N, int K) {
+    return "bf16 GEMM (" + std::to_string(M) + " x " + std::to_string(K) + ") x (" + std::to_string(transB ? N : K) +
+           " x " + std::to_string(transB ? K : N) + ")" + (transB ? "^T" : "");
+}
+
+}  // namespace
+
+std::string bf16_gemm_support() {
+    if (dnnl::get_effective_cpu_isa() < dnnl::cpu_isa::avx512_core_bf16)
+        return "this CPU has neither AVX512_BF16 nor AMX-BF16 (oneDNN reports ISA " +
+               std::to_string((int)dnnl::get_effective_cpu_isa()) + ")";
+    try {
+        describe(cache().engine, true, 64, 64, 64, 64, 64, false);
+    } catch (const dnnl::error& e) {
+        return std::string("oneDNN has no bf16 matmul here: ") + e.what();
+    }
+    return "";
+}
+
+std::string bf16_gemm_impl() {
+    try {
+        return describe(cache().engine, true, 1024, 1024, 1024, 1024, 1024, false).impl_info_str();
+    } catch (const dnnl::error& e) {
+        return std::string("none (") + e.what() + ")";
+    }
+}
+
+void gemm_bf16w(bool transB, int M, int N, int K, const float* A, int lda, const uint16_t* B, float beta, float* C,
+                int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (beta != 0.0f && beta != 1.0f) throw std::runtime_error(shape(transB, M, N, K) + ": beta must be 0 or 1");
+    if (K <= 0) {
+        if (beta == 0.0f)
+            for (int i = 0; i < M; i++) std::memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    Cache& c = cache();
+    if (c.a.size() < (size_t)M * K) c.a.resize((size_t)M * K);
+    uint16_t* a = c.a.data();
+#pragma omp parallel for schedule(static) if ((size_t)M * K >= (1u << 16))
+    for (int i = 0; i < M; i++) to_bf16(a + (size_t)i * K, A + (size_t)i * lda, (size_t)K);
+    const Key key{transB, M, N, K, K, ldc, beta != 0.0f};
+    try {
+        auto it = c.prims.find(key);
+        if (it == c.prims.end()) {
+            if (c.prims.size() >= 256) c.prims.clear();  // shapes of long-gone batches
+            auto pd = describe(c.engine, transB, M, N, K, K, ldc, beta != 0.0f);
+            it = c.prims.emplace(key, Prim{pd, dnnl::matmul(pd)}).first;
+        }
+        const auto& pd = it->second.pd;
+        memory am(pd.src_desc(), c.engine, c.a.data());
+        memory bm(pd.weights_desc(), c.engine, const_cast<uint16_t*>(B));
+        memory cm(pd.dst_desc(), c.engine, C);
+        it->second.mm.execute(c.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+        c.stream.wait();
+    } catch (const dnnl::error& e) {
+        throw std::runtime_error(shape(transB, M, N, K) + " failed in oneDNN: " + e.what());
+    }
+}
+
+#else  // no oneDNN in this build
+
+std::string bf16_gemm_support() {
+    return "this build of nodetune has no oneDNN (install libdnnl-dev, e.g. with scripts/setup.sh, and rebuild)";
+}
+std::string bf16_gemm_impl() { return "none (no oneDNN)"; }
+void gemm_bf16w(bool, int, int, int, const float*, int, const uint16_t*, float, float*, int) {
+    throw std::runtime_error("bf16 GEMM: " + bf16_gemm_support());
+}
+
+#endif
+
+}  // namespace nt
