@@ -5,7 +5,9 @@ One step = forward of LlamaForCausalLM on (B, T) random token ids with labels = 
 shifts them inside the loss), backward, clip_grad_norm_(1.0), AdamW(lr 1e-4, weight_decay
 0.01) over the trainable parameters, zero_grad: what nodetune's trainStep does. With --lora R
 the model is wrapped by PEFT get_peft_model(LoraConfig(r=R, lora_alpha=2R, lora_dropout=0.05,
-target_modules="all-linear")), so only the adapters train. Random init (HF's), fp32, sdpa attention.
+target_modules="all-linear")), so only the adapters train. Random init (HF's), sdpa attention, fp32;
+with --dtype bf16 (LoRA only) the frozen base is cast to bfloat16 before PEFT wraps it, and PEFT
+keeps the adapters in fp32 (its autocast_adapter_dtype default), as nodetune's --precision bf16.
 
 Usage (defaults: the SmolLM2-135M shape, LoRA r 16, batch 8, seq 128, 2 threads):
   python3 scripts/reference/bench_torch_llama.py --layers 30 --hidden 576 --heads 9 --kv-heads 3 \
@@ -36,7 +38,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                           ("vocab", 49152), ("tied", 1), ("lora", 16), ("batch", 8), ("seq", 128),
                           ("threads", os.cpu_count() or 1), ("steps", 5), ("warmup", 2), ("seed", 0)):
         ap.add_argument(f"--{name}", type=int, default=default)
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     a = ap.parse_args(argv)
+    if a.dtype == "bf16" and a.lora < 1:
+        ap.error("--dtype bf16 casts the frozen base: it needs --lora")
     if a.hidden % a.heads or a.heads % a.kv_heads:
         ap.error("--hidden must be divisible by --heads, and --heads by --kv-heads")
     if min(a.layers, a.hidden, a.heads, a.kv_heads, a.intermediate, a.vocab, a.batch, a.seq, a.threads, a.steps) < 1:
@@ -57,6 +62,8 @@ def main(argv: list[str]) -> int:
                          max_position_embeddings=max(2048, a.seq), tie_word_embeddings=bool(a.tied),
                          rms_norm_eps=1e-5, attn_implementation="sdpa")
     model = LlamaForCausalLM(config).train()
+    if a.dtype == "bf16":
+        model = model.to(torch.bfloat16)
     peft_version = None
     if a.lora > 0:
         import peft
@@ -91,7 +98,7 @@ def main(argv: list[str]) -> int:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "trainable_parameters": sum(p.numel() for p in params), "last_loss": loss,
         "steps": a.steps, "warmup": a.warmup, "threads": torch.get_num_threads(), "batch": a.batch, "seq": a.seq,
-        "lora": a.lora, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft_version,
+        "lora": a.lora, "dtype": a.dtype, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft_version,
     }))
     return 0
 

@@ -14,7 +14,7 @@ async function main(): Promise<void> {
   const c = JSON.parse(process.argv[2] ?? '') as LlmCase;
   const config = llmShapeConfig(c.shape);
   const lora = c.lora > 0 ? { r: c.lora, lora_alpha: 2 * c.lora, lora_dropout: 0.05, target_modules: 'all-linear' as const } : undefined;
-  const engine = new Engine({ config, lora, threads: c.threads, seed: c.seed, weight_decay: 0.01, max_grad_norm: 1 });
+  const engine = new Engine({ config, lora, threads: c.threads, seed: c.seed, weight_decay: 0.01, max_grad_norm: 1, precision: c.precision });
   // HF LlamaPreTrainedModel._init_weights: normal(0, 0.02), RMSNorm weights 1.
   const u = mulberry32(c.seed + 1);
   for (const name of engine.parameterNames()) {

@@ -44,6 +44,8 @@ export interface LlmCase {
   steps: number;
   warmup: number;
   seed: number;
+  /** The frozen base's weights: 'fp32', or 'bf16' (LoRA only; EngineOptions.precision). */
+  precision?: 'fp32' | 'bf16';
 }
 
 export interface LlmCaseResult {
@@ -85,6 +87,8 @@ export interface LlmTrainBenchOptions {
   torch?: boolean;
   python?: string;
   seed?: number;
+  /** 'bf16': the frozen base in bf16 on both sides (LoRA cases only; default 'fp32'). */
+  precision?: 'fp32' | 'bf16';
   onProgress?: (text: string) => void;
 }
 
@@ -101,6 +105,7 @@ export async function runLlmTrainBench(opts: LlmTrainBenchOptions = {}): Promise
   const warmup = opts.warmup ?? 1;
   const steps = opts.steps ?? 3;
   const seed = opts.seed ?? 0;
+  const precision = opts.precision ?? 'fp32';
   const load1 = Number(loadavg()[0].toFixed(2));
   const python = opts.python ?? process.env.PYTHON ?? 'python3';
   let torchDown: string | undefined = opts.torch === false ? 'not run (--no-torch)' : undefined;
@@ -114,10 +119,12 @@ export async function runLlmTrainBench(opts: LlmTrainBenchOptions = {}): Promise
     cases.length = 0;
     for (const shape of shapes) for (const lora of opts.modes) for (const T of seqs) cases.push({ shape, lora, T });
   }
+  if (precision === 'bf16' && cases.some((c) => c.lora === 0))
+    throw new Error('bench: --precision bf16 holds a frozen base in bf16, so it needs LoRA cases only (--lora 16)');
   const rows: Array<Record<string, BenchValue>> = [];
   const env = { ...process.env, OMP_NUM_THREADS: String(threads) };
   for (const c of cases) {
-    const spec: LlmCase = { ...c, B, threads, steps, warmup, seed };
+    const spec: LlmCase = { ...c, B, threads, steps, warmup, seed, precision };
     const ours = await runJsonLine<LlmCaseResult>(process.execPath, [join(repoRoot, 'dist/src/bench/train-llm-case.js'), JSON.stringify(spec)], env);
     if (!ours.tokens_per_s) throw new Error(`bench: nodetune ${c.shape} ${c.lora ? `LoRA r${c.lora}` : 'full'} T=${c.T}: ${ours.status}`);
     const config = llmShapeConfig(c.shape);
@@ -133,6 +140,7 @@ export async function runLlmTrainBench(opts: LlmTrainBenchOptions = {}): Promise
         '--layers', s.num_hidden_layers, '--hidden', s.hidden_size, '--heads', s.num_attention_heads, '--kv-heads', s.num_key_value_heads,
         '--intermediate', s.intermediate_size, '--vocab', s.vocab_size, '--tied', s.tie_word_embeddings ? 1 : 0, '--lora', c.lora,
         '--batch', B, '--seq', c.T, '--threads', threads, '--steps', steps, '--warmup', warmup, '--seed', seed,
+        '--dtype', precision,
       ].map(String);
       const t = await runJsonLine<LlmCaseResult>(python, [join(repoRoot, 'scripts/reference/bench_torch_llama.py'), ...args], env);
       if (t.tokens_per_s) {
@@ -153,9 +161,10 @@ export async function runLlmTrainBench(opts: LlmTrainBenchOptions = {}): Promise
   }
   return {
     suite: 'train',
-    title: `nodetune causal-LM training-step throughput and peak memory (cpu, fp32, ${threads} threads, B=${B})`,
+    title: `nodetune causal-LM training-step throughput and peak memory (cpu, ${precision === 'bf16' ? 'bf16 frozen base' : 'fp32'}, ${threads} threads, B=${B})`,
     context: {
-      device: 'cpu', cpu: (cpus()[0]?.model ?? 'unknown').trim(), threads, batch: B, warmup, steps, dtype: 'fp32',
+      device: 'cpu', cpu: (cpus()[0]?.model ?? 'unknown').trim(), threads, batch: B, warmup, steps,
+      dtype: precision === 'bf16' ? 'bf16 frozen base (both sides), fp32 adapters and optimizer' : 'fp32',
       node: process.version, peer: peer ?? torchDown ?? null,
       step: 'forward + shifted CE over every token + backward + clip(1.0) + AdamW(1e-4, wd 0.01); LoRA r 16 alpha 32 dropout 0.05 all-linear',
       flops: 'per token (4 frozen | 6 full) x (non-embedding params + lm_head) + 12 L T H (attention) (src/bench/train-llm.ts)',

@@ -63,6 +63,7 @@ export function addTrainOptions(cmd: Command): Command {
     .option('--no-torch', 'skip the PyTorch peer (scripts/reference/bench_torch.py)')
     .option('--python <path>', 'Python interpreter for the peer (default $PYTHON or python3)')
     .addOption(new Option('--torch-attn <impl>', 'HF attention implementation of the peer').choices(['sdpa', 'eager']).default('sdpa'))
+    .addOption(new Option('--precision <p>', "decoders with LoRA: the frozen base's weights in fp32 or bf16, both sides (default fp32)").choices(['fp32', 'bf16']))
     .option('--json', 'print the report as JSON')
     .option('--markdown', 'print the table as markdown');
 }
@@ -73,6 +74,7 @@ export async function trainAction(opts: Record<string, unknown>, io: BenchIO = p
   const decoders = (shapes ?? []).filter((s) => s in LLM_SHAPES);
   if (decoders.length && decoders.length !== shapes!.length) throw new InvalidArgumentError('--shapes: run encoder and decoder shapes separately (their batch, sequence lengths and peers differ)');
   if (!decoders.length && opts.lora !== undefined) throw new InvalidArgumentError('--lora applies to decoder shapes only');
+  if (!decoders.length && opts.precision !== undefined) throw new InvalidArgumentError('--precision applies to decoder shapes only (the encoder CPU engine is fp32)');
   if (decoders.length) {
     const report = await runLlmTrainBench({
       shapes: decoders,
@@ -84,6 +86,7 @@ export async function trainAction(opts: Record<string, unknown>, io: BenchIO = p
       warmup: opts.warmup as number | undefined,
       torch: opts.torch as boolean,
       python: opts.python as string | undefined,
+      precision: opts.precision as 'fp32' | 'bf16' | undefined,
       onProgress: (line) => io.stderr(`${line}\n`),
     });
     io.stdout(render(report, opts));
