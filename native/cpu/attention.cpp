@@ -21,7 +21,7 @@ namespace nt {
 namespace detail {
 template <typename T>
 void dropout_apply(T* out, const T* in, size_t n, uint64_t index0, float p,
-                   const DropoutKey& key);
+                   const DropoutKey& key, uint8_t* keep = nullptr);
 }  // namespace detail
 
 namespace {

@@ -100,11 +100,47 @@ void philox_words8(const DropoutKey& key, uint64_t q0, uint32_t x[32]) {
 
 // out[i] = in[i] * (kept ? scale : 0) for element indices index0 + i, i in
 // [0, n); serial; out may alias in. A multiply, as torch's input * mask, so
-// NaN/inf inputs stay NaN. Used by dropout_* and by attention.
+// NaN/inf inputs stay NaN. Used by dropout_* and by attention. keep, when
+// set, records element index0 + i's kept flag as bit (index0 + i) % 8 of
+// keep[(index0 + i) / 8]; index0 must then be a multiple of 8.
 template <typename T>
 void dropout_apply(T* out, const T* in, size_t n, uint64_t index0, float p,
-                   const DropoutKey& key) {
+                   const DropoutKey& key, uint8_t* keep) {
     if (n == 0) return;
+    if (keep) {
+        if (p <= 0.f || p >= 1.f) {
+            for (size_t i = 0; i < n; i++) {
+                const uint64_t j = index0 + i;
+                keep[j >> 3] = (uint8_t)((keep[j >> 3] & ~(1u << (j & 7))) | ((p <= 0.f ? 1u : 0u) << (j & 7)));
+            }
+        } else {
+            const T scale = T(1) / (T(1) - T(p));
+            const uint64_t end = index0 + n;
+            uint64_t idx = index0;
+            auto one = [&](uint64_t j) {
+                const bool k = dropout_uniform(key, j) >= p;
+                out[j - index0] = in[j - index0] * (k ? scale : T(0));
+                keep[j >> 3] = (uint8_t)((keep[j >> 3] & ~(1u << (j & 7))) | ((uint32_t)k << (j & 7)));
+            };
+            for (; idx < end && (idx & 31) != 0; idx++) one(idx);
+            for (; idx + 32 <= end; idx += 32) {
+                uint32_t x[32];
+                philox_words8(key, idx >> 2, x);
+                T* o = out + (idx - index0);
+                const T* src = in + (idx - index0);
+                uint32_t bits = 0;
+#pragma omp simd reduction(| : bits)
+                for (int e = 0; e < 32; e++) {
+                    const bool k = to_uniform(x[e]) >= p;
+                    o[e] = src[e] * (k ? scale : T(0));
+                    bits |= (uint32_t)k << e;
+                }
+                for (int b = 0; b < 4; b++) keep[(idx >> 3) + b] = (uint8_t)(bits >> (8 * b));
+            }
+            for (; idx < end; idx++) one(idx);
+            return;
+        }
+    }
     if (p <= 0.f) {
         if (out != in)
             for (size_t i = 0; i < n; i++) out[i] = in[i];
@@ -136,9 +172,9 @@ void dropout_apply(T* out, const T* in, size_t n, uint64_t index0, float p,
         out[idx - index0] = in[idx - index0] * (dropout_uniform(key, idx) >= p ? scale : T(0));
 }
 template void dropout_apply<float>(float*, const float*, size_t, uint64_t, float,
-                                   const DropoutKey&);
+                                   const DropoutKey&, uint8_t*);
 template void dropout_apply<double>(double*, const double*, size_t, uint64_t, float,
-                                    const DropoutKey&);
+                                    const DropoutKey&, uint8_t*);
 
 }  // namespace detail
 
@@ -151,13 +187,13 @@ float dropout_uniform(const DropoutKey& key, uint64_t index) {
 namespace {
 // Thread chunks start at multiples of 4096, so each runs the 8-block bulk path.
 template <typename T>
-void dropout_parallel(T* out, const T* in, size_t n, float p, const DropoutKey& key) {
+void dropout_parallel(T* out, const T* in, size_t n, float p, const DropoutKey& key, uint8_t* keep = nullptr) {
     constexpr size_t kChunk = 4096;
     const long long nchunks = (long long)((n + kChunk - 1) / kChunk);
 #pragma omp parallel for schedule(static)
     for (long long c = 0; c < nchunks; c++) {
         const size_t i0 = (size_t)c * kChunk, len = n - i0 < kChunk ? n - i0 : kChunk;
-        detail::dropout_apply(out + i0, in + i0, len, i0, p, key);
+        detail::dropout_apply(out + i0, in + i0, len, i0, p, key, keep);
     }
 }
 }  // namespace
@@ -173,6 +209,40 @@ void dropout_backward(T* dinp, const T* dout, size_t n, float p, const DropoutKe
     dropout_parallel(dinp, dout, n, p, key);
 }
 
+template <typename T>
+void dropout_forward_mask(T* out, const T* inp, uint8_t* keep, size_t n, float p, const DropoutKey& key) {
+    dropout_parallel(out, inp, n, p, key, keep);
+}
+
+// A byte of the mask at a time, its 8 bits as an 8-wide vector shift, so the
+// loop vectorises (a per-element bit index does not).
+template <typename T>
+void dropout_apply_mask(T* out, const T* inp, const uint8_t* keep, size_t n, float p, bool accumulate) {
+    const T scale = p >= 1.f ? T(0) : T(1) / (T(1) - T(p));
+    const long long nb = (long long)(n / 8);
+#pragma omp parallel for schedule(static)
+    for (long long b = 0; b < nb; b++) {
+        const uint32_t m = keep[b];
+        T* o = out + 8 * b;
+        const T* x = inp + 8 * b;
+        if (accumulate) {
+#pragma omp simd
+            for (int e = 0; e < 8; e++) o[e] += x[e] * (((m >> e) & 1u) ? scale : T(0));
+        } else {
+#pragma omp simd
+            for (int e = 0; e < 8; e++) o[e] = x[e] * (((m >> e) & 1u) ? scale : T(0));
+        }
+    }
+    for (size_t i = 8 * (size_t)nb; i < n; i++) {
+        const T v = inp[i] * (((keep[i >> 3] >> (i & 7)) & 1) ? scale : T(0));
+        out[i] = accumulate ? out[i] + v : v;
+    }
+}
+
+template void dropout_forward_mask<float>(float*, const float*, uint8_t*, size_t, float, const DropoutKey&);
+template void dropout_forward_mask<double>(double*, const double*, uint8_t*, size_t, float, const DropoutKey&);
+template void dropout_apply_mask<float>(float*, const float*, const uint8_t*, size_t, float, bool);
+template void dropout_apply_mask<double>(double*, const double*, const uint8_t*, size_t, float, bool);
 template void dropout_forward<float>(float*, const float*, size_t, float, const DropoutKey&);
 template void dropout_forward<double>(double*, const double*, size_t, float,
                                       const DropoutKey&);

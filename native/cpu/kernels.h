@@ -91,6 +91,15 @@ template <typename T>
 void dropout_forward(T* out, const T* inp, size_t n, float p, const DropoutKey& key);
 template <typename T>
 void dropout_backward(T* dinp, const T* dout, size_t n, float p, const DropoutKey& key);
+// dropout_forward that also records the mask: element i's kept flag is bit
+// i % 8 of keep[i / 8] ((n + 7) / 8 bytes). Where the backward needs the mask
+// more than once (LoRA: for dA and for dinp), reading 1 bit beats Philox.
+template <typename T>
+void dropout_forward_mask(T* out, const T* inp, uint8_t* keep, size_t n, float p, const DropoutKey& key);
+// out = inp * (kept ? 1/(1-p) : 0) by a recorded mask: the forward's map, and
+// (being linear) its backward; out += that with accumulate. out may alias inp.
+template <typename T>
+void dropout_apply_mask(T* out, const T* inp, const uint8_t* keep, size_t n, float p, bool accumulate = false);
 
 // ---- scaled dot-product self-attention (HF BertSelfAttention, eager) -----
 // qkv (B,T,3C): per token [q(C) | k(C) | v(C)], head h uses channels
@@ -241,15 +250,16 @@ double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* 
 // out (N rows, stride ldo, OC columns) += scale * dropout(inp) A^T B^T, with
 // A (r, IC), B (OC, r), scale = lora_alpha / r (or / sqrt(r), rsLoRA). t (N, r)
 // saves dropout(inp) A^T for the backward. xd (N, IC) is workspace, used only
-// when dropout_p > 0 (the mask is regenerated in the backward, not stored).
+// when dropout_p > 0; keep ((N IC + 7) / 8 bytes) then saves the dropout mask
+// (dropout_forward_mask) for the backward.
 template <typename T>
-void lora_forward(T* out, int ldo, T* t, T* xd, const T* inp, const T* A, const T* B, int N,
-                  int IC, int OC, int r, T scale, float dropout_p, const DropoutKey& key);
+void lora_forward(T* out, int ldo, T* t, T* xd, uint8_t* keep, const T* inp, const T* A, const T* B,
+                  int N, int IC, int OC, int r, T scale, float dropout_p, const DropoutKey& key);
 // dinp (N, IC) += (may be null), dA, dB += (may be null). dt (N, r) and
-// xd (N, IC) are workspace.
+// xd (N, IC) are workspace; keep is the forward's mask (dropout_p > 0).
 template <typename T>
-void lora_backward(T* dinp, T* dA, T* dB, T* dt, T* xd, const T* dout, int ldo, const T* inp,
-                   const T* t, const T* A, const T* B, int N, int IC, int OC, int r, T scale,
-                   float dropout_p, const DropoutKey& key);
+void lora_backward(T* dinp, T* dA, T* dB, T* dt, T* xd, const uint8_t* keep, const T* dout, int ldo,
+                   const T* inp, const T* t, const T* A, const T* B, int N, int IC, int OC, int r, T scale,
+                   float dropout_p);
 
 }  // namespace nt

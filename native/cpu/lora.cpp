@@ -4,41 +4,41 @@
 // of the base layer's IC OC; the adapter's output is added onto the base
 // GEMM's output in place (any row stride, so one column block of a fused
 // q/k/v or gate/up output can take its own adapter). LoRA dropout's mask is
-// regenerated from its Philox key in the backward rather than stored.
+// kept as one bit per input element (1/32 of the input's size): the backward
+// needs it twice, for dA and for dinp, and reading it beats drawing it again.
 //
 // Backward:  dB += scale dout^T t;  dt = scale dout B;  dA += dt^T xd;
-//            dinp += dropout_backward(dt A).
+//            dinp += mask * (dt A) / (1 - p).
 #include "cpu/kernels.h"
 
 namespace nt {
-namespace {
-// dropout(inp) into xd; the mask is keyed by the element's index in the
-// (N, IC) input, so the forward and the backward regenerate the same one.
-template <typename T>
-const T* dropped(T* xd, const T* inp, size_t n, float p, const DropoutKey& key) {
-    if (p <= 0.f) return inp;
-    dropout_forward(xd, inp, n, p, key);
-    return xd;
-}
-}  // namespace
 
 template <typename T>
-void lora_forward(T* out, int ldo, T* t, T* xd, const T* inp, const T* A, const T* B, int N,
-                  int IC, int OC, int r, T scale, float dropout_p, const DropoutKey& key) {
-    const T* x = dropped(xd, inp, (size_t)N * IC, dropout_p, key);
+void lora_forward(T* out, int ldo, T* t, T* xd, uint8_t* keep, const T* inp, const T* A, const T* B,
+                  int N, int IC, int OC, int r, T scale, float dropout_p, const DropoutKey& key) {
+    const T* x = inp;
+    if (dropout_p > 0.f) {
+        dropout_forward_mask(xd, inp, keep, (size_t)N * IC, dropout_p, key);
+        x = xd;
+    }
     gemm<T>(false, true, N, r, IC, T(1), x, IC, A, IC, T(0), t, r);
     gemm<T>(false, true, N, OC, r, scale, t, r, B, r, T(1), out, ldo);
 }
 
 template <typename T>
-void lora_backward(T* dinp, T* dA, T* dB, T* dt, T* xd, const T* dout, int ldo, const T* inp,
-                   const T* t, const T* A, const T* B, int N, int IC, int OC, int r, T scale,
-                   float dropout_p, const DropoutKey& key) {
+void lora_backward(T* dinp, T* dA, T* dB, T* dt, T* xd, const uint8_t* keep, const T* dout, int ldo,
+                   const T* inp, const T* t, const T* A, const T* B, int N, int IC, int OC, int r, T scale,
+                   float dropout_p) {
     if (dB) gemm<T>(true, false, OC, r, N, scale, dout, ldo, t, r, T(1), dB, r);
     if (!dA && !dinp) return;
     gemm<T>(false, false, N, r, OC, scale, dout, ldo, B, r, T(0), dt, r);
+    const size_t n = (size_t)N * IC;
     if (dA) {
-        const T* x = dropped(xd, inp, (size_t)N * IC, dropout_p, key);
+        const T* x = inp;
+        if (dropout_p > 0.f) {
+            dropout_apply_mask(xd, inp, keep, n, dropout_p);
+            x = xd;
+        }
         gemm<T>(true, false, r, IC, N, T(1), dt, r, x, IC, T(1), dA, IC);
     }
     if (!dinp) return;
@@ -47,18 +47,14 @@ void lora_backward(T* dinp, T* dA, T* dB, T* dt, T* xd, const T* dout, int ldo, 
         return;
     }
     gemm<T>(false, false, N, IC, r, T(1), dt, r, A, IC, T(0), xd, IC);
-    dropout_backward(xd, xd, (size_t)N * IC, dropout_p, key);
-    const size_t n = (size_t)N * IC;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) dinp[i] += xd[i];
+    dropout_apply_mask(dinp, xd, keep, n, dropout_p, true);
 }
 
 #define NT_INSTANTIATE(T)                                                                       \
-    template void lora_forward<T>(T*, int, T*, T*, const T*, const T*, const T*, int, int, int, \
-                                  int, T, float, const DropoutKey&);                            \
-    template void lora_backward<T>(T*, T*, T*, T*, T*, const T*, int, const T*, const T*,      \
-                                   const T*, const T*, int, int, int, int, T, float,            \
-                                   const DropoutKey&);
+    template void lora_forward<T>(T*, int, T*, T*, uint8_t*, const T*, const T*, const T*, int, int, \
+                                  int, int, T, float, const DropoutKey&);                          \
+    template void lora_backward<T>(T*, T*, T*, T*, T*, const uint8_t*, const T*, int, const T*,     \
+                                   const T*, const T*, const T*, int, int, int, int, T, float);
 NT_INSTANTIATE(float)
 NT_INSTANTIATE(double)
 #undef NT_INSTANTIATE

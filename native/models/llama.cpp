@@ -320,9 +320,14 @@ void LlamaEngine::ensure_activations(int B, int T, bool train) {
     const size_t r = lora_.r;
     size_t n_lora = 0;
     for (bool t : lora_.target) n_lora += t;
+    // LoRA dropout masks: a bit per adapter input element, in floats.
+    auto keep_floats = [&](int t) { return lora_.lora_dropout > 0 ? (N * lora_in_features(t) + 31) / 32 : 0; };
+    size_t n_keep = 0;
+    for (int t = 0; t < kNumTargets; t++)
+        if (lora_.target[t]) n_keep += align_up(keep_floats(t));
     const size_t inner = 2 * align_up(N * C) + 2 * align_up(N) + align_up(N * QKV_) + align_up(N * OC) +
                          align_up(N * NH) + align_up(N * C) + align_up(N * 2 * I) + align_up(N * I) +
-                         n_lora * align_up(N * r);
+                         n_lora * align_up(N * r) + n_keep;
     const size_t per_layer = align_up(N * C) + (checkpointing_ ? 0 : inner);
     const size_t total = L * per_layer + (checkpointing_ ? inner : 0) + 2 * align_up(N * C) + align_up(N) +
                          2 * align_up(N * HS / 2 + HS) + align_up((size_t)kLmChunk * (V + C));
@@ -360,6 +365,8 @@ void LlamaEngine::ensure_activations(int B, int T, bool train) {
         a.gu = take(N * 2 * I);
         a.act = take(N * I);
         for (int t = 0; t < kNumTargets; t++) a.t[t] = lora_.target[t] ? take(N * r) : nullptr;
+        for (int t = 0; t < kNumTargets; t++)
+            a.keep[t] = lora_.target[t] && keep_floats(t) ? reinterpret_cast<uint8_t*>(take(keep_floats(t))) : nullptr;
     };
     la_.assign(L, Acts{});
     for (auto& a : la_) {
@@ -405,6 +412,12 @@ void LlamaEngine::set_threads() const {
 
 // ---- forward ------------------------------------------------------------------
 
+size_t LlamaEngine::lora_in_features(int target) const {
+    if (target == kO) return (size_t)cfg_.num_attention_heads * cfg_.head_dim;
+    if (target == kDown) return (size_t)cfg_.intermediate_size;
+    return (size_t)cfg_.hidden_size;
+}
+
 const uint16_t* LlamaEngine::WB(size_t first, size_t count) {
     if (!bf16_) return nullptr;
     for (size_t i = first; i < first + count; i++)
@@ -434,8 +447,9 @@ void LlamaEngine::linear_fwd(float* out, const float* in, size_t w, size_t bias,
         const size_t A = layers_[l].lora_A[target];
         if (A == kNone) continue;
         const size_t B = layers_[l].lora_B[target];
-        lora_forward(out + col, OC, la_[l].t[target], d_.xd, in, W(A), W(B), N, IC, (int)params_[B].shape[0], lora_.r,
-                     lora_scale_, train ? lora_.lora_dropout : 0.0f, key(lora_tensor(l, target)));
+        lora_forward(out + col, OC, la_[l].t[target], d_.xd, la_[l].keep[target], in, W(A), W(B), N, IC,
+                     (int)params_[B].shape[0], lora_.r, lora_scale_, train ? lora_.lora_dropout : 0.0f,
+                     key(lora_tensor(l, target)));
     }
 }
 
@@ -653,8 +667,8 @@ void LlamaEngine::linear_bwd(float* din, const float* dout, const float* in, siz
         const size_t A = layers_[l].lora_A[target];
         if (A == kNone) continue;
         const size_t B = layers_[l].lora_B[target];
-        lora_backward(din, G(A), G(B), d_.dt, d_.xd, dout + col, OC, in, la_[l].t[target], W(A), W(B), N, IC,
-                      (int)params_[B].shape[0], lora_.r, lora_scale_, lora_.lora_dropout, key(lora_tensor(l, target)));
+        lora_backward(din, G(A), G(B), d_.dt, d_.xd, la_[l].keep[target], dout + col, OC, in, la_[l].t[target], W(A),
+                      W(B), N, IC, (int)params_[B].shape[0], lora_.r, lora_scale_, lora_.lora_dropout);
     }
 }
 

@@ -141,6 +141,7 @@ private:
     struct Acts {
         float *h, *n1, *rstd1, *qkv, *att, *lse, *a, *n2, *rstd2, *gu, *act;
         std::array<float*, kNumTargets> t{};  // LoRA: dropout(x) A^T, (N, r)
+        std::array<uint8_t*, kNumTargets> keep{};  // LoRA dropout's mask, a bit per input element
     };
 
     size_t add_param(const std::string& name, std::vector<int64_t> shape, bool trainable, bool packed_with_previous);
@@ -171,6 +172,7 @@ private:
     void clear_frozen(size_t first, size_t count);
     DropoutKey key(uint32_t tensor) const { return DropoutKey{tc_.seed, micro_step_, tensor}; }
     uint32_t lora_tensor(int l, int target) const { return (uint32_t)(l * kNumTargets + target); }
+    size_t lora_in_features(int target) const;
     int n_targets(const Batch& b) const;
     void lm_head_rows(float* logits, const float* h, int rows);
     void capture_kv(int l);

@@ -1005,10 +1005,11 @@ void check_lora(Rng& rng, float p) {
     for (int n = 0; n < N; n++)
         for (int c = OC; c < ldo; c++) R[n * ldo + c] = 0;  // columns outside the adapter's block
     V t(N * r), xd(N * IC);
+    std::vector<uint8_t> keep((N * IC + 7) / 8, 0xA5);  // poisoned: the forward must write every bit used
     auto forward = [&]() {
         V out = base;
-        nt::lora_forward<double>(out.data(), ldo, t.data(), xd.data(), inp.data(), A.data(), Bm.data(), N, IC, OC, r,
-                                 scale, p, key);
+        nt::lora_forward<double>(out.data(), ldo, t.data(), xd.data(), keep.data(), inp.data(), A.data(), Bm.data(), N,
+                                 IC, OC, r, scale, p, key);
         return out;
     };
     V out = forward(), want = base;
@@ -1029,12 +1030,47 @@ void check_lora(Rng& rng, float p) {
     record("lora_forward", "out", "reference", kase + " (columns past OC untouched)", rel_err(out, want), kRefTol);
     V g0i = rng.vec(N * IC), dinp = g0i, g0A = rng.vec(r * IC), dA = g0A, g0B = rng.vec(OC * r), dB = g0B, dt(N * r);
     forward();  // t for the current weights
-    nt::lora_backward<double>(dinp.data(), dA.data(), dB.data(), dt.data(), xd.data(), R.data(), ldo, inp.data(),
-                              t.data(), A.data(), Bm.data(), N, IC, OC, r, scale, p, key);
+    nt::lora_backward<double>(dinp.data(), dA.data(), dB.data(), dt.data(), xd.data(), keep.data(), R.data(), ldo,
+                              inp.data(), t.data(), A.data(), Bm.data(), N, IC, OC, r, scale, p);
     auto obj = [&]() { return dot(forward(), R); };
     fd("lora_backward", "inp", kase + ", dinp accumulates", inp, minus(dinp, g0i), obj);
     fd("lora_backward", "A", kase, A, minus(dA, g0A), obj);
     fd("lora_backward", "B", kase, Bm, minus(dB, g0B), obj);
+}
+
+// The recorded-mask dropout: the same outputs as dropout_forward and
+// dropout_backward bit for bit, over several thread chunks (4096 elements)
+// and an odd tail, and every bit of the mask written.
+void check_dropout_mask(Rng& rng) {
+    const size_t n = 3 * 4096 + 77;
+    const nt::DropoutKey key{5, 2, 9};
+    for (const float p : {0.0f, 0.1f, 0.5f, 1.0f}) {
+        const FV x = to_f(rng.vec(n));
+        FV ref(n), out(n, NAN), back(n, NAN), ref_back(n);
+        std::vector<uint8_t> keep((n + 7) / 8, 0xA5);
+        nt::dropout_forward<float>(ref.data(), x.data(), n, p, key);
+        nt::dropout_forward_mask<float>(out.data(), x.data(), keep.data(), n, p, key);
+        nt::dropout_backward<float>(ref_back.data(), x.data(), n, p, key);
+        nt::dropout_apply_mask<float>(back.data(), x.data(), keep.data(), n, p);
+        size_t diff_f = 0, diff_b = 0, diff_bits = 0;
+        for (size_t i = 0; i < n; i++) {
+            diff_f += !(out[i] == ref[i]);
+            diff_b += !(back[i] == ref_back[i]);
+            const bool kept = p <= 0.f || (p < 1.f && nt::dropout_uniform(key, i) >= p);
+            diff_bits += (((keep[i >> 3] >> (i & 7)) & 1) != 0) != kept;
+        }
+        const std::string kase = "n=3*4096+77,p=" + std::to_string(p).substr(0, 3);
+        record("dropout_forward_mask", "out", "property", kase + ": equals dropout_forward", (double)diff_f, 0.5);
+        record("dropout_forward_mask", "keep", "property", kase + ": bit i = kept(i)", (double)diff_bits, 0.5);
+        record("dropout_apply_mask", "out", "property", kase + ": equals dropout_backward", (double)diff_b, 0.5);
+        FV acc = to_f(rng.vec(n)), acc0 = acc;
+        nt::dropout_apply_mask<float>(acc.data(), x.data(), keep.data(), n, p, true);
+        V got(acc.begin(), acc.end()), want(n);
+        for (size_t i = 0; i < n; i++) want[i] = (double)acc0[i] + ref_back[i];
+        // one float rounding (or none, with a fused multiply-add) from the double sum
+        record("dropout_apply_mask", "out", "float32_vs_float64", kase + ", accumulate: out + dropout_backward",
+               rel_err(got, want), 1e-6);
+    }
 }
 
 // ------------------------------------------------------------ bf16 GEMM ----
@@ -1116,6 +1152,7 @@ void run_suite(int threads) {
         for (int acc = 0; acc < 2; acc++) check_linear(rng, bias, acc);
     check_pointwise(rng);
     check_dropout(rng);
+    check_dropout_mask(rng);
     check_attention(rng, 0.f);
     check_attention(rng, 0.2f);
     check_crossentropy(rng, false, 0.0, false, false);
