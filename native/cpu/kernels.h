@@ -240,7 +240,7 @@ void decode_attention(T* out, const T* q, int q_stride, const T* kcache, const T
 // dh (N,C) written (zero rows where ignored) and dW (V,C) += (may be null),
 // both of grad_scale * d(sum)/d(.). targets must be -100 or in [0, V).
 // Wbf16 (float only; a frozen head, so dW null): W rounded to bf16, which the
-// two products with W then read through gemm_bf16w (cpu/gemm_bf16.h).
+// two products with W then read through gemm_bf16w (cpu/onednn.h).
 template <typename T>
 double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* targets, int N,
                            int C, int V, T grad_scale, T* scratch, int chunk,

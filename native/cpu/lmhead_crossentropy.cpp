@@ -14,7 +14,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/gemm_bf16.h"
+#include "cpu/onednn.h"
 #include "cpu/kernels.h"
 #include "cpu/simd_math.h"
 

@@ -9,9 +9,23 @@
 //
 // Backward:  dB += scale dout^T t;  dt = scale dout B;  dA += dt^T xd;
 //            dinp += mask * (dt A) / (1 - p).
+#include <type_traits>
+
 #include "cpu/kernels.h"
+#include "cpu/onednn.h"
 
 namespace nt {
+namespace {
+// The thin products (one side of rank r): through oneDNN in fp32 (onednn.h).
+template <typename T>
+void mm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta, T* C,
+        int ldc) {
+    if constexpr (std::is_same_v<T, float>)
+        gemm_thin(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+        gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+}  // namespace
 
 template <typename T>
 void lora_forward(T* out, int ldo, T* t, T* xd, uint8_t* keep, const T* inp, const T* A, const T* B,
@@ -21,17 +35,17 @@ void lora_forward(T* out, int ldo, T* t, T* xd, uint8_t* keep, const T* inp, con
         dropout_forward_mask(xd, inp, keep, (size_t)N * IC, dropout_p, key);
         x = xd;
     }
-    gemm<T>(false, true, N, r, IC, T(1), x, IC, A, IC, T(0), t, r);
-    gemm<T>(false, true, N, OC, r, scale, t, r, B, r, T(1), out, ldo);
+    mm<T>(false, true, N, r, IC, T(1), x, IC, A, IC, T(0), t, r);
+    mm<T>(false, true, N, OC, r, scale, t, r, B, r, T(1), out, ldo);
 }
 
 template <typename T>
 void lora_backward(T* dinp, T* dA, T* dB, T* dt, T* xd, const uint8_t* keep, const T* dout, int ldo,
                    const T* inp, const T* t, const T* A, const T* B, int N, int IC, int OC, int r, T scale,
                    float dropout_p) {
-    if (dB) gemm<T>(true, false, OC, r, N, scale, dout, ldo, t, r, T(1), dB, r);
+    if (dB) mm<T>(true, false, OC, r, N, scale, dout, ldo, t, r, T(1), dB, r);
     if (!dA && !dinp) return;
-    gemm<T>(false, false, N, r, OC, scale, dout, ldo, B, r, T(0), dt, r);
+    mm<T>(false, false, N, r, OC, scale, dout, ldo, B, r, T(0), dt, r);
     const size_t n = (size_t)N * IC;
     if (dA) {
         const T* x = inp;
@@ -39,14 +53,14 @@ void lora_backward(T* dinp, T* dA, T* dB, T* dt, T* xd, const uint8_t* keep, con
             dropout_apply_mask(xd, inp, keep, n, dropout_p);
             x = xd;
         }
-        gemm<T>(true, false, r, IC, N, T(1), dt, r, x, IC, T(1), dA, IC);
+        mm<T>(true, false, r, IC, N, T(1), dt, r, x, IC, T(1), dA, IC);
     }
     if (!dinp) return;
     if (dropout_p <= 0.f) {
-        gemm<T>(false, false, N, IC, r, T(1), dt, r, A, IC, T(1), dinp, IC);
+        mm<T>(false, false, N, IC, r, T(1), dt, r, A, IC, T(1), dinp, IC);
         return;
     }
-    gemm<T>(false, false, N, IC, r, T(1), dt, r, A, IC, T(0), xd, IC);
+    mm<T>(false, false, N, IC, r, T(1), dt, r, A, IC, T(0), xd, IC);
     dropout_apply_mask(dinp, xd, keep, n, dropout_p, true);
 }
 

@@ -1,6 +1,6 @@
 #include "engine/factory.h"
 
-#include "cpu/gemm_bf16.h"
+#include "cpu/onednn.h"
 #include "models/llama.h"
 
 #ifdef NODETUNE_WITH_CUDA

@@ -6,7 +6,7 @@
 // clip_grad_norm_ (shared with the BERT engine's rules).
 #include "models/llama.h"
 
-#include "cpu/gemm_bf16.h"
+#include "cpu/onednn.h"
 #include "engine/training.h"
 
 #include <omp.h>

@@ -78,7 +78,7 @@ public:
     // gradient_checkpointing keeps only each layer's input and recomputes the
     // layer in backward (HF TrainingArguments.gradient_checkpointing).
     // bf16_base (LoRA only): the frozen base's GEMMs read a bf16 copy of its
-    // weights (cpu/gemm_bf16.h; activations rounded to bf16 going in, fp32
+    // weights (cpu/onednn.h; activations rounded to bf16 going in, fp32
     // out); adapters, norms, attention and the optimizer stay fp32. Throws
     // EngineError without LoRA or without bf16 GEMMs on this build and CPU.
     LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,

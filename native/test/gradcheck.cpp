@@ -30,7 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/gemm_bf16.h"
+#include "cpu/onednn.h"
 #include "cpu/kernels.h"
 
 namespace nt::detail {
@@ -1032,6 +1032,20 @@ void check_lora(Rng& rng, float p) {
     forward();  // t for the current weights
     nt::lora_backward<double>(dinp.data(), dA.data(), dB.data(), dt.data(), xd.data(), keep.data(), R.data(), ldo,
                               inp.data(), t.data(), A.data(), Bm.data(), N, IC, OC, r, scale, p);
+    // float: the thin products go through oneDNN where it is built in (cpu/onednn.h)
+    {
+        FV fout = to_f(base), ft(N * r), fxd(N * IC), fdinp = to_f(g0i), fdA = to_f(g0A), fdB = to_f(g0B), fdt(N * r);
+        const FV fin = to_f(inp), fa = to_f(A), fb = to_f(Bm), fR = to_f(R);
+        std::vector<uint8_t> fkeep((N * IC + 7) / 8, 0xA5);
+        nt::lora_forward<float>(fout.data(), ldo, ft.data(), fxd.data(), fkeep.data(), fin.data(), fa.data(), fb.data(), N,
+                                IC, OC, r, (float)scale, p, key);
+        record("lora_forward", "out", "float32_vs_float64", kase, rel_err(V(fout.begin(), fout.end()), want), kF32Tol);
+        nt::lora_backward<float>(fdinp.data(), fdA.data(), fdB.data(), fdt.data(), fxd.data(), fkeep.data(), fR.data(),
+                                 ldo, fin.data(), ft.data(), fa.data(), fb.data(), N, IC, OC, r, (float)scale, p);
+        record("lora_backward", "inp", "float32_vs_float64", kase, rel_err(V(fdinp.begin(), fdinp.end()), dinp), kF32Tol);
+        record("lora_backward", "A", "float32_vs_float64", kase, rel_err(V(fdA.begin(), fdA.end()), dA), kF32Tol);
+        record("lora_backward", "B", "float32_vs_float64", kase, rel_err(V(fdB.begin(), fdB.end()), dB), kF32Tol);
+    }
     auto obj = [&]() { return dot(forward(), R); };
     fd("lora_backward", "inp", kase + ", dinp accumulates", inp, minus(dinp, g0i), obj);
     fd("lora_backward", "A", kase, A, minus(dA, g0A), obj);

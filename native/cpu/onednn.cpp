@@ -1,7 +1,9 @@
-// bf16-weight GEMMs through oneDNN's matmul (see gemm_bf16.h). Primitives are
-// created once per shape and kept per thread: creating one picks and JIT-
-// compiles a kernel (milliseconds), running one is the GEMM alone.
-#include "cpu/gemm_bf16.h"
+// GEMMs through oneDNN's matmul (see onednn.h). Primitives are created once
+// per shape and kept per thread: creating one picks and JIT-compiles a kernel
+// (milliseconds), running one is the GEMM alone.
+#include "cpu/onednn.h"
+
+#include "cpu/kernels.h"
 
 #include <cstring>
 #include <map>
@@ -39,6 +41,8 @@ namespace {
 
 using dnnl::memory;
 using Key = std::tuple<bool, int, int, int, int, int, bool>;  // transB, M, N, K, lda, ldc, accumulate
+// transA, transB, M, N, K, lda, ldb, ldc, alpha (bits), accumulate
+using ThinKey = std::tuple<bool, bool, int, int, int, int, int, int, uint32_t, bool>;
 
 struct Prim {
     dnnl::matmul::primitive_desc pd;
@@ -49,6 +53,7 @@ struct Cache {
     dnnl::engine engine{dnnl::engine::kind::cpu, 0};
     dnnl::stream stream{engine};
     std::map<Key, Prim> prims;
+    std::map<ThinKey, Prim> thin;
     std::vector<uint16_t> a;  // A rounded to bf16
 };
 
@@ -131,6 +136,43 @@ void gemm_bf16w(bool transB, int M, int N, int K, const float* A, int lda, const
     }
 }
 
+void gemm_thin(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+               int ldb, float beta, float* C, int ldc) {
+    if (M <= 0 || N <= 0 || K <= 0 || (beta != 0.0f && beta != 1.0f))
+        return gemm<float>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    uint32_t abits;
+    std::memcpy(&abits, &alpha, 4);
+    const ThinKey key{transA, transB, M, N, K, lda, ldb, ldc, abits, beta != 0.0f};
+    Cache& c = cache();
+    try {
+        auto it = c.thin.find(key);
+        if (it == c.thin.end()) {
+            if (c.thin.size() >= 256) c.thin.clear();
+            const memory::desc a({M, K}, memory::data_type::f32, transA ? memory::dims{1, lda} : memory::dims{lda, 1});
+            const memory::desc b({K, N}, memory::data_type::f32, transB ? memory::dims{1, ldb} : memory::dims{ldb, 1});
+            const memory::desc d({M, N}, memory::data_type::f32, memory::dims{ldc, 1});
+            dnnl::primitive_attr attr;
+            if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+            if (beta != 0.0f) {
+                dnnl::post_ops ops;
+                ops.append_sum(1.0f);
+                attr.set_post_ops(ops);
+            }
+            dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, d), attr, c.engine);
+            it = c.thin.emplace(key, Prim{pd, dnnl::matmul(pd)}).first;
+        }
+        const auto& pd = it->second.pd;
+        memory am(pd.src_desc(), c.engine, const_cast<float*>(A));
+        memory bm(pd.weights_desc(), c.engine, const_cast<float*>(B));
+        memory cm(pd.dst_desc(), c.engine, C);
+        it->second.mm.execute(c.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+        c.stream.wait();
+    } catch (const dnnl::error&) {
+        // a shape or stride this oneDNN does not take: BLAS computes the same product
+        gemm<float>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
+}
+
 #else  // no oneDNN in this build
 
 std::string bf16_gemm_support() {
@@ -139,6 +181,10 @@ std::string bf16_gemm_support() {
 std::string bf16_gemm_impl() { return "none (no oneDNN)"; }
 void gemm_bf16w(bool, int, int, int, const float*, int, const uint16_t*, float, float*, int) {
     throw std::runtime_error("bf16 GEMM: " + bf16_gemm_support());
+}
+void gemm_thin(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+               int ldb, float beta, float* C, int ldc) {
+    gemm<float>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 #endif
