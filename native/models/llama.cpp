@@ -325,12 +325,13 @@ void LlamaEngine::ensure_activations(int B, int T, bool train) {
     size_t n_keep = 0;
     for (int t = 0; t < kNumTargets; t++)
         if (lora_.target[t]) n_keep += align_up(keep_floats(t));
+    // silu(gate) * up is not kept per layer: the backward recomputes it from
+    // gate|up (an elementwise pass) into one shared buffer, N x I per layer less.
     const size_t inner = 2 * align_up(N * C) + 2 * align_up(N) + align_up(N * QKV_) + align_up(N * OC) +
-                         align_up(N * NH) + align_up(N * C) + align_up(N * 2 * I) + align_up(N * I) +
-                         n_lora * align_up(N * r) + n_keep;
+                         align_up(N * NH) + align_up(N * C) + align_up(N * 2 * I) + n_lora * align_up(N * r) + n_keep;
     const size_t per_layer = align_up(N * C) + (checkpointing_ ? 0 : inner);
-    const size_t total = L * per_layer + (checkpointing_ ? inner : 0) + 2 * align_up(N * C) + align_up(N) +
-                         2 * align_up(N * HS / 2 + HS) + align_up((size_t)kLmChunk * (V + C));
+    const size_t total = L * per_layer + (checkpointing_ ? inner : 0) + align_up(N * I) + 2 * align_up(N * C) + align_up(N) +
+                         2 * align_up(N * HS / 2 + HS) + align_up((size_t)lm_chunk((int)N) * (V + C));
     const size_t dtotal = train ? 2 * align_up(N * C) + align_up(N * QKV_) + align_up(N * OC) + align_up(N * 2 * I) +
                                       align_up(N * I) + align_up(N * std::max<size_t>(r, 1)) +
                                       align_up(N * std::max({C, I, OC}))
@@ -363,7 +364,6 @@ void LlamaEngine::ensure_activations(int B, int T, bool train) {
         a.n2 = take(N * C);
         a.rstd2 = take(N);
         a.gu = take(N * 2 * I);
-        a.act = take(N * I);
         for (int t = 0; t < kNumTargets; t++) a.t[t] = lora_.target[t] ? take(N * r) : nullptr;
         for (int t = 0; t < kNumTargets; t++)
             a.keep[t] = lora_.target[t] && keep_floats(t) ? reinterpret_cast<uint8_t*>(take(keep_floats(t))) : nullptr;
@@ -382,12 +382,14 @@ void LlamaEngine::ensure_activations(int B, int T, bool train) {
             a.h = h;
         }
     }
+    float* act = take(N * I);
+    for (auto& a : la_) a.act = act;
     a_.hL = take(N * C);
     a_.hf = take(N * C);
     a_.rstdf = take(N);
     a_.cos = take(N * HS / 2 + HS);
     a_.sin = take(N * HS / 2 + HS);
-    a_.lm_scratch = take((size_t)kLmChunk * (V + C));
+    a_.lm_scratch = take((size_t)lm_chunk((int)N) * (V + C));
     a_.pos = iacts_.data();
     a_.targets = iacts_.data() + N;
     if (!train) return;
@@ -532,7 +534,7 @@ float LlamaEngine::forward(const Batch& b, float* logits, bool train) {
     const int n = n_targets(b);
     if (n == 0) return 0.0f;
     const double sum = lmhead_crossentropy<float>(nullptr, nullptr, a_.hf, W(hi), a_.targets, N, C, V, 1.0f,
-                                                  a_.lm_scratch, kLmChunk, WB(hi, 1));
+                                                  a_.lm_scratch, lm_chunk(N), WB(hi, 1));
     return (float)(sum / n);
 }
 
@@ -679,6 +681,7 @@ void LlamaEngine::layer_backward(int l, const int32_t* mask, bool need_dinp) {
     const Layer& L = layers_[l];
     Acts& a = la_[l];
     // d_.dh holds the gradient of the layer's output; it becomes that of `a`, then of h.
+    if (!checkpointing_) swiglu_forward(a.act, a.gu, N, I);  // the down projection's input, recomputed
     linear_bwd(d_.dact, d_.dh, a.act, L.down_w, L.down_b, 1, I, C, l, {{kDown, 0}});
     swiglu_backward(d_.dgu, d_.dact, a.gu, N, I);
     linear_bwd(d_.dn, d_.dgu, a.n2, L.gu_w, L.gu_b, 2, C, 2 * I, l, {{kGate, 0}, {kUp, I}});
@@ -729,7 +732,7 @@ float LlamaEngine::accumulate(const Batch& b, float loss_scale) {
     }
     const size_t hi = lm_head_ != kNone ? lm_head_ : embed_;
     const double sum = lmhead_crossentropy<float>(d_.dn, G(hi), a_.hf, W(hi), a_.targets, N, C, V, loss_scale / (float)n,
-                                                  a_.lm_scratch, kLmChunk, G(hi) ? nullptr : WB(hi, 1));
+                                                  a_.lm_scratch, lm_chunk(N), G(hi) ? nullptr : WB(hi, 1));
     backward_impl(b);
     micro_step_++;
     return (float)(sum / n);

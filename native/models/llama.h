@@ -138,6 +138,7 @@ private:
     };
     // Per-layer activations (views into acts_); with gradient checkpointing
     // every layer shares one set except h (its input), recomputed in backward.
+    // act (silu(gate) * up) is one buffer shared by all layers, recomputed in backward.
     struct Acts {
         float *h, *n1, *rstd1, *qkv, *att, *lse, *a, *n2, *rstd2, *gu, *act;
         std::array<float*, kNumTargets> t{};  // LoRA: dropout(x) A^T, (N, r)
@@ -214,7 +215,11 @@ private:
         std::vector<int32_t> mask, pos;
         bool capturing = false, decoding = false;
     } gen_;
-    static constexpr int kLmChunk = 64;
+    // Target rows per lm_head chunk. fp32 (OpenBLAS packs the whole vocab x
+    // hidden head for each chunk): 256 rows, 14% faster a LoRA step at B=8,
+    // T=128 than 64, for 50 MB of scratch at a 49,152 vocabulary. The bf16
+    // head (oneDNN) is as fast at 64, whose logits stay in cache.
+    int lm_chunk(int N) const { return std::min(bf16_ ? 64 : 256, N); }
 };
 
 }  // namespace nt
