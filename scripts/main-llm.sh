@@ -8,13 +8,15 @@
 #
 # Settings (see README, "The LLM main job", for how they were chosen): PER_LABEL training
 # messages per intent (stratified, seeded), LoRA r 16 / alpha 32 on all linear layers of the top
-# LAYERS decoder layers only (backward stops there), 1 epoch at lr 3e-3, batch 16.
+# LAYERS decoder layers only (backward stops there), 1 epoch at lr 3e-3, batch 16. PRECISION=bf16
+# holds the frozen base in bf16 (CPUs with AMX-BF16 or AVX512_BF16; see README, "LLMs").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/banking77-llm}"
 data="${out}-data"
 PER_LABEL="${PER_LABEL:-80}"
 LAYERS="${LAYERS:-15-29}"
+PRECISION="${PRECISION:-fp32}"
 start=$(date +%s)
 node scripts/banking77-chat.mjs --out "$data" --per-label "$PER_LABEL"
 node dist/src/cli/main.js sft \
@@ -23,6 +25,6 @@ node dist/src/cli/main.js sft \
   --lora-r 16 --lora-alpha 32 --lora-layers "$LAYERS" \
   --epochs 1 --batch-size 16 --learning-rate 3e-3 --max-length 128 \
   --eval-strategy no --max-eval-samples 200 --choices-from-labels --generation-batch-size 32 \
-  --threads 2 --logging-steps 25
+  --precision "$PRECISION" --threads 2 --logging-steps 25
 echo "main:llm took $(( $(date +%s) - start )) s (load average now: $(cut -d' ' -f1-3 /proc/loadavg)); exact match: $(node -e "console.log(require('./$out/eval_results.json').exact_match)")"
 echo "report: $out/report.html"

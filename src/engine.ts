@@ -60,6 +60,12 @@ export interface EngineOptions {
   lora?: LoraConfig;
   /** Causal LM only: keep each layer's input and recompute the layer in backward (less memory, ~1/3 more compute). */
   gradient_checkpointing?: boolean;
+  /**
+   * Causal LM only, without `lora`: false builds an engine that trains nothing (no gradient or AdamW buffers: 3x
+   * the weights' memory saved), for forward, prefill and decode; with precision 'bf16' its weights are read in bf16.
+   * Default true. Training calls then throw.
+   */
+  trainable?: boolean;
 }
 
 /** What a model engine is built from: a classifier's BertConfig or a causal LM's LlamaConfig. */
@@ -192,8 +198,8 @@ export class Engine {
       this.native = new (loadAddon().Engine)(config, { ...options, lora: lora === undefined ? undefined : resolveLoraConfig(lora) });
       return;
     }
-    if (lora !== undefined || options.gradient_checkpointing !== undefined) {
-      throw new Error('options.lora and options.gradient_checkpointing are for causal LMs (config.model_type llama, qwen2 or mistral)');
+    if (lora !== undefined || options.gradient_checkpointing !== undefined || options.trainable !== undefined) {
+      throw new Error('options.lora, options.gradient_checkpointing and options.trainable are for causal LMs (config.model_type llama, qwen2 or mistral)');
     }
     const resolved = {
       ...config,

@@ -382,9 +382,33 @@ for (const name of ['tiny-llama', 'tiny-qwen2'] as const) {
   });
 }
 
-test("precision 'bf16' on the CPU: LoRA only, causal LMs only", async () => {
+test("precision 'bf16' on the CPU: a frozen base only (LoRA or trainable: false), causal LMs only", async () => {
   const f = await load('tiny-llama');
+  // (checked before whether this CPU has bf16 GEMMs at all)
   assert.throws(() => makeEngine(f, undefined, { precision: 'bf16' }),
-    bf16Unsupported ? (e: Error) => e.message === bf16Unsupported : /^Error: precision 'bf16' on the CPU holds a frozen base in bf16 and needs LoRA \(options.lora\): full fine-tuning on the CPU trains in fp32$/);
+    /^Error: precision 'bf16' on the CPU holds a frozen base in bf16 and needs LoRA \(options.lora\) or an engine that trains nothing \(options.trainable = false\): full fine-tuning on the CPU trains in fp32$/);
   assert.throws(() => checkDevice('cpu', 'bf16'), /^Error: precision 'bf16' needs device 'cuda': the CPU encoder engine trains in fp32$/);
+});
+
+test('trainable: false builds an engine that trains nothing: the same logits, no gradient buffers, training refused; with bf16 its weights are read in bf16', async () => {
+  const f = await load('tiny-llama');
+  const full = makeEngine(f);
+  const frozen = makeEngine(f, undefined, { trainable: false });
+  assert.ok(frozen.parameterNames().every((n) => !frozen.isTrainable(n)));
+  const a = await full.forward(f.batch), b = await frozen.forward(f.batch);
+  assert.deepEqual(b.logits, a.logits);
+  assert.equal(b.loss, a.loss);
+  assert.throws(() => frozen.setTrainable('model.norm.weight', true), /frozen when the engine was built \(a LoRA base weight, or options.trainable = false\)/);
+  await assert.rejects(frozen.accumulate(f.batch), /built with options.trainable = false/);
+  assert.throws(() => makeEngine(f, f.meta.lora.config, { trainable: false }), /trains nothing, but options.lora adds adapters/);
+  if (!bf16Unsupported) {
+    const bf16 = makeEngine(f, undefined, { trainable: false, precision: 'bf16' });
+    const c = await bf16.forward(f.batch);
+    const V = f.config.vocab_size;
+    const err = relErr(realLogits(c.logits, f.batch.attention_mask!, V), realLogits(f.expected.get('logits')!, f.batch.attention_mask!, V));
+    assert.ok(err < 2e-2 && err > 0, `bf16 logits rel err ${err} against transformers float64`);
+    await bf16.dispose();
+  }
+  await full.dispose();
+  await frozen.dispose();
 });

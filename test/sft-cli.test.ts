@@ -15,6 +15,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { readGgufHeader } from '../src/io/gguf.js';
+import { checkDevice } from '../src/engine.js';
 import { loadCausalLM } from '../src/llm/load.js';
 import { loadSftModel } from '../src/tasks/causal-lm/model.js';
 
@@ -144,4 +145,31 @@ test('sft: bad data and contradictory flags are named before the model loads; a 
   const again = nodetune('sft', '--model', gguf, '--train', trainFile, '--output', out);
   assert.equal(again.status, 1);
   assert.match(again.stderr, /already holds a previous run .*pass --resume to continue it or --overwrite-output-dir to replace it/);
+});
+
+test('sft --precision bf16: the frozen base in bf16 where the CPU has bf16 GEMMs, losses within bf16 tolerance of fp32', { skip: missing }, async () => {
+  const run = (precision: string) => nodetune('sft', '--model', gguf, '--train', trainFile, '--output', join(tmp, `run-${precision}`), '--max-steps', '2',
+    '--batch-size', '4', '--learning-rate', '1e-3', '--lora-r', '4', '--lora-alpha', '8', '--lora-dropout', '0', '--lora-layers', '28-29',
+    '--threads', '2', '--logging-steps', '1', '--report-samples', '0', '--precision', precision);
+  let unsupported: string | undefined;
+  try {
+    checkDevice('cpu', 'bf16', true);
+  } catch (e) {
+    unsupported = (e as Error).message;
+  }
+  const bf16 = run('bf16');
+  if (unsupported) {
+    assert.notEqual(bf16.status, 0);
+    assert.ok(bf16.stderr.includes(unsupported), bf16.stderr);
+    return;
+  }
+  assert.equal(bf16.status, 0, bf16.stderr);
+  assert.match(bf16.stderr, /on cpu \(bf16 base\); LoRA r 4/);
+  const fp32 = run('fp32');
+  assert.equal(fp32.status, 0, fp32.stderr);
+  const losses = async (precision: string) =>
+    (await readFile(join(tmp, `run-${precision}`, 'training_log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l).loss as number);
+  const [a, b] = [await losses('bf16'), await losses('fp32')];
+  assert.equal(a.length, 2);
+  for (let i = 0; i < 2; i++) assert.ok(Math.abs(a[i] - b[i]) < 1e-2 * b[i], `step ${i + 1}: bf16 loss ${a[i]} vs fp32 ${b[i]}`);
 });

@@ -365,10 +365,14 @@ public:
                 if (!absent(gc) && !gc.IsBoolean())
                     throw EngineError("options.gradient_checkpointing must be a boolean, got " + type_name(gc));
                 const bool checkpointing = gc.IsBoolean() && gc.As<Napi::Boolean>().Value();
+                const Napi::Value tr = o.Get("trainable");
+                if (!absent(tr) && !tr.IsBoolean())
+                    throw EngineError("options.trainable must be a boolean, got " + type_name(tr));
+                const bool trainable = !tr.IsBoolean() || tr.As<Napi::Boolean>().Value();
                 const nt::TrainConfig tc = read_train_config(o);
                 const nt::DeviceSpec device = read_device(o, true);
                 labels_per_token_ = true;
-                slot_.Set(nt::make_causal_lm(cfg, lora, tc, device, checkpointing));
+                slot_.Set(nt::make_causal_lm(cfg, lora, tc, device, checkpointing, trainable));
                 return;
             }
             if (model_type != "bert")

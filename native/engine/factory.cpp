@@ -63,11 +63,12 @@ std::unique_ptr<EngineBase> make_engine(const BertConfig& config, const TrainCon
 }
 
 std::unique_ptr<Model> make_causal_lm(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
-                                      const DeviceSpec& device, bool gradient_checkpointing) {
+                                      const DeviceSpec& device, bool gradient_checkpointing, bool trainable) {
     if (device.kind != "cpu")
         throw EngineError("device '" + device.kind + "': the Llama-family engine runs on the CPU only in this build "
                           "(CUDA kernels for decoders are not written yet)");
-    return std::make_unique<LlamaEngine>(config, lora, train, gradient_checkpointing, device.precision == "bf16");
+    return std::make_unique<LlamaEngine>(config, lora, train, gradient_checkpointing, device.precision == "bf16",
+                                         trainable);
 }
 
 }  // namespace nt

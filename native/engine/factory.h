@@ -31,7 +31,7 @@ struct LlamaConfig;  // models/llama.h
 struct LoraConfig;
 // A Llama-family causal LM (models/llama.h); CPU only for now (EngineError otherwise).
 std::unique_ptr<Model> make_causal_lm(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
-                                      const DeviceSpec& device, bool gradient_checkpointing);
+                                      const DeviceSpec& device, bool gradient_checkpointing, bool trainable = true);
 
 // True when this build includes the CUDA backend.
 bool cuda_compiled();

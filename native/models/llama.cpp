@@ -59,8 +59,9 @@ double count_parameters(const LlamaConfig& c) {
 }
 
 LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
-                         bool gradient_checkpointing, bool bf16_base)
-    : cfg_(config), lora_(lora), tc_(train), checkpointing_(gradient_checkpointing), bf16_(bf16_base) {
+                         bool gradient_checkpointing, bool bf16_base, bool trainable)
+    : cfg_(config), lora_(lora), tc_(train), checkpointing_(gradient_checkpointing), bf16_(bf16_base),
+      trainable_(trainable) {
     auto positive = [](const char* name, int v) {
         if (v <= 0) throw EngineError(std::string("config.") + name + " must be a positive integer, got " + std::to_string(v));
     };
@@ -120,9 +121,13 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
                 throw EngineError("lora layers_to_transform names layer " + std::to_string(l) + ": expected 0 <= layer < num_hidden_layers (" +
                                   std::to_string(cfg_.num_hidden_layers) + ")");
     }
-    if (bf16_ && lora_.r == 0)
-        throw EngineError("precision 'bf16' on the CPU holds a frozen base in bf16 and needs LoRA (options.lora): "
-                          "full fine-tuning on the CPU trains in fp32");
+    if (!trainable_ && lora_.r > 0)
+        throw EngineError("options.trainable = false builds an engine that trains nothing, but options.lora adds "
+                          "adapters to train: give one or the other");
+    if (bf16_ && lora_.r == 0 && trainable_)
+        throw EngineError("precision 'bf16' on the CPU holds a frozen base in bf16 and needs LoRA (options.lora) or "
+                          "an engine that trains nothing (options.trainable = false): full fine-tuning on the CPU "
+                          "trains in fp32");
     if (bf16_) {
         const std::string why = bf16_gemm_support();
         if (!why.empty()) throw EngineError("precision 'bf16' on the CPU: " + why);
@@ -172,7 +177,7 @@ size_t LlamaEngine::add_param(const std::string& name, std::vector<int64_t> shap
 void LlamaEngine::build_param_table() {
     const int64_t C = cfg_.hidden_size, I = cfg_.intermediate_size, HS = cfg_.head_dim;
     const int64_t QO = (int64_t)cfg_.num_attention_heads * HS, KVO = (int64_t)cfg_.num_key_value_heads * HS;
-    const bool full = lora_.r == 0;  // without adapters every parameter trains
+    const bool full = lora_.r == 0 && trainable_;  // without adapters every parameter trains
     embed_ = add_param("model.embed_tokens.weight", {cfg_.vocab_size, C}, full, false);
     layers_.resize(cfg_.num_hidden_layers);
     for (int l = 0; l < cfg_.num_hidden_layers; l++) {
@@ -247,8 +252,9 @@ void LlamaEngine::set_trainable(const std::string& name, bool trainable) {
     const ParamInfo& p = param(name);
     const size_t i = &p - params_.data();
     if (trainable && goff_[i] == kNone)
-        throw EngineError("parameter '" + name + "' was frozen when the engine was built (a LoRA base weight) and has no "
-                          "gradient or optimizer buffers; build the engine without LoRA to train it");
+        throw EngineError("parameter '" + name + "' was frozen when the engine was built (a LoRA base weight, or "
+                          "options.trainable = false) and has no gradient or optimizer buffers; build the engine "
+                          "without LoRA and trainable to train it");
     params_[i].trainable = trainable;
     wb_stale_ = true;
     if (!trainable && goff_[i] != kNone) std::fill_n(g_.data() + goff_[i], p.numel, 0.0f);
@@ -276,7 +282,7 @@ void LlamaEngine::write(const ParamInfo& p, Slot slot, const float* src) {
         return;
     }
     if (goff_[i] == kNone)
-        throw EngineError("parameter '" + p.name + "' is frozen (a LoRA base weight) and has no gradient or optimizer state");
+        throw EngineError("parameter '" + p.name + "' is frozen (a LoRA base weight, or options.trainable = false) and has no gradient or optimizer state");
     float* dst = (slot == Slot::Grad ? g_ : slot == Slot::ExpAvg ? m_ : v_).data() + goff_[i];
     std::copy(src, src + p.numel, dst);
 }
@@ -721,6 +727,9 @@ void LlamaEngine::backward_impl(const Batch& b) {
 }
 
 float LlamaEngine::accumulate(const Batch& b, float loss_scale) {
+    if (!trainable_)
+        throw EngineError("this engine was built with options.trainable = false: it has no trainable parameter "
+                          "(forward, prefill and decode only)");
     set_threads();
     validate(b, true);
     forward_impl(b, true);

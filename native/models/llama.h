@@ -77,12 +77,16 @@ public:
     // Throws EngineError naming the config field and the expected value.
     // gradient_checkpointing keeps only each layer's input and recomputes the
     // layer in backward (HF TrainingArguments.gradient_checkpointing).
-    // bf16_base (LoRA only): the frozen base's GEMMs read a bf16 copy of its
-    // weights (cpu/onednn.h; activations rounded to bf16 going in, fp32
-    // out); adapters, norms, attention and the optimizer stay fp32. Throws
-    // EngineError without LoRA or without bf16 GEMMs on this build and CPU.
+    // bf16_base (LoRA, or trainable false): the frozen base's GEMMs read a
+    // bf16 copy of its weights (cpu/onednn.h; activations rounded to bf16
+    // going in, fp32 out); adapters, norms, attention and the optimizer stay
+    // fp32. Throws EngineError when the base trains or without bf16 GEMMs on
+    // this build and CPU.
+    // trainable false (no LoRA): nothing trains, so no gradient or AdamW
+    // buffer exists (3x the weights' memory saved); forward, prefill and
+    // decode only, as for generation and evaluation.
     LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
-                bool gradient_checkpointing = false, bool bf16_base = false);
+                bool gradient_checkpointing = false, bool bf16_base = false, bool trainable = true);
 
     const LlamaConfig& config() const { return cfg_; }
     const std::vector<ParamInfo>& params() const override { return params_; }
@@ -205,7 +209,7 @@ private:
     int64_t t_ = 0;
     uint64_t micro_step_ = 0;
     bool checkpointing_ = false;
-    bool bf16_ = false, wb_stale_ = true;
+    bool bf16_ = false, wb_stale_ = true, trainable_ = true;
     std::vector<uint16_t> wb_;  // bf16 copies of the frozen weights, at their w_ offsets
     // The KV cache: per layer (B, NKV, cap, HS) keys and values, the key mask
     // (B, cap), each row's next position id, columns filled.

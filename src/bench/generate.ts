@@ -48,6 +48,8 @@ export interface GenerateBenchOptions {
   threads?: number;
   /** Run llama.cpp beside nodetune (default true). */
   llamaCpp?: boolean;
+  /** nodetune's weights: 'fp32' (default) or 'bf16' (EngineOptions.precision). */
+  precision?: 'fp32' | 'bf16';
   onProgress?: (line: string) => void;
 }
 
@@ -59,6 +61,7 @@ interface CaseSpec {
   batch: number;
   newTokens: number;
   threads: number;
+  precision: 'fp32' | 'bf16';
 }
 
 /** What a case process prints (one JSON line). */
@@ -86,7 +89,7 @@ function rates(spec: CaseSpec, t0: number, t1: number, t2: number): Pick<CaseRes
 async function nodetuneCase(spec: CaseSpec): Promise<CaseResult> {
   const { loadCausalLM } = await import('../llm/load.js');
   const { generateIds } = await import('../llm/generate.js');
-  const lm = await loadCausalLM(spec.model, { threads: spec.threads });
+  const lm = await loadCausalLM(spec.model, { threads: spec.threads, trainable: false, precision: spec.precision });
   try {
     const prompts = Array.from({ length: spec.batch }, () => spec.ids);
     const run = async (n: number) => {
@@ -170,6 +173,7 @@ export async function runGenerateBench(opts: GenerateBenchOptions = {}): Promise
   const threads = opts.threads ?? 2;
   const newTokens = opts.newTokens ?? 64;
   const batches = opts.batches ?? [1, 16];
+  const precision = opts.precision ?? 'fp32';
   if (!Number.isInteger(newTokens) || newTokens < 2) throw new Error(`--new-tokens must be an integer >= 2 (one prefill token and at least one decode step), got ${newTokens}`);
   if (!Number.isInteger(threads) || threads < 1) throw new Error(`--threads must be a positive integer, got ${threads}`);
   if (batches.length === 0 || !batches.every((b) => Number.isInteger(b) && b >= 1)) throw new Error(`--batch must list positive integers, got ${batches.join(',')}`);
@@ -187,7 +191,7 @@ export async function runGenerateBench(opts: GenerateBenchOptions = {}): Promise
   const self = fileURLToPath(import.meta.url);
   const env = { ...process.env, OMP_NUM_THREADS: String(threads) };
   const runCase = (side: CaseSpec['side'], batch: number) =>
-    runJsonLine<CaseResult>(process.execPath, [self, 'case', JSON.stringify({ side, model, ids, batch, newTokens, threads } satisfies CaseSpec)], env);
+    runJsonLine<CaseResult>(process.execPath, [self, 'case', JSON.stringify({ side, model, ids, batch, newTokens, threads, precision } satisfies CaseSpec)], env);
   let peer: string | null = opts.llamaCpp === false ? 'not run (--no-llama-cpp)' : null;
   const rows: Array<Record<string, BenchValue>> = [];
   for (const B of batches) {
@@ -223,7 +227,7 @@ export async function runGenerateBench(opts: GenerateBenchOptions = {}): Promise
     context: {
       device: 'cpu', cpu: (cpus()[0]?.model ?? 'unknown').trim(), threads, model, prompt_tokens: ids.length, new_tokens: newTokens,
       node: process.version, peer: peer ?? null,
-      nodetune: 'float32 weights (GGUF dequantized), generateIds: one prefill, then one decode per step',
+      nodetune: `${precision === 'bf16' ? 'bf16' : 'float32'} weights (GGUF dequantized), generateIds: one prefill, then one decode per step`,
       llama_cpp: 'GGUF weights as stored, B sequences of one context, node-llama-cpp batching',
       load_avg_1min: load1,
     },

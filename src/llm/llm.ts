@@ -32,7 +32,7 @@ export interface LLMLoadOptions {
   revision?: string;
   /** 'cpu' (default), 'cuda' or 'cuda:N'. */
   device?: string;
-  /** 'fp32' (default) or 'bf16' (CUDA; on the CPU only with `lora`: the frozen base read in bf16, see EngineOptions.precision). */
+  /** 'fp32' (default) or 'bf16' (CUDA; on the CPU the weights read in bf16 by oneDNN, see EngineOptions.precision). */
   precision?: 'fp32' | 'bf16';
 }
 
@@ -222,7 +222,8 @@ export class LLM {
     const { lora, seed, ...rest } = opts;
     if (seed !== undefined && !Number.isSafeInteger(seed)) throw new Error(`seed must be an integer, got ${JSON.stringify(seed)}`);
     const adapter = lora === undefined ? undefined : await loadPeftAdapter(lora);
-    const lm = await loadCausalLM(model, { ...rest, ...(seed !== undefined ? { seed } : {}), ...(adapter ? { lora: adapter.lora } : {}) });
+    // Generation trains nothing: without an adapter the engine holds no gradient or optimizer buffers.
+    const lm = await loadCausalLM(model, { ...rest, ...(seed !== undefined ? { seed } : {}), ...(adapter ? { lora: adapter.lora } : { trainable: false }) });
     if (adapter) {
       try {
         checkLoraTensors(adapter.tensors, adapter.lora, `${lora}/adapter_model.safetensors`, llamaLinearShapes(lm.config), lm.config.num_hidden_layers);

@@ -51,7 +51,7 @@ export async function evaluateCausalLM(o: EvaluateCausalLMOptions): Promise<{ re
     choices = referenceChoices(data.records);
     if (choices.length === 0) throw new Error(`choices_from_labels: ${data.path} has no text answers to take choices from`);
   }
-  const lm = await loadSftModel(o.model, { threads: o.threads });
+  const lm = await loadSftModel(o.model, { threads: o.threads, trainable: false });
   try {
     const maxLength = Math.min(o.max_length ?? 1024, lm.config.max_position_embeddings);
     const { examples, stats } = encodeSftRecords(lm.tokenizer, data.records, { maxLength });

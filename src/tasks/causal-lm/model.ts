@@ -50,7 +50,9 @@ export async function loadSftModel(model: string, opts: LoadCausalLMOptions = {}
   }
   const probe = await loadPeftAdapter(model);
   const base = adapterBase(model, probe);
-  const lm = await loadCausalLM(base, { ...opts, lora: probe.lora });
+  // An engine with adapters has a frozen base already: `trainable` is for the adapter-less one.
+  const { trainable: _, ...withAdapter } = opts;
+  const lm = await loadCausalLM(base, { ...withAdapter, lora: probe.lora });
   try {
     const adapter = await loadPeftAdapter(model, { config: lm.config });
     for (const [name, t] of adapter.tensors) lm.engine.setWeight(name, t.data);
@@ -82,7 +84,7 @@ export interface ExportCausalLMOptions {
  *   what the file is written over); as the loaders and writers do.
  */
 export async function exportCausalLM(model: string, o: ExportCausalLMOptions): Promise<string[]> {
-  const lm = await loadSftModel(model, { threads: o.threads });
+  const lm = await loadSftModel(model, { threads: o.threads, trainable: false });
   try {
     const baseNames = lm.engine.parameterNames().filter((n) => !n.includes('.lora_'));
     let tensors = engineTensors(lm, baseNames);
