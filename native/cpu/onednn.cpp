@@ -3,6 +3,8 @@
 // (milliseconds), running one is the GEMM alone.
 #include "cpu/onednn.h"
 
+#include <cblas.h>
+
 #include "cpu/kernels.h"
 
 #include <cstring>
@@ -34,6 +36,20 @@ float from_bf16(uint16_t x) {
     std::memcpy(&f, &u, 4);
     return f;
 }
+
+namespace {
+// One row (a decode step at batch 1): a matrix-vector product, which streams
+// the matrix once without packing it as a GEMM would.
+bool gemv_row(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, const float* B, int ldb,
+              float beta, float* C) {
+    if (M != 1 || transA || (beta != 0.0f && beta != 1.0f)) return false;
+    if (transB)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A, 1, beta, C, 1);
+    else
+        cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A, 1, beta, C, 1);
+    return true;
+}
+}  // namespace
 
 #ifdef NODETUNE_WITH_DNNL
 
@@ -140,6 +156,7 @@ void gemm_thin(bool transA, bool transB, int M, int N, int K, float alpha, const
                int ldb, float beta, float* C, int ldc) {
     if (M <= 0 || N <= 0 || K <= 0 || (beta != 0.0f && beta != 1.0f))
         return gemm<float>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (gemv_row(transA, transB, M, N, K, alpha, A, B, ldb, beta, C)) return;
     uint32_t abits;
     std::memcpy(&abits, &alpha, 4);
     const ThinKey key{transA, transB, M, N, K, lda, ldb, ldc, abits, beta != 0.0f};
@@ -184,6 +201,7 @@ void gemm_bf16w(bool, int, int, int, const float*, int, const uint16_t*, float, 
 }
 void gemm_thin(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
                int ldb, float beta, float* C, int ldc) {
+    if (M > 0 && N > 0 && K > 0 && gemv_row(transA, transB, M, N, K, alpha, A, B, ldb, beta, C)) return;
     gemm<float>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 

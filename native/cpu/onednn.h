@@ -6,9 +6,10 @@
 // operand is rounded to bf16 on the way in; products accumulate in fp32 and C
 // stays fp32 (the mixed precision of torch.autocast's bf16 matmul).
 //
-// gemm_thin: fp32, for LoRA's products with one dimension of rank r, where
-// OpenBLAS spends more time packing the wide operand than multiplying (2.7x
-// slower on LoRA r 16's shapes here); OpenBLAS when oneDNN is not built in.
+// gemm_thin: fp32, for products with one small dimension (LoRA's rank r, a
+// decode step's few rows), where OpenBLAS spends more time packing the wide
+// operand than multiplying (2.7x slower on LoRA r 16's shapes here); a single
+// row is a GEMV. OpenBLAS when oneDNN is not built in.
 //
 // oneDNN is built in only when CMake found it (Debian: libdnnl-dev); without
 // it, or on a CPU without bf16 dot products, bf16_gemm_support() says why and

@@ -448,6 +448,9 @@ void LlamaEngine::linear_fwd(float* out, const float* in, size_t w, size_t bias,
     if (const uint16_t* wb = WB(w, blocks.size())) {
         gemm_bf16w(true, N, OC, IC, in, IC, wb, 0.0f, out, OC);
         if (bias != kNone) add_bias_rows(out, W(bias), N, OC);
+    } else if (gen_.decoding && N <= kFewRows) {
+        gemm_thin(false, true, N, OC, IC, 1.0f, in, IC, W(w), IC, 0.0f, out, OC);
+        if (bias != kNone) add_bias_rows(out, W(bias), N, OC);
     } else {
         linear_forward(out, in, W(w), bias != kNone ? W(bias) : nullptr, N, IC, OC);
     }
@@ -550,6 +553,9 @@ void LlamaEngine::lm_head_rows(float* logits, const float* h, int rows) {
     const size_t hi = lm_head_ != kNone ? lm_head_ : embed_;
     if (const uint16_t* wb = WB(hi, 1))
         gemm_bf16w(true, rows, cfg_.vocab_size, cfg_.hidden_size, h, cfg_.hidden_size, wb, 0.0f, logits, cfg_.vocab_size);
+    else if (rows <= kFewRows)
+        gemm_thin(false, true, rows, cfg_.vocab_size, cfg_.hidden_size, 1.0f, h, cfg_.hidden_size, W(hi), cfg_.hidden_size,
+                  0.0f, logits, cfg_.vocab_size);
     else
         linear_forward(logits, h, W(hi), (const float*)nullptr, rows, cfg_.hidden_size, cfg_.vocab_size);
 }

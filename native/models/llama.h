@@ -224,6 +224,9 @@ private:
     // T=128 than 64, for 50 MB of scratch at a 49,152 vocabulary. The bf16
     // head (oneDNN) is as fast at 64, whose logits stay in cache.
     int lm_chunk(int N) const { return std::min(bf16_ ? 64 : 256, N); }
+    // Up to this many rows in a decode step, an fp32 product with a weight
+    // goes through gemm_thin: OpenBLAS would pack the whole weight.
+    static constexpr int kFewRows = 16;
 };
 
 }  // namespace nt
