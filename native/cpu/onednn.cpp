@@ -5,13 +5,13 @@
 
 #include <cblas.h>
 
-#include "cpu/kernels.h"
-
 #include <cstring>
 #include <map>
 #include <stdexcept>
 #include <tuple>
 #include <vector>
+
+#include "cpu/kernels.h"
 
 #ifdef NODETUNE_WITH_DNNL
 #include <oneapi/dnnl/dnnl.hpp>
@@ -101,22 +101,13 @@ std::string shape(bool transB, int M, int N, int K) {
 
 std::string bf16_gemm_support() {
     if (dnnl::get_effective_cpu_isa() < dnnl::cpu_isa::avx512_core_bf16)
-        return "this CPU has neither AVX512_BF16 nor AMX-BF16 (oneDNN reports ISA " +
-               std::to_string((int)dnnl::get_effective_cpu_isa()) + ")";
+        return "this CPU has neither AVX512_BF16 nor AMX-BF16 (bf16 dot products)";
     try {
         describe(cache().engine, true, 64, 64, 64, 64, 64, false);
     } catch (const dnnl::error& e) {
         return std::string("oneDNN has no bf16 matmul here: ") + e.what();
     }
     return "";
-}
-
-std::string bf16_gemm_impl() {
-    try {
-        return describe(cache().engine, true, 1024, 1024, 1024, 1024, 1024, false).impl_info_str();
-    } catch (const dnnl::error& e) {
-        return std::string("none (") + e.what() + ")";
-    }
 }
 
 void gemm_bf16w(bool transB, int M, int N, int K, const float* A, int lda, const uint16_t* B, float beta, float* C,
@@ -195,7 +186,6 @@ void gemm_thin(bool transA, bool transB, int M, int N, int K, float alpha, const
 std::string bf16_gemm_support() {
     return "this build of nodetune has no oneDNN (install libdnnl-dev, e.g. with scripts/setup.sh, and rebuild)";
 }
-std::string bf16_gemm_impl() { return "none (no oneDNN)"; }
 void gemm_bf16w(bool, int, int, int, const float*, int, const uint16_t*, float, float*, int) {
     throw std::runtime_error("bf16 GEMM: " + bf16_gemm_support());
 }

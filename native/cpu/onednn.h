@@ -24,9 +24,6 @@ namespace nt {
 // Empty when bf16 GEMMs run here; otherwise the reason, in words.
 std::string bf16_gemm_support();
 
-// The oneDNN kernel a bf16 GEMM runs on here (e.g. "brg:avx512_core_amx_bf16").
-std::string bf16_gemm_impl();
-
 // dst[i] = src[i] rounded to the nearest bf16, ties to even (NaN stays NaN).
 void to_bf16(uint16_t* dst, const float* src, size_t n);
 float from_bf16(uint16_t x);
