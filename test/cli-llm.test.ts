@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LLM } from '../src/llm/llm.js';
 import type { ChatMessage } from '../src/chat/template.js';
+import { checkDevice } from '../src/engine.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const CLI = join(root, 'dist/src/cli/main.js');
@@ -98,4 +99,26 @@ test('nodetune bench generate runs both sides at two batch sizes (tiny N) and pr
 
 test.after(async () => {
   await shared?.dispose();
+});
+
+test('generate --precision bf16 reads the weights in bf16 (LLM.load precision) where the CPU can, and says why where it cannot', { skip: missing }, async () => {
+  let unsupported: string | undefined;
+  try {
+    checkDevice('cpu', 'bf16', true);
+  } catch (e) {
+    unsupported = (e as Error).message;
+  }
+  const r = nodetune('', 'generate', '--model', gguf, '--prompt', 'The capital of France is', '--max-new-tokens', '8', '--stop', '.', '--threads', '2', '--precision', 'bf16');
+  if (unsupported) {
+    assert.notEqual(r.status, 0);
+    assert.ok(r.stderr.includes(unsupported), r.stderr);
+    return;
+  }
+  assert.equal(r.status, 0, r.stderr);
+  const m = await LLM.load(gguf, { threads: 2, precision: 'bf16' });
+  assert.equal(r.stdout, line((await m.generate('The capital of France is', { maxNewTokens: 8, stop: ['.'] })).text));
+  assert.equal(r.stdout, ' Paris\n', 'the fp32 answer too');
+  await m.dispose();
+  const e = nodetune('', 'eval', '--model', join(root, '.cache/models/all-MiniLM-L6-v2'), '--data', 'x.csv', '--precision', 'bf16');
+  assert.match(e.stderr, /--precision is for a causal LM; the classifier .* is evaluated in fp32/);
 });

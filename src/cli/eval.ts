@@ -4,7 +4,7 @@
  * a Hub repo id, or an sft run folder — loss, perplexity and the answers it generates scored
  * (exact match, tool-call accuracy), so a base model and its fine-tuned run compare on one file.
  */
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -33,6 +33,7 @@ export function registerEval(program: Command): void {
     .option('--max-length <n>', 'truncate to n tokens (default 128; a causal LM: 1024)', maxLength)
     .option('--batch-size <n>', 'examples per forward pass', positiveInt, 64)
     .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
+    .addOption(new Option('--precision <p>', 'causal LM: fp32, or bf16: the weights read in bf16 by oneDNN (CPUs with AMX-BF16 or AVX512_BF16)').choices(['fp32', 'bf16']))
     .option('--output <folder>', 'also write eval_results.json and report.html here (a causal LM: eval_generations.jsonl too)')
     .option('--max-samples <n>', 'causal LM: evaluate the first n examples only', positiveInt)
     .option('--no-generation', 'causal LM: loss and perplexity only')
@@ -89,6 +90,7 @@ async function runCausalLMEval(cmd: Command, opts: Record<string, unknown>): Pro
     choices: choicesOf(opts),
     choices_from_labels: opts.choicesFromLabels === true,
     threads: opts.threads as number | undefined,
+    precision: opts.precision as 'fp32' | 'bf16' | undefined,
     log: (line) => process.stderr.write(`${line}\n`),
   });
   process.stdout.write(`${JSON.stringify(results, null, 1)}\n`);
@@ -118,6 +120,7 @@ async function runCausalLMEval(cmd: Command, opts: Record<string, unknown>): Pro
 
 async function runEval(opts: Record<string, unknown>): Promise<void> {
   requireOptions(opts, ['model', 'data']);
+  if (opts.precision !== undefined) throw new Error(`--precision is for a causal LM; the classifier ${String(opts.model)} is evaluated in fp32`);
   const results = await evaluateFile({
     model: String(opts.model),
     data: String(opts.data),

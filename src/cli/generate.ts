@@ -3,7 +3,7 @@
  * causal LM's continuation of a prompt to stdout (src/llm/llm.ts). The decoding flags, shared
  * with `nodetune chat`, are Hugging Face GenerationConfig names in kebab case.
  */
-import { InvalidArgumentError, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import { LLM, type GenerateOptions } from '../llm/llm.js';
 import type { ChatMessage } from '../chat/template.js';
 import { explainPathErrors, int, num, positiveInt, requireOptions } from './common.js';
@@ -37,7 +37,8 @@ export function addGenerationOptions(cmd: Command): Command {
     .option('--repetition-penalty <x>', 'HF repetition_penalty (1 = off)', range((x) => x > 0, 'a number > 0'))
     .option('--seed <n>', 'seed of the sampling draws', int)
     .option('--stop <strings...>', 'stop strings: generation ends before the first of them')
-    .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt);
+    .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
+    .addOption(new Option('--precision <p>', 'fp32, or bf16: the weights read in bf16 by oneDNN (CPUs with AMX-BF16 or AVX512_BF16)').choices(['fp32', 'bf16']).default('fp32'));
 }
 
 /** GenerateOptions from the parsed flags. */
@@ -64,6 +65,7 @@ export async function loadFromFlags(opts: Record<string, unknown>): Promise<LLM>
   const load = () =>
     LLM.load(String(opts.model), {
       threads: opts.threads as number | undefined,
+      precision: opts.precision as 'fp32' | 'bf16' | undefined,
       revision: opts.revision as string | undefined,
       lora: opts.lora as string | undefined,
     });

@@ -35,6 +35,7 @@ interface ServeCliOptions {
   maxLength?: number;
   batchSize: number;
   threads?: number;
+  precision?: 'fp32' | 'bf16';
   maxBatch: number;
   maxQueue?: number;
   maxTokens?: number;
@@ -58,6 +59,7 @@ export function registerServe(program: Command): Command {
     .option('--max-length <n>', 'classifier: tokens per text incl. [CLS]/[SEP] (default: max_position_embeddings, at most 512)', maxLength)
     .option('--batch-size <n>', 'classifier: texts per forward pass', positive, 32)
     .option('--threads <n>', 'intra-op threads (default: all cores)', positive)
+    .addOption(new Option('--precision <p>', 'causal LM: fp32, or bf16: the weights read in bf16 by oneDNN (CPUs with AMX-BF16 or AVX512_BF16)').choices(['fp32', 'bf16']))
     .option('--max-batch <n>', 'causal LM: concurrent requests generated as one engine batch at most', positive, 8)
     .option('--max-queue <n>', 'causal LM: requests waiting at most; more get 503 (default 8 x --max-batch)', positive)
     .option('--max-tokens <n>', 'causal LM: max_tokens of a request that sets none (default: generation_config.json max_new_tokens, else 512)', positive)
@@ -91,6 +93,7 @@ export function nameListenFlag(err: unknown, host: string, port: number): unknow
 /** Starts the server; it stops on SIGINT/SIGTERM (exit 0, or 1 when closing fails). */
 async function serve(opts: ServeCliOptions): Promise<void> {
   if (isCausalLMModel(opts.model)) return serveLlm(opts);
+  if (opts.precision !== undefined) throw new InvalidArgumentError(`--precision is for a causal LM; the classifier ${opts.model} is served in fp32`);
   const server = await startServer({ ...opts, log: (line) => process.stderr.write(`${line}\n`) }).catch((err: unknown) => {
     throw nameListenFlag(err, opts.host, opts.port);
   });
@@ -113,6 +116,7 @@ async function serveLlm(opts: ServeCliOptions): Promise<void> {
     host: opts.host,
     port: opts.port,
     threads: opts.threads,
+    precision: opts.precision,
     maxBatch: opts.maxBatch,
     maxQueue: opts.maxQueue,
     maxBodyBytes: opts.maxBodyBytes,

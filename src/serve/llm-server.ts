@@ -57,6 +57,8 @@ export interface LlmServeOptions {
   host?: string;
   /** CPU threads when loading `model` (default: all cores). */
   threads?: number;
+  /** Weights of a loaded `model`: 'fp32' (default) or 'bf16' (EngineOptions.precision). */
+  precision?: 'fp32' | 'bf16';
   /** Requests per engine batch at most (default 8). */
   maxBatch?: number;
   /** Requests waiting for the engine at most; more get 503 (default 8 × maxBatch). */
@@ -88,7 +90,7 @@ export interface RunningLlmServer {
  * GGUF file, a Hugging Face folder (a full fine-tune's too) or a Hub id.
  * @throws Error as LLM.load; for a run folder whose base cannot be loaded, one naming both.
  */
-export async function loadServedLLM(model: string, opts: { threads?: number } = {}): Promise<LLM> {
+export async function loadServedLLM(model: string, opts: { threads?: number; precision?: 'fp32' | 'bf16' } = {}): Promise<LLM> {
   if (!isAdapterFolder(model)) return LLM.load(model, opts);
   const base = adapterBase(model, await loadPeftAdapter(model));
   try {
@@ -180,7 +182,7 @@ function batchKey(options: GenerateOptions, promptIsText: boolean): string {
 export async function startLlmServer(options: LlmServeOptions): Promise<RunningLlmServer> {
   if (!options.llm && !options.model) throw new Error('startLlmServer: give a model (model) or a loaded LLM (llm)');
   const owned = !options.llm;
-  const llm = options.llm ?? (await loadServedLLM(options.model!, { threads: options.threads }));
+  const llm = options.llm ?? (await loadServedLLM(options.model!, { threads: options.threads, precision: options.precision }));
   let batcher: GenerationBatcher;
   try {
     const maxBatch = options.maxBatch ?? 8;

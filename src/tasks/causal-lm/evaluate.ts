@@ -33,6 +33,8 @@ export interface EvaluateCausalLMOptions {
   /** Constrain to the distinct reference answers of `data`. */
   choices_from_labels?: boolean;
   threads?: number;
+  /** Weights: 'fp32' (default) or 'bf16' (EngineOptions.precision). */
+  precision?: 'fp32' | 'bf16';
   /** Progress lines. */
   log?: (line: string) => void;
 }
@@ -51,7 +53,7 @@ export async function evaluateCausalLM(o: EvaluateCausalLMOptions): Promise<{ re
     choices = referenceChoices(data.records);
     if (choices.length === 0) throw new Error(`choices_from_labels: ${data.path} has no text answers to take choices from`);
   }
-  const lm = await loadSftModel(o.model, { threads: o.threads, trainable: false });
+  const lm = await loadSftModel(o.model, { threads: o.threads, trainable: false, precision: o.precision });
   try {
     const maxLength = Math.min(o.max_length ?? 1024, lm.config.max_position_embeddings);
     const { examples, stats } = encodeSftRecords(lm.tokenizer, data.records, { maxLength });
