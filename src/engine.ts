@@ -52,8 +52,9 @@ export interface EngineOptions {
   device?: string;
   /**
    * 'fp32' (default) or 'bf16'. CUDA: mixed precision (bf16 weights and activations, fp32 master weights and
-   * moments). CPU, causal LM with `lora` only: the frozen base's GEMMs read bf16 weights (oneDNN; AMX-BF16 or
-   * AVX512_BF16), activations rounded to bf16 going in, everything else fp32; the encoder's CPU engine is fp32 only.
+   * moments). CPU, causal LM with `lora` or `trainable: false` only: the frozen base's GEMMs read bf16 weights
+   * (oneDNN; AMX-BF16 or AVX512_BF16), activations rounded to bf16 going in, everything else fp32; the encoder's CPU
+   * engine is fp32 only. Throws where the build or CPU has no bf16 GEMMs, naming which.
    */
   precision?: 'fp32' | 'bf16';
   /** Causal LM only: PEFT LoRA adapters on a frozen base (absent: every parameter trains). */
