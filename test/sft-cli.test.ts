@@ -172,4 +172,14 @@ test('sft --precision bf16: the frozen base in bf16 where the CPU has bf16 GEMMs
   const [a, b] = [await losses('bf16'), await losses('fp32')];
   assert.equal(a.length, 2);
   for (let i = 0; i < 2; i++) assert.ok(Math.abs(a[i] - b[i]) < 1e-2 * b[i], `step ${i + 1}: bf16 loss ${a[i]} vs fp32 ${b[i]}`);
+  // An fp32 run resumed in bf16 would not give its losses again: the precision is a resume setting.
+  const resumed = nodetune('sft', '--model', gguf, '--train', trainFile, '--output', join(tmp, 'run-fp32'), '--max-steps', '2',
+    '--batch-size', '4', '--learning-rate', '1e-3', '--lora-r', '4', '--lora-alpha', '8', '--lora-dropout', '0', '--lora-layers', '28-29',
+    '--threads', '2', '--resume', '--precision', 'bf16');
+  assert.notEqual(resumed.status, 0);
+  assert.match(resumed.stderr, /settings differ from the checkpoint[^]*--precision: checkpoint fp32, now bf16/);
+  // Full fine-tuning has no frozen base to hold in bf16: said in the CLI's words, before the model loads.
+  const full = nodetune('sft', '--model', gguf, '--train', trainFile, '--output', join(tmp, 'run-full'), '--full', '--precision', 'bf16');
+  assert.notEqual(full.status, 0);
+  assert.match(full.stderr, /--precision bf16 on the CPU keeps the base frozen in bf16, so it needs LoRA: drop --full, or --precision bf16/);
 });

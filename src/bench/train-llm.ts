@@ -113,7 +113,8 @@ export async function runLlmTrainBench(opts: LlmTrainBenchOptions = {}): Promise
   const cases: Array<{ shape: string; lora: number; T: number }> = [];
   for (const shape of shapes) {
     for (const T of seqs) cases.push({ shape, lora: 16, T });
-    if (!opts.modes) cases.push({ shape, lora: 0, T: seqs[0] });
+    // bf16 is a frozen base's: full fine-tuning has none
+    if (!opts.modes && opts.precision !== 'bf16') cases.push({ shape, lora: 0, T: seqs[0] });
   }
   if (opts.modes) {
     cases.length = 0;

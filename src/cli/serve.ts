@@ -127,7 +127,7 @@ async function serveLlm(opts: ServeCliOptions): Promise<void> {
     throw nameListenFlag(err, opts.host, opts.port);
   });
   process.stdout.write(
-    `serving ${opts.model} as "${server.modelName}" at ${server.url}  — OpenAI API at ${server.url}/v1: ` +
+    `serving ${opts.model}${opts.precision === 'bf16' ? ' (bf16 weights)' : ''} as "${server.modelName}" at ${server.url}  — OpenAI API at ${server.url}/v1: ` +
       `POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health\n`,
   );
   const stop = () => {

@@ -218,6 +218,8 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
   const hasEval = o.eval_file !== undefined;
   const args = trainerArgs(o, hasEval);
   validateTrainingArguments(args, CAUSAL_LM_METRICS);
+  if (o.precision === 'bf16' && (o.device ?? 'cpu') === 'cpu' && !lora)
+    throw new Error('--precision bf16 on the CPU keeps the base frozen in bf16, so it needs LoRA: drop --full, or --precision bf16');
   checkDevice(o.device, o.precision, true);
   await prepareOutputDir(o, SFT_OUTPUTS);
   const train = readSftFile(o.train_file);
@@ -253,6 +255,7 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
         max_length: { value: maxLength, flag: '--max-length' },
         packing: { value: o.packing === true, flag: '--packing' },
         base_model: { value: baseModel, flag: '--model' },
+        precision: { value: o.precision ?? 'fp32', flag: '--precision' },
       },
     });
     const trainable = task.checkpointParameters();
