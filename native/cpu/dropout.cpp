@@ -107,69 +107,47 @@ template <typename T>
 void dropout_apply(T* out, const T* in, size_t n, uint64_t index0, float p,
                    const DropoutKey& key, uint8_t* keep) {
     if (n == 0) return;
-    if (keep) {
-        if (p <= 0.f || p >= 1.f) {
-            for (size_t i = 0; i < n; i++) {
-                const uint64_t j = index0 + i;
-                keep[j >> 3] = (uint8_t)((keep[j >> 3] & ~(1u << (j & 7))) | ((p <= 0.f ? 1u : 0u) << (j & 7)));
-            }
-        } else {
-            const T scale = T(1) / (T(1) - T(p));
-            const uint64_t end = index0 + n;
-            uint64_t idx = index0;
-            auto one = [&](uint64_t j) {
-                const bool k = dropout_uniform(key, j) >= p;
-                out[j - index0] = in[j - index0] * (k ? scale : T(0));
-                keep[j >> 3] = (uint8_t)((keep[j >> 3] & ~(1u << (j & 7))) | ((uint32_t)k << (j & 7)));
-            };
-            for (; idx < end && (idx & 31) != 0; idx++) one(idx);
-            for (; idx + 32 <= end; idx += 32) {
-                uint32_t x[32];
-                philox_words8(key, idx >> 2, x);
-                T* o = out + (idx - index0);
-                const T* src = in + (idx - index0);
-                uint32_t bits = 0;
-#pragma omp simd reduction(| : bits)
-                for (int e = 0; e < 32; e++) {
-                    const bool k = to_uniform(x[e]) >= p;
-                    o[e] = src[e] * (k ? scale : T(0));
-                    bits |= (uint32_t)k << e;
-                }
-                for (int b = 0; b < 4; b++) keep[(idx >> 3) + b] = (uint8_t)(bits >> (8 * b));
-            }
-            for (; idx < end; idx++) one(idx);
-            return;
-        }
-    }
-    if (p <= 0.f) {
-        if (out != in)
+    auto record = [keep](uint64_t j, bool kept) {
+        keep[j >> 3] = (uint8_t)((keep[j >> 3] & ~(1u << (j & 7))) | ((uint32_t)kept << (j & 7)));
+    };
+    if (p <= 0.f || p >= 1.f) {  // torch: p = 0 keeps everything, p = 1 drops everything
+        const bool kept = p <= 0.f;
+        if (!kept)
+            for (size_t i = 0; i < n; i++) out[i] = T(0);
+        else if (out != in)
             for (size_t i = 0; i < n; i++) out[i] = in[i];
-        return;
-    }
-    if (p >= 1.f) {  // torch: everything dropped
-        for (size_t i = 0; i < n; i++) out[i] = T(0);
+        if (keep)
+            for (size_t i = 0; i < n; i++) record(index0 + i, kept);
         return;
     }
     const T scale = T(1) / (T(1) - T(p));
+    auto one = [&](uint64_t j) {
+        const bool kept = dropout_uniform(key, j) >= p;
+        out[j - index0] = in[j - index0] * (kept ? scale : T(0));
+        if (keep) record(j, kept);
+    };
     const uint64_t end = index0 + n;
     uint64_t idx = index0;
-    // Bulk: 32 elements (8 Philox blocks) at a time from a multiple of 4.
+    // Bulk: 32 elements (8 Philox blocks) at a time from a multiple of 4 (of
+    // 8 with keep, so the 32 flags fill 4 whole bytes).
     const uint64_t bulk = (idx + 3) & ~uint64_t(3);
-    for (; idx < bulk && idx < end; idx++)
-        out[idx - index0] = in[idx - index0] * (dropout_uniform(key, idx) >= p ? scale : T(0));
+    for (; idx < bulk && idx < end; idx++) one(idx);
     for (; idx + 32 <= end; idx += 32) {
         uint32_t x[32];
         philox_words8(key, idx >> 2, x);
         T* o = out + (idx - index0);
         const T* s = in + (idx - index0);
-#pragma omp simd
+        uint32_t bits = 0;
+#pragma omp simd reduction(| : bits)
         for (int e = 0; e < 32; e++) {
-            const float u = to_uniform(x[e]);
-            o[e] = s[e] * (u >= p ? scale : T(0));
+            const bool kept = to_uniform(x[e]) >= p;
+            o[e] = s[e] * (kept ? scale : T(0));
+            bits |= (uint32_t)kept << e;
         }
+        if (keep)
+            for (int b = 0; b < 4; b++) keep[(idx >> 3) + b] = (uint8_t)(bits >> (8 * b));
     }
-    for (; idx < end; idx++)
-        out[idx - index0] = in[idx - index0] * (dropout_uniform(key, idx) >= p ? scale : T(0));
+    for (; idx < end; idx++) one(idx);
 }
 template void dropout_apply<float>(float*, const float*, size_t, uint64_t, float,
                                    const DropoutKey&, uint8_t*);

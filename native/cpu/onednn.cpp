@@ -56,9 +56,8 @@ bool gemv_row(bool transA, bool transB, int M, int N, int K, float alpha, const 
 namespace {
 
 using dnnl::memory;
-using Key = std::tuple<bool, int, int, int, int, int, bool>;  // transB, M, N, K, lda, ldc, accumulate
-// transA, transB, M, N, K, lda, ldb, ldc, alpha (bits), accumulate
-using ThinKey = std::tuple<bool, bool, int, int, int, int, int, int, uint32_t, bool>;
+// bf16 operands, transA, transB, M, N, K, lda, ldb, ldc, alpha (bits), accumulate
+using Key = std::tuple<bool, bool, bool, int, int, int, int, int, int, uint32_t, bool>;
 
 struct Prim {
     dnnl::matmul::primitive_desc pd;
@@ -69,8 +68,7 @@ struct Cache {
     dnnl::engine engine{dnnl::engine::kind::cpu, 0};
     dnnl::stream stream{engine};
     std::map<Key, Prim> prims;
-    std::map<ThinKey, Prim> thin;
-    std::vector<uint16_t> a;  // A rounded to bf16
+    std::vector<uint16_t> a;  // gemm_bf16w's A rounded to bf16
 };
 
 Cache& cache() {
@@ -78,18 +76,43 @@ Cache& cache() {
     return c;
 }
 
-dnnl::matmul::primitive_desc describe(const dnnl::engine& eng, bool transB, int M, int N, int K, int lda, int ldc,
-                                      bool accumulate) {
-    const memory::desc a({M, K}, memory::data_type::bf16, memory::dims{lda, 1});
-    const memory::desc b({K, N}, memory::data_type::bf16, transB ? memory::dims{1, K} : memory::dims{N, 1});
+// C(M,N) (fp32, row stride ldc) = alpha op(A) op(B) (+ C when accumulate),
+// A and B bf16 or fp32, row-major with row strides lda, ldb.
+dnnl::matmul::primitive_desc describe(const dnnl::engine& eng, bool bf16, bool transA, bool transB, int M, int N,
+                                      int K, int lda, int ldb, int ldc, float alpha, bool accumulate) {
+    const auto dt = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+    const memory::desc a({M, K}, dt, transA ? memory::dims{1, lda} : memory::dims{lda, 1});
+    const memory::desc b({K, N}, dt, transB ? memory::dims{1, ldb} : memory::dims{ldb, 1});
     const memory::desc c({M, N}, memory::data_type::f32, memory::dims{ldc, 1});
     dnnl::primitive_attr attr;
+    if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
     if (accumulate) {
         dnnl::post_ops ops;
         ops.append_sum(1.0f);
         attr.set_post_ops(ops);
     }
     return dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c), attr, eng);
+}
+
+// Runs the product describe() names, its primitive made once per shape.
+// Throws dnnl::error.
+void matmul(Cache& c, bool bf16, bool transA, bool transB, int M, int N, int K, const void* A, int lda, const void* B,
+            int ldb, float alpha, bool accumulate, float* C, int ldc) {
+    uint32_t abits;
+    std::memcpy(&abits, &alpha, 4);
+    const Key key{bf16, transA, transB, M, N, K, lda, ldb, ldc, abits, accumulate};
+    auto it = c.prims.find(key);
+    if (it == c.prims.end()) {
+        if (c.prims.size() >= 256) c.prims.clear();  // shapes of long-gone batches
+        auto pd = describe(c.engine, bf16, transA, transB, M, N, K, lda, ldb, ldc, alpha, accumulate);
+        it = c.prims.emplace(key, Prim{pd, dnnl::matmul(pd)}).first;
+    }
+    const auto& pd = it->second.pd;
+    memory am(pd.src_desc(), c.engine, const_cast<void*>(A));
+    memory bm(pd.weights_desc(), c.engine, const_cast<void*>(B));
+    memory cm(pd.dst_desc(), c.engine, C);
+    it->second.mm.execute(c.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    c.stream.wait();
 }
 
 std::string shape(bool transB, int M, int N, int K) {
@@ -103,7 +126,7 @@ std::string bf16_gemm_support() {
     if (dnnl::get_effective_cpu_isa() < dnnl::cpu_isa::avx512_core_bf16)
         return "this CPU has neither AVX512_BF16 nor AMX-BF16 (bf16 dot products)";
     try {
-        describe(cache().engine, true, 64, 64, 64, 64, 64, false);
+        describe(cache().engine, true, false, true, 64, 64, 64, 64, 64, 64, 1.0f, false);
     } catch (const dnnl::error& e) {
         return std::string("oneDNN has no bf16 matmul here: ") + e.what();
     }
@@ -124,20 +147,8 @@ void gemm_bf16w(bool transB, int M, int N, int K, const float* A, int lda, const
     uint16_t* a = c.a.data();
 #pragma omp parallel for schedule(static) if ((size_t)M * K >= (1u << 16))
     for (int i = 0; i < M; i++) to_bf16(a + (size_t)i * K, A + (size_t)i * lda, (size_t)K);
-    const Key key{transB, M, N, K, K, ldc, beta != 0.0f};
     try {
-        auto it = c.prims.find(key);
-        if (it == c.prims.end()) {
-            if (c.prims.size() >= 256) c.prims.clear();  // shapes of long-gone batches
-            auto pd = describe(c.engine, transB, M, N, K, K, ldc, beta != 0.0f);
-            it = c.prims.emplace(key, Prim{pd, dnnl::matmul(pd)}).first;
-        }
-        const auto& pd = it->second.pd;
-        memory am(pd.src_desc(), c.engine, c.a.data());
-        memory bm(pd.weights_desc(), c.engine, const_cast<uint16_t*>(B));
-        memory cm(pd.dst_desc(), c.engine, C);
-        it->second.mm.execute(c.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
-        c.stream.wait();
+        matmul(c, true, false, transB, M, N, K, a, K, B, transB ? K : N, 1.0f, beta != 0.0f, C, ldc);
     } catch (const dnnl::error& e) {
         throw std::runtime_error(shape(transB, M, N, K) + " failed in oneDNN: " + e.what());
     }
@@ -148,33 +159,8 @@ void gemm_thin(bool transA, bool transB, int M, int N, int K, float alpha, const
     if (M <= 0 || N <= 0 || K <= 0 || (beta != 0.0f && beta != 1.0f))
         return gemm<float>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     if (gemv_row(transA, transB, M, N, K, alpha, A, B, ldb, beta, C)) return;
-    uint32_t abits;
-    std::memcpy(&abits, &alpha, 4);
-    const ThinKey key{transA, transB, M, N, K, lda, ldb, ldc, abits, beta != 0.0f};
-    Cache& c = cache();
     try {
-        auto it = c.thin.find(key);
-        if (it == c.thin.end()) {
-            if (c.thin.size() >= 256) c.thin.clear();
-            const memory::desc a({M, K}, memory::data_type::f32, transA ? memory::dims{1, lda} : memory::dims{lda, 1});
-            const memory::desc b({K, N}, memory::data_type::f32, transB ? memory::dims{1, ldb} : memory::dims{ldb, 1});
-            const memory::desc d({M, N}, memory::data_type::f32, memory::dims{ldc, 1});
-            dnnl::primitive_attr attr;
-            if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
-            if (beta != 0.0f) {
-                dnnl::post_ops ops;
-                ops.append_sum(1.0f);
-                attr.set_post_ops(ops);
-            }
-            dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, d), attr, c.engine);
-            it = c.thin.emplace(key, Prim{pd, dnnl::matmul(pd)}).first;
-        }
-        const auto& pd = it->second.pd;
-        memory am(pd.src_desc(), c.engine, const_cast<float*>(A));
-        memory bm(pd.weights_desc(), c.engine, const_cast<float*>(B));
-        memory cm(pd.dst_desc(), c.engine, C);
-        it->second.mm.execute(c.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
-        c.stream.wait();
+        matmul(cache(), false, transA, transB, M, N, K, A, lda, B, ldb, alpha, beta != 0.0f, C, ldc);
     } catch (const dnnl::error&) {
         // a shape or stride this oneDNN does not take: BLAS computes the same product
         gemm<float>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
