@@ -4,7 +4,7 @@
 // and bench/train.ts (the training half of `npm run bench`) for one step without torch.
 // No timing asserts: only that figures exist, are positive and are consistent.
 import { test } from 'node:test';
-import { checkDevice } from '../src/engine.js';
+import { bf16Unsupported } from './helpers/bf16.js';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -295,12 +295,7 @@ test('bench train --precision bf16: LoRA cases on a bf16 base (where the CPU has
   const cli = join(repoRoot, 'dist/src/cli/main.js');
   await assert.rejects(run(process.execPath, [cli, 'bench', 'train', '--shapes', 'smollm2-135m', '--precision', 'bf16', '--lora', '0', '--no-torch']), /needs LoRA cases only/);
   await assert.rejects(run(process.execPath, [cli, 'bench', 'train', '--shapes', 'bert-tiny', '--precision', 'bf16', '--no-torch']), /--precision applies to decoder shapes only/);
-  let unsupported: string | undefined;
-  try {
-    checkDevice('cpu', 'bf16', true);
-  } catch (e) {
-    unsupported = (e as Error).message;
-  }
+  const unsupported = bf16Unsupported();
   const args = [cli, 'bench', 'train', '--shapes', 'smollm2-135m', '--seq', '8', '--batch', '1', '--steps', '1', '--warmup', '0', '--threads', '1', '--lora', '4', '--precision', 'bf16', '--no-torch', '--json'];
   if (unsupported) {
     await assert.rejects(run(process.execPath, args), (e: Error) => e.message.includes(unsupported!));

@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LLM } from '../src/llm/llm.js';
 import type { ChatMessage } from '../src/chat/template.js';
-import { checkDevice } from '../src/engine.js';
+import { bf16Unsupported } from './helpers/bf16.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const CLI = join(root, 'dist/src/cli/main.js');
@@ -102,12 +102,7 @@ test.after(async () => {
 });
 
 test('generate --precision bf16 reads the weights in bf16 (LLM.load precision) where the CPU can, and says why where it cannot', { skip: missing }, async () => {
-  let unsupported: string | undefined;
-  try {
-    checkDevice('cpu', 'bf16', true);
-  } catch (e) {
-    unsupported = (e as Error).message;
-  }
+  const unsupported = bf16Unsupported();
   const r = nodetune('', 'generate', '--model', gguf, '--prompt', 'The capital of France is', '--max-new-tokens', '8', '--stop', '.', '--threads', '2', '--precision', 'bf16');
   if (unsupported) {
     assert.notEqual(r.status, 0);

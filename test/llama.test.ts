@@ -10,6 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { checkDevice, Engine, type Batch } from '../src/engine.js';
+import { bf16Unsupported } from './helpers/bf16.js';
 import { llamaParameterShapes, parseLlamaConfig, peftKey, resolveLoraTargets, type LlamaConfig, type LoraConfig } from '../src/models/llama.js';
 import { relErr, tensors } from './helpers/tiny-bert-fixture.js';
 
@@ -344,20 +345,15 @@ function makeEngineWith(f: Fixture, lora: LoraConfig): Engine {
 // weights and bf16-rounded activations (oneDNN; AMX-BF16 or AVX512_BF16). The
 // reference is still transformers + PEFT in float64; the tolerances are those
 // of bf16 inputs (unit roundoff 2^-9 ≈ 2e-3, accumulated over a few layers).
-let bf16Unsupported: string | undefined;
-try {
-  checkDevice('cpu', 'bf16', true);
-} catch (e) {
-  bf16Unsupported = (e as Error).message;
-}
+const cpuBf16 = bf16Unsupported();
 
 for (const name of ['tiny-llama', 'tiny-qwen2'] as const) {
   test(`${name}: LoRA on a bf16 base: logits, loss and every A and B gradient within bf16 tolerance of PEFT (float64)`, async () => {
     const f = await load(name);
-    if (bf16Unsupported) {
+    if (cpuBf16) {
       // This CPU or build cannot: the engine says why instead of running slowly or wrongly.
-      assert.match(bf16Unsupported, /^precision 'bf16' on the CPU: (this CPU has neither AVX512_BF16 nor AMX-BF16|this build of nodetune has no oneDNN)/);
-      assert.throws(() => makeEngine(f, f.meta.lora.config, { precision: 'bf16' }), (e: Error) => e.message === bf16Unsupported);
+      assert.match(cpuBf16, /^precision 'bf16' on the CPU: (this CPU has neither AVX512_BF16 nor AMX-BF16|this build of nodetune has no oneDNN)/);
+      assert.throws(() => makeEngine(f, f.meta.lora.config, { precision: 'bf16' }), (e: Error) => e.message === cpuBf16);
       return;
     }
     const engine = makeEngine(f, f.meta.lora.config, { precision: 'bf16' });
@@ -401,7 +397,7 @@ test('trainable: false builds an engine that trains nothing: the same logits, no
   assert.throws(() => frozen.setTrainable('model.norm.weight', true), /frozen when the engine was built \(a LoRA base weight, or options.trainable = false\)/);
   await assert.rejects(frozen.accumulate(f.batch), /built with options.trainable = false/);
   assert.throws(() => makeEngine(f, f.meta.lora.config, { trainable: false }), /trains nothing, but options.lora adds adapters/);
-  if (!bf16Unsupported) {
+  if (!cpuBf16) {
     const bf16 = makeEngine(f, undefined, { trainable: false, precision: 'bf16' });
     const c = await bf16.forward(f.batch);
     const V = f.config.vocab_size;

@@ -15,7 +15,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { readGgufHeader } from '../src/io/gguf.js';
-import { checkDevice } from '../src/engine.js';
+import { bf16Unsupported } from './helpers/bf16.js';
 import { loadCausalLM } from '../src/llm/load.js';
 import { loadSftModel } from '../src/tasks/causal-lm/model.js';
 
@@ -151,12 +151,7 @@ test('sft --precision bf16: the frozen base in bf16 where the CPU has bf16 GEMMs
   const run = (precision: string) => nodetune('sft', '--model', gguf, '--train', trainFile, '--output', join(tmp, `run-${precision}`), '--max-steps', '2',
     '--batch-size', '4', '--learning-rate', '1e-3', '--lora-r', '4', '--lora-alpha', '8', '--lora-dropout', '0', '--lora-layers', '28-29',
     '--threads', '2', '--logging-steps', '1', '--report-samples', '0', '--precision', precision);
-  let unsupported: string | undefined;
-  try {
-    checkDevice('cpu', 'bf16', true);
-  } catch (e) {
-    unsupported = (e as Error).message;
-  }
+  const unsupported = bf16Unsupported();
   const bf16 = run('bf16');
   if (unsupported) {
     assert.notEqual(bf16.status, 0);
