@@ -378,6 +378,12 @@ public:
             if (model_type != "bert")
                 throw EngineError("config.model_type '" + model_type + "' is not supported: expected 'bert', 'llama', 'qwen2' or 'mistral'");
             nt::BertConfig cfg;
+            const std::string arch = read_string(o, "architecture", "options", "BertForSequenceClassification",
+                                                 "'BertForSequenceClassification' or 'BertForMaskedLM'");
+            if (arch != "BertForSequenceClassification" && arch != "BertForMaskedLM")
+                throw EngineError("options.architecture '" + arch +
+                                  "' is not supported for model_type 'bert': expected 'BertForSequenceClassification' or 'BertForMaskedLM'");
+            cfg.masked_lm = arch == "BertForMaskedLM";
             cfg.vocab_size = read_int(c, "vocab_size", "config", true, 0);
             cfg.hidden_size = read_int(c, "hidden_size", "config", true, 0);
             cfg.num_hidden_layers = read_int(c, "num_hidden_layers", "config", true, 0);
@@ -385,7 +391,7 @@ public:
             cfg.intermediate_size = read_int(c, "intermediate_size", "config", true, 0);
             cfg.max_position_embeddings = read_int(c, "max_position_embeddings", "config", true, 0);
             cfg.type_vocab_size = read_int(c, "type_vocab_size", "config", true, 0);
-            cfg.num_labels = read_int(c, "num_labels", "config", true, 0);
+            cfg.num_labels = read_int(c, "num_labels", "config", !cfg.masked_lm, 2);  // a masked LM has no labels
             cfg.pad_token_id = read_int(c, "pad_token_id", "config", false, 0);
             cfg.layer_norm_eps = read_float(c, "layer_norm_eps", "config", 1e-12f);
             cfg.hidden_dropout_prob = read_float(c, "hidden_dropout_prob", "config", 0.1f);
@@ -403,6 +409,7 @@ public:
                 throw EngineError("options.class_weights must be a Float32Array of num_labels entries, got " + type_name(cw));
             }
             const nt::DeviceSpec device = read_device(o);
+            labels_per_token_ = cfg.masked_lm;
             slot_.Set(nt::make_engine(cfg, tc, device));
         });
     }

@@ -241,10 +241,12 @@ void decode_attention(T* out, const T* q, int q_stride, const T* kcache, const T
 // both of grad_scale * d(sum)/d(.). targets must be -100 or in [0, V).
 // Wbf16 (float only; a frozen head, so dW null): W rounded to bf16, which the
 // two products with W then read through gemm_bf16w (cpu/onednn.h).
+// bias (V, may be null) is added to every logit row (BertForMaskedLM's decoder
+// bias); dbias (V) += its gradient when dh and dbias are set.
 template <typename T>
 double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* targets, int N,
                            int C, int V, T grad_scale, T* scratch, int chunk,
-                           const uint16_t* Wbf16 = nullptr);
+                           const uint16_t* Wbf16 = nullptr, const T* bias = nullptr, T* dbias = nullptr);
 
 // ---- LoRA (Hu et al. 2021; PEFT tuners/lora/layer.py Linear) --------------
 // out (N rows, stride ldo, OC columns) += scale * dropout(inp) A^T B^T, with

@@ -5,8 +5,9 @@
 // prompt tokens are ignored (-100) and never need the head.
 //
 // Per chunk of up to `chunk` target rows H (gathered into scratch):
-//   Z = H W^T;  loss_n = logsumexp(Z_n) - Z_n[y_n]
-//   dZ = grad_scale (softmax(Z) - onehot(y));  dH = dZ W;  dW += dZ^T H.
+//   Z = H W^T (+ b);  loss_n = logsumexp(Z_n) - Z_n[y_n]
+//   dZ = grad_scale (softmax(Z) - onehot(y));  dH = dZ W;  dW += dZ^T H;  db += sum_n dZ_n.
+// The bias is BertForMaskedLM's decoder bias (cls.predictions.bias); Llama heads have none.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -22,7 +23,8 @@ namespace nt {
 
 template <typename T>
 double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* targets, int N,
-                           int C, int V, T grad_scale, T* scratch, int chunk, const uint16_t* Wbf16) {
+                           int C, int V, T grad_scale, T* scratch, int chunk, const uint16_t* Wbf16,
+                           const T* bias, T* dbias) {
     if (Wbf16 && (!std::is_same_v<T, float> || dW))
         throw std::invalid_argument("lmhead_crossentropy: a bf16 head is float only and frozen (dW must be null)");
     // Z = A W^T (transB) or A W, through the bf16 copy when there is one.
@@ -49,6 +51,10 @@ double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* 
         for (int r = 0; r < nr; r++) {
             T* z = Z + (size_t)r * V;
             const int y = targets[rows[r0 + r]];
+            if (bias) {
+#pragma omp simd
+                for (int v = 0; v < V; v++) z[v] += bias[v];
+            }
             T mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
             for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
@@ -67,6 +73,14 @@ double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* 
         if (!dh) continue;
         // dH into H's rows (H is no longer needed once dW has used it)
         if (dW) gemm<T>(true, false, V, C, nr, T(1), Z, V, H, C, T(1), dW, C);
+        if (dbias) {
+#pragma omp parallel for schedule(static)
+            for (int v = 0; v < V; v++) {
+                T s = 0;
+                for (int r = 0; r < nr; r++) s += Z[(size_t)r * V + v];
+                dbias[v] += s;
+            }
+        }
         times_W(false, nr, C, V, Z, H);
         for (int r = 0; r < nr; r++) std::memcpy(dh + (size_t)rows[r0 + r] * C, H + (size_t)r * C, C * sizeof(T));
     }
@@ -75,7 +89,7 @@ double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* 
 
 #define NT_INSTANTIATE(T)                                                                  \
     template double lmhead_crossentropy<T>(T*, T*, const T*, const T*, const int32_t*, int, \
-                                           int, int, T, T*, int, const uint16_t*);
+                                           int, int, T, T*, int, const uint16_t*, const T*, T*);
 NT_INSTANTIATE(float)
 NT_INSTANTIATE(double)
 #undef NT_INSTANTIATE

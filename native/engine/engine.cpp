@@ -1,7 +1,7 @@
-// BertForSequenceClassification training step on the CPU kernels.
+// BertForSequenceClassification and BertForMaskedLM training steps on the CPU kernels.
 // Source followed: Hugging Face transformers, models/bert/modeling_bert.py
 // (BertEmbeddings, BertSelfAttention eager path, BertSelfOutput, BertIntermediate,
-// BertOutput, BertPooler) and torch.optim.AdamW / clip_grad_norm_.
+// BertOutput, BertPooler, BertLMPredictionHead) and torch.optim.AdamW / clip_grad_norm_.
 #include "engine/engine.h"
 
 #include "engine/training.h"
@@ -73,7 +73,8 @@ double count_parameters(const BertConfig& c) {
     const double C = c.hidden_size, I = c.intermediate_size, L = c.num_labels;
     const double embeddings = ((double)c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * C + 2 * C;
     const double layer = 4 * C * C + 4 * C + 2 * C * I + I + C + 4 * C;  // attention, FFN, two LayerNorms
-    return embeddings + c.num_hidden_layers * layer + C * C + C + L * C + L;
+    const double head = c.masked_lm ? C * C + 3 * C + (double)c.vocab_size : C * C + C + L * C + L;
+    return embeddings + c.num_hidden_layers * layer + head;
 }
 
 EngineBase::EngineBase(const BertConfig& config, const TrainConfig& train) : cfg_(config), tc_(train) {
@@ -115,6 +116,9 @@ EngineBase::EngineBase(const BertConfig& config, const TrainConfig& train) : cfg
     prob("config.attention_probs_dropout_prob", cfg_.attention_probs_dropout_prob);
     prob("config.classifier_dropout", cfg_.classifier_dropout);
     validate_train_config(tc_);
+    if (cfg_.masked_lm && (!tc_.class_weights.empty() || tc_.label_smoothing_factor != 0.0f))
+        throw EngineError("class_weights and label_smoothing_factor are for BertForSequenceClassification: "
+                          "BertForMaskedLM's loss is the plain cross-entropy over the masked positions");
     if (!tc_.class_weights.empty() && (int)tc_.class_weights.size() != cfg_.num_labels)
         throw EngineError("class_weights has " + std::to_string(tc_.class_weights.size()) +
                           " entries, expected num_labels = " + std::to_string(cfg_.num_labels));
@@ -188,6 +192,15 @@ void EngineBase::build_param_table() {
         li.ln2_b = params_.size(); add_param(p + "output.LayerNorm.bias", {C});
         lidx_.push_back(li);
     }
+    if (cfg_.masked_lm) {
+        // BertLMPredictionHead; its decoder weight is the word embeddings (tied), its decoder bias cls.predictions.bias.
+        mlm_dense_w_ = params_.size(); add_param("cls.predictions.transform.dense.weight", {C, C});
+        mlm_dense_b_ = params_.size(); add_param("cls.predictions.transform.dense.bias", {C});
+        mlm_ln_w_ = params_.size(); add_param("cls.predictions.transform.LayerNorm.weight", {C});
+        mlm_ln_b_ = params_.size(); add_param("cls.predictions.transform.LayerNorm.bias", {C});
+        mlm_bias_ = params_.size(); add_param("cls.predictions.bias", {cfg_.vocab_size});
+        return;
+    }
     pool_w_ = params_.size(); add_param("bert.pooler.dense.weight", {C, C});
     pool_b_ = params_.size(); add_param("bert.pooler.dense.bias", {C});
     cls_w_ = params_.size(); add_param("classifier.weight", {cfg_.num_labels, C});
@@ -197,7 +210,9 @@ void EngineBase::build_param_table() {
 const ParamInfo& EngineBase::param(const std::string& name) const {
     for (const auto& p : params_)
         if (p.name == name) return p;
-    throw EngineError("unknown parameter '" + name + "': expected a Hugging Face BertForSequenceClassification key such as 'bert.encoder.layer.0.attention.self.query.weight' or 'classifier.weight'");
+    throw EngineError("unknown parameter '" + name + "': expected a Hugging Face " +
+                      (cfg_.masked_lm ? "BertForMaskedLM key such as 'bert.encoder.layer.0.attention.self.query.weight' or 'cls.predictions.bias'"
+                                      : "BertForSequenceClassification key such as 'bert.encoder.layer.0.attention.self.query.weight' or 'classifier.weight'"));
 }
 
 void EngineBase::set_trainable(const std::string& name, bool trainable) {
@@ -232,6 +247,19 @@ void EngineBase::validate(const Batch& b, bool need_labels) const {
         if (m != 0 && m != 1)
             throw EngineError(where("attention_mask", i) + " = " + std::to_string(m) + ": expected 0 or 1");
     }
+    if (cfg_.masked_lm) {
+        if (need_labels && !b.labels)
+            throw EngineError("labels are required for training: expected an Int32Array of length batchSize × seqLen");
+        if (b.labels)
+            for (size_t i = 0; i < n; i++) {
+                const int32_t y = b.labels[i];
+                if (y != -100 && (y < 0 || y >= cfg_.vocab_size))
+                    throw EngineError(where("labels", i) + " = " + std::to_string(y) +
+                                      " is out of range: expected a token id in [0, vocab_size = " +
+                                      std::to_string(cfg_.vocab_size) + ") or -100 (not masked)");
+            }
+        return;
+    }
     if (need_labels && !b.labels) throw EngineError("labels are required for training: expected an Int32Array of length B");
     if (b.labels)
         for (int i = 0; i < b.B; i++) {
@@ -252,8 +280,13 @@ void CpuEngine::ensure_activations(int B, int T) {
     const double TT = (double)B * cfg_.num_attention_heads * T * T, Bc = B, L = cfg_.num_labels;
     auto al = [](double n) { return std::ceil(n / kAlign) * kAlign; };
     const double per_layer = al(N * 3 * C) + al(TT) + 5 * al(N * C) + 4 * al(N) + 2 * al(N * I) + 2 * al(N * C);
-    const double total = 2 * al(N * C) + 2 * al(N) + per_layer * cfg_.num_hidden_layers + 3 * al(Bc * C) + al(Bc * L);
-    const double dtotal = 3 * al(N * C) + 2 * al(N * I) + al(N * 3 * C) + al(TT) + 3 * al(Bc * C) + al(Bc * L);
+    // The masked-LM head: three (N, C) activations, two (N) statistics, the
+    // fused head's scratch (mlm_rows x (V + C)) and one (N, C) gradient.
+    const double rows = std::min(256.0, N), V = cfg_.vocab_size;
+    const double mlm = cfg_.masked_lm ? 3 * al(N * C) + 2 * al(N) + al(rows * (V + C)) : 0;
+    const double total = 2 * al(N * C) + 2 * al(N) + per_layer * cfg_.num_hidden_layers + 3 * al(Bc * C) + al(Bc * L) + mlm;
+    const double dtotal = 3 * al(N * C) + 2 * al(N * I) + al(N * 3 * C) + al(TT) + 3 * al(Bc * C) + al(Bc * L) +
+                          (cfg_.masked_lm ? al(N * C) : 0);
     const double held = (double)acts_.size() + (double)dacts_.size();
     // Grow to exactly what this batch needs (not max B × max T of all batches
     // so far), and give memory back when a batch needs under a quarter of what
@@ -312,6 +345,15 @@ void CpuEngine::lay_out_activations() {
     a_.pooled = take(Bc * C);
     a_.pooled_drop = take(Bc * C);
     a_.logits = take(Bc * L);
+    a_.mlm_h = a_.mlm_g = a_.mlm_ln = a_.mlm_mean = a_.mlm_rstd = a_.mlm_scratch = d_.dmlm = nullptr;
+    if (cfg_.masked_lm) {
+        a_.mlm_h = take(N * C);
+        a_.mlm_g = take(N * C);
+        a_.mlm_ln = take(N * C);
+        a_.mlm_mean = take(N);
+        a_.mlm_rstd = take(N);
+        a_.mlm_scratch = take((size_t)mlm_rows() * (cfg_.vocab_size + C));
+    }
     float* q = dacts_.data();
     auto dtake = [&q](size_t n) { float* r = q; q += align_up(n); return r; };
     d_.dh = dtake(N * C);
@@ -325,6 +367,7 @@ void CpuEngine::lay_out_activations() {
     d_.dpool1 = dtake(Bc * C);
     d_.dpool2 = dtake(Bc * C);
     d_.dlogits = dtake(Bc * L);
+    if (cfg_.masked_lm) d_.dmlm = dtake(N * C);
 }
 
 void CpuEngine::set_threads() const {
@@ -376,6 +419,7 @@ void CpuEngine::forward_impl(const Batch& b, bool train) {
         layer_forward(l, x, b.attention_mask, train);
         x = la_[l].ln2;
     }
+    if (cfg_.masked_lm) return mlm_head_forward(x);
     // BertPooler: tanh(dense(h[:, 0])); then classifier dropout and linear.
     for (int i = 0; i < B; i++) std::memcpy(a_.pooled_in + (size_t)i * C, x + (size_t)i * T * C, C * sizeof(float));
     linear_forward(a_.pooled, a_.pooled_in, W(pool_w_), W(pool_b_), B, C, C);
@@ -388,10 +432,46 @@ void CpuEngine::forward_impl(const Batch& b, bool train) {
     linear_forward(a_.logits, a_.pooled_drop, W(cls_w_), W(cls_b_), B, C, L);
 }
 
+// BertPredictionHeadTransform: LayerNorm(gelu(dense(x))); the decoder comes in mlm_loss / forward.
+void CpuEngine::mlm_head_forward(const float* x) {
+    const int N = cur_B_ * cur_T_, C = cfg_.hidden_size;
+    linear_forward(a_.mlm_h, x, W(mlm_dense_w_), W(mlm_dense_b_), N, C, C);
+    gelu_forward(a_.mlm_g, a_.mlm_h, (size_t)N * C);
+    layernorm_forward(a_.mlm_ln, a_.mlm_mean, a_.mlm_rstd, a_.mlm_g, W(mlm_ln_w_), W(mlm_ln_b_), N, C,
+                      cfg_.layer_norm_eps);
+}
+
+double CpuEngine::mlm_loss(const Batch& b, bool backward, float grad_scale) {
+    const int N = b.B * b.T, C = cfg_.hidden_size, V = cfg_.vocab_size;
+    if (!backward)
+        return lmhead_crossentropy<float>(nullptr, nullptr, a_.mlm_ln, W(emb_w_), b.labels, N, C, V, 1.0f,
+                                          a_.mlm_scratch, mlm_rows(), nullptr, W(mlm_bias_));
+    const double sum = lmhead_crossentropy<float>(d_.dmlm, G(emb_w_), a_.mlm_ln, W(emb_w_), b.labels, N, C, V, grad_scale,
+                                                  a_.mlm_scratch, mlm_rows(), nullptr, W(mlm_bias_), G(mlm_bias_));
+    const int NL = cfg_.num_hidden_layers;
+    const float* x = la_[NL - 1].ln2;
+    layernorm_backward(d_.dres, G(mlm_ln_w_), G(mlm_ln_b_), d_.dmlm, a_.mlm_g, W(mlm_ln_w_), a_.mlm_mean, a_.mlm_rstd,
+                       N, C);
+    gelu_backward(d_.dmlm, a_.mlm_h, d_.dres, (size_t)N * C);
+    linear_backward(first_trainable() < NL ? d_.dh : nullptr, G(mlm_dense_w_), G(mlm_dense_b_), d_.dmlm, x,
+                    W(mlm_dense_w_), N, C, C, false);
+    return sum;
+}
+
 float CpuEngine::forward(const Batch& b, float* logits, bool train) {
     set_threads();
     validate(b, false);
     forward_impl(b, train);
+    if (cfg_.masked_lm) {
+        const int N = b.B * b.T, C = cfg_.hidden_size, V = cfg_.vocab_size;
+        if (logits) {  // the caller asked for the whole (N, V): decoder = tied embeddings + bias
+            linear_forward(logits, a_.mlm_ln, W(emb_w_), W(mlm_bias_), N, C, V);
+        }
+        if (!b.labels) return 0.0f;
+        int n = 0;
+        for (int i = 0; i < N; i++) n += b.labels[i] != -100;
+        return n == 0 ? 0.0f : (float)(mlm_loss(b, false, 1.0f) / n);
+    }
     const int L = cfg_.num_labels;
     if (logits) std::memcpy(logits, a_.logits, (size_t)b.B * L * sizeof(float));
     if (!b.labels) return 0.0f;
@@ -451,6 +531,11 @@ void CpuEngine::backward_impl(const Batch& b) {
     const int N = B * T;
     const size_t NC = (size_t)N * C;
     const int NL = cfg_.num_hidden_layers;
+    const int first = first_trainable();
+    if (cfg_.masked_lm) {  // mlm_loss has put dLoss/d(encoder output) in d_.dh
+        if (first < NL) encoder_backward(b, first);
+        return;
+    }
     // classifier, classifier dropout, pooler
     linear_backward(d_.dpool1, G(cls_w_), G(cls_b_), d_.dlogits, a_.pooled_drop, W(cls_w_), B, C, L, false);
     if (cfg_.classifier_dropout > 0)
@@ -459,7 +544,6 @@ void CpuEngine::backward_impl(const Batch& b) {
         std::memcpy(d_.dpool2, d_.dpool1, (size_t)B * C * sizeof(float));
     tanh_backward(d_.dpool1, a_.pooled, d_.dpool2, (size_t)B * C);
     // Backpropagate only as deep as the lowest trainable parameter (freezing).
-    const int first = first_trainable();
     const bool need_encoder = first < NL;
     linear_backward(need_encoder ? d_.dC2 : nullptr, G(pool_w_), G(pool_b_), d_.dpool1, a_.pooled_in, W(pool_w_),
                     B, C, C, false);
@@ -467,6 +551,13 @@ void CpuEngine::backward_impl(const Batch& b) {
     // only token 0 of each sequence feeds the pooler
     std::memset(d_.dh, 0, NC * sizeof(float));
     for (int i = 0; i < B; i++) std::memcpy(d_.dh + (size_t)i * T * C, d_.dC2 + (size_t)i * C, C * sizeof(float));
+    encoder_backward(b, first);
+}
+
+void CpuEngine::encoder_backward(const Batch& b, int first) {
+    const int B = b.B, T = b.T, C = cfg_.hidden_size, N = B * T;
+    const size_t NC = (size_t)N * C;
+    const int NL = cfg_.num_hidden_layers;
     for (int l = NL - 1; l >= std::max(first, 0); l--) {
         const float* x = l == 0 ? a_.emb_ln : la_[l - 1].ln2;
         layer_backward(l, x, d_.dh, b.attention_mask, l > first);
@@ -475,16 +566,32 @@ void CpuEngine::backward_impl(const Batch& b) {
     // embeddings: dropout, LayerNorm, the three lookups
     if (cfg_.hidden_dropout_prob > 0) dropout_backward(d_.dh, d_.dh, NC, cfg_.hidden_dropout_prob, key(0));
     layernorm_backward(d_.dres, G(emb_ln_w_), G(emb_ln_b_), d_.dh, a_.emb, W(emb_ln_w_), a_.emb_mean, a_.emb_rstd, N, C);
-    embedding_backward(G(emb_w_), G(emb_p_), G(emb_t_), d_.dres, b.input_ids, b.token_type_ids, B, T, C);
-    // HF: nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
-    if (float* dwte = G(emb_w_); dwte && cfg_.pad_token_id >= 0 && cfg_.pad_token_id < cfg_.vocab_size)
-        std::memset(dwte + (size_t)cfg_.pad_token_id * C, 0, C * sizeof(float));
+    // HF: nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id): the lookup adds nothing to the
+    // padding row. What the row holds already stays: a masked LM's tied decoder does train it.
+    float* dwte = G(emb_w_);
+    const bool pad_row = dwte && cfg_.pad_token_id >= 0 && cfg_.pad_token_id < cfg_.vocab_size;
+    std::vector<float> kept;
+    if (pad_row) kept.assign(dwte + (size_t)cfg_.pad_token_id * C, dwte + (size_t)(cfg_.pad_token_id + 1) * C);
+    embedding_backward(dwte, G(emb_p_), G(emb_t_), d_.dres, b.input_ids, b.token_type_ids, B, T, C);
+    if (pad_row) std::copy(kept.begin(), kept.end(), dwte + (size_t)cfg_.pad_token_id * C);
 }
 
 float CpuEngine::accumulate(const Batch& b, float loss_scale) {
     set_threads();
     validate(b, true);
     forward_impl(b, true);
+    if (cfg_.masked_lm) {
+        // Mean over the micro-batch's masked positions; a batch with none adds no gradient (0 loss).
+        int n = 0;
+        for (size_t i = 0; i < (size_t)b.B * b.T; i++) n += b.labels[i] != -100;
+        float loss = 0.0f;
+        if (n > 0) {
+            loss = (float)(mlm_loss(b, true, loss_scale / (float)n) / n);
+            backward_impl(b);
+        }
+        micro_step_++;
+        return loss;
+    }
     const float* cw = tc_.class_weights.empty() ? nullptr : tc_.class_weights.data();
     const float loss = crossentropy_softmax_forward_backward(d_.dlogits, a_.logits, b.labels, cw, b.B, cfg_.num_labels,
                                                              tc_.label_smoothing_factor, loss_scale);

@@ -1,7 +1,11 @@
-// The BERT sequence-classification engine: the model plan (parameter table,
-// arenas), forward, backward and the optimizer step, on the CPU kernels.
-// Follows Hugging Face BertForSequenceClassification (modeling_bert.py):
-// post-LayerNorm encoder, pooler = tanh(dense(h[:, 0])), classifier linear.
+// The BERT engine: the model plan (parameter table, arenas), forward, backward
+// and the optimizer step, on the CPU kernels. One encoder, two heads, as
+// Hugging Face modeling_bert.py defines them (post-LayerNorm encoder):
+//  - BertForSequenceClassification: pooler = tanh(dense(h[:, 0])), classifier linear;
+//  - BertForMaskedLM (config.masked_lm): cls.predictions = LayerNorm(gelu(dense(h))),
+//    then the decoder tied to the word embeddings plus its own bias, fused with
+//    the cross-entropy over the labelled (masked) positions and chunked, so the
+//    (tokens x vocab_size) logits are never held whole in training.
 //
 // Memory: one arena each for parameters, gradients, AdamW first and second
 // moments (all laid out by the same parameter table), and one activation
@@ -34,6 +38,7 @@ struct BertConfig {
     float hidden_dropout_prob = 0.1f;
     float attention_probs_dropout_prob = 0.1f;
     float classifier_dropout = 0.1f;  // resolved: HF's null means hidden_dropout_prob
+    bool masked_lm = false;  // BertForMaskedLM's head (labels per token) instead of the pooler and classifier
 };
 
 // The largest config sizes an engine accepts, checked before anything is sized
@@ -117,9 +122,10 @@ size_t available_memory_bytes();
 // available" when `bytes` exceeds available_memory_bytes() (a known value).
 void require_memory(size_t bytes, const std::string& what);
 
-// Parameters of a BertForSequenceClassification with this config (embeddings,
-// encoder, pooler, classifier), computed from the config alone, in double so
-// an absurd config cannot overflow.
+// Parameters of a BertForSequenceClassification (embeddings, encoder, pooler,
+// classifier) or BertForMaskedLM (embeddings, encoder, prediction head; the
+// decoder is the tied word embeddings) with this config, computed from the
+// config alone, in double so an absurd config cannot overflow.
 double count_parameters(const BertConfig& config);
 
 // What every device's engine shares: the model plan (the parameter table in
@@ -138,8 +144,11 @@ public:
     const std::vector<ParamInfo>& params() const override { return params_; }
     const ParamInfo& param(const std::string& name) const override;  // throws EngineError
     size_t num_parameters() const override { return n_params_; }
-    bool labels_per_token() const override { return false; }
-    size_t logits_size(int B, int) const override { return (size_t)B * cfg_.num_labels; }
+    // A masked LM's labels are per token (not shifted); its logits (B, T, vocab_size).
+    bool labels_per_token() const override { return cfg_.masked_lm; }
+    size_t logits_size(int B, int T) const override {
+        return cfg_.masked_lm ? (size_t)B * T * cfg_.vocab_size : (size_t)B * cfg_.num_labels;
+    }
     // The four parameter-shaped arenas (Model::Slot) are copied in and out
     // in float32 by the device engine's read/write; activation_bytes() is the
     // device engine's too. Frozen parameters get no gradient (their slice is zeroed) and no update.
@@ -151,8 +160,9 @@ public:
     void validate(const Batch& batch, bool need_labels) const;
 
     // forward() and accumulate() validate the batch first (EngineError).
-    // logits (B, num_labels) written to `logits`. train=false disables
-    // dropout. Returns the mean loss when batch.labels is set, else 0.
+    // logits (logits_size floats) written to `logits` when it is set.
+    // train=false disables dropout. Returns the mean loss when batch.labels is
+    // set (a masked LM's over its labelled positions; 0 when it has none), else 0.
     float forward(const Batch& batch, float* logits, bool train) override = 0;
     // forward(train) + loss + backward; parameter gradients are ADDED to the
     // gradient arena with the loss scaled by `loss_scale` (a micro-batch's
@@ -194,7 +204,8 @@ protected:
     size_t n_params_ = 0;    // real parameter count (without alignment padding)
     size_t arena_size_ = 0;  // floats in each parameter-shaped arena
     size_t emb_w_ = 0, emb_p_ = 0, emb_t_ = 0, emb_ln_w_ = 0, emb_ln_b_ = 0;
-    size_t pool_w_ = 0, pool_b_ = 0, cls_w_ = 0, cls_b_ = 0;
+    size_t pool_w_ = 0, pool_b_ = 0, cls_w_ = 0, cls_b_ = 0;                      // classifier head
+    size_t mlm_dense_w_ = 0, mlm_dense_b_ = 0, mlm_ln_w_ = 0, mlm_ln_b_ = 0, mlm_bias_ = 0;  // masked-LM head
     std::vector<LayerIdx> lidx_;
     int64_t t_ = 0;            // optimizer steps taken (AdamW's t)
     uint64_t micro_step_ = 0;  // training forwards so far: the dropout RNG's step
@@ -230,9 +241,17 @@ private:
     void lay_out_activations();  // views into acts_/dacts_ for (cur_B_, cur_T_)
     void forward_impl(const Batch& batch, bool train);
     void backward_impl(const Batch& batch);
+    // The encoder layers from d_.dh (the gradient at the last layer's output) down to `first`, then the embeddings.
+    void encoder_backward(const Batch& batch, int first);
     void layer_forward(int l, const float* x, const int32_t* mask, bool train);
     // dx: gradient of the layer output in, gradient of its input out (same buffer).
     void layer_backward(int l, const float* x, float* dx, const int32_t* mask, bool need_dinp);
+    // The masked-LM head on the encoder output x: forward into a_.mlm_*; the
+    // loss sum over labelled positions (and, with backward, d_.dh = dLoss/dx
+    // scaled by grad_scale, head and tied-decoder gradients added).
+    void mlm_head_forward(const float* x);
+    double mlm_loss(const Batch& b, bool backward, float grad_scale);
+    int mlm_rows() const { return std::min(256, cur_B_ * cur_T_); }  // lm chunk: rows of the fused head at a time
     float* W(size_t idx) { return w_.data() + params_[idx].offset; }
     float* G(size_t idx) { return params_[idx].trainable ? g_.data() + params_[idx].offset : nullptr; }
     // q/k/v share one GEMM: the group's gradient when any of the three trains.
@@ -246,9 +265,11 @@ private:
     struct {
         float *emb, *emb_ln, *emb_mean, *emb_rstd;  // emb_ln holds dropout(LN(emb)) = encoder input
         float *pooled_in, *pooled, *pooled_drop, *logits;
+        float *mlm_h, *mlm_g, *mlm_ln, *mlm_mean, *mlm_rstd, *mlm_scratch;  // masked LM only (else null)
     } a_{};
     struct {
         float *dh, *dres, *dI1, *dI2, *dqkv, *datt, *dC, *dC2, *dlogits, *dpool1, *dpool2;
+        float *dmlm;  // masked LM only
     } d_{};
     int cur_B_ = 0, cur_T_ = 0;  // the batch the activation views are laid out for
 };

@@ -55,6 +55,9 @@ DeviceSpec check_device(const std::string& device, const std::string& precision,
 std::unique_ptr<EngineBase> make_engine(const BertConfig& config, const TrainConfig& train, const DeviceSpec& device) {
     if (device.kind == "cpu") return std::make_unique<CpuEngine>(config, train);
     check_device("cuda", device.precision);  // throws without the CUDA backend
+    if (config.masked_lm)
+        throw EngineError("device '" + device.kind + "': BertForMaskedLM runs on the CPU only in this build "
+                          "(the CUDA engine has the sequence-classification head only)");
 #ifdef NODETUNE_WITH_CUDA
     return cuda::make_cuda_engine(config, train, device.index, device.precision == "bf16");
 #else

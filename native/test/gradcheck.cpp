@@ -953,17 +953,18 @@ void check_decode_attention(Rng& rng) {
            rel_err(got, want), kRefTol);
 }
 
-void check_lmhead_crossentropy(Rng& rng, int chunk, bool with_dW) {
+void check_lmhead_crossentropy(Rng& rng, int chunk, bool with_dW, bool with_bias = false) {
     const int N = 11, C = 6, Vn = 13;
-    V h = rng.vec(N * C, -2, 2), W = rng.vec(Vn * C, -2, 2);
+    V h = rng.vec(N * C, -2, 2), W = rng.vec(Vn * C, -2, 2), bias = rng.vec(Vn, -1, 1);
     IV y(N);
     for (auto& t : y) t = rng.randint(0, Vn - 1);
     y[0] = y[4] = y[5] = -100;
     const double gs = 0.37;
+    const double* b = with_bias ? bias.data() : nullptr;
     V scratch((size_t)chunk * (Vn + C));
     auto loss = [&]() {
         return nt::lmhead_crossentropy<double>(nullptr, nullptr, h.data(), W.data(), y.data(), N, C, Vn, gs,
-                                               scratch.data(), chunk);
+                                               scratch.data(), chunk, nullptr, b);
     };
     double want = 0;
     for (int n = 0; n < N; n++) {
@@ -971,7 +972,7 @@ void check_lmhead_crossentropy(Rng& rng, int chunk, bool with_dW) {
         std::vector<double> z(Vn);
         double mx = -INFINITY;
         for (int v = 0; v < Vn; v++) {
-            z[v] = 0;
+            z[v] = with_bias ? bias[v] : 0;
             for (int c = 0; c < C; c++) z[v] += h[n * C + c] * W[v * C + c];
             mx = std::max(mx, z[v]);
         }
@@ -979,15 +980,17 @@ void check_lmhead_crossentropy(Rng& rng, int chunk, bool with_dW) {
         for (int v = 0; v < Vn; v++) s += std::exp(z[v] - mx);
         want += mx + std::log(s) - z[y[n]];
     }
-    const std::string kase = "N=11 (3 ignored),V=13,chunk=" + std::to_string(chunk) + (with_dW ? "" : ", dW=null");
+    const std::string kase = "N=11 (3 ignored),V=13,chunk=" + std::to_string(chunk) + (with_dW ? "" : ", dW=null") +
+                             (with_bias ? ", bias" : "");
     record("lmhead_crossentropy", "loss", "reference", kase, std::fabs(loss() - want) / std::fabs(want), kRefTol);
-    FV fh = to_f(h), fW = to_f(W), fs((size_t)chunk * (Vn + C));
+    FV fh = to_f(h), fW = to_f(W), fb = to_f(bias), fs((size_t)chunk * (Vn + C));
     const double fl = nt::lmhead_crossentropy<float>(nullptr, nullptr, fh.data(), fW.data(), y.data(), N, C, Vn, 0.37f,
-                                                     fs.data(), chunk);
+                                                     fs.data(), chunk, nullptr, with_bias ? fb.data() : nullptr);
     record("lmhead_crossentropy", "loss", "float32_vs_float64", kase, std::fabs(fl - want) / std::fabs(want), kF32Tol);
-    V dh = nans(N * C), g0W = rng.vec(Vn * C), dW = g0W;
+    V dh = nans(N * C), g0W = rng.vec(Vn * C), dW = g0W, g0b = rng.vec(Vn), db = g0b;
     const double l2 = nt::lmhead_crossentropy<double>(dh.data(), with_dW ? dW.data() : nullptr, h.data(), W.data(),
-                                                      y.data(), N, C, Vn, gs, scratch.data(), chunk);
+                                                      y.data(), N, C, Vn, gs, scratch.data(), chunk, nullptr, b,
+                                                      with_bias ? db.data() : nullptr);
     record("lmhead_crossentropy", "loss", "reference", kase + ", with backward", std::fabs(l2 - want) / std::fabs(want),
            kRefTol);
     auto obj = [&]() { return gs * loss(); };
@@ -995,6 +998,7 @@ void check_lmhead_crossentropy(Rng& rng, int chunk, bool with_dW) {
     fd("lmhead_crossentropy", "h", kase, h, ddh, obj);
     if (with_dW) fd("lmhead_crossentropy", "W", kase, W, minus(dW, g0W), obj);
     else record("lmhead_crossentropy", "W", "reference", kase + ", dW untouched", rel_err(dW, g0W), kRefTol);
+    if (with_bias) fd("lmhead_crossentropy", "bias", kase, bias, minus(db, g0b), obj);
 }
 
 void check_lora(Rng& rng, float p) {
@@ -1188,6 +1192,7 @@ void run_suite(int threads) {
     check_decode_attention(rng);
     check_lmhead_crossentropy(rng, 3, true);  // 8 target rows in chunks of 3
     check_lmhead_crossentropy(rng, 64, false);
+    check_lmhead_crossentropy(rng, 3, true, true);  // BertForMaskedLM's decoder bias
     check_lora(rng, 0.f);
     check_lora(rng, 0.3f);
 }
