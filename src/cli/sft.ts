@@ -6,13 +6,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import cliProgress from 'cli-progress';
 import { fineTuneCausalLM, type SftOptions, type SftResult } from '../tasks/causal-lm/sft.js';
-import type { Trainer, LogEntry, EvalEntry } from '../train/trainer.js';
-import type { SftRow } from '../tasks/causal-lm/encode.js';
-import type { CausalLMEvalResults } from '../tasks/causal-lm/task.js';
-import { SCHEDULER_TYPES } from '../train/schedule.js';
 import { applyConfigFile, explainPathErrors, int, num, positiveInt, printTable, requireOptions } from './common.js';
+import { attachProgress, stopOnInterrupt, trainingArgumentsOf, withRunFlags, withTrainingFlags } from './training.js';
 
 /** Commander parser for --lora-layers: "20-29", "0,2,4" or a mix ("0,10-12"). */
 export function layerList(value: string): number[] {
@@ -53,7 +49,7 @@ export function choicesOf(o: Record<string, unknown>): string[] | undefined {
 }
 
 export function registerSft(program: Command): void {
-  withGenerationFlags(
+  const cmd = withGenerationFlags(
     program
       .command('sft')
       .description('supervised fine-tuning of a causal LM (LoRA by default) on chat / ShareGPT / prompt-completion / text JSONL; evaluates by generation')
@@ -71,41 +67,28 @@ export function registerSft(program: Command): void {
       .option('--lora-layers <list>', 'adapt only these decoder layers (PEFT layers_to_transform), e.g. 20-29')
       .option('--full', 'full fine-tuning: train every weight instead of LoRA adapters')
       .option('--gradient-checkpointing', 'recompute each layer in backward (less memory, more compute)')
-      .option('--epochs <n>', 'num_train_epochs', num, 3)
-      .option('--max-steps <n>', 'total optimizer steps (overrides --epochs)', int, -1)
-      .option('--batch-size <n>', 'per_device_train_batch_size', positiveInt, 8)
-      .option('--eval-batch-size <n>', 'per_device_eval_batch_size', positiveInt, 16)
-      .option('--gradient-accumulation-steps <n>', 'micro-batches per optimizer step (loss normalised over their target tokens)', positiveInt, 1)
-      .option('--learning-rate <lr>', 'peak learning rate (default 2e-4 with LoRA, 2e-5 with --full)', num)
-      .addOption(new Option('--lr-scheduler-type <name>', 'schedule').choices(SCHEDULER_TYPES as string[]).default('linear'))
-      .option('--warmup-steps <n>', 'warmup optimizer steps', num, 0)
-      .option('--warmup-ratio <r>', 'warmup as a fraction of all steps', num, 0)
-      .option('--decay-rate <r>', "'inverse_time' schedule: lr / (1 + rate × t)", num)
-      .option('--weight-decay <w>', 'decoupled weight decay', num, 0)
-      .option('--adam-beta1 <b>', 'AdamW beta1', num, 0.9)
-      .option('--adam-beta2 <b>', 'AdamW beta2', num, 0.999)
-      .option('--adam-epsilon <e>', 'AdamW epsilon', num, 1e-8)
-      .option('--max-grad-norm <n>', 'global gradient-norm clipping (0 = off)', num, 1.0)
-      .addOption(new Option('--eval-strategy <when>', 'when to evaluate the loss during training').choices(['epoch', 'steps', 'no']).default('epoch'))
-      .option('--eval-steps <n>', 'evaluate every n optimizer steps (--eval-strategy steps)', positiveInt, 500)
-      .option('--save-steps <n>', 'save the resumable checkpoint every n steps', positiveInt, 500)
-      .option('--metric-for-best-model <name>', 'loss | perplexity', 'loss')
-      .option('--early-stopping-patience <n>', 'stop after n evaluations without improvement (0 = off)', int, 0)
-      .option('--logging-steps <n>', 'log every n optimizer steps', positiveInt, 10)
-      .option('--seed <n>', 'seed of data order, dropout and adapter initialisation', int, 42)
+  );
+  withRunFlags(
+    withTrainingFlags(cmd, {
+      batchSize: 8,
+      evalBatchSize: 16,
+      learningRateHelp: 'peak learning rate (default 2e-4 with LoRA, 2e-5 with --full)',
+      weightDecay: 0,
+      weightDecayHelp: 'decoupled weight decay',
+      gradientAccumulationHelp: 'micro-batches per optimizer step (loss normalised over their target tokens)',
+      evalStrategyHelp: 'when to evaluate the loss during training',
+      metricForBestModel: 'loss',
+      metricHelp: 'loss | perplexity',
+      seedHelp: 'seed of data order, dropout and adapter initialisation',
+    })
       .option('--max-eval-samples <n>', 'evaluation loss on the first n eval examples only', positiveInt)
       .option('--no-eval-generation', 'skip generating and scoring answers for the eval examples')
       .option('--max-generation-samples <n>', 'generate for the first n eval examples only', positiveInt)
       .option('--report-samples <n>', 'examples generated before and after training for report.html', int, 8)
-      .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
-      .option('--device <device>', "'cpu', 'cuda' or 'cuda:N'", 'cpu')
-      .addOption(new Option('--precision <p>', 'fp32, or bf16: mixed precision on CUDA; on the CPU (LoRA) the frozen base read in bf16').choices(['fp32', 'bf16']).default('fp32'))
-      .option('--resume', 'resume from <output>/checkpoint-last')
-      .option('--overwrite-output-dir', "delete a previous run's outputs in --output first")
-      .option('--config <file>', 'JSON or YAML file holding any of these flags'),
-  ).action(async (opts: Record<string, unknown>, cmd: Command) => {
+      .addOption(new Option('--precision <p>', 'fp32, or bf16: mixed precision on CUDA; on the CPU (LoRA) the frozen base read in bf16').choices(['fp32', 'bf16']).default('fp32')),
+  ).action(async (opts: Record<string, unknown>, command: Command) => {
     await explainPathErrors(opts, async () => {
-      await applyConfigFile(cmd, opts);
+      await applyConfigFile(command, opts);
       requireOptions(opts, ['model', 'train', 'output']);
       const result = await fineTuneCausalLM(toOptions(opts));
       if (result.interrupted) {
@@ -121,10 +104,10 @@ export function registerSft(program: Command): void {
 function toOptions(o: Record<string, unknown>): SftOptions {
   const target = o.loraTarget === undefined ? undefined : String(o.loraTarget) === 'all-linear' ? 'all-linear' : String(o.loraTarget).split(',').map((s) => s.trim()).filter(Boolean);
   const opts: SftOptions = {
+    ...trainingArgumentsOf(o),
     model: String(o.model),
     train_file: String(o.train),
     eval_file: o.eval as string | undefined,
-    output_dir: String(o.output),
     max_length: o.maxLength as number,
     packing: o.packing === true,
     lora_r: o.loraR as number | undefined,
@@ -135,28 +118,6 @@ function toOptions(o: Record<string, unknown>): SftOptions {
     lora_layers_to_transform: o.loraLayers === undefined ? undefined : Array.isArray(o.loraLayers) ? (o.loraLayers as number[]) : layerList(String(o.loraLayers)),
     full_finetune: o.full === true,
     gradient_checkpointing: o.gradientCheckpointing === true ? true : undefined,
-    num_train_epochs: o.epochs as number,
-    max_steps: o.maxSteps as number,
-    per_device_train_batch_size: o.batchSize as number,
-    per_device_eval_batch_size: o.evalBatchSize as number,
-    gradient_accumulation_steps: o.gradientAccumulationSteps as number,
-    learning_rate: o.learningRate as number | undefined,
-    lr_scheduler_type: o.lrSchedulerType as SftOptions['lr_scheduler_type'],
-    warmup_steps: o.warmupSteps as number,
-    warmup_ratio: o.warmupRatio as number,
-    decay_rate: o.decayRate as number | undefined,
-    weight_decay: o.weightDecay as number,
-    adam_beta1: o.adamBeta1 as number,
-    adam_beta2: o.adamBeta2 as number,
-    adam_epsilon: o.adamEpsilon as number,
-    max_grad_norm: o.maxGradNorm as number,
-    eval_strategy: o.evalStrategy as SftOptions['eval_strategy'],
-    eval_steps: o.evalSteps as number,
-    save_steps: o.saveSteps as number,
-    metric_for_best_model: o.metricForBestModel as string,
-    early_stopping_patience: o.earlyStoppingPatience as number,
-    logging_steps: o.loggingSteps as number,
-    seed: o.seed as number,
     max_eval_samples: o.maxEvalSamples as number | undefined,
     eval_generation: o.evalGeneration !== false,
     max_generation_samples: o.maxGenerationSamples as number | undefined,
@@ -168,13 +129,11 @@ function toOptions(o: Record<string, unknown>): SftOptions {
     threads: o.threads as number | undefined,
     device: o.device as string,
     precision: o.precision as 'fp32' | 'bf16',
-    resume_from_checkpoint: o.resume === true,
     overwrite_output_dir: o.overwriteOutputDir === true,
     log: (line) => process.stderr.write(`${line}\n`),
   };
-  if (o.lrSchedulerType === 'inverse_time' && o.decayRate === undefined) throw new Error('--decay-rate is required for --lr-scheduler-type inverse_time');
   opts.onTrainer = (trainer) => {
-    attachProgress(trainer);
+    attachProgress(trainer, { name: 'sft', rate: 'tokens', evalLine: (e) => `loss ${e.loss.toFixed(4)} perplexity ${e.perplexity.toFixed(3)}` });
     stopOnInterrupt(trainer);
   };
   return Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) as SftOptions;
@@ -197,56 +156,4 @@ function printResult(r: SftResult): void {
   if (!e) rows.push(['eval', 'none (no --eval)']);
   rows.push(['training time', `${r.train_seconds.toFixed(0)} s`], ['wall time', `${r.seconds.toFixed(0)} s`]);
   printTable('nodetune sft: result', rows);
-}
-
-/** Ctrl-C: finish the current step, save checkpoint-last (for --resume), exit; a second Ctrl-C exits at once. */
-function stopOnInterrupt(trainer: Trainer<SftRow, CausalLMEvalResults>): void {
-  process.once('SIGINT', () => {
-    process.stderr.write('\ninterrupted: saving checkpoint-last after this step (Ctrl-C again to quit now)\n');
-    trainer.stop();
-    process.once('SIGINT', () => process.exit(130));
-  });
-}
-
-/** A progress bar with loss, tokens/s and ETA on a terminal; plain log lines otherwise (CI, pipes). */
-function attachProgress(trainer: Trainer<SftRow, CausalLMEvalResults>): void {
-  const tty = process.stderr.isTTY;
-  const bar = new cliProgress.SingleBar(
-    {
-      stream: process.stderr,
-      format: 'sft |{bar}| {value}/{total} steps | epoch {epoch} | loss {loss} | lr {lr} | {tps} tokens/s | ETA {eta_formatted}',
-      hideCursor: true,
-      etaBuffer: 50,
-    },
-    cliProgress.Presets.shades_classic,
-  );
-  let started = false;
-  // ETA from this process's own steps (a resumed run starts part way).
-  let first: { step: number; at: number } | undefined;
-  trainer.on('step', (e: LogEntry) => {
-    first ??= { step: e.step, at: performance.now() };
-    if (!tty) return;
-    const payload = { epoch: e.epoch.toFixed(2), loss: e.loss.toFixed(4), lr: e.learning_rate.toExponential(2), tps: (e.tokens_per_second ?? 0).toFixed(0) };
-    if (!started) {
-      bar.start(trainer.totalSteps, e.step - 1, payload);
-      started = true;
-    }
-    bar.update(e.step, payload);
-  });
-  trainer.on('log', (e: LogEntry) => {
-    if (tty || !first) return;
-    const perStep = (performance.now() - first.at) / 1000 / (e.step - first.step);
-    const eta = e.step > first.step ? `${(perStep * (trainer.totalSteps - e.step)).toFixed(0)} s` : '?';
-    process.stderr.write(
-      `step ${e.step}/${trainer.totalSteps} epoch ${e.epoch.toFixed(2)} loss ${e.loss.toFixed(4)} lr ${e.learning_rate.toExponential(2)} grad_norm ${e.grad_norm.toFixed(3)} ${(e.tokens_per_second ?? 0).toFixed(0)} tokens/s ETA ${eta}\n`,
-    );
-  });
-  trainer.on('evaluate', (e: EvalEntry<CausalLMEvalResults>) => {
-    if (tty && started) bar.stop();
-    started = false;
-    process.stderr.write(`eval at step ${e.step} (epoch ${e.epoch}): loss ${e.loss.toFixed(4)} perplexity ${e.perplexity.toFixed(3)}\n`);
-  });
-  trainer.on('done', () => {
-    if (tty && started) bar.stop();
-  });
 }

@@ -1,0 +1,159 @@
+/**
+ * What the training sub-commands (train, sft, pretrain) share: the Hugging Face
+ * TrainingArguments flags in kebab case, their mapping back to TrainingArguments names,
+ * Ctrl-C handling and the progress display. Each command adds its task's own flags.
+ */
+import { Option, type Command } from 'commander';
+import cliProgress from 'cli-progress';
+import type { Trainer, LogEntry, EvalEntry, TrainingArguments, TaskEvalResults } from '../train/trainer.js';
+import { SCHEDULER_TYPES } from '../train/schedule.js';
+import { int, num, positiveInt } from './common.js';
+
+/** The defaults and help texts that differ between the training commands. */
+export interface TrainingFlagDefaults {
+  batchSize: number;
+  evalBatchSize: number;
+  /** Undefined: the command picks one (sft: by LoRA or full). */
+  learningRate?: number;
+  learningRateHelp?: string;
+  weightDecay: number;
+  weightDecayHelp?: string;
+  gradientAccumulationHelp?: string;
+  evalStrategyHelp?: string;
+  metricForBestModel: string;
+  metricHelp: string;
+  seedHelp: string;
+}
+
+/** Adds the TrainingArguments flags (epochs through --config) to a training command. */
+export function withTrainingFlags(cmd: Command, d: TrainingFlagDefaults): Command {
+  return cmd
+    .option('--epochs <n>', 'num_train_epochs', num, 3)
+    .option('--max-steps <n>', 'total optimizer steps (overrides --epochs)', int, -1)
+    .option('--batch-size <n>', 'per_device_train_batch_size', positiveInt, d.batchSize)
+    .option('--eval-batch-size <n>', 'per_device_eval_batch_size', positiveInt, d.evalBatchSize)
+    .option('--gradient-accumulation-steps <n>', d.gradientAccumulationHelp ?? 'micro-batches per optimizer step', positiveInt, 1)
+    .option('--learning-rate <lr>', d.learningRateHelp ?? 'peak learning rate', num, d.learningRate)
+    .addOption(new Option('--lr-scheduler-type <name>', 'schedule').choices(SCHEDULER_TYPES as string[]).default('linear'))
+    .option('--warmup-steps <n>', 'warmup optimizer steps', num, 0)
+    .option('--warmup-ratio <r>', 'warmup as a fraction of all steps', num, 0)
+    .option('--decay-rate <r>', "'inverse_time' schedule: lr / (1 + rate × t)", num)
+    .option('--weight-decay <w>', d.weightDecayHelp ?? 'decoupled weight decay (not on biases and LayerNorm)', num, d.weightDecay)
+    .option('--adam-beta1 <b>', 'AdamW beta1', num, 0.9)
+    .option('--adam-beta2 <b>', 'AdamW beta2', num, 0.999)
+    .option('--adam-epsilon <e>', 'AdamW epsilon', num, 1e-8)
+    .option('--max-grad-norm <n>', 'global gradient-norm clipping (0 = off)', num, 1.0)
+    .addOption(new Option('--eval-strategy <when>', d.evalStrategyHelp ?? 'when to evaluate').choices(['epoch', 'steps', 'no']).default('epoch'))
+    .option('--eval-steps <n>', 'evaluate every n optimizer steps (--eval-strategy steps)', positiveInt, 500)
+    .option('--save-steps <n>', 'save the resumable checkpoint every n steps', positiveInt, 500)
+    .option('--metric-for-best-model <name>', d.metricHelp, d.metricForBestModel)
+    .option('--early-stopping-patience <n>', 'stop after n evaluations without improvement (0 = off)', int, 0)
+    .option('--logging-steps <n>', 'log every n optimizer steps', positiveInt, 10)
+    .option('--seed <n>', d.seedHelp, int, 42)
+    .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
+    .option('--device <device>', "'cpu', 'cuda' or 'cuda:N'", 'cpu');
+}
+
+/** Adds --resume, --overwrite-output-dir and --config (the last flags of every training command). */
+export function withRunFlags(cmd: Command): Command {
+  return cmd
+    .option('--resume', 'resume from <output>/checkpoint-last')
+    .option('--overwrite-output-dir', "delete a previous run's outputs in --output first")
+    .option('--config <file>', 'JSON or YAML file holding any of these flags');
+}
+
+/** The TrainingArguments of withTrainingFlags' and withRunFlags' parsed values (undefined where a flag has no value). */
+export function trainingArgumentsOf(o: Record<string, unknown>): TrainingArguments {
+  if (o.lrSchedulerType === 'inverse_time' && o.decayRate === undefined) throw new Error('--decay-rate is required for --lr-scheduler-type inverse_time');
+  return {
+    output_dir: String(o.output),
+    num_train_epochs: o.epochs as number,
+    max_steps: o.maxSteps as number,
+    per_device_train_batch_size: o.batchSize as number,
+    per_device_eval_batch_size: o.evalBatchSize as number,
+    gradient_accumulation_steps: o.gradientAccumulationSteps as number,
+    learning_rate: o.learningRate as number | undefined,
+    lr_scheduler_type: o.lrSchedulerType as TrainingArguments['lr_scheduler_type'],
+    warmup_steps: o.warmupSteps as number,
+    warmup_ratio: o.warmupRatio as number,
+    decay_rate: o.decayRate as number | undefined,
+    weight_decay: o.weightDecay as number,
+    adam_beta1: o.adamBeta1 as number,
+    adam_beta2: o.adamBeta2 as number,
+    adam_epsilon: o.adamEpsilon as number,
+    max_grad_norm: o.maxGradNorm as number,
+    eval_strategy: o.evalStrategy as TrainingArguments['eval_strategy'],
+    eval_steps: o.evalSteps as number,
+    save_steps: o.saveSteps as number,
+    metric_for_best_model: o.metricForBestModel as string,
+    early_stopping_patience: o.earlyStoppingPatience as number,
+    logging_steps: o.loggingSteps as number,
+    seed: o.seed as number,
+    resume_from_checkpoint: o.resume === true,
+  };
+}
+
+/** Ctrl-C: finish the current step, save checkpoint-last (for --resume), exit; a second Ctrl-C exits at once. */
+export function stopOnInterrupt<E, R extends TaskEvalResults>(trainer: Trainer<E, R>): void {
+  process.once('SIGINT', () => {
+    process.stderr.write('\ninterrupted: saving checkpoint-last after this step (Ctrl-C again to quit now)\n');
+    trainer.stop();
+    process.once('SIGINT', () => process.exit(130));
+  });
+}
+
+export interface ProgressOptions<R extends TaskEvalResults> {
+  /** The bar's first word: the command's name. */
+  name: string;
+  /** What the rate counts: examples ('samples') or real tokens. */
+  rate: 'samples' | 'tokens';
+  /** The line printed for an evaluation, after "eval at step S (epoch E): ". */
+  evalLine: (e: EvalEntry<R>) => string;
+}
+
+/**
+ * A progress bar with loss, rate and ETA on a terminal; plain log lines (with an ETA from this
+ * process's own steps: a resumed run starts part way) otherwise (CI, pipes).
+ */
+export function attachProgress<E, R extends TaskEvalResults>(trainer: Trainer<E, R>, p: ProgressOptions<R>): void {
+  const tty = process.stderr.isTTY;
+  const unit = p.rate === 'tokens' ? 'tokens/s' : 'samples/s';
+  const rateOf = (e: LogEntry) => (p.rate === 'tokens' ? (e.tokens_per_second ?? 0).toFixed(0) : e.samples_per_second.toFixed(1));
+  const bar = new cliProgress.SingleBar(
+    {
+      stream: process.stderr,
+      format: `${p.name} |{bar}| {value}/{total} steps | epoch {epoch} | loss {loss} | lr {lr} | {rate} ${unit} | ETA {eta_formatted}`,
+      hideCursor: true,
+      etaBuffer: 50,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  let started = false;
+  let first: { step: number; at: number } | undefined;
+  trainer.on('step', (e: LogEntry) => {
+    first ??= { step: e.step, at: performance.now() };
+    if (!tty) return;
+    const payload = { epoch: e.epoch.toFixed(2), loss: e.loss.toFixed(4), lr: e.learning_rate.toExponential(2), rate: rateOf(e) };
+    if (!started) {
+      bar.start(trainer.totalSteps, e.step - 1, payload);
+      started = true;
+    }
+    bar.update(e.step, payload);
+  });
+  trainer.on('log', (e: LogEntry) => {
+    if (tty || !first) return;
+    const perStep = (performance.now() - first.at) / 1000 / (e.step - first.step);
+    const eta = e.step > first.step ? `${(perStep * (trainer.totalSteps - e.step)).toFixed(0)} s` : '?';
+    process.stderr.write(
+      `step ${e.step}/${trainer.totalSteps} epoch ${e.epoch.toFixed(2)} loss ${e.loss.toFixed(4)} lr ${e.learning_rate.toExponential(2)} grad_norm ${e.grad_norm.toFixed(3)} ${rateOf(e)} ${unit} ETA ${eta}\n`,
+    );
+  });
+  trainer.on('evaluate', (e: EvalEntry<R>) => {
+    if (tty && started) bar.stop();
+    started = false;
+    process.stderr.write(`eval at step ${e.step} (epoch ${e.epoch}): ${p.evalLine(e)}\n`);
+  });
+  trainer.on('done', () => {
+    if (tty && started) bar.stop();
+  });
+}
