@@ -47,11 +47,16 @@ export const BERT_DEFAULTS: Omit<BertConfig, 'num_labels'> = {
   position_embedding_type: 'absolute',
 };
 
+/** The Hugging Face BERT model classes nodetune trains: one encoder, two heads. */
+export type BertArchitecture = 'BertForSequenceClassification' | 'BertForMaskedLM';
+
 /**
- * Checkpoint key names (with the `bert.` prefix of BertForSequenceClassification)
- * and shapes of every parameter, in Hugging Face's state_dict order.
+ * Checkpoint key names (with the `bert.` prefix) and shapes of every parameter of
+ * `architecture`, in Hugging Face's state_dict order. BertForMaskedLM has no
+ * pooler (add_pooling_layer=False) and its decoder weight is the tied word
+ * embeddings, so its head adds `cls.predictions.transform.*` and `cls.predictions.bias`.
  */
-export function parameterShapes(config: BertConfig): Array<[string, number[]]> {
+export function parameterShapes(config: BertConfig, architecture: BertArchitecture = 'BertForSequenceClassification'): Array<[string, number[]]> {
   const C = config.hidden_size;
   const I = config.intermediate_size;
   const out: Array<[string, number[]]> = [
@@ -81,6 +86,16 @@ export function parameterShapes(config: BertConfig): Array<[string, number[]]> {
       [`${p}output.LayerNorm.weight`, [C]],
       [`${p}output.LayerNorm.bias`, [C]],
     );
+  }
+  if (architecture === 'BertForMaskedLM') {
+    out.push(
+      ['cls.predictions.bias', [config.vocab_size]],
+      ['cls.predictions.transform.dense.weight', [C, C]],
+      ['cls.predictions.transform.dense.bias', [C]],
+      ['cls.predictions.transform.LayerNorm.weight', [C]],
+      ['cls.predictions.transform.LayerNorm.bias', [C]],
+    );
+    return out;
   }
   out.push(
     ['bert.pooler.dense.weight', [C, C]],

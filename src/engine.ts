@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { types } from 'node:util';
-import type { BertConfig } from './config.js';
+import type { BertArchitecture, BertConfig } from './config.js';
 import { resolveLoraConfig, type LlamaConfig, type LoraConfig } from './models/llama.js';
 
 /** A tokenized batch: B sequences of T tokens, row-major (B*T). */
@@ -24,6 +24,7 @@ export interface Batch {
   token_type_ids?: Int32Array;
   /**
    * Classifier: (B) class indices in [0, num_labels), or -100 to ignore an example.
+   * Masked LM: (B, T) the original token ids at the masked positions, -100 elsewhere (not shifted).
    * Causal LM: (B, T) token ids, -100 where no loss is taken; the engine shifts
    * them (position t's logits predict labels[t + 1]), as Hugging Face does.
    */
@@ -57,6 +58,13 @@ export interface EngineOptions {
    * engine is fp32 only. Throws where the build or CPU has no bf16 GEMMs, naming which.
    */
   precision?: 'fp32' | 'bf16';
+  /**
+   * BERT only: the head. 'BertForSequenceClassification' (default): pooler + classifier, labels per
+   * sequence. 'BertForMaskedLM': the prediction head with its decoder tied to the word embeddings,
+   * labels per token, loss over the labelled positions fused with the decoder and chunked (CPU only;
+   * no class_weights or label_smoothing_factor).
+   */
+  architecture?: BertArchitecture;
   /** Causal LM only: PEFT LoRA adapters on a frozen base (absent: every parameter trains). */
   lora?: LoraConfig;
   /** Causal LM only: keep each layer's input and recompute the layer in backward (less memory, ~1/3 more compute). */
@@ -196,6 +204,7 @@ export class Engine {
     const { config, lora, ...options } = opts;
     this.config = config;
     if (isCausalLM(config)) {
+      if (options.architecture !== undefined) throw new Error('options.architecture is for BERT models (BertForSequenceClassification or BertForMaskedLM)');
       this.native = new (loadAddon().Engine)(config, { ...options, lora: lora === undefined ? undefined : resolveLoraConfig(lora) });
       return;
     }
@@ -268,8 +277,9 @@ export class Engine {
 
   /**
    * Inference forward (dropout off). logits: (B, num_labels) float32 for a
-   * classifier, (B, T, vocab_size) for a causal LM; loss: mean cross-entropy
-   * when batch.labels is given (a causal LM's over its shifted targets).
+   * classifier, (B, T, vocab_size) for a masked or causal LM; loss: mean cross-entropy
+   * when batch.labels is given (a masked LM's over its labelled positions, a causal
+   * LM's over its shifted targets; 0 when there are none).
    */
   forward(batch: Batch): Promise<{ logits: Float32Array; loss?: number }>;
   /** With `{ logits: false }`: the loss alone (a causal LM's logits are the largest tensor there is). */

@@ -1,10 +1,11 @@
 /**
- * A sequence classifier ready to train or run: the Hugging Face model folder
- * (config, weights, tokenizer) loaded into a native Engine.
+ * A BERT model ready to train or run — a sequence classifier, or a masked LM
+ * for domain-adaptive pre-training: the Hugging Face model folder (config,
+ * weights, tokenizer) loaded into a native Engine.
  */
-import type { BertConfig } from './config.js';
+import type { BertArchitecture, BertConfig } from './config.js';
 import { Engine, type EngineOptions } from './engine.js';
-import { loadModelFolder, saveModelFolder, resolveModel, formatNewlyInitializedMessage } from './io/index.js';
+import { loadModelFolder, saveModelFolder, resolveModel, formatNewlyInitializedMessage, type CarriedTensors } from './io/index.js';
 import type { BertTokenizer } from './tokenizer/index.js';
 
 export interface LoadModelOptions extends EngineOptions {
@@ -21,6 +22,8 @@ export interface LoadModelOptions extends EngineOptions {
 export interface Model {
   /** The folder the model was read from (after a Hub download, the cache folder). */
   source: string;
+  /** The head: BertForSequenceClassification, or BertForMaskedLM when loaded with that architecture. */
+  architecture: BertArchitecture;
   config: BertConfig;
   tokenizer: BertTokenizer;
   engine: Engine;
@@ -28,18 +31,22 @@ export interface Model {
   newlyInitialized: string[];
   /** Checkpoint tensors the model does not use (pre-training heads, buffers). */
   unused: string[];
+  /** A masked LM's checkpoint pooler, written back unchanged by saveModel (see LoadedModel.carried). */
+  carried: CarriedTensors;
 }
 
 /**
- * Loads a BertForSequenceClassification from a local Hugging Face folder or a
- * Hub repo id (downloaded into the cache by `pull`).
+ * Loads a BertForSequenceClassification (or, with `architecture: 'BertForMaskedLM'`,
+ * a masked LM) from a local Hugging Face folder or a Hub repo id (downloaded into
+ * the cache by `pull`).
  * @throws Error naming the file/key when the folder is not a loadable BERT model.
  */
 export async function loadModel(model: string, opts: LoadModelOptions = {}): Promise<Model> {
   const { num_labels, id2label, label2id, revision, log, ...engineOptions } = opts;
   const folder = await resolveModel(model, { revision });
-  const loaded = await loadModelFolder(folder, { num_labels, id2label, label2id, seed: opts.seed });
-  if (loaded.newlyInitialized.length > 0) (log ?? console.warn)(formatNewlyInitializedMessage(folder, loaded.newlyInitialized));
+  const architecture = opts.architecture ?? 'BertForSequenceClassification';
+  const loaded = await loadModelFolder(folder, { num_labels, id2label, label2id, seed: opts.seed, architecture });
+  if (loaded.newlyInitialized.length > 0) (log ?? console.warn)(formatNewlyInitializedMessage(folder, loaded.newlyInitialized, architecture));
   const engine = new Engine({ config: loaded.config, ...engineOptions });
   for (const name of engine.parameterNames()) {
     const w = loaded.weights.get(name);
@@ -49,11 +56,13 @@ export async function loadModel(model: string, opts: LoadModelOptions = {}): Pro
   const tokenizer = loaded.tokenizer;
   return {
     source: folder,
+    architecture,
     config: loaded.config,
     tokenizer,
     engine,
     newlyInitialized: loaded.newlyInitialized,
     unused: loaded.unused,
+    carried: loaded.carried,
   };
 }
 
@@ -69,5 +78,7 @@ export function engineWeights(engine: Engine): Map<string, Float32Array> {
  * tokenizer files of the source folder), each file atomically.
  */
 export async function saveModel(model: Model, folder: string, config: BertConfig = model.config): Promise<void> {
-  await saveModelFolder(folder, { config, weights: engineWeights(model.engine), tokenizerFrom: model.source });
+  await saveModelFolder(folder, {
+    config, architecture: model.architecture, weights: engineWeights(model.engine), carried: model.carried, tokenizerFrom: model.source,
+  });
 }

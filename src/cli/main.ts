@@ -9,6 +9,7 @@ import { Command } from 'commander';
 import { registerPull } from './pull.js';
 import { registerTrain } from './train.js';
 import { registerSft } from './sft.js';
+import { registerPretrain } from './pretrain.js';
 import { registerEval } from './eval.js';
 import { registerPredict } from './predict.js';
 import { registerExport } from './export.js';
@@ -24,11 +25,12 @@ function packageVersion(): string {
 
 export function buildProgram(): Command {
   const program = new Command('nodetune')
-    .description('Fine-tune pretrained transformers from Node.js: BERT-family encoders (train, export to ONNX, serve) and Llama-family LLMs (generate, chat).')
+    .description('Fine-tune pretrained transformers from Node.js: BERT-family encoders (pretrain, train, export to ONNX, serve) and Llama-family LLMs (sft, generate, chat).')
     .version(packageVersion())
     .showHelpAfterError('(add --help for the list of options)');
   registerTrain(program);
   registerSft(program);
+  registerPretrain(program);
   registerEval(program);
   registerPredict(program);
   registerExport(program);

@@ -32,6 +32,7 @@ export {
   type LoadModelOptions,
   type LoadedModel,
   type SaveModelOptions,
+  type CarriedTensors,
 } from './model-folder.js';
 export {
   pull,

@@ -1,6 +1,7 @@
 /**
  * Hugging Face model folders (config.json + model.safetensors + tokenizer
- * files) in and out, as BertForSequenceClassification sees them: checkpoint
+ * files) in and out, as BertForSequenceClassification (or BertForMaskedLM,
+ * when asked) sees them: checkpoint
  * keys are mapped the way transformers' `from_pretrained` maps them, weights
  * the checkpoint lacks are initialised like `BertPreTrainedModel._init_weights`,
  * and both are reported in transformers' words.
@@ -8,7 +9,7 @@
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdir, readFile, realpath } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { BERT_DEFAULTS, parameterShapes, type BertConfig } from '../config.js';
+import { BERT_DEFAULTS, parameterShapes, type BertArchitecture, type BertConfig } from '../config.js';
 import { BertTokenizer } from '../tokenizer/index.js';
 import { copyFileAtomic, writeFileAtomic } from './atomic.js';
 import { SeededRng } from './rng.js';
@@ -30,14 +31,28 @@ export interface LoadModelOptions {
   label2id?: Record<string, number>;
   /** Seed for weights missing from the checkpoint (default 42). */
   seed?: number;
+  /** The model class to load the checkpoint as (default BertForSequenceClassification). */
+  architecture?: BertArchitecture;
 }
+
+/** Checkpoint tensors kept as they were, for a later save (see LoadedModel.carried). */
+export type CarriedTensors = Map<string, { shape: number[]; data: Float32Array }>;
+
+/** The BERT pooler: BertForMaskedLM has none, but a classifier fine-tuned later uses it. */
+const POOLER_KEYS = ['bert.pooler.dense.weight', 'bert.pooler.dense.bias'];
 
 export interface LoadedModel {
   /** Absolute folder path. */
   folder: string;
   config: BertConfig;
-  /** HF BertForSequenceClassification keys → row-major float32 data, in state_dict order (parameterShapes). */
+  /** HF keys of the architecture → row-major float32 data, in state_dict order (parameterShapes). */
   weights: Map<string, Float32Array>;
+  /**
+   * BertForMaskedLM only: the checkpoint's pooler (reported in `unused`, as transformers does),
+   * kept so that saving the masked LM writes it back unchanged and a classifier fine-tuned from
+   * that folder starts from the original pooler instead of a newly initialised one.
+   */
+  carried: CarriedTensors;
   /** Keys initialised here because the checkpoint lacks them, sorted. */
   newlyInitialized: string[];
   /** Checkpoint keys not used (e.g. `cls.*` heads, `embeddings.position_ids`), as named in the file, sorted. */
@@ -47,8 +62,12 @@ export interface LoadedModel {
 
 export interface SaveModelOptions {
   config: BertConfig;
-  /** Every key of parameterShapes(config), with exactly that many elements. */
+  /** The model class written into config.json (default BertForSequenceClassification). */
+  architecture?: BertArchitecture;
+  /** Every key of parameterShapes(config, architecture), with exactly that many elements. */
   weights: Map<string, Float32Array>;
+  /** Tensors written after the weights as they are (a masked LM's carried pooler); none may repeat a weight. */
+  carried?: CarriedTensors;
   /** Folder whose tokenizer files (TOKENIZER_FILES) are copied (it must have tokenizer.json or vocab.txt); may be `folder` itself. */
   tokenizerFrom: string;
 }
@@ -297,7 +316,7 @@ export function parseBertConfig(json: Record<string, unknown>, path: string, opt
   return out;
 }
 
-/** Checkpoint key → BertForSequenceClassification key, or null when the model has no such weight. */
+/** Checkpoint key → the model's key (BertForSequenceClassification or BertForMaskedLM), or null when the model has no such weight. */
 export function mapCheckpointKey(key: string, expected: ReadonlySet<string>): string | null {
   // TF-era checkpoints name LayerNorm parameters gamma/beta; transformers renames them on load.
   const k = key.replace(/\.gamma$/, '.weight').replace(/\.beta$/, '.bias');
@@ -365,15 +384,26 @@ export async function loadModelFolder(folder: string, opts: LoadModelOptions = {
   const dir = resolve(folder);
   const configPath = join(dir, 'config.json');
   const config = parseBertConfig(await readModelConfigJson(folder), configPath, opts);
-  const shapes = new Map(parameterShapes(config));
+  const maskedLM = opts.architecture === 'BertForMaskedLM';
+  const shapes = new Map(parameterShapes(config, opts.architecture));
   const expected = new Set(shapes.keys());
   const loaded = new Map<string, Float32Array>();
   const source = new Map<string, string>();
   const unused: string[] = [];
+  const carried: CarriedTensors = new Map();
+  let decoderBias: Float32Array | undefined;
   for (const { file, key, tensor } of await readCheckpoint(dir)) {
+    // BertForMaskedLM ties cls.predictions.decoder to the word embeddings and to cls.predictions.bias:
+    // transformers neither loads nor reports those keys (an old checkpoint may hold the bias only there).
+    if (maskedLM && /^cls\.predictions\.decoder\.(weight|bias)$/.test(key)) {
+      if (key.endsWith('bias') && tensor.data instanceof Float32Array) decoderBias = tensor.data;
+      continue;
+    }
     const name = mapCheckpointKey(key, expected);
     if (name === null) {
       unused.push(key);
+      const pooler = maskedLM ? mapCheckpointKey(key, new Set(POOLER_KEYS)) : null;
+      if (pooler && tensor.data instanceof Float32Array) carried.set(pooler, { shape: tensor.shape, data: tensor.data });
       continue;
     }
     if (source.has(name)) throw new Error(`${file}: checkpoint has both '${source.get(name)}' and '${key}' for ${name}`);
@@ -386,6 +416,7 @@ export async function loadModelFolder(folder: string, opts: LoadModelOptions = {
     loaded.set(name, tensor.data);
     source.set(name, key);
   }
+  if (maskedLM && !loaded.has('cls.predictions.bias') && decoderBias?.length === config.vocab_size) loaded.set('cls.predictions.bias', decoderBias);
   const rng = new SeededRng(opts.seed ?? DEFAULT_INIT_SEED);
   const weights = new Map<string, Float32Array>();
   const newlyInitialized: string[] = [];
@@ -398,11 +429,20 @@ export async function loadModelFolder(folder: string, opts: LoadModelOptions = {
     weights.set(name, w);
   }
   const tokenizer = await BertTokenizer.fromFolder(dir, { maxPositionEmbeddings: config.max_position_embeddings });
-  return { folder: dir, config, weights, newlyInitialized: newlyInitialized.sort(), unused: unused.sort(), tokenizer };
+  return { folder: dir, config, weights, carried, newlyInitialized: newlyInitialized.sort(), unused: unused.sort(), tokenizer };
 }
 
-/** config.json for BertForSequenceClassification, keys sorted as transformers writes them. */
-export function configToJson(config: BertConfig): Record<string, unknown> {
+/**
+ * config.json for `architecture`, keys sorted as transformers writes them. A masked LM's has no
+ * label fields (transformers omits its default two labels).
+ */
+export function configToJson(config: BertConfig, architecture: BertArchitecture = MODEL_CLASS): Record<string, unknown> {
+  if (architecture === 'BertForMaskedLM') {
+    const out: Record<string, unknown> = {};
+    for (const key of Object.keys(BERT_DEFAULTS)) out[key] = (config as unknown as Record<string, unknown>)[key] ?? (BERT_DEFAULTS as Record<string, unknown>)[key];
+    Object.assign(out, { architectures: [architecture], model_type: 'bert', pad_token_id: config.pad_token_id ?? 0 });
+    return Object.fromEntries(Object.entries(out).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+  }
   const id2label = config.id2label
     ? normalizeId2label(config.id2label, 'config')
     : Object.fromEntries(Array.from({ length: config.num_labels }, (_, i) => [String(i), `LABEL_${i}`]));
@@ -437,10 +477,12 @@ export function configToJson(config: BertConfig): Record<string, unknown> {
  */
 export async function saveModelFolder(folder: string, opts: SaveModelOptions): Promise<void> {
   const dir = resolve(folder);
-  const configJson = configToJson(opts.config);
-  const shapes = parameterShapes(opts.config);
+  const architecture = opts.architecture ?? MODEL_CLASS;
+  const configJson = configToJson(opts.config, architecture);
+  const shapes = parameterShapes(opts.config, architecture);
   const known = new Set(shapes.map(([k]) => k));
-  for (const key of opts.weights.keys()) if (!known.has(key)) throw new Error(`saveModelFolder: unexpected weight '${key}' (not a ${MODEL_CLASS} parameter)`);
+  for (const key of opts.weights.keys()) if (!known.has(key)) throw new Error(`saveModelFolder: unexpected weight '${key}' (not a ${architecture} parameter)`);
+  for (const key of opts.carried?.keys() ?? []) if (known.has(key)) throw new Error(`saveModelFolder: carried tensor '${key}' is also a ${architecture} parameter`);
   const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
   for (const [key, shape] of shapes) {
     const data = opts.weights.get(key);
@@ -449,6 +491,7 @@ export async function saveModelFolder(folder: string, opts: SaveModelOptions): P
     if (data.length !== n) throw new Error(`saveModelFolder: weight '${key}' has ${data.length} elements, shape [${shape.join(', ')}] needs ${n}`);
     tensors.set(key, { shape, data });
   }
+  for (const [key, t] of opts.carried ?? []) tensors.set(key, t);
   const src = resolve(opts.tokenizerFrom);
   if (!existsSync(join(src, 'tokenizer.json')) && !existsSync(join(src, 'vocab.txt'))) {
     throw new Error(`saveModelFolder: tokenizerFrom ${src} has no tokenizer.json or vocab.txt`);

@@ -31,6 +31,12 @@ export interface TrainingTask<E, R extends TaskEvalResults = TaskEvalResults> {
   readonly metricNames: readonly string[];
   /** metric_for_best_model when the arguments give none. */
   readonly defaultMetric: string;
+  /**
+   * Called by the Trainer as each epoch starts (also the epoch a resumed run continues in), as
+   * PyTorch's DistributedSampler.set_epoch: a task whose collate draws randomness (a masked LM's
+   * masks) keys it by the epoch, so a resumed run draws what the uninterrupted one would.
+   */
+  setEpoch?(epoch: number): void;
   /** Unpadded length in tokens, for group_by_length batching. */
   length(example: E): number;
   /** Pads examples into one (B, T) batch. */

@@ -217,6 +217,8 @@ export class BertTokenizer {
   readonly clsTokenId: number;
   readonly sepTokenId: number;
   readonly unkTokenId: number;
+  /** The [MASK] token's id (masked-LM pre-training), or undefined when the vocabulary lacks it. */
+  readonly maskTokenId: number | undefined;
   private readonly idToToken: string[];
   private readonly specialIds: Set<number>;
 
@@ -242,6 +244,7 @@ export class BertTokenizer {
     this.clsTokenId = id(specials.cls, 'cls_token');
     this.sepTokenId = id(specials.sep, 'sep_token');
     this.unkTokenId = id(specials.unk, 'unk_token');
+    this.maskTokenId = vocab.get(specials.mask);
     this.idToToken = [];
     for (const [tok, i] of vocab) this.idToToken[i] = tok;
     this.vocabSize = this.idToToken.length;
@@ -425,6 +428,11 @@ export class BertTokenizer {
       out.push(tok);
     }
     return out;
+  }
+
+  /** Ids of the special tokens ([PAD], [CLS], [SEP], [UNK], [MASK]), as transformers' all_special_ids. */
+  get allSpecialIds(): number[] {
+    return [...this.specialIds].sort((a, b) => a - b);
   }
 
   /** Token id of a token string, or undefined. */

@@ -377,6 +377,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
     this.window = { ...pending, samples: 0, tokens: 0, start: performance.now() };
     while (this.state.global_step < total && !this.stopRequested && !stoppedEarly) {
       const epoch = this.state.epoch;
+      this.task.setEpoch?.(epoch);
       const batches = makeBatches(lengths, {
         batchSize: a.per_device_train_batch_size,
         seed: a.seed,
