@@ -4,10 +4,11 @@
 // The training subset is stratified and seeded: the CSV is sorted by label, and taking its first
 // rows would teach a handful of intents.
 //
-//   node scripts/banking77-chat.mjs --out DIR [--per-label N] [--seed 42] [--system TEXT]
+//   node scripts/banking77-chat.mjs --out DIR [--per-label N] [--seed 42] [--system TEXT] [--format chat|classifier]
 //
 // Writes DIR/train.jsonl (N messages per label, or every message without --per-label) and
-// DIR/test.jsonl (all 3,080 test messages, in file order).
+// DIR/test.jsonl (all 3,080 test messages, in file order). --format classifier writes the same
+// subset as {"text", "category"} rows instead, for `nodetune train` (few-shot runs).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -22,13 +23,16 @@ const { values } = parseArgs({
     seed: { type: 'string', default: '42' },
     system: { type: 'string', default: SYSTEM_PROMPT },
     data: { type: 'string', default: 'data/banking77' },
+    format: { type: 'string', default: 'chat' },
   },
 });
+if (!['chat', 'classifier'].includes(values.format)) throw new Error(`--format ${values.format}: expected chat or classifier`);
 if (!values.out) throw new Error('--out DIR is required');
 const seed = Number(values.seed);
 const perLabel = values['per-label'] === undefined ? Infinity : Number(values['per-label']);
 if (!(perLabel >= 1)) throw new Error(`--per-label ${values['per-label']}: expected a positive integer`);
 
+const row = (e) => (values.format === 'classifier' ? JSON.stringify({ text: e.text, category: e.label }) : chat(e));
 const chat = (e) => JSON.stringify({
   messages: [
     { role: 'system', content: values.system },
@@ -50,6 +54,6 @@ for (const label of [...byLabel.keys()].sort()) {
 shuffleInPlace(picked, rng);
 const test = readDataset(join(values.data, 'test.csv'), { labelColumn: 'category' }).examples;
 mkdirSync(values.out, { recursive: true });
-writeFileSync(join(values.out, 'train.jsonl'), picked.map((e) => chat(e) + '\n').join(''));
-writeFileSync(join(values.out, 'test.jsonl'), test.map((e) => chat(e) + '\n').join(''));
-process.stderr.write(`banking77-chat: ${picked.length} train (${Number.isFinite(perLabel) ? `${perLabel} per label` : 'all'}), ${test.length} test chats in ${values.out}\n`);
+writeFileSync(join(values.out, 'train.jsonl'), picked.map((e) => row(e) + '\n').join(''));
+writeFileSync(join(values.out, 'test.jsonl'), test.map((e) => row(e) + '\n').join(''));
+process.stderr.write(`banking77-chat: ${picked.length} train (${Number.isFinite(perLabel) ? `${perLabel} per label` : 'all'}), ${test.length} test ${values.format === 'chat' ? 'chats' : 'rows'} in ${values.out}\n`);

@@ -1,7 +1,7 @@
 /**
  * nodetune's public TypeScript API. The CLI (src/cli) only wraps these.
  */
-export { BERT_DEFAULTS, parameterShapes, type BertConfig } from './config.js';
+export { BERT_DEFAULTS, parameterShapes, type BertConfig, type BertArchitecture } from './config.js';
 export { Engine, loadAddon, checkDevice, isCausalLM, type Batch, type EngineOptions, type OptimizerState, type ModelConfig } from './engine.js';
 export { parseLlamaConfig, resolveLoraConfig, resolveLoraTargets, llamaParameterShapes, peftKey, LORA_TARGETS, CAUSAL_LM_MODEL_TYPES, type LlamaConfig, type LoraConfig, type LoraTarget, type RopeScaling } from './models/llama.js';
 export { Sampler, resolveSampling, type SamplingOptions } from './llm/sampling.js';
@@ -36,4 +36,7 @@ export { ChoiceTrie } from './tasks/causal-lm/choices.js';
 export { loadSftModel, exportCausalLM, type LoadedSftModel, type ExportCausalLMOptions } from './tasks/causal-lm/model.js';
 export { evaluateCausalLM, type EvaluateCausalLMOptions } from './tasks/causal-lm/evaluate.js';
 export { ClassificationTask } from './tasks/classification.js';
+export { pretrainMaskedLM, PRETRAIN_OUTPUTS, type PretrainOptions, type PretrainResult } from './tasks/masked-lm/pretrain.js';
+export { MaskedLMTask, evaluateMaskedLM, collateMasked, maskingFor, MASKED_LM_METRICS, type MaskedLMEvalResults } from './tasks/masked-lm/task.js';
+export { maskExample, type MaskingOptions, type MaskedExample, type TextExample } from './tasks/masked-lm/masking.js';
 export type { TrainingTask, TaskEvalResults, TaskSetting } from './tasks/task.js';

@@ -63,7 +63,7 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4
 
 /**
  * Writes `outputDir/report.html` (creating the folder) and returns its path.
- * Sections (element ids): summary, loss, learning-rate, eval-history,
+ * Sections (element ids): summary, loss, learning-rate, perplexity (a language model's), eval-history,
  * confusion-matrix and per-class (a classifier), samples (a causal LM), config.
  * @throws Error from the file system (unwritable folder).
  */
@@ -81,6 +81,7 @@ export function renderReport(data: ReportData): string {
     section('summary', 'Summary', summary(data)),
     section('loss', 'Loss', lossChart(data)),
     section('learning-rate', 'Learning rate', lrChart(data)),
+    ...(data.evalHistory.some((e) => e.perplexity !== undefined) ? [section('perplexity', 'Evaluation perplexity', perplexityChart(data))] : []),
     section('eval-history', 'Evaluation per epoch', evalTable(data.evalHistory)),
     ...(data.samples
       ? [section('samples', 'Sample generations before and after training', samplesTable(data.samples))]
@@ -129,6 +130,14 @@ function lrChart({ trainLog }: ReportData): string {
     xLabel: 'optimizer step',
     yLabel: 'learning rate',
     height: 200,
+  });
+}
+
+function perplexityChart({ evalHistory }: ReportData): string {
+  return lineChart([{ name: 'eval perplexity', color: '#d62728', style: 'line', points: evalHistory.map((e) => [e.step, e.perplexity ?? NaN]) }], {
+    xLabel: 'optimizer step',
+    yLabel: 'perplexity (exp of the eval loss)',
+    height: 220,
   });
 }
 
