@@ -12,6 +12,14 @@ export function num(value: string): number {
   return x;
 }
 
+/** Commander parser for --learning-rate: a number, or 'auto' (the learning-rate range test picks it). */
+export function learningRate(value: string): number | 'auto' {
+  if (value.trim().toLowerCase() === 'auto') return 'auto';
+  const x = num(value);
+  if (x < 0) throw new InvalidArgumentError(`'${value}' is negative; expected a rate ≥ 0 or 'auto'.`);
+  return x;
+}
+
 /** Commander parser for an integer. */
 export function int(value: string): number {
   const x = num(value);

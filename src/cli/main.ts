@@ -10,6 +10,7 @@ import { registerPull } from './pull.js';
 import { registerTrain } from './train.js';
 import { registerSft } from './sft.js';
 import { registerPretrain } from './pretrain.js';
+import { registerLrFind } from './lr-find.js';
 import { registerEval } from './eval.js';
 import { registerPredict } from './predict.js';
 import { registerExport } from './export.js';
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   registerTrain(program);
   registerSft(program);
   registerPretrain(program);
+  registerLrFind(program);
   registerEval(program);
   registerPredict(program);
   registerExport(program);

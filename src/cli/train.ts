@@ -4,7 +4,7 @@
  * given on the command line win).
  */
 import { Command, Option } from 'commander';
-import { fineTune, type FineTuneOptions } from '../train/finetune.js';
+import { fineTune, CLASSIFIER_DEFAULTS, type FineTuneOptions } from '../train/finetune.js';
 import { applyConfigFile, dataColumns, explainPathErrors, maxLength, num, int, printTable, requireOptions, withDataColumns } from './common.js';
 import { attachProgress, stopOnInterrupt, trainingArgumentsOf, withRunFlags, withTrainingFlags } from './training.js';
 
@@ -26,9 +26,10 @@ export function registerTrain(program: Command): void {
     .option('--freeze-layers <n>', 'freeze encoder layers 0..n-1', int, 0);
   withRunFlags(
     withTrainingFlags(cmd, {
-      batchSize: 32,
+      batchSize: CLASSIFIER_DEFAULTS.per_device_train_batch_size,
       evalBatchSize: 64,
-      learningRate: 5e-5,
+      learningRate: CLASSIFIER_DEFAULTS.learning_rate,
+      warmupRatio: CLASSIFIER_DEFAULTS.warmup_ratio,
       weightDecay: 0.01,
       metricForBestModel: 'accuracy',
       metricHelp: 'accuracy | macro_f1 | micro_f1 | weighted_f1 | loss',

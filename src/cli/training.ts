@@ -7,17 +7,19 @@ import { Option, type Command } from 'commander';
 import cliProgress from 'cli-progress';
 import type { Trainer, LogEntry, EvalEntry, TrainingArguments, TaskEvalResults } from '../train/trainer.js';
 import { SCHEDULER_TYPES } from '../train/schedule.js';
-import { int, num, positiveInt } from './common.js';
+import { int, learningRate, num, positiveInt } from './common.js';
 
 /** The defaults and help texts that differ between the training commands. */
 export interface TrainingFlagDefaults {
   batchSize: number;
   evalBatchSize: number;
-  /** Undefined: the command picks one (sft: by LoRA or full). */
-  learningRate?: number;
+  /** Undefined: the command picks one (sft: by LoRA or full); 'auto': the range test. */
+  learningRate?: number | 'auto';
   learningRateHelp?: string;
   weightDecay: number;
   weightDecayHelp?: string;
+  /** Default 0. */
+  warmupRatio?: number;
   gradientAccumulationHelp?: string;
   evalStrategyHelp?: string;
   metricForBestModel: string;
@@ -33,10 +35,10 @@ export function withTrainingFlags(cmd: Command, d: TrainingFlagDefaults): Comman
     .option('--batch-size <n>', 'per_device_train_batch_size', positiveInt, d.batchSize)
     .option('--eval-batch-size <n>', 'per_device_eval_batch_size', positiveInt, d.evalBatchSize)
     .option('--gradient-accumulation-steps <n>', d.gradientAccumulationHelp ?? 'micro-batches per optimizer step', positiveInt, 1)
-    .option('--learning-rate <lr>', d.learningRateHelp ?? 'peak learning rate', num, d.learningRate)
+    .option('--learning-rate <lr|auto>', d.learningRateHelp ?? "peak learning rate, or 'auto': a learning-rate range test picks it (see lr-find)", learningRate, d.learningRate)
     .addOption(new Option('--lr-scheduler-type <name>', 'schedule').choices(SCHEDULER_TYPES as string[]).default('linear'))
     .option('--warmup-steps <n>', 'warmup optimizer steps', num, 0)
-    .option('--warmup-ratio <r>', 'warmup as a fraction of all steps', num, 0)
+    .option('--warmup-ratio <r>', 'warmup as a fraction of all steps', num, d.warmupRatio ?? 0)
     .option('--decay-rate <r>', "'inverse_time' schedule: lr / (1 + rate × t)", num)
     .option('--weight-decay <w>', d.weightDecayHelp ?? 'decoupled weight decay (not on biases and LayerNorm)', num, d.weightDecay)
     .option('--adam-beta1 <b>', 'AdamW beta1', num, 0.9)
@@ -72,7 +74,7 @@ export function trainingArgumentsOf(o: Record<string, unknown>): TrainingArgumen
     per_device_train_batch_size: o.batchSize as number,
     per_device_eval_batch_size: o.evalBatchSize as number,
     gradient_accumulation_steps: o.gradientAccumulationSteps as number,
-    learning_rate: o.learningRate as number | undefined,
+    learning_rate: o.learningRate as number | 'auto' | undefined,
     lr_scheduler_type: o.lrSchedulerType as TrainingArguments['lr_scheduler_type'],
     warmup_steps: o.warmupSteps as number,
     warmup_ratio: o.warmupRatio as number,

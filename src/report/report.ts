@@ -53,6 +53,8 @@ export interface ReportData {
   metrics?: Array<[string, string]>;
   /** Sample generations before and after training (causal LM). */
   samples?: GenerationSampleRow[];
+  /** The learning-rate range test, when learning_rate was 'auto': its curve and the rate it chose. */
+  lrFind?: { lrs: number[]; losses: number[]; smoothed: number[]; learning_rate: number; rule: string };
 }
 
 const CSS = `body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#222;max-width:1100px}
@@ -63,7 +65,7 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4
 
 /**
  * Writes `outputDir/report.html` (creating the folder) and returns its path.
- * Sections (element ids): summary, loss, learning-rate, perplexity (a language model's), eval-history,
+ * Sections (element ids): summary, loss, learning-rate, lr-find (with learning_rate 'auto'), perplexity (a language model's), eval-history,
  * confusion-matrix and per-class (a classifier), samples (a causal LM), config.
  * @throws Error from the file system (unwritable folder).
  */
@@ -81,6 +83,7 @@ export function renderReport(data: ReportData): string {
     section('summary', 'Summary', summary(data)),
     section('loss', 'Loss', lossChart(data)),
     section('learning-rate', 'Learning rate', lrChart(data)),
+    ...(data.lrFind ? [section('lr-find', 'Learning-rate range test', lrFindChart(data.lrFind))] : []),
     ...(data.evalHistory.some((e) => e.perplexity !== undefined) ? [section('perplexity', 'Evaluation perplexity', perplexityChart(data))] : []),
     section('eval-history', 'Evaluation per epoch', evalTable(data.evalHistory)),
     ...(data.samples
@@ -131,6 +134,19 @@ function lrChart({ trainLog }: ReportData): string {
     yLabel: 'learning rate',
     height: 200,
   });
+}
+
+function lrFindChart(r: NonNullable<ReportData['lrFind']>): string {
+  const x = (lr: number) => Math.log10(lr);
+  const chart = lineChart(
+    [
+      { name: 'loss', color: '#9ecae1', style: 'dots', points: r.lrs.map((lr, i) => [x(lr), r.losses[i]]) },
+      { name: 'smoothed loss', color: '#1f77b4', style: 'line', points: r.lrs.map((lr, i) => [x(lr), r.smoothed[i]]) },
+      { name: `chosen rate ${r.learning_rate.toExponential(2)}`, color: '#d62728', style: 'dots', points: [[x(r.learning_rate), Math.min(...r.smoothed)]] },
+    ],
+    { xLabel: 'log10(learning rate)', yLabel: 'training loss' },
+  );
+  return `<p>Rule: ${escapeXml(r.rule)}.</p>${chart}`;
 }
 
 function perplexityChart({ evalHistory }: ReportData): string {

@@ -17,8 +17,10 @@ import { writeReport } from '../report/index.js';
 import type { EvalResults } from '../metrics/index.js';
 import {
   Trainer, encodeExamples, evaluateExamples, validateTrainingArguments, checkResumeSettings, resumeSettings,
-  type TrainingArguments,
+  type TrainingArguments, type EncodedExample,
 } from './trainer.js';
+import { ClassificationTask } from '../tasks/classification.js';
+import { describeLrFind, logLrFind, lrFind, LR_FIND_DIVISOR, type LrFindResult } from './lr-find.js';
 
 export interface FineTuneOptions extends TrainingArguments {
   /** Local Hugging Face folder or Hub repo id. */
@@ -70,7 +72,7 @@ const DEFAULT_MAX_LENGTH = 128;
 
 /** What a finished or interrupted run leaves in output_dir (checkpoint-* folders too). */
 export const RUN_OUTPUTS = [
-  'config.json', 'model.safetensors', 'training_log.jsonl', 'eval_results.json', 'report.html', 'onnx',
+  'config.json', 'model.safetensors', 'training_log.jsonl', 'eval_results.json', 'report.html', 'onnx', 'lr_find.json',
   'tokenizer.json', 'vocab.txt', 'tokenizer_config.json', 'special_tokens_map.json',
 ];
 
@@ -216,25 +218,43 @@ function checkFreezeLayers(layers: number | undefined, numHiddenLayers: number):
   }
 }
 
-/** Runs the whole job. @throws Error naming file/line/column for bad data, or the argument for a bad TrainingArguments value, before any training. */
-export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
-  const started = performance.now();
-  const log = o.log ?? (() => undefined);
-  checkOptionKeys(o);
-  validateTrainingArguments(o);
-  validateLossOptions(o);
-  checkDevice(o.device, o.precision);
-  await prepareOutputDir(o);
+/**
+ * What a classifier run uses where the options leave a value out, chosen so that a run with no
+ * tuning flag trains well (README, "A good model without tuning flags"): a batch of 16, a
+ * learning rate from the range test ('auto', src/train/lr-find.ts) and 10% linear warmup; the rest
+ * are Hugging Face TrainingArguments' defaults (3 epochs, weight decay 0.01 here as in run_glue).
+ */
+export const CLASSIFIER_DEFAULTS = { per_device_train_batch_size: 16, learning_rate: 'auto', warmup_ratio: 0.1 } as const;
+
+function withClassifierDefaults(o: FineTuneOptions): FineTuneOptions {
+  return {
+    ...o,
+    per_device_train_batch_size: o.per_device_train_batch_size ?? CLASSIFIER_DEFAULTS.per_device_train_batch_size,
+    learning_rate: o.learning_rate ?? CLASSIFIER_DEFAULTS.learning_rate,
+    warmup_ratio: o.warmup_ratio ?? CLASSIFIER_DEFAULTS.warmup_ratio,
+  };
+}
+
+/** The model loaded with a head for the data's labels, the data encoded, layers frozen: a run ready for the Trainer. */
+interface ClassifierRun {
+  model: Model;
+  data: PreparedData;
+  train: EncodedExample[];
+  evalSet: EncodedExample[] | null;
+}
+
+/**
+ * Resolves the model, reads and maps the data, calls `beforeWeights` (resume checks that must
+ * fail before any weight loads), loads the model and encodes the data. The caller disposes the engine.
+ */
+async function loadClassifierRun(o: FineTuneOptions, log: (line: string) => void, beforeWeights?: (data: PreparedData) => Promise<void>): Promise<ClassifierRun> {
   // A Hub id is downloaded first: its config's label2id decides the class ids (an existing head keeps its labels).
   const folder = await resolveModel(o.model);
   const facts = await configFacts(folder);
   if (typeof facts.num_hidden_layers === 'number') checkFreezeLayers(o.freeze_layers, facts.num_hidden_layers);
   const data = prepareData(o, facts.label2id);
   const { labels } = data;
-  if (o.resume_from_checkpoint) {
-    // Before any weights load: a changed batch size or label set would resume into a different run.
-    await checkResumeSettings(join(o.output_dir, 'checkpoint-last', 'trainer_state.json'), resumeSettings(o, data.train.examples.length, labels.num_labels));
-  }
+  await beforeWeights?.(data);
   const model = await loadModel(folder, {
     num_labels: labels.num_labels,
     id2label: labels.id2label,
@@ -252,17 +272,42 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
     class_weights: classWeights(o, data),
     log,
   });
-  let releaseLock = async () => undefined as void;
   try {
     const maxLength = cappedMaxLength(o.max_length, model.config.max_position_embeddings, log);
     const encode = (ds: Dataset) => encodeExamples(model.tokenizer, ds.examples, encodeLabels(ds, labels), maxLength);
     const train = encode(data.train);
     const evalSet = data.eval ? encode(data.eval) : null;
     freeze(model, o);
+    return { model, data, train, evalSet };
+  } catch (err) {
+    await model.engine.dispose();
+    throw err;
+  }
+}
+
+/** Runs the whole job. @throws Error naming file/line/column for bad data, or the argument for a bad TrainingArguments value, before any training. */
+export async function fineTune(options: FineTuneOptions): Promise<FineTuneResult> {
+  const started = performance.now();
+  const o = withClassifierDefaults(options);
+  const log = o.log ?? (() => undefined);
+  checkOptionKeys(options);
+  validateTrainingArguments(o);
+  validateLossOptions(o);
+  checkDevice(o.device, o.precision);
+  await prepareOutputDir(o);
+  const { model, data, train, evalSet } = await loadClassifierRun(o, log, async (d) => {
+    // Before any weights load: a changed batch size or label set would resume into a different run.
+    if (o.resume_from_checkpoint) {
+      await checkResumeSettings(join(o.output_dir, 'checkpoint-last', 'trainer_state.json'), resumeSettings(o, d.train.examples.length, d.labels.num_labels));
+    }
+  });
+  let releaseLock = async () => undefined as void;
+  try {
     log(`device: ${model.engine.device()}, precision ${o.precision ?? 'fp32'}`);
-    log(`train: ${train.length} examples from ${data.train.path}; eval: ${evalSet?.length ?? 0}; labels: ${labels.num_labels}`);
+    log(`train: ${train.length} examples from ${data.train.path}; eval: ${evalSet?.length ?? 0}; labels: ${data.labels.num_labels}`);
     releaseLock = await lockOutputDir(o.output_dir);
     const trainer = new Trainer(model, train, evalSet, o);
+    logLrFind(trainer, log);
     o.onTrainer?.(trainer);
     const run = await trainer.trainLoop();
     const base = { output_dir: o.output_dir, train_examples: train.length, eval_examples: evalSet?.length ?? 0, global_step: trainer.globalStep };
@@ -285,12 +330,52 @@ export async function fineTune(o: FineTuneOptions): Promise<FineTuneResult> {
       trainLog: run.log,
       evalHistory: run.evals.map((e) => ({ epoch: e.epoch, step: e.step, accuracy: e.accuracy, macro_f1: e.macro_f1, loss: e.loss })),
       finalEval: finalEval ?? undefined,
-      config: reportConfig(o, seconds),
+      lrFind: trainer.lrFound ?? undefined,
+      config: { ...reportConfig(o, seconds), learning_rate: trainer.args.learning_rate },
     });
     await rm(trainer.bestDir, { recursive: true, force: true });
     return { ...base, eval: finalEval, best_step: run.bestStep, stopped_early: run.stoppedEarly, seconds, interrupted: false };
   } finally {
     await releaseLock();
+    await model.engine.dispose();
+  }
+}
+
+export interface ClassifierLrFindOptions extends Omit<FineTuneOptions, 'output_dir'> {
+  /** Where lr_find.json and report.html (the curve) go; none: nothing is written. */
+  output_dir?: string;
+  min_lr?: number;
+  max_lr?: number;
+  num_steps?: number;
+}
+
+/**
+ * `nodetune lr-find`: the learning-rate range test alone, on the data and model a `fineTune`
+ * with the same options would train (same defaults: batch 16), with learning_rate 'auto''s rule.
+ * Writes nothing to the model; `output_dir` receives lr_find.json and a report with the curve.
+ * @throws as fineTune for bad data or options, and as lrFind for an unreadable curve.
+ */
+export async function findClassifierLearningRate(options: ClassifierLrFindOptions): Promise<LrFindResult> {
+  const { min_lr, max_lr, num_steps, output_dir, ...rest } = options;
+  const o = withClassifierDefaults({ ...rest, output_dir: output_dir ?? '' });
+  const log = o.log ?? (() => undefined);
+  validateTrainingArguments(o);
+  validateLossOptions(o);
+  checkDevice(o.device, o.precision);
+  const { model, train } = await loadClassifierRun(o, log);
+  try {
+    const result = await lrFind(new ClassificationTask(model), train, {
+      min_lr, max_lr, num_steps, batch_size: o.per_device_train_batch_size!, seed: o.seed, group_by_length: o.group_by_length, divisor: LR_FIND_DIVISOR,
+      onStep: (k, lr, loss) => { if (k % 10 === 0) log(`lr-find step ${k}: rate ${lr.toExponential(2)} loss ${loss.toFixed(4)}`); },
+    });
+    log(describeLrFind(result));
+    if (output_dir) {
+      await mkdir(output_dir, { recursive: true });
+      await writeFile(join(output_dir, 'lr_find.json'), JSON.stringify(result));
+      writeReport(output_dir, { title: `nodetune lr-find: ${o.model} on ${o.train_file}`, trainLog: [], evalHistory: [], lrFind: result, config: { ...rest, log: undefined } });
+    }
+    return result;
+  } finally {
     await model.engine.dispose();
   }
 }

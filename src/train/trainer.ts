@@ -21,6 +21,7 @@ import type { EvalResults } from '../metrics/index.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { ClassificationTask, CLASSIFICATION_METRICS, type EncodedExample } from '../tasks/classification.js';
 import type { TaskEvalResults, TaskSetting, TrainingTask } from '../tasks/task.js';
+import { lrFind, LrFindError, LR_FIND_DIVISOR, type LrFindResult } from './lr-find.js';
 
 export { collate, encodeExamples, evaluateExamples, predictExamples, type EncodedExample } from '../tasks/classification.js';
 export type { TaskEvalResults, TaskSetting, TrainingTask } from '../tasks/task.js';
@@ -33,7 +34,11 @@ export interface TrainingArguments {
   per_device_train_batch_size?: number;
   per_device_eval_batch_size?: number;
   gradient_accumulation_steps?: number;
-  learning_rate?: number;
+  /**
+   * Peak rate, or 'auto': the learning-rate range test (src/train/lr-find.ts) picks it before the
+   * first step (a resumed run takes the rate its checkpoint recorded); see Trainer.lrFind.
+   */
+  learning_rate?: number | 'auto';
   lr_scheduler_type?: SchedulerType;
   warmup_steps?: number;
   warmup_ratio?: number;
@@ -106,7 +111,7 @@ export interface ResumeSettings {
   gradient_accumulation_steps: number;
   num_train_epochs: number;
   max_steps: number;
-  learning_rate: number;
+  learning_rate: number | 'auto';
   lr_scheduler_type: string;
   warmup_steps: number;
   warmup_ratio: number;
@@ -187,8 +192,9 @@ export async function checkResumeSettings(statePath: string, now: ResumeSettings
     throw new Error(`cannot resume from ${statePath}: the checkpoint has ${saved.num_labels} labels, the data ${now.num_labels}`);
   }
   const names = { ...SETTING_FLAGS, ...flags };
+  // 'auto' resumes with the rate the checkpoint's range test chose.
   const diffs = [...new Set([...Object.keys(SETTING_FLAGS), ...Object.keys(now)])]
-    .filter((k) => saved[k] !== undefined && saved[k] !== now[k])
+    .filter((k) => saved[k] !== undefined && saved[k] !== now[k] && !(k === 'learning_rate' && now[k] === 'auto'))
     .map((k) => `${names[k] ?? k}: checkpoint ${saved[k]}, now ${now[k]}`);
   if (diffs.length > 0) {
     throw new Error(`cannot resume from ${statePath}: settings differ from the checkpoint (use the same ones, or train afresh with --overwrite-output-dir):\n  ${diffs.join('\n  ')}`);
@@ -272,7 +278,8 @@ export function validateTrainingArguments(args: TrainingArguments, metrics: read
   }
   checkRanges(a);
   // The schedule's own checks (name, learning_rate, warmup, decay_rate) do not depend on the step count.
-  getScheduler({ name: a.lr_scheduler_type, learningRate: a.learning_rate, numTrainingSteps: 1, warmupSteps: a.warmup_steps, warmupRatio: a.warmup_ratio, decayRate: a.decay_rate });
+  if (typeof a.learning_rate !== 'number' && a.learning_rate !== 'auto') throw new Error(`learning_rate ${JSON.stringify(a.learning_rate)}: expected a number or 'auto'`);
+  getScheduler({ name: a.lr_scheduler_type, learningRate: a.learning_rate === 'auto' ? 1 : a.learning_rate, numTrainingSteps: 1, warmupSteps: a.warmup_steps, warmupRatio: a.warmup_ratio, decayRate: a.decay_rate });
 }
 
 /** A classifier Model (which the loop wraps in a ClassificationTask) rather than a task. */
@@ -286,7 +293,8 @@ function isTask<E, R extends TaskEvalResults>(x: Model | TrainingTask<E, R>): x 
  *
  * Events: 'step' (LogEntry, every optimizer step), 'log' (LogEntry, every
  * logging_steps), 'evaluate' (EvalEntry), 'checkpoint' ({dir, kind: 'last' | 'best'}),
- * 'done' (after the final save).
+ * 'done' (after the final save); with learning_rate 'auto', 'lr_find' (LrFindResult) or
+ * 'lr_find_failed' ({ message, learning_rate }) before the first step.
  * @typeParam E the task's encoded example; R its evaluation results.
  */
 export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults> extends EventEmitter {
@@ -299,6 +307,8 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
   private lastEntry: LogEntry | null = null;
   private state!: TrainerState;
   private schedule!: LrSchedule;
+  /** The range test's result when learning_rate was 'auto' and the run did not resume; else null. */
+  lrFound: LrFindResult | null = null;
 
   /**
    * @throws Error naming a bad TrainingArguments value (metric_for_best_model checked against the
@@ -356,13 +366,14 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
   async trainLoop(): Promise<{ log: LogEntry[]; evals: Array<EvalEntry<R>>; stoppedEarly: boolean; bestStep: number | null }> {
     const a = this.args;
     await mkdir(a.output_dir, { recursive: true });
+    if (a.learning_rate === 'auto') await this.chooseLearningRate();
     const batchesPerEpoch = Math.ceil(this.train.length / a.per_device_train_batch_size);
     const stepsPerEpoch = Math.ceil(batchesPerEpoch / a.gradient_accumulation_steps);
     // HF: a fractional num_train_epochs trains ceil(epochs × steps per epoch) steps.
     const total = a.max_steps > 0 ? a.max_steps : Math.ceil(stepsPerEpoch * a.num_train_epochs);
     this.schedule = getScheduler({
       name: a.lr_scheduler_type,
-      learningRate: a.learning_rate,
+      learningRate: a.learning_rate as number, // 'auto' was resolved above
       numTrainingSteps: total,
       warmupSteps: a.warmup_steps,
       warmupRatio: a.warmup_ratio,
@@ -513,6 +524,40 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
     }
     await this.saveLast();
     return a.early_stopping_patience > 0 && this.state.patience_used >= a.early_stopping_patience;
+  }
+
+  /**
+   * learning_rate 'auto': the range test (lr-find.ts, the steepest fall of the smoothed loss divided
+   * by LR_FIND_DIVISOR) on the training set with this run's batch size and seed, its curve written
+   * to lr_find.json and emitted as 'lr_find'; a resumed run takes the rate its checkpoint recorded.
+   * Either way args.learning_rate becomes that number. A curve without a rate to read
+   * (LrFindError) falls back to 5e-5, emitting 'lr_find_failed' ({ message, learning_rate }).
+   */
+  private async chooseLearningRate(): Promise<void> {
+    const a = this.args;
+    let rate: number;
+    if (a.resume_from_checkpoint) {
+      const statePath = join(this.lastDir, 'trainer_state.json');
+      const saved = existsSync(statePath) ? ((await readJsonFile(statePath)) as Partial<TrainerState> | null)?.settings?.learning_rate : undefined;
+      if (typeof saved !== 'number') throw new Error(`cannot resume with learning_rate 'auto': ${statePath} records no learning rate; pass the run's --learning-rate`);
+      rate = saved;
+    } else {
+      try {
+        this.lrFound = await lrFind(this.task, this.train, {
+          batch_size: a.per_device_train_batch_size, seed: a.seed, group_by_length: a.group_by_length, divisor: LR_FIND_DIVISOR,
+        });
+        rate = this.lrFound.learning_rate;
+        await writeFile(join(a.output_dir, 'lr_find.json'), JSON.stringify(this.lrFound));
+        this.emit('lr_find', this.lrFound);
+      } catch (err) {
+        // No rate to read off the curve (a model or data that does not train at any rate in the
+        // sweep): train at Hugging Face's default and say so, rather than fail a run that gave no rate.
+        if (!(err instanceof LrFindError)) throw err;
+        rate = DEFAULTS.learning_rate;
+        this.emit('lr_find_failed', { message: err.message, learning_rate: rate });
+      }
+    }
+    (this.args as TrainingArguments).learning_rate = rate;
   }
 
   private freshState(total: number): TrainerState {

@@ -17,6 +17,7 @@ import { writeLoraGguf } from '../../io/llm-export.js';
 import { writeReport, type GenerationSampleRow } from '../../report/index.js';
 import { prepareOutputDir, lockOutputDir } from '../../train/finetune.js';
 import { Trainer, validateTrainingArguments, type TrainingArguments, type EvalEntry } from '../../train/trainer.js';
+import { logLrFind } from '../../train/lr-find.js';
 import { readSftFile, type SftDataset, type SftRecord } from './data.js';
 import { encodeSftRecords, packExamples, type EncodeStats, type SftRow } from './encode.js';
 import { CausalLMTask, CAUSAL_LM_METRICS, engineTensors, evaluateCausalLMLoss, type CausalLMEvalResults } from './task.js';
@@ -109,7 +110,7 @@ export interface SftResult {
 export const SFT_OUTPUTS = [
   'adapter_config.json', 'adapter_model.safetensors', 'adapter_model.gguf', 'config.json', 'model.safetensors',
   'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'chat_template.jinja',
-  'training_log.jsonl', 'eval_results.json', 'eval_generations.jsonl', 'training_args.json', 'report.html',
+  'training_log.jsonl', 'eval_results.json', 'eval_generations.jsonl', 'training_args.json', 'report.html', 'lr_find.json',
 ];
 
 const OPTION_KEYS = new Set(Object.keys({
@@ -273,6 +274,7 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
     const before = sampleRecords.length > 0 && !o.resume_from_checkpoint ? (await evaluateByGeneration(lm, sampleRecords, gen)).samples : null;
 
     const trainer = new Trainer<SftRow, CausalLMEvalResults>(task, rows, evalRows, args);
+    logLrFind(trainer, log);
     o.onTrainer?.(trainer);
     const trainStart = performance.now();
     const run = await trainer.trainLoop();
@@ -322,15 +324,16 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
     const after = before ? (samples.length === pool.length && genRecords.length > 0 ? picks.map((i) => samples[i]) : (await evaluateByGeneration(lm, sampleRecords, gen)).samples) : null;
     const seconds = (performance.now() - started) / 1000;
     const { log: _l, onTrainer: _t, ...config } = o;
-    await writeFile(join(o.output_dir, 'training_args.json'), JSON.stringify({ ...config, ...args, lora: resolvedLora ?? null, max_length: maxLength }, null, 1));
+    await writeFile(join(o.output_dir, 'training_args.json'), JSON.stringify({ ...config, ...args, learning_rate: trainer.args.learning_rate, lora: resolvedLora ?? null, max_length: maxLength }, null, 1));
     files.push('training_args.json');
     writeReport(o.output_dir, {
       title: `nodetune sft: ${o.model} on ${o.train_file}`,
       trainLog: run.log,
       evalHistory: run.evals.map((e: EvalEntry<CausalLMEvalResults>) => ({ epoch: e.epoch, step: e.step, loss: e.loss, perplexity: e.perplexity })),
       metrics: reportMetrics(finalEval),
+      lrFind: trainer.lrFound ?? undefined,
       samples: before && after ? before.map((b, i): GenerationSampleRow => ({ source: b.source, prompt: b.prompt, reference: b.reference, before: b.prediction, after: after[i]?.prediction ?? '' })) : [],
-      config: { ...config, lora: resolvedLora ?? 'full fine-tuning', max_length: maxLength, train: enc.stats, eval: evalEnc?.stats, wall_time_seconds: Math.round(seconds) },
+      config: { ...config, learning_rate: trainer.args.learning_rate, lora: resolvedLora ?? 'full fine-tuning', max_length: maxLength, train: enc.stats, eval: evalEnc?.stats, wall_time_seconds: Math.round(seconds) },
     });
     files.push('report.html');
     await rm(trainer.bestDir, { recursive: true, force: true });

@@ -18,6 +18,7 @@ import { readTexts, deriveSeed, mulberry32, shuffleInPlace, type TextRecord } fr
 import { writeReport } from '../../report/index.js';
 import { prepareOutputDir, lockOutputDir } from '../../train/finetune.js';
 import { Trainer, validateTrainingArguments, type TrainingArguments, type EvalEntry } from '../../train/trainer.js';
+import { logLrFind } from '../../train/lr-find.js';
 import type { TextExample } from './masking.js';
 import { MaskedLMTask, MASKED_LM_METRICS, evaluateMaskedLM, maskingFor, type MaskedLMEvalResults } from './task.js';
 
@@ -63,7 +64,7 @@ export interface PretrainResult {
 /** What a finished or interrupted pretrain run leaves in output_dir (besides checkpoint-* folders). */
 export const PRETRAIN_OUTPUTS = [
   'config.json', 'model.safetensors', 'tokenizer.json', 'vocab.txt', 'tokenizer_config.json', 'special_tokens_map.json',
-  'training_log.jsonl', 'eval_results.json', 'training_args.json', 'report.html',
+  'training_log.jsonl', 'eval_results.json', 'training_args.json', 'report.html', 'lr_find.json',
 ];
 
 const OPTION_KEYS = new Set(Object.keys({
@@ -173,6 +174,7 @@ export async function pretrainMaskedLM(o: PretrainOptions): Promise<PretrainResu
     });
     releaseLock = await lockOutputDir(o.output_dir);
     const trainer = new Trainer<TextExample, MaskedLMEvalResults>(task, train, hasEval ? evalSet : null, args);
+    logLrFind(trainer, log);
     o.onTrainer?.(trainer);
     const run = await trainer.trainLoop();
     const base = { output_dir: o.output_dir, train_examples: train.length, eval_examples: evalSet.length, global_step: trainer.globalStep };
@@ -192,13 +194,14 @@ export async function pretrainMaskedLM(o: PretrainOptions): Promise<PretrainResu
     }
     const seconds = (performance.now() - started) / 1000;
     const { log: _l, onTrainer: _t, ...config } = o;
-    await writeFile(join(o.output_dir, 'training_args.json'), JSON.stringify({ ...config, ...args, max_length: maxLength, mlm_probability: masking.mlm_probability, whole_word_mask: masking.whole_word_mask }, null, 1));
+    await writeFile(join(o.output_dir, 'training_args.json'), JSON.stringify({ ...config, ...args, learning_rate: trainer.args.learning_rate, max_length: maxLength, mlm_probability: masking.mlm_probability, whole_word_mask: masking.whole_word_mask }, null, 1));
     writeReport(o.output_dir, {
       title: `nodetune pretrain: ${o.model} on ${o.train_file}`,
       trainLog: run.log,
       evalHistory: run.evals.map((e: EvalEntry<MaskedLMEvalResults>) => ({ epoch: e.epoch, step: e.step, loss: e.loss, perplexity: e.perplexity })),
+      lrFind: trainer.lrFound ?? undefined,
       metrics: finalEval ? [['eval loss', finalEval.loss.toFixed(4)], ['perplexity', finalEval.perplexity.toFixed(3)], ['masked tokens', String(finalEval.eval_tokens)]] : [],
-      config: { ...config, max_length: maxLength, mlm_probability: masking.mlm_probability, whole_word_mask: masking.whole_word_mask, wall_time_seconds: Math.round(seconds) },
+      config: { ...config, learning_rate: trainer.args.learning_rate, max_length: maxLength, mlm_probability: masking.mlm_probability, whole_word_mask: masking.whole_word_mask, wall_time_seconds: Math.round(seconds) },
     });
     await rm(trainer.bestDir, { recursive: true, force: true });
     return { ...base, eval: finalEval, best_step: run.bestStep, stopped_early: run.stoppedEarly, seconds, interrupted: false };
