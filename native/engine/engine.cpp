@@ -247,19 +247,7 @@ void EngineBase::validate(const Batch& b, bool need_labels) const {
         if (m != 0 && m != 1)
             throw EngineError(where("attention_mask", i) + " = " + std::to_string(m) + ": expected 0 or 1");
     }
-    if (cfg_.masked_lm) {
-        if (need_labels && !b.labels)
-            throw EngineError("labels are required for training: expected an Int32Array of length batchSize × seqLen");
-        if (b.labels)
-            for (size_t i = 0; i < n; i++) {
-                const int32_t y = b.labels[i];
-                if (y != -100 && (y < 0 || y >= cfg_.vocab_size))
-                    throw EngineError(where("labels", i) + " = " + std::to_string(y) +
-                                      " is out of range: expected a token id in [0, vocab_size = " +
-                                      std::to_string(cfg_.vocab_size) + ") or -100 (not masked)");
-            }
-        return;
-    }
+    if (cfg_.masked_lm) return check_token_labels(b, need_labels, cfg_.vocab_size);
     if (need_labels && !b.labels) throw EngineError("labels are required for training: expected an Int32Array of length B");
     if (b.labels)
         for (int i = 0; i < b.B; i++) {

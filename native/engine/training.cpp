@@ -52,4 +52,18 @@ void check_token_id(const char* tensor, size_t i, int T, int32_t id, int vocab_s
                           " is out of range: expected 0 <= id < vocab_size (" + std::to_string(vocab_size) + ")");
 }
 
+void check_token_labels(const Batch& b, bool need_labels, int vocab_size) {
+    if (need_labels && !b.labels)
+        throw EngineError("labels are required for training: expected an Int32Array of length batchSize × seqLen");
+    if (!b.labels) return;
+    const size_t n = (size_t)b.B * b.T;
+    for (size_t i = 0; i < n; i++) {
+        const int32_t y = b.labels[i];
+        if (y != -100 && (y < 0 || y >= vocab_size))
+            throw EngineError(batch_where("labels", i, b.T) + " = " + std::to_string(y) +
+                              " is out of range: expected a token id in [0, vocab_size = " + std::to_string(vocab_size) +
+                              ") or -100 (ignored)");
+    }
+}
+
 }  // namespace nt

@@ -24,4 +24,9 @@ std::string batch_where(const char* tensor, size_t i, int T);
 // Throws EngineError naming tensor[b][t] when id is not in [0, vocab_size).
 void check_token_id(const char* tensor, size_t i, int T, int32_t id, int vocab_size);
 
+// Per-token labels of a language model (masked or causal): each -100 (no loss
+// there) or a token id in [0, vocab_size); throws EngineError naming labels[b][t]
+// and, when need_labels and there are none, what a training call expects.
+void check_token_labels(const Batch& b, bool need_labels, int vocab_size);
+
 }  // namespace nt

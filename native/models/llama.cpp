@@ -300,16 +300,7 @@ void LlamaEngine::validate(const Batch& b, bool need_labels) const {
             throw EngineError(where("attention_mask", i) + " = " + std::to_string(m) +
                               ": expected 0 (padding), 1, or a packed example's segment number >= 1");
     }
-    if (need_labels && !b.labels)
-        throw EngineError("labels are required for training: expected an Int32Array of length batchSize × seqLen");
-    if (b.labels)
-        for (size_t i = 0; i < n; i++) {
-            const int32_t y = b.labels[i];
-            if (y != -100 && (y < 0 || y >= cfg_.vocab_size))
-                throw EngineError(where("labels", i) + " = " + std::to_string(y) +
-                                  " is out of range: expected a token id in [0, vocab_size = " +
-                                  std::to_string(cfg_.vocab_size) + ") or -100 (ignored)");
-        }
+    check_token_labels(b, need_labels, cfg_.vocab_size);
 }
 
 // ---- activation arena -------------------------------------------------------

@@ -28,27 +28,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import BertConfig, BertForMaskedLM, Trainer
 
+import tiny_bert  # its CONFIG, optimizer recipe, replay_first_step and contiguous (its main() does not run)
+
 OUT = FIXTURES / "tiny-bert-mlm"
 CLASSIFIER_DIR = FIXTURES / "tiny-bert"  # written by tiny_bert.py
 
-CONFIG = dict(
-    vocab_size=100,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    type_vocab_size=2,
-    layer_norm_eps=1e-12,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-    initializer_range=0.02,
-)
-
-# AdamW + clipping exactly as tiny_bert.py (and the engine's tests) replay them.
-LR, BETAS, EPS, WEIGHT_DECAY, MAX_GRAD_NORM, STEPS = 1e-2, (0.9, 0.999), 1e-8, 0.01, 0.5, 3
-LENGTHS = [7, 5, 3]
-T = 7
+# tiny-bert's model config (without its classification head) and its AdamW + clipping recipe,
+# which the engine's tests replay for both heads.
+CONFIG = {k: v for k, v in tiny_bert.CONFIG.items() if k != "num_labels"}
+LR, BETAS, EPS, WEIGHT_DECAY, MAX_GRAD_NORM, STEPS = (tiny_bert.LR, tiny_bert.BETAS, tiny_bert.EPS, tiny_bert.WEIGHT_DECAY,
+                                                      tiny_bert.MAX_GRAD_NORM, tiny_bert.STEPS)
+LENGTHS, T = tiny_bert.LENGTHS, tiny_bert.T
 MASK_ID = 3  # "[MASK]" for this fixture (pad_token_id is 0)
 RANDOM_ID = 42  # the one "random other token" replacement
 # Fixed stand-in for BERT's 80/10/10 rule: (row, position, what input_ids gets there).
@@ -231,20 +221,6 @@ def train_steps(model, batch) -> tuple[dict, dict]:
     return t, info
 
 
-def replay_first_step(init: dict, t: dict, decay: set) -> None:
-    """Restates clip_grad_norm_ + AdamW step 1 by formula; guards the fixture and the README's description."""
-    norm = torch.sqrt(sum((t[f"grad.{n}"] ** 2).sum() for n in init))
-    assert torch.allclose(norm, t["step1.grad_norm"][0], rtol=1e-12), (norm.item(), t["step1.grad_norm"].item())
-    coef = min(1.0, MAX_GRAD_NORM / (norm.item() + 1e-6))
-    b1, b2 = BETAS
-    for n, p0 in init.items():
-        g = t[f"grad.{n}"] * coef
-        p = p0.double() * (1 - LR * (WEIGHT_DECAY if n in decay else 0.0))
-        m, v = (1 - b1) * g, (1 - b2) * g * g
-        p = p - (LR / (1 - b1)) * m / (v.sqrt() / (1 - b2) ** 0.5 + EPS)
-        assert torch.allclose(p, t[f"after1.{n}"], rtol=0, atol=1e-12), n
-
-
 def from_classifier_checkpoint() -> dict:
     """BertForMaskedLM.from_pretrained(<tiny-bert classifier folder>): HF's loading info and log."""
     assert (CLASSIFIER_DIR / "model.safetensors").exists(), "run tiny_bert.py first"
@@ -323,10 +299,6 @@ def write_vocab() -> None:
     (OUT / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
 
 
-def contiguous(t: dict) -> dict:
-    return {k: v.contiguous() for k, v in t.items()}
-
-
 def main() -> None:
     deterministic()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -346,7 +318,7 @@ def main() -> None:
     steps, info = train_steps(m64, batch)
     t64.update(steps)
     assert torch.equal(t64["step1.loss"], t64["loss"]), "step 1 must start from the saved weights"
-    replay_first_step(init, t64, set(info["decay"]))
+    tiny_bert.replay_first_step(init, t64, set(info["decay"]))
     assert all(s["clipped"] for s in info["steps"]), f"clip_grad_norm_ did not clip: {info['steps']}"
     t64 = {k: v for k, v in t64.items() if not k.startswith("after1.")}
     # The same 3 steps in float32: how far torch's own float32 lands from float64 per tensor (AdamW's
@@ -356,8 +328,8 @@ def main() -> None:
                   for k in t64 if k.startswith("after3.")}
     write_vocab()
 
-    save_file(contiguous(t64), str(OUT / "expected.safetensors"), metadata={"dtype": "float64"})
-    save_file(contiguous(t32), str(OUT / "expected32.safetensors"), metadata={"dtype": "float32"})
+    save_file(tiny_bert.contiguous(t64), str(OUT / "expected.safetensors"), metadata={"dtype": "float64"})
+    save_file(tiny_bert.contiguous(t32), str(OUT / "expected32.safetensors"), metadata={"dtype": "float32"})
 
     reloaded = reload_check(batch, t32["logits"])
     loaded = from_classifier_checkpoint()

@@ -7,6 +7,7 @@
  * whose data collator and compute_metrics differ per task while the loop does not.
  */
 import type { Batch, Engine } from '../engine.js';
+import { makeBatches } from '../data/index.js';
 
 /** An evaluation's numbers: every task reports a mean loss; the rest are task metrics. */
 export interface TaskEvalResults {
@@ -62,4 +63,31 @@ export interface TrainingTask<E, R extends TaskEvalResults = TaskEvalResults> {
   readSavedWeights(dir: string): Promise<Map<string, Float32Array>>;
   /** Settings beyond TrainingArguments that a resumed run must share (shapes, label count, packing...). */
   resumeSettings(): Record<string, TaskSetting>;
+}
+
+/**
+ * A language model's evaluation loss (dropout off): the mean cross-entropy over every target token
+ * of `examples`, in length-grouped batches of at most `batchSize` — each batch's mean loss weighted
+ * by its target count (HF run_clm / run_mlm's eval loss, token-weighted). `collate` builds a
+ * batch and says how many targets it holds; batches without targets are skipped.
+ * @returns loss (NaN when there is no target), perplexity exp(loss), eval_tokens.
+ */
+export async function tokenWeightedLoss<E>(
+  engine: Engine,
+  examples: readonly E[],
+  length: (e: E) => number,
+  batchSize: number,
+  collate: (list: E[]) => { batch: Batch; targets: number },
+): Promise<{ loss: number; perplexity: number; eval_tokens: number }> {
+  let sum = 0;
+  let tokens = 0;
+  for (const idx of makeBatches(examples.map(length), { batchSize, shuffle: false, groupByLength: true })) {
+    const { batch, targets } = collate(idx.map((i) => examples[i]));
+    if (targets === 0) continue;
+    const { loss } = await engine.forward(batch, { logits: false });
+    sum += (loss ?? NaN) * targets;
+    tokens += targets;
+  }
+  const loss = tokens > 0 ? sum / tokens : NaN;
+  return { loss, perplexity: Math.exp(loss), eval_tokens: tokens };
 }

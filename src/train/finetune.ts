@@ -16,7 +16,7 @@ import { readModelConfigJson } from '../io/model-folder.js';
 import { writeReport } from '../report/index.js';
 import type { EvalResults } from '../metrics/index.js';
 import {
-  Trainer, encodeExamples, evaluateExamples, validateTrainingArguments, checkResumeSettings, resumeSettings,
+  Trainer, encodeExamples, evaluateExamples, validateTrainingArguments, checkResumeSettings, resumeSettings, checkOptionKeys,
   type TrainingArguments, type EncodedExample,
 } from './trainer.js';
 import { ClassificationTask } from '../tasks/classification.js';
@@ -183,32 +183,12 @@ async function configFacts(model: string): Promise<{ label2id?: Record<string, n
   return (await readModelConfigJson(model)) as { label2id?: Record<string, number>; num_hidden_layers?: number };
 }
 
-/** Every FineTuneOptions key: `satisfies` makes the compiler keep this list complete and exact. */
-const OPTION_KEYS = new Set(Object.keys({
+/** fineTune's keys besides TrainingArguments' (`satisfies` keeps the list complete and exact). */
+const OWN_KEYS = Object.keys({
   model: 1, train_file: 1, eval_file: 1, text_column: 1, text_pair_column: 1, label_column: 1, max_length: 1,
   validation_split: 1, label_smoothing_factor: 1, class_weights: 1, freeze_embeddings: 1, freeze_layers: 1,
   threads: 1, device: 1, precision: 1, overwrite_output_dir: 1, log: 1, onTrainer: 1,
-  output_dir: 1, num_train_epochs: 1, max_steps: 1, per_device_train_batch_size: 1, per_device_eval_batch_size: 1,
-  gradient_accumulation_steps: 1, learning_rate: 1, lr_scheduler_type: 1, warmup_steps: 1, warmup_ratio: 1,
-  decay_rate: 1, weight_decay: 1, adam_beta1: 1, adam_beta2: 1, adam_epsilon: 1, max_grad_norm: 1,
-  eval_strategy: 1, eval_steps: 1, save_steps: 1, metric_for_best_model: 1, greater_is_better: 1,
-  early_stopping_patience: 1, logging_steps: 1, seed: 1, group_by_length: 1, resume_from_checkpoint: 1,
-} satisfies Record<keyof FineTuneOptions, 1>));
-
-/**
- * Rejects keys fineTune does not know, as Hugging Face TrainingArguments
- * rejects unknown keyword arguments: from JavaScript a typo (`learningrate`)
- * would otherwise train silently with the default.
- * @throws Error naming the key and the known keys it resembles.
- */
-function checkOptionKeys(o: FineTuneOptions): void {
-  const squash = (k: string) => k.toLowerCase().replace(/[_-]/g, '');
-  for (const key of Object.keys(o)) {
-    if (OPTION_KEYS.has(key)) continue;
-    const near = [...OPTION_KEYS].filter((k) => squash(k) === squash(key) || squash(k).includes(squash(key)) || squash(key).includes(squash(k)));
-    throw new Error(`fineTune: unknown option '${key}'${near.length ? ` (did you mean ${near.join(' or ')}?)` : ''}`);
-  }
-}
+} satisfies Record<Exclude<keyof FineTuneOptions, keyof TrainingArguments>, 1>);
 
 /** @throws Error when freeze_layers is not an integer in 0..num_hidden_layers. */
 function checkFreezeLayers(layers: number | undefined, numHiddenLayers: number): void {
@@ -290,7 +270,7 @@ export async function fineTune(options: FineTuneOptions): Promise<FineTuneResult
   const started = performance.now();
   const o = withClassifierDefaults(options);
   const log = o.log ?? (() => undefined);
-  checkOptionKeys(options);
+  checkOptionKeys('fineTune', options, OWN_KEYS);
   validateTrainingArguments(o);
   validateLossOptions(o);
   checkDevice(o.device, o.precision);

@@ -120,6 +120,41 @@ export interface ResumeSettings {
   [task: string]: string | number | boolean | undefined;
 }
 
+/** Every TrainingArguments key (`satisfies` keeps the list complete and exact). */
+export const TRAINING_ARGUMENT_KEYS = Object.keys({
+  output_dir: 1, num_train_epochs: 1, max_steps: 1, per_device_train_batch_size: 1, per_device_eval_batch_size: 1,
+  gradient_accumulation_steps: 1, learning_rate: 1, lr_scheduler_type: 1, warmup_steps: 1, warmup_ratio: 1,
+  decay_rate: 1, weight_decay: 1, adam_beta1: 1, adam_beta2: 1, adam_epsilon: 1, max_grad_norm: 1,
+  eval_strategy: 1, eval_steps: 1, save_steps: 1, metric_for_best_model: 1, greater_is_better: 1,
+  early_stopping_patience: 1, logging_steps: 1, seed: 1, group_by_length: 1, resume_from_checkpoint: 1,
+} satisfies Record<keyof TrainingArguments, 1>) as Array<keyof TrainingArguments>;
+
+/**
+ * The TrainingArguments of a pipeline's options: each key from `o`, else from `defaults` (the
+ * pipeline's own), then `overrides`; keys left undefined are dropped (the Trainer's defaults apply).
+ */
+export function pickTrainingArguments(o: TrainingArguments, defaults: Partial<TrainingArguments> = {}, overrides: Partial<TrainingArguments> = {}): TrainingArguments {
+  const picked: Record<string, unknown> = {};
+  for (const k of TRAINING_ARGUMENT_KEYS) picked[k] = overrides[k] ?? o[k] ?? defaults[k];
+  return Object.fromEntries(Object.entries(picked).filter(([, v]) => v !== undefined)) as unknown as TrainingArguments;
+}
+
+/**
+ * Rejects option keys a pipeline does not know, as Hugging Face TrainingArguments rejects unknown
+ * keyword arguments: from JavaScript a typo (`learningrate`) would otherwise train silently with
+ * the default. `own` are the pipeline's keys besides TrainingArguments'.
+ * @throws Error "<fn>: unknown option 'k' (did you mean ...?)".
+ */
+export function checkOptionKeys(fn: string, o: object, own: readonly string[]): void {
+  const known = [...TRAINING_ARGUMENT_KEYS, ...own];
+  const squash = (k: string) => k.toLowerCase().replace(/[_-]/g, '');
+  for (const key of Object.keys(o)) {
+    if (known.includes(key)) continue;
+    const near = known.filter((k) => squash(k) === squash(key) || squash(k).includes(squash(key)) || squash(key).includes(squash(k)));
+    throw new Error(`${fn}: unknown option '${key}'${near.length ? ` (did you mean ${near.join(' or ')}?)` : ''}`);
+  }
+}
+
 /** CLI flag of each setting, so a mismatch names what the user typed. */
 const SETTING_FLAGS: Record<string, string> = {
   train_examples: 'training examples',

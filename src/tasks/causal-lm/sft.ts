@@ -16,7 +16,7 @@ import { resolveLoraConfig, type LoraConfig } from '../../models/llama.js';
 import { writeLoraGguf } from '../../io/llm-export.js';
 import { writeReport, type GenerationSampleRow } from '../../report/index.js';
 import { prepareOutputDir, lockOutputDir } from '../../train/finetune.js';
-import { Trainer, validateTrainingArguments, type TrainingArguments, type EvalEntry } from '../../train/trainer.js';
+import { Trainer, validateTrainingArguments, checkOptionKeys, pickTrainingArguments, type TrainingArguments, type EvalEntry } from '../../train/trainer.js';
 import { logLrFind } from '../../train/lr-find.js';
 import { readSftFile, type SftDataset, type SftRecord } from './data.js';
 import { encodeSftRecords, packExamples, type EncodeStats, type SftRow } from './encode.js';
@@ -113,27 +113,13 @@ export const SFT_OUTPUTS = [
   'training_log.jsonl', 'eval_results.json', 'eval_generations.jsonl', 'training_args.json', 'report.html', 'lr_find.json',
 ];
 
-const OPTION_KEYS = new Set(Object.keys({
+/** sft's keys besides TrainingArguments' (`satisfies` keeps the list complete and exact). */
+const OWN_KEYS = Object.keys({
   model: 1, train_file: 1, eval_file: 1, max_length: 1, packing: 1, lora_r: 1, lora_alpha: 1, lora_dropout: 1,
   lora_target_modules: 1, use_rslora: 1, lora_layers_to_transform: 1, full_finetune: 1, gradient_checkpointing: 1,
   max_eval_samples: 1, eval_generation: 1, max_generation_samples: 1, generation_max_new_tokens: 1, generation_batch_size: 1,
   choices: 1, choices_from_labels: 1, report_samples: 1, threads: 1, device: 1, precision: 1, overwrite_output_dir: 1, log: 1, onTrainer: 1,
-  output_dir: 1, num_train_epochs: 1, max_steps: 1, per_device_train_batch_size: 1, per_device_eval_batch_size: 1,
-  gradient_accumulation_steps: 1, learning_rate: 1, lr_scheduler_type: 1, warmup_steps: 1, warmup_ratio: 1,
-  decay_rate: 1, weight_decay: 1, adam_beta1: 1, adam_beta2: 1, adam_epsilon: 1, max_grad_norm: 1,
-  eval_strategy: 1, eval_steps: 1, save_steps: 1, metric_for_best_model: 1, greater_is_better: 1,
-  early_stopping_patience: 1, logging_steps: 1, seed: 1, group_by_length: 1, resume_from_checkpoint: 1,
-} satisfies Record<keyof SftOptions, 1>));
-
-/** @throws Error naming an unknown option key (and the known ones it resembles). */
-function checkOptionKeys(o: SftOptions): void {
-  const squash = (k: string) => k.toLowerCase().replace(/[_-]/g, '');
-  for (const key of Object.keys(o)) {
-    if (OPTION_KEYS.has(key)) continue;
-    const near = [...OPTION_KEYS].filter((k) => squash(k) === squash(key) || squash(k).includes(squash(key)) || squash(key).includes(squash(k)));
-    throw new Error(`sft: unknown option '${key}'${near.length ? ` (did you mean ${near.join(' or ')}?)` : ''}`);
-  }
-}
+} satisfies Record<Exclude<keyof SftOptions, keyof TrainingArguments>, 1>);
 
 /** A positive integer option, when given. @throws Error naming it. */
 function positive(o: SftOptions, key: keyof SftOptions): void {
@@ -165,18 +151,11 @@ function baseModelName(model: string): string {
 
 /** Trainer arguments: TrainingArguments with sft's defaults (HF/TRL: no eval without eval data; LoRA lr 2e-4, full 2e-5; weight decay 0). */
 function trainerArgs(o: SftOptions, hasEval: boolean): TrainingArguments {
-  const picked: TrainingArguments = {
-    output_dir: o.output_dir, num_train_epochs: o.num_train_epochs, max_steps: o.max_steps,
-    per_device_train_batch_size: o.per_device_train_batch_size ?? 8, per_device_eval_batch_size: o.per_device_eval_batch_size ?? 16,
-    gradient_accumulation_steps: o.gradient_accumulation_steps, learning_rate: o.learning_rate ?? (o.full_finetune ? 2e-5 : 2e-4),
-    lr_scheduler_type: o.lr_scheduler_type, warmup_steps: o.warmup_steps, warmup_ratio: o.warmup_ratio, decay_rate: o.decay_rate,
-    weight_decay: o.weight_decay ?? 0, adam_beta1: o.adam_beta1, adam_beta2: o.adam_beta2, adam_epsilon: o.adam_epsilon, max_grad_norm: o.max_grad_norm,
-    eval_strategy: hasEval ? o.eval_strategy : 'no', eval_steps: o.eval_steps, save_steps: o.save_steps,
-    metric_for_best_model: o.metric_for_best_model ?? 'loss', greater_is_better: o.greater_is_better,
-    early_stopping_patience: o.early_stopping_patience, logging_steps: o.logging_steps, seed: o.seed,
-    group_by_length: o.group_by_length, resume_from_checkpoint: o.resume_from_checkpoint,
-  };
-  return Object.fromEntries(Object.entries(picked).filter(([, v]) => v !== undefined)) as TrainingArguments;
+  return pickTrainingArguments(
+    o,
+    { per_device_train_batch_size: 8, per_device_eval_batch_size: 16, learning_rate: o.full_finetune ? 2e-5 : 2e-4, weight_decay: 0, metric_for_best_model: 'loss' },
+    hasEval ? {} : { eval_strategy: 'no' },
+  );
 }
 
 function describeStats(what: string, s: EncodeStats, maxLength: number): string {
@@ -210,7 +189,7 @@ async function writeJsonl(path: string, rows: readonly unknown[]): Promise<void>
 export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
   const started = performance.now();
   const log = o.log ?? (() => undefined);
-  checkOptionKeys(o);
+  checkOptionKeys('sft', o, OWN_KEYS);
   if (o.max_length !== undefined && !(Number.isInteger(o.max_length) && o.max_length >= 2)) throw new Error(`max_length ${o.max_length}: expected an integer ≥ 2`);
   for (const k of ['max_eval_samples', 'max_generation_samples', 'generation_max_new_tokens', 'generation_batch_size'] as const) positive(o, k);
   if (o.report_samples !== undefined && !(Number.isInteger(o.report_samples) && o.report_samples >= 0)) throw new Error(`report_samples ${o.report_samples}: expected an integer ≥ 0`);

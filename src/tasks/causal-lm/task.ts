@@ -9,11 +9,10 @@
 import { join } from 'node:path';
 import type { Batch } from '../../engine.js';
 import type { CausalLM } from '../../llm/load.js';
-import { makeBatches } from '../../data/index.js';
 import { readSafetensors } from '../../io/safetensors.js';
 import { ADAPTER_WEIGHTS_FILE, savePeftAdapter, type NamedTensors, type ResolvedLoraConfig } from '../../io/peft.js';
 import { saveHfCausalLM } from '../../io/llm-export.js';
-import type { TaskSetting, TrainingTask, TaskEvalResults } from '../task.js';
+import { tokenWeightedLoss, type TaskSetting, type TrainingTask, type TaskEvalResults } from '../task.js';
 import { collateSft, type SftRow } from './encode.js';
 
 /** Evaluation of a causal LM on target tokens. */
@@ -58,19 +57,11 @@ export function tokenizerFolderFiles(lm: CausalLM): Record<string, string> {
  * most `batchSize` rows: the per-batch mean losses weighted by their target tokens, so the
  * result is the mean over every target token (HF run_clm's eval loss, token-weighted).
  */
-export async function evaluateCausalLMLoss(lm: CausalLM, rows: readonly SftRow[], batchSize: number, padTokenId: number): Promise<CausalLMEvalResults> {
-  let sum = 0;
-  let targets = 0;
-  for (const idx of makeBatches(rows.map((r) => r.input_ids.length), { batchSize, shuffle: false, groupByLength: true })) {
-    const list = idx.map((i) => rows[i]);
-    const n = list.reduce((k, r) => k + r.numTargets, 0);
-    if (n === 0) continue;
-    const { loss } = await lm.engine.forward(collateSft(list, padTokenId), { logits: false });
-    sum += (loss ?? NaN) * n;
-    targets += n;
-  }
-  const loss = targets > 0 ? sum / targets : NaN;
-  return { loss, perplexity: Math.exp(loss), eval_tokens: targets };
+export function evaluateCausalLMLoss(lm: CausalLM, rows: readonly SftRow[], batchSize: number, padTokenId: number): Promise<CausalLMEvalResults> {
+  return tokenWeightedLoss(lm.engine, rows, (r) => r.input_ids.length, batchSize, (list) => ({
+    batch: collateSft(list, padTokenId),
+    targets: list.reduce((k, r) => k + r.numTargets, 0),
+  }));
 }
 
 /** See the file comment. */

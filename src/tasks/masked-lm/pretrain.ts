@@ -17,7 +17,7 @@ import { resolveModel } from '../../io/hub.js';
 import { readTexts, deriveSeed, mulberry32, shuffleInPlace, type TextRecord } from '../../data/index.js';
 import { writeReport } from '../../report/index.js';
 import { prepareOutputDir, lockOutputDir } from '../../train/finetune.js';
-import { Trainer, validateTrainingArguments, type TrainingArguments, type EvalEntry } from '../../train/trainer.js';
+import { Trainer, validateTrainingArguments, checkOptionKeys, pickTrainingArguments, type TrainingArguments, type EvalEntry } from '../../train/trainer.js';
 import { logLrFind } from '../../train/lr-find.js';
 import type { TextExample } from './masking.js';
 import { MaskedLMTask, MASKED_LM_METRICS, evaluateMaskedLM, maskingFor, type MaskedLMEvalResults } from './task.js';
@@ -67,19 +67,15 @@ export const PRETRAIN_OUTPUTS = [
   'training_log.jsonl', 'eval_results.json', 'training_args.json', 'report.html', 'lr_find.json',
 ];
 
-const OPTION_KEYS = new Set(Object.keys({
+/** pretrain's keys besides TrainingArguments' (`satisfies` keeps the list complete and exact). */
+const OWN_KEYS = Object.keys({
   model: 1, train_file: 1, eval_file: 1, text_column: 1, validation_split: 1, max_length: 1, mlm_probability: 1,
   whole_word_mask: 1, threads: 1, device: 1, overwrite_output_dir: 1, log: 1, onTrainer: 1,
-  output_dir: 1, num_train_epochs: 1, max_steps: 1, per_device_train_batch_size: 1, per_device_eval_batch_size: 1,
-  gradient_accumulation_steps: 1, learning_rate: 1, lr_scheduler_type: 1, warmup_steps: 1, warmup_ratio: 1,
-  decay_rate: 1, weight_decay: 1, adam_beta1: 1, adam_beta2: 1, adam_epsilon: 1, max_grad_norm: 1,
-  eval_strategy: 1, eval_steps: 1, save_steps: 1, metric_for_best_model: 1, greater_is_better: 1,
-  early_stopping_patience: 1, logging_steps: 1, seed: 1, group_by_length: 1, resume_from_checkpoint: 1,
-} satisfies Record<keyof PretrainOptions, 1>));
+} satisfies Record<Exclude<keyof PretrainOptions, keyof TrainingArguments>, 1>);
 
-/** @throws Error naming an unknown option key. */
+/** @throws Error naming an unknown option key or an out-of-range value. */
 function checkOptions(o: PretrainOptions): void {
-  for (const key of Object.keys(o)) if (!OPTION_KEYS.has(key)) throw new Error(`pretrain: unknown option '${key}'`);
+  checkOptionKeys('pretrain', o, OWN_KEYS);
   const p = o.mlm_probability;
   if (p !== undefined && !(p > 0 && p < 1)) throw new Error(`mlm_probability ${p}: expected a number in (0, 1)`);
   const v = o.validation_split;
@@ -91,18 +87,11 @@ function checkOptions(o: PretrainOptions): void {
 
 /** Trainer arguments with pretrain's defaults (run_mlm on HF Trainer: lr 5e-5, weight decay 0; batch 32 here, loss as best metric). */
 function trainerArgs(o: PretrainOptions, hasEval: boolean): TrainingArguments {
-  const picked: TrainingArguments = {
-    output_dir: o.output_dir, num_train_epochs: o.num_train_epochs, max_steps: o.max_steps,
-    per_device_train_batch_size: o.per_device_train_batch_size ?? 32, per_device_eval_batch_size: o.per_device_eval_batch_size ?? 64,
-    gradient_accumulation_steps: o.gradient_accumulation_steps, learning_rate: o.learning_rate ?? 5e-5,
-    lr_scheduler_type: o.lr_scheduler_type, warmup_steps: o.warmup_steps, warmup_ratio: o.warmup_ratio, decay_rate: o.decay_rate,
-    weight_decay: o.weight_decay ?? 0, adam_beta1: o.adam_beta1, adam_beta2: o.adam_beta2, adam_epsilon: o.adam_epsilon, max_grad_norm: o.max_grad_norm,
-    eval_strategy: hasEval ? o.eval_strategy : 'no', eval_steps: o.eval_steps, save_steps: o.save_steps,
-    metric_for_best_model: o.metric_for_best_model ?? 'loss', greater_is_better: o.greater_is_better,
-    early_stopping_patience: o.early_stopping_patience, logging_steps: o.logging_steps, seed: o.seed,
-    group_by_length: o.group_by_length, resume_from_checkpoint: o.resume_from_checkpoint,
-  };
-  return Object.fromEntries(Object.entries(picked).filter(([, x]) => x !== undefined)) as TrainingArguments;
+  return pickTrainingArguments(
+    o,
+    { per_device_train_batch_size: 32, per_device_eval_batch_size: 64, learning_rate: 5e-5, weight_decay: 0, metric_for_best_model: 'loss' },
+    hasEval ? {} : { eval_strategy: 'no' },
+  );
 }
 
 /** The texts of train_file and eval_file, or a seeded held-out fraction of train_file. */

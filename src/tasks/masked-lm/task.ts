@@ -9,9 +9,8 @@
 import { join } from 'node:path';
 import type { Batch } from '../../engine.js';
 import { saveModel, type Model } from '../../model.js';
-import { makeBatches } from '../../data/index.js';
 import { readSafetensors } from '../../io/safetensors.js';
-import type { TaskEvalResults, TaskSetting, TrainingTask } from '../task.js';
+import { tokenWeightedLoss, type TaskEvalResults, type TaskSetting, type TrainingTask } from '../task.js';
 import { EVAL_EPOCH, maskExample, type MaskedExample, type MaskingOptions, type TextExample } from './masking.js';
 
 /** Evaluation of a masked LM on its masked positions. */
@@ -68,19 +67,11 @@ export function maskingFor(model: Model, o: { mlm_probability?: number; whole_wo
  * Loss, perplexity and masked-token count of `examples` masked as an evaluation masks them (the
  * same every time), in length-grouped batches of at most `batchSize`, weighted by masked tokens.
  */
-export async function evaluateMaskedLM(model: Model, examples: readonly TextExample[], batchSize: number, masking: MaskingOptions): Promise<MaskedLMEvalResults> {
-  let sum = 0;
-  let tokens = 0;
-  for (const idx of makeBatches(examples.map((e) => e.input_ids.length), { batchSize, shuffle: false, groupByLength: true })) {
-    const masked = idx.map((i) => maskExample(examples[i], EVAL_EPOCH, masking));
-    const n = masked.reduce((k, m) => k + m.masked, 0);
-    if (n === 0) continue;
-    const { loss } = await model.engine.forward(collateMasked(masked, model.tokenizer.padTokenId), { logits: false });
-    sum += (loss ?? NaN) * n;
-    tokens += n;
-  }
-  const loss = tokens > 0 ? sum / tokens : NaN;
-  return { loss, perplexity: Math.exp(loss), eval_tokens: tokens };
+export function evaluateMaskedLM(model: Model, examples: readonly TextExample[], batchSize: number, masking: MaskingOptions): Promise<MaskedLMEvalResults> {
+  return tokenWeightedLoss(model.engine, examples, (e) => e.input_ids.length, batchSize, (list) => {
+    const masked = list.map((e) => maskExample(e, EVAL_EPOCH, masking));
+    return { batch: collateMasked(masked, model.tokenizer.padTokenId), targets: masked.reduce((k, m) => k + m.masked, 0) };
+  });
 }
 
 /** See the file comment. */
