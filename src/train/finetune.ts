@@ -346,7 +346,7 @@ export async function findClassifierLearningRate(options: ClassifierLrFindOption
   try {
     const result = await lrFind(new ClassificationTask(model), train, {
       min_lr, max_lr, num_steps, batch_size: o.per_device_train_batch_size!, seed: o.seed, group_by_length: o.group_by_length, divisor: LR_FIND_DIVISOR,
-      onStep: (k, lr, loss) => { if (k % 10 === 0) log(`lr-find step ${k}: rate ${lr.toExponential(2)} loss ${loss.toFixed(4)}`); },
+      onStep: (k, lr, loss) => { if (k % 20 === 0) log(`learning-rate range test step ${k}: rate ${lr.toExponential(2)} loss ${loss.toFixed(4)}`); },
     });
     log(describeLrFind(result));
     if (output_dir) {

@@ -328,8 +328,9 @@ function isTask<E, R extends TaskEvalResults>(x: Model | TrainingTask<E, R>): x 
  *
  * Events: 'step' (LogEntry, every optimizer step), 'log' (LogEntry, every
  * logging_steps), 'evaluate' (EvalEntry), 'checkpoint' ({dir, kind: 'last' | 'best'}),
- * 'done' (after the final save); with learning_rate 'auto', 'lr_find' (LrFindResult) or
- * 'lr_find_failed' ({ message, learning_rate }) before the first step.
+ * 'done' (after the final save); with learning_rate 'auto', 'lr_find_step' ({ step, lr, loss }
+ * each step of the range test), then 'lr_find' (LrFindResult) or 'lr_find_failed'
+ * ({ message, learning_rate }) before the first step.
  * @typeParam E the task's encoded example; R its evaluation results.
  */
 export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults> extends EventEmitter {
@@ -580,6 +581,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
       try {
         this.lrFound = await lrFind(this.task, this.train, {
           batch_size: a.per_device_train_batch_size, seed: a.seed, group_by_length: a.group_by_length, divisor: LR_FIND_DIVISOR,
+          onStep: (step, lr, loss) => this.emit('lr_find_step', { step, lr, loss }),
         });
         rate = this.lrFound.learning_rate;
         await writeFile(join(a.output_dir, 'lr_find.json'), JSON.stringify(this.lrFound));
