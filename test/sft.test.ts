@@ -187,3 +187,20 @@ test('full fine-tuning: every weight trains and is checkpointed with its moments
   assert.equal(moments.size, 2 * r.weights.size);
   assert.equal(JSON.parse(await readFile(join(last, 'config.json'), 'utf8')).model_type, 'llama');
 });
+
+test("learning_rate 'auto' with LoRA: the range test's steepest rate itself (new adapters), only adapters restored and trained", async () => {
+  const lm = tinyLM(LORA);
+  try {
+    const t = task(lm, LORA);
+    assert.equal(t.lrFindDivisor, 1);
+    assert.equal(task(lm).lrFindDivisor, undefined, 'full fine-tuning keeps the default divisor');
+    const trainer = new Trainer(t, rows(24, 11), null, { output_dir: outDir(), learning_rate: 'auto', max_steps: 1, eval_strategy: 'no', per_device_train_batch_size: 4 });
+    await trainer.trainLoop();
+    const found = trainer.lrFound!;
+    assert.equal(found.learning_rate, found.lrs[found.steepest_index]);
+    assert.equal(trainer.args.learning_rate, found.learning_rate);
+    assert.doesNotMatch(found.rule, /divided/);
+  } finally {
+    await lm.engine.dispose();
+  }
+});

@@ -72,7 +72,7 @@ export function registerSft(program: Command): void {
     withTrainingFlags(cmd, {
       batchSize: 8,
       evalBatchSize: 16,
-      learningRateHelp: 'peak learning rate (default 2e-4 with LoRA, 2e-5 with --full)',
+      learningRateHelp: "peak learning rate (default 2e-4 with LoRA, 2e-5 with --full), or 'auto': a learning-rate range test picks it",
       weightDecay: 0,
       weightDecayHelp: 'decoupled weight decay',
       gradientAccumulationHelp: 'micro-batches per optimizer step (loss normalised over their target tokens)',

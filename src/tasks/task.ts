@@ -38,6 +38,12 @@ export interface TrainingTask<E, R extends TaskEvalResults = TaskEvalResults> {
    * masks) keys it by the epoch, so a resumed run draws what the uninterrupted one would.
    */
   setEpoch?(epoch: number): void;
+  /**
+   * What learning_rate 'auto' divides the range test's steepest rate by (default LR_FIND_DIVISOR,
+   * 10, for pretrained weights that train): new LoRA adapters on a frozen base take the steepest
+   * rate itself (1).
+   */
+  readonly lrFindDivisor?: number;
   /** Unpadded length in tokens, for group_by_length batching. */
   length(example: E): number;
   /** Pads examples into one (B, T) batch. */

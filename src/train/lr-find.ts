@@ -51,10 +51,11 @@ export interface LrFindResult {
 }
 
 /**
- * What learning_rate 'auto' divides the steepest point's rate by. Fine-tuning a pretrained model
- * wants far less than the rate at which a short run's loss falls fastest (that rate is mostly what
- * a new head tolerates): measured on all-MiniLM-L6-v2 + Banking77 (README), the steepest point
- * was 2.8e-3 and the best tuned rate 2e-4.
+ * What learning_rate 'auto' divides the steepest point's rate by when pretrained weights train.
+ * Fine-tuning them wants far less than the rate at which a short run's loss falls fastest (that
+ * rate is mostly what a new head tolerates): measured on all-MiniLM-L6-v2 + Banking77 (README),
+ * the steepest point was 2.8e-3 and the best tuned rate 2e-4. A task whose only trainable weights
+ * are new (LoRA adapters) sets TrainingTask.lrFindDivisor to 1.
  */
 export const LR_FIND_DIVISOR = 10;
 

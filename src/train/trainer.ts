@@ -564,7 +564,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
 
   /**
    * learning_rate 'auto': the range test (lr-find.ts, the steepest fall of the smoothed loss divided
-   * by LR_FIND_DIVISOR) on the training set with this run's batch size and seed, its curve written
+   * by the task's lrFindDivisor, LR_FIND_DIVISOR by default) on the training set with this run's batch size and seed, its curve written
    * to lr_find.json and emitted as 'lr_find'; a resumed run takes the rate its checkpoint recorded.
    * Either way args.learning_rate becomes that number. A curve without a rate to read
    * (LrFindError) falls back to 5e-5, emitting 'lr_find_failed' ({ message, learning_rate }).
@@ -580,7 +580,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
     } else {
       try {
         this.lrFound = await lrFind(this.task, this.train, {
-          batch_size: a.per_device_train_batch_size, seed: a.seed, group_by_length: a.group_by_length, divisor: LR_FIND_DIVISOR,
+          batch_size: a.per_device_train_batch_size, seed: a.seed, group_by_length: a.group_by_length, divisor: this.task.lrFindDivisor ?? LR_FIND_DIVISOR,
           onStep: (step, lr, loss) => this.emit('lr_find_step', { step, lr, loss }),
         });
         rate = this.lrFound.learning_rate;
