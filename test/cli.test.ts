@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -255,6 +255,20 @@ for (const { name, as, lines, error } of [
 
 const quick = (output: string, ...more: string[]) =>
   nodetune('train', '--model', model, '--train', trainCsv, '--eval', evalCsv, ...COLUMNS, '--output', output, '--max-steps', '2', '--batch-size', '8', '--threads', '2', ...more);
+
+test('--overwrite-output-dir never deletes the model it is asked to train: --output that is or holds --model is refused first', async () => {
+  const dir = join(tmp, 'self');
+  ok(quick(dir));
+  const before = readdirSync(join(dir, 'checkpoint-last')).sort();
+  // Continuing from a run's own checkpoint into the same run folder, and a model folder as its own output.
+  for (const from of [join(dir, 'checkpoint-last'), dir]) {
+    const r = nodetune('train', '--model', from, '--train', trainCsv, ...COLUMNS, '--output', dir, '--overwrite-output-dir', '--max-steps', '1', '--threads', '2');
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /--overwrite-output-dir would delete the model being trained: --model .* is --output .* or inside it; choose another --output/);
+  }
+  assert.deepEqual(readdirSync(join(dir, 'checkpoint-last')).sort(), before, 'nothing deleted');
+  assert.ok(existsSync(join(dir, 'model.safetensors')));
+});
 
 test('re-training into a previous run: an error naming the folder and both flags; --overwrite-output-dir removes stale onnx/ and eval_results.json', async () => {
   const dir = join(tmp, 'rerun');

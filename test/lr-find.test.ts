@@ -74,8 +74,25 @@ test('lr-find: a diverging curve stops at 4x the smoothed minimum; one that dive
   assert.ok(r.smoothed.at(-1)! > 4 * minimum || !Number.isFinite(r.losses.at(-1)!));
   assert.ok(r.steepest_index < r.smoothed.indexOf(minimum) + 1, 'the steepest point comes before the minimum');
   assert.ok(Math.abs(r.learning_rate - r.lrs[r.steepest_index] / 10) < 1e-15);
-  await assert.rejects(lrFind(task, rows, { batch_size: 8, num_steps: 50, min_lr: 1e3, max_lr: 1e9 }), /diverged after \d+ steps, too few to read a rate from; pass a lower min_lr/);
+  await assert.rejects(lrFind(task, rows, { batch_size: 8, num_steps: 50, min_lr: 1e3, max_lr: 1e9 }), /diverged after \d+ steps, too few to read a rate from; start at a lower rate \(min_lr\)/);
   await assert.rejects(lrFind(task, rows, { batch_size: 8, min_lr: 1, max_lr: 0.1 }), /expected 0 < min_lr < max_lr/);
+  await model.engine.dispose();
+});
+
+test('lr-find: stopping (Ctrl-C) mid-test restores the model and throws; accumulation takes that many micro-batches a step', async () => {
+  const { model, rows } = await tiny();
+  const task = new ClassificationTask(model);
+  const weights = engineWeights(model.engine);
+  let polls = 0;
+  await assert.rejects(lrFind(task, rows, { batch_size: 8, shouldStop: () => ++polls > 5 }), /learning-rate range test interrupted after 5 steps; the model is as it was/);
+  assert.deepEqual(engineWeights(model.engine), weights);
+  const seen: number[] = [];
+  const counted = Object.assign(Object.create(task), { collate: (ex: EncodedExample[]) => (seen.push(ex.length), task.collate(ex)) });
+  const r = await lrFind(counted, rows, { batch_size: 4, accumulation: 2, num_steps: 60, max_lr: 10 });
+  // Two micro-batches of 4 a step (one more step's pair when a non-finite loss ended the test).
+  assert.ok(seen.length === 2 * r.lrs.length || seen.length === 2 * (r.lrs.length + 1), `${seen.length} micro-batches for ${r.lrs.length} steps`);
+  assert.ok(seen.every((n) => n === 4));
+  await assert.rejects(lrFind(task, rows, { batch_size: 8, divisor: 0 }), /divisor 0: expected a finite number > 0/);
   await model.engine.dispose();
 });
 
@@ -140,6 +157,11 @@ test('nodetune lr-find prints the rate and writes the curve; train with no rate 
   assert.match(t.stderr, /learning-rate range test: /);
   assert.ok(existsSync(join(run2, 'lr_find.json')));
   assert.match(await readFile(join(run2, 'report.html'), 'utf8'), /<section id="lr-find">/);
+  // --output holding a training run is refused before the test runs; a file too.
+  const clash = spawnSync(process.execPath, [CLI, 'lr-find', '--model', modelDir, '--train', csv, '--label-column', 'category', '--output', run2], { encoding: 'utf8' });
+  assert.notEqual(clash.status, 0);
+  assert.match(clash.stderr, /--output .* already holds other files \(.*\); lr-find writes lr_find.json and report.html into a new folder or one of its own/);
+  assert.ok(!clash.stderr.includes('range test:'), 'refused before the test ran');
   const bad = spawnSync(process.execPath, [CLI, 'train', '--model', modelDir, '--train', csv, '--output', outDir(), '--learning-rate', 'fast'], { encoding: 'utf8' });
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /'fast' is not a number/);

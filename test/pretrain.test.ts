@@ -97,6 +97,8 @@ test('pretrain: bad input is named before training', async () => {
   const empty = join(tmp, 'empty.txt');
   await writeFile(empty, '\n  \n');
   await assert.rejects(pretrainMaskedLM({ model, train_file: empty, output_dir: join(tmp, 'bad3') }), /empty\.txt: no texts found/);
+  // Held-out texts whose fixed evaluation masks choose nothing: refused before training, not scored NaN.
+  await assert.rejects(run(join(tmp, 'bad6'), { mlm_probability: 1e-9 }), /held-out split\): its 12 texts get no masked token at mlm_probability 1e-9/);
   const jsonl = join(tmp, 'texts.jsonl');
   await writeFile(jsonl, '{"text": "a card question"}\n{"body": "no text here"}\n');
   await assert.rejects(pretrainMaskedLM({ model, train_file: jsonl, output_dir: join(tmp, 'bad4') }), /texts\.jsonl:2/);

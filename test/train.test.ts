@@ -15,6 +15,7 @@ import { getScheduler } from '../src/train/schedule.js';
 import { makeBatches } from '../src/data/index.js';
 import { fineTune, LOCK_FILE, type FineTuneOptions } from '../src/train/finetune.js';
 import { Trainer, collate, validateTrainingArguments, type EncodedExample, type LogEntry, type TrainingArguments } from '../src/train/trainer.js';
+import { ClassificationTask } from '../src/tasks/classification.js';
 import { INTENTS, intentRows, writeIntentCsv, writeTinyModel, type IntentRow } from './helpers/tiny-model.js';
 
 const THREADS = 2;
@@ -539,6 +540,25 @@ test('early stopping: with a metric that cannot improve, patience 2 stops after 
   assert.equal(r.steps.length, 6, 'stopped after epoch 3 of 10');
   assert.equal(new Set(r.result.evals.map((e) => e.accuracy)).size, 1);
   assert.ok(existsSync(join(args.output_dir, 'checkpoint-best/model.safetensors')));
+});
+
+test('a non-finite evaluation (nothing to score) is never the best model: a later finite one is', async () => {
+  const model = await load(noDropout);
+  const rows = encode(model, intentRows(16, 83));
+  const task = new ClassificationTask(model);
+  let calls = 0;
+  const nanFirst: typeof task = Object.assign(Object.create(task), {
+    evaluate: async (examples: EncodedExample[], bs: number) => {
+      const r = await task.evaluate(examples, bs);
+      return calls++ === 0 ? { ...r, loss: NaN } : r;
+    },
+  });
+  const trainer = new Trainer(nanFirst, rows, rows.slice(0, 8), { output_dir: outDir(), num_train_epochs: 2, per_device_train_batch_size: 8, learning_rate: 1e-3, metric_for_best_model: 'loss' });
+  const r = await trainer.trainLoop();
+  assert.equal(r.evals.length, 2);
+  assert.ok(Number.isNaN(r.evals[0].loss!));
+  assert.equal(r.bestStep, 4, 'the finite evaluation at step 4, not the NaN at step 2');
+  await model.engine.dispose();
 });
 
 test('Trainer resume compares the saved settings before loading any checkpoint tensor', async () => {

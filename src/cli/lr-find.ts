@@ -2,7 +2,7 @@
  * `nodetune lr-find`: the learning-rate range test alone, for the classifier `nodetune train`
  * would train on the same data (what `--learning-rate auto` runs before training).
  */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { findClassifierLearningRate, CLASSIFIER_DEFAULTS } from '../train/finetune.js';
 import { applyConfigFile, dataColumns, explainPathErrors, int, maxLength, num, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
 
@@ -17,6 +17,9 @@ export function registerLrFind(program: Command): void {
     .option('--output <folder>', 'write lr_find.json and report.html (the loss-vs-rate curve) here')
     .option('--max-length <n>', 'truncate to n tokens', maxLength, 128)
     .option('--batch-size <n>', 'per_device_train_batch_size of the run it is for', positiveInt, CLASSIFIER_DEFAULTS.per_device_train_batch_size)
+    .option('--gradient-accumulation-steps <n>', 'micro-batches per optimizer step of the run it is for', positiveInt, 1)
+    .addOption(new Option('--freeze <part>', 'freeze a part of the model, as the run it is for').choices(['embeddings']))
+    .option('--freeze-layers <n>', 'freeze encoder layers 0..n-1, as the run it is for', int, 0)
     .option('--min-lr <lr>', 'first rate', num, 1e-7)
     .option('--max-lr <lr>', 'last rate', num, 1)
     .option('--num-steps <n>', 'optimizer steps at most (fewer when the loss diverges)', positiveInt, 100)
@@ -37,6 +40,9 @@ export function registerLrFind(program: Command): void {
           output_dir: opts.output as string | undefined,
           max_length: opts.maxLength as number,
           per_device_train_batch_size: opts.batchSize as number,
+          gradient_accumulation_steps: opts.gradientAccumulationSteps as number,
+          freeze_embeddings: opts.freeze === 'embeddings',
+          freeze_layers: opts.freezeLayers as number,
           min_lr: opts.minLr as number,
           max_lr: opts.maxLr as number,
           num_steps: opts.numSteps as number,

@@ -5,8 +5,8 @@
  * eval_results.json, training_log.jsonl and report.html).
  */
 import { mkdir, readFile, writeFile, rm, readdir } from 'node:fs/promises';
-import { existsSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readdirSync, realpathSync, statSync } from 'node:fs';
+import { isAbsolute, join, relative } from 'node:path';
 import { readDataset, buildLabelMap, encodeLabels, stratifiedSplit, type Dataset, type LabelMap } from '../data/index.js';
 import { loadModel, saveModel, type Model } from '../model.js';
 import { checkDevice } from '../engine.js';
@@ -81,15 +81,23 @@ export const RUN_OUTPUTS = [
  * resumes or overwrite_output_dir is set (then they are deleted, so no stale onnx/ or
  * eval_results.json survives). Runs before anything is loaded or created.
  * @param outputs file names a previous run of this kind leaves (default: the classifier's RUN_OUTPUTS).
- * @throws Error naming the folder and the two flags; or output_dir is a file; or resume without a checkpoint.
+ * @throws Error naming the folder and the two flags; or output_dir is a file; or resume without a checkpoint;
+ *   or, with overwrite_output_dir, `model` is output_dir or inside it (it would be deleted before it is read).
  */
 export async function prepareOutputDir(
-  o: Pick<FineTuneOptions, 'output_dir' | 'resume_from_checkpoint' | 'overwrite_output_dir'>,
+  o: Pick<FineTuneOptions, 'output_dir' | 'resume_from_checkpoint' | 'overwrite_output_dir'> & { model?: string },
   outputs: readonly string[] = RUN_OUTPUTS,
 ): Promise<void> {
   const dir = o.output_dir;
   if (o.resume_from_checkpoint && o.overwrite_output_dir) {
     throw new Error('--resume and --overwrite-output-dir contradict each other: one continues the run in --output, the other deletes it; pass one');
+  }
+  // A run's own checkpoint (or a model folder) as --model with that run as --output would be deleted before it is read.
+  if (o.overwrite_output_dir && o.model !== undefined && existsSync(o.model) && existsSync(dir)) {
+    const from = relative(realpathSync(dir), realpathSync(o.model));
+    if (from === '' || (!from.startsWith('..') && !isAbsolute(from))) {
+      throw new Error(`--overwrite-output-dir would delete the model being trained: --model ${o.model} is --output ${dir} or inside it; choose another --output`);
+    }
   }
   if (!existsSync(dir)) {
     if (o.resume_from_checkpoint) throw new Error(`cannot resume: --output ${dir} does not exist (no checkpoint-last to resume from)`);
@@ -339,13 +347,16 @@ export async function findClassifierLearningRate(options: ClassifierLrFindOption
   const { min_lr, max_lr, num_steps, output_dir, ...rest } = options;
   const o = withClassifierDefaults({ ...rest, output_dir: output_dir ?? '' });
   const log = o.log ?? (() => undefined);
+  checkOptionKeys('findClassifierLearningRate', rest, [...OWN_KEYS, 'min_lr', 'max_lr', 'num_steps']);
+  if (output_dir !== undefined) checkLrFindOutput(output_dir);
   validateTrainingArguments(o);
   validateLossOptions(o);
   checkDevice(o.device, o.precision);
   const { model, train } = await loadClassifierRun(o, log);
   try {
     const result = await lrFind(new ClassificationTask(model), train, {
-      min_lr, max_lr, num_steps, batch_size: o.per_device_train_batch_size!, seed: o.seed, group_by_length: o.group_by_length, divisor: LR_FIND_DIVISOR,
+      min_lr, max_lr, num_steps, batch_size: o.per_device_train_batch_size!, accumulation: o.gradient_accumulation_steps, seed: o.seed,
+      group_by_length: o.group_by_length, divisor: LR_FIND_DIVISOR,
       onStep: (k, lr, loss) => { if (k % 20 === 0) log(`learning-rate range test step ${k}: rate ${lr.toExponential(2)} loss ${loss.toFixed(4)}`); },
     });
     log(describeLrFind(result));
@@ -357,6 +368,20 @@ export async function findClassifierLearningRate(options: ClassifierLrFindOption
     return result;
   } finally {
     await model.engine.dispose();
+  }
+}
+
+/**
+ * lr-find's --output must be new, or hold only a previous lr-find's files: its report.html must
+ * not replace a training run's. @throws Error naming the folder (or file) and what it holds.
+ */
+function checkLrFindOutput(dir: string): void {
+  if (!existsSync(dir)) return;
+  if (!statSync(dir).isDirectory()) throw new Error(`--output ${dir} is a file; expected a folder for lr_find.json and report.html`);
+  const entries = readdirSync(dir);
+  const other = entries.filter((f) => f !== 'lr_find.json' && f !== 'report.html');
+  if (other.length > 0 || (entries.includes('report.html') && !entries.includes('lr_find.json'))) {
+    throw new Error(`--output ${dir} already holds other files (${(other.length ? other : entries).slice(0, 5).join(', ')}); lr-find writes lr_find.json and report.html into a new folder or one of its own`);
   }
 }
 

@@ -27,6 +27,10 @@ export interface LrFindOptions {
   num_steps?: number;
   /** Micro-batch size (the run's per_device_train_batch_size). */
   batch_size: number;
+  /** Micro-batches per step (the run's gradient_accumulation_steps; default 1), weighted as the Trainer weighs them. */
+  accumulation?: number;
+  /** Polled before each step: true stops the test (Ctrl-C), which then throws after restoring the model. */
+  shouldStop?: () => boolean;
   seed?: number;
   group_by_length?: boolean;
   /** The chosen rate is the steepest point's divided by this (default 1). */
@@ -76,6 +80,10 @@ export async function lrFind<E, R extends TaskEvalResults>(task: TrainingTask<E,
   const numSteps = o.num_steps ?? 100;
   if (!(minLr > 0 && maxLr > minLr)) throw new Error(`lr-find: expected 0 < min_lr < max_lr, got ${minLr} and ${maxLr}`);
   if (!(Number.isInteger(numSteps) && numSteps >= 10)) throw new Error(`lr-find: num_steps ${numSteps}: expected an integer ≥ 10`);
+  const accumulation = o.accumulation ?? 1;
+  if (!(Number.isInteger(accumulation) && accumulation >= 1)) throw new Error(`lr-find: accumulation ${accumulation}: expected a positive integer`);
+  const divisor = o.divisor ?? 1;
+  if (!(divisor > 0 && Number.isFinite(divisor))) throw new Error(`lr-find: divisor ${divisor}: expected a finite number > 0`);
   const started = performance.now();
   const beta = Math.min(0.98, 1 - 2 / numSteps);
   const engine = task.engine;
@@ -87,6 +95,8 @@ export async function lrFind<E, R extends TaskEvalResults>(task: TrainingTask<E,
   const losses: number[] = [];
   const smoothed: number[] = [];
   let divergedAt: number | null = null;
+  let empty = 0; // steps whose batches had nothing to learn (no target token)
+  let stopped = false;
   try {
     const lengths = train.map((e) => task.length(e));
     let batches: number[][] = [];
@@ -94,11 +104,29 @@ export async function lrFind<E, R extends TaskEvalResults>(task: TrainingTask<E,
     let avg = 0;
     let best = Infinity;
     for (let k = 0; k < numSteps; k++) {
-      if (batches.length === 0) batches = makeBatches(lengths, { batchSize: o.batch_size, seed: o.seed ?? 42, epoch: pass++, groupByLength: o.group_by_length ?? true });
-      const examples = batches.shift()!.map((i) => train[i]);
-      if (task.lossWeight(examples) === 0) continue;
+      if (o.shouldStop?.()) {
+        stopped = true;
+        break;
+      }
+      // One optimizer step of `accumulation` micro-batches, each weighted by its share (examples or targets).
+      const window: E[][] = [];
+      for (let m = 0; m < accumulation; m++) {
+        if (batches.length === 0) batches = makeBatches(lengths, { batchSize: o.batch_size, seed: o.seed ?? 42, epoch: pass++, groupByLength: o.group_by_length ?? true });
+        window.push(batches.shift()!.map((i) => train[i]));
+      }
+      const weights = window.map((examples) => task.lossWeight(examples));
+      const total = weights.reduce((a, b) => a + b, 0);
+      if (total === 0) {
+        empty++;
+        continue;
+      }
       const lr = minLr * (maxLr / minLr) ** (k / (numSteps - 1));
-      const { loss } = await engine.accumulate(task.collate(examples), { lossScale: 1 });
+      let loss = 0;
+      for (let m = 0; m < window.length; m++) {
+        if (weights[m] === 0) continue;
+        const out = await engine.accumulate(task.collate(window[m]), { lossScale: weights[m] / total });
+        loss += (out.loss * weights[m]) / total;
+      }
       const { gradNorm } = await engine.step({ learningRate: lr });
       if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
         divergedAt = k;
@@ -124,10 +152,14 @@ export async function lrFind<E, R extends TaskEvalResults>(task: TrainingTask<E,
     engine.setCounters(counters);
     await engine.zeroGrad();
   }
-  if (lrs.length < 10) throw new LrFindError(`lr-find: the loss diverged after ${lrs.length} steps, too few to read a rate from; pass a lower min_lr`);
+  if (stopped) throw new Error(`learning-rate range test interrupted after ${lrs.length} steps; the model is as it was, nothing was trained or saved`);
+  if (lrs.length < 10) {
+    throw new LrFindError(divergedAt === null
+      ? `lr-find: only ${lrs.length} of ${numSteps} steps had a token or example to learn from (${empty} batches had none), too few to read a rate from`
+      : `lr-find: the loss diverged after ${lrs.length} steps, too few to read a rate from; start at a lower rate (min_lr)`);
+  }
   const steepest = steepestIndex(lrs, smoothed);
   if (steepest < 0) throw new LrFindError(`lr-find: the smoothed loss never fell between ${minLr} and ${lrs.at(-1)}; the model does not train at these rates`);
-  const divisor = o.divisor ?? 1;
   return {
     lrs, losses, smoothed, steepest_index: steepest, diverged_at: divergedAt,
     learning_rate: lrs[steepest] / divisor,

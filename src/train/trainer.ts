@@ -548,7 +548,8 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
     if (typeof metric !== 'number') throw new Error(`metric_for_best_model '${a.metric_for_best_model}' is not one of: ${this.task.metricNames.join(', ')}`);
     const greater = a.greater_is_better ?? a.metric_for_best_model.replace(/^eval_/, '') !== 'loss';
     const best = this.state.best_metric;
-    const improved = best === null || (greater ? metric > best : metric < best);
+    // A non-finite metric (an evaluation with nothing to score) is never the best model.
+    const improved = Number.isFinite(metric) && (best === null || (greater ? metric > best : metric < best));
     if (improved) {
       this.state.best_metric = metric;
       this.state.best_step = this.state.global_step;
@@ -580,7 +581,8 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
     } else {
       try {
         this.lrFound = await lrFind(this.task, this.train, {
-          batch_size: a.per_device_train_batch_size, seed: a.seed, group_by_length: a.group_by_length, divisor: this.task.lrFindDivisor ?? LR_FIND_DIVISOR,
+          batch_size: a.per_device_train_batch_size, accumulation: a.gradient_accumulation_steps, seed: a.seed, group_by_length: a.group_by_length,
+          divisor: this.task.lrFindDivisor ?? LR_FIND_DIVISOR, shouldStop: () => this.stopRequested,
           onStep: (step, lr, loss) => this.emit('lr_find_step', { step, lr, loss }),
         });
         rate = this.lrFound.learning_rate;

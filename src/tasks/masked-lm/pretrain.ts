@@ -19,7 +19,7 @@ import { writeReport } from '../../report/index.js';
 import { prepareOutputDir, lockOutputDir } from '../../train/finetune.js';
 import { Trainer, validateTrainingArguments, checkOptionKeys, pickTrainingArguments, type TrainingArguments, type EvalEntry } from '../../train/trainer.js';
 import { logLrFind } from '../../train/lr-find.js';
-import type { TextExample } from './masking.js';
+import { EVAL_EPOCH, maskExample, type TextExample } from './masking.js';
 import { MaskedLMTask, MASKED_LM_METRICS, evaluateMaskedLM, maskingFor, type MaskedLMEvalResults } from './task.js';
 
 export interface PretrainOptions extends TrainingArguments {
@@ -154,6 +154,13 @@ export async function pretrainMaskedLM(o: PretrainOptions): Promise<PretrainResu
     const train = encode(data.train);
     const evalSet = encode(data.eval);
     if (train.length === 0) throw new Error(`${o.train_file}: no text has a token to mask after tokenization`);
+    // An evaluation whose fixed masks choose nothing would score NaN every time.
+    if (hasEval && evalSet.every((e) => maskExample(e, EVAL_EPOCH, masking).masked === 0)) {
+      throw new Error(
+        `${data.evalSource}: its ${evalSet.length} texts get no masked token at mlm_probability ${masking.mlm_probability}, so an evaluation would have nothing to score; ` +
+          'pass more evaluation text (--eval, a larger --validation-split) or --validation-split 0',
+      );
+    }
     const dropped = data.train.length - train.length;
     log(`train: ${train.length} texts from ${o.train_file}${dropped ? ` (${dropped} with no maskable token dropped)` : ''}; eval: ${evalSet.length}${hasEval ? ` from ${data.evalSource}` : ''}`);
     log(`model ${o.model} as BertForMaskedLM on ${model.engine.device()}: ${model.engine.numParameters()} parameters; mlm_probability ${masking.mlm_probability}${masking.whole_word_mask ? ', whole-word masking' : ''}`);
