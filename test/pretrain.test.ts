@@ -12,6 +12,9 @@ import { join } from 'node:path';
 import { pretrainMaskedLM, type PretrainOptions } from '../src/tasks/masked-lm/pretrain.js';
 import type { LogEntry } from '../src/train/trainer.js';
 import { readSafetensors } from '../src/io/safetensors.js';
+import { readTexts } from '../src/data/index.js';
+import { maskingFor } from '../src/tasks/masked-lm/task.js';
+import type { Model } from '../src/model.js';
 import { CLI, intentRows, writeIntentCsv, writeTinyModel } from './helpers/tiny-model.js';
 
 let tmp = '';
@@ -99,6 +102,13 @@ test('pretrain: bad input is named before training', async () => {
   await assert.rejects(pretrainMaskedLM({ model, train_file: empty, output_dir: join(tmp, 'bad3') }), /empty\.txt: no texts found/);
   // Held-out texts whose fixed evaluation masks choose nothing: refused before training, not scored NaN.
   await assert.rejects(run(join(tmp, 'bad6'), { mlm_probability: 1e-9 }), /held-out split\): its 12 texts get no masked token at mlm_probability 1e-9/);
+  // Empty texts in a .jsonl are dropped like blank .txt lines (run_mlm); a missing key is still an error.
+  const withEmpty = join(tmp, 'empty-rows.jsonl');
+  await writeFile(withEmpty, '{"text": "a card question"}\n{"text": "  "}\n{"text": "my top up failed"}\n');
+  assert.deepEqual(readTexts(withEmpty, { skipEmpty: true }).map((t) => t.line), [1, 3]);
+  assert.throws(() => readTexts(withEmpty), /empty-rows\.jsonl:2.*"text" is empty/);
+  const fake = { source: 'm', config: { vocab_size: 30522 }, tokenizer: { maskTokenId: 40000, vocabSize: 40001 } } as unknown as Model;
+  assert.throws(() => maskingFor(fake, {}), /m: the tokenizer's \[MASK\] id 40000 is outside the model's vocabulary \(config.json vocab_size 30522\)/);
   const jsonl = join(tmp, 'texts.jsonl');
   await writeFile(jsonl, '{"text": "a card question"}\n{"body": "no text here"}\n');
   await assert.rejects(pretrainMaskedLM({ model, train_file: jsonl, output_dir: join(tmp, 'bad4') }), /texts\.jsonl:2/);

@@ -70,6 +70,8 @@ export interface ReadTextsOptions {
   format?: DatasetFormat | 'lines';
   /** The file's bytes when already read (stdin); `path` then only names the source in errors. */
   bytes?: Uint8Array;
+  /** Drop records whose text is empty or blank, as blank lines are (unlabelled corpora, run_mlm); default false: an error. */
+  skipEmpty?: boolean;
 }
 
 /** One unlabelled text and the 1-based line where its record starts. */
@@ -94,7 +96,9 @@ export function readTexts(path: string, options: ReadTextsOptions = {}): TextRec
     const { text } = decodeUtf8(bytes, path);
     texts = text.split(/\r\n|\n|\r/).flatMap((t, i) => (t.trim() === '' ? [] : [{ text: t, line: i + 1 }]));
   } else {
-    texts = readRecords(path, bytes, format, [textColumn]).map((r) => ({ text: requireText(r, path, textColumn), line: r.line }));
+    const records = readRecords(path, bytes, format, [textColumn]);
+    const blank = (r: RawRecord) => options.skipEmpty === true && typeof r.get(textColumn)?.value === 'string' && String(r.get(textColumn)!.value).trim() === '';
+    texts = records.filter((r) => !blank(r)).map((r) => ({ text: requireText(r, path, textColumn), line: r.line }));
   }
   if (texts.length === 0) throw new Error(`${path}: no texts found (the input is empty${format === 'lines' ? ' or blank' : ' or has only a header'}); expected at least one text`);
   return texts;

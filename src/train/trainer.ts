@@ -36,7 +36,7 @@ export interface TrainingArguments {
   gradient_accumulation_steps?: number;
   /**
    * Peak rate, or 'auto': the learning-rate range test (src/train/lr-find.ts) picks it before the
-   * first step (a resumed run takes the rate its checkpoint recorded); see Trainer.lrFind.
+   * first step (a resumed run takes the rate its checkpoint recorded); see Trainer.lrFound.
    */
   learning_rate?: number | 'auto';
   lr_scheduler_type?: SchedulerType;

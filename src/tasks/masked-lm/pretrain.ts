@@ -96,7 +96,7 @@ function trainerArgs(o: PretrainOptions, hasEval: boolean): TrainingArguments {
 
 /** The texts of train_file and eval_file, or a seeded held-out fraction of train_file. */
 function readData(o: PretrainOptions): { train: TextRecord[]; eval: TextRecord[]; evalSource: string } {
-  const read = (path: string) => readTexts(path, { textColumn: o.text_column ?? 'text' });
+  const read = (path: string) => readTexts(path, { textColumn: o.text_column ?? 'text', skipEmpty: true });
   const train = read(o.train_file);
   if (o.eval_file) return { train, eval: read(o.eval_file), evalSource: o.eval_file };
   const fraction = o.validation_split ?? 0.05;

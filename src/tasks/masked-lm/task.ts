@@ -40,10 +40,13 @@ export function collateMasked(examples: readonly MaskedExample[], padTokenId: nu
   return { input_ids, attention_mask, token_type_ids: new Int32Array(B * T), labels, batchSize: B, seqLen: T };
 }
 
-/** Masking options for `model` (its tokenizer's special ids, [MASK], WordPiece continuations). @throws Error when the vocabulary has no [MASK]. */
+/** Masking options for `model` (its tokenizer's special ids, [MASK], WordPiece continuations). @throws Error when the vocabulary has no [MASK], or its id is outside the model's vocab_size. */
 export function maskingFor(model: Model, o: { mlm_probability?: number; whole_word_mask?: boolean; seed?: number }): MaskingOptions {
   const t = model.tokenizer;
   if (t.maskTokenId === undefined) throw new Error(`${model.source}: the tokenizer has no [MASK] token, which masked-LM training replaces chosen tokens with`);
+  if (t.maskTokenId >= model.config.vocab_size) {
+    throw new Error(`${model.source}: the tokenizer's [MASK] id ${t.maskTokenId} is outside the model's vocabulary (config.json vocab_size ${model.config.vocab_size})`);
+  }
   const continuation = new Uint8Array(t.vocabSize);
   for (let i = 0; i < t.vocabSize; i++) {
     try {
