@@ -561,6 +561,26 @@ test('a non-finite evaluation (nothing to score) is never the best model: a late
   await model.engine.dispose();
 });
 
+test('a stop() (Ctrl-C) that comes after the last step interrupts nothing: the run is complete and evaluated', async () => {
+  const rows = intentRows(16, 84);
+  const args: TrainingArguments = { output_dir: outDir(), num_train_epochs: 1, per_device_train_batch_size: 8, learning_rate: 1e-3 };
+  let trainer: Trainer | undefined;
+  const r = await train(noDropout, rows, intentRows(8, 85), args, (e, t) => {
+    trainer = t;
+    if (e.step === 2) t.stop(); // the last of 2 steps
+  });
+  assert.equal(trainer!.interrupted, false);
+  assert.deepEqual(r.result.evals.map((e) => e.step), [2]);
+  // One step earlier it is an interruption: no final evaluation.
+  let early: Trainer | undefined;
+  const r2 = await train(noDropout, rows, intentRows(8, 85), { ...args, output_dir: outDir() }, (e, t) => {
+    early = t;
+    if (e.step === 1) t.stop();
+  });
+  assert.equal(early!.interrupted, true);
+  assert.deepEqual(r2.result.evals, []);
+});
+
 test('Trainer resume compares the saved settings before loading any checkpoint tensor', async () => {
   const rows = intentRows(16, 31);
   const args: TrainingArguments = { output_dir: outDir(), max_steps: 2, per_device_train_batch_size: 4, eval_strategy: 'no' };

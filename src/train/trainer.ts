@@ -345,6 +345,8 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
   private schedule!: LrSchedule;
   /** The range test's result when learning_rate was 'auto' and the run did not resume; else null. */
   lrFound: LrFindResult | null = null;
+  /** Every step ran: a stop() that came after the last one (a late Ctrl-C) interrupts nothing. */
+  private completed = false;
 
   /**
    * @throws Error naming a bad TrainingArguments value (metric_for_best_model checked against the
@@ -373,7 +375,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
 
   /** True once stop() was called (Ctrl-C): the run ended before its last step. */
   get interrupted(): boolean {
-    return this.stopRequested;
+    return this.stopRequested && !this.completed;
   }
 
   /** Optimizer steps taken so far. */
@@ -466,10 +468,12 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
         if (a.eval_strategy === 'epoch') stoppedEarly = await this.evaluateAndSave();
       }
     }
-    if (this.lastEntry && this.window.steps > 0 && !this.stopRequested) await this.flushLog(this.lastEntry);
-    // A run cut short by max_steps or stop() still gets its final evaluation (HF evaluates at epoch end).
+    this.completed = this.state.global_step >= total;
+    const interrupted = this.interrupted;
+    if (this.lastEntry && this.window.steps > 0 && !interrupted) await this.flushLog(this.lastEntry);
+    // A run cut short by max_steps (not by stop()) still gets its final evaluation (HF evaluates at epoch end).
     const lastEval = this.state.eval_history.at(-1)?.step;
-    if (a.eval_strategy !== 'no' && !stoppedEarly && !this.stopRequested && lastEval !== this.state.global_step) {
+    if (a.eval_strategy !== 'no' && !stoppedEarly && !interrupted && lastEval !== this.state.global_step) {
       stoppedEarly = await this.evaluateAndSave();
     }
     await this.saveLast();
