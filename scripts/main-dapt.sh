@@ -7,13 +7,14 @@
 # so nothing is selected on the test set. Output: runs/dapt/ (mlm/, one run folder per model and
 # seed, summary.json) and a table on stdout.
 #
-#   bash scripts/main-dapt.sh [out]      (PER_LABEL=10 SEEDS="1 2 3" DAPT_EPOCHS=10 THREADS=2)
+#   bash scripts/main-dapt.sh [out]      (PER_LABEL=10 SEEDS="1 2 3" DAPT_EPOCHS=10 DAPT_LR=1e-4 THREADS=2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/dapt}"
 per_label="${PER_LABEL:-10}"
 seeds="${SEEDS:-1 2 3}"
 dapt_epochs="${DAPT_EPOCHS:-10}"
+dapt_lr="${DAPT_LR:-1e-4}"
 threads="${THREADS:-2}"
 cli=(node dist/src/cli/main.js)
 base=.cache/models/all-MiniLM-L6-v2
@@ -21,7 +22,7 @@ mkdir -p "$out"
 
 "${cli[@]}" pretrain --model "$base" --train data/banking77/train.csv --text-column text \
   --output "$out/mlm" --overwrite-output-dir --epochs "$dapt_epochs" --batch-size 32 \
-  --learning-rate 1e-4 --warmup-ratio 0.06 --weight-decay 0.01 --threads "$threads"
+  --learning-rate "$dapt_lr" --warmup-ratio 0.06 --weight-decay 0.01 --threads "$threads"
 
 for seed in $seeds; do
   node scripts/banking77-chat.mjs --format classifier --per-label "$per_label" --seed "$seed" --out "$out/data-$seed"
