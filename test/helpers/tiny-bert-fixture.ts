@@ -2,6 +2,7 @@
 // padded batch and Hugging Face float64 reference values, made by
 // scripts/reference/tiny_bert.py) and the error metric its checks use; shared
 // by test/engine.test.ts and the GPU parity script test/gpu/parity.mjs.
+import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -96,4 +97,29 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   }
   if (den < 1e-9) return num < 1e-9 ? 0 : Infinity;
   return num / den;
+}
+
+/**
+ * Three engine.trainStep calls on `batch` at `lr`, each loss and pre-clip gradient norm within
+ * 1e-4 relative of the reference `trainLog`, then every weight within `tolerance(name)` of the
+ * reference `after3.<name>` (torch.optim.AdamW with HF Trainer's parameter groups).
+ */
+export async function checkThreeAdamWSteps(
+  engine: Engine,
+  batch: Batch,
+  lr: number,
+  trainLog: ReadonlyArray<{ loss: number; grad_norm: number }>,
+  expected: Map<string, Float32Array>,
+  tolerance: (name: string) => number = () => 1e-4,
+): Promise<void> {
+  for (let s = 0; s < 3; s++) {
+    const { loss, gradNorm } = await engine.trainStep(batch, { learningRate: lr });
+    const ref = trainLog[s];
+    assert.ok(Math.abs(loss - ref.loss) / ref.loss < 1e-4, `step ${s + 1} loss ${loss} vs ${ref.loss}`);
+    assert.ok(Math.abs(gradNorm - ref.grad_norm) / ref.grad_norm < 1e-4, `step ${s + 1} norm ${gradNorm} vs ${ref.grad_norm}`);
+  }
+  for (const name of engine.parameterNames()) {
+    const err = relErr(engine.getWeight(name), expected.get(`after3.${name}`)!);
+    assert.ok(err < tolerance(name), `${name} after 3 steps: rel err ${err} (tolerance ${tolerance(name)})`);
+  }
 }
