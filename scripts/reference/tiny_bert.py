@@ -79,13 +79,20 @@ def make_batch() -> dict:
     return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels)
 
 
-def decay_groups(model) -> tuple[list[str], list[str]]:
-    """HF Trainer's own split (Trainer.get_decay_parameter_names does not use self)."""
-    decay = set(Trainer.get_decay_parameter_names(None, model))
+def decay_groups(model) -> tuple[list[str], list[str], list[str]]:
+    """HF Trainer's own split (Trainer.get_decay_parameter_names does not use self).
+
+    Trainer walks modules, so its list may also name tied aliases (a masked LM's
+    cls.predictions.decoder.weight); Trainer keeps only names from named_parameters(), as done
+    here. The third result lists those extra names (none for the classifier).
+    """
+    trainer = Trainer.get_decay_parameter_names(None, model)
     names = [n for n, _ in model.named_parameters()]
+    decay = set(trainer) & set(names)
+    extra = [n for n in trainer if n not in set(names)]
     rule = {n for n in names if "bias" not in n and "LayerNorm.weight" not in n}
     assert decay == rule, f"Trainer grouping differs from the documented rule: {sorted(decay ^ rule)}"
-    return [n for n in names if n in decay], [n for n in names if n not in decay]
+    return [n for n in names if n in decay], [n for n in names if n not in decay], extra
 
 
 def forward_backward(model, batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -139,7 +146,7 @@ def reference_tensors(model, batch, dtype) -> dict:
 
 def train_steps(model, batch) -> tuple[dict, dict]:
     """STEPS x (forward, loss, backward, clip_grad_norm_, AdamW.step, zero_grad)."""
-    decay, no_decay = decay_groups(model)
+    decay, no_decay, extra = decay_groups(model)
     params = dict(model.named_parameters())
     opt = torch.optim.AdamW(
         [
@@ -165,6 +172,8 @@ def train_steps(model, batch) -> tuple[dict, dict]:
                               "grad_norm_after_clip": clipped.item(), "clipped": bool(norm.item() > MAX_GRAD_NORM)})
     t.update({f"after3.{n}": p.detach().clone() for n, p in model.named_parameters()})
     info.update(decay_tensors=len(decay), no_decay_tensors=len(no_decay), decay=decay, no_decay=no_decay)
+    if extra:
+        info["trainer_decay_names_not_in_named_parameters"] = extra
     return t, info
 
 

@@ -113,23 +113,6 @@ def make_batch() -> tuple[dict, list]:
     return batch, log
 
 
-def decay_groups(model) -> tuple[list[str], list[str], list[str]]:
-    """HF Trainer's own split (Trainer.get_decay_parameter_names does not use self).
-
-    Trainer walks modules, so its list also names the tied alias
-    cls.predictions.decoder.weight; Trainer keeps only names from named_parameters(),
-    as done here. The third result lists those extra names.
-    """
-    trainer = Trainer.get_decay_parameter_names(None, model)
-    names = [n for n, _ in model.named_parameters()]
-    decay = set(trainer) & set(names)
-    extra = [n for n in trainer if n not in set(names)]
-    rule = {n for n in names if "bias" not in n and "LayerNorm.weight" not in n}
-    assert decay == rule, f"Trainer grouping differs from the documented rule: {sorted(decay ^ rule)}"
-    assert extra == ["cls.predictions.decoder.weight"], extra
-    return [n for n in names if n in decay], [n for n in names if n not in decay], extra
-
-
 def forward_backward(model, batch) -> tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor]:
     """One forward/backward; also returns the prediction transform's output (decoder input)."""
     model.zero_grad(set_to_none=True)
@@ -189,35 +172,11 @@ def reference_tensors(model, batch, dtype) -> tuple[dict, dict]:
 
 
 def train_steps(model, batch) -> tuple[dict, dict]:
-    """STEPS x (forward, loss, backward, clip_grad_norm_, AdamW.step, zero_grad)."""
-    decay, no_decay, extra = decay_groups(model)
-    params = dict(model.named_parameters())
-    opt = torch.optim.AdamW(
-        [
-            {"params": [params[n] for n in decay], "weight_decay": WEIGHT_DECAY},
-            {"params": [params[n] for n in no_decay], "weight_decay": 0.0},
-        ],
-        lr=LR, betas=BETAS, eps=EPS, foreach=False,
-    )
-    t, info = {}, {"steps": []}
-    model.zero_grad(set_to_none=True)  # earlier reference passes leave .grad behind
-    for k in range(1, STEPS + 1):
-        out = model(**batch)
-        out.loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=MAX_GRAD_NORM)
-        clipped = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if k == 1:  # for replay_first_step only; not written (keeps the file small)
-            t.update({f"after1.{n}": p.detach().clone() for n, p in model.named_parameters()})
-        t[f"step{k}.loss"] = out.loss.detach().reshape(1).clone()
-        t[f"step{k}.grad_norm"] = norm.detach().reshape(1).clone()
-        info["steps"].append({"step": k, "loss": out.loss.item(), "grad_norm": norm.item(),
-                              "grad_norm_after_clip": clipped.item(), "clipped": bool(norm.item() > MAX_GRAD_NORM)})
+    """tiny_bert.py's 3 clipped AdamW steps (HF Trainer's groups, which here drop the tied alias
+    cls.predictions.decoder.weight that Trainer's module walk also names); the ties must hold after."""
+    t, info = tiny_bert.train_steps(model, batch)
+    assert info.get("trainer_decay_names_not_in_named_parameters") == ["cls.predictions.decoder.weight"], info
     assert_tied(model)
-    t.update({f"after3.{n}": p.detach().clone() for n, p in model.named_parameters()})
-    info.update(decay_tensors=len(decay), no_decay_tensors=len(no_decay), decay=decay, no_decay=no_decay,
-                trainer_decay_names_not_in_named_parameters=extra)
     return t, info
 
 
