@@ -46,11 +46,12 @@ LENGTHS = [7, 5, 3]
 T = 7
 
 
-def build_model() -> BertForSequenceClassification:
-    """Random init with torch.manual_seed(0), then non-trivial LayerNorm params and biases."""
+def build_model(model_class=BertForSequenceClassification, config_fields: dict = CONFIG):
+    """Random init with torch.manual_seed(0), then non-trivial LayerNorm params and biases
+    (named_parameters() lists a tied tensor once, so each is perturbed once)."""
     torch.manual_seed(0)
-    config = BertConfig(**CONFIG)
-    model = BertForSequenceClassification(config)
+    config = BertConfig(**config_fields)
+    model = model_class(config)
     model.config._attn_implementation = "eager"  # read at forward time by every BertSelfAttention
     assert model.bert.encoder.layer[0].attention.self.config._attn_implementation == "eager"
     gen = torch.Generator().manual_seed(1)
@@ -58,14 +59,14 @@ def build_model() -> BertForSequenceClassification:
         for name, p in model.named_parameters():
             if "LayerNorm.weight" in name:
                 p.add_(0.1 * torch.randn(p.shape, generator=gen))
-            elif name.endswith(".bias"):  # includes LayerNorm.bias
+            elif name.endswith(".bias"):  # includes LayerNorm.bias (and a masked LM's cls.predictions.bias)
                 p.add_(0.05 * torch.randn(p.shape, generator=gen))
     model.eval()  # dropout is 0 anyway; eval keeps it that way under any config edit
     return model
 
 
 def make_batch() -> dict:
-    """B=3, T=7 right-padded batch; row 0 mixes token_type_ids 0/1; ids in [1, 100)."""
+    """B=3, T=7 right-padded batch; row 0 mixes token_type_ids 0/1; ids in [1, 100); labels (B)."""
     gen = torch.Generator().manual_seed(2)
     input_ids = torch.randint(1, CONFIG["vocab_size"], (len(LENGTHS), T), generator=gen)
     attention_mask = torch.zeros_like(input_ids)

@@ -26,7 +26,7 @@ import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import BertConfig, BertForMaskedLM, Trainer
+from transformers import BertForMaskedLM
 
 import tiny_bert  # its CONFIG, optimizer recipe, replay_first_step and contiguous (its main() does not run)
 
@@ -65,38 +65,19 @@ def assert_tied(model) -> None:
 
 
 def build_model() -> BertForMaskedLM:
-    """Random init with torch.manual_seed(0), then non-trivial LayerNorm params and biases."""
-    torch.manual_seed(0)
-    config = BertConfig(**CONFIG)
-    model = BertForMaskedLM(config)
-    model.config._attn_implementation = "eager"  # read at forward time by every BertSelfAttention
-    assert model.bert.encoder.layer[0].attention.self.config._attn_implementation == "eager"
+    """tiny_bert.py's random init and perturbation, as BertForMaskedLM (no pooler, ties intact)."""
+    model = tiny_bert.build_model(BertForMaskedLM, CONFIG)
     assert model.bert.pooler is None, "BertForMaskedLM has no pooler"
     assert model.bert.embeddings.word_embeddings.padding_idx == 0
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():  # each tied tensor once
-            if "LayerNorm.weight" in name:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
-            elif name.endswith(".bias"):  # includes LayerNorm.bias and cls.predictions.bias
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
     assert_tied(model)
     assert model.cls.predictions.bias.abs().min() > 0, "cls.predictions.bias was not perturbed"
-    model.eval()  # dropout is 0 anyway; eval keeps it that way under any config edit
     return model
 
 
 def make_batch() -> tuple[dict, list]:
-    """B=3, T=7 right-padded batch (ids as tiny_bert.py), MLM labels at MLM_POSITIONS."""
-    gen = torch.Generator().manual_seed(2)
-    input_ids = torch.randint(1, CONFIG["vocab_size"], (len(LENGTHS), T), generator=gen)
-    attention_mask = torch.zeros_like(input_ids)
-    token_type_ids = torch.zeros_like(input_ids)
-    for b, n in enumerate(LENGTHS):
-        attention_mask[b, :n] = 1
-    input_ids = input_ids * attention_mask  # padded ids = 0 ([PAD])
-    token_type_ids[0, 4:] = 1
-    token_type_ids[1, 2:5] = 1  # second segment inside row 1 too, ends before its padding
+    """tiny_bert.py's B=3, T=7 right-padded batch, MLM labels at MLM_POSITIONS."""
+    batch = tiny_bert.make_batch()
+    input_ids, attention_mask, token_type_ids = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
     original = input_ids.clone()
     labels = torch.full_like(input_ids, -100)
     log = []
