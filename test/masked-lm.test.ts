@@ -9,56 +9,26 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Engine, type Batch } from '../src/engine.js';
-import type { BertConfig } from '../src/config.js';
 import { loadModel, saveModel } from '../src/model.js';
 import { loadModelFolder } from '../src/io/model-folder.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { maskExample, type MaskingOptions } from '../src/tasks/masked-lm/masking.js';
 import { collateMasked } from '../src/tasks/masked-lm/task.js';
-import { checkThreeAdamWSteps, relErr, tensors } from './helpers/tiny-bert-fixture.js';
+import { checkThreeAdamWSteps, fixtureEngine, loadBertFixture, relErr, type BertFixture } from './helpers/tiny-bert-fixture.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const dir = join(root, 'test/fixtures/tiny-bert-mlm');
 
-interface Fixture {
-  config: BertConfig;
-  weights: Map<string, Float32Array>;
-  expected: Map<string, Float32Array>;
-  batch: Batch;
-  meta: {
-    optimizer: { lr: number; betas: [number, number]; eps: number; weight_decay: number; max_grad_norm: number };
-    train_log: Array<{ loss: number; grad_norm: number }>;
-    float32_after3_rel_err: Record<string, number>;
-    from_classifier_checkpoint: { missing_keys: string[]; unexpected_keys: string[] };
-  };
-}
+type Fixture = BertFixture<{
+  float32_after3_rel_err: Record<string, number>;
+  from_classifier_checkpoint: { missing_keys: string[]; unexpected_keys: string[] };
+}>;
 
-async function loadFixture(): Promise<Fixture> {
-  const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as BertConfig;
-  const meta = JSON.parse(await readFile(join(dir, 'batch.json'), 'utf8'));
-  const flat = (rows: number[][]) => Int32Array.from(rows.flat());
-  const batch: Batch = {
-    input_ids: flat(meta.input_ids),
-    attention_mask: flat(meta.attention_mask),
-    token_type_ids: flat(meta.token_type_ids),
-    labels: flat(meta.labels),
-    batchSize: meta.input_ids.length,
-    seqLen: meta.input_ids[0].length,
-  };
-  return { config, weights: await tensors(join(dir, 'model.safetensors')), expected: await tensors(join(dir, 'expected.safetensors')), batch, meta };
-}
+const loadFixture = () => loadBertFixture<Fixture['meta']>('tiny-bert-mlm') as Promise<Fixture>;
 
 function makeEngine(f: Fixture): Engine {
-  const o = f.meta.optimizer;
-  const engine = new Engine({
-    config: f.config, architecture: 'BertForMaskedLM', seed: 7, threads: 2,
-    adam_beta1: o.betas[0], adam_beta2: o.betas[1], adam_epsilon: o.eps, weight_decay: o.weight_decay, max_grad_norm: o.max_grad_norm,
-  });
-  for (const name of engine.parameterNames()) {
-    const w = f.weights.get(name);
-    assert.ok(w, `fixture lacks ${name}`);
-    engine.setWeight(name, w);
-  }
+  const engine = fixtureEngine(f, { architecture: 'BertForMaskedLM', seed: 7, threads: 2 });
+  for (const name of engine.parameterNames()) assert.ok(f.weights.has(name), `fixture lacks ${name}`);
   return engine;
 }
 

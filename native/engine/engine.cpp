@@ -270,7 +270,7 @@ void CpuEngine::ensure_activations(int B, int T) {
     const double per_layer = al(N * 3 * C) + al(TT) + 5 * al(N * C) + 4 * al(N) + 2 * al(N * I) + 2 * al(N * C);
     // The masked-LM head: three (N, C) activations, two (N) statistics, the
     // fused head's scratch (mlm_rows x (V + C)) and one (N, C) gradient.
-    const double rows = std::min(256.0, N), V = cfg_.vocab_size;
+    const double rows = std::min((double)kMlmChunk, N), V = cfg_.vocab_size;
     const double mlm = cfg_.masked_lm ? 3 * al(N * C) + 2 * al(N) + al(rows * (V + C)) : 0;
     const double total = 2 * al(N * C) + 2 * al(N) + per_layer * cfg_.num_hidden_layers + 3 * al(Bc * C) + al(Bc * L) + mlm;
     const double dtotal = 3 * al(N * C) + 2 * al(N * I) + al(N * 3 * C) + al(TT) + 3 * al(Bc * C) + al(Bc * L) +

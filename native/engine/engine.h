@@ -251,7 +251,9 @@ private:
     // scaled by grad_scale, head and tied-decoder gradients added).
     void mlm_head_forward(const float* x);
     double mlm_loss(const Batch& b, bool backward, float grad_scale);
-    int mlm_rows() const { return std::min(256, cur_B_ * cur_T_); }  // lm chunk: rows of the fused head at a time
+    // Masked rows the fused decoder + loss takes at a time (its scratch holds that many logit rows).
+    static constexpr int kMlmChunk = 256;
+    int mlm_rows() const { return std::min(kMlmChunk, cur_B_ * cur_T_); }
     float* W(size_t idx) { return w_.data() + params_[idx].offset; }
     float* G(size_t idx) { return params_[idx].trainable ? g_.data() + params_[idx].offset : nullptr; }
     // q/k/v share one GEMM: the group's gradient when any of the three trains.

@@ -10,20 +10,21 @@ import type { BertConfig } from '../../src/config.js';
 import { Engine, type Batch, type EngineOptions } from '../../src/engine.js';
 import { readSafetensors } from '../../src/io/safetensors.js';
 
-const fixture = join(dirname(fileURLToPath(import.meta.url)), '../../../test/fixtures/tiny-bert');
+const fixtures = join(dirname(fileURLToPath(import.meta.url)), '../../../test/fixtures');
 
-export interface TinyBertFixture {
+/** A scripts/reference BERT fixture: its model, batch.json (the batch and `meta`) and reference tensors. */
+export interface BertFixture<M = object> {
   config: BertConfig;
   weights: Map<string, Float32Array>;
   expected: Map<string, Float32Array>;
   batch: Batch;
-  meta: {
-    class_weights: number[];
-    label_smoothing: number;
+  meta: M & {
     optimizer: { lr: number; betas: [number, number]; eps: number; weight_decay: number; max_grad_norm: number };
     train_log: Array<{ loss: number; grad_norm: number }>;
   };
 }
+
+export type TinyBertFixture = BertFixture<{ class_weights: number[]; label_smoothing: number }>;
 
 /** The float32 tensors of a safetensors file by name. */
 export async function tensors(path: string): Promise<Map<string, Float32Array>> {
@@ -34,27 +35,36 @@ export async function tensors(path: string): Promise<Map<string, Float32Array>> 
   return out;
 }
 
-/** Config (num_labels from id2label), weights, reference tensors and the (B, T) batch. */
-export async function loadTinyBertFixture(): Promise<TinyBertFixture> {
-  const config = JSON.parse(await readFile(join(fixture, 'config.json'), 'utf8')) as BertConfig;
+/**
+ * test/fixtures/<name>: config (num_labels from id2label when it has one), weights, reference
+ * tensors and the (B, T) batch; labels as batch.json holds them (B per sequence, or B×T per token).
+ */
+export async function loadBertFixture<M>(name: string): Promise<BertFixture<M>> {
+  const dir = join(fixtures, name);
+  const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as BertConfig;
   config.num_labels = Object.keys(config.id2label ?? {}).length || config.num_labels;
-  const meta = JSON.parse(await readFile(join(fixture, 'batch.json'), 'utf8'));
-  const flat = (rows: number[][]) => Int32Array.from(rows.flat());
+  const meta = JSON.parse(await readFile(join(dir, 'batch.json'), 'utf8'));
+  const flat = (rows: number[] | number[][]) => Int32Array.from(rows.flat());
   const batch: Batch = {
     input_ids: flat(meta.input_ids),
     attention_mask: flat(meta.attention_mask),
     token_type_ids: flat(meta.token_type_ids),
-    labels: Int32Array.from(meta.labels),
+    labels: flat(meta.labels),
     batchSize: meta.input_ids.length,
     seqLen: meta.input_ids[0].length,
   };
   return {
     config,
-    weights: await tensors(join(fixture, 'model.safetensors')),
-    expected: await tensors(join(fixture, 'expected.safetensors')),
+    weights: await tensors(join(dir, 'model.safetensors')),
+    expected: await tensors(join(dir, 'expected.safetensors')),
     batch,
     meta,
   };
+}
+
+/** The classifier fixture, test/fixtures/tiny-bert. */
+export function loadTinyBertFixture(): Promise<TinyBertFixture> {
+  return loadBertFixture('tiny-bert');
 }
 
 /**
@@ -62,7 +72,7 @@ export async function loadTinyBertFixture(): Promise<TinyBertFixture> {
  * optimizer's) and its weights; `options` (config, seed, threads, device, ...)
  * override. A parameter the fixture lacks keeps the engine's initial value.
  */
-export function fixtureEngine(f: TinyBertFixture, options: Partial<{ config: BertConfig } & EngineOptions> = {}): Engine {
+export function fixtureEngine(f: BertFixture, options: Partial<{ config: BertConfig } & EngineOptions> = {}): Engine {
   const o = f.meta.optimizer;
   const engine = new Engine({
     config: f.config,
