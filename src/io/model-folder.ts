@@ -437,29 +437,22 @@ export async function loadModelFolder(folder: string, opts: LoadModelOptions = {
  * label fields (transformers omits its default two labels).
  */
 export function configToJson(config: BertConfig, architecture: BertArchitecture = MODEL_CLASS): Record<string, unknown> {
-  if (architecture === 'BertForMaskedLM') {
-    const out: Record<string, unknown> = {};
-    for (const key of Object.keys(BERT_DEFAULTS)) out[key] = (config as unknown as Record<string, unknown>)[key] ?? (BERT_DEFAULTS as Record<string, unknown>)[key];
-    Object.assign(out, { architectures: [architecture], model_type: 'bert', pad_token_id: config.pad_token_id ?? 0 });
-    return Object.fromEntries(Object.entries(out).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
-  }
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(BERT_DEFAULTS)) out[key] = (config as unknown as Record<string, unknown>)[key] ?? (BERT_DEFAULTS as Record<string, unknown>)[key];
+  Object.assign(out, { architectures: [architecture], model_type: 'bert', pad_token_id: config.pad_token_id ?? 0 });
+  if (architecture === MODEL_CLASS) Object.assign(out, classifierLabelFields(config));
+  return Object.fromEntries(Object.entries(out).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+/** A classifier config's id2label (string keys; LABEL_i when absent), label2id and problem_type. @throws Error when num_labels disagrees with id2label. */
+function classifierLabelFields(config: BertConfig): Record<string, unknown> {
   const id2label = config.id2label
     ? normalizeId2label(config.id2label, 'config')
     : Object.fromEntries(Array.from({ length: config.num_labels }, (_, i) => [String(i), `LABEL_${i}`]));
   if (Object.keys(id2label).length !== config.num_labels) {
     throw new Error(`config.num_labels ${config.num_labels} disagrees with its ${Object.keys(id2label).length} id2label entries`);
   }
-  const out: Record<string, unknown> = {};
-  for (const key of Object.keys(BERT_DEFAULTS)) out[key] = (config as unknown as Record<string, unknown>)[key] ?? (BERT_DEFAULTS as Record<string, unknown>)[key];
-  Object.assign(out, {
-    architectures: [MODEL_CLASS],
-    model_type: 'bert',
-    id2label,
-    label2id: invertLabels(id2label, 'config'),
-    pad_token_id: config.pad_token_id ?? 0,
-    problem_type: 'single_label_classification',
-  });
-  return Object.fromEntries(Object.entries(out).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+  return { id2label, label2id: invertLabels(id2label, 'config'), problem_type: 'single_label_classification' };
 }
 
 /**
