@@ -16,7 +16,7 @@ import { readModelConfigJson } from '../io/model-folder.js';
 import { writeReport } from '../report/index.js';
 import type { EvalResults } from '../metrics/index.js';
 import {
-  Trainer, encodeExamples, evaluateExamples, validateTrainingArguments, checkResumeSettings, resumeSettings, checkOptionKeys,
+  Trainer, encodeExamples, evaluateExamples, validateTrainingArguments, checkResumeSettings, resumeSettings, checkOptionKeys, pickTrainingArguments,
   type TrainingArguments, type EncodedExample,
 } from './trainer.js';
 import { ClassificationTask } from '../tasks/classification.js';
@@ -215,12 +215,7 @@ function checkFreezeLayers(layers: number | undefined, numHiddenLayers: number):
 export const CLASSIFIER_DEFAULTS = { per_device_train_batch_size: 16, learning_rate: 'auto', warmup_ratio: 0.1 } as const;
 
 function withClassifierDefaults(o: FineTuneOptions): FineTuneOptions {
-  return {
-    ...o,
-    per_device_train_batch_size: o.per_device_train_batch_size ?? CLASSIFIER_DEFAULTS.per_device_train_batch_size,
-    learning_rate: o.learning_rate ?? CLASSIFIER_DEFAULTS.learning_rate,
-    warmup_ratio: o.warmup_ratio ?? CLASSIFIER_DEFAULTS.warmup_ratio,
-  };
+  return { ...o, ...pickTrainingArguments(o, CLASSIFIER_DEFAULTS) };
 }
 
 /** The model loaded with a head for the data's labels, the data encoded, layers frozen: a run ready for the Trainer. */

@@ -143,7 +143,7 @@ export async function pretrainMaskedLM(o: PretrainOptions): Promise<PretrainResu
   });
   let releaseLock = async () => undefined as void;
   try {
-    const masking = maskingFor(model, { ...o, seed: o.seed });
+    const masking = maskingFor(model, o);
     const maxLength = Math.min(o.max_length ?? 128, model.config.max_position_embeddings);
     if (maxLength < (o.max_length ?? 128)) log(`warning: max_length ${o.max_length ?? 128} is above the model's max_position_embeddings; capped at ${maxLength}`);
     // Texts that tokenize to nothing maskable ([CLS] [SEP] only) teach nothing and are dropped.
