@@ -20,7 +20,7 @@ import {
   type TrainingArguments, type EncodedExample,
 } from './trainer.js';
 import { ClassificationTask } from '../tasks/classification.js';
-import { describeLrFind, logLrFind, lrFind, LR_FIND_DIVISOR, type LrFindResult } from './lr-find.js';
+import { describeLrFind, logLrFind, logLrFindProgress, lrFind, LR_FIND_DIVISOR, type LrFindResult } from './lr-find.js';
 
 export interface FineTuneOptions extends TrainingArguments {
   /** Local Hugging Face folder or Hub repo id. */
@@ -352,7 +352,7 @@ export async function findClassifierLearningRate(options: ClassifierLrFindOption
     const result = await lrFind(new ClassificationTask(model), train, {
       min_lr, max_lr, num_steps, batch_size: o.per_device_train_batch_size!, accumulation: o.gradient_accumulation_steps, seed: o.seed,
       group_by_length: o.group_by_length, divisor: LR_FIND_DIVISOR,
-      onStep: (k, lr, loss) => { if (k % 20 === 0) log(`learning-rate range test step ${k}: rate ${lr.toExponential(2)} loss ${loss.toFixed(4)}`); },
+      onStep: logLrFindProgress(log),
     });
     log(describeLrFind(result));
     if (output_dir) {

@@ -195,11 +195,17 @@ export function describeLrFind(r: LrFindResult): string {
     `${r.lrs.length} steps from ${r.lrs[0].toExponential(0)}, ${diverged}; ${r.seconds.toFixed(1)} s)`;
 }
 
+/** An LrFindOptions.onStep that logs every 20th step of the range test. */
+export function logLrFindProgress(log: (line: string) => void): (step: number, lr: number, loss: number) => void {
+  return (step, lr, loss) => {
+    if (step % 20 === 0) log(`learning-rate range test step ${step}: rate ${lr.toExponential(2)} loss ${loss.toFixed(4)}`);
+  };
+}
+
 /** Logs a Trainer's range test (learning_rate 'auto'): every 20th step, its result, or why it fell back. */
 export function logLrFind(trainer: EventEmitter, log: (line: string) => void): void {
-  trainer.on('lr_find_step', (e: { step: number; lr: number; loss: number }) => {
-    if (e.step % 20 === 0) log(`learning-rate range test step ${e.step}: rate ${e.lr.toExponential(2)} loss ${e.loss.toFixed(4)}`);
-  });
+  const progress = logLrFindProgress(log);
+  trainer.on('lr_find_step', (e: { step: number; lr: number; loss: number }) => progress(e.step, e.lr, e.loss));
   trainer.on('lr_find', (r: LrFindResult) => log(describeLrFind(r)));
   trainer.on('lr_find_failed', (e: { message: string; learning_rate: number }) =>
     log(`warning: ${e.message}; training at ${e.learning_rate} (Hugging Face's default) instead; pass --learning-rate to choose`));
