@@ -9,6 +9,7 @@
         "native/binding/addon.cpp",
         "native/engine/engine.cpp",
         "native/engine/factory.cpp",
+        "native/engine/distributed.cpp",
         "native/engine/training.cpp",
         "native/models/llama.cpp",
         "native/cpu/attention.cpp",

@@ -25,6 +25,7 @@
 // prefill/decode exist for causal LMs only.
 #include <napi.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -34,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/distributed.h"
 #include "engine/engine.h"
 #include "engine/factory.h"
 #include "models/llama.h"
@@ -150,6 +152,7 @@ OwnedBatch read_batch(const Napi::Value& value, bool need_labels, bool labels_pe
     if (need_labels || !absent(labels))
         b.labels = labels_per_token ? copy_int32(labels, "labels", n, bt, true, 0)
                                     : copy_int32(labels, "labels", b.B, "batchSize = " + std::to_string(b.B), true, 0);
+    b.row_offset = read_int(o, "rowOffset", "batch", false, 0);  // checked >= 0 with the batch (check_batch_size)
     return b;
 }
 
@@ -315,6 +318,25 @@ auto Guard(Napi::Env env, F&& f) -> decltype(f()) {
     } catch (const std::exception& e) {
         throw Napi::Error::New(env, e.what());
     }
+}
+
+// ---- data parallel: the MPI world (engine/distributed.h) -------------------------
+
+// MPI allows one call at a time here (MPI_THREAD_SERIALIZED): a second
+// collective while one runs on the thread pool is refused, not interleaved.
+std::atomic<bool> g_collective_busy{false};
+double g_timeout_s = 1800.0;  // HF TrainingArguments.ddp_timeout's default
+bool g_world_ready = false;
+
+struct CollectiveLock {
+    explicit CollectiveLock(const std::string& what) {
+        if (g_collective_busy.exchange(true)) throw EngineError(what + ": another collective is running; await it first");
+    }
+    ~CollectiveLock() { g_collective_busy = false; }
+};
+
+void world_or_throw(const std::string& what) {
+    if (!g_world_ready) throw EngineError(what + ": call distributedInit() first (the process must run under mpirun)");
 }
 
 // ---- the BERT engine ----------------------------------------------------------------
@@ -868,8 +890,25 @@ private:
     Napi::Value Step(const Napi::CallbackInfo& info) {
         return Guard(info.Env(), [&]() -> Napi::Value {
             const float lr = LearningRate(info, 0, "step");
+            const Napi::Value ar = info[0].As<Napi::Object>().Get("allReduce");
+            if (!absent(ar) && !ar.IsBoolean())
+                throw EngineError("Engine.step: options.allReduce must be true or false, got " + type_name(ar));
+            const bool all_reduce = ar.IsBoolean() && ar.As<Napi::Boolean>().Value();
+            if (all_reduce) world_or_throw("Engine.step({allReduce: true})");
             return slot_.Queue<float>(
-                info.Env(), "step", [lr](Engine& e) { return e.step(lr); },
+                info.Env(), "step",
+                [lr, all_reduce](Engine& e) {
+                    if (all_reduce) {
+                        const auto [g, n] = e.host_gradients();
+                        if (!g && n == 0 && e.device() != "cpu")
+                            throw EngineError("Engine.step({allReduce: true}): data-parallel training on " + e.device() +
+                                              " needs NCCL, which this build does not have");
+                        CollectiveLock lock("Engine.step({allReduce: true})");
+                        nt::Communicator::world(g_timeout_s)
+                            .allreduce_sum(g, n, "the gradient all-reduce of optimizer step " + std::to_string(e.optimizer_step() + 1));
+                    }
+                    return e.step(lr);
+                },
                 [](Napi::Env env, float& norm) -> Napi::Value {
                     auto o = Napi::Object::New(env);
                     o.Set("gradNorm", norm);
@@ -898,6 +937,93 @@ private:
     }
 };
 
+// distributedInit({timeout}) -> {rank, size, host}: MPI_Init_thread on the
+// first call (then only the timeout, seconds, changes). Throws without MPI.
+Napi::Value DistributedInit(const Napi::CallbackInfo& info) {
+    return Guard(info.Env(), [&]() -> Napi::Value {
+        double timeout = g_timeout_s;
+        if (info.Length() > 0 && !info[0].IsUndefined()) {
+            if (!info[0].IsObject()) throw EngineError("distributedInit(options): options must be an object {timeout}");
+            const auto t = read_number(info[0].As<Napi::Object>(), "timeout", "distributedInit: options");
+            if (t) timeout = *t;
+        }
+        if (g_collective_busy) throw EngineError("distributedInit(): a collective is running; await it first");
+        nt::Communicator& w = nt::Communicator::world(timeout);
+        g_timeout_s = timeout;
+        g_world_ready = true;
+        auto o = Napi::Object::New(info.Env());
+        o.Set("rank", w.rank());
+        o.Set("size", w.size());
+        o.Set("host", w.host());
+        return o;
+    });
+}
+
+class CollectiveWorker final : public Napi::AsyncWorker {
+public:
+    CollectiveWorker(Napi::Env env, std::vector<double> data, std::string what)
+        : Napi::AsyncWorker(env, "nodetune.allReduce"), deferred_(Napi::Promise::Deferred::New(env)),
+          data_(std::move(data)), what_(std::move(what)) {}
+    Napi::Promise Promise() const { return deferred_.Promise(); }
+    void Execute() override {
+        try {
+            CollectiveLock lock(what_);
+            nt::Communicator::world(g_timeout_s).allreduce_sum(data_.data(), data_.size(), what_);
+        } catch (const std::exception& e) {
+            SetError(e.what());
+        }
+    }
+    void OnOK() override {
+        try {
+            auto out = Napi::Float64Array::New(Env(), data_.size());
+            std::copy(data_.begin(), data_.end(), out.Data());
+            deferred_.Resolve(out);
+        } catch (...) {
+        }
+    }
+    void OnError(const Napi::Error& e) override {
+        try {
+            deferred_.Reject(e.Value());
+        } catch (...) {
+        }
+    }
+
+private:
+    Napi::Promise::Deferred deferred_;
+    std::vector<double> data_;
+    std::string what_;
+};
+
+// distributedAllReduce(Float64Array, what) -> Promise<Float64Array>: the sum
+// over ranks (a copy; the argument is untouched). `what` names it in errors.
+Napi::Value DistributedAllReduce(const Napi::CallbackInfo& info) {
+    return Guard(info.Env(), [&]() -> Napi::Value {
+        if (info.Length() < 1 || !info[0].IsTypedArray() ||
+            info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+            throw EngineError("distributedAllReduce(values, what): values must be a Float64Array");
+        auto a = info[0].As<Napi::Float64Array>();
+        if (detached(a)) throw EngineError("distributedAllReduce(values, what): values' buffer is detached");
+        std::vector<double> data(a.Data(), a.Data() + a.ElementLength());
+        const std::string what = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value()
+                                                                          : std::string("an all-reduce");
+        world_or_throw("distributedAllReduce");
+        auto* w = new CollectiveWorker(info.Env(), std::move(data), what);
+        Napi::Promise p = w->Promise();
+        w->Queue();
+        return p;
+    });
+}
+
+// distributedFinish(): MPI_Finalize (MPI_Abort after a failed collective).
+Napi::Value DistributedFinish(const Napi::CallbackInfo& info) {
+    return Guard(info.Env(), [&]() -> Napi::Value {
+        if (g_collective_busy) throw EngineError("distributedFinish(): a collective is running; await it first");
+        if (g_world_ready) nt::Communicator::world(g_timeout_s).finish();
+        g_world_ready = false;
+        return info.Env().Undefined();
+    });
+}
+
 // checkDevice(device, precision, causalLM?): nt::check_device, the engine
 // factory's own rules, so a caller can reject a device before loading weights.
 Napi::Value CheckDevice(const Napi::CallbackInfo& info) {
@@ -916,6 +1042,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("Engine", EngineWrap::Init(env));
     exports.Set("checkDevice", Napi::Function::New(env, CheckDevice, "checkDevice"));
     exports.Set("cudaCompiled", Napi::Boolean::New(env, nt::cuda_compiled()));
+    exports.Set("mpiCompiled", Napi::Boolean::New(env, nt::Communicator::available()));
+    exports.Set("distributedInit", Napi::Function::New(env, DistributedInit, "distributedInit"));
+    exports.Set("distributedAllReduce", Napi::Function::New(env, DistributedAllReduce, "distributedAllReduce"));
+    exports.Set("distributedFinish", Napi::Function::New(env, DistributedFinish, "distributedFinish"));
     using Max = nt::BertConfigLimits;
     auto limits = Napi::Object::New(env);
     limits.Set("vocab_size", Max::vocab_size);

@@ -99,10 +99,11 @@ void philox_words8(const DropoutKey& key, uint64_t q0, uint32_t x[32]) {
 }  // namespace
 
 // out[i] = in[i] * (kept ? scale : 0) for element indices index0 + i, i in
-// [0, n); serial; out may alias in. A multiply, as torch's input * mask, so
-// NaN/inf inputs stay NaN. Used by dropout_* and by attention. keep, when
-// set, records element index0 + i's kept flag as bit (index0 + i) % 8 of
-// keep[(index0 + i) / 8]; index0 must then be a multiple of 8.
+// [0, n), each drawn at key.offset + index0 + i; serial; out may alias in. A
+// multiply, as torch's input * mask, so NaN/inf inputs stay NaN. Used by
+// dropout_* and by attention. keep, when set, records element index0 + i's
+// kept flag as bit (index0 + i) % 8 of keep[(index0 + i) / 8] (local indices:
+// the offset moves the draws, not the mask's layout).
 template <typename T>
 void dropout_apply(T* out, const T* in, size_t n, uint64_t index0, float p,
                    const DropoutKey& key, uint8_t* keep) {
@@ -121,20 +122,23 @@ void dropout_apply(T* out, const T* in, size_t n, uint64_t index0, float p,
         return;
     }
     const T scale = T(1) / (T(1) - T(p));
-    auto one = [&](uint64_t j) {
-        const bool kept = dropout_uniform(key, j) >= p;
+    const uint64_t off = key.offset;
+    auto one = [&](uint64_t j) {  // j: local element index
+        uint32_t x[4];
+        uniform_words(key, (off + j) >> 2, x);
+        const bool kept = to_uniform(x[(off + j) & 3]) >= p;
         out[j - index0] = in[j - index0] * (kept ? scale : T(0));
         if (keep) record(j, kept);
     };
     const uint64_t end = index0 + n;
     uint64_t idx = index0;
-    // Bulk: 32 elements (8 Philox blocks) at a time from a multiple of 4 (of
-    // 8 with keep, so the 32 flags fill 4 whole bytes).
-    const uint64_t bulk = (idx + 3) & ~uint64_t(3);
-    for (; idx < bulk && idx < end; idx++) one(idx);
+    // Bulk: 32 elements (8 Philox blocks) at a time from a drawn index that is
+    // a multiple of 4; the 32 flags go in as 4 whole bytes when the local
+    // index is a multiple of 8, else bit by bit.
+    while (idx < end && ((off + idx) & 3) != 0) one(idx++);
     for (; idx + 32 <= end; idx += 32) {
         uint32_t x[32];
-        philox_words8(key, idx >> 2, x);
+        philox_words8(key, (off + idx) >> 2, x);
         T* o = out + (idx - index0);
         const T* s = in + (idx - index0);
         uint32_t bits = 0;
@@ -144,8 +148,10 @@ void dropout_apply(T* out, const T* in, size_t n, uint64_t index0, float p,
             o[e] = s[e] * (kept ? scale : T(0));
             bits |= (uint32_t)kept << e;
         }
-        if (keep)
+        if (keep && (idx & 7) == 0)
             for (int b = 0; b < 4; b++) keep[(idx >> 3) + b] = (uint8_t)(bits >> (8 * b));
+        else if (keep)
+            for (int e = 0; e < 32; e++) record(idx + e, (bits >> e) & 1u);
     }
     for (; idx < end; idx++) one(idx);
 }
@@ -157,13 +163,14 @@ template void dropout_apply<double>(double*, const double*, size_t, uint64_t, fl
 }  // namespace detail
 
 float dropout_uniform(const DropoutKey& key, uint64_t index) {
+    const uint64_t g = key.offset + index;
     uint32_t x[4];
-    detail::uniform_words(key, index >> 2, x);
-    return detail::to_uniform(x[index & 3]);
+    detail::uniform_words(key, g >> 2, x);
+    return detail::to_uniform(x[g & 3]);
 }
 
 namespace {
-// Thread chunks start at multiples of 4096, so each runs the 8-block bulk path.
+// Thread chunks start at multiples of 4096 (whole mask bytes); each runs the 8-block bulk path.
 template <typename T>
 void dropout_parallel(T* out, const T* in, size_t n, float p, const DropoutKey& key, uint8_t* keep = nullptr) {
     constexpr size_t kChunk = 4096;

@@ -81,12 +81,17 @@ void tanh_backward(T* dinp, const T* out, const T* dout, size_t n);
 // scaled by 1/(1-p) (inverted dropout, as torch.nn.Dropout). Backward
 // regenerates the same mask from the same key instead of storing it.
 // Philox4x32-10 (Salmon et al. 2011); identical on CUDA.
+// offset: the index of this tensor's first element in the tensor of the whole
+// (global) batch. A data-parallel rank holds rows [b0, b1) of every global
+// batch; with offset = b0 × (elements per row) its masks are that slice of
+// the one-process masks, element for element.
 struct DropoutKey {
     uint64_t seed;
     uint64_t step;
     uint32_t tensor_id;
+    uint64_t offset = 0;
 };
-float dropout_uniform(const DropoutKey& key, uint64_t index);  // in [0, 1)
+float dropout_uniform(const DropoutKey& key, uint64_t index);  // in [0, 1); index + key.offset is drawn
 template <typename T>
 void dropout_forward(T* out, const T* inp, size_t n, float p, const DropoutKey& key);
 template <typename T>

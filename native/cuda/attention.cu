@@ -50,7 +50,9 @@ struct Drop {
     float scale;   // 1/(1-p), 0 when p >= 1
     uint64_t seed, step;
     uint32_t tensor_id;
-    __device__ bool keep(uint64_t index) const {
+    uint64_t offset;  // DropoutKey::offset: where this batch's rows start in the global batch
+    __device__ bool keep(uint64_t local) const {
+        const uint64_t index = offset + local;
         const philox::Words w = philox::dropout_block(seed, step, tensor_id, index >> 2);
         return philox::to_uniform(philox::word(w, (unsigned)(index & 3))) >= p;
     }
@@ -376,6 +378,7 @@ Drop make_drop(float p, const DropoutKey& key) {
     d.seed = key.seed;
     d.step = key.step;
     d.tensor_id = key.tensor_id;
+    d.offset = key.offset;
     return d;
 }
 

@@ -65,21 +65,25 @@ __global__ void scale_kernel(T* x, size_t n, float s) {
     if (i < n) x[i] = from_f<T>(to_f(x[i]) * s);
 }
 
-// Thread q handles elements 4q..4q+3: the four words of one Philox block.
-// scale = 1/(1-p) rounded in fp32 exactly as the CPU's T=float path.
+// Thread q handles elements 4q..4q+3, drawn at offset + 4q..: the four words
+// of one Philox block when offset is a multiple of 4 (the usual case), else of
+// the two blocks they straddle. scale = 1/(1-p) rounded in fp32 exactly as the
+// CPU's T=float path.
 template <typename T>
 __global__ void dropout_kernel(T* out, const T* in, size_t n, float p, float scale,
-                               uint64_t seed, uint64_t step, uint32_t tensor_id) {
+                               uint64_t seed, uint64_t step, uint32_t tensor_id, uint64_t offset) {
     const size_t q = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     const size_t i0 = q * 4;
     if (i0 >= n) return;
-    const philox::Words w = philox::dropout_block(seed, step, tensor_id, q);
+    const uint64_t g0 = offset + i0;
+    const philox::Words w = philox::dropout_block(seed, step, tensor_id, g0 >> 2);
 #pragma unroll
     for (int j = 0; j < 4; j++) {
         const size_t i = i0 + j;
         if (i < n) {
-            const bool keep = philox::to_uniform(w.x[j]) >= p;
-            out[i] = keep ? from_f<T>(to_f(in[i]) * scale) : from_f<T>(0.0f);
+            const float u = (offset & 3) == 0 ? philox::to_uniform(w.x[j])
+                                              : philox::dropout_uniform(seed, step, tensor_id, g0 + j);
+            out[i] = u >= p ? from_f<T>(to_f(in[i]) * scale) : from_f<T>(0.0f);
         }
     }
 }
@@ -105,7 +109,7 @@ void dropout_apply(T* out, const T* in, size_t n, float p, const DropoutKey& key
     const float scale = 1.0f / (1.0f - p);
     const size_t blocks = (n + 3) / 4;
     dropout_kernel<T><<<detail::grid_for(blocks, kThreads), kThreads, 0, stream>>>(
-        out, in, n, p, scale, key.seed, key.step, key.tensor_id);
+        out, in, n, p, scale, key.seed, key.step, key.tensor_id, key.offset);
     check_launch("dropout_kernel");
 }
 }  // namespace
@@ -172,7 +176,7 @@ void dropout_backward(T* dinp, const T* dout, size_t n, float p, const DropoutKe
 void dropout_uniform_fill(float* u, size_t n, uint64_t index0, const DropoutKey& key,
                           cudaStream_t stream) {
     if (n == 0) return;
-    uniform_kernel<<<detail::grid_for(n, kThreads), kThreads, 0, stream>>>(u, n, index0, key.seed,
+    uniform_kernel<<<detail::grid_for(n, kThreads), kThreads, 0, stream>>>(u, n, key.offset + index0, key.seed,
                                                                           key.step, key.tensor_id);
     check_launch("dropout_uniform_fill");
 }

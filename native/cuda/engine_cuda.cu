@@ -336,6 +336,7 @@ void stage_buckets(const IdBuckets& b, int32_t* host, int32_t* dev, size_t at, s
 
 void CudaEngine::upload_batch(const Batch& b, bool embedding_grads) {
     ensure_activations(b.B, b.T);
+    row_offset_ = b.row_offset;
     CudaState& s = *s_;
     const size_t n = (size_t)b.B * b.T, N = (size_t)s.cap_B * s.cap_T;
     int32_t* h = s.staging.ints();
@@ -408,17 +409,17 @@ struct CudaPass {
         // BertSelfAttention: one GEMM for [q | k | v], then fused attention
         blas.linear_forward<T>(st, A(a.qkv), x, W(li.qkv_w), W(li.qkv_b), N, C, 3 * C);
         attention_forward<T>(A(a.attv), a.lse, A(a.qkv), mask, B, Tn, C, NH, p_att,
-                             e.key(CudaEngine::tid_att_probs(l)), st);
+                             e.key(CudaEngine::tid_att_probs(l), (size_t)NH * Tn * Tn), st);
         // BertSelfOutput: LayerNorm(dropout(dense(attv)) + x)
         blas.linear_forward<T>(st, A(s.attproj), A(a.attv), W(li.ao_w), W(li.ao_b), N, C, C);
-        if (p_hid > 0) dropout_forward<T>(A(s.attproj), A(s.attproj), NC, p_hid, e.key(CudaEngine::tid_att_out(l)), st);
+        if (p_hid > 0) dropout_forward<T>(A(s.attproj), A(s.attproj), NC, p_hid, e.key(CudaEngine::tid_att_out(l), (size_t)Tn * C), st);
         residual_layernorm_forward<T>(A(a.res1), A(a.ln1), a.ln1_mean, a.ln1_rstd, A(s.attproj), x, W(li.ln1_w),
                                       W(li.ln1_b), N, C, eps, st);
         // BertIntermediate + BertOutput: LayerNorm(dropout(dense(gelu(dense(h)))) + h)
         blas.linear_forward<T>(st, A(a.ffn_h), A(a.ln1), W(li.ff1_w), W(li.ff1_b), N, C, I);
         gelu_forward<T>(A(a.ffn_g), A(a.ffn_h), (size_t)N * I, st);
         blas.linear_forward<T>(st, A(s.ffn_o), A(a.ffn_g), W(li.ff2_w), W(li.ff2_b), N, I, C);
-        if (p_hid > 0) dropout_forward<T>(A(s.ffn_o), A(s.ffn_o), NC, p_hid, e.key(CudaEngine::tid_ffn_out(l)), st);
+        if (p_hid > 0) dropout_forward<T>(A(s.ffn_o), A(s.ffn_o), NC, p_hid, e.key(CudaEngine::tid_ffn_out(l), (size_t)Tn * C), st);
         residual_layernorm_forward<T>(A(a.res2), A(a.ln2), a.ln2_mean, a.ln2_rstd, A(s.ffn_o), A(a.ln1), W(li.ln2_w),
                                       W(li.ln2_b), N, C, eps, st);
     }
@@ -428,7 +429,7 @@ struct CudaPass {
         embedding_forward<T>(A(s.emb), ids, types, W(e.emb_w_), W(e.emb_p_), W(e.emb_t_), B, Tn, C, st);
         layernorm_forward<T>(A(s.emb_ln), s.emb_mean, s.emb_rstd, A(s.emb), W(e.emb_ln_w_), W(e.emb_ln_b_), N, C,
                              e.cfg_.layer_norm_eps, st);
-        if (p_hid > 0) dropout_forward<T>(A(s.emb_ln), A(s.emb_ln), NC, p_hid, e.key(0), st);
+        if (p_hid > 0) dropout_forward<T>(A(s.emb_ln), A(s.emb_ln), NC, p_hid, e.key(0, (size_t)Tn * C), st);
         const T* x = A(s.emb_ln);
         for (int l = 0; l < e.cfg_.num_hidden_layers; l++) {
             layer_forward(l, x, train);
@@ -441,7 +442,7 @@ struct CudaPass {
         tanh_forward<T>(A(s.pooled), A(s.pooled), (size_t)B * C, st);
         const float p_cls = train ? e.cfg_.classifier_dropout : 0.0f;
         if (p_cls > 0)
-            dropout_forward<T>(A(s.pooled_drop), A(s.pooled), (size_t)B * C, p_cls, e.key(e.tid_classifier()), st);
+            dropout_forward<T>(A(s.pooled_drop), A(s.pooled), (size_t)B * C, p_cls, e.key(e.tid_classifier(), C), st);
         else
             copy(s.pooled_drop, s.pooled, (size_t)B * C);
         blas.linear_forward<T>(st, A(s.logits), A(s.pooled_drop), W(e.cls_w_), W(e.cls_b_), B, C, L);
@@ -458,7 +459,7 @@ struct CudaPass {
                               s.scratch, false, st);
         const T* dffn = dres;
         if (p_hid > 0) {
-            dropout_backward<T>(dC, dres, NC, p_hid, e.key(CudaEngine::tid_ffn_out(l)), st);
+            dropout_backward<T>(dC, dres, NC, p_hid, e.key(CudaEngine::tid_ffn_out(l), (size_t)Tn * C), st);
             dffn = dC;
         }
         blas.linear_backward<T>(st, A(s.dI1), G(li.ff2_w), G(li.ff2_b), dffn, A(a.ffn_g), W(li.ff2_w), N, I, C, false,
@@ -473,13 +474,13 @@ struct CudaPass {
                               s.scratch, false, st);
         const T* dproj = dres;
         if (p_hid > 0) {
-            dropout_backward<T>(dC, dres, NC, p_hid, e.key(CudaEngine::tid_att_out(l)), st);
+            dropout_backward<T>(dC, dres, NC, p_hid, e.key(CudaEngine::tid_att_out(l), (size_t)Tn * C), st);
             dproj = dC;
         }
         blas.linear_backward<T>(st, dx, G(li.ao_w), G(li.ao_b), dproj, A(a.attv), W(li.ao_w), N, C, C, false,
                                 s.scratch);
         attention_backward<T>(A(s.dqkv), s.delta, dx, A(a.attv), A(a.qkv), a.lse, mask, B, Tn, C, NH,
-                              e.cfg_.attention_probs_dropout_prob, e.key(CudaEngine::tid_att_probs(l)), st);
+                              e.cfg_.attention_probs_dropout_prob, e.key(CudaEngine::tid_att_probs(l), (size_t)NH * Tn * Tn), st);
         // dx <- dres1 + dqkv @ Wqkv (residual to the layer input), when below needs it
         if (need_dinp) copy(dx, dres, NC);
         blas.linear_backward<T>(st, need_dinp ? dx : nullptr, G_fused(li.qkv_w), G_fused(li.qkv_b), A(s.dqkv), x,
@@ -495,7 +496,7 @@ struct CudaPass {
                                 B, C, L, false, s.scratch);
         if (e.cfg_.classifier_dropout > 0)
             dropout_backward<T>(A(s.dpool2), A(s.dpool1), (size_t)B * C, e.cfg_.classifier_dropout,
-                                e.key(e.tid_classifier()), st);
+                                e.key(e.tid_classifier(), C), st);
         else
             copy(s.dpool2, s.dpool1, (size_t)B * C);
         tanh_backward<T>(A(s.dpool1), A(s.pooled), A(s.dpool2), (size_t)B * C, st);
@@ -516,7 +517,7 @@ struct CudaPass {
         if (first >= 0) return;
         // embeddings: dropout, LayerNorm, the three lookups
         if (e.cfg_.hidden_dropout_prob > 0)
-            dropout_backward<T>(A(s.dh), A(s.dh), NC, e.cfg_.hidden_dropout_prob, e.key(0), st);
+            dropout_backward<T>(A(s.dh), A(s.dh), NC, e.cfg_.hidden_dropout_prob, e.key(0, (size_t)Tn * C), st);
         layernorm_backward<T>(A(s.dres), G(e.emb_ln_w_), G(e.emb_ln_b_), A(s.dh), A(s.emb), W(e.emb_ln_w_), s.emb_mean,
                               s.emb_rstd, N, C, s.scratch, false, st);
         embedding_backward_sorted<T>(G(e.emb_w_), G(e.emb_p_), G(e.emb_t_), A(s.dres), s.words, s.types, B, Tn, C, st);

@@ -377,23 +377,24 @@ void CpuEngine::layer_forward(int l, const float* x, const int32_t* mask, bool t
     const float p_hid = train ? cfg_.hidden_dropout_prob : 0.0f;
     // BertSelfAttention: one GEMM for [q | k | v]
     linear_forward(a.qkv, x, W(li.qkv_w), W(li.qkv_b), N, C, 3 * C);
-    attention_forward(a.attv, a.att, a.qkv, mask, B, T, C, cfg_.num_attention_heads, p_att, key(tid_att_probs(l)));
+    attention_forward(a.attv, a.att, a.qkv, mask, B, T, C, cfg_.num_attention_heads, p_att, key(tid_att_probs(l), (size_t)cfg_.num_attention_heads * T * T));
     // BertSelfOutput: LayerNorm(dropout(dense(attv)) + x)
     linear_forward(a.attproj, a.attv, W(li.ao_w), W(li.ao_b), N, C, C);
-    if (p_hid > 0) dropout_forward(a.attproj, a.attproj, NC, p_hid, key(tid_att_out(l)));
+    if (p_hid > 0) dropout_forward(a.attproj, a.attproj, NC, p_hid, key(tid_att_out(l), (size_t)T * C));
     add_into(a.res1, a.attproj, x, NC);
     layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, a.res1, W(li.ln1_w), W(li.ln1_b), N, C, cfg_.layer_norm_eps);
     // BertIntermediate + BertOutput: LayerNorm(dropout(dense(gelu(dense(h)))) + h)
     linear_forward(a.ffn_h, a.ln1, W(li.ff1_w), W(li.ff1_b), N, C, I);
     gelu_forward(a.ffn_g, a.ffn_h, (size_t)N * I);
     linear_forward(a.ffn_o, a.ffn_g, W(li.ff2_w), W(li.ff2_b), N, I, C);
-    if (p_hid > 0) dropout_forward(a.ffn_o, a.ffn_o, NC, p_hid, key(tid_ffn_out(l)));
+    if (p_hid > 0) dropout_forward(a.ffn_o, a.ffn_o, NC, p_hid, key(tid_ffn_out(l), (size_t)T * C));
     add_into(a.res2, a.ffn_o, a.ln1, NC);
     layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, W(li.ln2_w), W(li.ln2_b), N, C, cfg_.layer_norm_eps);
 }
 
 void CpuEngine::forward_impl(const Batch& b, bool train) {
     ensure_activations(b.B, b.T);
+    row_offset_ = b.row_offset;
     const int B = b.B, T = b.T, C = cfg_.hidden_size, L = cfg_.num_labels;
     const int N = B * T;
     const size_t NC = (size_t)N * C;
@@ -401,7 +402,7 @@ void CpuEngine::forward_impl(const Batch& b, bool train) {
     layernorm_forward(a_.emb_ln, a_.emb_mean, a_.emb_rstd, a_.emb, W(emb_ln_w_), W(emb_ln_b_), N, C,
                       cfg_.layer_norm_eps);
     if (train && cfg_.hidden_dropout_prob > 0)
-        dropout_forward(a_.emb_ln, a_.emb_ln, NC, cfg_.hidden_dropout_prob, key(0));
+        dropout_forward(a_.emb_ln, a_.emb_ln, NC, cfg_.hidden_dropout_prob, key(0, (size_t)T * C));
     const float* x = a_.emb_ln;
     for (int l = 0; l < cfg_.num_hidden_layers; l++) {
         layer_forward(l, x, b.attention_mask, train);
@@ -414,7 +415,7 @@ void CpuEngine::forward_impl(const Batch& b, bool train) {
     tanh_forward(a_.pooled, a_.pooled, (size_t)B * C);
     const float p_cls = train ? cfg_.classifier_dropout : 0.0f;
     if (p_cls > 0)
-        dropout_forward(a_.pooled_drop, a_.pooled, (size_t)B * C, p_cls, key(tid_classifier()));
+        dropout_forward(a_.pooled_drop, a_.pooled, (size_t)B * C, p_cls, key(tid_classifier(), C));
     else
         std::memcpy(a_.pooled_drop, a_.pooled, (size_t)B * C * sizeof(float));
     linear_forward(a_.logits, a_.pooled_drop, W(cls_w_), W(cls_b_), B, C, L);
@@ -487,7 +488,7 @@ void CpuEngine::layer_backward(int l, const float* x, float* dx, const int32_t* 
     const float p_hid = cfg_.hidden_dropout_prob;
     // output LayerNorm: dres2 = dLN2(dx); the residual sends dres2 to ln1 too
     layernorm_backward(d_.dres, G(li.ln2_w), G(li.ln2_b), dx, a.res2, W(li.ln2_w), a.ln2_mean, a.ln2_rstd, N, C);
-    if (p_hid > 0) dropout_backward(d_.dC, d_.dres, NC, p_hid, key(tid_ffn_out(l)));
+    if (p_hid > 0) dropout_backward(d_.dC, d_.dres, NC, p_hid, key(tid_ffn_out(l), (size_t)T * C));
     else std::memcpy(d_.dC, d_.dres, NC * sizeof(float));
     linear_backward(d_.dI1, G(li.ff2_w), G(li.ff2_b), d_.dC, a.ffn_g, W(li.ff2_w), N, I, C, false);
     gelu_backward(d_.dI2, a.ffn_h, d_.dI1, (size_t)N * I);
@@ -496,11 +497,11 @@ void CpuEngine::layer_backward(int l, const float* x, float* dx, const int32_t* 
     linear_backward(dx, G(li.ff1_w), G(li.ff1_b), d_.dI2, a.ln1, W(li.ff1_w), N, C, I, true);
     // attention LayerNorm
     layernorm_backward(d_.dres, G(li.ln1_w), G(li.ln1_b), dx, a.res1, W(li.ln1_w), a.ln1_mean, a.ln1_rstd, N, C);
-    if (p_hid > 0) dropout_backward(d_.dC, d_.dres, NC, p_hid, key(tid_att_out(l)));
+    if (p_hid > 0) dropout_backward(d_.dC, d_.dres, NC, p_hid, key(tid_att_out(l), (size_t)T * C));
     else std::memcpy(d_.dC, d_.dres, NC * sizeof(float));
     linear_backward(dx, G(li.ao_w), G(li.ao_b), d_.dC, a.attv, W(li.ao_w), N, C, C, false);
     attention_backward(d_.dqkv, d_.datt, dx, a.qkv, a.att, mask, B, T, C, cfg_.num_attention_heads,
-                       cfg_.attention_probs_dropout_prob, key(tid_att_probs(l)));
+                       cfg_.attention_probs_dropout_prob, key(tid_att_probs(l), (size_t)cfg_.num_attention_heads * T * T));
     // dx <- dres1 + dqkv @ Wqkv (residual to the layer input), when below needs it
     if (need_dinp) std::memcpy(dx, d_.dres, NC * sizeof(float));
     linear_backward(need_dinp ? dx : nullptr, G_fused(li.qkv_w), G_fused(li.qkv_b), d_.dqkv, x, W(li.qkv_w), N, C,
@@ -527,7 +528,7 @@ void CpuEngine::backward_impl(const Batch& b) {
     // classifier, classifier dropout, pooler
     linear_backward(d_.dpool1, G(cls_w_), G(cls_b_), d_.dlogits, a_.pooled_drop, W(cls_w_), B, C, L, false);
     if (cfg_.classifier_dropout > 0)
-        dropout_backward(d_.dpool2, d_.dpool1, (size_t)B * C, cfg_.classifier_dropout, key(tid_classifier()));
+        dropout_backward(d_.dpool2, d_.dpool1, (size_t)B * C, cfg_.classifier_dropout, key(tid_classifier(), C));
     else
         std::memcpy(d_.dpool2, d_.dpool1, (size_t)B * C * sizeof(float));
     tanh_backward(d_.dpool1, a_.pooled, d_.dpool2, (size_t)B * C);
@@ -552,7 +553,7 @@ void CpuEngine::encoder_backward(const Batch& b, int first) {
     }
     if (first >= 0) return;
     // embeddings: dropout, LayerNorm, the three lookups
-    if (cfg_.hidden_dropout_prob > 0) dropout_backward(d_.dh, d_.dh, NC, cfg_.hidden_dropout_prob, key(0));
+    if (cfg_.hidden_dropout_prob > 0) dropout_backward(d_.dh, d_.dh, NC, cfg_.hidden_dropout_prob, key(0, (size_t)T * C));
     layernorm_backward(d_.dres, G(emb_ln_w_), G(emb_ln_b_), d_.dh, a_.emb, W(emb_ln_w_), a_.emb_mean, a_.emb_rstd, N, C);
     // HF: nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id): the lookup adds nothing to the
     // padding row. What the row holds already stays: a masked LM's tied decoder does train it.

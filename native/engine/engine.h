@@ -79,6 +79,10 @@ struct Batch {
     const int32_t* labels = nullptr;
     int B = 0;
     int T = 0;
+    // Data parallel: this batch is rows [row_offset, row_offset + B) of a
+    // global batch padded to the same T; dropout draws that slice of the
+    // global batch's masks. 0 for a whole batch.
+    int64_t row_offset = 0;
 };
 
 // A batch that owns its arrays (the binding copies JS memory into one so the
@@ -86,6 +90,7 @@ struct Batch {
 struct OwnedBatch {
     std::vector<int32_t> input_ids, attention_mask, token_type_ids, labels;  // labels may be empty
     int B = 0, T = 0;
+    int64_t row_offset = 0;
     Batch view() const {
         Batch b;
         b.input_ids = input_ids.data();
@@ -94,6 +99,7 @@ struct OwnedBatch {
         b.labels = labels.empty() ? nullptr : labels.data();
         b.B = B;
         b.T = T;
+        b.row_offset = row_offset;
         return b;
     }
 };
@@ -191,7 +197,11 @@ protected:
     static uint32_t tid_att_out(int l) { return 2 + 3 * l; }
     static uint32_t tid_ffn_out(int l) { return 3 + 3 * l; }
     uint32_t tid_classifier() const { return 1 + 3 * cfg_.num_hidden_layers; }
-    DropoutKey key(uint32_t tensor) const { return DropoutKey{tc_.seed, micro_step_, tensor}; }
+    // A tensor's dropout key; per_row: its elements per batch row, so a
+    // data-parallel shard (batch.row_offset) draws its slice of the global batch's masks.
+    DropoutKey key(uint32_t tensor, size_t per_row) const {
+        return DropoutKey{tc_.seed, micro_step_, tensor, (uint64_t)row_offset_ * per_row};
+    }
     // -1 when an embedding trains, else the lowest layer with a trainable
     // tensor (num_hidden_layers when only the pooler/classifier train).
     int first_trainable() const;
@@ -209,6 +219,7 @@ protected:
     std::vector<LayerIdx> lidx_;
     int64_t t_ = 0;            // optimizer steps taken (AdamW's t)
     uint64_t micro_step_ = 0;  // training forwards so far: the dropout RNG's step
+    int64_t row_offset_ = 0;   // the batch being run: its first row in the global batch (Batch::row_offset)
 
 private:
     void add_param(const std::string& name, std::vector<int64_t> shape);
@@ -227,6 +238,7 @@ public:
     float accumulate(const Batch& batch, float loss_scale) override;
     float step(float learning_rate) override;
     void zero_grad() override;
+    std::pair<float*, size_t> host_gradients() override { return {g_.data(), g_.size()}; }
 
 private:
     // Per-layer activations, each a view into acts_ (N = B*T rows).

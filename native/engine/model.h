@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace nt {
@@ -48,6 +49,10 @@ public:
     virtual float accumulate(const Batch& batch, float loss_scale) = 0;
     virtual float step(float learning_rate) = 0;
     virtual void zero_grad() = 0;
+    // The gradients of what trains as one span of host memory, which a
+    // data-parallel step sums over ranks before step(); {nullptr, 0} where
+    // they live on a device.
+    virtual std::pair<float*, size_t> host_gradients() { return {nullptr, 0}; }
 
     virtual int64_t optimizer_step() const = 0;
     virtual void set_optimizer_step(int64_t t) = 0;

@@ -33,6 +33,9 @@ void check_batch_size(const Batch& b, int max_position_embeddings) {
     if (b.B <= 0 || b.T <= 0)
         throw EngineError("batch must have at least one sequence of at least one token, got B=" + std::to_string(b.B) +
                           ", T=" + std::to_string(b.T));
+    if (b.row_offset < 0 || b.row_offset > INT32_MAX)
+        throw EngineError("batch.rowOffset must be an integer in [0, 2147483647] (the batch's first row in the global batch), got " +
+                          std::to_string(b.row_offset));
     if ((int64_t)b.B * b.T > INT32_MAX)
         throw EngineError("batch of batchSize × seqLen = " + std::to_string(b.B) + " × " + std::to_string(b.T) +
                           " tokens is too large: at most 2147483647 tokens per batch");

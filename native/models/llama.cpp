@@ -451,7 +451,7 @@ void LlamaEngine::linear_fwd(float* out, const float* in, size_t w, size_t bias,
         const size_t B = layers_[l].lora_B[target];
         lora_forward(out + col, OC, la_[l].t[target], d_.xd, la_[l].keep[target], in, W(A), W(B), N, IC,
                      (int)params_[B].shape[0], lora_.r, lora_scale_, train ? lora_.lora_dropout : 0.0f,
-                     key(lora_tensor(l, target)));
+                     key(lora_tensor(l, target), (size_t)cur_T_ * IC));
     }
 }
 
@@ -489,6 +489,7 @@ void LlamaEngine::layer_forward(int l, const int32_t* mask, bool train) {
 void LlamaEngine::forward_impl(const Batch& b, bool train) {
     refresh_bf16();
     ensure_activations(b.B, b.T, train);
+    row_offset_ = b.row_offset;
     const int B = b.B, T = b.T, N = B * T, C = cfg_.hidden_size;
     // HF generate()'s position_ids: cumsum(attention_mask != 0) - 1, clamped
     // at 0; packed examples (segments 1, 2, ...) each count from 0, as HF's

@@ -114,6 +114,7 @@ public:
     float accumulate(const Batch& batch, float loss_scale) override;
     float step(float learning_rate) override;
     void zero_grad() override;
+    std::pair<float*, size_t> host_gradients() override { return {g_.data(), g_.size()}; }
 
     // Generation with a KV cache (HF generate()'s use_cache): prefill runs the
     // prompts (B, T), left-padded so every row's last token sits in column
@@ -175,7 +176,10 @@ private:
     // when any member trains; frozen members' slices are cleared after.
     float* G_group(size_t first, size_t count);
     void clear_frozen(size_t first, size_t count);
-    DropoutKey key(uint32_t tensor) const { return DropoutKey{tc_.seed, micro_step_, tensor}; }
+    // per_row: the tensor's elements per batch row (see EngineBase::key).
+    DropoutKey key(uint32_t tensor, size_t per_row) const {
+        return DropoutKey{tc_.seed, micro_step_, tensor, (uint64_t)row_offset_ * per_row};
+    }
     uint32_t lora_tensor(int l, int target) const { return (uint32_t)(l * kNumTargets + target); }
     size_t lora_in_features(int target) const;
     int n_targets(const Batch& b) const;
@@ -208,6 +212,7 @@ private:
     size_t acts_for_ = 0;  // B*T the arenas are laid out for
     int64_t t_ = 0;
     uint64_t micro_step_ = 0;
+    int64_t row_offset_ = 0;  // Batch::row_offset of the batch being run
     bool checkpointing_ = false;
     bool bf16_ = false, wb_stale_ = true, trainable_ = true;
     std::vector<uint16_t> wb_;  // bf16 copies of the frozen weights, at their w_ offsets

@@ -1091,6 +1091,53 @@ void check_dropout_mask(Rng& rng) {
     }
 }
 
+// DropoutKey::offset (data parallel): a shard that starts at element `off` of
+// the global tensor draws exactly that slice of the global masks, at offsets
+// that are and are not multiples of 4 and 8 (the bulk paths' alignments), for
+// dropout_forward, the recorded mask, and attention's probabilities.
+void check_dropout_offset(Rng& rng) {
+    const size_t n = 2 * 4096 + 333;
+    const nt::DropoutKey whole{77, 5, 3};
+    const FV x = to_f(rng.vec(n));
+    FV ref(n);
+    nt::dropout_forward<float>(ref.data(), x.data(), n, 0.4f, whole);
+    for (const size_t off : {(size_t)4, (size_t)8, (size_t)5, (size_t)4099, (size_t)6002}) {
+        const size_t m = n - off;
+        nt::DropoutKey k = whole;
+        k.offset = off;
+        FV out(m, NAN), outm(m, NAN);
+        std::vector<uint8_t> keep((m + 7) / 8, 0xA5);
+        nt::dropout_forward<float>(out.data(), x.data() + off, m, 0.4f, k);
+        nt::dropout_forward_mask<float>(outm.data(), x.data() + off, keep.data(), m, 0.4f, k);
+        size_t diff = 0, diff_m = 0, diff_bits = 0;
+        for (size_t i = 0; i < m; i++) {
+            diff += !(out[i] == ref[off + i]);
+            diff_m += !(outm[i] == ref[off + i]);
+            diff_bits += (((keep[i >> 3] >> (i & 7)) & 1) != 0) != (nt::dropout_uniform(whole, off + i) >= 0.4f);
+        }
+        const std::string kase = "n=" + std::to_string(n) + ",offset=" + std::to_string(off);
+        record("dropout_forward", "out", "property", kase + ": equals the global tensor's slice", (double)diff, 0.5);
+        record("dropout_forward_mask", "out", "property", kase + ": equals the global tensor's slice", (double)diff_m, 0.5);
+        record("dropout_forward_mask", "keep", "property", kase + ": bit i = global kept(offset + i)", (double)diff_bits, 0.5);
+    }
+    // attention: rows [1, 3) of a B=3 batch with offset 1 × NH × T × T
+    const int B = 3, T = 7, C = 16, NH = 2;
+    const FV qkv = to_f(rng.vec((size_t)B * T * 3 * C));
+    std::vector<int32_t> mask((size_t)B * T, 1);
+    mask[(size_t)2 * T + 6] = 0;
+    FV out((size_t)B * T * C), att((size_t)B * NH * T * T);
+    nt::attention_forward<float>(out.data(), att.data(), qkv.data(), mask.data(), B, T, C, NH, 0.3f, whole);
+    nt::DropoutKey k = whole;
+    k.offset = (uint64_t)NH * T * T;
+    FV out2((size_t)(B - 1) * T * C), att2((size_t)(B - 1) * NH * T * T);
+    nt::attention_forward<float>(out2.data(), att2.data(), qkv.data() + (size_t)T * 3 * C, mask.data() + T, B - 1, T, C,
+                                 NH, 0.3f, k);
+    size_t diff = 0;
+    for (size_t i = 0; i < out2.size(); i++) diff += !(out2[i] == out[(size_t)T * C + i]);
+    record("attention_forward", "out", "property", "B=3,T=7,NH=2,p=0.3: rows 1..2 with offset = the whole batch's rows",
+           (double)diff, 0.5);
+}
+
 // ------------------------------------------------------------ bf16 GEMM ----
 // gemm_bf16w rounds A to bf16 and multiplies by bf16 B with fp32 sums: the
 // reference is the float64 product of the same rounded values, so the only
@@ -1171,6 +1218,7 @@ void run_suite(int threads) {
     check_pointwise(rng);
     check_dropout(rng);
     check_dropout_mask(rng);
+    check_dropout_offset(rng);
     check_attention(rng, 0.f);
     check_attention(rng, 0.2f);
     check_crossentropy(rng, false, 0.0, false, false);

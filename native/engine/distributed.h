@@ -1,0 +1,69 @@
+// Data-parallel collectives among the ranks an MPI launcher started
+// (`mpirun -n N node ...`): Open MPI's MPI_Allreduce, as llm.c and PyTorch's
+// gloo/MPI backends use it. One world per process, initialised on first use.
+//
+// Faults: before each collective every rank tells every other that it has
+// arrived (a 4-byte message each way, polled against a deadline). A rank that
+// does not arrive within the timeout (dead, hung or far behind) makes the
+// others throw an EngineError naming it and the collective, instead of
+// blocking forever in MPI_Allreduce; after that the world is spent, and the
+// process ends the MPI job at exit (MPI_Abort) rather than wait for a
+// finalize that the missing rank would never join.
+//
+// Threads: calls come from whichever worker thread runs them, one at a time
+// (MPI_THREAD_SERIALIZED; the TypeScript layer awaits each).
+//
+// Built without MPI (NODETUNE_WITH_MPI undefined: binding.gyp, or no
+// libopenmpi-dev), available() is false and world() throws.
+#pragma once
+#include <cstddef>
+#include <string>
+
+namespace nt {
+
+class Communicator {
+public:
+    // True when this build links MPI.
+    static bool available();
+    // The process's world (MPI_Init_thread on the first call). timeout_s > 0:
+    // how long a collective waits for the other ranks to arrive. Throws
+    // EngineError without MPI, or when MPI cannot give serialized threading.
+    static Communicator& world(double timeout_s);
+
+    int rank() const { return rank_; }
+    int size() const { return size_; }
+    // MPI_Get_processor_name: the host, for messages.
+    const std::string& host() const { return host_; }
+    void set_timeout(double timeout_s);
+
+    // data[i] = the sum of data[i] over all ranks (in place, every rank gets
+    // the result), in buckets of at most kBucket elements. `what` names the
+    // collective in errors ("the gradient all-reduce of optimizer step 12").
+    // Throws EngineError when a rank does not arrive in time (naming it), or
+    // after an earlier failure.
+    void allreduce_sum(float* data, size_t n, const std::string& what);
+    void allreduce_sum(double* data, size_t n, const std::string& what);
+
+    // MPI_Finalize after a clean run; MPI_Abort (ending every rank of the job)
+    // after a failed collective. Idempotent; also run at process exit.
+    void finish();
+
+    static constexpr size_t kBucket = size_t(1) << 22;  // 4 Mi floats: 16 MB per MPI_Allreduce
+
+private:
+    Communicator() = default;
+    void init(double timeout_s);
+    // Every rank arrives at collective number seq_ or the deadline passes.
+    void arrive(const std::string& what);
+    template <typename T>
+    void allreduce(T* data, size_t n, const std::string& what);
+
+    int rank_ = 0, size_ = 1;
+    std::string host_;
+    double timeout_s_ = 1800.0;
+    long long seq_ = 0;  // collectives so far: the arrival messages' tag
+    bool failed_ = false, finished_ = false;
+    std::string failure_;
+};
+
+}  // namespace nt
