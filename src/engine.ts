@@ -31,6 +31,11 @@ export interface Batch {
   labels?: Int32Array;
   batchSize: number;
   seqLen: number;
+  /**
+   * Data parallel: this batch is rows [rowOffset, rowOffset + batchSize) of a global batch padded
+   * to the same seqLen; dropout draws that slice of the global batch's masks. Default 0.
+   */
+  rowOffset?: number;
 }
 
 /** Optimizer, loss and runtime options (Hugging Face TrainingArguments names). */
@@ -109,7 +114,7 @@ interface NativeEngine {
   prefill(batch: Batch, opts: { maxNewTokens: number }): Promise<{ logits: Float32Array }>;
   decode(tokens: Int32Array): Promise<{ logits: Float32Array }>;
   accumulate(batch: Batch, opts: { lossScale: number }): Promise<{ loss: number }>;
-  step(opts: { learningRate: number }): Promise<{ gradNorm: number }>;
+  step(opts: { learningRate: number; allReduce?: boolean }): Promise<{ gradNorm: number }>;
   trainStep(batch: Batch, opts: { learningRate: number }): Promise<{ loss: number; gradNorm: number }>;
   zeroGrad(): void;
   dispose(): void;
@@ -122,6 +127,14 @@ interface NativeAddon {
   /** native/engine/factory.cpp's check_device: throws the factory's error for a bad device/precision. */
   checkDevice(device: string, precision: string, causalLM?: boolean): void;
   /** native/engine/engine.h's BertConfigLimits: the largest config sizes the engine accepts. */
+  /** Whether this build links MPI (native/engine/distributed.*). */
+  mpiCompiled: boolean;
+  /** MPI_Init_thread on the first call; timeout: seconds a collective waits for every rank. */
+  distributedInit(options?: { timeout?: number }): { rank: number; size: number; host: string };
+  /** The sum over ranks of `values` (a new array); `what` names the collective in errors. */
+  distributedAllReduce(values: Float64Array, what: string): Promise<Float64Array>;
+  /** MPI_Finalize, or MPI_Abort (the whole job) with abort or after a failed collective. */
+  distributedFinish(abort?: boolean): void;
   configLimits: Readonly<Record<'vocab_size' | 'hidden_size' | 'num_hidden_layers' | 'num_attention_heads' | 'intermediate_size' | 'max_position_embeddings' | 'type_vocab_size' | 'num_labels', number>>;
 }
 
@@ -326,9 +339,17 @@ export class Engine {
     );
   }
 
-  /** Clip (max_grad_norm) + AdamW + zero gradients. gradNorm is before clipping. */
-  step(opts: { learningRate: number }): Promise<{ gradNorm: number }> {
-    return this.enqueueWith(() => snapshotRate(opts), (o) => this.native.step(o));
+  /**
+   * Clip (max_grad_norm) + AdamW + zero gradients. gradNorm is before clipping. allReduce (data
+   * parallel, after src/train/distributed.ts joined the MPI world): first sum the gradients over
+   * every rank (MPI_Allreduce), so each rank applies the same update.
+   * @throws Error naming a rank that did not reach the all-reduce within the timeout.
+   */
+  step(opts: { learningRate: number; allReduce?: boolean }): Promise<{ gradNorm: number }> {
+    return this.enqueueWith(
+      () => (typeof opts === 'object' && opts !== null && opts.allReduce !== undefined ? { ...snapshotRate(opts), allReduce: opts.allReduce } : snapshotRate(opts)),
+      (o) => this.native.step(o),
+    );
   }
 
   /** One full training step on one batch: accumulate + step. */
@@ -375,8 +396,8 @@ export class Engine {
 function snapshotBatch(batch: Batch): Batch {
   if (typeof batch !== 'object' || batch === null) return batch;
   const copy = (a: unknown) => (types.isInt32Array(a) ? new Int32Array(a) : a);
-  const { input_ids, attention_mask, token_type_ids, labels, batchSize, seqLen } = batch;
-  return { input_ids: copy(input_ids), attention_mask: copy(attention_mask), token_type_ids: copy(token_type_ids), labels: copy(labels), batchSize, seqLen } as Batch;
+  const { input_ids, attention_mask, token_type_ids, labels, batchSize, seqLen, rowOffset } = batch;
+  return { input_ids: copy(input_ids), attention_mask: copy(attention_mask), token_type_ids: copy(token_type_ids), labels: copy(labels), batchSize, seqLen, rowOffset } as Batch;
 }
 
 /** { learningRate } as it is at the call. */

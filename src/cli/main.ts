@@ -6,6 +6,7 @@
 import { realpathSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
+import { abortDistributed, currentWorld, finishDistributed } from '../train/distributed.js';
 import { registerPull } from './pull.js';
 import { registerTrain } from './train.js';
 import { registerSft } from './sft.js';
@@ -57,8 +58,12 @@ function isEntryPoint(): boolean {
 if (isEntryPoint()) {
   buildProgram()
     .parseAsync(process.argv)
+    .then(() => finishDistributed())
     .catch((err: unknown) => {
-      process.stderr.write(`nodetune: ${err instanceof Error ? err.message : String(err)}\n`);
+      const { rank, size } = currentWorld();
+      process.stderr.write(`nodetune${size > 1 ? ` (rank ${rank} of ${size})` : ''}: ${err instanceof Error ? err.message : String(err)}\n`);
+      // Data parallel: end every rank now, rather than let the others wait for this one until the timeout.
+      abortDistributed();
       process.exit(1);
     });
 }

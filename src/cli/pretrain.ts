@@ -7,7 +7,7 @@
 import type { Command } from 'commander';
 import { pretrainMaskedLM, type PretrainOptions, type PretrainResult } from '../tasks/masked-lm/pretrain.js';
 import { applyConfigFile, explainPathErrors, maxLength, num, printTable, requireOptions } from './common.js';
-import { attachProgress, stopOnInterrupt, trainingArgumentsOf, withRunFlags, withTrainingFlags } from './training.js';
+import { attachProgress, logLine, runTrainingCommand, stopOnInterrupt, trainingArgumentsOf, withRunFlags, withTrainingFlags } from './training.js';
 
 export function registerPretrain(program: Command): void {
   const cmd = program
@@ -38,13 +38,7 @@ export function registerPretrain(program: Command): void {
     await explainPathErrors(opts, async () => {
       await applyConfigFile(command, opts);
       requireOptions(opts, ['model', 'train', 'output']);
-      const result = await pretrainMaskedLM(toOptions(opts));
-      if (result.interrupted) {
-        process.stderr.write(`interrupted at step ${result.global_step}: resume with --resume\n`);
-        process.exitCode = 130;
-        return;
-      }
-      printResult(result);
+      await runTrainingCommand(opts, () => pretrainMaskedLM(toOptions(opts)), printResult);
     });
   });
 }
@@ -63,7 +57,7 @@ function toOptions(o: Record<string, unknown>): PretrainOptions {
     threads: o.threads as number | undefined,
     device: o.device as string,
     overwrite_output_dir: o.overwriteOutputDir === true,
-    log: (line) => process.stderr.write(`${line}\n`),
+    log: logLine,
     onTrainer: (trainer) => {
       attachProgress(trainer, { name: 'pretrain', rate: 'tokens', evalLine: (e) => `loss ${e.loss.toFixed(4)} perplexity ${e.perplexity.toFixed(3)}` });
       stopOnInterrupt(trainer);

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { fineTuneCausalLM, type SftOptions, type SftResult } from '../tasks/causal-lm/sft.js';
 import { applyConfigFile, explainPathErrors, int, num, positiveInt, printTable, requireOptions } from './common.js';
-import { attachProgress, stopOnInterrupt, trainingArgumentsOf, withRunFlags, withTrainingFlags } from './training.js';
+import { attachProgress, logLine, runTrainingCommand, stopOnInterrupt, trainingArgumentsOf, withRunFlags, withTrainingFlags } from './training.js';
 
 /** Commander parser for --lora-layers: "20-29", "0,2,4" or a mix ("0,10-12"). */
 export function layerList(value: string): number[] {
@@ -90,13 +90,7 @@ export function registerSft(program: Command): void {
     await explainPathErrors(opts, async () => {
       await applyConfigFile(command, opts);
       requireOptions(opts, ['model', 'train', 'output']);
-      const result = await fineTuneCausalLM(toOptions(opts));
-      if (result.interrupted) {
-        process.stderr.write(`interrupted at step ${result.global_step}: resume with --resume\n`);
-        process.exitCode = 130;
-        return;
-      }
-      printResult(result);
+      await runTrainingCommand(opts, () => fineTuneCausalLM(toOptions(opts)), printResult);
     });
   });
 }
@@ -130,7 +124,7 @@ function toOptions(o: Record<string, unknown>): SftOptions {
     device: o.device as string,
     precision: o.precision as 'fp32' | 'bf16',
     overwrite_output_dir: o.overwriteOutputDir === true,
-    log: (line) => process.stderr.write(`${line}\n`),
+    log: logLine,
   };
   opts.onTrainer = (trainer) => {
     attachProgress(trainer, { name: 'sft', rate: 'tokens', evalLine: (e) => `loss ${e.loss.toFixed(4)} perplexity ${e.perplexity.toFixed(3)}` });

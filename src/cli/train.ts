@@ -6,7 +6,7 @@
 import { Command, Option } from 'commander';
 import { fineTune, CLASSIFIER_DEFAULTS, type FineTuneOptions } from '../train/finetune.js';
 import { applyConfigFile, dataColumns, explainPathErrors, maxLength, num, int, printTable, requireOptions, withDataColumns } from './common.js';
-import { attachProgress, stopOnInterrupt, trainingArgumentsOf, withRunFlags, withTrainingFlags } from './training.js';
+import { attachProgress, logLine, runTrainingCommand, stopOnInterrupt, trainingArgumentsOf, withRunFlags, withTrainingFlags } from './training.js';
 
 export function registerTrain(program: Command): void {
   const cmd = withDataColumns(
@@ -41,13 +41,7 @@ export function registerTrain(program: Command): void {
         await applyConfigFile(command, opts);
         requireOptions(opts, ['model', 'train', 'output']);
         checkRanges(opts);
-        const result = await fineTune(toOptions(opts));
-        if (result.interrupted) {
-          process.stderr.write(`interrupted at step ${result.global_step}: resume with --resume\n`);
-          process.exitCode = 130;
-          return;
-        }
-        printResult(result);
+        await runTrainingCommand(opts, () => fineTune(toOptions(opts)), printResult);
       });
     });
 }
@@ -118,7 +112,7 @@ function toOptions(o: Record<string, unknown>): FineTuneOptions {
     device: o.device as string,
     precision: o.precision as 'fp32' | 'bf16',
     overwrite_output_dir: o.overwriteOutputDir === true,
-    log: (line) => process.stderr.write(`${line}\n`),
+    log: logLine,
   };
   opts.onTrainer = (trainer) => {
     attachProgress(trainer, {

@@ -7,7 +7,10 @@ import { Option, type Command } from 'commander';
 import cliProgress from 'cli-progress';
 import type { Trainer, LogEntry, EvalEntry, TrainingArguments, TaskEvalResults } from '../train/trainer.js';
 import { SCHEDULER_TYPES } from '../train/schedule.js';
+import { spawn } from 'node:child_process';
+import { availableParallelism, constants as osConstants } from 'node:os';
 import { int, learningRate, num, positiveInt } from './common.js';
+import { DDP_TIMEOUT, isMainProcess, launchedWorldSize } from '../train/distributed.js';
 
 /** The defaults and help texts that differ between the training commands. */
 export interface TrainingFlagDefaults {
@@ -52,8 +55,10 @@ export function withTrainingFlags(cmd: Command, d: TrainingFlagDefaults): Comman
     .option('--early-stopping-patience <n>', 'stop after n evaluations without improvement (0 = off)', int, 0)
     .option('--logging-steps <n>', 'log every n optimizer steps', positiveInt, 10)
     .option('--seed <n>', d.seedHelp, int, 42)
-    .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
-    .option('--device <device>', "'cpu', 'cuda' or 'cuda:N'", 'cpu');
+    .option('--threads <n>', 'CPU threads (default: all cores; with --nproc, the cores shared among the ranks)', positiveInt)
+    .option('--device <device>', "'cpu', 'cuda' or 'cuda:N'", 'cpu')
+    .option('--nproc <n>', 'data parallel: run n ranks on this machine (launches mpirun); --batch-size stays the global batch', positiveInt)
+    .option('--ddp-timeout <seconds>', 'data parallel: how long a rank waits for the others before it stops with an error naming the missing rank', num, DDP_TIMEOUT);
 }
 
 /** Adds --resume, --overwrite-output-dir and --config (the last flags of every training command). */
@@ -92,7 +97,67 @@ export function trainingArgumentsOf(o: Record<string, unknown>): TrainingArgumen
     logging_steps: o.loggingSteps as number,
     seed: o.seed as number,
     resume_from_checkpoint: o.resume === true,
+    ddp_timeout: o.ddpTimeout as number | undefined,
   };
+}
+
+/** A log line on stderr, from rank 0 only (data parallel: N ranks would print it N times). */
+export function logLine(line: string): void {
+  if (isMainProcess()) process.stderr.write(`${line}\n`);
+}
+
+/**
+ * A training command's action: with --nproc N (N > 1, not already under an MPI launcher) it runs
+ * the same command line as N ranks under mpirun and ends with mpirun's exit code; otherwise it
+ * runs the job and, on rank 0, prints its result (or how to resume an interrupted run).
+ */
+export async function runTrainingCommand<R extends { interrupted: boolean; global_step: number }>(
+  opts: Record<string, unknown>,
+  run: () => Promise<R>,
+  print: (result: R) => void,
+): Promise<void> {
+  const launched = await launchRanks(opts.nproc as number | undefined, opts.threads as number | undefined);
+  if (launched !== null) {
+    process.exitCode = launched;
+    return;
+  }
+  const result = await run();
+  if (!isMainProcess()) return;
+  if (result.interrupted) {
+    process.stderr.write(`interrupted at step ${result.global_step}: resume with --resume\n`);
+    process.exitCode = 130;
+    return;
+  }
+  print(result);
+}
+
+/**
+ * `--nproc N`: runs this process's command line again as N ranks of one MPI job on this machine
+ * (`mpirun -n N --bind-to none node <this script> <the same arguments>`; NODETUNE_MPIRUN names
+ * another launcher), each rank with --threads or else cores / N OpenMP threads.
+ * @returns mpirun's exit code, or null when there is nothing to launch (no --nproc, N = 1, or this
+ *   process is already a rank).
+ * @throws Error when mpirun is not installed.
+ */
+export async function launchRanks(nproc: number | undefined, threads: number | undefined): Promise<number | null> {
+  if (nproc === undefined || nproc <= 1 || launchedWorldSize() > 1) return null;
+  const args: string[] = [];
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--nproc') i++;
+    else if (!argv[i].startsWith('--nproc=')) args.push(argv[i]);
+  }
+  const perRank = threads ?? Math.max(1, Math.floor(availableParallelism() / nproc));
+  const mpirun = process.env.NODETUNE_MPIRUN ?? 'mpirun';
+  // Open MPI refuses root without these; containers often run as root.
+  const env = { ...process.env, OMP_NUM_THREADS: String(perRank), OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1' };
+  const child = spawn(mpirun, ['-n', String(nproc), '--bind-to', 'none', '-x', 'OMP_NUM_THREADS', process.execPath, process.argv[1], ...args], { stdio: 'inherit', env });
+  return new Promise((resolve, reject) => {
+    child.once('error', (err: NodeJS.ErrnoException) =>
+      reject(err.code === 'ENOENT' ? new Error(`--nproc ${nproc} needs ${mpirun} (Open MPI): apt-get install openmpi-bin libopenmpi-dev, or run \`bash scripts/setup.sh\``) : err),
+    );
+    child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 + (osConstants.signals[signal] ?? 1) : 1)));
+  });
 }
 
 /** Ctrl-C: finish the current step, save checkpoint-last (for --resume), exit; a second Ctrl-C exits at once. */
@@ -118,6 +183,7 @@ export interface ProgressOptions<R extends TaskEvalResults> {
  * process's own steps: a resumed run starts part way) otherwise (CI, pipes).
  */
 export function attachProgress<E, R extends TaskEvalResults>(trainer: Trainer<E, R>, p: ProgressOptions<R>): void {
+  if (!trainer.writes) return; // data parallel: rank 0 shows the run
   const tty = process.stderr.isTTY;
   const unit = p.rate === 'tokens' ? 'tokens/s' : 'samples/s';
   const rateOf = (e: LogEntry) => (p.rate === 'tokens' ? (e.tokens_per_second ?? 0).toFixed(0) : e.samples_per_second.toFixed(1));

@@ -76,9 +76,44 @@ export async function predictExamples(
 export async function evaluateExamples(model: Model, examples: EncodedExample[], batchSize = 64): Promise<EvalResults> {
   const { loss, predictions } = await predictExamples(model, examples, batchSize);
   const labels = Int32Array.from(examples.map((e) => e.label));
+  return computeMetrics(labels, predictions, id2labelOf(model), loss);
+}
+
+function id2labelOf(model: Model): Record<string, string> {
   const id2label: Record<string, string> = {};
   for (let i = 0; i < model.config.num_labels; i++) id2label[String(i)] = model.config.id2label?.[String(i)] ?? `LABEL_${i}`;
-  return computeMetrics(labels, predictions, id2label, loss);
+  return id2label;
+}
+
+/**
+ * evaluateExamples as sums that add over data-parallel shards: [loss sum, examples, the (L, L)
+ * count of (label, prediction) pairs, row-major]. Every metric is a function of these counts.
+ */
+export async function evaluationSums(model: Model, examples: EncodedExample[], batchSize = 64): Promise<Float64Array> {
+  const L = model.config.num_labels;
+  const sums = new Float64Array(2 + L * L);
+  if (examples.length === 0) return sums;
+  const { loss, predictions } = await predictExamples(model, examples, batchSize);
+  sums[0] = loss * examples.length;
+  sums[1] = examples.length;
+  examples.forEach((e, i) => (sums[2 + e.label * L + predictions[i]] += 1));
+  return sums;
+}
+
+/** The EvalResults of evaluationSums added over shards (the same as evaluateExamples on the whole set). */
+export function evaluationResults(model: Model, sums: Float64Array): EvalResults {
+  const L = model.config.num_labels;
+  const labels: number[] = [];
+  const predictions: number[] = [];
+  for (let y = 0; y < L; y++) {
+    for (let p = 0; p < L; p++) {
+      for (let k = 0; k < sums[2 + y * L + p]; k++) {
+        labels.push(y);
+        predictions.push(p);
+      }
+    }
+  }
+  return computeMetrics(Int32Array.from(labels), Int32Array.from(predictions), id2labelOf(model), sums[0] / Math.max(1, sums[1]));
 }
 
 /**
@@ -106,6 +141,12 @@ export class ClassificationTask implements TrainingTask<EncodedExample, EvalResu
   }
   evaluate(examples: EncodedExample[], batchSize: number): Promise<EvalResults> {
     return evaluateExamples(this.model, examples, batchSize);
+  }
+  evaluationSums(examples: EncodedExample[], batchSize: number): Promise<Float64Array> {
+    return evaluationSums(this.model, examples, batchSize);
+  }
+  evaluationResults(sums: Float64Array): EvalResults {
+    return evaluationResults(this.model, sums);
   }
   saveModel(dir: string): Promise<void> {
     return saveModel(this.model, dir);

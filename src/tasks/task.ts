@@ -58,6 +58,14 @@ export interface TrainingTask<E, R extends TaskEvalResults = TaskEvalResults> {
   tokenCount?(examples: E[]): number;
   /** Evaluates (dropout off) on `examples` in batches of at most `batchSize`. */
   evaluate(examples: E[], batchSize: number): Promise<R>;
+  /**
+   * Data parallel (src/train/distributed.ts): evaluate()'s numbers as sums that add over shards
+   * (a classifier's loss sum, count and confusion matrix; a language model's loss × targets and
+   * targets), for a shard of the examples (possibly empty); evaluationResults turns the sums of
+   * every shard into what evaluate() gives. A task without them is evaluated whole on every rank.
+   */
+  evaluationSums?(examples: E[], batchSize: number): Promise<Float64Array>;
+  evaluationResults?(sums: Float64Array): R;
   /** Writes what the run's result is made of (a model folder, or an adapter folder) into `dir`. */
   saveModel(dir: string): Promise<void>;
   /**
@@ -72,19 +80,18 @@ export interface TrainingTask<E, R extends TaskEvalResults = TaskEvalResults> {
 }
 
 /**
- * A language model's evaluation loss (dropout off): the mean cross-entropy over every target token
- * of `examples`, in length-grouped batches of at most `batchSize` — each batch's mean loss weighted
- * by its target count (HF run_clm / run_mlm's eval loss, token-weighted). `collate` builds a
- * batch and says how many targets it holds; batches without targets are skipped.
- * @returns loss (NaN when there is no target), perplexity exp(loss), eval_tokens.
+ * A language model's evaluation loss (dropout off) as sums: [Σ batch mean loss × its targets,
+ * targets] over every target token of `examples`, in length-grouped batches of at most `batchSize`
+ * (HF run_clm / run_mlm's eval loss, token-weighted). Sums add over data-parallel shards.
+ * `collate` builds a batch and says how many targets it holds; batches without targets are skipped.
  */
-export async function tokenWeightedLoss<E>(
+export async function tokenWeightedSums<E>(
   engine: Engine,
   examples: readonly E[],
   length: (e: E) => number,
   batchSize: number,
   collate: (list: E[]) => { batch: Batch; targets: number },
-): Promise<{ loss: number; perplexity: number; eval_tokens: number }> {
+): Promise<Float64Array> {
   let sum = 0;
   let tokens = 0;
   for (const idx of makeBatches(examples.map(length), { batchSize, shuffle: false, groupByLength: true })) {
@@ -94,6 +101,12 @@ export async function tokenWeightedLoss<E>(
     sum += (loss ?? NaN) * targets;
     tokens += targets;
   }
+  return Float64Array.of(sum, tokens);
+}
+
+/** tokenWeightedSums' results: loss (NaN when there is no target), perplexity exp(loss), eval_tokens. */
+export function tokenWeightedResults(sums: Float64Array): { loss: number; perplexity: number; eval_tokens: number } {
+  const [sum, tokens] = sums;
   const loss = tokens > 0 ? sum / tokens : NaN;
   return { loss, perplexity: Math.exp(loss), eval_tokens: tokens };
 }

@@ -21,6 +21,7 @@ import {
 } from './trainer.js';
 import { ClassificationTask } from '../tasks/classification.js';
 import { describeLrFind, logLrFind, logLrFindProgress, lrFind, LR_FIND_DIVISOR, type LrFindResult } from './lr-find.js';
+import { isMainProcess, joinWorld } from './distributed.js';
 
 export interface FineTuneOptions extends TrainingArguments {
   /** Local Hugging Face folder or Hub repo id. */
@@ -89,6 +90,7 @@ export async function prepareOutputDir(
   outputs: readonly string[] = RUN_OUTPUTS,
 ): Promise<void> {
   const dir = o.output_dir;
+  if (!isMainProcess()) return; // data parallel: rank 0 alone prepares (and may delete) the folder it writes
   if (o.resume_from_checkpoint && o.overwrite_output_dir) {
     throw new Error('--resume and --overwrite-output-dir contradict each other: one continues the run in --output, the other deletes it; pass one');
   }
@@ -277,6 +279,7 @@ export async function fineTune(options: FineTuneOptions): Promise<FineTuneResult
   validateTrainingArguments(o);
   validateLossOptions(o);
   checkDevice(o.device, o.precision);
+  joinWorld(o.ddp_timeout);
   await prepareOutputDir(o);
   const { model, data, train, evalSet } = await loadClassifierRun(o, log, async (d) => {
     // Before any weights load: a changed batch size or label set would resume into a different run.
@@ -294,8 +297,9 @@ export async function fineTune(options: FineTuneOptions): Promise<FineTuneResult
     o.onTrainer?.(trainer);
     const run = await trainer.trainLoop();
     const base = { output_dir: o.output_dir, train_examples: train.length, eval_examples: evalSet?.length ?? 0, global_step: trainer.globalStep };
-    if (trainer.interrupted) {
-      return { ...base, eval: null, best_step: run.bestStep, stopped_early: false, seconds: (performance.now() - started) / 1000, interrupted: true };
+    if (trainer.interrupted || !isMainProcess()) {
+      // Data parallel: rank 0 alone saves the model, evaluates it and writes the report.
+      return { ...base, eval: null, best_step: run.bestStep, stopped_early: run.stoppedEarly, seconds: (performance.now() - started) / 1000, interrupted: trainer.interrupted };
     }
     // load_best_model_at_end: the best checkpoint's weights become the result.
     if (run.bestStep !== null && existsSync(trainer.bestDir)) {
@@ -391,6 +395,7 @@ export const LOCK_FILE = '.nodetune.lock';
  * @throws Error naming the folder and the pid of the job that holds it.
  */
 export async function lockOutputDir(dir: string): Promise<() => Promise<void>> {
+  if (!isMainProcess()) return async () => undefined; // data parallel: rank 0's run holds the folder
   await mkdir(dir, { recursive: true });
   const path = join(dir, LOCK_FILE);
   for (;;) {

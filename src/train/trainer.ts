@@ -22,6 +22,7 @@ import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { ClassificationTask, CLASSIFICATION_METRICS, type EncodedExample } from '../tasks/classification.js';
 import type { TaskEvalResults, TaskSetting, TrainingTask } from '../tasks/task.js';
 import { lrFind, LrFindError, LR_FIND_DIVISOR, type LrFindResult } from './lr-find.js';
+import { allReduceSum, joinWorld, shardBatch, shardRange, type World } from './distributed.js';
 
 export { collate, encodeExamples, evaluateExamples, predictExamples, type EncodedExample } from '../tasks/classification.js';
 export type { TaskEvalResults, TaskSetting, TrainingTask } from '../tasks/task.js';
@@ -62,6 +63,11 @@ export interface TrainingArguments {
   group_by_length?: boolean;
   /** Resume from output_dir/checkpoint-last. */
   resume_from_checkpoint?: boolean;
+  /**
+   * Data parallel (several MPI ranks, src/train/distributed.ts): seconds a rank waits for the others
+   * at a collective before it stops with an error naming the missing rank. Default 1800 (HF).
+   */
+  ddp_timeout?: number;
 }
 
 export interface LogEntry {
@@ -126,7 +132,7 @@ export const TRAINING_ARGUMENT_KEYS = Object.keys({
   gradient_accumulation_steps: 1, learning_rate: 1, lr_scheduler_type: 1, warmup_steps: 1, warmup_ratio: 1,
   decay_rate: 1, weight_decay: 1, adam_beta1: 1, adam_beta2: 1, adam_epsilon: 1, max_grad_norm: 1,
   eval_strategy: 1, eval_steps: 1, save_steps: 1, metric_for_best_model: 1, greater_is_better: 1,
-  early_stopping_patience: 1, logging_steps: 1, seed: 1, group_by_length: 1, resume_from_checkpoint: 1,
+  early_stopping_patience: 1, logging_steps: 1, seed: 1, group_by_length: 1, resume_from_checkpoint: 1, ddp_timeout: 1,
 } satisfies Record<keyof TrainingArguments, 1>) as Array<keyof TrainingArguments>;
 
 /**
@@ -334,10 +340,12 @@ function isTask<E, R extends TaskEvalResults>(x: Model | TrainingTask<E, R>): x 
  * @typeParam E the task's encoded example; R its evaluation results.
  */
 export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults> extends EventEmitter {
-  readonly args: Required<Omit<TrainingArguments, 'decay_rate' | 'weight_decay' | 'adam_beta1' | 'adam_beta2' | 'adam_epsilon' | 'max_grad_norm' | 'greater_is_better' | 'resume_from_checkpoint'>> &
+  readonly args: Required<Omit<TrainingArguments, 'decay_rate' | 'weight_decay' | 'adam_beta1' | 'adam_beta2' | 'adam_epsilon' | 'max_grad_norm' | 'greater_is_better' | 'resume_from_checkpoint' | 'ddp_timeout'>> &
     TrainingArguments;
   readonly task: TrainingTask<E, R>;
   private stopRequested = false;
+  /** Data parallel: a stop every rank has agreed on (at the last optimizer step's all-reduce). */
+  private stopAgreed = false;
   /** Steps since the last log line. */
   private window = { loss: 0, steps: 0, samples: 0, tokens: 0, start: 0 };
   private lastEntry: LogEntry | null = null;
@@ -347,6 +355,8 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
   lrFound: LrFindResult | null = null;
   /** Every step ran: a stop() that came after the last one (a late Ctrl-C) interrupts nothing. */
   private completed = false;
+  /** The data-parallel world (one process: rank 0 of 1); only rank 0 writes files. */
+  readonly world: World;
 
   /**
    * @throws Error naming a bad TrainingArguments value (metric_for_best_model checked against the
@@ -364,6 +374,10 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
     validateTrainingArguments(withMetric, this.task.metricNames);
     this.args = withDefaults(withMetric);
     if (train.length === 0) throw new Error('Trainer: the training set is empty');
+    this.world = joinWorld(args.ddp_timeout);
+    if (this.world.size > 1 && this.task.engine.device() !== 'cpu') {
+      throw new Error(`data-parallel training over ${this.world.size} ranks runs on the CPU (MPI all-reduce); the CUDA engine (${this.task.engine.device()}) has no NCCL all-reduce in this build: run one process per GPU job, or --device cpu`);
+    }
   }
 
   /** The classifier's Model when the task is a {@link ClassificationTask} (what the constructor got). */
@@ -375,7 +389,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
 
   /** True once stop() was called (Ctrl-C): the run ended before its last step. */
   get interrupted(): boolean {
-    return this.stopRequested && !this.completed;
+    return this.stopping && !this.completed;
   }
 
   /** Optimizer steps taken so far. */
@@ -393,6 +407,16 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
     this.stopRequested = true;
   }
 
+  /** The loop stops after this step: stop() was called (data parallel: on some rank, agreed by all at the step). */
+  private get stopping(): boolean {
+    return this.world.size === 1 ? this.stopRequested : this.stopAgreed;
+  }
+
+  /** Whether this process writes files: rank 0 of a data-parallel world, or the only process. */
+  get writes(): boolean {
+    return this.world.rank === 0;
+  }
+
   get lastDir(): string {
     return join(this.args.output_dir, 'checkpoint-last');
   }
@@ -403,7 +427,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
   /** Runs training to the end (or stop()); returns the state's histories. */
   async trainLoop(): Promise<{ log: LogEntry[]; evals: Array<EvalEntry<R>>; stoppedEarly: boolean; bestStep: number | null }> {
     const a = this.args;
-    await mkdir(a.output_dir, { recursive: true });
+    if (this.writes) await mkdir(a.output_dir, { recursive: true });
     if (a.learning_rate === 'auto') await this.chooseLearningRate();
     const batchesPerEpoch = Math.ceil(this.train.length / a.per_device_train_batch_size);
     const stepsPerEpoch = Math.ceil(batchesPerEpoch / a.gradient_accumulation_steps);
@@ -419,12 +443,12 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
     });
     this.state = a.resume_from_checkpoint ? await this.loadCheckpoint() : this.freshState(total);
     // The log file holds exactly the checkpointed history, so a resumed run does not repeat lines.
-    await writeFile(join(a.output_dir, 'training_log.jsonl'), this.state.log_history.map((e) => JSON.stringify(e) + '\n').join(''));
+    if (this.writes) await writeFile(join(a.output_dir, 'training_log.jsonl'), this.state.log_history.map((e) => JSON.stringify(e) + '\n').join(''));
     const lengths = this.train.map((e) => this.task.length(e));
     let stoppedEarly = false;
     const pending = this.state.log_window ?? { loss: 0, steps: 0 };
     this.window = { ...pending, samples: 0, tokens: 0, start: performance.now() };
-    while (this.state.global_step < total && !this.stopRequested && !stoppedEarly) {
+    while (this.state.global_step < total && !this.stopping && !stoppedEarly) {
       const epoch = this.state.epoch;
       this.task.setEpoch?.(epoch);
       const batches = makeBatches(lengths, {
@@ -460,7 +484,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
         } else if (this.state.global_step % a.save_steps === 0) {
           await this.saveLast();
         }
-        if (this.stopRequested || stoppedEarly) break;
+        if (this.stopping || stoppedEarly) break;
       }
       if (this.state.batch_in_epoch >= batches.length) {
         this.state.epoch += 1;
@@ -485,7 +509,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
   private async flushLog(entry: LogEntry): Promise<void> {
     const logged = { ...entry, loss: this.window.loss / this.window.steps };
     this.state.log_history.push(logged);
-    await appendFile(join(this.args.output_dir, 'training_log.jsonl'), JSON.stringify(logged) + '\n');
+    if (this.writes) await appendFile(join(this.args.output_dir, 'training_log.jsonl'), JSON.stringify(logged) + '\n');
     this.emit('log', logged);
     this.window = { loss: 0, steps: 0, samples: 0, tokens: 0, start: performance.now() };
   }
@@ -502,6 +526,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
    */
   private async optimizerStep(window: number[][]): Promise<{ loss: number; gradNorm: number; tokens: number }> {
     const engine = this.task.engine;
+    const { rank, size } = this.world;
     const micro = window.map((idx) => idx.map((i) => this.train[i]));
     const weights = micro.map((ex) => this.task.lossWeight(ex));
     const total = weights.reduce((n, w) => n + w, 0);
@@ -510,22 +535,41 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
     for (let m = 0; m < micro.length; m++) {
       // A micro-batch with nothing to learn (weight 0) would only add zero gradients.
       if (weights[m] === 0) continue;
-      const batch = this.task.collate(micro[m]);
       tokens += this.task.tokenCount?.(micro[m]) ?? 0;
-      const share = weights[m] / total;
-      const out = await engine.accumulate(batch, { lossScale: share });
-      if (!Number.isFinite(out.loss)) {
-        await engine.zeroGrad();
-        throw new Error(
-          `training stopped: the loss became ${out.loss} at optimizer step ${this.state.global_step + 1} (epoch ${this.state.epoch + 1}); ` +
-            `no update was applied. The last good checkpoint is ${this.lastCheckpoint()}. ` +
-            'Try a lower --learning-rate or a --max-grad-norm.',
-        );
+      let batch = this.task.collate(micro[m]);
+      let weight = weights[m];
+      if (size > 1) {
+        // This rank's rows of the global micro-batch, padded as the whole; its share of the step's loss.
+        const [lo, hi] = shardRange(micro[m].length, rank, size);
+        weight = hi > lo ? this.task.lossWeight(micro[m].slice(lo, hi)) : 0;
+        if (weight === 0) {
+          // The one-process run takes a forward here: keep the dropout stream in step with it.
+          const c = engine.getCounters();
+          engine.setCounters({ ...c, microStep: c.microStep + 1 });
+          continue;
+        }
+        batch = shardBatch(batch, lo, hi);
       }
+      const share = weight / total;
+      const out = await engine.accumulate(batch, { lossScale: share });
       loss += out.loss * share;
     }
+    if (size > 1) {
+      // The global batch's loss, and a stop (Ctrl-C) on any rank stops every rank after this step.
+      const sums = await allReduceSum(new Float64Array([loss, this.stopRequested ? 1 : 0]), `the loss all-reduce of optimizer step ${this.state.global_step + 1}`);
+      loss = sums[0];
+      if (sums[1] > 0) this.stopAgreed = true;
+    }
+    if (!Number.isFinite(loss)) {
+      await engine.zeroGrad();
+      throw new Error(
+        `training stopped: the loss became ${loss} at optimizer step ${this.state.global_step + 1} (epoch ${this.state.epoch + 1}); ` +
+          `no update was applied. The last good checkpoint is ${this.lastCheckpoint()}. ` +
+          'Try a lower --learning-rate or a --max-grad-norm.',
+      );
+    }
     const lr = this.schedule.lrAt(this.state.global_step);
-    const { gradNorm } = await engine.step({ learningRate: lr });
+    const { gradNorm } = await engine.step({ learningRate: lr, allReduce: size > 1 });
     if (!Number.isFinite(gradNorm)) {
       throw new Error(
         `training stopped: the gradient norm became ${gradNorm} at optimizer step ${this.state.global_step + 1} (epoch ${this.state.epoch + 1}) ` +
@@ -537,6 +581,19 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
     return { loss, gradNorm, tokens };
   }
 
+  /**
+   * The task's evaluation. Data parallel, for a task with evaluationSums: each rank evaluates its
+   * shard and the sums are added over ranks, so every rank gets the same results.
+   */
+  private async evaluate(examples: E[]): Promise<R> {
+    const { rank, size } = this.world;
+    const bs = this.args.per_device_eval_batch_size;
+    if (size === 1 || !this.task.evaluationSums || !this.task.evaluationResults) return this.task.evaluate(examples, bs);
+    const [lo, hi] = shardRange(examples.length, rank, size);
+    const sums = await this.task.evaluationSums(examples.slice(lo, hi), bs);
+    return this.task.evaluationResults(await allReduceSum(sums, `the evaluation all-reduce at optimizer step ${this.state.global_step}`));
+  }
+
   /** Evaluates, keeps the best checkpoint, saves the last; returns true to stop early. */
   private async evaluateAndSave(): Promise<boolean> {
     const a = this.args;
@@ -544,7 +601,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
       await this.saveLast();
       return false;
     }
-    const results = await this.task.evaluate(this.evalSet, a.per_device_eval_batch_size);
+    const results = await this.evaluate(this.evalSet);
     const entry: EvalEntry<R> = { ...results, step: this.state.global_step, epoch: this.state.epoch };
     this.state.eval_history.push(entry);
     this.emit('evaluate', entry);
@@ -590,7 +647,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
           onStep: (step, lr, loss) => this.emit('lr_find_step', { step, lr, loss }),
         });
         rate = this.lrFound.learning_rate;
-        await writeFile(join(a.output_dir, 'lr_find.json'), JSON.stringify(this.lrFound));
+        if (this.writes) await writeFile(join(a.output_dir, 'lr_find.json'), JSON.stringify(this.lrFound));
         this.emit('lr_find', this.lrFound);
       } catch (err) {
         // No rate to read off the curve (a model or data that does not train at any rate in the
@@ -625,6 +682,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
 
   /** Writes a model folder next to its final place, then swaps it in. */
   private async saveModelTo(dir: string, extra?: (tmp: string) => Promise<void>): Promise<void> {
+    if (!this.writes) return;
     const tmp = `${dir}.tmp-${process.pid}`;
     await rm(tmp, { recursive: true, force: true });
     await this.task.saveModel(tmp);
@@ -640,6 +698,7 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
     const engine = this.task.engine;
     this.state.engine_counters = engine.getCounters();
     this.state.log_window = { loss: this.window.loss, steps: this.window.steps };
+    if (!this.writes) return;
     await this.saveModelTo(this.lastDir, async (tmp) => {
       const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
       for (const name of this.task.checkpointParameters()) {

@@ -67,6 +67,7 @@ function batchOf(B: number, T: number, vocab = TINY.vocab_size, seed = 1): Requi
     labels: Int32Array.from({ length: B }, (_, i) => (i + seed) % TINY.num_labels),
     batchSize: B,
     seqLen: T,
+    rowOffset: 0,
   };
 }
 

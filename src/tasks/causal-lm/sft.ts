@@ -18,6 +18,7 @@ import { writeReport, type GenerationSampleRow } from '../../report/index.js';
 import { prepareOutputDir, lockOutputDir } from '../../train/finetune.js';
 import { Trainer, validateTrainingArguments, checkOptionKeys, pickTrainingArguments, type TrainingArguments, type EvalEntry } from '../../train/trainer.js';
 import { logLrFind } from '../../train/lr-find.js';
+import { isMainProcess, joinWorld } from '../../train/distributed.js';
 import { readSftFile, type SftDataset, type SftRecord } from './data.js';
 import { encodeSftRecords, packExamples, type EncodeStats, type SftRow } from './encode.js';
 import { CausalLMTask, CAUSAL_LM_METRICS, engineTensors, evaluateCausalLMLoss, type CausalLMEvalResults } from './task.js';
@@ -201,6 +202,7 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
   if (o.precision === 'bf16' && (o.device ?? 'cpu') === 'cpu' && !lora)
     throw new Error('--precision bf16 on the CPU keeps the base frozen in bf16, so it needs LoRA: drop --full, or --precision bf16');
   checkDevice(o.device, o.precision, true);
+  joinWorld(args.ddp_timeout);
   await prepareOutputDir(o, SFT_OUTPUTS);
   const train = readSftFile(o.train_file);
   const evalData = o.eval_file ? readSftFile(o.eval_file) : null;
@@ -250,7 +252,7 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
     const stride = Math.max(1, Math.floor(pool.length / Math.max(1, reportN)));
     const picks = pool.map((_, i) => i).filter((i) => i % stride === 0).slice(0, reportN);
     const sampleRecords = picks.map((i) => pool[i]);
-    const before = sampleRecords.length > 0 && !o.resume_from_checkpoint ? (await evaluateByGeneration(lm, sampleRecords, gen)).samples : null;
+    const before = sampleRecords.length > 0 && !o.resume_from_checkpoint && isMainProcess() ? (await evaluateByGeneration(lm, sampleRecords, gen)).samples : null;
 
     const trainer = new Trainer<SftRow, CausalLMEvalResults>(task, rows, evalRows, args);
     logLrFind(trainer, log);
@@ -262,8 +264,9 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
       output_dir: o.output_dir, train_examples: enc.examples.length, train_rows: rows.length, eval_examples: evalRows?.length ?? 0,
       encode: { train: enc.stats, eval: evalEnc?.stats ?? null }, global_step: trainer.globalStep, train_seconds: trainSeconds,
     };
-    if (trainer.interrupted) {
-      return { ...base, eval: null, best_step: run.bestStep, stopped_early: false, seconds: (performance.now() - started) / 1000, interrupted: true, files: [] };
+    if (trainer.interrupted || !isMainProcess()) {
+      // Data parallel: rank 0 alone saves the adapter, evaluates it and writes the report.
+      return { ...base, eval: null, best_step: run.bestStep, stopped_early: run.stoppedEarly, seconds: (performance.now() - started) / 1000, interrupted: trainer.interrupted, files: [] };
     }
     // load_best_model_at_end, as the classifier pipeline does: the best evaluation's weights are the result.
     if (run.bestStep !== null && existsSync(trainer.bestDir)) {

@@ -12,7 +12,7 @@ import type { CausalLM } from '../../llm/load.js';
 import { readSafetensors } from '../../io/safetensors.js';
 import { ADAPTER_WEIGHTS_FILE, savePeftAdapter, type NamedTensors, type ResolvedLoraConfig } from '../../io/peft.js';
 import { saveHfCausalLM } from '../../io/llm-export.js';
-import { tokenWeightedLoss, type TaskSetting, type TrainingTask, type TaskEvalResults } from '../task.js';
+import { tokenWeightedResults, tokenWeightedSums, type TaskSetting, type TrainingTask, type TaskEvalResults } from '../task.js';
 import { collateSft, type SftRow } from './encode.js';
 
 /** Evaluation of a causal LM on target tokens. */
@@ -57,8 +57,13 @@ export function tokenizerFolderFiles(lm: CausalLM): Record<string, string> {
  * most `batchSize` rows: the per-batch mean losses weighted by their target tokens, so the
  * result is the mean over every target token (HF run_clm's eval loss, token-weighted).
  */
-export function evaluateCausalLMLoss(lm: CausalLM, rows: readonly SftRow[], batchSize: number, padTokenId: number): Promise<CausalLMEvalResults> {
-  return tokenWeightedLoss(lm.engine, rows, (r) => r.input_ids.length, batchSize, (list) => ({
+export async function evaluateCausalLMLoss(lm: CausalLM, rows: readonly SftRow[], batchSize: number, padTokenId: number): Promise<CausalLMEvalResults> {
+  return tokenWeightedResults(await causalLMLossSums(lm, rows, batchSize, padTokenId));
+}
+
+/** evaluateCausalLMLoss as tokenWeightedSums (what data-parallel shards add up). */
+function causalLMLossSums(lm: CausalLM, rows: readonly SftRow[], batchSize: number, padTokenId: number): Promise<Float64Array> {
+  return tokenWeightedSums(lm.engine, rows, (r) => r.input_ids.length, batchSize, (list) => ({
     batch: collateSft(list, padTokenId),
     targets: list.reduce((k, r) => k + r.numTargets, 0),
   }));
@@ -97,6 +102,12 @@ export class CausalLMTask implements TrainingTask<SftRow, CausalLMEvalResults> {
   }
   evaluate(rows: SftRow[], batchSize: number): Promise<CausalLMEvalResults> {
     return evaluateCausalLMLoss(this.lm, rows, batchSize, this.padTokenId);
+  }
+  evaluationSums(rows: SftRow[], batchSize: number): Promise<Float64Array> {
+    return causalLMLossSums(this.lm, rows, batchSize, this.padTokenId);
+  }
+  evaluationResults(sums: Float64Array): CausalLMEvalResults {
+    return tokenWeightedResults(sums);
   }
   checkpointParameters(): string[] {
     return this.engine.parameterNames().filter((n) => this.engine.isTrainable(n));

@@ -19,6 +19,7 @@ import { writeReport } from '../../report/index.js';
 import { prepareOutputDir, lockOutputDir } from '../../train/finetune.js';
 import { Trainer, validateTrainingArguments, checkOptionKeys, pickTrainingArguments, type TrainingArguments, type EvalEntry } from '../../train/trainer.js';
 import { logLrFind } from '../../train/lr-find.js';
+import { isMainProcess, joinWorld } from '../../train/distributed.js';
 import { EVAL_EPOCH, maskExample, type TextExample } from './masking.js';
 import { MaskedLMTask, MASKED_LM_METRICS, evaluateMaskedLM, maskingFor, type MaskedLMEvalResults } from './task.js';
 
@@ -128,6 +129,7 @@ export async function pretrainMaskedLM(o: PretrainOptions): Promise<PretrainResu
   validateTrainingArguments(args, MASKED_LM_METRICS);
   checkDevice(o.device);
   if ((o.device ?? 'cpu') !== 'cpu') throw new Error(`--device ${o.device}: masked-LM pre-training runs on the CPU only (the CUDA engine has no masked-LM head yet)`);
+  joinWorld(args.ddp_timeout);
   await prepareOutputDir(o, PRETRAIN_OUTPUTS);
   const folder = await resolveModel(o.model);
   const model = await loadModel(folder, {
@@ -174,8 +176,9 @@ export async function pretrainMaskedLM(o: PretrainOptions): Promise<PretrainResu
     o.onTrainer?.(trainer);
     const run = await trainer.trainLoop();
     const base = { output_dir: o.output_dir, train_examples: train.length, eval_examples: evalSet.length, global_step: trainer.globalStep };
-    if (trainer.interrupted) {
-      return { ...base, eval: null, best_step: run.bestStep, stopped_early: false, seconds: (performance.now() - started) / 1000, interrupted: true };
+    if (trainer.interrupted || !isMainProcess()) {
+      // Data parallel: rank 0 alone saves the model, evaluates it and writes the report.
+      return { ...base, eval: null, best_step: run.bestStep, stopped_early: run.stoppedEarly, seconds: (performance.now() - started) / 1000, interrupted: trainer.interrupted };
     }
     // load_best_model_at_end: the best evaluation's weights are the result.
     if (run.bestStep !== null && existsSync(trainer.bestDir)) {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { Batch } from '../../engine.js';
 import { saveModel, type Model } from '../../model.js';
 import { readSafetensors } from '../../io/safetensors.js';
-import { tokenWeightedLoss, type TaskEvalResults, type TaskSetting, type TrainingTask } from '../task.js';
+import { tokenWeightedResults, tokenWeightedSums, type TaskEvalResults, type TaskSetting, type TrainingTask } from '../task.js';
 import { EVAL_EPOCH, maskExample, type MaskedExample, type MaskingOptions, type TextExample } from './masking.js';
 
 /** Evaluation of a masked LM on its masked positions. */
@@ -70,8 +70,13 @@ export function maskingFor(model: Model, o: { mlm_probability?: number; whole_wo
  * Loss, perplexity and masked-token count of `examples` masked as an evaluation masks them (the
  * same every time), in length-grouped batches of at most `batchSize`, weighted by masked tokens.
  */
-export function evaluateMaskedLM(model: Model, examples: readonly TextExample[], batchSize: number, masking: MaskingOptions): Promise<MaskedLMEvalResults> {
-  return tokenWeightedLoss(model.engine, examples, (e) => e.input_ids.length, batchSize, (list) => {
+export async function evaluateMaskedLM(model: Model, examples: readonly TextExample[], batchSize: number, masking: MaskingOptions): Promise<MaskedLMEvalResults> {
+  return tokenWeightedResults(await maskedLMLossSums(model, examples, batchSize, masking));
+}
+
+/** evaluateMaskedLM as tokenWeightedSums (what data-parallel shards add up). */
+function maskedLMLossSums(model: Model, examples: readonly TextExample[], batchSize: number, masking: MaskingOptions): Promise<Float64Array> {
+  return tokenWeightedSums(model.engine, examples, (e) => e.input_ids.length, batchSize, (list) => {
     const masked = list.map((e) => maskExample(e, EVAL_EPOCH, masking));
     return { batch: collateMasked(masked, model.tokenizer.padTokenId), targets: masked.reduce((k, m) => k + m.masked, 0) };
   });
@@ -106,6 +111,12 @@ export class MaskedLMTask implements TrainingTask<TextExample, MaskedLMEvalResul
   }
   evaluate(examples: TextExample[], batchSize: number): Promise<MaskedLMEvalResults> {
     return evaluateMaskedLM(this.model, examples, batchSize, this.masking);
+  }
+  evaluationSums(examples: TextExample[], batchSize: number): Promise<Float64Array> {
+    return maskedLMLossSums(this.model, examples, batchSize, this.masking);
+  }
+  evaluationResults(sums: Float64Array): MaskedLMEvalResults {
+    return tokenWeightedResults(sums);
   }
   saveModel(dir: string): Promise<void> {
     return saveModel(this.model, dir);
