@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian/Ubuntu machine for nodetune: system packages (cmake, g++,
-# OpenBLAS with OpenMP, oneDNN for bf16 GEMMs, Google Benchmark), npm packages (which builds the native addon
+# OpenBLAS with OpenMP, oneDNN for bf16 GEMMs, Google Benchmark, Open MPI for data-parallel
+# training), npm packages (which builds the native addon
 # with cmake-js), the TypeScript build, and the real pretrained models all-MiniLM-L6-v2
 # and SmolLM2-135M-Instruct (Q4_1 GGUF).
 # Idempotent; safe to run again.
@@ -8,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-for pkg in cmake g++ make pkg-config libopenblas-openmp-dev libdnnl-dev libbenchmark-dev python3-pip; do
+for pkg in cmake g++ make pkg-config libopenblas-openmp-dev libdnnl-dev libbenchmark-dev libopenmpi-dev openmpi-bin python3-pip; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -1014,11 +1014,13 @@ Napi::Value DistributedAllReduce(const Napi::CallbackInfo& info) {
     });
 }
 
-// distributedFinish(): MPI_Finalize (MPI_Abort after a failed collective).
+// distributedFinish(abort): MPI_Finalize; MPI_Abort (every rank of the job) with
+// abort true or after a failed collective.
 Napi::Value DistributedFinish(const Napi::CallbackInfo& info) {
     return Guard(info.Env(), [&]() -> Napi::Value {
-        if (g_collective_busy) throw EngineError("distributedFinish(): a collective is running; await it first");
-        if (g_world_ready) nt::Communicator::world(g_timeout_s).finish();
+        const bool abort = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
+        if (g_collective_busy && !abort) throw EngineError("distributedFinish(): a collective is running; await it first");
+        if (g_world_ready) nt::Communicator::world(g_timeout_s).finish(abort);
         g_world_ready = false;
         return info.Env().Undefined();
     });

@@ -150,13 +150,32 @@ template <typename T>
 void Communicator::allreduce(T* data, size_t n, const std::string& what) {
     arrive(what);
     if (size_ == 1) return;
+    // Non-blocking, polled against the deadline: a rank that arrived and then
+    // stopped (killed or frozen mid-collective) must not hang the others in
+    // MPI_Allreduce. MPI_Test drives the transfer, so it is polled at once and
+    // only after 10 ms with short sleeps.
+    const auto start = std::chrono::steady_clock::now();
     for (size_t off = 0; off < n; off += kBucket) {
         const int count = (int)std::min(kBucket, n - off);
-        const int rc = MPI_Allreduce(MPI_IN_PLACE, data + off, count, mpi_type<T>(), MPI_SUM, MPI_COMM_WORLD);
+        MPI_Request req = MPI_REQUEST_NULL;
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, data + off, count, mpi_type<T>(), MPI_SUM, MPI_COMM_WORLD, &req);
+        for (int done = 0; rc == MPI_SUCCESS && !done;) {
+            rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+            if (done || rc != MPI_SUCCESS) break;
+            const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            if (waited > timeout_s_) {
+                failed_ = true;
+                failure_ = what + " did not complete within " + seconds(timeout_s_) + " after every rank arrived (rank " +
+                           std::to_string(rank_) + " of " + std::to_string(size_) + " on " + host_ +
+                           " waited): a rank died or hung during it; stopping";
+                throw EngineError(failure_);
+            }
+            if (waited > 0.01) std::this_thread::sleep_for(std::chrono::microseconds(100));
+        }
         if (rc != MPI_SUCCESS) {
             failed_ = true;
             failure_ = what + " failed";
-            check_mpi(rc, ("MPI_Allreduce (" + what + ")").c_str());
+            check_mpi(rc, ("MPI_Iallreduce (" + what + ")").c_str());
         }
     }
 }
@@ -164,13 +183,13 @@ void Communicator::allreduce(T* data, size_t n, const std::string& what) {
 void Communicator::allreduce_sum(float* data, size_t n, const std::string& what) { allreduce(data, n, what); }
 void Communicator::allreduce_sum(double* data, size_t n, const std::string& what) { allreduce(data, n, what); }
 
-void Communicator::finish() {
+void Communicator::finish(bool abort) {
     if (finished_) return;
     finished_ = true;
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (finalized) return;
-    if (failed_) MPI_Abort(MPI_COMM_WORLD, 1);
+    if (failed_ || abort) MPI_Abort(MPI_COMM_WORLD, 1);
     MPI_Finalize();
 }
 
@@ -188,7 +207,7 @@ void Communicator::set_timeout(double timeout_s) { timeout_s_ = timeout_s; }
 void Communicator::arrive(const std::string&) {}
 void Communicator::allreduce_sum(float*, size_t, const std::string& what) { throw EngineError(what + ": no MPI in this build"); }
 void Communicator::allreduce_sum(double*, size_t, const std::string& what) { throw EngineError(what + ": no MPI in this build"); }
-void Communicator::finish() {}
+void Communicator::finish(bool) {}
 
 #endif
 

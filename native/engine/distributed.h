@@ -45,8 +45,9 @@ public:
     void allreduce_sum(double* data, size_t n, const std::string& what);
 
     // MPI_Finalize after a clean run; MPI_Abort (ending every rank of the job)
-    // after a failed collective. Idempotent; also run at process exit.
-    void finish();
+    // with abort, or after a failed collective. Idempotent; also run at
+    // process exit (MPI_Finalize there would wait for ranks that may never come).
+    void finish(bool abort = false);
 
     static constexpr size_t kBucket = size_t(1) << 22;  // 4 Mi floats: 16 MB per MPI_Allreduce
 

@@ -118,6 +118,10 @@ export async function runTrainingCommand<R extends { interrupted: boolean; globa
 ): Promise<void> {
   const launched = await launchRanks(opts.nproc as number | undefined, opts.threads as number | undefined);
   if (launched !== null) {
+    if (launched !== 0) {
+      process.stderr.write(`nodetune: the ${opts.nproc} ranks stopped (mpirun exit code ${launched}; its message above names the rank); ` +
+        `${opts.output}/checkpoint-last holds the last saved step: continue with the same command and --resume\n`);
+    }
     process.exitCode = launched;
     return;
   }

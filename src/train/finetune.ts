@@ -5,7 +5,7 @@
  * eval_results.json, training_log.jsonl and report.html).
  */
 import { mkdir, readFile, writeFile, rm, readdir } from 'node:fs/promises';
-import { existsSync, readdirSync, realpathSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, realpathSync, statSync } from 'node:fs';
 import { isAbsolute, join, relative } from 'node:path';
 import { readDataset, buildLabelMap, encodeLabels, stratifiedSplit, type Dataset, type LabelMap } from '../data/index.js';
 import { loadModel, saveModel, type Model } from '../model.js';
@@ -422,9 +422,14 @@ async function checkNotLocked(dir: string): Promise<void> {
 function processExists(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM'; // alive, owned by another user
+  }
+  // A zombie has exited (a killed MPI rank waits for its reparenting to be reaped): not a live run.
+  try {
+    return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true; // no /proc: trust kill()
   }
 }
 
