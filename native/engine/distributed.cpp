@@ -153,7 +153,9 @@ void Communicator::allreduce(T* data, size_t n, const std::string& what) {
     // Non-blocking, polled against the deadline: a rank that arrived and then
     // stopped (killed or frozen mid-collective) must not hang the others in
     // MPI_Allreduce. MPI_Test drives the transfer, so it is polled at once and
-    // only after 10 ms with short sleeps.
+    // only after 10 ms with short sleeps. (Measured on 2 ranks of one machine,
+    // 91 MB: the blocking call is ~25 ms faster alone, and no faster within a
+    // MiniLM training step.)
     const auto start = std::chrono::steady_clock::now();
     for (size_t off = 0; off < n; off += kBucket) {
         const int count = (int)std::min(kBucket, n - off);

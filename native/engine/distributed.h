@@ -49,7 +49,9 @@ public:
     // process exit (MPI_Finalize there would wait for ranks that may never come).
     void finish(bool abort = false);
 
-    static constexpr size_t kBucket = size_t(1) << 22;  // 4 Mi floats: 16 MB per MPI_Allreduce
+    // 1 Mi elements per MPI_Iallreduce: measured fastest of 256 Ki to 16 Mi
+    // for 91 MB on 2 ranks of one machine (Open MPI 4.1, shared memory).
+    static constexpr size_t kBucket = size_t(1) << 20;
 
 private:
     Communicator() = default;
