@@ -4,7 +4,8 @@
 // per-step losses and final weights within 1e-6 relative, for the classifier (dropout, gradient
 // accumulation, an uneven last batch that leaves rank 1 no row, sharded evaluation) and for LoRA on
 // SmolLM2; a rank killed mid-run stops the job with mpirun naming it and --resume continues with
-// the uninterrupted losses; a hung rank makes the other stop within --ddp-timeout, naming it.
+// the uninterrupted losses; a hung rank makes the other stop within --ddp-timeout, naming it;
+// Ctrl-C stops every rank after the same step with checkpoint-last saved.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -47,8 +48,14 @@ interface Run {
 }
 
 function nodetune(...args: string[]): Promise<Run> {
+  return nodetuneIn({}, ...args);
+}
+
+/** detached: in its own process group (as a terminal's foreground job), `onStart` gets its pid. */
+function nodetuneIn(o: { detached?: boolean; onStart?: (pid: number) => void }, ...args: string[]): Promise<Run> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, FORCE_COLOR: '0' } });
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, FORCE_COLOR: '0' }, detached: o.detached });
+    o.onStart?.(child.pid!);
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -296,4 +303,20 @@ test('a hung rank: the other stops within --ddp-timeout with an error naming it'
   assert.match(r.stderr, /nodetune \(rank 0 of 2\): rank 1 did not reach the (gradient|loss) all-reduce of optimizer step \d+ within 2 s/);
   assert.ok(waited < 30, `stopped after ${waited.toFixed(1)} s`);
   assert.ok(existsSync(join(out, 'checkpoint-last', 'trainer_state.json')), 'checkpoint-last stays');
+});
+
+test('Ctrl-C on --nproc 2: every rank stops after the same step, checkpoint-last is saved, exit 130', { skip: noMpi, timeout: 120_000 }, async () => {
+  const out = join(tmp, 'ctrl-c');
+  let pid = 0;
+  // The terminal sends SIGINT to its whole foreground process group.
+  const running = nodetuneIn({ detached: true, onStart: (p) => (pid = p) }, ...LONG(), '--max-steps', '100000', '--output', out);
+  await ranksAfterCheckpoint(out, 50, running);
+  process.kill(-pid, 'SIGINT');
+  const r = await running;
+  assert.equal(r.status, 130, r.stderr.slice(-2000));
+  assert.match(r.stderr, /interrupted at step (\d+): resume with --resume/);
+  const step = Number(/interrupted at step (\d+)/.exec(r.stderr)![1]);
+  assert.equal(JSON.parse(readFileSync(join(out, 'checkpoint-last', 'trainer_state.json'), 'utf8')).global_step, step);
+  assert.equal((r.stderr.match(/interrupted: saving checkpoint-last/g) ?? []).length, 1, 'rank 0 alone says so');
+  assert.doesNotMatch(r.stderr, /non-zero/, 'no rank failed');
 });

@@ -117,8 +117,12 @@ export async function runTrainingCommand<R extends { interrupted: boolean; globa
   print: (result: R) => void,
 ): Promise<void> {
   const launched = await launchRanks(opts.nproc as number | undefined, opts.threads as number | undefined);
+  if (launched === null && launchedWorldSize() > 1) {
+    // A rank: the launcher turns Ctrl-C into SIGUSR2, which mpirun forwards to every rank (SIGUSR1 would start Node's inspector).
+    process.on('SIGUSR2', () => (process.listenerCount('SIGINT') > 0 ? process.emit('SIGINT') : process.exit(130)));
+  }
   if (launched !== null) {
-    if (launched !== 0) {
+    if (launched !== 0 && launched !== 130) { // 130: interrupted, and rank 0 said how to resume
       process.stderr.write(`nodetune: the ${opts.nproc} ranks stopped (mpirun exit code ${launched}; its message above names the rank); ` +
         `${opts.output}/checkpoint-last holds the last saved step: continue with the same command and --resume\n`);
     }
@@ -129,7 +133,8 @@ export async function runTrainingCommand<R extends { interrupted: boolean; globa
   if (!isMainProcess()) return;
   if (result.interrupted) {
     process.stderr.write(`interrupted at step ${result.global_step}: resume with --resume\n`);
-    process.exitCode = 130;
+    // As one of several ranks, a clean exit: mpirun would report a non-zero one as a failed rank; the launcher exits 130.
+    if (launchedWorldSize() === 1) process.exitCode = 130;
     return;
   }
   print(result);
@@ -155,19 +160,28 @@ export async function launchRanks(nproc: number | undefined, threads: number | u
   const mpirun = process.env.NODETUNE_MPIRUN ?? 'mpirun';
   // Open MPI refuses root without these; containers often run as root.
   const env = { ...process.env, OMP_NUM_THREADS: String(perRank), OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1' };
-  const child = spawn(mpirun, ['-n', String(nproc), '--bind-to', 'none', '-x', 'OMP_NUM_THREADS', process.execPath, process.argv[1], ...args], { stdio: 'inherit', env });
+  // Its own process group, so a Ctrl-C reaches only this launcher: mpirun would end the job at
+  // once. The first Ctrl-C becomes SIGUSR2, which mpirun forwards to the ranks (each saves
+  // checkpoint-last after the step they agree on); a second ends the job (SIGTERM).
+  const child = spawn(mpirun, ['-n', String(nproc), '--bind-to', 'none', '-x', 'OMP_NUM_THREADS', process.execPath, process.argv[1], ...args], { stdio: 'inherit', env, detached: true });
+  let interrupts = 0;
+  const onInterrupt = () => child.kill(++interrupts === 1 ? 'SIGUSR2' : 'SIGTERM');
+  process.on('SIGINT', onInterrupt);
   return new Promise((resolve, reject) => {
     child.once('error', (err: NodeJS.ErrnoException) =>
       reject(err.code === 'ENOENT' ? new Error(`--nproc ${nproc} needs ${mpirun} (Open MPI): apt-get install openmpi-bin libopenmpi-dev, or run \`bash scripts/setup.sh\``) : err),
     );
-    child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 + (osConstants.signals[signal] ?? 1) : 1)));
+    child.once('exit', (code, signal) => {
+      process.off('SIGINT', onInterrupt);
+      resolve(code === 0 && interrupts > 0 ? 130 : code ?? (signal ? 128 + (osConstants.signals[signal] ?? 1) : 1));
+    });
   });
 }
 
 /** Ctrl-C: finish the current step, save checkpoint-last (for --resume), exit; a second Ctrl-C exits at once. */
 export function stopOnInterrupt<E, R extends TaskEvalResults>(trainer: Trainer<E, R>): void {
   process.once('SIGINT', () => {
-    process.stderr.write('\ninterrupted: saving checkpoint-last after this step (Ctrl-C again to quit now)\n');
+    if (trainer.writes) process.stderr.write('\ninterrupted: saving checkpoint-last after this step (Ctrl-C again to quit now)\n');
     trainer.stop();
     process.once('SIGINT', () => process.exit(130));
   });
