@@ -197,6 +197,20 @@ test('Llama LoRA with lora_dropout: two shards with their rowOffset sum to the w
   }
 });
 
+test('bad use is an error: a negative rowOffset, allReduce outside an MPI world, a non-boolean allReduce', async () => {
+  const f = await loadTinyBertFixture();
+  const engine = fixtureEngine(f, { threads: 1 });
+  try {
+    await assert.rejects(engine.accumulate({ ...f.batch, rowOffset: -1 }), /batch\.rowOffset must be an integer in \[0, 2147483647\]/);
+    await assert.rejects(engine.accumulate({ ...f.batch, rowOffset: 1.5 }), /batch\.rowOffset must be an integer/);
+    await engine.accumulate(f.batch);
+    await assert.rejects(engine.step({ learningRate: 1e-3, allReduce: true }), /call distributedInit\(\) first/);
+    await assert.rejects(engine.step({ learningRate: 1e-3, allReduce: 'yes' as unknown as boolean }), /options\.allReduce must be true or false/);
+  } finally {
+    await engine.dispose();
+  }
+});
+
 const CLASSIFIER = () => ['train', '--model', model, '--train', trainCsv, '--eval', evalCsv, '--text-column', 'text', '--label-column', 'category',
   '--threads', '1', '--logging-steps', '1', '--max-steps', '20', '--batch-size', '8', '--gradient-accumulation-steps', '2', '--learning-rate', '1e-3',
   '--warmup-ratio', '0.1', '--eval-strategy', 'steps', '--eval-steps', '7', '--seed', '11'];
