@@ -1,6 +1,8 @@
 // Data-parallel collectives among the ranks an MPI launcher started
 // (`mpirun -n N node ...`): Open MPI's MPI_Allreduce, as llm.c and PyTorch's
 // gloo/MPI backends use it. One world per process, initialised on first use.
+// A CUDA engine's gradients are summed by NCCL instead (cuda/nccl_allreduce.h),
+// which takes its unique id, arrival check, timeout and failure state from here.
 //
 // Faults: before each collective every rank tells every other that it has
 // arrived (a 4-byte message each way, polled against a deadline). A rank that
@@ -35,6 +37,7 @@ public:
     // MPI_Get_processor_name: the host, for messages.
     const std::string& host() const { return host_; }
     void set_timeout(double timeout_s);
+    double timeout() const { return timeout_s_; }
 
     // data[i] = the sum of data[i] over all ranks (in place, every rank gets
     // the result), in buckets of at most kBucket elements. `what` names the
@@ -43,6 +46,22 @@ public:
     // after an earlier failure.
     void allreduce_sum(float* data, size_t n, const std::string& what);
     void allreduce_sum(double* data, size_t n, const std::string& what);
+
+    // data[0, bytes) of rank `root` into data on every rank (MPI_Ibcast,
+    // polled against the deadline like the all-reduce); e.g. NCCL's unique id.
+    // Throws EngineError as allreduce_sum does.
+    void broadcast(void* data, size_t bytes, int root, const std::string& what);
+
+    // For collectives run outside this class (NCCL's, on the device), which
+    // keep its contract: arrive() before each (every rank gets there within
+    // the timeout, or the missing one is named); on a failure fail() or
+    // stalled(), which spend the world (later collectives throw, finish()
+    // ends the job with MPI_Abort) and throw EngineError.
+    void arrive(const std::string& what);
+    [[noreturn]] void fail(const std::string& failure);
+    // fail() with "<what> did not complete within <timeout> after every rank
+    // arrived (rank r of n on <host> waited): a rank died or hung during it".
+    [[noreturn]] void stalled(const std::string& what);
 
     // MPI_Finalize after a clean run; MPI_Abort (ending every rank of the job)
     // with abort, or after a failed collective. Idempotent; also run at
@@ -56,8 +75,6 @@ public:
 private:
     Communicator() = default;
     void init(double timeout_s);
-    // Every rank arrives at collective number seq_ or the deadline passes.
-    void arrive(const std::string& what);
     template <typename T>
     void allreduce(T* data, size_t n, const std::string& what);
 
