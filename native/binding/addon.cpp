@@ -39,6 +39,9 @@
 #include "engine/engine.h"
 #include "engine/factory.h"
 #include "models/llama.h"
+#if defined(NODETUNE_WITH_NCCL)
+#include "cuda/nccl_allreduce.h"
+#endif
 
 namespace {
 
@@ -337,6 +340,40 @@ struct CollectiveLock {
 
 void world_or_throw(const std::string& what) {
     if (!g_world_ready) throw EngineError(what + ": call distributedInit() first (the process must run under mpirun)");
+}
+
+// The CUDA engine's gradients are summed on the device by NCCL (one GPU per
+// rank; cuda/nccl_allreduce.h) in builds with the CUDA engine, MPI and NCCL.
+#if defined(NODETUNE_WITH_NCCL)
+constexpr bool kNcclCompiled = true;
+#else
+constexpr bool kNcclCompiled = false;
+#endif
+
+// Engine.step({allReduce: true})'s sum of this rank's gradients over the
+// world, before the step: host gradients (CPU engines) through MPI, device
+// gradients (the CUDA engine) through NCCL. Runs on the thread pool.
+void allreduce_gradients(nt::Model& e) {
+    const std::string what = "the gradient all-reduce of optimizer step " + std::to_string(e.optimizer_step() + 1);
+    const auto [g, n] = e.host_gradients();
+    const nt::Model::DeviceGradients d = e.device_gradients();
+    if (!g && !d.data && e.device() != "cpu")
+        throw EngineError("Engine.step({allReduce: true}): data-parallel training on " + e.device() +
+                          " has no gradient all-reduce");
+    if (d.data && !kNcclCompiled)
+        throw EngineError("Engine.step({allReduce: true}): data-parallel training on " + e.device() +
+                          " needs NCCL, which this build does not have (build the CUDA addon with MPI and NCCL: "
+                          "bash scripts/cuda-toolkit.sh installs NCCL; source .cache/cuda/env.sh before npx cmake-js "
+                          "compile --CDNODETUNE_CUDA=ON)");
+    CollectiveLock lock("Engine.step({allReduce: true})");
+    nt::Communicator& world = nt::Communicator::world(g_timeout_s);
+    if (!d.data) {
+        world.allreduce_sum(g, n, what);
+        return;
+    }
+#if defined(NODETUNE_WITH_NCCL)
+    nt::nccl_allreduce_sum(world, d.data, d.n, d.stream, d.device, what);
+#endif
 }
 
 // ---- the BERT engine ----------------------------------------------------------------
@@ -898,15 +935,7 @@ private:
             return slot_.Queue<float>(
                 info.Env(), "step",
                 [lr, all_reduce](Engine& e) {
-                    if (all_reduce) {
-                        const auto [g, n] = e.host_gradients();
-                        if (!g && n == 0 && e.device() != "cpu")
-                            throw EngineError("Engine.step({allReduce: true}): data-parallel training on " + e.device() +
-                                              " needs NCCL, which this build does not have");
-                        CollectiveLock lock("Engine.step({allReduce: true})");
-                        nt::Communicator::world(g_timeout_s)
-                            .allreduce_sum(g, n, "the gradient all-reduce of optimizer step " + std::to_string(e.optimizer_step() + 1));
-                    }
+                    if (all_reduce) allreduce_gradients(e);
                     return e.step(lr);
                 },
                 [](Napi::Env env, float& norm) -> Napi::Value {
@@ -1020,7 +1049,13 @@ Napi::Value DistributedFinish(const Napi::CallbackInfo& info) {
     return Guard(info.Env(), [&]() -> Napi::Value {
         const bool abort = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
         if (g_collective_busy && !abort) throw EngineError("distributedFinish(): a collective is running; await it first");
-        if (g_world_ready) nt::Communicator::world(g_timeout_s).finish(abort);
+        if (g_world_ready) {
+            nt::Communicator& world = nt::Communicator::world(g_timeout_s);
+#if defined(NODETUNE_WITH_NCCL)
+            if (!abort) nt::nccl_finish(world);  // MPI_Abort ends the process, communicator and all
+#endif
+            world.finish(abort);
+        }
         g_world_ready = false;
         return info.Env().Undefined();
     });
@@ -1045,6 +1080,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("checkDevice", Napi::Function::New(env, CheckDevice, "checkDevice"));
     exports.Set("cudaCompiled", Napi::Boolean::New(env, nt::cuda_compiled()));
     exports.Set("mpiCompiled", Napi::Boolean::New(env, nt::Communicator::available()));
+    exports.Set("ncclCompiled", Napi::Boolean::New(env, kNcclCompiled));
     exports.Set("distributedInit", Napi::Function::New(env, DistributedInit, "distributedInit"));
     exports.Set("distributedAllReduce", Napi::Function::New(env, DistributedAllReduce, "distributedAllReduce"));
     exports.Set("distributedFinish", Napi::Function::New(env, DistributedFinish, "distributedFinish"));

@@ -629,6 +629,15 @@ void CudaEngine::zero_grad() {
     sync("zero_grad");
 }
 
+Model::DeviceGradients CudaEngine::device_gradients() {
+    DeviceGradients d;
+    d.data = s_->g;
+    d.n = arena_size_;
+    d.stream = s_->stream;
+    d.device = device_;
+    return d;
+}
+
 // ---- parameter access -----------------------------------------------------------------
 
 namespace {

@@ -54,6 +54,9 @@ public:
     float accumulate(const Batch& batch, float loss_scale) override;
     float step(float learning_rate) override;
     void zero_grad() override;
+    // The float32 gradient arena (the whole arena: frozen slices and padding
+    // hold zeros) and the engine's stream, for the NCCL all-reduce.
+    DeviceGradients device_gradients() override;
 
 private:
     template <typename T>

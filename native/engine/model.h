@@ -53,6 +53,19 @@ public:
     // data-parallel step sums over ranks before step(); {nullptr, 0} where
     // they live on a device.
     virtual std::pair<float*, size_t> host_gradients() { return {nullptr, 0}; }
+    // The gradients of what trains as one span of DEVICE memory (float32, n
+    // elements) with the stream the engine runs on (a cudaStream_t) and its
+    // device ordinal, which a data-parallel step sums over ranks with NCCL
+    // before step(); empty (data null, device -1) for a host engine. The
+    // stream is idle when the engine hands it over (every public call returns
+    // so) and must be idle again before the next engine call.
+    struct DeviceGradients {
+        float* data = nullptr;
+        size_t n = 0;
+        void* stream = nullptr;
+        int device = -1;
+    };
+    virtual DeviceGradients device_gradients() { return {}; }
 
     virtual int64_t optimizer_step() const = 0;
     virtual void set_optimizer_step(int64_t t) = 0;
