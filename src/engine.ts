@@ -54,7 +54,10 @@ export interface EngineOptions {
   label_smoothing_factor?: number;
   /** (num_labels) per-class loss weights, as torch CrossEntropyLoss(weight=). */
   class_weights?: Float32Array;
-  /** 'cpu' (default), 'cuda' or 'cuda:N' (needs an addon built with a CUDA toolkit). */
+  /**
+   * 'cpu' (default), 'cuda' or 'cuda:N' (needs an addon built with a CUDA toolkit). Plain 'cuda' in a process an MPI
+   * launcher started is the rank's own GPU, cuda:<local rank> (see {@link resolveDevice}).
+   */
   device?: string;
   /**
    * 'fp32' (default) or 'bf16'. CUDA: mixed precision (bf16 weights and activations, fp32 master weights and
@@ -129,6 +132,11 @@ interface NativeAddon {
   /** native/engine/engine.h's BertConfigLimits: the largest config sizes the engine accepts. */
   /** Whether this build links MPI (native/engine/distributed.*). */
   mpiCompiled: boolean;
+  /**
+   * Whether this build sums the CUDA engine's gradients over ranks with NCCL (native/cuda/nccl_allreduce.*): built
+   * with the CUDA engine, MPI and NCCL together. Without it, Engine.step({allReduce: true}) on CUDA throws.
+   */
+  ncclCompiled: boolean;
   /** MPI_Init_thread on the first call; timeout: seconds a collective waits for every rank. */
   distributedInit(options?: { timeout?: number }): { rank: number; size: number; host: string };
   /** The sum over ranks of `values` (a new array); `what` names the collective in errors. */
@@ -175,6 +183,21 @@ export function checkDevice(device = 'cpu', precision = 'fp32', causalLM = false
 }
 
 /**
+ * The device an engine is created on: `device` as given, except plain 'cuda' in a process that an MPI launcher
+ * started (`mpirun -n N`, `--nproc N`), which becomes `cuda:<local rank>`: the rank's index among the ranks on its
+ * machine (Open MPI's OMPI_COMM_WORLD_LOCAL_RANK, or MPICH Hydra's MPI_LOCALRANKID), so each rank trains on a GPU of
+ * its own (one GPU per rank, as torchrun's LOCAL_RANK and llm.c's multi-GPU runs assign them; NCCL sums the gradients).
+ * 'cpu', 'cuda:N' (every rank on that device) and undefined are returned unchanged.
+ * @param env the process environment (a parameter for tests).
+ */
+export function resolveDevice(device: string | undefined, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (device !== 'cuda') return device;
+  const local = env.OMPI_COMM_WORLD_LOCAL_RANK ?? env.MPI_LOCALRANKID;
+  if (local === undefined || !/^\d+$/.test(local)) return device;
+  return `cuda:${Number(local)}`;
+}
+
+/**
  * A BertForSequenceClassification training engine in native memory.
  * Parameter names are Hugging Face checkpoint keys with the `bert.` prefix
  * (`bert.encoder.layer.0.attention.self.query.weight`, `classifier.weight`).
@@ -214,11 +237,13 @@ export class Engine {
     if (!opts || typeof opts.config !== 'object' || opts.config === null) {
       throw new Error('new Engine({ config, ...options }): config must be an object with Hugging Face config fields (BertConfig, or LlamaConfig with model_type llama)');
     }
-    const { config, lora, ...options } = opts;
+    const { config, lora, ...given } = opts;
     this.config = config;
+    const device = resolveDevice(given.device);
+    const options = device === given.device ? given : { ...given, device };
     if (isCausalLM(config)) {
       if (options.architecture !== undefined) throw new Error('options.architecture is for BERT models (BertForSequenceClassification or BertForMaskedLM)');
-      this.native = new (loadAddon().Engine)(config, { ...options, lora: lora === undefined ? undefined : resolveLoraConfig(lora) });
+      this.native = Engine.create(config, { ...options, lora: lora === undefined ? undefined : resolveLoraConfig(lora) }, given.device);
       return;
     }
     if (lora !== undefined || options.gradient_checkpointing !== undefined || options.trainable !== undefined) {
@@ -228,7 +253,17 @@ export class Engine {
       ...config,
       classifier_dropout: config.classifier_dropout ?? config.hidden_dropout_prob,
     };
-    this.native = new (loadAddon().Engine)(resolved, options);
+    this.native = Engine.create(resolved, options, given.device);
+  }
+
+  /** The native engine; an error about a device that resolveDevice chose says how it was chosen. */
+  private static create(config: ModelConfig, options: Omit<EngineOptions, 'lora'> & { lora?: unknown }, given: string | undefined): NativeEngine {
+    try {
+      return new (loadAddon().Engine)(config, options);
+    } catch (err) {
+      if (options.device === given || !(err instanceof Error) || !/cuda|device/i.test(err.message)) throw err;
+      throw new Error(`device '${given}' is ${options.device} in this MPI rank (its local rank: one GPU per rank): ${err.message}`);
+    }
   }
 
   /** All parameter names, in the engine's layout order. */

@@ -2,7 +2,7 @@
  * nodetune's public TypeScript API. The CLI (src/cli) only wraps these.
  */
 export { BERT_DEFAULTS, parameterShapes, type BertConfig, type BertArchitecture } from './config.js';
-export { Engine, loadAddon, checkDevice, isCausalLM, type Batch, type EngineOptions, type OptimizerState, type ModelConfig } from './engine.js';
+export { Engine, loadAddon, checkDevice, resolveDevice, isCausalLM, type Batch, type EngineOptions, type OptimizerState, type ModelConfig } from './engine.js';
 export { parseLlamaConfig, resolveLoraConfig, resolveLoraTargets, llamaParameterShapes, peftKey, LORA_TARGETS, CAUSAL_LM_MODEL_TYPES, type LlamaConfig, type LoraConfig, type LoraTarget, type RopeScaling } from './models/llama.js';
 export { Sampler, resolveSampling, type SamplingOptions } from './llm/sampling.js';
 export { loadModel, saveModel, engineWeights, type Model, type LoadModelOptions } from './model.js';

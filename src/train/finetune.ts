@@ -42,7 +42,10 @@ export interface FineTuneOptions extends TrainingArguments {
   /** Freeze encoder layers 0..freeze_layers-1. */
   freeze_layers?: number;
   threads?: number;
-  /** 'cpu' (default), 'cuda' or 'cuda:N'. */
+  /**
+   * 'cpu' (default), 'cuda' or 'cuda:N'. Under an MPI launcher (--nproc N) plain 'cuda' is each rank's own GPU,
+   * cuda:<local rank> (resolveDevice in src/engine.ts), and NCCL sums the gradients.
+   */
   device?: string;
   /** 'fp32' (default) or 'bf16' (CUDA only). */
   precision?: 'fp32' | 'bf16';

@@ -15,6 +15,7 @@ import { mkdir, readFile, rm, rename, appendFile, writeFile } from 'node:fs/prom
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Model } from '../model.js';
+import { loadAddon } from '../engine.js';
 import { makeBatches } from '../data/index.js';
 import { getScheduler, type SchedulerType, type LrSchedule } from './schedule.js';
 import type { EvalResults } from '../metrics/index.js';
@@ -375,8 +376,10 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
     this.args = withDefaults(withMetric);
     if (train.length === 0) throw new Error('Trainer: the training set is empty');
     this.world = joinWorld(args.ddp_timeout);
-    if (this.world.size > 1 && this.task.engine.device() !== 'cpu') {
-      throw new Error(`data-parallel training over ${this.world.size} ranks runs on the CPU (MPI all-reduce); the CUDA engine (${this.task.engine.device()}) has no NCCL all-reduce in this build: run one process per GPU job, or --device cpu`);
+    // On the CUDA engine the gradients are summed on the device by NCCL (one GPU per rank), which the addon has
+    // only when it was built with the CUDA engine, MPI and NCCL together.
+    if (this.world.size > 1 && this.task.engine.device() !== 'cpu' && !loadAddon().ncclCompiled) {
+      throw new Error(`data-parallel training over ${this.world.size} ranks on the CUDA engine (${this.task.engine.device()}) needs NCCL, which this build of the addon does not have (build it with CUDA, MPI and NCCL: bash scripts/cuda-toolkit.sh, source .cache/cuda/env.sh, npx cmake-js compile --CDNODETUNE_CUDA=ON); or run one process per GPU job, or --device cpu`);
     }
   }
 
