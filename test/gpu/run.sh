@@ -8,6 +8,10 @@
 #                  accumulation; bf16 vs fp32 over 20 steps (test/gpu/engine_check.cpp)
 #   addon_parity   device 'cuda' through the addon on the tiny-bert fixture
 #                  against Hugging Face (test/gpu/parity.mjs; needs node)
+#   nccl_smoke     `mpirun -n 1 nodetune_nccl_check`: the data-parallel gradient
+#                  all-reduce (NCCL's unique id over MPI, ncclAllReduce on the GPU)
+#                  on one rank (test/gpu/nccl_check.cpp; needs MPI and NCCL there:
+#                  NCCL_ROOT, or python3's nvidia-nccl-cu13, or the system's)
 #   bench          nodetune vs PyTorch eager bf16 training steps, TFLOP/s, MFU (test/gpu/bench.sh)
 #   kernels_contract  the CUDA kernel benchmarks at --tiny: every kernel, the counts
 #                  (test/gpu/bench_cuda.test.mjs)
@@ -176,18 +180,38 @@ else
   echo "node: not available (carry .cache/gpu-deps with node, node_modules/node-addon-api, node_modules/node-api-headers): addon step skipped"
 fi
 
+# NCCL for the data-parallel all-reduce (with MPI): NCCL_ROOT, else the wheel that
+# scripts/cuda-toolkit.sh installs (if carried), else python3's nvidia-nccl-cu13
+# (PyTorch's), else the system's (CMake looks there itself).
+nccl_args=()
+nccl_root="${NCCL_ROOT:-}"
+[ -z "$nccl_root" ] && [ -f "$root/.cache/cuda/nccl/include/nccl.h" ] && nccl_root="$root/.cache/cuda/nccl"
+if [ -z "$nccl_root" ]; then
+  nccl_root="$(python3 -c 'import importlib.util as u; s = u.find_spec("nvidia.nccl"); print(next(iter(s.submodule_search_locations)))' 2>/dev/null || true)"
+fi
+if [ -n "$nccl_root" ] && [ -f "$nccl_root/include/nccl.h" ]; then
+  nccl_args=(-DNCCL_ROOT="$nccl_root")
+  echo "nccl: $nccl_root"
+else
+  echo "nccl: no NCCL_ROOT and no python3 nvidia-nccl-cu13; the system's if CMake finds one"
+fi
+echo "mpi: $(command -v mpirun >/dev/null && mpirun --version 2>&1 | head -n1 || echo 'no mpirun: the NCCL smoke is skipped')"
+
 # ---- build -----------------------------------------------------------------------
 gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
 run_step configure 90 "$out/configure.log" cmake -S "$root" -B "$build" "${gen[@]}" \
   -DCMAKE_BUILD_TYPE=Release -DNODETUNE_CUDA=ON "${bench_args[@]}" -DCMAKE_CUDA_COMPILER="$nvcc" \
-  -DCMAKE_CUDA_ARCHITECTURES="${NT_CUDA_ARCHS:-90}" "${blas_args[@]}" "${addon_args[@]}"
+  -DCMAKE_CUDA_ARCHITECTURES="${NT_CUDA_ARCHS:-90}" "${blas_args[@]}" "${addon_args[@]}" "${nccl_args[@]}"
 finish configure "$(grep -m1 'nodetune CUDA:' "$out/configure.log" | sed 's/^-- //')"
 if [ "$step_rc" -ne 0 ]; then tail -n 30 "$out/configure.log"; print_summary; exit 1; fi
+grep -E 'nodetune (MPI|NCCL):|MPI not found|NCCL not found' "$out/configure.log" | sed 's/^-- //'
+nccl_target=()
+grep -q 'nodetune NCCL:' "$out/configure.log" && nccl_target=(nodetune_nccl_check)
 
 run_step build 240 "$out/build.log" cmake --build "$build" -j "$(nproc)" \
-  --target nodetune_cuda_check nodetune_engine_check "${addon_target[@]}" "${bench_target[@]}"
-finish build "nodetune_cuda_check nodetune_engine_check ${addon_target[*]} ${bench_target[*]}"
+  --target nodetune_cuda_check nodetune_engine_check "${addon_target[@]}" "${bench_target[@]}" "${nccl_target[@]}"
+finish build "nodetune_cuda_check nodetune_engine_check ${addon_target[*]} ${bench_target[*]} ${nccl_target[*]}"
 if [ "$step_rc" -ne 0 ]; then grep -E 'error|Error' "$out/build.log" | head -n 30; print_summary; exit 1; fi
 bin="$build/Release"
 
@@ -206,6 +230,16 @@ if [ ${#addon_target[@]} -gt 0 ] && [ -f "$root/dist/src/engine.js" ]; then
   grep -E '^FAIL' "$out/addon_parity.txt" | head -n 10
 else
   row addon_parity skipped 0 "needs node, node_modules/node-addon-api, node_modules/node-api-headers and dist/ (carry them)"
+fi
+
+# ---- data parallel on the GPU: NCCL on one rank (issue 15) --------------------------------
+if [ ${#nccl_target[@]} -gt 0 ] && command -v mpirun >/dev/null; then
+  run_step nccl_smoke 60 "$out/nccl_smoke.txt" env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+    NCCL_DEBUG=WARN mpirun -n 1 "$bin/nodetune_nccl_check" --timeout 30
+  finish nccl_smoke "$(grep -E '^nccl_check: |no CUDA device' "$out/nccl_smoke.txt" | tail -n1)"
+  [ "$step_status" = ok ] || tail -n 20 "$out/nccl_smoke.txt"
+else
+  row nccl_smoke skipped 0 "needs MPI (mpirun, mpi.h) and NCCL (NCCL_ROOT or python3's nvidia-nccl-cu13) on this machine"
 fi
 
 # ---- kernel benchmarks against the GPU's ceilings (issue: kernel benchmarks) -------------
