@@ -209,10 +209,50 @@ void Communicator::fail(const std::string& failure) {
     throw EngineError(failure_);
 }
 
+std::string Communicator::unresponsive(double grace_s) {
+    // Tag 32767: above every arrival tag (seq_ % 32767). Every rank that is
+    // still running gets here at about the same time (its deadline ran from
+    // the same arrival), so a rank that does not answer within the grace is
+    // the one that stopped.
+    const int tag = 32767;
+    const long long mine = seq_;
+    std::vector<long long> got(size_, 0);
+    std::vector<MPI_Request> recv(size_, MPI_REQUEST_NULL), send;
+    for (int r = 0; r < size_; r++) {
+        if (r == rank_) continue;
+        if (MPI_Irecv(&got[r], 1, MPI_LONG_LONG, r, tag, MPI_COMM_WORLD, &recv[r]) != MPI_SUCCESS) return "";
+        send.emplace_back();
+        if (MPI_Isend(&mine, 1, MPI_LONG_LONG, r, tag, MPI_COMM_WORLD, &send.back()) != MPI_SUCCESS) return "";
+    }
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+        bool all = true;
+        for (int r = 0; r < size_; r++) {
+            if (recv[r] == MPI_REQUEST_NULL) continue;
+            int done = 0;
+            MPI_Test(&recv[r], &done, MPI_STATUS_IGNORE);
+            all = all && done;
+        }
+        if (all || std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > grace_s) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::string missing;
+    for (int r = 0; r < size_; r++) {
+        if (recv[r] == MPI_REQUEST_NULL) continue;
+        missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+        MPI_Cancel(&recv[r]);
+        MPI_Request_free(&recv[r]);
+    }
+    return missing;
+}
+
 void Communicator::stalled(const std::string& what) {
-    fail(what + " did not complete within " + seconds(timeout_s_) + " after every rank arrived (rank " +
-         std::to_string(rank_) + " of " + std::to_string(size_) + " on " + host_ +
-         " waited): a rank died or hung during it; stopping");
+    const std::string missing = unresponsive(std::min(10.0, timeout_s_));
+    const std::string who = missing.empty() ? std::string("a rank")
+                            : (missing.find(',') == std::string::npos ? "rank " : "ranks ") + missing;
+    fail(who + " stopped responding during " + what + ": every rank arrived, and it did not complete within " +
+         seconds(timeout_s_) + " (rank " + std::to_string(rank_) + " of " + std::to_string(size_) + " on " + host_ +
+         " waited); it died or hung; stopping");
 }
 
 void Communicator::finish(bool abort) {

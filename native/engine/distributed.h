@@ -1,14 +1,16 @@
 // Data-parallel collectives among the ranks an MPI launcher started
-// (`mpirun -n N node ...`): Open MPI's MPI_Allreduce, as llm.c and PyTorch's
-// gloo/MPI backends use it. One world per process, initialised on first use.
+// (`mpirun -n N node ...`): Open MPI's all-reduce (MPI_Iallreduce), as llm.c
+// and PyTorch's gloo/MPI backends use it. One world per process, initialised on first use.
 // A CUDA engine's gradients are summed by NCCL instead (cuda/nccl_allreduce.h),
 // which takes its unique id, arrival check, timeout and failure state from here.
 //
 // Faults: before each collective every rank tells every other that it has
-// arrived (a 4-byte message each way, polled against a deadline). A rank that
+// arrived (an 8-byte message each way, polled against a deadline). A rank that
 // does not arrive within the timeout (dead, hung or far behind) makes the
 // others throw an EngineError naming it and the collective, instead of
-// blocking forever in MPI_Allreduce; after that the world is spent, and the
+// blocking forever; the collective itself is non-blocking and polled against
+// the same deadline, and a rank that stops inside it is named by a last probe
+// (stalled()). After a failure the world is spent, and the
 // process ends the MPI job at exit (MPI_Abort) rather than wait for a
 // finalize that the missing rank would never join.
 //
@@ -59,8 +61,9 @@ public:
     // ends the job with MPI_Abort) and throw EngineError.
     void arrive(const std::string& what);
     [[noreturn]] void fail(const std::string& failure);
-    // fail() with "<what> did not complete within <timeout> after every rank
-    // arrived (rank r of n on <host> waited): a rank died or hung during it".
+    // fail() with "rank k stopped responding during <what>: every rank
+    // arrived, and it did not complete within <timeout> ...", naming the
+    // ranks that do not answer a last probe from the others.
     [[noreturn]] void stalled(const std::string& what);
 
     // MPI_Finalize after a clean run; MPI_Abort (ending every rank of the job)
@@ -77,6 +80,9 @@ private:
     void init(double timeout_s);
     template <typename T>
     void allreduce(T* data, size_t n, const std::string& what);
+    // After a collective stalled: the ranks that do not answer a probe within
+    // grace_s ("1" or "1, 3"; "" when all answer).
+    std::string unresponsive(double grace_s);
 
     int rank_ = 0, size_ = 1;
     std::string host_;
