@@ -56,7 +56,7 @@ export function withTrainingFlags(cmd: Command, d: TrainingFlagDefaults): Comman
     .option('--logging-steps <n>', 'log every n optimizer steps', positiveInt, 10)
     .option('--seed <n>', d.seedHelp, int, 42)
     .option('--threads <n>', 'CPU threads (default: all cores; with --nproc, the cores shared among the ranks)', positiveInt)
-    .option('--device <device>', "'cpu', 'cuda' or 'cuda:N'", 'cpu')
+    .option('--device <device>', "'cpu', 'cuda' or 'cuda:N' (with --nproc, 'cuda' is each rank's own GPU)", 'cpu')
     .option('--nproc <n>', 'data parallel: run n ranks on this machine (launches mpirun); --batch-size stays the global batch', positiveInt)
     .option('--ddp-timeout <seconds>', 'data parallel: how long a rank waits for the others before it stops with an error naming the missing rank', num, DDP_TIMEOUT);
 }
