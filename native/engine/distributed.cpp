@@ -109,16 +109,9 @@ void Communicator::set_timeout(double timeout_s) {
     timeout_s_ = timeout_s;
 }
 
-void Communicator::arrive(const std::string& what) {
-    if (failed_) throw EngineError("cannot run " + what + ": " + failure_);
-    if (finished_) throw EngineError("cannot run " + what + ": the MPI world has been finalized");
-    seq_++;
-    if (size_ == 1) return;
-    // MPI guarantees tags up to at least 32767; collectives run in order, so
-    // a tag that wraps around cannot meet a message of its own turn.
-    const int tag = (int)(seq_ % 32767);
-    std::vector<long long> got(size_, 0);
+std::string Communicator::hear_from_all(int tag, double wait_s) {
     const long long mine = seq_;
+    std::vector<long long> got(size_, 0);
     std::vector<MPI_Request> recv(size_, MPI_REQUEST_NULL), send;
     for (int r = 0; r < size_; r++) {
         if (r == rank_) continue;
@@ -138,28 +131,40 @@ void Communicator::arrive(const std::string& what) {
         }
         int sent = 1;
         if (!send.empty()) check_mpi(MPI_Testall((int)send.size(), send.data(), &sent, MPI_STATUSES_IGNORE), "MPI_Testall");
-        if (all && sent) return;
-        const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        if (waited > timeout_s_) {
-            std::string missing;
-            for (int r = 0; r < size_; r++) {
-                if (recv[r] == MPI_REQUEST_NULL) continue;
-                missing += (missing.empty() ? "" : ", ") + std::to_string(r);
-                MPI_Cancel(&recv[r]);
-                MPI_Request_free(&recv[r]);
-            }
-            if (missing.empty()) missing = "?";  // sends stuck: a peer stopped receiving
-            failed_ = true;
-            failure_ = std::string(missing.find(',') == std::string::npos ? "rank " : "ranks ") + missing +
-                       " did not reach " + what + " within " + seconds(timeout_s_) + " (rank " + std::to_string(rank_) +
-                       " of " + std::to_string(size_) + " on " + host_ +
-                       " waited): a rank died, hung or fell behind; stopping (raise the timeout with --ddp-timeout if a "
-                       "rank is only slow)";
-            throw EngineError(failure_);
-        }
+        if (all && sent) return "";
+        if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > wait_s) break;
         std::this_thread::sleep_for(pause);
         pause = std::min(pause * 2, std::chrono::microseconds(2000));
     }
+    std::string missing;
+    for (int r = 0; r < size_; r++) {
+        if (recv[r] == MPI_REQUEST_NULL) continue;
+        missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+        MPI_Cancel(&recv[r]);
+        MPI_Request_free(&recv[r]);
+    }
+    return missing.empty() ? "?" : missing;  // "?": every rank answered, but a send is stuck (a peer stopped receiving)
+}
+
+namespace {
+std::string ranks_named(const std::string& list) {
+    return (list.find(',') == std::string::npos ? "rank " : "ranks ") + list;
+}
+}  // namespace
+
+void Communicator::arrive(const std::string& what) {
+    if (failed_) throw EngineError("cannot run " + what + ": " + failure_);
+    if (finished_) throw EngineError("cannot run " + what + ": the MPI world has been finalized");
+    seq_++;
+    if (size_ == 1) return;
+    // MPI guarantees tags up to at least 32767; collectives run in order, so
+    // a tag that wraps around cannot meet a message of its own turn.
+    const std::string missing = hear_from_all((int)(seq_ % 32767), timeout_s_);
+    if (missing.empty()) return;
+    fail(ranks_named(missing) + " did not reach " + what + " within " + seconds(timeout_s_) + " (rank " +
+         std::to_string(rank_) + " of " + std::to_string(size_) + " on " + host_ +
+         " waited): a rank died, hung or fell behind; stopping (raise the timeout with --ddp-timeout if a rank is "
+         "only slow)");
 }
 
 template <typename T>
@@ -209,50 +214,18 @@ void Communicator::fail(const std::string& failure) {
     throw EngineError(failure_);
 }
 
-std::string Communicator::unresponsive(double grace_s) {
-    // Tag 32767: above every arrival tag (seq_ % 32767). Every rank that is
-    // still running gets here at about the same time (its deadline ran from
-    // the same arrival), so a rank that does not answer within the grace is
-    // the one that stopped.
-    const int tag = 32767;
-    const long long mine = seq_;
-    std::vector<long long> got(size_, 0);
-    std::vector<MPI_Request> recv(size_, MPI_REQUEST_NULL), send;
-    for (int r = 0; r < size_; r++) {
-        if (r == rank_) continue;
-        if (MPI_Irecv(&got[r], 1, MPI_LONG_LONG, r, tag, MPI_COMM_WORLD, &recv[r]) != MPI_SUCCESS) return "";
-        send.emplace_back();
-        if (MPI_Isend(&mine, 1, MPI_LONG_LONG, r, tag, MPI_COMM_WORLD, &send.back()) != MPI_SUCCESS) return "";
-    }
-    const auto start = std::chrono::steady_clock::now();
-    for (;;) {
-        bool all = true;
-        for (int r = 0; r < size_; r++) {
-            if (recv[r] == MPI_REQUEST_NULL) continue;
-            int done = 0;
-            MPI_Test(&recv[r], &done, MPI_STATUS_IGNORE);
-            all = all && done;
-        }
-        if (all || std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > grace_s) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    std::string missing;
-    for (int r = 0; r < size_; r++) {
-        if (recv[r] == MPI_REQUEST_NULL) continue;
-        missing += (missing.empty() ? "" : ", ") + std::to_string(r);
-        MPI_Cancel(&recv[r]);
-        MPI_Request_free(&recv[r]);
-    }
-    return missing;
-}
-
 void Communicator::stalled(const std::string& what) {
-    const std::string missing = unresponsive(std::min(10.0, timeout_s_));
-    const std::string who = missing.empty() ? std::string("a rank")
-                            : (missing.find(',') == std::string::npos ? "rank " : "ranks ") + missing;
-    fail(who + " stopped responding during " + what + ": every rank arrived, and it did not complete within " +
-         seconds(timeout_s_) + " (rank " + std::to_string(rank_) + " of " + std::to_string(size_) + " on " + host_ +
-         " waited); it died or hung; stopping");
+    // Every rank still running gets here at about the same time (its deadline
+    // ran from the same arrival), so the one that does not answer a last probe
+    // is the one that stopped. Tag 32767: above every arrival tag.
+    std::string missing;
+    try {
+        missing = hear_from_all(32767, std::min(10.0, timeout_s_));
+    } catch (const EngineError&) {
+    }
+    fail((missing.empty() || missing == "?" ? std::string("a rank") : ranks_named(missing)) + " stopped responding during " +
+         what + ": every rank arrived, and it did not complete within " + seconds(timeout_s_) + " (rank " +
+         std::to_string(rank_) + " of " + std::to_string(size_) + " on " + host_ + " waited); it died or hung; stopping");
 }
 
 void Communicator::finish(bool abort) {

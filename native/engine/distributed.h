@@ -80,9 +80,11 @@ private:
     void init(double timeout_s);
     template <typename T>
     void allreduce(T* data, size_t n, const std::string& what);
-    // After a collective stalled: the ranks that do not answer a probe within
-    // grace_s ("1" or "1, 3"; "" when all answer).
-    std::string unresponsive(double grace_s);
+    // Sends every other rank an 8-byte message (tag `tag`) and waits up to
+    // wait_s for theirs: "" when all came, else the ranks not heard from
+    // ("1" or "1, 3"; "?" when all came but a send is stuck). Throws EngineError
+    // on an MPI error.
+    std::string hear_from_all(int tag, double wait_s);
 
     int rank_ = 0, size_ = 1;
     std::string host_;
