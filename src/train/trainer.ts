@@ -8,7 +8,9 @@
  * loss normalisation of accumulated micro-batches, metrics, what a checkpoint
  * holds — is a {@link TrainingTask} (src/tasks): the sequence classifier
  * (src/tasks/classification.ts) and the causal LM (src/tasks/causal-lm) share
- * this one loop.
+ * this one loop. Under an MPI launcher the same loop is data parallel
+ * (src/train/distributed.ts): each rank runs its rows of every micro-batch and
+ * the step sums the gradients over ranks; rank 0 alone writes.
  */
 import { EventEmitter } from 'node:events';
 import { mkdir, readFile, rm, rename, appendFile, writeFile } from 'node:fs/promises';
