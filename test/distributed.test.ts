@@ -336,3 +336,28 @@ test('Ctrl-C on --nproc 2: every rank stops after the same step, checkpoint-last
   assert.equal((r.stderr.match(/interrupted: saving checkpoint-last/g) ?? []).length, 1, 'rank 0 alone says so');
   assert.doesNotMatch(r.stderr, /non-zero/, 'no rank failed');
 });
+
+test('the launcher: a SIGTERM ends the whole job (no rank left running); bad flags are refused once before mpirun starts; no resume hint without a checkpoint', { skip: noMpi, timeout: 120_000 }, async () => {
+  const out = join(tmp, 'term');
+  let pid = 0;
+  const running = nodetuneIn({ onStart: (p) => (pid = p) }, ...LONG(), '--max-steps', '100000', '--output', out);
+  await ranksAfterCheckpoint(out, 50, running);
+  process.kill(pid, 'SIGTERM');
+  const r = await running;
+  assert.equal(r.status, 143);
+  for (let i = 0; i < 50 && ranksOf(out).size > 0; i++) await new Promise((res) => setTimeout(res, 100));
+  assert.equal(ranksOf(out).size, 0, 'no rank outlives the launcher');
+
+  const bad = await nodetune(...LONG(), '--output', join(tmp, 'never'), '--ddp-timeout', '0');
+  assert.notEqual(bad.status, 0);
+  assert.equal((bad.stderr.match(/--ddp-timeout 0: expected a number of seconds > 0/g) ?? []).length, 1, bad.stderr);
+  assert.doesNotMatch(bad.stderr, /MPI_ABORT|mpirun/);
+  const missing = await nodetune(...LONG().map((a) => (a === trainCsv ? join(tmp, 'nope.csv') : a)), '--output', join(tmp, 'never'));
+  assert.match(missing.stderr, /--train .*nope\.csv: no such file/);
+
+  const broken = join(tmp, 'broken-model');
+  const failed = await nodetune(...LONG().map((a) => (a === model ? broken : a)), '--output', join(tmp, 'never2'));
+  assert.notEqual(failed.status, 0);
+  assert.match(failed.stderr, /the 2 ranks stopped \(mpirun exit code \d+; the messages above say why\)\n/);
+  assert.doesNotMatch(failed.stderr, /--resume/, 'no checkpoint, no resume hint');
+});

@@ -4,7 +4,7 @@
 // and label smoothing against an independent loss computation, early stopping.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
@@ -14,7 +14,7 @@ import { readSafetensors } from '../src/io/safetensors.js';
 import { getScheduler } from '../src/train/schedule.js';
 import { makeBatches } from '../src/data/index.js';
 import { fineTune, LOCK_FILE, type FineTuneOptions } from '../src/train/finetune.js';
-import { Trainer, collate, validateTrainingArguments, type EncodedExample, type LogEntry, type TrainingArguments } from '../src/train/trainer.js';
+import { Trainer, collate, recoverUnfinishedSaves, validateTrainingArguments, type EncodedExample, type LogEntry, type TrainingArguments } from '../src/train/trainer.js';
 import { ClassificationTask } from '../src/tasks/classification.js';
 import { INTENTS, intentRows, writeIntentCsv, writeTinyModel, type IntentRow } from './helpers/tiny-model.js';
 
@@ -590,4 +590,23 @@ test('Trainer resume compares the saved settings before loading any checkpoint t
     (err: Error) => /--batch-size: checkpoint 4, now 8/.test(err.message) && /--learning-rate: checkpoint 0.00005, now 0.001/.test(err.message),
   );
   await assert.rejects(train(noDropout, rows.slice(1), null, { ...args, resume_from_checkpoint: true }), /training examples: checkpoint 16, now 15/);
+});
+
+test('a save cut short by a kill is undone: a missing checkpoint-last comes back from its .old- folder, .tmp-/.old- leftovers go', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'nodetune-saves-'));
+  try {
+    // Killed between the two renames of checkpoint-last: only the old (complete) and the new (maybe partial) exist.
+    await mkdir(join(dir, 'checkpoint-last.old-41'));
+    await writeFile(join(dir, 'checkpoint-last.old-41', 'trainer_state.json'), '{"global_step":7}');
+    await mkdir(join(dir, 'checkpoint-last.tmp-41'));
+    // Killed while writing checkpoint-best's new folder: the current one stays.
+    await mkdir(join(dir, 'checkpoint-best'));
+    await mkdir(join(dir, 'checkpoint-best.tmp-52'));
+    await mkdir(join(dir, 'checkpoint-7-other'));
+    await recoverUnfinishedSaves(dir);
+    assert.deepEqual(readdirSync(dir).sort(), ['checkpoint-7-other', 'checkpoint-best', 'checkpoint-last']);
+    assert.equal(JSON.parse(readFileSync(join(dir, 'checkpoint-last', 'trainer_state.json'), 'utf8')).global_step, 7);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });

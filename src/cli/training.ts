@@ -10,7 +10,9 @@ import { SCHEDULER_TYPES } from '../train/schedule.js';
 import { spawn } from 'node:child_process';
 import { availableParallelism, constants as osConstants } from 'node:os';
 import { int, learningRate, num, positiveInt } from './common.js';
-import { DDP_TIMEOUT, isMainProcess, launchedWorldSize } from '../train/distributed.js';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { DDP_TIMEOUT, MAX_TIMEOUT, isMainProcess, launchedWorldSize } from '../train/distributed.js';
 
 /** The defaults and help texts that differ between the training commands. */
 export interface TrainingFlagDefaults {
@@ -35,7 +37,7 @@ export function withTrainingFlags(cmd: Command, d: TrainingFlagDefaults): Comman
   return cmd
     .option('--epochs <n>', 'num_train_epochs', num, 3)
     .option('--max-steps <n>', 'total optimizer steps (overrides --epochs)', int, -1)
-    .option('--batch-size <n>', 'per_device_train_batch_size', positiveInt, d.batchSize)
+    .option('--batch-size <n>', 'per_device_train_batch_size (with --nproc: the global batch, split among the ranks)', positiveInt, d.batchSize)
     .option('--eval-batch-size <n>', 'per_device_eval_batch_size', positiveInt, d.evalBatchSize)
     .option('--gradient-accumulation-steps <n>', d.gradientAccumulationHelp ?? 'micro-batches per optimizer step', positiveInt, 1)
     .option('--learning-rate <lr|auto>', d.learningRateHelp ?? "peak learning rate, or 'auto': a learning-rate range test picks it (see lr-find)", learningRate, d.learningRate)
@@ -55,7 +57,7 @@ export function withTrainingFlags(cmd: Command, d: TrainingFlagDefaults): Comman
     .option('--early-stopping-patience <n>', 'stop after n evaluations without improvement (0 = off)', int, 0)
     .option('--logging-steps <n>', 'log every n optimizer steps', positiveInt, 10)
     .option('--seed <n>', d.seedHelp, int, 42)
-    .option('--threads <n>', 'CPU threads (default: all cores; with --nproc, the cores shared among the ranks)', positiveInt)
+    .option('--threads <n>', 'CPU threads (default: all cores; with --nproc, per rank, default cores / n)', positiveInt)
     .option('--device <device>', "'cpu', 'cuda' or 'cuda:N' (with --nproc, 'cuda' is each rank's own GPU)", 'cpu')
     .option('--nproc <n>', 'data parallel: run n ranks on this machine (launches mpirun); --batch-size stays the global batch', positiveInt)
     .option('--ddp-timeout <seconds>', 'data parallel: how long a rank waits for the others before it stops with an error naming the missing rank', num, DDP_TIMEOUT);
@@ -116,15 +118,19 @@ export async function runTrainingCommand<R extends { interrupted: boolean; globa
   run: () => Promise<R>,
   print: (result: R) => void,
 ): Promise<void> {
-  const launched = await launchRanks(opts.nproc as number | undefined, opts.threads as number | undefined);
+  const nproc = opts.nproc as number | undefined;
+  if (nproc !== undefined && nproc > 1 && launchedWorldSize() === 1) checkBeforeLaunch(opts);
+  const launched = await launchRanks(nproc, opts.threads as number | undefined);
   if (launched === null && launchedWorldSize() > 1) {
     // A rank: the launcher turns Ctrl-C into SIGUSR2, which mpirun forwards to every rank (SIGUSR1 would start Node's inspector).
     process.on('SIGUSR2', () => (process.listenerCount('SIGINT') > 0 ? process.emit('SIGINT') : process.exit(130)));
   }
   if (launched !== null) {
     if (launched !== 0 && launched !== 130) { // 130: interrupted, and rank 0 said how to resume
-      process.stderr.write(`nodetune: the ${opts.nproc} ranks stopped (mpirun exit code ${launched}; its message above names the rank); ` +
-        `${opts.output}/checkpoint-last holds the last saved step: continue with the same command and --resume\n`);
+      const last = join(String(opts.output), 'checkpoint-last');
+      const resume = existsSync(join(last, 'trainer_state.json'))
+        ? `; ${last} holds the last saved step: continue with the same command and --resume` : '';
+      process.stderr.write(`nodetune: the ${nproc} ranks stopped (mpirun exit code ${launched}; the messages above say why)${resume}\n`);
     }
     process.exitCode = launched;
     return;
@@ -138,6 +144,20 @@ export async function runTrainingCommand<R extends { interrupted: boolean; globa
     return;
   }
   print(result);
+}
+
+/**
+ * What every rank would check at once, checked once before mpirun starts them (N copies of an
+ * error, in Open MPI's abort text, help nobody): --ddp-timeout, and that --train / --eval exist.
+ * @throws Error naming the flag.
+ */
+function checkBeforeLaunch(opts: Record<string, unknown>): void {
+  const timeout = opts.ddpTimeout as number | undefined;
+  if (timeout !== undefined && !(timeout > 0 && timeout <= MAX_TIMEOUT)) throw new Error(`--ddp-timeout ${timeout}: expected a number of seconds > 0 and at most ${MAX_TIMEOUT}`);
+  for (const flag of ['train', 'eval']) {
+    const path = opts[flag];
+    if (typeof path === 'string' && !existsSync(path)) throw new Error(`--${flag} ${path}: no such file`);
+  }
 }
 
 /**
@@ -157,23 +177,38 @@ export async function launchRanks(nproc: number | undefined, threads: number | u
     else if (!argv[i].startsWith('--nproc=')) args.push(argv[i]);
   }
   const perRank = threads ?? Math.max(1, Math.floor(availableParallelism() / nproc));
-  const mpirun = process.env.NODETUNE_MPIRUN ?? 'mpirun';
+  const mpirun = process.env.NODETUNE_MPIRUN || 'mpirun';
   // Open MPI refuses root without these; containers often run as root.
   const env = { ...process.env, OMP_NUM_THREADS: String(perRank), OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1' };
   // Its own process group, so a Ctrl-C reaches only this launcher: mpirun would end the job at
   // once. The first Ctrl-C becomes SIGUSR2, which mpirun forwards to the ranks (each saves
-  // checkpoint-last after the step they agree on); a second ends the job (SIGTERM).
+  // checkpoint-last after the step they agree on); a second ends the job (SIGTERM), as do a
+  // SIGTERM or SIGHUP of this launcher (`timeout`, a closed terminal). A SIGKILL of the launcher
+  // cannot be passed on: kill mpirun then.
   const child = spawn(mpirun, ['-n', String(nproc), '--bind-to', 'none', '-x', 'OMP_NUM_THREADS', process.execPath, process.argv[1], ...args], { stdio: 'inherit', env, detached: true });
   let interrupts = 0;
+  let ended = false;
   const onInterrupt = () => child.kill(++interrupts === 1 ? 'SIGUSR2' : 'SIGTERM');
+  const onEnd = () => {
+    ended = true;
+    child.kill('SIGTERM');
+  };
   process.on('SIGINT', onInterrupt);
+  process.on('SIGTERM', onEnd);
+  process.on('SIGHUP', onEnd);
   return new Promise((resolve, reject) => {
     child.once('error', (err: NodeJS.ErrnoException) =>
-      reject(err.code === 'ENOENT' ? new Error(`--nproc ${nproc} needs ${mpirun} (Open MPI): apt-get install openmpi-bin libopenmpi-dev, or run \`bash scripts/setup.sh\``) : err),
+      reject(err.code === 'ENOENT' || err.code === 'EACCES'
+        ? new Error(`--nproc ${nproc} needs ${mpirun}${process.env.NODETUNE_MPIRUN ? ' (NODETUNE_MPIRUN)' : ''}, an MPI launcher (Open MPI's mpirun), which ${err.code === 'ENOENT' ? 'is not installed' : 'cannot be run'}: apt-get install openmpi-bin libopenmpi-dev, or run \`bash scripts/setup.sh\``)
+        : err),
     );
     child.once('exit', (code, signal) => {
       process.off('SIGINT', onInterrupt);
-      resolve(code === 0 && interrupts > 0 ? 130 : code ?? (signal ? 128 + (osConstants.signals[signal] ?? 1) : 1));
+      process.off('SIGTERM', onEnd);
+      process.off('SIGHUP', onEnd);
+      if (ended) resolve(143);
+      else if (interrupts > 1 || (interrupts === 1 && code === 0)) resolve(130);
+      else resolve(code ?? (signal ? 128 + (osConstants.signals[signal] ?? 1) : 1));
     });
   });
 }

@@ -28,6 +28,8 @@ export interface World {
 
 /** HF TrainingArguments.ddp_timeout's default, seconds. */
 export const DDP_TIMEOUT = 1800;
+/** The largest ddp_timeout the native world takes (about 31 years). */
+export const MAX_TIMEOUT = 1e9;
 
 const SINGLE: World = { rank: 0, size: 1, host: '' };
 let world: World = SINGLE;
@@ -49,7 +51,7 @@ export function launchedWorldSize(env: NodeJS.ProcessEnv = process.env): number 
  * @throws Error when launched with several ranks but the addon was built without MPI.
  */
 export function joinWorld(timeout = DDP_TIMEOUT): World {
-  if (!(timeout > 0) || !Number.isFinite(timeout)) throw new Error(`ddp_timeout ${timeout}: expected a number of seconds > 0`);
+  if (!(timeout > 0 && timeout <= MAX_TIMEOUT)) throw new Error(`ddp_timeout ${timeout}: expected a number of seconds > 0 and at most ${MAX_TIMEOUT}`);
   if (launchedWorldSize() === 1) return world;
   const addon = loadAddon();
   if (!addon.mpiCompiled) {
@@ -66,6 +68,11 @@ export function joinWorld(timeout = DDP_TIMEOUT): World {
 /** The world joined so far ({ rank: 0, size: 1 } before joinWorld, or without a launcher). */
 export function currentWorld(): World {
   return world;
+}
+
+/** "data parallel: 2 ranks (MPI), rank 0 on host": what a run logs and records; null on one process. */
+export function describeWorld(w: World = world): string | null {
+  return w.size > 1 ? `data parallel: ${w.size} ranks (MPI), rank 0 on ${w.host}; --batch-size is the global batch` : null;
 }
 
 /** Rank 0, the one that writes (HF Trainer.is_world_process_zero). */

@@ -16,12 +16,12 @@ import { readModelConfigJson } from '../io/model-folder.js';
 import { writeReport } from '../report/index.js';
 import type { EvalResults } from '../metrics/index.js';
 import {
-  Trainer, encodeExamples, evaluateExamples, validateTrainingArguments, checkResumeSettings, resumeSettings, checkOptionKeys, pickTrainingArguments,
+  Trainer, encodeExamples, evaluateExamples, validateTrainingArguments, checkResumeSettings, resumeSettings, checkOptionKeys, pickTrainingArguments, recoverUnfinishedSaves,
   type TrainingArguments, type EncodedExample,
 } from './trainer.js';
 import { ClassificationTask } from '../tasks/classification.js';
 import { describeLrFind, logLrFind, logLrFindProgress, lrFind, LR_FIND_DIVISOR, type LrFindResult } from './lr-find.js';
-import { isMainProcess, joinWorld } from './distributed.js';
+import { currentWorld, describeWorld, isMainProcess, joinWorld } from './distributed.js';
 
 export interface FineTuneOptions extends TrainingArguments {
   /** Local Hugging Face folder or Hub repo id. */
@@ -110,6 +110,7 @@ export async function prepareOutputDir(
   }
   if (!statSync(dir).isDirectory()) throw new Error(`--output ${dir} is a file; expected a folder (new or from a previous run)`);
   await checkNotLocked(dir); // before --overwrite-output-dir deletes a live run's files
+  await recoverUnfinishedSaves(dir); // no live run holds it: a save cut short by a kill is undone
   const previous = (await readdir(dir)).filter((f) => outputs.includes(f) || /^checkpoint-/.test(f));
   if (o.resume_from_checkpoint) {
     if (!existsSync(join(dir, 'checkpoint-last', 'trainer_state.json'))) {
@@ -282,7 +283,8 @@ export async function fineTune(options: FineTuneOptions): Promise<FineTuneResult
   validateTrainingArguments(o);
   validateLossOptions(o);
   checkDevice(o.device, o.precision);
-  joinWorld(o.ddp_timeout);
+  const dataParallel = describeWorld(joinWorld(o.ddp_timeout));
+  if (dataParallel) log(dataParallel);
   await prepareOutputDir(o);
   const { model, data, train, evalSet } = await loadClassifierRun(o, log, async (d) => {
     // Before any weights load: a changed batch size or label set would resume into a different run.
@@ -463,6 +465,6 @@ function freeze(model: Model, o: FineTuneOptions): void {
 
 function reportConfig(o: FineTuneOptions, seconds: number): Record<string, unknown> {
   const { log: _l, onTrainer: _t, ...rest } = o;
-  return { ...rest, wall_time_seconds: Math.round(seconds) };
+  return { ...rest, world_size: currentWorld().size, wall_time_seconds: Math.round(seconds) };
 }
 

@@ -13,7 +13,7 @@
  * the step sums the gradients over ranks; rank 0 alone writes.
  */
 import { EventEmitter } from 'node:events';
-import { mkdir, readFile, rm, rename, appendFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, rename, appendFile, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Model } from '../model.js';
@@ -203,6 +203,25 @@ export function taskResumeSettings(args: TrainingArguments, trainExamples: numbe
     seed: a.seed,
     group_by_length: a.group_by_length,
   };
+}
+
+/**
+ * Cleans up after a process killed while it saved checkpoint-last or checkpoint-best (the Trainer
+ * writes `<name>.tmp-<pid>`, renames the old folder to `<name>.old-<pid>`, renames the new one in,
+ * then deletes the old): where the folder itself is missing, the old one (complete) is put back;
+ * every `.tmp-` and `.old-` folder left is deleted. Call it only while holding the output folder
+ * (its lock), so that no live save owns them.
+ */
+export async function recoverUnfinishedSaves(outputDir: string): Promise<void> {
+  if (!existsSync(outputDir)) return;
+  const entries = await readdir(outputDir);
+  for (const name of ['checkpoint-last', 'checkpoint-best']) {
+    const old = entries.filter((f) => f.startsWith(`${name}.old-`) && /-\d+$/.test(f));
+    if (!existsSync(join(outputDir, name)) && old.length > 0) await rename(join(outputDir, old[0]), join(outputDir, name));
+    for (const f of entries.filter((e) => /^checkpoint-(last|best)\.(tmp|old)-\d+$/.test(e) && e.startsWith(`${name}.`))) {
+      await rm(join(outputDir, f), { recursive: true, force: true });
+    }
+  }
 }
 
 /**
@@ -432,7 +451,10 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
   /** Runs training to the end (or stop()); returns the state's histories. */
   async trainLoop(): Promise<{ log: LogEntry[]; evals: Array<EvalEntry<R>>; stoppedEarly: boolean; bestStep: number | null }> {
     const a = this.args;
-    if (this.writes) await mkdir(a.output_dir, { recursive: true });
+    if (this.writes) {
+      await mkdir(a.output_dir, { recursive: true });
+      await recoverUnfinishedSaves(a.output_dir);
+    }
     if (a.learning_rate === 'auto') await this.chooseLearningRate();
     const batchesPerEpoch = Math.ceil(this.train.length / a.per_device_train_batch_size);
     const stepsPerEpoch = Math.ceil(batchesPerEpoch / a.gradient_accumulation_steps);

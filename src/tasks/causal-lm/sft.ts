@@ -18,7 +18,7 @@ import { writeReport, type GenerationSampleRow } from '../../report/index.js';
 import { prepareOutputDir, lockOutputDir } from '../../train/finetune.js';
 import { Trainer, validateTrainingArguments, checkOptionKeys, pickTrainingArguments, type TrainingArguments, type EvalEntry } from '../../train/trainer.js';
 import { logLrFind } from '../../train/lr-find.js';
-import { isMainProcess, joinWorld } from '../../train/distributed.js';
+import { currentWorld, describeWorld, isMainProcess, joinWorld } from '../../train/distributed.js';
 import { readSftFile, type SftDataset, type SftRecord } from './data.js';
 import { encodeSftRecords, packExamples, type EncodeStats, type SftRow } from './encode.js';
 import { CausalLMTask, CAUSAL_LM_METRICS, engineTensors, evaluateCausalLMLoss, type CausalLMEvalResults } from './task.js';
@@ -202,7 +202,8 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
   if (o.precision === 'bf16' && (o.device ?? 'cpu') === 'cpu' && !lora)
     throw new Error('--precision bf16 on the CPU keeps the base frozen in bf16, so it needs LoRA: drop --full, or --precision bf16');
   checkDevice(o.device, o.precision, true);
-  joinWorld(args.ddp_timeout);
+  const dataParallel = describeWorld(joinWorld(args.ddp_timeout));
+  if (dataParallel) log(dataParallel);
   await prepareOutputDir(o, SFT_OUTPUTS);
   const train = readSftFile(o.train_file);
   const evalData = o.eval_file ? readSftFile(o.eval_file) : null;
@@ -305,7 +306,8 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
     // The eval answers already hold the samples' (same records, same order of non-text records).
     const after = before ? (samples.length === pool.length && genRecords.length > 0 ? picks.map((i) => samples[i]) : (await evaluateByGeneration(lm, sampleRecords, gen)).samples) : null;
     const seconds = (performance.now() - started) / 1000;
-    const { log: _l, onTrainer: _t, ...config } = o;
+    const { log: _l, onTrainer: _t, ...options } = o;
+    const config = { ...options, world_size: currentWorld().size };
     await writeFile(join(o.output_dir, 'training_args.json'), JSON.stringify({ ...config, ...args, learning_rate: trainer.args.learning_rate, lora: resolvedLora ?? null, max_length: maxLength }, null, 1));
     files.push('training_args.json');
     writeReport(o.output_dir, {

@@ -19,7 +19,7 @@ import { writeReport } from '../../report/index.js';
 import { prepareOutputDir, lockOutputDir } from '../../train/finetune.js';
 import { Trainer, validateTrainingArguments, checkOptionKeys, pickTrainingArguments, type TrainingArguments, type EvalEntry } from '../../train/trainer.js';
 import { logLrFind } from '../../train/lr-find.js';
-import { isMainProcess, joinWorld } from '../../train/distributed.js';
+import { currentWorld, describeWorld, isMainProcess, joinWorld } from '../../train/distributed.js';
 import { EVAL_EPOCH, maskExample, type TextExample } from './masking.js';
 import { MaskedLMTask, MASKED_LM_METRICS, evaluateMaskedLM, maskingFor, type MaskedLMEvalResults } from './task.js';
 
@@ -129,7 +129,8 @@ export async function pretrainMaskedLM(o: PretrainOptions): Promise<PretrainResu
   validateTrainingArguments(args, MASKED_LM_METRICS);
   checkDevice(o.device);
   if ((o.device ?? 'cpu') !== 'cpu') throw new Error(`--device ${o.device}: masked-LM pre-training runs on the CPU only (the CUDA engine has no masked-LM head yet)`);
-  joinWorld(args.ddp_timeout);
+  const dataParallel = describeWorld(joinWorld(args.ddp_timeout));
+  if (dataParallel) log(dataParallel);
   await prepareOutputDir(o, PRETRAIN_OUTPUTS);
   const folder = await resolveModel(o.model);
   const model = await loadModel(folder, {
@@ -192,7 +193,8 @@ export async function pretrainMaskedLM(o: PretrainOptions): Promise<PretrainResu
       await writeFile(join(o.output_dir, 'eval_results.json'), JSON.stringify(finalEval, null, 1));
     }
     const seconds = (performance.now() - started) / 1000;
-    const { log: _l, onTrainer: _t, ...config } = o;
+    const { log: _l, onTrainer: _t, ...options } = o;
+    const config = { ...options, world_size: currentWorld().size };
     await writeFile(join(o.output_dir, 'training_args.json'), JSON.stringify({ ...config, ...args, learning_rate: trainer.args.learning_rate, max_length: maxLength, mlm_probability: masking.mlm_probability, whole_word_mask: masking.whole_word_mask }, null, 1));
     writeReport(o.output_dir, {
       title: `nodetune pretrain: ${o.model} on ${o.train_file}`,
