@@ -85,6 +85,12 @@ export interface EngineOptions {
   trainable?: boolean;
 }
 
+/** Every EngineOptions key (`satisfies` keeps the list complete and exact). */
+const ENGINE_OPTION_KEYS = Object.keys({
+  seed: 1, threads: 1, adam_beta1: 1, adam_beta2: 1, adam_epsilon: 1, weight_decay: 1, max_grad_norm: 1, label_smoothing_factor: 1,
+  class_weights: 1, device: 1, precision: 1, architecture: 1, lora: 1, gradient_checkpointing: 1, trainable: 1,
+} satisfies Record<keyof EngineOptions, 1>) as Array<keyof EngineOptions>;
+
 /** What a model engine is built from: a classifier's BertConfig or a causal LM's LlamaConfig. */
 export type ModelConfig = BertConfig | LlamaConfig;
 
@@ -226,7 +232,7 @@ export function resolveDevice(device: string | undefined, env: NodeJS.ProcessEnv
  * then `model.layers.0.self_attn.q_proj.weight` and, for adapters, PEFT's
  * `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`; labels are
  * per token; forward's logits are (B, T, vocab_size); prefill/decode generate.
- * @throws Error for an invalid config (naming the field).
+ * @throws Error for an invalid config (naming the field), or an option EngineOptions does not have.
  */
 export class Engine {
   readonly config: ModelConfig;
@@ -236,6 +242,12 @@ export class Engine {
   constructor(opts: { config: ModelConfig } & EngineOptions) {
     if (!opts || typeof opts.config !== 'object' || opts.config === null) {
       throw new Error('new Engine({ config, ...options }): config must be an object with Hugging Face config fields (BertConfig, or LlamaConfig with model_type llama)');
+    }
+    for (const key of Object.keys(opts)) {
+      // A typo (`archtecture`) would otherwise build a different engine without a word.
+      if (key !== 'config' && !ENGINE_OPTION_KEYS.includes(key as keyof EngineOptions)) {
+        throw new Error(`new Engine: unknown option '${key}'; expected config and any of: ${ENGINE_OPTION_KEYS.join(', ')}`);
+      }
     }
     const { config, lora, ...given } = opts;
     this.config = config;

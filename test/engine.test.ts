@@ -343,3 +343,11 @@ test('all-MiniLM-L6-v2 + a fixed head: logits on 29 sentences padded in one batc
   assert.ok(maxAbs < 1e-4, `max |Δ| ${maxAbs}`);
   await model.engine.dispose();
 });
+
+test('an option EngineOptions does not have (a typo) is an error naming it, not a silently different engine', async () => {
+  const f = await loadTinyBertFixture();
+  assert.throws(() => new Engine({ config: f.config, archtecture: 'BertForMaskedLM' } as unknown as ConstructorParameters<typeof Engine>[0]), /unknown option 'archtecture'; expected config and any of: .*architecture/);
+  assert.throws(() => new Engine({ config: f.config, learning_rate: 1e-3 } as unknown as ConstructorParameters<typeof Engine>[0]), /unknown option 'learning_rate'/);
+  const e = new Engine({ config: f.config, seed: 1, threads: 1, device: undefined });
+  await e.dispose();
+});
