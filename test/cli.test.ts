@@ -577,3 +577,13 @@ test('no eval set: the result table is printed without metrics', () => {
   assert.match(r.stderr, /eval\s+none/);
   assert.ok(!/accuracy/.test(r.stderr));
 });
+
+test('number flags take decimal notation only: 0x10, 0b11, 1_000 and Infinity are refused naming the value', async () => {
+  const { num, learningRate } = await import('../src/cli/common.js');
+  for (const ok of ['3', '-2.5', '.5', '5.', '3e-4', '1E+3', ' 7 ']) assert.equal(num(ok), Number(ok), ok);
+  for (const bad of ['0x10', '0b11', '0o7', '1_000', 'Infinity', '', ' ', '1e', 'e3', '--1']) {
+    assert.throws(() => num(bad), new RegExp(`'${bad.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}' is not a number`), bad);
+  }
+  assert.throws(() => learningRate('0x10'), /is not a number/);
+  assert.equal(learningRate('AUTO'), 'auto');
+});

@@ -5,10 +5,15 @@ import { InvalidArgumentError, type Command } from 'commander';
 import YAML from 'yaml';
 import { assertModelFolder, parseJsonText } from '../io/model-folder.js';
 
-/** Commander parser for a finite number. */
+/**
+ * Commander parser for a finite decimal number (1, -2.5, .5, 3e-4). JavaScript's Number() would also
+ * take '0x10' (16), '0b11' and '0o7': a flag value written so is a mistake, not a rate of 16.
+ */
 export function num(value: string): number {
   const x = Number(value);
-  if (value.trim() === '' || !Number.isFinite(x)) throw new InvalidArgumentError(`'${value}' is not a number.`);
+  if (!/^\s*[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?\s*$/i.test(value) || !Number.isFinite(x)) {
+    throw new InvalidArgumentError(`'${value}' is not a number (expected decimal notation, e.g. 3, 0.5 or 2e-4).`);
+  }
   return x;
 }
 
