@@ -34,12 +34,16 @@ void finish_at_exit() {
     if (g_world) g_world->finish();
 }
 
-void check_mpi(int rc, const char* call) {
-    if (rc == MPI_SUCCESS) return;
+// "<call> failed: <MPI's text for rc>".
+std::string mpi_failure(int rc, const std::string& call) {
     char msg[MPI_MAX_ERROR_STRING];
     int len = 0;
     MPI_Error_string(rc, msg, &len);
-    throw EngineError(std::string(call) + " failed: " + std::string(msg, len));
+    return call + " failed: " + std::string(msg, len);
+}
+
+void check_mpi(int rc, const char* call) {
+    if (rc != MPI_SUCCESS) throw EngineError(mpi_failure(rc, call));
 }
 
 // Drives a started non-blocking collective to completion. MPI_Test drives the
@@ -180,12 +184,7 @@ void Communicator::allreduce(T* data, size_t n, const std::string& what) {
         const int count = (int)std::min(kBucket, n - off);
         MPI_Request req = MPI_REQUEST_NULL;
         int rc = MPI_Iallreduce(MPI_IN_PLACE, data + off, count, mpi_type<T>(), MPI_SUM, MPI_COMM_WORLD, &req);
-        if (!wait_request(req, rc, start, timeout_s_)) stalled(what);
-        if (rc != MPI_SUCCESS) {
-            failed_ = true;
-            failure_ = what + " failed";
-            check_mpi(rc, ("MPI_Iallreduce (" + what + ")").c_str());
-        }
+        settle(wait_request(req, rc, start, timeout_s_), rc, "MPI_Iallreduce", what);
     }
 }
 
@@ -200,12 +199,12 @@ void Communicator::broadcast(void* data, size_t bytes, int root, const std::stri
     const auto start = std::chrono::steady_clock::now();
     MPI_Request req = MPI_REQUEST_NULL;
     int rc = MPI_Ibcast(data, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD, &req);
-    if (!wait_request(req, rc, start, timeout_s_)) stalled(what);
-    if (rc != MPI_SUCCESS) {
-        failed_ = true;
-        failure_ = what + " failed";
-        check_mpi(rc, ("MPI_Ibcast (" + what + ")").c_str());
-    }
+    settle(wait_request(req, rc, start, timeout_s_), rc, "MPI_Ibcast", what);
+}
+
+void Communicator::settle(bool in_time, int rc, const char* call, const std::string& what) {
+    if (!in_time) stalled(what);
+    if (rc != MPI_SUCCESS) fail(mpi_failure(rc, std::string(call) + " (" + what + ")"));
 }
 
 void Communicator::fail(const std::string& failure) {

@@ -85,6 +85,10 @@ private:
     // ("1" or "1, 3"; "?" when all came but a send is stuck). Throws EngineError
     // on an MPI error.
     std::string hear_from_all(int tag, double wait_s);
+    // After a started collective was waited for: stalled(what) when it did
+    // not finish in time, fail() naming `call` and MPI's error text when rc
+    // is an error; nothing when it completed.
+    void settle(bool in_time, int rc, const char* call, const std::string& what);
 
     int rank_ = 0, size_ = 1;
     std::string host_;
