@@ -563,20 +563,18 @@ export class Trainer<E = EncodedExample, R extends TaskEvalResults = EvalResults
       // A micro-batch with nothing to learn (weight 0) would only add zero gradients.
       if (weights[m] === 0) continue;
       tokens += this.task.tokenCount?.(micro[m]) ?? 0;
-      let batch = this.task.collate(micro[m]);
-      let weight = weights[m];
-      if (size > 1) {
-        // This rank's rows of the global micro-batch, padded as the whole; its share of the step's loss.
-        const [lo, hi] = shardRange(micro[m].length, rank, size);
-        weight = hi > lo ? this.task.lossWeight(micro[m].slice(lo, hi)) : 0;
-        if (weight === 0) {
-          // The one-process run takes a forward here: keep the dropout stream in step with it.
-          const c = engine.getCounters();
-          engine.setCounters({ ...c, microStep: c.microStep + 1 });
-          continue;
-        }
-        batch = shardBatch(batch, lo, hi);
+      // This rank's rows of the global micro-batch (all of it on one process) and their share of the step's loss.
+      const [lo, hi] = shardRange(micro[m].length, rank, size);
+      const weight = size === 1 ? weights[m] : hi > lo ? this.task.lossWeight(micro[m].slice(lo, hi)) : 0;
+      if (weight === 0) {
+        // The one-process run takes a forward here: keep the dropout stream in step with it.
+        const c = engine.getCounters();
+        engine.setCounters({ ...c, microStep: c.microStep + 1 });
+        continue;
       }
+      // Collated whole, so a shard is padded as the global micro-batch is.
+      const whole = this.task.collate(micro[m]);
+      const batch = size === 1 ? whole : shardBatch(whole, lo, hi);
       const share = weight / total;
       const out = await engine.accumulate(batch, { lossScale: share });
       loss += out.loss * share;
