@@ -12,7 +12,7 @@ import { availableParallelism, constants as osConstants } from 'node:os';
 import { int, learningRate, num, positiveInt } from './common.js';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { DDP_TIMEOUT, MAX_TIMEOUT, isMainProcess, launchedWorldSize } from '../train/distributed.js';
+import { DDP_TIMEOUT, checkTimeout, isMainProcess, launchedWorldSize } from '../train/distributed.js';
 
 /** The defaults and help texts that differ between the training commands. */
 export interface TrainingFlagDefaults {
@@ -152,8 +152,7 @@ export async function runTrainingCommand<R extends { interrupted: boolean; globa
  * @throws Error naming the flag.
  */
 function checkBeforeLaunch(opts: Record<string, unknown>): void {
-  const timeout = opts.ddpTimeout as number | undefined;
-  if (timeout !== undefined && !(timeout > 0 && timeout <= MAX_TIMEOUT)) throw new Error(`--ddp-timeout ${timeout}: expected a number of seconds > 0 and at most ${MAX_TIMEOUT}`);
+  if (opts.ddpTimeout !== undefined) checkTimeout(opts.ddpTimeout as number, '--ddp-timeout');
   for (const flag of ['train', 'eval']) {
     const path = opts[flag];
     if (typeof path === 'string' && !existsSync(path)) throw new Error(`--${flag} ${path}: no such file`);

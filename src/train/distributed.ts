@@ -35,6 +35,11 @@ const SINGLE: World = { rank: 0, size: 1, host: '' };
 let world: World = SINGLE;
 let joined = false;
 
+/** @throws Error "<name> <value>: expected a number of seconds > 0 and at most 1e9" for a bad ddp_timeout. */
+export function checkTimeout(timeout: number, name: string): void {
+  if (!(timeout > 0 && timeout <= MAX_TIMEOUT)) throw new Error(`${name} ${timeout}: expected a number of seconds > 0 and at most ${MAX_TIMEOUT}`);
+}
+
 /**
  * The number of ranks an MPI launcher started this process among (Open MPI's
  * OMPI_COMM_WORLD_SIZE, or PMI_SIZE for MPICH-style launchers); 1 when none did.
@@ -51,7 +56,7 @@ export function launchedWorldSize(env: NodeJS.ProcessEnv = process.env): number 
  * @throws Error when launched with several ranks but the addon was built without MPI.
  */
 export function joinWorld(timeout = DDP_TIMEOUT): World {
-  if (!(timeout > 0 && timeout <= MAX_TIMEOUT)) throw new Error(`ddp_timeout ${timeout}: expected a number of seconds > 0 and at most ${MAX_TIMEOUT}`);
+  checkTimeout(timeout, 'ddp_timeout');
   if (launchedWorldSize() === 1) return world;
   const addon = loadAddon();
   if (!addon.mpiCompiled) {
