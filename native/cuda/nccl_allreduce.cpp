@@ -22,11 +22,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The process's one communicator (one GPU per process).
+// The process's one communicator (one GPU per process). After a failure it
+// is aborted and the world is spent: world.arrive() refuses what comes next.
 struct NcclState {
     ncclComm_t comm = nullptr;
     int device = -1;
-    std::string failure;  // set once the communicator has been aborted
 };
 NcclState g_nccl;
 
@@ -52,7 +52,6 @@ std::string nccl_text(ncclResult_t r, ncclComm_t comm) {
 [[noreturn]] void fail(Communicator& world, const std::string& message) {
     if (g_nccl.comm) ncclCommAbort(g_nccl.comm);
     g_nccl.comm = nullptr;
-    g_nccl.failure = message;
     world.fail(message);
 }
 
@@ -60,12 +59,7 @@ std::string nccl_text(ncclResult_t r, ncclComm_t comm) {
 [[noreturn]] void stalled(Communicator& world, const std::string& what) {
     if (g_nccl.comm) ncclCommAbort(g_nccl.comm);
     g_nccl.comm = nullptr;
-    try {
-        world.stalled(what);
-    } catch (const std::exception& e) {
-        g_nccl.failure = e.what();
-        throw;
-    }
+    world.stalled(what);
 }
 
 void check_cuda(Communicator& world, cudaError_t e, const char* call, const std::string& what) {
@@ -119,7 +113,6 @@ void create_communicator(Communicator& world, int device, const std::string& wha
 
 void nccl_allreduce_sum(Communicator& world, float* data, size_t n, void* stream, int device,
                         const std::string& what) {
-    if (!g_nccl.failure.empty()) throw EngineError("cannot run " + what + ": " + g_nccl.failure);
     if (device < 0 || (n > 0 && !data)) throw EngineError(what + ": no device gradients to sum");
     if (g_nccl.comm && device != g_nccl.device)
         throw EngineError(what + ": this process's NCCL communicator is on cuda:" + std::to_string(g_nccl.device) +
@@ -151,7 +144,6 @@ void nccl_finish(Communicator& world) {
     if (!g_nccl.comm) return;
     ncclComm_t comm = g_nccl.comm;
     g_nccl.comm = nullptr;
-    g_nccl.failure = "the NCCL communicator has been destroyed";
     if (cudaSetDevice(g_nccl.device) != cudaSuccess) cudaGetLastError();
     const auto start = Clock::now();
     ncclResult_t r = ncclCommFinalize(comm);
