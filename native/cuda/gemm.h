@@ -68,5 +68,41 @@ private:
     bool allow_tf32_ = false;
 };
 
+// ---- products that need Blas: the decoder's lm_head loss and LoRA ------------
+
+// Fused, chunked lm_head + softmax cross-entropy (the CUDA twin of
+// nt::lmhead_crossentropy): over the n token rows with a target only,
+// `chunk` rows at a time, logits = h[rows] W^T (chunk, V) in float32 (bf16
+// inputs, fp32 accumulation and output), loss_r = logsumexp(logits) -
+// logits[target_r]. The logits exist one chunk at a time in `scratch`, never
+// whole. rows (n) device int32: indices into h's N rows; targets (n) device
+// int32 in [0, V) (validated on the host). *loss_sum (device double) =
+// sum_r loss_r (written). When dh is set: dh (N,C) written (rows not in
+// `rows` zero) and dW (V,C) fp32 += (may be null), both of grad_scale *
+// d(sum)/d(.). scratch: lmhead_scratch_bytes(chunk, C, V) bytes of device
+// memory. Deterministic: fixed chunking, no atomics.
+template <typename T>
+void lmhead_crossentropy(Blas& blas, cudaStream_t stream, double* loss_sum, T* dh, float* dW,
+                         const T* h, const T* W, const int32_t* rows, const int32_t* targets,
+                         int n, int N, int C, int V, float grad_scale, void* scratch, int chunk);
+size_t lmhead_scratch_bytes(int chunk, int C, int V);
+
+// LoRA (Hu et al. 2021; PEFT tuners/lora/layer.py Linear), the CUDA twin of
+// nt::lora_forward/backward: out (N rows, stride ldo, OC columns) += scale *
+// dropout(inp) A^T B^T with A (r, IC), B (OC, r). t (N, r) saves dropout(inp)
+// A^T for the backward; xd (N, IC) is workspace used when dropout_p > 0 (the
+// mask is drawn again from `key` in the backward: Philox is counter-based, so
+// the same mask as the forward's and as the CPU's).
+template <typename T>
+void lora_forward(Blas& blas, cudaStream_t stream, T* out, int ldo, T* t, T* xd, const T* inp,
+                  const T* A, const T* B, int N, int IC, int OC, int r, float scale,
+                  float dropout_p, const DropoutKey& key);
+// dinp (N, IC) += (may be null); dA (r, IC), dB (OC, r) fp32 += (either may
+// be null). dt (N, r) and xd (N, IC) workspace.
+template <typename T>
+void lora_backward(Blas& blas, cudaStream_t stream, T* dinp, float* dA, float* dB, T* dt, T* xd,
+                   const T* dout, int ldo, const T* inp, const T* t, const T* A, const T* B, int N,
+                   int IC, int OC, int r, float scale, float dropout_p, const DropoutKey& key);
+
 }  // namespace cuda
 }  // namespace nt

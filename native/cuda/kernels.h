@@ -232,5 +232,93 @@ void adamw_update(float* params, bf16* params_bf16, const float* grads, float* m
                   float weight_decay, int64_t t, float grad_scale, const float* grad_scale_dev,
                   cudaStream_t stream);
 
+// ==== decoder (Llama family: HF modeling_llama.py, Qwen2) =====================
+// The CUDA twins of cpu/kernels.h's decoder section, same contracts and
+// shapes: N = B*T token rows; C hidden_size; NH query heads, NKV key/value
+// heads (query head h reads kv head h / (NH/NKV)); HS head_dim (even, <= 128
+// for attention); I intermediate_size; V vocab_size. What the CPU keeps in T
+// and mixed precision keeps in float32 (rstd, lse, rope tables, parameter
+// gradients) is float32 here.
+
+// out(N,C) = wte[ids]. The backward is embedding_backward_sorted with dwpe,
+// dwtt null (B = 1, Tn = N). ids must be in range (validated on the host).
+template <typename T>
+void token_embedding_forward(T* out, const int32_t* ids, const T* wte, int N, int C,
+                             cudaStream_t stream);
+
+// RMSNorm (Zhang & Sennrich 2019; HF LlamaRMSNorm): out(N,C) = inp * rstd *
+// weight, rstd(N) fp32 = 1 / sqrt(mean_c(inp^2) + eps).
+template <typename T>
+void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* weight, int N, int C, float eps,
+                     cudaStream_t stream);
+// Fused residual add (the decoder's pre-norm residual stream):
+// residual(N,C) = a + b (rounded to T and saved: the backward's `inp`),
+// out = RMSNorm(residual). residual may alias a or b.
+template <typename T>
+void residual_rmsnorm_forward(T* residual, T* out, float* rstd, const T* a, const T* b,
+                              const T* weight, int N, int C, float eps, cudaStream_t stream);
+// dinp (N,C) written, or added when accumulate_dinp (may be null: only
+// dweight); dweight (C) fp32 += (may be null). scratch:
+// rmsnorm_backward_scratch_floats(N, C) floats (per-row-block partial sums of
+// dweight, reduced in a fixed order).
+template <typename T>
+void rmsnorm_backward(T* dinp, float* dweight, const T* dout, const T* inp, const T* weight,
+                      const float* rstd, int N, int C, float* scratch, bool accumulate_dinp,
+                      cudaStream_t stream);
+size_t rmsnorm_backward_scratch_floats(int N, int C);
+
+// Rotary position embedding (Su et al. 2021; HF rotate_half layout), in place
+// on n_heads heads of HS channels at the start of each row of x (row stride
+// `stride` elements). cos_t/sin_t (P, HS/2) fp32 device tables (nt::rope_tables
+// on the host); pos (N) device int32 indexes them. Backward: the inverse
+// rotation, in place on dx.
+template <typename T>
+void rope_forward(T* x, const float* cos_t, const float* sin_t, const int32_t* pos, int N,
+                  int stride, int n_heads, int HS, cudaStream_t stream);
+template <typename T>
+void rope_backward(T* dx, const float* cos_t, const float* sin_t, const int32_t* pos, int N,
+                   int stride, int n_heads, int HS, cudaStream_t stream);
+
+// SwiGLU (Shazeer 2020; HF LlamaMLP): gu (N, 2I) = [gate | up];
+// out(N,I) = silu(gate) * up. dgu (N, 2I) written.
+template <typename T>
+void swiglu_forward(T* out, const T* gu, int N, int I, cudaStream_t stream);
+template <typename T>
+void swiglu_backward(T* dgu, const T* dout, const T* gu, int N, int I, cudaStream_t stream);
+
+// Causal self-attention with GQA, padding and packed segments, flash-style
+// (scores in registers/shared memory, online softmax; never T x T in global
+// memory). qkv (N, (NH + 2 NKV) HS) per token [q heads | k heads | v heads],
+// q and k already rotated. mask (B,T) device int32: 0 = padding (never a
+// key), k >= 1 = segment k; query t attends to keys t' <= t of its own
+// segment, scaled by 1/sqrt(HS). out (N, NH HS); lse (B, NH, T) fp32 saves
+// each row's log-sum-exp of the scaled scores. A query with no key (a padding
+// row) gets out = 0, lse = 0 and no gradient. Requires HS even and <= 128.
+template <typename T>
+void causal_attention_forward(T* out, float* lse, const T* qkv, const int32_t* mask, int B,
+                              int Tn, int NH, int NKV, int HS, cudaStream_t stream);
+// dqkv (N, (NH + 2 NKV) HS) written (every element: padding rows 0). delta
+// is scratch of B*NH*T floats (rowsum(dout * out)). dq by one kernel over
+// query tiles, dk/dv by one over key tiles that loops over the NH/NKV query
+// heads of its group: no atomics, a fixed summation order.
+template <typename T>
+void causal_attention_backward(T* dqkv, float* delta, const T* dout, const T* out, const T* qkv,
+                               const float* lse, const int32_t* mask, int B, int Tn, int NH,
+                               int NKV, int HS, cudaStream_t stream);
+
+// Generation. kv_cache_store copies the rotated keys and values of qkv rows
+// (B, Tn) into kcache/vcache (B, NKV, cap, HS) at columns col0..col0+Tn-1.
+template <typename T>
+void kv_cache_store(T* kcache, T* vcache, const T* qkv, int B, int Tn, int NH, int NKV, int HS,
+                    int col0, int cap, cudaStream_t stream);
+// One new query per sequence against the cache (the decode step): q (B rows
+// of stride q_stride, NH heads of HS), ncols valid cache columns, mask (B,
+// cap) device int32: 1 = a real key. out (B, NH HS). Equals
+// causal_attention_forward's last row for the same keys and values.
+template <typename T>
+void decode_attention(T* out, const T* q, int q_stride, const T* kcache, const T* vcache,
+                      const int32_t* mask, int B, int NH, int NKV, int HS, int ncols, int cap,
+                      cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace nt

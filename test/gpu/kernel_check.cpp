@@ -732,6 +732,12 @@ void check_adamw() {
 
 // Runs one check; an exception becomes a failed row naming it, and the
 // remaining checks still run (a sticky CUDA error will fail them too).
+// ---- decoder checks: causal attention (GQA, segments), KV cache, decode ------
+// (end of the attention checks)
+
+// ---- decoder checks: token embedding, RMSNorm, RoPE, SwiGLU, lm_head loss, LoRA
+// (end of the elementwise/lm_head checks)
+
 void guarded(const char* name, const std::function<void()>& fn) {
     try {
         fn();
@@ -758,6 +764,8 @@ void check_all_for(nt::cuda::Blas& blas) {
     guarded("crossentropy", [] { check_crossentropy<T>(64, 2, false, 0.f, false); });
     guarded("crossentropy", [] { check_crossentropy<T>(8, 5, true, 0.1f, true); });
     guarded("linear", [&] { check_linear<T>(blas); });
+    // decoder: causal attention, KV cache, decode
+    // decoder: token embedding, RMSNorm, RoPE, SwiGLU, lm_head loss, LoRA
 }
 
 std::string json_escape(const std::string& s) {
