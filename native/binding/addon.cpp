@@ -843,8 +843,8 @@ private:
     // Generation (causal LMs): prefill(batch of left-padded prompts,
     // {maxNewTokens}) and decode(tokens: Int32Array of batchSize) each resolve
     // {logits: Float32Array (batchSize x vocab_size)} for the next token.
-    static nt::LlamaEngine& causal_lm(Engine& e, const char* method) {
-        auto* lm = dynamic_cast<nt::LlamaEngine*>(&e);
+    static nt::CausalLM& causal_lm(Engine& e, const char* method) {
+        auto* lm = dynamic_cast<nt::CausalLM*>(&e);
         if (!lm) throw EngineError(std::string("Engine.") + method + "(): generation needs a causal LM (config.model_type 'llama'), not a classifier");
         return *lm;
     }
@@ -865,8 +865,8 @@ private:
             return slot_.Queue<std::vector<float>>(
                 info.Env(), "prefill",
                 [batch, max_new](Engine& e) {
-                    nt::LlamaEngine& lm = causal_lm(e, "prefill");
-                    std::vector<float> logits((size_t)batch->B * lm.config().vocab_size);
+                    nt::CausalLM& lm = causal_lm(e, "prefill");
+                    std::vector<float> logits(lm.logits_size(batch->B, 1));
                     lm.prefill(batch->view(), max_new, logits.data());
                     return logits;
                 },
@@ -885,12 +885,12 @@ private:
             return slot_.Queue<std::vector<float>>(
                 info.Env(), "decode",
                 [tokens](Engine& e) {
-                    nt::LlamaEngine& lm = causal_lm(e, "decode");
+                    nt::CausalLM& lm = causal_lm(e, "decode");
                     if ((int)tokens->size() != lm.generation_batch())
                         throw EngineError("Engine.decode(tokens): got " + std::to_string(tokens->size()) + " tokens, expected one per prompt (" +
                                           std::to_string(lm.generation_batch()) + ")" +
                                           (lm.generation_batch() == 0 ? ": call prefill() first" : ""));
-                    std::vector<float> logits(tokens->size() * lm.config().vocab_size);
+                    std::vector<float> logits(lm.logits_size((int)tokens->size(), 1));
                     lm.decode(tokens->data(), logits.data());
                     return logits;
                 },

@@ -73,4 +73,20 @@ public:
     virtual void set_micro_step(uint64_t s) = 0;
 };
 
+// A causal LM that generates with a KV cache (HF generate()'s use_cache):
+// prefill runs the prompts (B, T), left-padded so every row's last token sits
+// in column T-1, keeps every layer's rotated keys and values, and writes the
+// logits of each row's last token (B, vocab_size). Each decode() feeds one
+// token per row (B) at the next position and writes the next logits. Dropout
+// off. Throws EngineError when T + max_new_tokens would pass
+// max_position_embeddings, or decode() is called past that budget or before
+// prefill().
+class CausalLM : public Model {
+public:
+    virtual void prefill(const Batch& prompts, int max_new_tokens, float* logits) = 0;
+    virtual void decode(const int32_t* tokens, float* logits) = 0;
+    // Rows of the current generation (0 before any prefill).
+    virtual int generation_batch() const = 0;
+};
+
 }  // namespace nt

@@ -58,10 +58,8 @@ double count_parameters(const LlamaConfig& c) {
     return (double)c.vocab_size * C * (c.tie_word_embeddings ? 1 : 2) + C + c.num_hidden_layers * layer;
 }
 
-LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
-                         bool gradient_checkpointing, bool bf16_base, bool trainable)
-    : cfg_(config), lora_(lora), tc_(train), checkpointing_(gradient_checkpointing), bf16_(bf16_base),
-      trainable_(trainable) {
+LlamaPlan::LlamaPlan(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train, bool trainable)
+    : cfg_(config), lora_(lora), tc_(train), trainable_(trainable) {
     auto positive = [](const char* name, int v) {
         if (v <= 0) throw EngineError(std::string("config.") + name + " must be a positive integer, got " + std::to_string(v));
     };
@@ -124,6 +122,15 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
     if (!trainable_ && lora_.r > 0)
         throw EngineError("options.trainable = false builds an engine that trains nothing, but options.lora adds "
                           "adapters to train: give one or the other");
+    QKV_ = (cfg_.num_attention_heads + 2 * cfg_.num_key_value_heads) * cfg_.head_dim;
+    build_param_table();
+    inv_freq_.resize(cfg_.head_dim / 2);
+    rope_inv_freq(inv_freq_.data(), cfg_.head_dim, cfg_.rope_theta, cfg_.rope_scaling);
+}
+
+LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
+                         bool gradient_checkpointing, bool bf16_base, bool trainable)
+    : LlamaPlan(config, lora, train, trainable), checkpointing_(gradient_checkpointing), bf16_(bf16_base) {
     if (bf16_ && lora_.r == 0 && trainable_)
         throw EngineError("precision 'bf16' on the CPU holds a frozen base in bf16 and needs LoRA (options.lora) or "
                           "an engine that trains nothing (options.trainable = false): full fine-tuning on the CPU "
@@ -132,8 +139,6 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
         const std::string why = bf16_gemm_support();
         if (!why.empty()) throw EngineError("precision 'bf16' on the CPU: " + why);
     }
-    QKV_ = (cfg_.num_attention_heads + 2 * cfg_.num_key_value_heads) * cfg_.head_dim;
-    build_param_table();
     const size_t w_floats = align_up(w_size_), g_floats = align_up(g_size_);
     require_memory((w_floats + 3 * g_floats) * sizeof(float), "the weights, gradients and AdamW moments of this model");
     if (bf16_) require_memory(w_floats * sizeof(uint16_t), "the bf16 copy of the frozen base");
@@ -142,14 +147,12 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
     g_.assign(g_floats, 0.0f);
     m_.assign(g_floats, 0.0f);
     v_.assign(g_floats, 0.0f);
-    inv_freq_.resize(cfg_.head_dim / 2);
-    rope_inv_freq(inv_freq_.data(), cfg_.head_dim, cfg_.rope_theta, cfg_.rope_scaling);
     init_lora();
 }
 
 // ---- the parameter table ----------------------------------------------------
 
-size_t LlamaEngine::add_param(const std::string& name, std::vector<int64_t> shape, bool trainable,
+size_t LlamaPlan::add_param(const std::string& name, std::vector<int64_t> shape, bool trainable,
                               bool packed_with_previous) {
     ParamInfo p;
     p.name = name;
@@ -174,7 +177,7 @@ size_t LlamaEngine::add_param(const std::string& name, std::vector<int64_t> shap
     return params_.size() - 1;
 }
 
-void LlamaEngine::build_param_table() {
+void LlamaPlan::build_param_table() {
     const int64_t C = cfg_.hidden_size, I = cfg_.intermediate_size, HS = cfg_.head_dim;
     const int64_t QO = (int64_t)cfg_.num_attention_heads * HS, KVO = (int64_t)cfg_.num_key_value_heads * HS;
     const bool full = lora_.r == 0 && trainable_;  // without adapters every parameter trains
@@ -223,23 +226,20 @@ void LlamaEngine::build_param_table() {
     if (!cfg_.tie_word_embeddings) lm_head_ = add_param("lm_head.weight", {cfg_.vocab_size, C}, full, false);
 }
 
-// PEFT LoraLayer.reset_lora_parameters: A ~ kaiming_uniform_(a = sqrt(5)),
-// i.e. U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the adapted model starts equal
-// to the base. Drawn from the Philox stream of the seed, one id per tensor.
-void LlamaEngine::init_lora() {
-    for (int l = 0; l < cfg_.num_hidden_layers; l++)
-        for (int t = 0; t < kNumTargets; t++) {
-            const size_t a = layers_[l].lora_A[t];
-            if (a == kNone) continue;
-            const ParamInfo& p = params_[a];
-            const float bound = 1.0f / std::sqrt((float)p.shape[1]);
-            const DropoutKey k{tc_.seed, kInitStep, lora_tensor(l, t)};
-            float* w = W(a);
-            for (size_t i = 0; i < p.numel; i++) w[i] = (2.0f * dropout_uniform(k, i) - 1.0f) * bound;
-        }
+void LlamaPlan::lora_A_init(int l, int target, float* dst) const {
+    const ParamInfo& p = params_[layers_[l].lora_A[target]];
+    const float bound = 1.0f / std::sqrt((float)p.shape[1]);
+    const DropoutKey k{tc_.seed, kInitStep, lora_tensor(l, target)};
+    for (size_t i = 0; i < p.numel; i++) dst[i] = (2.0f * dropout_uniform(k, i) - 1.0f) * bound;
 }
 
-const ParamInfo& LlamaEngine::param(const std::string& name) const {
+void LlamaEngine::init_lora() {
+    for (int l = 0; l < cfg_.num_hidden_layers; l++)
+        for (int t = 0; t < kNumTargets; t++)
+            if (layers_[l].lora_A[t] != kNone) lora_A_init(l, t, W(layers_[l].lora_A[t]));
+}
+
+const ParamInfo& LlamaPlan::find_param(const std::string& name) const {
     for (const auto& p : params_)
         if (p.name == name) return p;
     throw EngineError("unknown parameter '" + name +
@@ -248,16 +248,31 @@ const ParamInfo& LlamaEngine::param(const std::string& name) const {
                                    : ""));
 }
 
-void LlamaEngine::set_trainable(const std::string& name, bool trainable) {
-    const ParamInfo& p = param(name);
-    const size_t i = &p - params_.data();
+size_t LlamaPlan::mark_trainable(const std::string& name, bool trainable) {
+    const size_t i = &find_param(name) - params_.data();
     if (trainable && goff_[i] == kNone)
         throw EngineError("parameter '" + name + "' was frozen when the engine was built (a LoRA base weight, or "
                           "options.trainable = false) and has no gradient or optimizer buffers; build the engine "
                           "without LoRA and trainable to train it");
     params_[i].trainable = trainable;
+    return i;
+}
+
+int LlamaPlan::first_trained_layer() const {
+    if (params_[embed_].trainable) return -1;
+    for (int l = 0; l < cfg_.num_hidden_layers; l++) {
+        const size_t lo = layers_[l].in_norm;
+        const size_t hi = l + 1 < cfg_.num_hidden_layers ? layers_[l + 1].in_norm : norm_;
+        for (size_t i = lo; i < hi; i++)
+            if (params_[i].trainable) return l;
+    }
+    return cfg_.num_hidden_layers;
+}
+
+void LlamaEngine::set_trainable(const std::string& name, bool trainable) {
+    const size_t i = mark_trainable(name, trainable);
     wb_stale_ = true;
-    if (!trainable && goff_[i] != kNone) std::fill_n(g_.data() + goff_[i], p.numel, 0.0f);
+    if (!trainable && goff_[i] != kNone) std::fill_n(g_.data() + goff_[i], params_[i].numel, 0.0f);
 }
 
 void LlamaEngine::read(const ParamInfo& p, Slot slot, float* dst) {
@@ -289,7 +304,7 @@ void LlamaEngine::write(const ParamInfo& p, Slot slot, const float* src) {
 
 // ---- input validation -------------------------------------------------------
 
-void LlamaEngine::validate(const Batch& b, bool need_labels) const {
+void LlamaPlan::validate(const Batch& b, bool need_labels) const {
     check_batch_size(b, cfg_.max_position_embeddings);
     auto where = [&](const char* name, size_t i) { return batch_where(name, i, b.T); };
     const size_t n = (size_t)b.B * b.T;
@@ -411,7 +426,7 @@ void LlamaEngine::set_threads() const {
 
 // ---- forward ------------------------------------------------------------------
 
-size_t LlamaEngine::lora_in_features(int target) const {
+size_t LlamaPlan::lora_in_features(int target) const {
     if (target == kO) return (size_t)cfg_.num_attention_heads * cfg_.head_dim;
     if (target == kDown) return (size_t)cfg_.intermediate_size;
     return (size_t)cfg_.hidden_size;
@@ -486,32 +501,38 @@ void LlamaEngine::layer_forward(int l, const int32_t* mask, bool train) {
     add_inplace(out, a.a, (size_t)N * C);
 }
 
+void LlamaPlan::position_ids(const Batch& b, int32_t* pos) {
+    for (int i = 0; i < b.B; i++) {
+        const int32_t* m = b.attention_mask + (size_t)i * b.T;
+        int seen = 0, in_segment = 0;
+        for (int t = 0; t < b.T; t++) {
+            seen += m[t] != 0;
+            in_segment = m[t] != 0 && t > 0 && m[t - 1] == m[t] ? in_segment + 1 : 0;
+            pos[(size_t)i * b.T + t] = m[t] == 0 ? std::max(seen - 1, 0) : in_segment;
+        }
+    }
+}
+
+// Never across a packed segment's end: the next example is not a continuation.
+int LlamaPlan::shifted_targets(const Batch& b, int32_t* targets) {
+    int count = 0;
+    for (int i = 0; i < b.B; i++)
+        for (int t = 0; t < b.T; t++) {
+            const size_t n = (size_t)i * b.T + t;
+            const bool same = t + 1 < b.T && b.attention_mask[n + 1] == b.attention_mask[n];
+            targets[n] = same ? b.labels[n + 1] : -100;
+            count += targets[n] != -100;
+        }
+    return count;
+}
+
 void LlamaEngine::forward_impl(const Batch& b, bool train) {
     refresh_bf16();
     ensure_activations(b.B, b.T, train);
     row_offset_ = b.row_offset;
     const int B = b.B, T = b.T, N = B * T, C = cfg_.hidden_size;
-    // HF generate()'s position_ids: cumsum(attention_mask != 0) - 1, clamped
-    // at 0; packed examples (segments 1, 2, ...) each count from 0, as HF's
-    // packing with position_ids does.
-    for (int i = 0; i < B; i++) {
-        const int32_t* m = b.attention_mask + (size_t)i * T;
-        int seen = 0, in_segment = 0;
-        for (int t = 0; t < T; t++) {
-            seen += m[t] != 0;
-            in_segment = m[t] != 0 && t > 0 && m[t - 1] == m[t] ? in_segment + 1 : 0;
-            a_.pos[(size_t)i * T + t] = m[t] == 0 ? std::max(seen - 1, 0) : in_segment;
-        }
-    }
-    // LlamaForCausalLM's loss: logits[:, :-1] predict labels[:, 1:]; never
-    // across a packed segment's end (the next example is not a continuation).
-    if (b.labels)
-        for (int i = 0; i < B; i++)
-            for (int t = 0; t < T; t++) {
-                const size_t n = (size_t)i * T + t;
-                const bool same = t + 1 < T && b.attention_mask[n + 1] == b.attention_mask[n];
-                a_.targets[n] = same ? b.labels[n + 1] : -100;
-            }
+    position_ids(b, a_.pos);
+    if (b.labels) shifted_targets(b, a_.targets);
     rope_tables(a_.cos, a_.sin, inv_freq_.data(), T, cfg_.head_dim);
     token_embedding_forward(la_[0].h, b.input_ids, W(embed_), N, C);
     for (int l = 0; l < cfg_.num_hidden_layers; l++) layer_forward(l, b.attention_mask, train);
@@ -706,17 +727,7 @@ void LlamaEngine::layer_backward(int l, const int32_t* mask, bool need_dinp) {
 
 void LlamaEngine::backward_impl(const Batch& b) {
     // Backpropagate only as deep as the lowest trainable parameter.
-    int first = cfg_.num_hidden_layers;
-    if (params_[embed_].trainable) first = -1;
-    for (int l = 0; l < cfg_.num_hidden_layers && first == cfg_.num_hidden_layers; l++) {
-        const size_t lo = layers_[l].in_norm;
-        const size_t hi = l + 1 < cfg_.num_hidden_layers ? layers_[l + 1].in_norm : norm_;
-        for (size_t i = lo; i < hi; i++)
-            if (params_[i].trainable) {
-                first = l;
-                break;
-            }
-    }
+    const int first = first_trained_layer();
     rmsnorm_backward(d_.dh, G(norm_), d_.dn, a_.hL, W(norm_), a_.rstdf, b.B * b.T, cfg_.hidden_size, false);
     for (int l = cfg_.num_hidden_layers - 1; l >= std::max(first, 0); l--) layer_backward(l, b.attention_mask, l > first);
     if (first < 0)

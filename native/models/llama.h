@@ -72,7 +72,71 @@ struct LoraConfig {
 // cannot overflow.
 double count_parameters(const LlamaConfig& config);
 
-class LlamaEngine final : public Model {
+// The architecture itself, shared by every engine that runs it (the CPU
+// engine below, the CUDA engine in cuda/llama_cuda.h): the config's checks,
+// the parameter table (Hugging Face / PEFT names, shapes, packed q|k|v and
+// gate|up groups, which parameters train), PEFT's LoRA initialisation, the
+// batch checks, HF's position ids and the shifted next-token targets. An
+// engine adds memory, kernels and the optimizer.
+class LlamaPlan {
+public:
+    static constexpr size_t kNone = (size_t)-1;
+    struct Layer {
+        size_t in_norm, qkv_w, qkv_b = kNone, o_w, o_b = kNone, post_norm, gu_w, gu_b = kNone, down_w,
+                        down_b = kNone;
+        std::array<size_t, kNumTargets> lora_A{}, lora_B{};  // kNone when not adapted
+    };
+
+    // Throws EngineError naming the config field and the expected value.
+    // trainable false (no LoRA): nothing trains, no gradient buffers.
+    LlamaPlan(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train, bool trainable);
+
+    const LlamaConfig& config() const { return cfg_; }
+    // Throws EngineError naming the expected key form.
+    const ParamInfo& find_param(const std::string& name) const;
+    // Checks ids, mask (0, 1 or a segment number), labels (-100 or a token
+    // id) and T against the config; throws EngineError naming tensor,
+    // position and range.
+    void validate(const Batch& batch, bool need_labels) const;
+    // HF position ids (B*T): cumsum(attention_mask != 0) - 1 clamped at 0;
+    // packed examples (segments 1, 2, ...) each count from 0.
+    static void position_ids(const Batch& batch, int32_t* pos);
+    // LlamaForCausalLM's shift (B*T): targets[n] = labels[n + 1] within a
+    // row and a segment, else -100. Returns the number of targets.
+    static int shifted_targets(const Batch& batch, int32_t* targets);
+    // PEFT LoraLayer.reset_lora_parameters for lora_A of layer l, target t:
+    // kaiming_uniform_(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), drawn from
+    // the Philox stream of the seed (one id per tensor). dst: numel floats.
+    void lora_A_init(int l, int target, float* dst) const;
+    // The lowest layer whose backward is needed (-1: the embeddings train;
+    // num_hidden_layers: nothing below the final norm trains).
+    int first_trained_layer() const;
+    // Flips a parameter's trainable flag; throws EngineError for a parameter
+    // frozen at construction (it has no gradient or moment buffers).
+    size_t mark_trainable(const std::string& name, bool trainable);
+
+protected:
+    size_t add_param(const std::string& name, std::vector<int64_t> shape, bool trainable, bool packed_with_previous);
+    void build_param_table();
+    uint32_t lora_tensor(int l, int target) const { return (uint32_t)(l * kNumTargets + target); }
+    size_t lora_in_features(int target) const;
+    size_t lm_head_index() const { return lm_head_ != kNone ? lm_head_ : embed_; }
+
+    LlamaConfig cfg_;
+    LoraConfig lora_;
+    TrainConfig tc_;
+    bool trainable_ = true;
+    float lora_scale_ = 0.0f;
+    int QKV_ = 0;  // (NH + 2 NKV) * head_dim: the fused q|k|v width
+    std::vector<ParamInfo> params_;
+    std::vector<size_t> goff_;  // offset in the gradient/moment arenas, kNone if none
+    size_t n_params_ = 0, w_size_ = 0, g_size_ = 0;
+    size_t embed_ = 0, norm_ = 0, lm_head_ = kNone;
+    std::vector<Layer> layers_;
+    std::vector<double> inv_freq_;  // rope_inv_freq (head_dim / 2)
+};
+
+class LlamaEngine final : public CausalLM, protected LlamaPlan {
 public:
     // Throws EngineError naming the config field and the expected value.
     // gradient_checkpointing keeps only each layer's input and recomputes the
@@ -88,9 +152,10 @@ public:
     LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
                 bool gradient_checkpointing = false, bool bf16_base = false, bool trainable = true);
 
-    const LlamaConfig& config() const { return cfg_; }
+    using LlamaPlan::config;
+    using LlamaPlan::validate;
     const std::vector<ParamInfo>& params() const override { return params_; }
-    const ParamInfo& param(const std::string& name) const override;
+    const ParamInfo& param(const std::string& name) const override { return find_param(name); }
     size_t num_parameters() const override { return n_params_; }
     std::string device() const override { return "cpu"; }
     size_t activation_bytes() const override {
@@ -104,10 +169,6 @@ public:
 
     bool labels_per_token() const override { return true; }
     size_t logits_size(int B, int T) const override { return (size_t)B * T * cfg_.vocab_size; }
-    // Checks ids, mask (0/1), labels (-100 or a token id) and T against the
-    // config; throws EngineError naming tensor, position and range.
-    void validate(const Batch& batch, bool need_labels) const;
-
     // logits (B, T, vocab_size) when not null; the mean loss over the shifted
     // targets when batch.labels is set (0 when it has no target).
     float forward(const Batch& batch, float* logits, bool train) override;
@@ -124,10 +185,9 @@ public:
     // logits. Dropout off. Throws EngineError when T + max_new_tokens would
     // pass max_position_embeddings, or decode() is called past that budget or
     // before prefill().
-    void prefill(const Batch& prompts, int max_new_tokens, float* logits);
-    void decode(const int32_t* tokens, float* logits);
-    // Rows of the current generation (0 before any prefill).
-    int generation_batch() const { return gen_.B; }
+    void prefill(const Batch& prompts, int max_new_tokens, float* logits) override;
+    void decode(const int32_t* tokens, float* logits) override;
+    int generation_batch() const override { return gen_.B; }
 
     int64_t optimizer_step() const override { return t_; }
     void set_optimizer_step(int64_t t) override { t_ = t; }
@@ -135,12 +195,6 @@ public:
     void set_micro_step(uint64_t s) override { micro_step_ = s; }
 
 private:
-    static constexpr size_t kNone = (size_t)-1;
-    struct Layer {
-        size_t in_norm, qkv_w, qkv_b = kNone, o_w, o_b = kNone, post_norm, gu_w, gu_b = kNone, down_w,
-                        down_b = kNone;
-        std::array<size_t, kNumTargets> lora_A{}, lora_B{};  // kNone when not adapted
-    };
     // Per-layer activations (views into acts_); with gradient checkpointing
     // every layer shares one set except h (its input), recomputed in backward.
     // act (silu(gate) * up) is one buffer shared by all layers, recomputed in backward.
@@ -150,8 +204,6 @@ private:
         std::array<uint8_t*, kNumTargets> keep{};  // LoRA dropout's mask, a bit per input element
     };
 
-    size_t add_param(const std::string& name, std::vector<int64_t> shape, bool trainable, bool packed_with_previous);
-    void build_param_table();
     void init_lora();
     void ensure_activations(int B, int T, bool train);
     void set_threads() const;
@@ -180,23 +232,10 @@ private:
     DropoutKey key(uint32_t tensor, size_t per_row) const {
         return DropoutKey{tc_.seed, micro_step_, tensor, (uint64_t)row_offset_ * per_row};
     }
-    uint32_t lora_tensor(int l, int target) const { return (uint32_t)(l * kNumTargets + target); }
-    size_t lora_in_features(int target) const;
     int n_targets(const Batch& b) const;
     void lm_head_rows(float* logits, const float* h, int rows);
     void capture_kv(int l);
 
-    LlamaConfig cfg_;
-    LoraConfig lora_;
-    TrainConfig tc_;
-    float lora_scale_ = 0.0f;
-    int QKV_ = 0;  // (NH + 2 NKV) * head_dim: the fused q|k|v width
-    std::vector<ParamInfo> params_;
-    std::vector<size_t> goff_;  // offset in the gradient/moment arenas, kNone if none
-    size_t n_params_ = 0, w_size_ = 0, g_size_ = 0;
-    size_t embed_ = 0, norm_ = 0, lm_head_ = kNone;
-    std::vector<Layer> layers_;
-    std::vector<double> inv_freq_;
     std::vector<float> w_, g_, m_, v_;
     std::vector<float> acts_, dacts_;
     std::vector<Acts> la_;
@@ -214,7 +253,7 @@ private:
     uint64_t micro_step_ = 0;
     int64_t row_offset_ = 0;  // Batch::row_offset of the batch being run
     bool checkpointing_ = false;
-    bool bf16_ = false, wb_stale_ = true, trainable_ = true;
+    bool bf16_ = false, wb_stale_ = true;
     std::vector<uint16_t> wb_;  // bf16 copies of the frozen weights, at their w_ offsets
     // The KV cache: per layer (B, NKV, cap, HS) keys and values, the key mask
     // (B, cap), each row's next position id, columns filled.
