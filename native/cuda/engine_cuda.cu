@@ -15,80 +15,19 @@
 #include <type_traits>
 #include <vector>
 
+#include "cuda/device_memory.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
 
 namespace nt {
 namespace cuda {
 
-// Named, not anonymous: CudaState (a class with linkage) holds these.
-namespace engine_detail {
-
-constexpr size_t kAlignBytes = 256;  // every view starts 256-byte aligned (cuBLASLt, vector loads)
-
-size_t align_bytes(size_t n) { return (n + kAlignBytes - 1) / kAlignBytes * kAlignBytes; }
-
-std::string mib(size_t bytes) { return std::to_string((bytes + (size_t(1) << 20) - 1) >> 20) + " MiB"; }
-
-// One cudaMalloc, released on destruction. allocate() reports failure as a
-// cudaError_t (clearing it), so the caller can word the out-of-memory error.
-class DeviceBuffer {
-public:
-    DeviceBuffer() = default;
-    ~DeviceBuffer() { reset(); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    cudaError_t allocate(size_t bytes) {
-        reset();
-        void* p = nullptr;
-        const cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
-        if (e != cudaSuccess) {
-            cudaGetLastError();
-            return e;
-        }
-        p_ = p;
-        bytes_ = bytes;
-        return cudaSuccess;
-    }
-    void reset() {
-        if (p_) cudaFree(p_);
-        p_ = nullptr;
-        bytes_ = 0;
-    }
-    char* get() const { return static_cast<char*>(p_); }
-
-private:
-    void* p_ = nullptr;
-    size_t bytes_ = 0;
-};
-
-// Page-locked host memory for the batch upload (asynchronous copies).
-class PinnedBuffer {
-public:
-    PinnedBuffer() = default;
-    ~PinnedBuffer() { reset(); }
-    PinnedBuffer(const PinnedBuffer&) = delete;
-    PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-    void allocate(size_t bytes) {
-        reset();
-        check(cudaMallocHost(&p_, bytes ? bytes : 1), "cudaMallocHost(batch staging)");
-    }
-    void reset() {
-        if (p_) cudaFreeHost(p_);
-        p_ = nullptr;
-    }
-    int32_t* ints() const { return static_cast<int32_t*>(p_); }
-
-private:
-    void* p_ = nullptr;
-};
-
-}  // namespace engine_detail
-
 using engine_detail::align_bytes;
 using engine_detail::DeviceBuffer;
+using engine_detail::free_memory_note;
 using engine_detail::mib;
 using engine_detail::PinnedBuffer;
+using engine_detail::require_device;
 
 // Device memory, stream and cuBLASLt of one engine. Activation views point
 // into `acts`, laid out for the capacity (cap_B, cap_T); T-typed views are
@@ -130,33 +69,6 @@ struct CudaState {
 };
 
 // ---- construction -------------------------------------------------------------
-
-namespace {
-
-// Throws EngineError unless device `index` exists; returns its properties.
-DeviceInfo require_device(int index) {
-    const int n = cuda_device_count();
-    if (n == 0)
-        throw EngineError("CUDA device " + std::to_string(index) + " requested, but " + cuda_unavailable_reason());
-    if (index < 0 || index >= n) {
-        const std::string present = n == 1 ? "only 1 device (cuda:0) is present"
-                                           : "only " + std::to_string(n) + " devices (cuda:0 .. cuda:" +
-                                                 std::to_string(n - 1) + ") are present";
-        throw EngineError("CUDA device " + std::to_string(index) + " requested but " + present);
-    }
-    return cuda_device_info(index);
-}
-
-std::string free_memory_note(int index) {
-    size_t free_b = 0, total_b = 0;
-    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
-        cudaGetLastError();
-        return "";
-    }
-    return " (cuda:" + std::to_string(index) + " has " + mib(free_b) + " free of " + mib(total_b) + ")";
-}
-
-}  // namespace
 
 CudaEngine::CudaEngine(const BertConfig& config, const TrainConfig& train, int device, bool use_bf16)
     : EngineBase(config, train), device_(device), bf16_(use_bf16), s_(new CudaState) {
