@@ -2,7 +2,8 @@
 // Forward: one thread per (token, channel). Backward: dwpe by a thread per
 // (position, channel) summing over the batch in order; dwte/dwtt either by
 // atomicAdd (embedding_backward) or by id buckets sorted on the host
-// (embedding_backward_sorted, deterministic).
+// (embedding_backward_sorted, deterministic). The decoder's token embedding
+// (no positions, no types) is a gather of one row per token.
 #include <string>
 
 #include "cuda/common.cuh"
@@ -28,6 +29,17 @@ __global__ void embedding_forward_kernel(T* out, const int32_t* ids, const int32
     // Sum in the CPU's order: (word + position) + type.
     const float v = to_f(wte[(size_t)ids[bt] * C + c]) + to_f(wpe[(size_t)t * C + c]);
     out[i] = from_f<T>(v + to_f(wtt[(size_t)tt * C + c]));
+}
+
+// out(N,C) = wte[ids]: one thread per (token, channel), a row's threads read
+// one contiguous row of wte.
+template <typename T>
+__global__ void token_embedding_forward_kernel(T* out, const int32_t* ids, const T* wte, int N,
+                                               int C) {
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)N * C) return;
+    const size_t n = i / C, c = i % C;
+    out[i] = wte[(size_t)ids[n] * C + c];
 }
 
 template <typename T>
@@ -93,6 +105,17 @@ void embedding_forward(T* out, const int32_t* input_ids, const int32_t* token_ty
 }
 
 template <typename T>
+void token_embedding_forward(T* out, const int32_t* ids, const T* wte, int N, int C,
+                             cudaStream_t stream) {
+    check_shape("token_embedding_forward", 1, N, C);
+    const size_t n = (size_t)N * C;
+    if (n == 0) return;
+    token_embedding_forward_kernel<T><<<detail::grid_for(n, kThreads), kThreads, 0, stream>>>(
+        out, ids, wte, N, C);
+    check_launch("token_embedding_forward");
+}
+
+template <typename T>
 void embedding_backward(float* dwte, float* dwpe, float* dwtt, const T* dout,
                         const int32_t* input_ids, const int32_t* token_type_ids, int B, int Tn,
                         int C, cudaStream_t stream) {
@@ -155,6 +178,8 @@ void embedding_backward_sorted(float* dwte, float* dwpe, float* dwtt, const T* d
 }
 
 #define NT_INSTANTIATE(T)                                                                      \
+    template void token_embedding_forward<T>(T*, const int32_t*, const T*, int, int,           \
+                                             cudaStream_t);                                    \
     template void embedding_forward<T>(T*, const int32_t*, const int32_t*, const T*, const T*,  \
                                        const T*, int, int, int, cudaStream_t);                 \
     template void embedding_backward<T>(float*, float*, float*, const T*, const int32_t*,      \

@@ -736,6 +736,284 @@ void check_adamw() {
 // (end of the attention checks)
 
 // ---- decoder checks: token embedding, RMSNorm, RoPE, SwiGLU, lm_head loss, LoRA
+// Decoder tolerances beyond Tol<T> (bf16 only; fp32 keeps Tol<T>::fp32):
+// - lm_head dh and dW: the GPU rounds dlogits to bf16 for the two backward
+//   GEMMs (Blas needs A and B of one type): <= 2^-9 relative per logit, so
+//   dh, a sum over V of dlogit * W, and dW (+= dlogit^T h) carry up to that
+//   on each term, and dh one more rounding of its own: 8e-3 (Tol::out).
+// - LoRA: t (and dt) are rounded to bf16 before the second product, then the
+//   accumulated output once more (dinp with dropout: product, mask scale and
+//   add each rounded): 1.6e-2 for out and dinp, 8e-3 for dA (fp32 output,
+//   dt's rounding only), Tol::accum for dB (fp32 sums of exact bf16 products).
+template <typename T>
+void check_token_embedding() {
+    const int N = 2 * 77, C = 96, V = 500;
+    auto ids = ints(N, 0, V - 1);
+    for (int i = 0; i < N; i += 5) ids[i] = 7;  // repeats
+    const auto wte = rounded<T>(normal((size_t)V * C));
+    Dev<int32_t> d_ids(N);
+    d_ids.up(ids);
+    Dev<T> d_wte(wte.size()), d_out((size_t)N * C);
+    upload(d_wte, wte);
+    nt::cuda::token_embedding_forward<T>(d_out.p, d_ids.p, d_wte.p, N, C, stream);
+    sync();
+    std::vector<double> ref((size_t)N * C);
+    const auto wte_d = dbl(wte);
+    nt::token_embedding_forward<double>(ref.data(), ids.data(), wte_d.data(), N, C);
+    compare("token_embedding_forward (bitwise)", Act<T>::name, download(d_out), ref, 0);
+}
+
+template <typename T>
+void check_rmsnorm() {
+    const int N = quick ? 2 * 37 : 4 * 77, C = quick ? 200 : 576;  // C not a multiple of 32
+    const float eps = 1e-6f;
+    const auto x = rounded<T>(normal((size_t)N * C, 0.3f, 2.f));
+    const auto w = rounded<T>(normal(C, 1.f, 0.2f));
+    const auto xd = dbl(x), wd = dbl(w);
+    std::vector<double> ref((size_t)N * C), rstd(N);
+    nt::rmsnorm_forward<double>(ref.data(), rstd.data(), xd.data(), wd.data(), N, C, eps);
+    std::vector<float> cpu_o((size_t)N * C), cpu_r(N);
+    const auto xf = as<float>(x);
+    nt::rmsnorm_forward<float>(cpu_o.data(), cpu_r.data(), xf.data(), w.data(), N, C, eps);
+    const auto cpu_od = dbl(cpu_o);
+
+    Dev<T> d_x(x.size()), d_w(C), d_o(x.size());
+    Dev<float> d_r(N);
+    upload(d_x, x);
+    upload(d_w, w);
+    nt::cuda::rmsnorm_forward<T>(d_o.p, d_r.p, d_x.p, d_w.p, N, C, eps, stream);
+    sync();
+    compare("rmsnorm_forward out", Act<T>::name, download(d_o), ref, Tol<T>::norm, &cpu_od);
+    compare("rmsnorm_forward rstd (fp32)", Act<T>::name, download(d_r), rstd, Tol<T>::fp32);
+
+    // fused residual: residual = round_T(a + b) exactly as on the host
+    {
+        const auto a = rounded<T>(normal((size_t)N * C)), b = rounded<T>(normal((size_t)N * C, 0.2f, 1.5f));
+        std::vector<float> res((size_t)N * C);
+        for (size_t i = 0; i < res.size(); i++) res[i] = round_to<T>(a[i] + b[i]);
+        const auto rd = dbl(res);
+        std::vector<double> r_out((size_t)N * C), r_r(N);
+        nt::rmsnorm_forward<double>(r_out.data(), r_r.data(), rd.data(), wd.data(), N, C, eps);
+        Dev<T> d_a(a.size()), d_b(b.size()), d_res(a.size()), d_out(a.size());
+        upload(d_a, a);
+        upload(d_b, b);
+        nt::cuda::residual_rmsnorm_forward<T>(d_res.p, d_out.p, d_r.p, d_a.p, d_b.p, d_w.p, N, C, eps, stream);
+        sync();
+        compare("residual_rmsnorm_forward residual", Act<T>::name, download(d_res), rd, 0);
+        compare("residual_rmsnorm_forward out", Act<T>::name, download(d_out), r_out, Tol<T>::norm);
+        compare("residual_rmsnorm_forward rstd", Act<T>::name, download(d_r), r_r, Tol<T>::fp32);
+        // in place: residual aliases a, then (fresh inputs) b
+        d_out.poison();
+        nt::cuda::residual_rmsnorm_forward<T>(d_a.p, d_out.p, d_r.p, d_a.p, d_b.p, d_w.p, N, C, eps, stream);
+        sync();
+        compare("residual_rmsnorm_forward residual=a", Act<T>::name, download(d_a), rd, 0);
+        compare("residual_rmsnorm_forward out (residual=a)", Act<T>::name, download(d_out), r_out, Tol<T>::norm);
+        upload(d_a, a);
+        d_out.poison();
+        nt::cuda::residual_rmsnorm_forward<T>(d_b.p, d_out.p, d_r.p, d_a.p, d_b.p, d_w.p, N, C, eps, stream);
+        sync();
+        compare("residual_rmsnorm_forward residual=b", Act<T>::name, download(d_b), rd, 0);
+        compare("residual_rmsnorm_forward out (residual=b)", Act<T>::name, download(d_out), r_out, Tol<T>::norm);
+    }
+
+    // backward with the forward's rstd rounded to fp32, as the GPU stores it
+    std::vector<float> rf(N);
+    for (int i = 0; i < N; i++) rf[i] = (float)rstd[i];
+    const auto rfd = dbl(rf);
+    const auto dout = rounded<T>(normal((size_t)N * C));
+    const auto gw0 = normal(C, 0, 0.1f), dx0 = rounded<T>(normal((size_t)N * C));
+    const auto doutd = dbl(dout);
+    std::vector<double> r_dx((size_t)N * C), r_gw = dbl(gw0);
+    nt::rmsnorm_backward<double>(r_dx.data(), r_gw.data(), doutd.data(), xd.data(), wd.data(), rfd.data(), N, C, false);
+    std::vector<float> c_dx((size_t)N * C), c_gw = gw0;
+    const auto doutf = as<float>(dout);
+    nt::rmsnorm_backward<float>(c_dx.data(), c_gw.data(), doutf.data(), xf.data(), w.data(), rf.data(), N, C, false);
+    const auto c_dxd = dbl(c_dx), c_gwd = dbl(c_gw);
+
+    Dev<T> d_dout(dout.size()), d_dx(dout.size());
+    Dev<float> d_gw(C), scratch(nt::cuda::rmsnorm_backward_scratch_floats(N, C));
+    upload(d_dout, dout);
+    d_r.up(rf);
+    d_gw.up(gw0);
+    nt::cuda::rmsnorm_backward<T>(d_dx.p, d_gw.p, d_dout.p, d_x.p, d_w.p, d_r.p, N, C, scratch.p, false, stream);
+    sync();
+    compare("rmsnorm_backward dinp", Act<T>::name, download(d_dx), r_dx, Tol<T>::out, &c_dxd);
+    compare("rmsnorm_backward dweight (fp32 +=)", Act<T>::name, download(d_gw), r_gw, Tol<T>::accum, &c_gwd);
+    // accumulate_dinp, no dweight
+    upload(d_dx, dx0);
+    nt::cuda::rmsnorm_backward<T>(d_dx.p, nullptr, d_dout.p, d_x.p, d_w.p, d_r.p, N, C, nullptr, true, stream);
+    sync();
+    std::vector<double> r_acc(r_dx);
+    for (size_t i = 0; i < r_acc.size(); i++) r_acc[i] += dx0[i];
+    compare("rmsnorm_backward dinp (accumulate)", Act<T>::name, download(d_dx), r_acc, Tol<T>::out);
+    // dinp null: dweight only (starts again from gw0)
+    d_gw.up(gw0);
+    scratch.poison();
+    nt::cuda::rmsnorm_backward<T>(nullptr, d_gw.p, d_dout.p, d_x.p, d_w.p, d_r.p, N, C, scratch.p, false, stream);
+    sync();
+    compare("rmsnorm_backward dweight only (dinp null)", Act<T>::name, download(d_gw), r_gw, Tol<T>::accum);
+}
+
+// RoPE in place on a packed qkv buffer: q heads at column 0, k heads at
+// NH*HS, v heads untouched, row stride (NH + 2 NKV) HS (the decoder's use).
+template <typename T>
+void check_rope() {
+    const int N = quick ? 2 * 37 : 4 * 77, NH = 4, NKV = 2, HS = 64, P = 160;
+    const int W = (NH + 2 * NKV) * HS, half = HS / 2;
+    std::vector<double> inv(half), cos_d((size_t)P * half), sin_d((size_t)P * half);
+    nt::rope_inv_freq(inv.data(), HS, 10000.0, nt::RopeScaling{});
+    nt::rope_tables<double>(cos_d.data(), sin_d.data(), inv.data(), P, HS);
+    std::vector<float> cos_f(cos_d.begin(), cos_d.end()), sin_f(sin_d.begin(), sin_d.end());
+    const auto cos_r = dbl(cos_f), sin_r = dbl(sin_f);  // the fp32 tables the GPU reads
+    auto pos = ints(N, 0, P - 1);
+    for (int i = 0; i < N && i < P; i += 7) pos[i] = i;
+    Dev<float> d_cos(cos_f.size()), d_sin(sin_f.size());
+    d_cos.up(cos_f);
+    d_sin.up(sin_f);
+    Dev<int32_t> d_pos(N);
+    d_pos.up(pos);
+    const auto x = rounded<T>(normal((size_t)N * W));
+    for (int backward = 0; backward < 2; backward++) {
+        auto ref = dbl(x);
+        auto rope = backward ? nt::rope_backward<double> : nt::rope_forward<double>;
+        rope(ref.data(), cos_r.data(), sin_r.data(), pos.data(), N, W, NH, HS);
+        rope(ref.data() + (size_t)NH * HS, cos_r.data(), sin_r.data(), pos.data(), N, W, NKV, HS);
+        Dev<T> d_x(x.size());
+        upload(d_x, x);
+        auto grope = backward ? nt::cuda::rope_backward<T> : nt::cuda::rope_forward<T>;
+        grope(d_x.p, d_cos.p, d_sin.p, d_pos.p, N, W, NH, HS, stream);
+        grope(d_x.p + (size_t)NH * HS, d_cos.p, d_sin.p, d_pos.p, N, W, NKV, HS, stream);
+        sync();
+        const std::string name = backward ? "rope_backward" : "rope_forward";
+        // one rounding of each output (v columns must come back unchanged)
+        compare(name + " (q and k of packed qkv, stride)", Act<T>::name, download(d_x), ref, Tol<T>::out);
+    }
+}
+
+template <typename T>
+void check_swiglu() {
+    const int N = quick ? 2 * 37 : 4 * 77, I = quick ? 200 : 1536;
+    const auto gu = rounded<T>(normal((size_t)N * 2 * I, 0.f, 2.f)), dout = rounded<T>(normal((size_t)N * I));
+    const auto gud = dbl(gu), doutd = dbl(dout);
+    const auto guf = as<float>(gu), doutf = as<float>(dout);
+    Dev<T> d_gu(gu.size()), d_dout(dout.size()), d_out(dout.size()), d_dgu(gu.size());
+    upload(d_gu, gu);
+    upload(d_dout, dout);
+    std::vector<double> ref((size_t)N * I), rg((size_t)N * 2 * I);
+    std::vector<float> cpu((size_t)N * I), cpug((size_t)N * 2 * I);
+    nt::swiglu_forward<double>(ref.data(), gud.data(), N, I);
+    nt::swiglu_forward<float>(cpu.data(), guf.data(), N, I);
+    const auto cpud = dbl(cpu);
+    nt::cuda::swiglu_forward<T>(d_out.p, d_gu.p, N, I, stream);
+    sync();
+    compare("swiglu_forward", Act<T>::name, download(d_out), ref, Tol<T>::out, &cpud);
+    nt::swiglu_backward<double>(rg.data(), doutd.data(), gud.data(), N, I);
+    nt::swiglu_backward<float>(cpug.data(), doutf.data(), guf.data(), N, I);
+    const auto cpugd = dbl(cpug);
+    nt::cuda::swiglu_backward<T>(d_dgu.p, d_dout.p, d_gu.p, N, I, stream);
+    sync();
+    compare("swiglu_backward dgu", Act<T>::name, download(d_dgu), rg, Tol<T>::out, &cpugd);
+}
+
+// lm_head loss over the rows with a target (about a third ignored, compacted
+// away on the host as the engine does); dh / dW optional.
+template <typename T>
+void check_lmhead(nt::cuda::Blas& blas, int chunk, bool backward, bool with_dW) {
+    const int N = quick ? 2 * 37 : 4 * 77, C = quick ? 64 : 384, V = quick ? 301 : 4099;
+    const float grad_scale = 1.f / 37;
+    const auto h = rounded<T>(normal((size_t)N * C)), Wt = rounded<T>(normal((size_t)V * C, 0.f, 0.3f));
+    auto targets = ints(N, 0, V - 1);
+    for (int i = 0; i < N; i++)
+        if (i % 3 == 1 || i < 4) targets[i] = -100;
+    std::vector<int32_t> rows, tg;
+    for (int i = 0; i < N; i++)
+        if (targets[i] != -100) rows.push_back(i), tg.push_back(targets[i]);
+    const int n = (int)rows.size();
+    const auto hd = dbl(h), Wd = dbl(Wt);
+    const auto gW0 = normal((size_t)V * C, 0, 0.1f);
+    std::vector<double> r_dh((size_t)N * C), r_dW = dbl(gW0), cs((size_t)chunk * (V + C));
+    const double r_loss = nt::lmhead_crossentropy<double>(backward ? r_dh.data() : nullptr, with_dW ? r_dW.data() : nullptr,
+                                                          hd.data(), Wd.data(), targets.data(), N, C, V, grad_scale,
+                                                          cs.data(), chunk);
+    Dev<T> d_h(h.size()), d_W(Wt.size()), d_dh(h.size());
+    Dev<float> d_dW(gW0.size());
+    Dev<int32_t> d_rows(n), d_tg(n);
+    Dev<double> d_loss(1);
+    Dev<char> scratch(nt::cuda::lmhead_scratch_bytes(chunk, C, V));
+    upload(d_h, h);
+    upload(d_W, Wt);
+    d_dW.up(gW0);
+    d_rows.up(rows);
+    d_tg.up(tg);
+    nt::cuda::lmhead_crossentropy<T>(blas, stream, d_loss.p, backward ? d_dh.p : nullptr, with_dW ? d_dW.p : nullptr,
+                                     d_h.p, d_W.p, d_rows.p, d_tg.p, n, N, C, V, grad_scale, scratch.p, chunk);
+    sync();
+    const std::string tag = " (n=" + std::to_string(n) + ", chunk=" + std::to_string(chunk) + ")";
+    // fp32 logits from exact T inputs, fp32 logsumexp, row losses summed in double
+    compare("lmhead_crossentropy loss_sum" + tag, Act<T>::name, d_loss.down<double>(), {r_loss}, Tol<T>::fp32);
+    if (!backward) return;
+    compare("lmhead_crossentropy dh (ignored rows 0)" + tag, Act<T>::name, download(d_dh), r_dh, Tol<T>::out);
+    compare(std::string("lmhead_crossentropy dW ") + (with_dW ? "(fp32 +=)" : "(null: untouched)") + tag,
+            Act<T>::name, dbl(d_dW.down<float>()), with_dW ? r_dW : dbl(gW0), with_dW ? Tol<T>::out : 0);
+}
+
+// LoRA on a column block [col0, col0 + OC) of a packed output of row width
+// ldo (ldo == OC: the whole output), dropout from a key with an offset.
+template <typename T>
+void check_lora(nt::cuda::Blas& blas, float p, bool column_block, bool with_dinp) {
+    constexpr bool bf = std::is_same<T, bf16>::value;
+    const int N = quick ? 2 * 37 : 4 * 77, IC = quick ? 96 : 576, OC = quick ? 80 : 192, r = 8;
+    const int col0 = column_block ? 16 : 0, ldo = column_block ? OC + 48 : OC;
+    const float scale = 16.f / r;
+    nt::DropoutKey key = test_key(23);
+    key.offset = column_block ? (1ull << 20) + 6 : 0;  // 6: Philox blocks straddled
+    const auto x = rounded<T>(normal((size_t)N * IC)), A = rounded<T>(normal((size_t)r * IC, 0, 0.1f)),
+               B = rounded<T>(normal((size_t)OC * r, 0, 0.1f)), out0 = rounded<T>(normal((size_t)N * ldo));
+    const auto xd = dbl(x), Ad = dbl(A), Bd = dbl(B);
+    std::vector<double> r_out = dbl(out0), r_t((size_t)N * r), r_xd((size_t)N * IC);
+    std::vector<uint8_t> keep(((size_t)N * IC + 7) / 8);
+    nt::lora_forward<double>(r_out.data() + col0, ldo, r_t.data(), r_xd.data(), keep.data(), xd.data(), Ad.data(),
+                             Bd.data(), N, IC, OC, r, scale, p, key);
+    Dev<T> d_x(x.size()), d_A(A.size()), d_B(B.size()), d_out(out0.size()), d_t((size_t)N * r), d_xd(x.size());
+    upload(d_x, x);
+    upload(d_A, A);
+    upload(d_B, B);
+    upload(d_out, out0);
+    nt::cuda::lora_forward<T>(blas, stream, d_out.p + col0, ldo, d_t.p, d_xd.p, d_x.p, d_A.p, d_B.p, N, IC, OC, r,
+                              scale, p, key);
+    sync();
+    char tag[96];
+    std::snprintf(tag, sizeof tag, " (p=%.1f, ldo=%d, offset=%" PRIu64 ")", p, ldo, key.offset);
+    compare(std::string("lora_forward out +=") + tag, Act<T>::name, download(d_out), r_out, bf ? 1.6e-2 : 1e-5);
+    compare(std::string("lora_forward t") + tag, Act<T>::name, download(d_t), r_t, Tol<T>::out);
+
+    // backward from the t the GPU saved (both sides read the same values)
+    const auto t_gpu = download(d_t);
+    std::vector<float> tf(t_gpu.begin(), t_gpu.end());
+    const auto dout = rounded<T>(normal((size_t)N * ldo)), dx0 = rounded<T>(normal((size_t)N * IC));
+    const auto gA0 = normal((size_t)r * IC, 0, 0.1f), gB0 = normal((size_t)OC * r, 0, 0.1f);
+    const auto doutd = dbl(dout);
+    std::vector<double> r_dx = dbl(dx0), r_dA = dbl(gA0), r_dB = dbl(gB0), r_dt((size_t)N * r);
+    nt::lora_backward<double>(with_dinp ? r_dx.data() : nullptr, r_dA.data(), r_dB.data(), r_dt.data(), r_xd.data(),
+                              keep.data(), doutd.data() + col0, ldo, xd.data(), t_gpu.data(), Ad.data(), Bd.data(), N,
+                              IC, OC, r, scale, p);
+    Dev<T> d_dout(dout.size()), d_dx(dx0.size()), d_dt((size_t)N * r);
+    Dev<float> d_dA(gA0.size()), d_dB(gB0.size());
+    upload(d_dout, dout);
+    upload(d_dx, dx0);
+    d_dA.up(gA0);
+    d_dB.up(gB0);
+    d_xd.poison();
+    nt::cuda::lora_backward<T>(blas, stream, with_dinp ? d_dx.p : nullptr, d_dA.p, d_dB.p, d_dt.p, d_xd.p,
+                               d_dout.p + col0, ldo, d_x.p, d_t.p, d_A.p, d_B.p, N, IC, OC, r, scale, p, key);
+    sync();
+    compare(std::string("lora_backward dinp ") + (with_dinp ? "+=" : "(null: untouched)") + tag, Act<T>::name,
+            download(d_dx), r_dx, !with_dinp ? 0 : bf ? 1.6e-2 : 1e-5);
+    compare(std::string("lora_backward dA (fp32 +=)") + tag, Act<T>::name, dbl(d_dA.down<float>()), r_dA,
+            Tol<T>::out);
+    compare(std::string("lora_backward dB (fp32 +=)") + tag, Act<T>::name, dbl(d_dB.down<float>()), r_dB,
+            Tol<T>::accum);
+}
 // (end of the elementwise/lm_head checks)
 
 void guarded(const char* name, const std::function<void()>& fn) {
@@ -766,6 +1044,17 @@ void check_all_for(nt::cuda::Blas& blas) {
     guarded("linear", [&] { check_linear<T>(blas); });
     // decoder: causal attention, KV cache, decode
     // decoder: token embedding, RMSNorm, RoPE, SwiGLU, lm_head loss, LoRA
+    guarded("token_embedding", check_token_embedding<T>);
+    guarded("rmsnorm", check_rmsnorm<T>);
+    guarded("rope", check_rope<T>);
+    guarded("swiglu", check_swiglu<T>);
+    // chunk 16 does not divide n (46 target rows at --quick), chunk 7 neither
+    guarded("lmhead", [&] { check_lmhead<T>(blas, 16, true, true); });
+    guarded("lmhead", [&] { check_lmhead<T>(blas, 7, true, false); });
+    guarded("lmhead", [&] { check_lmhead<T>(blas, 16, false, false); });
+    guarded("lora", [&] { check_lora<T>(blas, 0.f, false, true); });
+    guarded("lora", [&] { check_lora<T>(blas, 0.3f, true, true); });
+    guarded("lora", [&] { check_lora<T>(blas, 0.3f, true, false); });
 }
 
 std::string json_escape(const std::string& s) {
