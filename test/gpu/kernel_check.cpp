@@ -733,6 +733,230 @@ void check_adamw() {
 // Runs one check; an exception becomes a failed row naming it, and the
 // remaining checks still run (a sticky CUDA error will fail them too).
 // ---- decoder checks: causal attention (GQA, segments), KV cache, decode ------
+// Shapes: qkv (B, T, (NH + 2 NKV) HS), out (B, T, NH HS), lse (B, NH, T) fp32.
+struct DecAttnCase {
+    int B, Tn, NH, NKV, HS;
+};
+
+// Decoder masks, by row b % 5: 0 full; 1 left padding (a generation-style
+// batch of prompts); 2 right padding; 3 packed: segments 1, 2, 3 then 2
+// padding tokens; 4 fully padded (no visible key anywhere).
+std::vector<int32_t> decoder_mask(int B, int Tn) {
+    std::vector<int32_t> mask((size_t)B * Tn, 1);
+    for (int b = 0; b < B; b++) {
+        int32_t* m = mask.data() + (size_t)b * Tn;
+        const int a = Tn / 4, c = a + Tn / 3, e = Tn - 2;
+        for (int t = 0; t < Tn; t++) {
+            switch (b % 5) {
+                case 1: m[t] = t < Tn / 3 ? 0 : 1; break;
+                case 2: m[t] = t >= Tn - Tn / 4 ? 0 : 1; break;
+                case 3: m[t] = t < a ? 1 : t < c ? 2 : t < e ? 3 : 0; break;
+                case 4: m[t] = 0; break;
+                default: break;
+            }
+        }
+    }
+    return mask;
+}
+
+// max |x| over the elements of rows (b, t) with mask 0, x (B*T, width): a
+// padding row's out, lse and gradients must be exactly 0.
+double padding_max_abs(const std::vector<double>& x, const std::vector<int32_t>& mask, size_t width) {
+    double mx = 0;
+    for (size_t n = 0; n < mask.size(); n++)
+        if (mask[n] == 0)
+            for (size_t i = 0; i < width; i++) {
+                const double v = x[n * width + i];
+                mx = std::max(mx, std::isfinite(v) ? std::fabs(v) : INFINITY);
+            }
+    return mx;
+}
+
+// Tolerances. fp32: 1e-5 (as every fp32 kernel). lse is fp32 for both dtypes
+// and computed in fp32 from the exact inputs: 1e-5 for both. bf16 out, dqkv
+// and decode out: the GPU computes in fp32 from the bf16 values the reference
+// also uses (the backward's reference reads the GPU's own out and lse), so its
+// error is one bf16 rounding of each output (8-bit significand: <= 2^-8 |x|
+// <= 2^-8 max|ref|, ~3.9e-3) plus fp32 sums (~1e-6): Tol::out (8e-3), 2x
+// margin; seen on the emulator: 0.7e-3 .. 3.3e-3. The decode-vs-GPU-forward
+// comparison holds two roundings of the same fp32 value (seen: 0).
+template <typename T>
+void check_causal_attention(const DecAttnCase& c) {
+    const int B = c.B, Tn = c.Tn, NH = c.NH, NKV = c.NKV, HS = c.HS;
+    const int QKV = (NH + 2 * NKV) * HS, OC = NH * HS;
+    const size_t N = (size_t)B * Tn, L = (size_t)B * NH * Tn;
+    const std::string tag = " B=" + std::to_string(B) + " T=" + std::to_string(Tn) + " NH=" +
+                            std::to_string(NH) + " NKV=" + std::to_string(NKV) + " HS=" + std::to_string(HS);
+    const char* dt = Act<T>::name;
+    const auto qkv = rounded<T>(normal(N * QKV));
+    const auto mask = decoder_mask(B, Tn);
+    const auto qkvd = dbl(qkv);
+    const auto qkvf = as<float>(qkv);
+    // lse: the CPU writes -inf for a padding row, the CUDA contract 0
+    auto lse_zeroed = [&](std::vector<double> l) {
+        for (auto& v : l) v = std::isfinite(v) ? v : 0.0;
+        return l;
+    };
+    std::vector<double> r_out(N * OC), r_lse(L);
+    nt::causal_attention_forward<double>(r_out.data(), r_lse.data(), qkvd.data(), mask.data(), B, Tn, NH, NKV, HS);
+    r_lse = lse_zeroed(r_lse);
+    std::vector<float> c_out(N * OC), c_lse(L);
+    nt::causal_attention_forward<float>(c_out.data(), c_lse.data(), qkvf.data(), mask.data(), B, Tn, NH, NKV, HS);
+    const auto c_outd = dbl(c_out);
+    const auto c_lsed = lse_zeroed(dbl(c_lse));
+
+    Dev<T> d_qkv(qkv.size()), d_out(N * OC), d_dout(N * OC), d_dqkv(qkv.size());
+    Dev<float> d_lse(L), d_delta(L);
+    Dev<int32_t> d_mask(N);
+    upload(d_qkv, qkv);
+    d_mask.up(mask);
+    nt::cuda::causal_attention_forward<T>(d_out.p, d_lse.p, d_qkv.p, d_mask.p, B, Tn, NH, NKV, HS, stream);
+    sync();
+    const auto g_out = download(d_out);
+    const auto g_lse = dbl(d_lse.down<float>());
+    compare("causal_attention_forward out" + tag, dt, g_out, r_out, Tol<T>::out, &c_outd);
+    compare("causal_attention_forward lse" + tag, dt, g_lse, r_lse, Tol<T>::fp32, &c_lsed);
+
+    // backward, on the GPU's own out and lse (what it sees); padding rows' lse
+    // back to the CPU's -inf
+    std::vector<double> lse_in = g_lse;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < Tn; t++)
+                if (mask[(size_t)b * Tn + t] == 0) lse_in[((size_t)b * NH + h) * Tn + t] = -INFINITY;
+    const auto dout = rounded<T>(normal(N * OC));
+    const auto doutd = dbl(dout);
+    std::vector<double> r_dqkv(qkv.size());
+    nt::causal_attention_backward<double>(r_dqkv.data(), doutd.data(), g_out.data(), qkvd.data(), lse_in.data(), mask.data(), B, Tn, NH, NKV, HS);
+    std::vector<float> c_dqkv(qkv.size());
+    const auto doutf = as<float>(dout);
+    const std::vector<float> g_outf(g_out.begin(), g_out.end());
+    const std::vector<float> lse_inf(lse_in.begin(), lse_in.end());
+    nt::causal_attention_backward<float>(c_dqkv.data(), doutf.data(), g_outf.data(), qkvf.data(), lse_inf.data(), mask.data(), B, Tn, NH, NKV, HS);
+    const auto c_dqkvd = dbl(c_dqkv);
+    upload(d_dout, dout);
+    nt::cuda::causal_attention_backward<T>(d_dqkv.p, d_delta.p, d_dout.p, d_out.p, d_qkv.p, d_lse.p, d_mask.p, B, Tn, NH, NKV, HS, stream);
+    sync();
+    const auto g_dqkv = download(d_dqkv);
+    compare("causal_attention_backward dqkv" + tag, dt, g_dqkv, r_dqkv, Tol<T>::out, &c_dqkvd);
+
+    // padding rows (rows 4 mod 5 whole, and the padded ends): exactly 0
+    std::vector<double> lse_bt(N * NH);  // (B, T, NH) view of lse for padding_max_abs
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < Tn; t++) lse_bt[((size_t)b * Tn + t) * NH + h] = g_lse[((size_t)b * NH + h) * Tn + t];
+    const double pad = std::max({padding_max_abs(g_out, mask, OC), padding_max_abs(lse_bt, mask, NH),
+                                 padding_max_abs(g_dqkv, mask, QKV)});
+    record("causal_attention padding rows: out, lse, dqkv == 0" + tag, dt, pad, 0);
+}
+
+// Generation: left-padded prompts of Tp tokens (row B-1 all padding), one new
+// token. kv_cache_store fills the cache from the prefill's qkv (col0 = 0) and
+// the new token's (col0 = Tp); decode_attention on the new token's q must
+// equal the CPU decode_attention and causal_attention_forward's last row on
+// the whole Tp+1 tokens. The cache has 3 columns past ncols, NaN, masked 1:
+// decode must not read them.
+template <typename T>
+void check_decode(const DecAttnCase& c) {
+    const int B = c.B, Tp = c.Tn, Tn = Tp + 1, NH = c.NH, NKV = c.NKV, HS = c.HS, cap = Tn + 3;
+    const int QKV = (NH + 2 * NKV) * HS, OC = NH * HS;
+    const std::string tag = " B=" + std::to_string(B) + " T=" + std::to_string(Tp) + "+1 NH=" +
+                            std::to_string(NH) + " NKV=" + std::to_string(NKV) + " HS=" + std::to_string(HS);
+    const char* dt = Act<T>::name;
+    const auto qkv = rounded<T>(normal((size_t)B * Tn * QKV));
+    std::vector<int32_t> mask((size_t)B * Tn, 1), cmask((size_t)B * cap, 1);
+    for (int b = 0; b < B; b++) {
+        const int pad = b == B - 1 ? Tp : b * Tp / B;
+        for (int t = 0; t < pad; t++) mask[(size_t)b * Tn + t] = 0;
+        for (int t = 0; t < Tn; t++) cmask[(size_t)b * cap + t] = mask[(size_t)b * Tn + t];
+    }
+    std::vector<float> prefill((size_t)B * Tp * QKV), next((size_t)B * QKV);
+    for (int b = 0; b < B; b++) {
+        const float* src = qkv.data() + (size_t)b * Tn * QKV;
+        std::copy(src, src + (size_t)Tp * QKV, prefill.begin() + (size_t)b * Tp * QKV);
+        std::copy(src + (size_t)Tp * QKV, src + (size_t)Tn * QKV, next.begin() + (size_t)b * QKV);
+    }
+    // the cache the CPU expects: (B, NKV, cap, HS), columns >= Tn unused
+    const size_t csize = (size_t)B * NKV * cap * HS;
+    std::vector<double> hk(csize, 0.0), hv(csize, 0.0), ek, ev, gk, gv;
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < NKV; g++)
+            for (int t = 0; t < Tn; t++)
+                for (int d = 0; d < HS; d++) {
+                    const size_t i = (((size_t)b * NKV + g) * cap + t) * HS + d;
+                    const float* row = qkv.data() + ((size_t)b * Tn + t) * QKV;
+                    hk[i] = row[(NH + g) * HS + d];
+                    hv[i] = row[(NH + NKV + g) * HS + d];
+                }
+
+    Dev<T> d_pre(prefill.size()), d_next(next.size()), d_kc(csize), d_vc(csize), d_out((size_t)B * OC);
+    Dev<T> d_qkv(qkv.size()), d_fout((size_t)B * Tn * OC);
+    Dev<float> d_lse((size_t)B * NH * Tn);
+    Dev<int32_t> d_cmask(cmask.size()), d_mask(mask.size());
+    upload(d_pre, prefill);
+    upload(d_next, next);
+    upload(d_qkv, qkv);
+    d_cmask.up(cmask);
+    d_mask.up(mask);
+    nt::cuda::kv_cache_store<T>(d_kc.p, d_vc.p, d_pre.p, B, Tp, NH, NKV, HS, 0, cap, stream);
+    nt::cuda::kv_cache_store<T>(d_kc.p, d_vc.p, d_next.p, B, 1, NH, NKV, HS, Tp, cap, stream);
+    sync();
+    const auto kc = download(d_kc), vc = download(d_vc);
+    for (size_t i = 0; i < csize; i++)
+        if ((i / HS) % cap < (size_t)Tn) {  // the stored columns
+            ek.push_back(hk[i]), ev.push_back(hv[i]), gk.push_back(kc[i]), gv.push_back(vc[i]);
+        }
+    compare("kv_cache_store k (bitwise)" + tag, dt, gk, ek, 0);
+    compare("kv_cache_store v (bitwise)" + tag, dt, gv, ev, 0);
+
+    nt::cuda::decode_attention<T>(d_out.p, d_next.p, QKV, d_kc.p, d_vc.p, d_cmask.p, B, NH, NKV, HS, Tn, cap, stream);
+    nt::cuda::causal_attention_forward<T>(d_fout.p, d_lse.p, d_qkv.p, d_mask.p, B, Tn, NH, NKV, HS, stream);
+    sync();
+    const auto g_out = download(d_out), g_fout = download(d_fout);
+    const auto nextd = dbl(next);
+    std::vector<double> r_dec((size_t)B * OC);
+    nt::decode_attention<double>(r_dec.data(), nextd.data(), QKV, hk.data(), hv.data(), cmask.data(), B, NH, NKV, HS, Tn, cap);
+    const std::vector<float> hkf(hk.begin(), hk.end()), hvf(hv.begin(), hv.end());
+    std::vector<float> c_dec((size_t)B * OC);
+    nt::decode_attention<float>(c_dec.data(), next.data(), QKV, hkf.data(), hvf.data(), cmask.data(), B, NH, NKV, HS, Tn, cap);
+    const auto c_decd = dbl(c_dec);
+    compare("decode_attention out vs CPU decode" + tag, dt, g_out, r_dec, Tol<T>::out, &c_decd);
+
+    // the forward's last row, CPU (double) and GPU
+    const auto qkvd = dbl(qkv);
+    std::vector<double> r_fout((size_t)B * Tn * OC), r_lse((size_t)B * NH * Tn), r_last, g_last;
+    nt::causal_attention_forward<double>(r_fout.data(), r_lse.data(), qkvd.data(), mask.data(), B, Tn, NH, NKV, HS);
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < OC; i++) {
+            r_last.push_back(r_fout[((size_t)b * Tn + Tp) * OC + i]);
+            g_last.push_back(g_fout[((size_t)b * Tn + Tp) * OC + i]);
+        }
+    compare("decode_attention out vs CPU forward last row" + tag, dt, g_out, r_last, Tol<T>::out);
+    compare("decode_attention out vs GPU forward last row" + tag, dt, g_out, g_last, Tol<T>::out);
+}
+
+// Bad shapes throw std::invalid_argument naming the kernel (before any launch).
+template <typename T>
+void check_decoder_attention_args() {
+    auto expect = [](const std::string& what, const char* kernel, const std::function<void()>& fn) {
+        double err = INFINITY;
+        try {
+            fn();
+        } catch (const std::invalid_argument& e) {
+            err = std::string(e.what()).find(kernel) != std::string::npos ? 0 : INFINITY;
+        }
+        record(std::string(kernel) + " throws on " + what, Act<T>::name, err, 0);
+    };
+    T* p = nullptr;
+    const int32_t* m = nullptr;
+    float* f = nullptr;
+    expect("HS=130", "causal_attention_forward", [&] { nt::cuda::causal_attention_forward<T>(p, f, p, m, 1, 4, 2, 1, 130, stream); });
+    expect("odd HS=33", "causal_attention_backward", [&] { nt::cuda::causal_attention_backward<T>(p, f, p, p, p, f, m, 1, 4, 2, 1, 33, stream); });
+    expect("NH=3 NKV=2", "causal_attention_forward", [&] { nt::cuda::causal_attention_forward<T>(p, f, p, m, 1, 4, 3, 2, 64, stream); });
+    expect("B*NH > 65535", "causal_attention_forward", [&] { nt::cuda::causal_attention_forward<T>(p, f, p, m, 20000, 4, 4, 1, 64, stream); });
+    expect("col0+T > cap", "kv_cache_store", [&] { nt::cuda::kv_cache_store<T>(p, p, p, 1, 4, 2, 1, 64, 7, 10, stream); });
+    expect("ncols > cap", "decode_attention", [&] { nt::cuda::decode_attention<T>(p, p, 256, p, p, m, 1, 2, 1, 64, 11, 10, stream); });
+}
 // (end of the attention checks)
 
 // ---- decoder checks: token embedding, RMSNorm, RoPE, SwiGLU, lm_head loss, LoRA
@@ -1043,6 +1267,20 @@ void check_all_for(nt::cuda::Blas& blas) {
     guarded("crossentropy", [] { check_crossentropy<T>(8, 5, true, 0.1f, true); });
     guarded("linear", [&] { check_linear<T>(blas); });
     // decoder: causal attention, KV cache, decode
+    {
+        // GQA 4:2, 3:1 and MHA; HS 32, 48, 64, 96, 128; T not a multiple of the
+        // 16/8-row and 32-key tiles; every case has all five mask rows.
+        const std::vector<DecAttnCase> full = {{5, 77, 4, 2, 64}, {5, 130, 3, 1, 48}, {5, 200, 8, 8, 128},
+                                               {5, 64, 4, 1, 32}, {5, 300, 6, 2, 96}};
+        const std::vector<DecAttnCase> small = {{5, 37, 4, 2, 64}, {5, 33, 3, 1, 48}, {5, 40, 2, 2, 128},
+                                                {5, 21, 4, 1, 32}, {5, 26, 3, 3, 96}};
+        for (const DecAttnCase& c : quick ? small : full)
+            guarded("causal_attention", [&] { check_causal_attention<T>(c); });
+        const std::vector<DecAttnCase> dfull = {{4, 300, 4, 2, 64}, {4, 200, 6, 1, 128}, {4, 77, 2, 2, 32}};
+        const std::vector<DecAttnCase> dsmall = {{4, 36, 4, 2, 64}, {4, 20, 3, 1, 96}};
+        for (const DecAttnCase& c : quick ? dsmall : dfull) guarded("decode", [&] { check_decode<T>(c); });
+        guarded("causal_attention args", check_decoder_attention_args<T>);
+    }
     // decoder: token embedding, RMSNorm, RoPE, SwiGLU, lm_head loss, LoRA
     guarded("token_embedding", check_token_embedding<T>);
     guarded("rmsnorm", check_rmsnorm<T>);

@@ -1,0 +1,620 @@
+// Causal self-attention for the decoder (HF LlamaAttention / Qwen2Attention,
+// eager semantics) with grouped-query heads, padding and packed segments,
+// flash-style (Dao et al., FlashAttention, 2022/2023): the T x T scores never
+// leave registers, softmax is online (Milakov & Gimelshein 2018) and the
+// backward recomputes P from the saved per-row logsumexp. The CPU twins (the
+// exact semantics) are in native/cpu/causal_attention.cpp.
+//
+// Shapes: qkv (B, T, (NH + 2 NKV) HS) per token [q heads | k heads | v heads];
+// query head h reads kv head g = h / (NH/NKV). out (B, T, NH HS); lse, delta
+// (B, NH, T) fp32; mask (B, T): 0 = padding, k >= 1 = segment k.
+// Key t2 is visible to query t1 when t2 <= t1, mask[t1] != 0 and
+// mask[t2] == mask[t1]. A padding query sees no key: out = 0, lse = 0, and it
+// adds nothing to any gradient (every other query sees at least itself).
+//
+// Forward, per (b, h) and query row t1, over key tiles of 32 (lane j <-> key)
+// up to the tile holding the block's last query row (causality):
+//   s_j = q.k_j / sqrt(HS)  (-inf when not visible)
+//   m' = max(m, max_j s_j);  l = l e^(m-m') + sum_j e^(s_j-m')
+//   o  = o e^(m-m') + sum_j e^(s_j-m') v_j
+//   out = o / l,  lse = m + log l   (out = lse = 0 when l == 0)
+// Backward (P = e^(s - lse) on visible pairs, 0 elsewhere;
+// delta_t1 = dout_t1 . out_t1 by a pre-pass):
+//   dS = P (dout . v - delta)
+//   dq = sum_t2 dS k / sqrt(HS)            (kernel over query tiles of head h)
+//   dk = sum_h sum_t1 dS q / sqrt(HS),  dv = sum_h sum_t1 P dout
+//                       (kernel over key tiles of kv head g; h over its group
+//                        in order, then query tiles from the key tile's own)
+// Each output element has exactly one writer: no atomics, fixed sum order.
+//
+// Layout (as cuda/attention.cu): a warp owns R rows (queries or keys), lane l
+// owns head dims l, l+32, .. (NDL = ceil(HS/32) of them). Tiles of 32 rows sit
+// in shared memory as fp32 with an odd row stride (HSMAX+1) so lane j reading
+// row j at a common dim d hits 32 different banks. Arithmetic is fp32; bf16
+// inputs are widened on load, outputs rounded once.
+//
+// Faster later: tensor-core MMA (mma.sync / wgmma on bf16 tiles of 64 query
+// rows, fp32 accumulators) instead of the scalar fp32 dot products; one block
+// per (b, kv head) in the forward so the NH/NKV query heads share each K/V
+// tile load; cp.async double-buffering of the K/V tiles; skipping key tiles
+// that hold no key of the block's segments (left padding, packed rows); and a
+// split-K decode over the cache with the K tile staged in shared memory.
+#include <algorithm>
+#include <string>
+
+#include "cuda/common.cuh"
+
+namespace nt {
+namespace cuda {
+
+using detail::from_f;
+using detail::to_f;
+using detail::warp_max;
+using detail::warp_sum;
+
+namespace {
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kWarps = 4;
+constexpr int kTile = 32;  // rows of a shared tile: lane j <-> row j
+
+template <int NDL>
+struct Cfg {
+    static constexpr int HSMAX = 32 * NDL;
+    static constexpr int STRIDE = HSMAX + 1;
+    static constexpr int R = NDL >= 3 ? 2 : 4;  // rows per warp; keeps static smem < 48 KB
+    static constexpr int ROWS = R * kWarps;
+};
+
+// rows [t0, t0+nrows) of a (Tn, row_stride) matrix at `src` (already offset
+// to the head's first channel) -> dst[r*dst_stride + d], fp32, zero outside
+// t < Tn and d < HS so dot products may run over HSMAX.
+template <typename T, int HSMAX>
+__device__ void load_rows(float* dst, int dst_stride, int nrows, const T* src, size_t row_stride,
+                          int t0, int Tn, int HS) {
+    for (int idx = threadIdx.x; idx < nrows * HSMAX; idx += blockDim.x) {
+        const int r = idx / HSMAX, d = idx % HSMAX, t = t0 + r;
+        dst[r * dst_stride + d] = (t < Tn && d < HS) ? to_f(src[(size_t)t * row_stride + d]) : 0.f;
+    }
+}
+
+template <int HSMAX>
+__device__ __forceinline__ float dot(const float* a, const float* b) {
+    float acc = 0.f;
+#pragma unroll
+    for (int d = 0; d < HSMAX; d++) acc += a[d] * b[d];
+    return acc;
+}
+
+// Query t1 of segment seg1 (0: padding) sees key t2 of segment seg2.
+__device__ __forceinline__ bool visible(int t1, int seg1, int t2, int seg2) {
+    return t2 <= t1 && seg1 != 0 && seg2 == seg1;
+}
+
+// ---- forward ----------------------------------------------------------------
+// grid (ceil(T / ROWS), B*NH); block 32*kWarps. out (B,T,NH HS), lse (B,NH,T).
+template <typename T, int NDL>
+__global__ void __launch_bounds__(32 * kWarps)
+    causal_attention_forward_kernel(T* out, float* lse, const T* qkv, const int32_t* mask,
+                                    int Tn, int NH, int NKV, int HS, float scale) {
+    using K = Cfg<NDL>;
+    constexpr int HSMAX = K::HSMAX, STRIDE = K::STRIDE, R = K::R;
+    __shared__ float Ks[kTile * STRIDE];
+    __shared__ float Vs[kTile * STRIDE];
+    __shared__ float Qs[K::ROWS * HSMAX];
+    __shared__ int kseg_s[kTile];
+
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, g = h / (NH / NKV);
+    const int QKV = (NH + 2 * NKV) * HS, OC = NH * HS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int q0 = blockIdx.x * K::ROWS;
+    const T* base = qkv + (size_t)b * Tn * QKV;
+    const T* kh = base + (size_t)(NH + g) * HS;
+    const T* vh = base + (size_t)(NH + NKV + g) * HS;
+    const int32_t* mrow = mask + (size_t)b * Tn;
+
+    load_rows<T, HSMAX>(Qs, HSMAX, K::ROWS, base + (size_t)h * HS, QKV, q0, Tn, HS);
+    float m[R], l[R], o[R][NDL];
+    int seg[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int t1 = q0 + warp * R + r;
+        seg[r] = t1 < Tn ? mrow[t1] : 0;
+        m[r] = -INFINITY;
+        l[r] = 0.f;
+#pragma unroll
+        for (int k = 0; k < NDL; k++) o[r][k] = 0.f;
+    }
+
+    // causality: no key past the block's last query row
+    const int kend = Tn < q0 + K::ROWS ? Tn : q0 + K::ROWS;
+    for (int k0 = 0; k0 < kend; k0 += kTile) {
+        __syncthreads();  // previous tile fully consumed
+        load_rows<T, HSMAX>(Ks, STRIDE, kTile, kh, QKV, k0, Tn, HS);
+        load_rows<T, HSMAX>(Vs, STRIDE, kTile, vh, QKV, k0, Tn, HS);
+        if (threadIdx.x < kTile) {
+            const int t = k0 + (int)threadIdx.x;
+            kseg_s[threadIdx.x] = t < Tn ? mrow[t] : 0;
+        }
+        __syncthreads();
+        const int t2 = k0 + lane, kseg = kseg_s[lane];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int t1 = q0 + warp * R + r;
+            const bool live = visible(t1, seg[r], t2, kseg);
+            const float s = live ? dot<HSMAX>(Qs + (warp * R + r) * HSMAX, Ks + lane * STRIDE) * scale
+                                 : -INFINITY;
+            const float m_new = fmaxf(m[r], warp_max(s));
+            float pj = 0.f, alpha = 1.f;
+            if (m_new != -INFINITY) {  // else nothing visible yet: o and l stay 0
+                alpha = expf(m[r] - m_new);
+                pj = live ? expf(s - m_new) : 0.f;
+            }
+            l[r] = l[r] * alpha + warp_sum(pj);
+            m[r] = m_new;
+#pragma unroll
+            for (int k = 0; k < NDL; k++) o[r][k] *= alpha;
+#pragma unroll 8
+            for (int j = 0; j < kTile; j++) {
+                const float w = __shfl_sync(kFull, pj, j);
+                if (w == 0.f) continue;  // warp-uniform; an invisible key's v never enters
+#pragma unroll
+                for (int k = 0; k < NDL; k++) o[r][k] += w * Vs[j * STRIDE + lane + 32 * k];
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int t1 = q0 + warp * R + r;
+        if (t1 >= Tn) continue;
+        const bool any = l[r] > 0.f;  // false only for a padding row
+        const float inv = any ? 1.f / l[r] : 0.f;
+        T* orow = out + ((size_t)b * Tn + t1) * OC + (size_t)h * HS;
+#pragma unroll
+        for (int k = 0; k < NDL; k++) {
+            const int d = lane + 32 * k;
+            if (d < HS) orow[d] = from_f<T>(o[r][k] * inv);
+        }
+        if (lane == 0) lse[(size_t)bh * Tn + t1] = any ? m[r] + logf(l[r]) : 0.f;
+    }
+}
+
+// ---- backward -----------------------------------------------------------------
+// delta (B,NH,T) = rowsum(dout * out); one warp per (b, h, t).
+template <typename T>
+__global__ void causal_attention_delta_kernel(float* delta, const T* dout, const T* out, int B,
+                                              int Tn, int NH, int HS) {
+    const size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    if (row >= (size_t)B * NH * Tn) return;
+    const int lane = threadIdx.x & 31;
+    const int t = (int)(row % Tn);
+    const size_t bh = row / Tn;
+    const int b = (int)(bh / NH), h = (int)(bh % NH);
+    const size_t off = ((size_t)b * Tn + t) * NH * HS + (size_t)h * HS;
+    float s = 0.f;
+    for (int d = lane; d < HS; d += 32) s += to_f(dout[off + d]) * to_f(out[off + d]);
+    s = warp_sum(s);
+    if (lane == 0) delta[row] = s;
+}
+
+// dq of query head h: grid (ceil(T / ROWS), B*NH). Writes every q element of
+// dqkv (padding rows and rows past nothing visible: 0).
+template <typename T, int NDL>
+__global__ void __launch_bounds__(32 * kWarps)
+    causal_attention_backward_dq_kernel(T* dqkv, const T* dout, const T* qkv, const float* lse,
+                                        const float* delta, const int32_t* mask, int Tn, int NH,
+                                        int NKV, int HS, float scale) {
+    using K = Cfg<NDL>;
+    constexpr int HSMAX = K::HSMAX, STRIDE = K::STRIDE, R = K::R;
+    __shared__ float Ks[kTile * STRIDE];
+    __shared__ float Vs[kTile * STRIDE];
+    __shared__ float Qs[K::ROWS * HSMAX];
+    __shared__ float dOs[K::ROWS * HSMAX];
+    __shared__ int kseg_s[kTile];
+
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, g = h / (NH / NKV);
+    const int QKV = (NH + 2 * NKV) * HS, OC = NH * HS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int q0 = blockIdx.x * K::ROWS;
+    const T* base = qkv + (size_t)b * Tn * QKV;
+    const T* kh = base + (size_t)(NH + g) * HS;
+    const T* vh = base + (size_t)(NH + NKV + g) * HS;
+    const int32_t* mrow = mask + (size_t)b * Tn;
+
+    load_rows<T, HSMAX>(Qs, HSMAX, K::ROWS, base + (size_t)h * HS, QKV, q0, Tn, HS);
+    load_rows<T, HSMAX>(dOs, HSMAX, K::ROWS, dout + (size_t)b * Tn * OC + (size_t)h * HS, OC, q0,
+                        Tn, HS);
+    float dq[R][NDL], lse_r[R], delta_r[R];
+    int seg[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int t1 = q0 + warp * R + r;
+        seg[r] = t1 < Tn ? mrow[t1] : 0;
+        lse_r[r] = t1 < Tn ? lse[(size_t)bh * Tn + t1] : 0.f;
+        delta_r[r] = t1 < Tn ? delta[(size_t)bh * Tn + t1] : 0.f;
+#pragma unroll
+        for (int k = 0; k < NDL; k++) dq[r][k] = 0.f;
+    }
+
+    const int kend = Tn < q0 + K::ROWS ? Tn : q0 + K::ROWS;
+    for (int k0 = 0; k0 < kend; k0 += kTile) {
+        __syncthreads();
+        load_rows<T, HSMAX>(Ks, STRIDE, kTile, kh, QKV, k0, Tn, HS);
+        load_rows<T, HSMAX>(Vs, STRIDE, kTile, vh, QKV, k0, Tn, HS);
+        if (threadIdx.x < kTile) {
+            const int t = k0 + (int)threadIdx.x;
+            kseg_s[threadIdx.x] = t < Tn ? mrow[t] : 0;
+        }
+        __syncthreads();
+        const int t2 = k0 + lane, kseg = kseg_s[lane];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int t1 = q0 + warp * R + r;
+            float ds = 0.f;
+            if (visible(t1, seg[r], t2, kseg)) {
+                const float s = dot<HSMAX>(Qs + (warp * R + r) * HSMAX, Ks + lane * STRIDE) * scale;
+                const float P = expf(s - lse_r[r]);
+                const float dP = dot<HSMAX>(dOs + (warp * R + r) * HSMAX, Vs + lane * STRIDE);
+                ds = P * (dP - delta_r[r]);
+            }
+#pragma unroll 8
+            for (int j = 0; j < kTile; j++) {
+                const float w = __shfl_sync(kFull, ds, j);
+                if (w == 0.f) continue;  // warp-uniform
+#pragma unroll
+                for (int k = 0; k < NDL; k++) dq[r][k] += w * Ks[j * STRIDE + lane + 32 * k];
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int t1 = q0 + warp * R + r;
+        if (t1 >= Tn) continue;
+        T* row = dqkv + ((size_t)b * Tn + t1) * QKV + (size_t)h * HS;
+#pragma unroll
+        for (int k = 0; k < NDL; k++) {
+            const int d = lane + 32 * k;
+            if (d < HS) row[d] = from_f<T>(dq[r][k] * scale);
+        }
+    }
+}
+
+// dk, dv of kv head g: grid (ceil(T / ROWS), B*NKV). Loops over the query
+// heads g*G .. g*G+G-1 in order, and for each over the query tiles from the
+// one holding the block's first key (earlier queries see none of its keys).
+template <typename T, int NDL>
+__global__ void __launch_bounds__(32 * kWarps)
+    causal_attention_backward_dkdv_kernel(T* dqkv, const T* dout, const T* qkv, const float* lse,
+                                          const float* delta, const int32_t* mask, int Tn, int NH,
+                                          int NKV, int HS, float scale) {
+    using K = Cfg<NDL>;
+    constexpr int HSMAX = K::HSMAX, STRIDE = K::STRIDE, R = K::R;
+    __shared__ float Qs[kTile * STRIDE];
+    __shared__ float dOs[kTile * STRIDE];
+    __shared__ float Kr[K::ROWS * HSMAX];
+    __shared__ float Vr[K::ROWS * HSMAX];
+    __shared__ float lse_s[kTile], delta_s[kTile];
+    __shared__ int qseg_s[kTile];
+
+    const int bg = blockIdx.y, b = bg / NKV, g = bg % NKV, G = NH / NKV;
+    const int QKV = (NH + 2 * NKV) * HS, OC = NH * HS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int k0 = blockIdx.x * K::ROWS;
+    const T* base = qkv + (size_t)b * Tn * QKV;
+    const int32_t* mrow = mask + (size_t)b * Tn;
+
+    load_rows<T, HSMAX>(Kr, HSMAX, K::ROWS, base + (size_t)(NH + g) * HS, QKV, k0, Tn, HS);
+    load_rows<T, HSMAX>(Vr, HSMAX, K::ROWS, base + (size_t)(NH + NKV + g) * HS, QKV, k0, Tn, HS);
+    float dk[R][NDL], dv[R][NDL];
+    int kseg[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int t2 = k0 + warp * R + r;
+        kseg[r] = t2 < Tn ? mrow[t2] : 0;
+#pragma unroll
+        for (int k = 0; k < NDL; k++) dk[r][k] = dv[r][k] = 0.f;
+    }
+
+    const int qstart = k0 / kTile * kTile;
+    for (int h = g * G; h < (g + 1) * G; h++) {
+        const T* qh = base + (size_t)h * HS;
+        const T* doh = dout + (size_t)b * Tn * OC + (size_t)h * HS;
+        const float* lse_h = lse + ((size_t)b * NH + h) * Tn;
+        const float* delta_h = delta + ((size_t)b * NH + h) * Tn;
+        for (int q0 = qstart; q0 < Tn; q0 += kTile) {
+            __syncthreads();
+            load_rows<T, HSMAX>(Qs, STRIDE, kTile, qh, QKV, q0, Tn, HS);
+            load_rows<T, HSMAX>(dOs, STRIDE, kTile, doh, OC, q0, Tn, HS);
+            if (threadIdx.x < kTile) {
+                const int t = q0 + (int)threadIdx.x;
+                lse_s[threadIdx.x] = t < Tn ? lse_h[t] : 0.f;
+                delta_s[threadIdx.x] = t < Tn ? delta_h[t] : 0.f;
+                qseg_s[threadIdx.x] = t < Tn ? mrow[t] : 0;
+            }
+            __syncthreads();
+            const int t1 = q0 + lane, qseg = qseg_s[lane];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int t2 = k0 + warp * R + r;
+                float p = 0.f, ds = 0.f;
+                if (visible(t1, qseg, t2, kseg[r])) {
+                    const float s = dot<HSMAX>(Qs + lane * STRIDE, Kr + (warp * R + r) * HSMAX) * scale;
+                    p = expf(s - lse_s[lane]);
+                    const float dP = dot<HSMAX>(dOs + lane * STRIDE, Vr + (warp * R + r) * HSMAX);
+                    ds = p * (dP - delta_s[lane]);
+                }
+#pragma unroll 8
+                for (int j = 0; j < kTile; j++) {
+                    const float wp = __shfl_sync(kFull, p, j);
+                    const float wd = __shfl_sync(kFull, ds, j);
+                    if (wp == 0.f && wd == 0.f) continue;  // warp-uniform
+#pragma unroll
+                    for (int k = 0; k < NDL; k++) {
+                        dv[r][k] += wp * dOs[j * STRIDE + lane + 32 * k];
+                        dk[r][k] += wd * Qs[j * STRIDE + lane + 32 * k];
+                    }
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int t2 = k0 + warp * R + r;
+        if (t2 >= Tn) continue;
+        T* row = dqkv + ((size_t)b * Tn + t2) * QKV;
+#pragma unroll
+        for (int k = 0; k < NDL; k++) {
+            const int d = lane + 32 * k;
+            if (d < HS) {
+                row[(size_t)(NH + g) * HS + d] = from_f<T>(dk[r][k] * scale);
+                row[(size_t)(NH + NKV + g) * HS + d] = from_f<T>(dv[r][k]);
+            }
+        }
+    }
+}
+
+// ---- generation ---------------------------------------------------------------
+// kcache/vcache (B, NKV, cap, HS) columns col0.. <- the k/v heads of qkv (B, Tn).
+template <typename T>
+__global__ void kv_cache_store_kernel(T* kcache, T* vcache, const T* qkv, int B, int Tn, int NH,
+                                      int NKV, int HS, int col0, int cap) {
+    const size_t n = (size_t)B * Tn * NKV * HS, QKV = (size_t)(NH + 2 * NKV) * HS;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        const int d = (int)(idx % HS);
+        size_t rest = idx / HS;
+        const int g = (int)(rest % NKV);
+        rest /= NKV;
+        const int t = (int)(rest % Tn);
+        const size_t b = rest / Tn;
+        const T* src = qkv + (b * Tn + t) * QKV;
+        const size_t dst = ((b * NKV + g) * cap + (size_t)(col0 + t)) * HS + d;
+        kcache[dst] = src[(size_t)(NH + g) * HS + d];
+        vcache[dst] = src[(size_t)(NH + NKV + g) * HS + d];
+    }
+}
+
+// One query per (b, h) against ncols cache columns: grid B*NH, block
+// 32*kWarps. Warp w takes the key tiles w, w+kWarps, .. (lane j <-> key) with
+// its own online softmax; the kWarps partial (m, l, o) merge in warp order.
+template <typename T, int NDL>
+__global__ void __launch_bounds__(32 * kWarps)
+    decode_attention_kernel(T* out, const T* q, int q_stride, const T* kcache, const T* vcache,
+                            const int32_t* mask, int NH, int NKV, int HS, int ncols, int cap,
+                            float scale) {
+    constexpr int HSMAX = 32 * NDL;
+    __shared__ float qs[HSMAX];
+    __shared__ float m_s[kWarps], l_s[kWarps];
+    __shared__ float o_s[kWarps * HSMAX];
+
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, g = h / (NH / NKV);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const T* qh = q + (size_t)b * q_stride + (size_t)h * HS;
+    const T* Kc = kcache + ((size_t)b * NKV + g) * cap * HS;
+    const T* Vc = vcache + ((size_t)b * NKV + g) * cap * HS;
+    const int32_t* mrow = mask + (size_t)b * cap;
+    for (int d = threadIdx.x; d < HSMAX; d += blockDim.x) qs[d] = d < HS ? to_f(qh[d]) : 0.f;
+    __syncthreads();
+
+    float m = -INFINITY, l = 0.f, o[NDL];
+#pragma unroll
+    for (int k = 0; k < NDL; k++) o[k] = 0.f;
+    for (int k0 = warp * kTile; k0 < ncols; k0 += kTile * kWarps) {
+        const int j = k0 + lane;
+        const bool live = j < ncols && mrow[j] != 0;
+        float s = -INFINITY;
+        if (live) {  // the key row straight from global memory (lane-strided; cached)
+            const T* krow = Kc + (size_t)j * HS;
+            float acc = 0.f;
+            for (int d = 0; d < HS; d++) acc += qs[d] * to_f(krow[d]);
+            s = acc * scale;
+        }
+        const float m_new = fmaxf(m, warp_max(s));
+        float pj = 0.f, alpha = 1.f;
+        if (m_new != -INFINITY) {
+            alpha = expf(m - m_new);
+            pj = live ? expf(s - m_new) : 0.f;
+        }
+        l = l * alpha + warp_sum(pj);
+        m = m_new;
+#pragma unroll
+        for (int k = 0; k < NDL; k++) o[k] *= alpha;
+#pragma unroll 8
+        for (int jj = 0; jj < kTile; jj++) {
+            const float w = __shfl_sync(kFull, pj, jj);
+            if (w == 0.f) continue;  // warp-uniform: masked and absent columns are never read
+            const T* vrow = Vc + (size_t)(k0 + jj) * HS;
+#pragma unroll
+            for (int k = 0; k < NDL; k++) {
+                const int d = lane + 32 * k;
+                if (d < HS) o[k] += w * to_f(vrow[d]);
+            }
+        }
+    }
+    if (lane == 0) {
+        m_s[warp] = m;
+        l_s[warp] = l;
+    }
+#pragma unroll
+    for (int k = 0; k < NDL; k++) o_s[warp * HSMAX + lane + 32 * k] = o[k];
+    __syncthreads();
+
+    float M = -INFINITY;
+    for (int w = 0; w < kWarps; w++) M = fmaxf(M, m_s[w]);
+    float L = 0.f, c[kWarps];
+    for (int w = 0; w < kWarps; w++) {
+        c[w] = m_s[w] == -INFINITY ? 0.f : expf(m_s[w] - M);
+        L += l_s[w] * c[w];
+    }
+    T* orow = out + (size_t)b * NH * HS + (size_t)h * HS;
+    for (int d = threadIdx.x; d < HS; d += blockDim.x) {
+        float acc = 0.f;
+        for (int w = 0; w < kWarps; w++) acc += o_s[w * HSMAX + d] * c[w];
+        orow[d] = from_f<T>(L > 0.f ? acc / L : 0.f);  // no real key: 0
+    }
+}
+
+std::string shape_of(int B, int Tn, int NH, int NKV, int HS) {
+    return "B=" + std::to_string(B) + " T=" + std::to_string(Tn) + " NH=" + std::to_string(NH) +
+           " NKV=" + std::to_string(NKV) + " HS=" + std::to_string(HS);
+}
+
+// Shapes every kernel here needs: heads, GQA grouping, HS even and <= 128.
+void check_heads(const char* k, int B, int Tn, int NH, int NKV, int HS) {
+    const std::string shape = shape_of(B, Tn, NH, NKV, HS);
+    detail::require(B >= 0 && Tn >= 0, k, "B and T must be >= 0: " + shape);
+    detail::require(NH > 0 && NKV > 0 && NH % NKV == 0, k,
+                    "NH (num_attention_heads) must be a positive multiple of NKV "
+                    "(num_key_value_heads): " + shape);
+    detail::require(HS > 0 && HS % 2 == 0 && HS <= 128, k,
+                    "HS (head_dim) must be even and <= 128: " + shape);
+}
+
+// Forward / backward: grid.y = B*NH (and B*NKV <= it) must fit 65535.
+void check_args(const char* k, int B, int Tn, int NH, int NKV, int HS) {
+    check_heads(k, B, Tn, NH, NKV, HS);
+    detail::require((long long)B * NH <= 65535, k,
+                    "B*NH must be <= 65535 (grid.y): " + shape_of(B, Tn, NH, NKV, HS));
+}
+
+template <typename T, int NDL>
+void launch_forward(T* out, float* lse, const T* qkv, const int32_t* mask, int B, int Tn, int NH,
+                    int NKV, int HS, float scale, cudaStream_t stream) {
+    const dim3 grid((Tn + Cfg<NDL>::ROWS - 1) / Cfg<NDL>::ROWS, B * NH);
+    causal_attention_forward_kernel<T, NDL><<<grid, 32 * kWarps, 0, stream>>>(out, lse, qkv, mask, Tn, NH,
+                                                                             NKV, HS, scale);
+    check_launch("causal_attention_forward_kernel");
+}
+
+template <typename T, int NDL>
+void launch_backward(T* dqkv, const float* delta, const T* dout, const T* qkv, const float* lse,
+                     const int32_t* mask, int B, int Tn, int NH, int NKV, int HS, float scale,
+                     cudaStream_t stream) {
+    const unsigned tiles = (Tn + Cfg<NDL>::ROWS - 1) / Cfg<NDL>::ROWS;
+    causal_attention_backward_dq_kernel<T, NDL><<<dim3(tiles, B * NH), 32 * kWarps, 0, stream>>>(
+        dqkv, dout, qkv, lse, delta, mask, Tn, NH, NKV, HS, scale);
+    check_launch("causal_attention_backward_dq_kernel");
+    causal_attention_backward_dkdv_kernel<T, NDL><<<dim3(tiles, B * NKV), 32 * kWarps, 0, stream>>>(
+        dqkv, dout, qkv, lse, delta, mask, Tn, NH, NKV, HS, scale);
+    check_launch("causal_attention_backward_dkdv_kernel");
+}
+
+template <typename T, int NDL>
+void launch_decode(T* out, const T* q, int q_stride, const T* kcache, const T* vcache,
+                   const int32_t* mask, int B, int NH, int NKV, int HS, int ncols, int cap,
+                   float scale, cudaStream_t stream) {
+    decode_attention_kernel<T, NDL><<<B * NH, 32 * kWarps, 0, stream>>>(out, q, q_stride, kcache, vcache,
+                                                                       mask, NH, NKV, HS, ncols, cap, scale);
+    check_launch("decode_attention_kernel");
+}
+}  // namespace
+
+template <typename T>
+void causal_attention_forward(T* out, float* lse, const T* qkv, const int32_t* mask, int B,
+                              int Tn, int NH, int NKV, int HS, cudaStream_t stream) {
+    check_args("causal_attention_forward", B, Tn, NH, NKV, HS);
+    if (B == 0 || Tn == 0) return;
+    const float scale = 1.f / sqrtf((float)HS);
+    switch ((HS + 31) / 32) {
+        case 1: launch_forward<T, 1>(out, lse, qkv, mask, B, Tn, NH, NKV, HS, scale, stream); break;
+        case 2: launch_forward<T, 2>(out, lse, qkv, mask, B, Tn, NH, NKV, HS, scale, stream); break;
+        case 3: launch_forward<T, 3>(out, lse, qkv, mask, B, Tn, NH, NKV, HS, scale, stream); break;
+        default: launch_forward<T, 4>(out, lse, qkv, mask, B, Tn, NH, NKV, HS, scale, stream); break;
+    }
+}
+
+template <typename T>
+void causal_attention_backward(T* dqkv, float* delta, const T* dout, const T* out, const T* qkv,
+                               const float* lse, const int32_t* mask, int B, int Tn, int NH,
+                               int NKV, int HS, cudaStream_t stream) {
+    check_args("causal_attention_backward", B, Tn, NH, NKV, HS);
+    if (B == 0 || Tn == 0) return;
+    const float scale = 1.f / sqrtf((float)HS);
+    const size_t rows = (size_t)B * NH * Tn;
+    detail::require(rows / 8 < 0x7fffffffu, "causal_attention_backward",
+                    "B*NH*T too large for the delta grid: " + shape_of(B, Tn, NH, NKV, HS));
+    causal_attention_delta_kernel<T><<<detail::grid_for(rows, 8), 256, 0, stream>>>(delta, dout, out, B,
+                                                                                   Tn, NH, HS);
+    check_launch("causal_attention_delta_kernel");
+    switch ((HS + 31) / 32) {
+        case 1: launch_backward<T, 1>(dqkv, delta, dout, qkv, lse, mask, B, Tn, NH, NKV, HS, scale, stream); break;
+        case 2: launch_backward<T, 2>(dqkv, delta, dout, qkv, lse, mask, B, Tn, NH, NKV, HS, scale, stream); break;
+        case 3: launch_backward<T, 3>(dqkv, delta, dout, qkv, lse, mask, B, Tn, NH, NKV, HS, scale, stream); break;
+        default: launch_backward<T, 4>(dqkv, delta, dout, qkv, lse, mask, B, Tn, NH, NKV, HS, scale, stream); break;
+    }
+}
+
+template <typename T>
+void kv_cache_store(T* kcache, T* vcache, const T* qkv, int B, int Tn, int NH, int NKV, int HS,
+                    int col0, int cap, cudaStream_t stream) {
+    const char* k = "kv_cache_store";
+    check_heads(k, B, Tn, NH, NKV, HS);
+    detail::require(col0 >= 0 && cap >= 0 && (long long)col0 + Tn <= cap, k,
+                    "columns col0=" + std::to_string(col0) + " .. col0+T-1 (T=" + std::to_string(Tn) +
+                        ") must lie in the cache's cap=" + std::to_string(cap));
+    const size_t n = (size_t)B * Tn * NKV * HS;
+    if (n == 0) return;
+    const unsigned grid = std::min(detail::grid_for(n, 256), 65535u);  // grid-stride beyond
+    kv_cache_store_kernel<T><<<grid, 256, 0, stream>>>(kcache, vcache, qkv, B, Tn, NH, NKV, HS, col0, cap);
+    check_launch("kv_cache_store_kernel");
+}
+
+template <typename T>
+void decode_attention(T* out, const T* q, int q_stride, const T* kcache, const T* vcache,
+                      const int32_t* mask, int B, int NH, int NKV, int HS, int ncols, int cap,
+                      cudaStream_t stream) {
+    const char* k = "decode_attention";
+    check_heads(k, B, 1, NH, NKV, HS);
+    detail::require(ncols >= 0 && ncols <= cap, k,
+                    "ncols=" + std::to_string(ncols) + " must be in [0, cap=" + std::to_string(cap) + "]");
+    detail::require(q_stride >= NH * HS, k,
+                    "q_stride=" + std::to_string(q_stride) + " must be >= NH*HS=" + std::to_string(NH * HS));
+    detail::require((long long)B * NH <= 0x7fffffffLL, k, "B*NH must fit grid.x");
+    if (B == 0) return;
+    const float scale = 1.f / sqrtf((float)HS);
+    switch ((HS + 31) / 32) {
+        case 1: launch_decode<T, 1>(out, q, q_stride, kcache, vcache, mask, B, NH, NKV, HS, ncols, cap, scale, stream); break;
+        case 2: launch_decode<T, 2>(out, q, q_stride, kcache, vcache, mask, B, NH, NKV, HS, ncols, cap, scale, stream); break;
+        case 3: launch_decode<T, 3>(out, q, q_stride, kcache, vcache, mask, B, NH, NKV, HS, ncols, cap, scale, stream); break;
+        default: launch_decode<T, 4>(out, q, q_stride, kcache, vcache, mask, B, NH, NKV, HS, ncols, cap, scale, stream); break;
+    }
+}
+
+#define NT_INSTANTIATE(T)                                                                         \
+    template void causal_attention_forward<T>(T*, float*, const T*, const int32_t*, int, int, int, \
+                                              int, int, cudaStream_t);                            \
+    template void causal_attention_backward<T>(T*, float*, const T*, const T*, const T*,          \
+                                               const float*, const int32_t*, int, int, int, int,  \
+                                               int, cudaStream_t);                                \
+    template void kv_cache_store<T>(T*, T*, const T*, int, int, int, int, int, int, int,          \
+                                    cudaStream_t);                                                \
+    template void decode_attention<T>(T*, const T*, int, const T*, const T*, const int32_t*, int, \
+                                      int, int, int, int, int, cudaStream_t);
+NT_INSTANTIATE(float)
+NT_INSTANTIATE(bf16)
+#undef NT_INSTANTIATE
+
+}  // namespace cuda
+}  // namespace nt
