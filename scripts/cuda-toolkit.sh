@@ -120,7 +120,7 @@ if [ "$mode" = "--build-check" ]; then
   cmake -S "$root" -B "$bdir" -DNODETUNE_CUDA=ON -DCMAKE_CUDA_COMPILER="$tk/bin/nvcc" \
     -DCUDAToolkit_ROOT="$tk" -DNCCL_ROOT="$nccl" >"$bdir.configure.log" 2>&1 || { cat "$bdir.configure.log"; exit 1; }
   grep "nodetune CUDA:" "$bdir.configure.log"
-  checks=(nodetune_cuda_check nodetune_engine_check)
+  checks=(nodetune_cuda_check nodetune_engine_check nodetune_llama_check)
   # The NCCL all-reduce check is built where MPI is found too (libopenmpi-dev).
   grep "nodetune NCCL:" "$bdir.configure.log" && checks+=(nodetune_nccl_check)
   cmake --build "$bdir" -j "$(nproc)" --target nodetune_cuda "${checks[@]}"

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { checkDevice, Engine, type Batch } from '../src/engine.js';
+import { checkDevice, Engine, loadAddon, type Batch } from '../src/engine.js';
 import { bf16Unsupported } from './helpers/bf16.js';
 import { llamaParameterShapes, parseLlamaConfig, peftKey, resolveLoraTargets, type LlamaConfig, type LoraConfig } from '../src/models/llama.js';
 import { relErr, tensors } from './helpers/tiny-bert-fixture.js';
@@ -377,6 +377,24 @@ for (const name of ['tiny-llama', 'tiny-qwen2'] as const) {
     await engine.dispose();
   });
 }
+
+test("device 'cuda': the CUDA decoder engine where the addon has the CUDA backend, else a clear error", async () => {
+  const f = await load('tiny-llama');
+  if (!loadAddon().cudaCompiled) {
+    assert.throws(() => makeEngine(f, undefined, { device: 'cuda' }), /this build of nodetune has no CUDA backend/);
+    return;
+  }
+  // Built with CUDA: a GPU gives an engine on it, no driver or device a thrown Error that says so.
+  let gpu: Engine | undefined;
+  try {
+    gpu = makeEngine(f, { r: 4, lora_alpha: 8, target_modules: ['q_proj', 'v_proj'] }, { device: 'cuda', precision: 'bf16' });
+  } catch (err) {
+    assert.match((err as Error).message, /CUDA device 0 requested, but .*(driver|device)/);
+    return;
+  }
+  assert.match(gpu.device(), /^cuda:0 \(.*, bf16\)$/);
+  await gpu.dispose();
+});
 
 test("precision 'bf16' on the CPU: a frozen base only (LoRA or trainable: false), causal LMs only", async () => {
   const f = await load('tiny-llama');

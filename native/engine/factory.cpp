@@ -5,6 +5,7 @@
 
 #ifdef NODETUNE_WITH_CUDA
 #include "cuda/engine_cuda.h"
+#include "cuda/llama_cuda.h"
 #endif
 
 namespace nt {
@@ -65,11 +66,15 @@ std::unique_ptr<EngineBase> make_engine(const BertConfig& config, const TrainCon
 #endif
 }
 
-std::unique_ptr<Model> make_causal_lm(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
+std::unique_ptr<CausalLM> make_causal_lm(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
                                       const DeviceSpec& device, bool gradient_checkpointing, bool trainable) {
-    if (device.kind != "cpu")
-        throw EngineError("device '" + device.kind + "': the Llama-family engine runs on the CPU only in this build "
-                          "(CUDA kernels for decoders are not written yet)");
+    if (device.kind != "cpu") {
+        check_device("cuda", device.precision, true);  // throws without the CUDA backend
+#ifdef NODETUNE_WITH_CUDA
+        return cuda::make_cuda_causal_lm(config, lora, train, device.index, device.precision == "bf16",
+                                         gradient_checkpointing, trainable);
+#endif
+    }
     return std::make_unique<LlamaEngine>(config, lora, train, gradient_checkpointing, device.precision == "bf16",
                                          trainable);
 }

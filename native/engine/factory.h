@@ -5,6 +5,7 @@
 #include <string>
 
 #include "engine/engine.h"
+#include "engine/model.h"
 
 namespace nt {
 
@@ -29,8 +30,9 @@ std::unique_ptr<EngineBase> make_engine(const BertConfig& config, const TrainCon
 
 struct LlamaConfig;  // models/llama.h
 struct LoraConfig;
-// A Llama-family causal LM (models/llama.h); CPU only for now (EngineError otherwise).
-std::unique_ptr<Model> make_causal_lm(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
+// A Llama-family causal LM: models/llama.h on the CPU, cuda/llama_cuda.h on
+// a GPU (EngineError from a build without the CUDA backend).
+std::unique_ptr<CausalLM> make_causal_lm(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
                                       const DeviceSpec& device, bool gradient_checkpointing, bool trainable = true);
 
 // True when this build includes the CUDA backend.

@@ -38,7 +38,8 @@ export function addGenerationOptions(cmd: Command): Command {
     .option('--seed <n>', 'seed of the sampling draws', int)
     .option('--stop <strings...>', 'stop strings: generation ends before the first of them')
     .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
-    .addOption(new Option('--precision <p>', 'fp32, or bf16: the weights read in bf16 by oneDNN (CPUs with AMX-BF16 or AVX512_BF16)').choices(['fp32', 'bf16']).default('fp32'));
+    .option('--device <device>', "'cpu', 'cuda' or 'cuda:N' (an addon built with the CUDA backend)", 'cpu')
+    .addOption(new Option('--precision <p>', 'fp32, or bf16: bf16 weights and activations on CUDA; on the CPU the weights read in bf16 by oneDNN (CPUs with AMX-BF16 or AVX512_BF16)').choices(['fp32', 'bf16']).default('fp32'));
 }
 
 /** GenerateOptions from the parsed flags. */
@@ -65,6 +66,7 @@ export async function loadFromFlags(opts: Record<string, unknown>): Promise<LLM>
   const load = () =>
     LLM.load(String(opts.model), {
       threads: opts.threads as number | undefined,
+      device: opts.device as string | undefined,
       precision: opts.precision as 'fp32' | 'bf16' | undefined,
       revision: opts.revision as string | undefined,
       lora: opts.lora as string | undefined,

@@ -56,7 +56,8 @@ for f in "$root"/native/cpu/*.cpp; do
 done
 compile -O3 -c "$root/native/engine/engine.cpp" -o "$out/obj/cpu_engine.o"
 compile -O3 -c "$root/native/engine/training.cpp" -o "$out/obj/cpu_training.o"
-objs+=("$out/obj/cpu_engine.o" "$out/obj/cpu_training.o")
+compile -O3 -c "$root/native/models/llama.cpp" -o "$out/obj/cpu_llama.o"
+objs+=("$out/obj/cpu_engine.o" "$out/obj/cpu_training.o" "$out/obj/cpu_llama.o")
 compile -c "$root/test/gpu/emu/cuda_emu.cpp" -o "$out/obj/emu.o"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 if [ $bench = 1 ]; then
@@ -72,9 +73,11 @@ if [ $bench = 1 ]; then
 fi
 compile -c "$root/test/gpu/kernel_check.cpp" -o "$out/obj/kernel_check.o"
 compile -c "$root/test/gpu/engine_check.cpp" -o "$out/obj/engine_check.o"
+compile -c "$root/test/gpu/llama_check.cpp" -o "$out/obj/llama_check.o"
 for p in "${pids[@]}"; do wait "$p"; done   # set -e: the first failed compile stops here
 "${cxx[@]}" "${objs[@]}" "$out/obj/emu.o" "$out/obj/kernel_check.o" -lopenblas -o "$out/kernel_check_emu"
 "${cxx[@]}" "${objs[@]}" "$out/obj/emu.o" "$out/obj/engine_check.o" -lopenblas -o "$out/engine_check_emu"
+"${cxx[@]}" "${objs[@]}" "$out/obj/emu.o" "$out/obj/llama_check.o" -lopenblas -o "$out/llama_check_emu"
 status=0
 if [ "${EMU_ENGINE_ONLY:-0}" != 1 ]; then
   echo "running the kernels on the CPU emulator (--quick sizes) ..."
@@ -82,4 +85,6 @@ if [ "${EMU_ENGINE_ONLY:-0}" != 1 ]; then
 fi
 echo "running the whole CUDA engine against the CPU engine on the emulator (--quick shapes) ..."
 "$out/engine_check_emu" --quick --json "$out/engine_check_emu.json" || status=$?
+echo "running the whole CUDA decoder engine against the CPU engine on the emulator (tiny Llama and Qwen2) ..."
+"$out/llama_check_emu" --quick --json "$out/llama_check_emu.json" || status=$?
 exit $status
