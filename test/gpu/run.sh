@@ -6,6 +6,11 @@
 #   engine_check   the whole CudaEngine against CpuEngine: logits, loss, every
 #                  gradient, 3 AdamW steps, dropout masks, freezing, gradient
 #                  accumulation; bf16 vs fp32 over 20 steps (test/gpu/engine_check.cpp)
+#   llama_check    the whole decoder engine (CudaLlamaEngine) against the CPU's on
+#                  tiny Llama and Qwen2 fixtures: logits, loss, every gradient and 3
+#                  AdamW steps (full, LoRA, checkpointing, freezing), generation
+#                  (prefill + decode logits, greedy tokens), 20 LoRA steps bf16 vs
+#                  fp32 (test/gpu/llama_check.cpp)
 #   addon_parity   device 'cuda' through the addon on the tiny-bert fixture
 #                  against Hugging Face (test/gpu/parity.mjs; needs node)
 #   nccl_smoke     `mpirun -n 1 nodetune_nccl_check`: the data-parallel gradient
@@ -13,6 +18,8 @@
 #                  on one rank (test/gpu/nccl_check.cpp; needs MPI and NCCL there:
 #                  NCCL_ROOT, or python3's nvidia-nccl-cu13, or the system's)
 #   bench          nodetune vs PyTorch eager bf16 training steps, TFLOP/s, MFU (test/gpu/bench.sh)
+#   bench_llm      decoder LoRA r16 bf16 vs PyTorch + PEFT: SmolLM2-135M and Llama-3.2-1B
+#                  shapes, B 8, T 1024/2048: tokens/s, MFU, peak memory (test/gpu/bench_llm.sh)
 #   kernels_contract  the CUDA kernel benchmarks at --tiny: every kernel, the counts
 #                  (test/gpu/bench_cuda.test.mjs)
 #   kernels_bf16, kernels_fp32   every CUDA kernel against the GPU's own GEMM and copy
@@ -210,8 +217,8 @@ nccl_target=()
 grep -q 'nodetune NCCL:' "$out/configure.log" && nccl_target=(nodetune_nccl_check)
 
 run_step build 240 "$out/build.log" cmake --build "$build" -j "$(nproc)" \
-  --target nodetune_cuda_check nodetune_engine_check "${addon_target[@]}" "${bench_target[@]}" "${nccl_target[@]}"
-finish build "nodetune_cuda_check nodetune_engine_check ${addon_target[*]} ${bench_target[*]} ${nccl_target[*]}"
+  --target nodetune_cuda_check nodetune_engine_check nodetune_llama_check "${addon_target[@]}" "${bench_target[@]}" "${nccl_target[@]}"
+finish build "nodetune_cuda_check nodetune_engine_check nodetune_llama_check ${addon_target[*]} ${bench_target[*]} ${nccl_target[*]}"
 if [ "$step_rc" -ne 0 ]; then grep -E 'error|Error' "$out/build.log" | head -n 30; print_summary; exit 1; fi
 bin="$build/Release"
 
@@ -223,6 +230,10 @@ grep -E 'FAIL|ERROR|error' "$out/kernel_check.txt" | head -n 20
 run_step engine_check 150 "$out/engine_check.txt" "$bin/nodetune_engine_check" --json "$out/engine_check.json"
 finish engine_check "$(grep -E 'engine checks failed|no CUDA device|error' "$out/engine_check.txt" | tail -n1)"
 grep -E 'FAIL|error' "$out/engine_check.txt" | head -n 20
+
+run_step llama_check 90 "$out/llama_check.txt" "$bin/nodetune_llama_check" --json "$out/llama_check.json"
+finish llama_check "$(grep -E 'decoder engine checks failed|no CUDA device|error' "$out/llama_check.txt" | tail -n1)"
+grep -E 'FAIL|threw' "$out/llama_check.txt" | head -n 20
 
 if [ ${#addon_target[@]} -gt 0 ] && [ -f "$root/dist/src/engine.js" ]; then
   run_step addon_parity 90 "$out/addon_parity.txt" env NODETUNE_ADDON="$bin/nodetune.node" "$node_bin" "$root/test/gpu/parity.mjs"
@@ -278,6 +289,9 @@ fi
 run_step bench 200 "$out/bench.log" env BUILD="$build" OUT="$out" bash "$root/test/gpu/bench.sh"
 finish bench "$(tail -n1 "$out/bench.log")"
 cat "$out/bench.txt" 2>/dev/null || tail -n 20 "$out/bench.log"
+run_step bench_llm 150 "$out/bench_llm.log" env BUILD="$build" OUT="$out" bash "$root/test/gpu/bench_llm.sh"
+finish bench_llm "$(tail -n1 "$out/bench_llm.log")"
+cat "$out/bench_llm.txt" 2>/dev/null || tail -n 20 "$out/bench_llm.log"
 [ $kernels_ok = 1 ] && kernel_table fp32
 
 # ---- compute-sanitizer at --quick sizes (seen working on Firecracker machines) ---------
