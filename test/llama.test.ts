@@ -70,6 +70,10 @@ function load(name: 'tiny-llama' | 'tiny-qwen2'): Promise<Fixture> {
   return cache.get(name)!;
 }
 
+// NODETUNE_TEST_DEVICE=cuda runs these Hugging Face parity tests on the CUDA
+// decoder engine (test/gpu/run.sh does, on a GPU machine); the default is the CPU.
+const testDevice = process.env.NODETUNE_TEST_DEVICE ?? 'cpu';
+
 function makeEngine(f: Fixture, lora?: LoraConfig, extra: Record<string, unknown> = {}): Engine {
   const o = f.meta.optimizer;
   const engine = new Engine({
@@ -77,6 +81,7 @@ function makeEngine(f: Fixture, lora?: LoraConfig, extra: Record<string, unknown
     lora,
     seed: 7,
     threads: 2,
+    device: testDevice,
     adam_beta1: o.betas[0],
     adam_beta2: o.betas[1],
     adam_epsilon: o.eps,
@@ -333,7 +338,7 @@ test('layers_to_transform adapts only those layers, with the gradients of the sa
 });
 
 function makeEngineWith(f: Fixture, lora: LoraConfig): Engine {
-  const engine = new Engine({ config: f.config, lora, seed: 7, threads: 2 });
+  const engine = new Engine({ config: f.config, lora, seed: 7, threads: 2, device: testDevice });
   for (const name of engine.parameterNames()) {
     const w = f.weights.get(name) ?? f.loraInit.get(name);
     if (w) engine.setWeight(name, w);

@@ -11,6 +11,8 @@
 #                  AdamW steps (full, LoRA, checkpointing, freezing), generation
 #                  (prefill + decode logits, greedy tokens), 20 LoRA steps bf16 vs
 #                  fp32 (test/gpu/llama_check.cpp)
+#   llama_addon    the decoder's Hugging Face/PEFT parity tests (dist/test/llama.test.js)
+#                  with NODETUNE_TEST_DEVICE=cuda: the CUDA decoder engine through the addon
 #   addon_parity   device 'cuda' through the addon on the tiny-bert fixture
 #                  against Hugging Face (test/gpu/parity.mjs; needs node)
 #   nccl_smoke     `mpirun -n 1 nodetune_nccl_check`: the data-parallel gradient
@@ -235,6 +237,15 @@ run_step llama_check 90 "$out/llama_check.txt" "$bin/nodetune_llama_check" --jso
 finish llama_check "$(grep -E 'decoder engine checks failed|no CUDA device|error' "$out/llama_check.txt" | tail -n1)"
 grep -E 'FAIL|threw' "$out/llama_check.txt" | head -n 20
 
+if [ ${#addon_target[@]} -gt 0 ] && [ -f "$root/dist/test/llama.test.js" ]; then
+  # The decoder's Hugging Face parity tests (tiny Llama and Qwen2 fixtures: logits, every
+  # gradient, 3 AdamW steps, LoRA against PEFT, padding, packing, checkpointing) on device 'cuda'.
+  run_step llama_addon 90 "$out/llama_addon.txt" env NODETUNE_ADDON="$bin/nodetune.node" NODETUNE_TEST_DEVICE=cuda \
+    "$node_bin" --test --test-name-pattern='tiny-(llama|qwen2)|padded|checkpointing|packing|layers_to_transform|LoRA adapter starts' \
+    "$root/dist/test/llama.test.js"
+  finish llama_addon "$(grep -E '^# (pass|fail)' "$out/llama_addon.txt" | tr '\n' ' ')"
+  grep -E '^not ok|rel err' "$out/llama_addon.txt" | head -n 20
+fi
 if [ ${#addon_target[@]} -gt 0 ] && [ -f "$root/dist/src/engine.js" ]; then
   run_step addon_parity 90 "$out/addon_parity.txt" env NODETUNE_ADDON="$bin/nodetune.node" "$node_bin" "$root/test/gpu/parity.mjs"
   finish addon_parity "$(tail -n1 "$out/addon_parity.txt")"
