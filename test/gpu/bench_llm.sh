@@ -43,7 +43,7 @@ torch = {(r["shape"], r["seq"]): r for r in map(json.loads, open(sys.argv[2]))}
 print(f"{'shape':<13} {'T':>5}  {'nodetune tok/s':>14} {'MFU':>6} {'peak GiB':>9}  {'torch tok/s':>11} {'peak GiB':>9}  {'speed':>6} {'memory':>7}")
 summary = []
 for r in nt["rows"]:
-    t = torch.get((names[r["shape"]], r["seq"]))
+    t = torch.get((names.get(r["shape"], r["shape"]), r["seq"]))
     speed = r["tokens_per_s"] / t["tokens_per_s"] if t else float("nan")
     mem = r["peak_bytes"] / t["peak_bytes"] if t and t.get("peak_bytes") else float("nan")
     print(f"{r['shape']:<13} {r['seq']:>5}  {r['tokens_per_s']:>14.0f} {100 * r['mfu']:>5.1f}% {r['peak_bytes'] / 2**30:>9.2f}  "

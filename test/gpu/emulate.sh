@@ -87,4 +87,6 @@ echo "running the whole CUDA engine against the CPU engine on the emulator (--qu
 "$out/engine_check_emu" --quick --json "$out/engine_check_emu.json" || status=$?
 echo "running the whole CUDA decoder engine against the CPU engine on the emulator (tiny Llama and Qwen2) ..."
 "$out/llama_check_emu" --quick --json "$out/llama_check_emu.json" || status=$?
+echo "the decoder benchmark's code path at tiny shapes (llama_check --bench --tiny) ..."
+"$out/llama_check_emu" --bench --tiny --steps 1 || status=$?
 exit $status

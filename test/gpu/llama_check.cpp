@@ -38,7 +38,8 @@
 // backward twice that). test/gpu/bench_llm.sh puts PyTorch + PEFT beside it.
 //
 // Usage: nodetune_llama_check [--quick] [--json FILE]
-//        nodetune_llama_check --bench [--steps N] [--json FILE]
+//        nodetune_llama_check --bench [--steps N] [--tiny] [--json FILE]
+//   --tiny: the benchmark's code path on the tiny fixtures' shapes (the emulator)
 // Exit: 0 all pass, or no CUDA device; 1 a check failed; 2 an error was thrown.
 #include <algorithm>
 #include <chrono>
@@ -453,9 +454,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// The GPU's bf16 GEMM ceiling as cuBLASLt reaches it: 8192^3, median of 10.
-double gemm_ceiling_tflops() {
-    const int n = 8192;
+// The GPU's bf16 GEMM ceiling as cuBLASLt reaches it: n^3 (8192), median of 10.
+double gemm_ceiling_tflops(int n) {
     nt::cuda::Blas blas;
     nt::cuda::bf16 *a = nullptr, *c = nullptr;
     NT_CUDA_CHECK(cudaMalloc((void**)&a, (size_t)n * n * sizeof(nt::cuda::bf16)));
@@ -480,10 +480,13 @@ size_t device_used() {
     return total_b - free_b;
 }
 
-int run_bench(int steps, const char* json_path) {
-    const double ceiling = gemm_ceiling_tflops();
-    std::printf("bf16 GEMM ceiling (cuBLASLt 8192^3): %.1f TFLOP/s\n", ceiling);
-    const BenchShape shapes[] = {{"SmolLM2-135M", smollm2_135m()}, {"Llama-3.2-1B", llama32_1b()}};
+// tiny: the same code path on small shapes (T 32, 64), for the emulator.
+int run_bench(int steps, bool tiny, const char* json_path) {
+    const int gemm_n = tiny ? 128 : 8192;
+    const double ceiling = gemm_ceiling_tflops(gemm_n);
+    std::printf("bf16 GEMM ceiling (cuBLASLt %d^3): %.1f TFLOP/s\n", gemm_n, ceiling);
+    std::vector<BenchShape> shapes = {{"SmolLM2-135M", smollm2_135m()}, {"Llama-3.2-1B", llama32_1b()}};
+    if (tiny) shapes = {{"tiny-llama", tiny_llama()}, {"tiny-qwen2", tiny_qwen2()}};
     LoraConfig lora;
     lora.r = 16;
     lora.lora_alpha = 32;
@@ -493,8 +496,8 @@ int run_bench(int steps, const char* json_path) {
     int failed = 0;
     std::printf("%-14s %5s %6s %12s %9s %7s %11s\n", "shape", "batch", "seq", "tokens/s", "TFLOP/s", "MFU", "peak MiB");
     for (const BenchShape& sh : shapes)
-        for (int T : {1024, 2048}) {
-            const int B = 8;
+        for (int T : tiny ? std::vector<int>{32, 64} : std::vector<int>{1024, 2048}) {
+            const int B = tiny ? 2 : 8;
             try {
                 const size_t before = device_used();
                 TrainConfig tc;
@@ -562,15 +565,16 @@ int run_bench(int steps, const char* json_path) {
 
 int main(int argc, char** argv) {
     const char* json_path = nullptr;
-    bool quick = false, bench = false;
+    bool quick = false, bench = false, tiny = false;
     int steps = 5;
     for (int i = 1; i < argc; i++) {
         if (std::strcmp(argv[i], "--json") == 0 && i + 1 < argc) json_path = argv[++i];
         else if (std::strcmp(argv[i], "--quick") == 0) quick = true;
         else if (std::strcmp(argv[i], "--bench") == 0) bench = true;
+        else if (std::strcmp(argv[i], "--tiny") == 0) tiny = true;
         else if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc) steps = std::max(1, std::atoi(argv[++i]));
         else {
-            std::fprintf(stderr, "usage: %s [--quick] [--json FILE] | --bench [--steps N] [--json FILE]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--quick] [--json FILE] | --bench [--steps N] [--tiny] [--json FILE]\n", argv[0]);
             return 2;
         }
     }
@@ -581,7 +585,7 @@ int main(int argc, char** argv) {
     }
     if (bench) {
         try {
-            return run_bench(steps, json_path);
+            return run_bench(steps, tiny, json_path);
         } catch (const std::exception& e) {
             std::fprintf(stderr, "llama_check --bench: error: %s\n", e.what());
             return 2;
