@@ -589,15 +589,7 @@ float CudaLlamaEngine::accumulate(const Batch& b, float loss_scale) {
 // ---- generation -----------------------------------------------------------------------------
 
 void CudaLlamaEngine::prefill(const Batch& b, int max_new_tokens, float* logits) {
-    validate(b, false);
-    if (max_new_tokens < 1) throw EngineError("max_new_tokens must be >= 1, got " + std::to_string(max_new_tokens));
-    for (int i = 0; i < b.B; i++)
-        if (b.attention_mask[(size_t)i * b.T + b.T - 1] != 1)
-            throw EngineError("prompt " + std::to_string(i) + " does not end in column T-1: generation needs left padding");
-    const long long cap = (long long)b.T + max_new_tokens;
-    if (cap > cfg_.max_position_embeddings)
-        throw EngineError("prompt length " + std::to_string(b.T) + " + max_new_tokens " + std::to_string(max_new_tokens) +
-                          " exceeds max_position_embeddings=" + std::to_string(cfg_.max_position_embeddings));
+    const int cap = check_prefill(b, max_new_tokens);
     activate();
     auto& g = s_->gen;
     g.B = 0;  // invalid until the prefill completes
@@ -650,10 +642,7 @@ void CudaLlamaEngine::decode(const int32_t* tokens, float* logits) {
     if (g.len >= g.cap)
         throw EngineError("decode(): the KV cache is full (" + std::to_string(g.cap) + " columns: prompt + max_new_tokens)");
     const int B = g.B, cap = g.cap, col = g.len;
-    for (int i = 0; i < B; i++)
-        if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size)
-            throw EngineError("tokens[" + std::to_string(i) + "] = " + std::to_string(tokens[i]) +
-                              " is out of range: expected 0 <= id < vocab_size (" + std::to_string(cfg_.vocab_size) + ")");
+    check_decode_tokens(tokens, B);
     activate();
     ensure_activations(B, 1, false);
     LlamaCudaState& s = *s_;

@@ -591,8 +591,7 @@ void LlamaEngine::capture_kv(int l) {
     }
 }
 
-void LlamaEngine::prefill(const Batch& b, int max_new_tokens, float* logits) {
-    set_threads();
+int LlamaPlan::check_prefill(const Batch& b, int max_new_tokens) const {
     validate(b, false);
     if (max_new_tokens < 1) throw EngineError("max_new_tokens must be >= 1, got " + std::to_string(max_new_tokens));
     for (int i = 0; i < b.B; i++)
@@ -602,6 +601,19 @@ void LlamaEngine::prefill(const Batch& b, int max_new_tokens, float* logits) {
     if (cap > cfg_.max_position_embeddings)
         throw EngineError("prompt length " + std::to_string(b.T) + " + max_new_tokens " + std::to_string(max_new_tokens) +
                           " exceeds max_position_embeddings=" + std::to_string(cfg_.max_position_embeddings));
+    return (int)cap;
+}
+
+void LlamaPlan::check_decode_tokens(const int32_t* tokens, int B) const {
+    for (int i = 0; i < B; i++)
+        if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size)
+            throw EngineError("tokens[" + std::to_string(i) + "] = " + std::to_string(tokens[i]) +
+                              " is out of range: expected 0 <= id < vocab_size (" + std::to_string(cfg_.vocab_size) + ")");
+}
+
+void LlamaEngine::prefill(const Batch& b, int max_new_tokens, float* logits) {
+    set_threads();
+    const size_t cap = check_prefill(b, max_new_tokens);
     const int L = cfg_.num_hidden_layers, NKV = cfg_.num_key_value_heads, HS = cfg_.head_dim, C = cfg_.hidden_size;
     const size_t cache = (size_t)L * b.B * NKV * cap * HS;
     require_memory(2 * cache * sizeof(float), "the KV cache for " + std::to_string(b.B) + " sequences of " +
@@ -643,10 +655,7 @@ void LlamaEngine::decode(const int32_t* tokens, float* logits) {
     if (gen_.len >= gen_.cap)
         throw EngineError("decode(): the KV cache is full (" + std::to_string(gen_.cap) + " columns: prompt + max_new_tokens)");
     const int B = gen_.B, C = cfg_.hidden_size, cap = gen_.cap, col = gen_.len;
-    for (int i = 0; i < B; i++)
-        if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size)
-            throw EngineError("tokens[" + std::to_string(i) + "] = " + std::to_string(tokens[i]) +
-                              " is out of range: expected 0 <= id < vocab_size (" + std::to_string(cfg_.vocab_size) + ")");
+    check_decode_tokens(tokens, B);
     set_threads();
     refresh_bf16();
     ensure_activations(B, 1, false);

@@ -98,6 +98,13 @@ public:
     // id) and T against the config; throws EngineError naming tensor,
     // position and range.
     void validate(const Batch& batch, bool need_labels) const;
+    // The generation contract's checks (CausalLM): validate, max_new_tokens
+    // >= 1, prompts left-padded, T + max_new_tokens within
+    // max_position_embeddings. Returns the KV cache's columns (T +
+    // max_new_tokens). Throws EngineError saying which.
+    int check_prefill(const Batch& prompts, int max_new_tokens) const;
+    // Each of the B decode tokens a vocabulary id; throws EngineError naming it.
+    void check_decode_tokens(const int32_t* tokens, int B) const;
     // HF position ids (B*T): cumsum(attention_mask != 0) - 1 clamped at 0;
     // packed examples (segments 1, 2, ...) each count from 0.
     static void position_ids(const Batch& batch, int32_t* pos);
