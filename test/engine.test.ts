@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Engine, loadAddon, type Batch } from '../src/engine.js';
+import { checkDevice, Engine, loadAddon, type Batch } from '../src/engine.js';
 import type { BertConfig } from '../src/config.js';
 import { checkThreeAdamWSteps, fixtureEngine, loadTinyBertFixture, relErr, tensors, type TinyBertFixture } from './helpers/tiny-bert-fixture.js';
 import { loadModel } from '../src/model.js';
@@ -273,6 +273,11 @@ test('devices: unknown names, bf16 on the CPU and CUDA without a CUDA build are 
   assert.throws(() => new Engine({ config: f.config, device: 'tpu' }), /unknown device 'tpu': expected 'cpu', 'cuda' or 'cuda:N'/);
   assert.throws(() => new Engine({ config: f.config, device: 'cuda:x' }), /device 'cuda:x': expected 'cuda:N'/);
   assert.throws(() => new Engine({ config: f.config, precision: 'bf16' }), /precision 'bf16' needs device 'cuda'/);
+  // checkDevice's arguments of another type are named, not replaced by the defaults
+  assert.throws(() => checkDevice(123 as unknown as string), /^Error: checkDevice: device \('cpu', 'cuda' or 'cuda:N'\) must be a string, got a number$/);
+  assert.throws(() => checkDevice('cpu', 5 as unknown as string), /precision \('fp32' or 'bf16'\) must be a string, got a number/);
+  assert.throws(() => checkDevice('cpu', 'fp32', 'yes' as unknown as boolean), /causalLM must be a boolean, got a string/);
+  checkDevice(undefined, undefined, undefined);
   const engine = new Engine({ config: f.config });
   assert.equal(engine.device(), 'cpu');
   await engine.dispose();

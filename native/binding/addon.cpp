@@ -1063,12 +1063,22 @@ Napi::Value DistributedFinish(const Napi::CallbackInfo& info) {
 
 // checkDevice(device, precision, causalLM?): nt::check_device, the engine
 // factory's own rules, so a caller can reject a device before loading weights.
+// checkDevice(device = 'cpu', precision = 'fp32', causalLM = false): an
+// argument of another type is an error naming it (undefined takes the default).
 Napi::Value CheckDevice(const Napi::CallbackInfo& info) {
-    const auto text = [&](size_t i, const char* fallback) {
-        return info.Length() > i && info[i].IsString() ? info[i].As<Napi::String>().Utf8Value() : std::string(fallback);
+    const auto given = [&](size_t i) { return info.Length() > i && !info[i].IsUndefined(); };
+    const auto text = [&](size_t i, const char* what, const char* fallback) {
+        if (!given(i)) return std::string(fallback);
+        if (!info[i].IsString())
+            throw EngineError(std::string("checkDevice: ") + what + " must be a string, got " + type_name(info[i]));
+        return info[i].As<Napi::String>().Utf8Value();
     };
     try {
-        nt::check_device(text(0, "cpu"), text(1, "fp32"), info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value());
+        const std::string device = text(0, "device ('cpu', 'cuda' or 'cuda:N')", "cpu");
+        const std::string precision = text(1, "precision ('fp32' or 'bf16')", "fp32");
+        if (given(2) && !info[2].IsBoolean())
+            throw EngineError("checkDevice: causalLM must be a boolean, got " + type_name(info[2]));
+        nt::check_device(device, precision, given(2) && info[2].As<Napi::Boolean>().Value());
     } catch (const std::exception& e) {
         throw Napi::Error::New(info.Env(), e.what());
     }
