@@ -117,3 +117,11 @@ test('generate --precision bf16 reads the weights in bf16 (LLM.load precision) w
   const e = nodetune('', 'eval', '--model', join(root, '.cache/models/all-MiniLM-L6-v2'), '--data', 'x.csv', '--precision', 'bf16');
   assert.match(e.stderr, /--precision is for a causal LM; the classifier .* is evaluated in fp32/);
 });
+
+test('generate --device cuda reaches the engine factory: no CUDA backend, or no GPU, is one clear line', { skip: missing }, () => {
+  const r = nodetune('', 'generate', '--model', gguf, '--prompt', 'hi', '--max-new-tokens', '2', '--device', 'cuda', '--precision', 'bf16');
+  if (r.status === 0) return;  // a CUDA build on a machine with a GPU
+  assert.match(r.stderr, /^nodetune: (device 'cuda' was requested, but this build of nodetune has no CUDA backend|CUDA device 0 requested, but )/);
+  const bad = nodetune('', 'generate', '--model', gguf, '--prompt', 'hi', '--device', 'tpu');
+  assert.match(bad.stderr, /unknown device 'tpu': expected 'cpu', 'cuda' or 'cuda:N'/);
+});

@@ -18,6 +18,9 @@ namespace nt {
 namespace cuda {
 
 namespace {
+// Matmul plans kept at most (see Blas::gemm): far more than a training run's
+// fixed shapes need.
+constexpr size_t kMaxPlans = 1024;
 
 void check_lt(cublasStatus_t s, const char* where) {
     if (s == CUBLAS_STATUS_SUCCESS) return;
@@ -200,6 +203,10 @@ void Blas::gemm(cudaStream_t stream, bool transA, bool transB, int M, int N, int
         std::unique_ptr<Plan> plan = plan_for(bias != nullptr);
         if (!plan && bias) plan = plan_for(false);  // no algorithm with the bias epilogue: bias by a kernel
         if (!plan) throw CudaError(cudaErrorNotSupported, "cuBLASLt has no algorithm for this GEMM: " + shape());
+        // Bounded: a decoder's lm_head GEMMs take one M per batch (its count
+        // of target tokens), so a long run would otherwise keep adding plans.
+        // Plans are host-side descriptors; GEMMs already enqueued do not need them.
+        if (impl_->plans.size() >= kMaxPlans) impl_->plans.clear();
         it = impl_->plans.emplace(key, std::move(plan)).first;
     }
     Plan& plan = *it->second;
