@@ -204,6 +204,7 @@ void CudaLlamaEngine::ensure_activations(int B, int T, bool train) {
     const size_t scratch_floats = std::max(rmsnorm_backward_scratch_floats((int)N, (int)C),
                                            bias_backward_scratch_floats((int)N, (int)max_oc));
     const size_t n_ints = 5 * N + 3 * N + 1;
+    const bool lm_scratch_fits = lmhead_scratch_bytes(chunk, (int)C, (int)V) >= (size_t)chunk * V * sizeof(float);
 
     size_t total = 0;
     char* base = nullptr;
@@ -247,7 +248,9 @@ void CudaLlamaEngine::ensure_activations(int B, int T, bool train) {
         s.hf = take(N * C * es);
         s.rstdf = takef(N);
         s.lm_scratch = take(lmhead_scratch_bytes(chunk, (int)C, (int)V));
-        s.logits32 = takef((size_t)chunk * V);
+        // logits() fills chunks of float32 logits while the lm_head loss is
+        // idle: its scratch serves when large enough (it holds such a chunk).
+        s.logits32 = lm_scratch_fits ? static_cast<float*>(s.lm_scratch) : takef((size_t)chunk * V);
         if (with_grads) {
             s.dh = take(N * C * es);
             s.dn = take(N * C * es);
@@ -525,14 +528,24 @@ struct LlamaPass {
 };
 
 namespace {
+// Runs f on the pass of the engine's precision. When f throws part-way, the
+// work it already enqueued may still read the pinned batch or write the
+// arenas: it is let finish before the error reaches the caller, whose next
+// call would reuse them.
 template <typename F>
-void dispatch(bool use_bf16, CudaLlamaEngine& e, F&& f) {
-    if (use_bf16) {
-        LlamaPass<bf16> p(e);
-        f(p);
-    } else {
-        LlamaPass<float> p(e);
-        f(p);
+void dispatch(bool use_bf16, CudaLlamaEngine& e, cudaStream_t stream, F&& f) {
+    try {
+        if (use_bf16) {
+            LlamaPass<bf16> p(e);
+            f(p);
+        } else {
+            LlamaPass<float> p(e);
+            f(p);
+        }
+    } catch (...) {
+        cudaStreamSynchronize(stream);
+        cudaGetLastError();
+        throw;
     }
 }
 }  // namespace
@@ -545,7 +558,7 @@ float CudaLlamaEngine::forward(const Batch& b, float* logits, bool train) {
     ensure_activations(b.B, b.T, train);
     const int n = upload_batch(b, true, false);
     float loss = 0.0f;
-    dispatch(bf16_, *this, [&](auto& p) {
+    dispatch(bf16_, *this, s_->stream, [&](auto& p) {
         p.forward(train);
         if (logits) p.logits(logits, 0, b.B * b.T, 1);
         if (b.labels && n > 0) p.loss(n, 1.0f, false);
@@ -573,7 +586,7 @@ float CudaLlamaEngine::accumulate(const Batch& b, float loss_scale) {
         micro_step_++;
         return 0.0f;
     }
-    dispatch(bf16_, *this, [&](auto& p) {
+    dispatch(bf16_, *this, s_->stream, [&](auto& p) {
         p.forward(true);
         p.loss(n, loss_scale / (float)n, true);
         p.backward(first);
@@ -614,7 +627,7 @@ void CudaLlamaEngine::prefill(const Batch& b, int max_new_tokens, float* logits)
     upload_batch(b, false, false);
     g.capturing = true;
     try {
-        dispatch(bf16_, *this, [&](auto& p) {
+        dispatch(bf16_, *this, s_->stream, [&](auto& p) {
             p.forward(false);
             p.logits(logits, b.T - 1, b.B, b.T);  // each row's last token
         });
@@ -657,7 +670,7 @@ void CudaLlamaEngine::decode(const int32_t* tokens, float* logits) {
           "cudaMemcpyAsync(decode mask)");
     g.decoding = true;
     try {
-        dispatch(bf16_, *this, [&](auto& p) {
+        dispatch(bf16_, *this, s_->stream, [&](auto& p) {
             p.forward(false);
             p.logits(logits, 0, B, 1);
         });
