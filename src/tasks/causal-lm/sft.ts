@@ -243,7 +243,7 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
     });
     const trainable = task.checkpointParameters();
     const trainableCount = trainable.reduce((n, name) => n + lm.engine.parameterShape(name).reduce((a, b) => a * b, 1), 0);
-    log(`model ${o.model} (${lm.config.model_type}, ${lm.config.num_hidden_layers} layers) on ${lm.engine.device()}${o.precision === 'bf16' ? ' (bf16 base)' : ''}; ${lora ? `LoRA r ${resolvedLora!.r}, alpha ${resolvedLora!.lora_alpha}, ${resolvedLora!.target_modules.join(',')}${resolvedLora!.layers_to_transform ? `, layers ${resolvedLora!.layers_to_transform.join(',')}` : ''}` : 'full fine-tuning'}: ${trainableCount} trainable parameters`);
+    log(`model ${o.model} (${lm.config.model_type}, ${lm.config.num_hidden_layers} layers) on ${lm.engine.device()}${o.precision === 'bf16' && lm.engine.device() === 'cpu' ? ' (bf16 base)' : ''}; ${lora ? `LoRA r ${resolvedLora!.r}, alpha ${resolvedLora!.lora_alpha}, ${resolvedLora!.target_modules.join(',')}${resolvedLora!.layers_to_transform ? `, layers ${resolvedLora!.layers_to_transform.join(',')}` : ''}` : 'full fine-tuning'}: ${trainableCount} trainable parameters`);
     if (gen.choices) log(`generation constrained to ${gen.choices.length} choices`);
     releaseLock = await lockOutputDir(o.output_dir);
 
