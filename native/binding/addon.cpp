@@ -1061,10 +1061,10 @@ Napi::Value DistributedFinish(const Napi::CallbackInfo& info) {
     });
 }
 
-// checkDevice(device, precision, causalLM?): nt::check_device, the engine
-// factory's own rules, so a caller can reject a device before loading weights.
-// checkDevice(device = 'cpu', precision = 'fp32', causalLM = false): an
-// argument of another type is an error naming it (undefined takes the default).
+// checkDevice(device = 'cpu', precision = 'fp32', causalLM = false):
+// nt::check_device, the engine factory's own rules, so a caller can reject a
+// device before loading weights. An argument of another type is an error
+// naming it (undefined takes the default).
 Napi::Value CheckDevice(const Napi::CallbackInfo& info) {
     const auto given = [&](size_t i) { return info.Length() > i && !info[i].IsUndefined(); };
     const auto text = [&](size_t i, const char* what, const char* fallback) {

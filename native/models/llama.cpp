@@ -532,17 +532,11 @@ void LlamaEngine::forward_impl(const Batch& b, bool train) {
     row_offset_ = b.row_offset;
     const int B = b.B, T = b.T, N = B * T, C = cfg_.hidden_size;
     position_ids(b, a_.pos);
-    if (b.labels) shifted_targets(b, a_.targets);
+    n_targets_ = b.labels ? shifted_targets(b, a_.targets) : 0;
     rope_tables(a_.cos, a_.sin, inv_freq_.data(), T, cfg_.head_dim);
     token_embedding_forward(la_[0].h, b.input_ids, W(embed_), N, C);
     for (int l = 0; l < cfg_.num_hidden_layers; l++) layer_forward(l, b.attention_mask, train);
     rmsnorm_forward(a_.hf, a_.rstdf, a_.hL, W(norm_), N, C, cfg_.rms_norm_eps);
-}
-
-int LlamaEngine::n_targets(const Batch& b) const {
-    int n = 0;
-    for (size_t i = 0; i < (size_t)b.B * b.T; i++) n += a_.targets[i] != -100;
-    return n;
 }
 
 float LlamaEngine::forward(const Batch& b, float* logits, bool train) {
@@ -550,10 +544,10 @@ float LlamaEngine::forward(const Batch& b, float* logits, bool train) {
     validate(b, false);
     forward_impl(b, train);
     const int N = b.B * b.T, C = cfg_.hidden_size, V = cfg_.vocab_size;
-    const size_t hi = lm_head_ != kNone ? lm_head_ : embed_;
+    const size_t hi = lm_head_index();
     if (logits) lm_head_rows(logits, a_.hf, N);
     if (!b.labels) return 0.0f;
-    const int n = n_targets(b);
+    const int n = n_targets_;
     if (n == 0) return 0.0f;
     const double sum = lmhead_crossentropy<float>(nullptr, nullptr, a_.hf, W(hi), a_.targets, N, C, V, 1.0f,
                                                   a_.lm_scratch, lm_chunk(N), WB(hi, 1));
@@ -563,7 +557,7 @@ float LlamaEngine::forward(const Batch& b, float* logits, bool train) {
 // ---- generation -----------------------------------------------------------------
 
 void LlamaEngine::lm_head_rows(float* logits, const float* h, int rows) {
-    const size_t hi = lm_head_ != kNone ? lm_head_ : embed_;
+    const size_t hi = lm_head_index();
     if (const uint16_t* wb = WB(hi, 1))
         gemm_bf16w(true, rows, cfg_.vocab_size, cfg_.hidden_size, h, cfg_.hidden_size, wb, 0.0f, logits, cfg_.vocab_size);
     else if (rows <= kFewRows)
@@ -752,12 +746,12 @@ float LlamaEngine::accumulate(const Batch& b, float loss_scale) {
     validate(b, true);
     forward_impl(b, true);
     const int N = b.B * b.T, C = cfg_.hidden_size, V = cfg_.vocab_size;
-    const int n = n_targets(b);
+    const int n = n_targets_;
     if (n == 0) {  // nothing to learn from: no gradient (HF's mean would be NaN)
         micro_step_++;
         return 0.0f;
     }
-    const size_t hi = lm_head_ != kNone ? lm_head_ : embed_;
+    const size_t hi = lm_head_index();
     const double sum = lmhead_crossentropy<float>(d_.dn, G(hi), a_.hf, W(hi), a_.targets, N, C, V, loss_scale / (float)n,
                                                   a_.lm_scratch, lm_chunk(N), G(hi) ? nullptr : WB(hi, 1));
     backward_impl(b);

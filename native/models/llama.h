@@ -239,7 +239,6 @@ private:
     DropoutKey key(uint32_t tensor, size_t per_row) const {
         return DropoutKey{tc_.seed, micro_step_, tensor, (uint64_t)row_offset_ * per_row};
     }
-    int n_targets(const Batch& b) const;
     void lm_head_rows(float* logits, const float* h, int rows);
     void capture_kv(int l);
 
@@ -259,6 +258,7 @@ private:
     int64_t t_ = 0;
     uint64_t micro_step_ = 0;
     int64_t row_offset_ = 0;  // Batch::row_offset of the batch being run
+    int n_targets_ = 0;       // the batch's shifted targets (-100 excluded)
     bool checkpointing_ = false;
     bool bf16_ = false, wb_stale_ = true;
     std::vector<uint16_t> wb_;  // bf16 copies of the frozen weights, at their w_ offsets
