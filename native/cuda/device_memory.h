@@ -97,6 +97,23 @@ inline std::string free_memory_note(int index) {
     return " (cuda:" + std::to_string(index) + " has " + mib(free_b) + " free of " + mib(total_b) + ")";
 }
 
+// The engines' optimizer step on a float32 arena of n elements (gradients,
+// moments, master weights w and their bf16 copy wb, nullable, at one index):
+// torch.nn.utils.clip_grad_norm_ (global_grad_norm), then AdamW
+// (adamw_update, per-element flags) at 1-based step t, gradients zeroed, and
+// the norm copied into *norm. A non-finite norm makes the clip scale NaN and
+// adamw_update a no-op on the device, with no host sync in between. Enqueued
+// on `stream`; the caller syncs before reading *norm.
+inline void enqueue_optimizer_step(cudaStream_t stream, float* w, bf16* wb, float* g, float* m, float* v,
+                                   const uint8_t* flags, size_t n, float lr, const TrainConfig& tc, int64_t t,
+                                   float* norm_dev, float* clip_dev, double* scratch, float* norm) {
+    global_grad_norm(norm_dev, clip_dev, g, n, tc.max_grad_norm, scratch, stream);
+    adamw_update(w, wb, g, m, v, flags, n, lr, tc.adam_beta1, tc.adam_beta2, tc.adam_epsilon, tc.weight_decay, t, 1.0f,
+                 clip_dev, stream);
+    check(cudaMemsetAsync(g, 0, n * sizeof(float), stream), "cudaMemsetAsync(zero_grad)");
+    check(cudaMemcpyAsync(norm, norm_dev, sizeof(float), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync(norm)");
+}
+
 }  // namespace engine_detail
 }  // namespace cuda
 }  // namespace nt

@@ -25,6 +25,7 @@ namespace cuda {
 
 using engine_detail::align_bytes;
 using engine_detail::DeviceBuffer;
+using engine_detail::enqueue_optimizer_step;
 using engine_detail::free_memory_note;
 using engine_detail::mib;
 using engine_detail::PinnedBuffer;
@@ -709,15 +710,11 @@ float CudaLlamaEngine::step(float lr) {
     upload_flags();
     LlamaCudaState& s = *s_;
     // Frozen slices and padding hold zeros: the whole-arena norm is the norm
-    // over what trains (the CPU's sum).
-    global_grad_norm(s.norm, s.clip, s.g, g_size_, tc_.max_grad_norm, s.norm_scratch, s.stream);
-    // A non-finite norm makes the clip scale NaN and adamw_update a no-op on
-    // the device; the step count then stays, as on the CPU.
-    adamw_update(s.master, bf16_ ? static_cast<bf16*>(s.w) : nullptr, s.g, s.m, s.v, s.flags, g_size_, lr,
-                 tc_.adam_beta1, tc_.adam_beta2, tc_.adam_epsilon, tc_.weight_decay, t_ + 1, 1.0f, s.clip, s.stream);
-    check(cudaMemsetAsync(s.g, 0, g_size_ * sizeof(float), s.stream), "cudaMemsetAsync(zero_grad)");
+    // over what trains (the CPU's sum). A skipped (non-finite) step leaves
+    // the step count, as on the CPU.
     float norm = 0.0f;
-    check(cudaMemcpyAsync(&norm, s.norm, sizeof(float), cudaMemcpyDeviceToHost, s.stream), "cudaMemcpyAsync(norm)");
+    enqueue_optimizer_step(s.stream, s.master, bf16_ ? static_cast<bf16*>(s.w) : nullptr, s.g, s.m, s.v, s.flags,
+                           g_size_, lr, tc_, t_ + 1, s.norm, s.clip, s.norm_scratch, &norm);
     sync("step");
     if (std::isfinite(norm)) t_++;
     return norm;
