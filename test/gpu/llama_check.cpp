@@ -119,7 +119,7 @@ Weights random_weights(const Model& e, uint64_t seed) {
     Weights w;
     for (const auto& p : e.params()) {
         const bool norm = p.name.find("norm") != std::string::npos;
-        std::normal_distribution<float> d(norm ? 1.0f : 0.0f, norm ? 0.1f : 0.1f);
+        std::normal_distribution<float> d(norm ? 1.0f : 0.0f, 0.1f);
         std::vector<float> v(p.numel);
         for (auto& x : v) x = d(rng);
         w.push_back(std::move(v));
