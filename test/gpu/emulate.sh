@@ -3,7 +3,8 @@
 # CPU through the emulator in test/gpu/emu, with the unmodified parity programs
 # kernel_check.cpp (every kernel against native/cpu) and engine_check.cpp (the
 # whole CudaEngine against CpuEngine) at --quick sizes. For machines
-# without a GPU: it checks indexing, barriers, shuffles, the cuBLASLt
+# without a GPU: it checks indexing, barriers, shuffles, wmma use (alignment,
+# strides, __syncwarp before reading another lane's stores), the cuBLASLt
 # descriptors and the arithmetic; it cannot find races or GPU-only faults,
 # and says nothing about speed. Needs only the CUDA headers (the wheel
 # toolkit from scripts/cuda-toolkit.sh), g++, OpenMP and OpenBLAS.

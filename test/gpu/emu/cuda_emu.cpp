@@ -146,6 +146,17 @@ void warp_barrier(WarpBar& w, int size) {
 }
 }  // namespace
 
+void warp_sync() {
+    const int warp = (int)current->threadIdx.x >> 5;  // 1-D blocks in native/cuda
+    warp_barrier(blk->warps[warp], warp_size(warp));
+}
+
+void fault(const char* what) {
+    std::fprintf(stderr, "emu: %s (block %u,%u,%u thread %u)\n", what, g_blockIdx.x, g_blockIdx.y,
+                 g_blockIdx.z, current ? current->threadIdx.x : 0u);
+    std::abort();
+}
+
 void warp_exchange(uint64_t value, int src_lane, uint64_t* out) {
     const int t = (int)current->threadIdx.x;  // 1-D blocks in native/cuda
     const int warp = t >> 5, lane = t & 31;

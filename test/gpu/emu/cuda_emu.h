@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <string>
+#include <type_traits>
 #include <tuple>
 #include <utility>
 
@@ -40,7 +42,9 @@ extern dim3 g_blockDim, g_gridDim;
 void run_grid(const Cfg& cfg, const std::function<void()>& body);
 int syncthreads_or(int pred);
 void warp_exchange(uint64_t value, int src_lane, uint64_t* out);
+void warp_sync();
 void record_launch_error(cudaError_t e);
+[[noreturn]] void fault(const char* what);
 
 template <typename... P, typename... A>
 void launch(const Cfg& cfg, void (*kernel)(P...), A&&... args) {
@@ -95,6 +99,7 @@ template <typename V>
 inline V __shfl_xor_sync(unsigned, V v, int mask) {
     return ::emu::shfl(v, (int)((threadIdx.x & 31) ^ (unsigned)mask));
 }
+inline void __syncwarp(unsigned = 0xffffffffu) { ::emu::warp_sync(); }
 // CUDA's math API puts these in the global namespace for device code.
 using std::isfinite;
 using std::isnan;
@@ -104,4 +109,74 @@ inline float atomicAdd(float* p, float v) {
     *p = old + v;
     return old;
 }
+
+// nvcuda::wmma (<mma.h> declares nothing without nvcc), the m16n16k16 bf16
+// shape with fp32 accumulators that native/cuda uses. A fragment's element
+// layout is unspecified in CUDA, so here each lane holds the whole matrix and
+// kernels cannot depend on one (no `x[]`). A store writes only the lane's
+// 1/32 share of the elements, so a lane that reads another lane's stored
+// elements without __syncwarp()/__syncthreads() in between reads stale
+// memory, as it may on a GPU. Pointers must be 32-byte aligned and ldm a
+// multiple of 16 bytes, as the CUDA Programming Guide requires: the emulator
+// stops with a message otherwise.
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename E, typename Layout = void>
+struct fragment {
+    static_assert(M == 16 && N == 16 && K == 16, "emulated wmma: m16n16k16 only");
+    E v[256];  // (row, col) at v[row * 16 + col] for every use
+};
+
+namespace detail {
+inline void check_ptr(const void* p, unsigned ldm, size_t elem, const char* call) {
+    if (reinterpret_cast<uintptr_t>(p) % 32 != 0) ::emu::fault((std::string(call) + ": pointer not 32-byte aligned").c_str());
+    if ((ldm * elem) % 16 != 0) ::emu::fault((std::string(call) + ": ldm not a multiple of 16 bytes").c_str());
+}
+inline float f(float x) { return x; }
+inline float f(__nv_bfloat16 x) { return __bfloat162float(x); }
+}  // namespace detail
+
+template <typename Use, typename E, typename Layout>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, E, Layout>& a, const E* p, unsigned ldm) {
+    static_assert(!std::is_same<Use, accumulator>::value, "accumulators load with a layout_t");
+    detail::check_ptr(p, ldm, sizeof(E), "wmma::load_matrix_sync");
+    constexpr bool col = std::is_same<Layout, col_major>::value;
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++) a.v[r * 16 + c] = col ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c];
+}
+template <typename E>
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, E>& a, E value) {
+    for (auto& x : a.v) x = value;
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& a, unsigned ldm,
+                              layout_t layout) {
+    detail::check_ptr(p, ldm, sizeof(float), "wmma::store_matrix_sync");
+    const int lane = (int)(threadIdx.x & 31);
+    for (int i = lane; i < 256; i += 32) {
+        const int r = i / 16, c = i % 16;
+        p[layout == mem_row_major ? (size_t)r * ldm + c : (size_t)c * ldm + r] = a.v[i];
+    }
+}
+template <typename E, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, E, LA>& a,
+                     const fragment<matrix_b, 16, 16, 16, E, LB>& b,
+                     const fragment<accumulator, 16, 16, 16, float>& c) {
+    float out[256];
+    for (int r = 0; r < 16; r++)
+        for (int n = 0; n < 16; n++) {
+            float acc = c.v[r * 16 + n];
+            for (int k = 0; k < 16; k++) acc += detail::f(a.v[r * 16 + k]) * detail::f(b.v[k * 16 + n]);
+            out[r * 16 + n] = acc;
+        }
+    std::memcpy(d.v, out, sizeof out);
+}
+}  // namespace wmma
+}  // namespace nvcuda
 #endif  // EMU_RUNTIME
