@@ -27,20 +27,36 @@
 //                        in order, then query tiles from the key tile's own)
 // Each output element has exactly one writer: no atomics, fixed sum order.
 //
-// Layout (as cuda/attention.cu): a warp owns R rows (queries or keys), lane l
-// owns head dims l, l+32, .. (NDL = ceil(HS/32) of them). Tiles of 32 rows sit
-// in shared memory as fp32 with an odd row stride (HSMAX+1) so lane j reading
-// row j at a common dim d hits 32 different banks. Arithmetic is fp32; bf16
-// inputs are widened on load, outputs rounded once.
+// fp32 (the scalar kernels; layout as cuda/attention.cu): a warp owns R
+// rows (queries or keys), lane l owns head dims l, l+32, .. (NDL =
+// ceil(HS/32) of them). Tiles of 32 rows sit in shared memory as fp32 with an
+// odd row stride (HSMAX+1) so lane j reading row j at a common dim d hits 32
+// different banks.
 //
-// Faster later: tensor-core MMA (mma.sync / wgmma on bf16 tiles of 64 query
-// rows, fp32 accumulators) instead of the scalar fp32 dot products; one block
-// per (b, kv head) in the forward so the NH/NKV query heads share each K/V
-// tile load; cp.async double-buffering of the K/V tiles; skipping key tiles
-// that hold no key of the block's segments (left padding, packed rows); and a
-// split-K decode over the cache with the K tile staged in shared memory.
+// bf16 (the tensor-core kernels, *_tc): the products QK^T, dO V^T, P V,
+// dS K, P^T dO and dS^T Q run as bf16 wmma m16n16k16 with fp32 accumulators
+// (CUDA C++ Programming Guide, "Warp Matrix Functions"); a warp owns 16 rows,
+// a block 64, and streams tiles of 32 keys (or queries) staged as bf16 in
+// shared memory, head dims zero-padded to HSP = 32 NDL. A fragment's element
+// layout is unspecified, so the softmax reads the scores back from a per-warp
+// fp32 tile in shared memory (two lanes per row, 16 columns each) and writes
+// P or dS there as bf16 for the next product: rounding P and dS to bf16 is
+// the one error the fp32 path does not have (as in FlashAttention-2). The
+// forward takes two passes over the keys (row max and sum, then
+// P = e^(s - lse) times V) so the output accumulators never need the online
+// rescale, which would have to know the fragment layout; the scores are
+// recomputed in the second pass, which tensor cores make cheap.
+//
+// Faster later: mma.sync with the documented fragment layouts (one pass,
+// P kept in registers); K/V tiles shared by the NH/NKV query heads of a kv
+// head; cp.async double-buffering; skipping key tiles that hold no key of
+// the block's segments (left padding, packed rows); and a split-K decode over
+// the cache with the K tile staged in shared memory.
+#include <mma.h>
+
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 
@@ -375,6 +391,367 @@ __global__ void __launch_bounds__(32 * kWarps)
     }
 }
 
+// ---- bf16 on tensor cores -------------------------------------------------------
+namespace wmma = nvcuda::wmma;
+namespace tc {
+constexpr int kRows = 16;                // a warp's rows: one wmma m16 fragment
+constexpr int kBlockRows = kRows * kWarps;  // 64 queries (or keys) per block
+constexpr int kTileRows = 32;            // keys (or queries) per streamed tile
+constexpr int kLdS = kTileRows + 4;      // fp32 score tile stride: a multiple of 16 bytes
+constexpr int kLdP = kTileRows + 8;      // bf16 P / dS tile stride: a multiple of 16 bytes
+constexpr int kScoreBytes = kRows * kLdS * 4;  // 2304: keeps every tile 32-byte aligned
+constexpr int kPBytes = kRows * kLdP * 2;      // 1280
+__host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
+
+template <int NDL>
+struct Shape {
+    static constexpr int HSP = 32 * NDL;  // head dims, zero-padded
+    static constexpr int LDH = HSP + 8;   // bf16 row stride of a staged tile (16-byte multiple)
+    static constexpr int NF = HSP / 16;   // fragments across the head dims
+    static constexpr int kStageBytes = kBlockRows * LDH * 2;  // 64 staged rows
+};
+
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;  // X^T of a row-major X
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// rows [t0, t0+nrows) of a (Tn, row_stride) bf16 matrix at `src` (already at
+// the head's first channel) -> dst (nrows, LDH) bf16, zero outside t < Tn and
+// d < HS. HS, the head offsets and the row strides are even: 4-byte pairs.
+template <int HSP, int LDH>
+__device__ void stage_rows(bf16* dst, int nrows, const bf16* src, size_t row_stride, int t0, int Tn,
+                           int HS) {
+    constexpr int PAIRS = HSP / 2;
+    for (int idx = threadIdx.x; idx < nrows * PAIRS; idx += blockDim.x) {
+        const int r = idx / PAIRS, d = 2 * (idx % PAIRS), t = t0 + r;
+        __nv_bfloat162 v = __floats2bfloat162_rn(0.f, 0.f);
+        if (t < Tn && d < HS) v = *reinterpret_cast<const __nv_bfloat162*>(src + (size_t)t * row_stride + d);
+        *reinterpret_cast<__nv_bfloat162*>(dst + r * LDH + d) = v;
+    }
+}
+
+// the warp's 16 rows of a staged tile -> NF matrix_a fragments
+template <int NF, int LDH>
+__device__ void load_rows_a(FragA (&a)[NF], const bf16* rows) {
+#pragma unroll
+    for (int kk = 0; kk < NF; kk++) wmma::load_matrix_sync(a[kk], rows + kk * 16, LDH);
+}
+
+// S (16 x kTileRows fp32, stride kLdS) = A (16 x HSP) . X^T, X = the
+// kTileRows staged rows at Xs.
+template <int NF, int LDH>
+__device__ void product_xt(float* S, const FragA (&a)[NF], const bf16* Xs) {
+#pragma unroll
+    for (int n = 0; n < kTileRows / 16; n++) {
+        FragC acc;
+        wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+        for (int kk = 0; kk < NF; kk++) {
+            FragBT x;
+            wmma::load_matrix_sync(x, Xs + n * 16 * LDH + kk * 16, LDH);
+            wmma::mma_sync(acc, a[kk], x, acc);
+        }
+        wmma::store_matrix_sync(S + n * 16, acc, kLdS, wmma::mem_row_major);
+    }
+}
+
+// acc (16 x HSP) += P (16 x kTileRows bf16, stride kLdP) . X (the
+// kTileRows staged rows at Xs)
+template <int NF, int LDH>
+__device__ void accumulate_px(FragC (&acc)[NF], const bf16* P, const bf16* Xs) {
+#pragma unroll
+    for (int kk = 0; kk < kTileRows / 16; kk++) {
+        FragA p;
+        wmma::load_matrix_sync(p, P + kk * 16, kLdP);
+#pragma unroll
+        for (int n = 0; n < NF; n++) {
+            FragB x;
+            wmma::load_matrix_sync(x, Xs + kk * 16 * LDH + n * 16, LDH);
+            wmma::mma_sync(acc[n], p, x, acc[n]);
+        }
+    }
+}
+
+// acc * mul -> rows t0.. of dst (bf16, stride row_stride, < Tn, dims < HS),
+// one fragment at a time through the warp's score tile S.
+template <int NF>
+__device__ void store_rows(bf16* dst, size_t row_stride, int t0, int Tn, int HS, const FragC (&acc)[NF],
+                           float* S, float mul) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int n = 0; n < NF; n++) {
+        __syncwarp();  // the lanes' reads of S are done
+        wmma::store_matrix_sync(S, acc[n], kLdS, wmma::mem_row_major);
+        __syncwarp();
+        for (int i = lane; i < 256; i += 32) {
+            const int r = i / 16, d = n * 16 + i % 16, t = t0 + r;
+            if (t < Tn && d < HS) dst[(size_t)t * row_stride + d] = __float2bfloat16_rn(S[r * kLdS + i % 16] * mul);
+        }
+    }
+}
+}  // namespace tc
+
+// grid (ceil(T / 64), B*NH); block 32*kWarps. Same contract as
+// causal_attention_forward_kernel; pass 1 finds each row's max m and sum l,
+// pass 2 adds P = e^(s - lse) (bf16) times V.
+template <int NDL>
+__global__ void __launch_bounds__(32 * kWarps)
+    causal_attention_forward_tc_kernel(bf16* out, float* lse, const bf16* qkv, const int32_t* mask, int Tn,
+                                       int NH, int NKV, int HS, float scale) {
+    using namespace tc;
+    using S_ = Shape<NDL>;
+    constexpr int HSP = S_::HSP, LDH = S_::LDH, NF = S_::NF;
+    constexpr int kWarpBytes = kScoreBytes + kPBytes;
+    // the block's Q rows are staged once through the warps' score tiles
+    __shared__ __align__(32) unsigned char scratch[cmax(S_::kStageBytes, kWarps * kWarpBytes)];
+    __shared__ __align__(32) bf16 Ks[kTileRows * LDH];
+    __shared__ __align__(32) bf16 Vs[kTileRows * LDH];
+    __shared__ int kseg_s[kTileRows];
+
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, g = h / (NH / NKV);
+    const int QKV = (NH + 2 * NKV) * HS, OC = NH * HS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int q0 = blockIdx.x * kBlockRows;
+    const bf16* base = qkv + (size_t)b * Tn * QKV;
+    const bf16* kh = base + (size_t)(NH + g) * HS;
+    const bf16* vh = base + (size_t)(NH + NKV + g) * HS;
+    const int32_t* mrow = mask + (size_t)b * Tn;
+    float* S = reinterpret_cast<float*>(scratch + warp * kWarpBytes);
+    bf16* P = reinterpret_cast<bf16*>(scratch + warp * kWarpBytes + kScoreBytes);
+
+    FragA qa[NF];
+    stage_rows<HSP, LDH>(reinterpret_cast<bf16*>(scratch), kBlockRows, base + (size_t)h * HS, QKV, q0, Tn, HS);
+    __syncthreads();
+    load_rows_a<NF, LDH>(qa, reinterpret_cast<const bf16*>(scratch) + warp * kRows * LDH);
+
+    // lane: row r of the warp's 16, columns c0 .. c0+15 of each tile
+    const int r = lane >> 1, c0 = (lane & 1) * 16;
+    const int t1 = q0 + warp * kRows + r;
+    const int seg1 = t1 < Tn ? mrow[t1] : 0;
+    const int kend = Tn < q0 + kBlockRows ? Tn : q0 + kBlockRows;  // causality
+
+    float m = -INFINITY, l = 0.f;
+    for (int k0 = 0; k0 < kend; k0 += kTileRows) {
+        __syncthreads();  // the staged rows (Q or the previous K tile) are consumed
+        stage_rows<HSP, LDH>(Ks, kTileRows, kh, QKV, k0, Tn, HS);
+        if (threadIdx.x < kTileRows) {
+            const int t = k0 + (int)threadIdx.x;
+            kseg_s[threadIdx.x] = t < Tn ? mrow[t] : 0;
+        }
+        __syncthreads();
+        product_xt<NF, LDH>(S, qa, Ks);
+        __syncwarp();
+        float s[16], mt = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int c = c0 + j;
+            s[j] = visible(t1, seg1, k0 + c, kseg_s[c]) ? S[r * kLdS + c] * scale : -INFINITY;
+            mt = fmaxf(mt, s[j]);
+        }
+        const float m_new = fmaxf(m, fmaxf(mt, __shfl_xor_sync(kFull, mt, 1)));
+        const float shift = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: every term 0
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < 16; j++) sum += expf(s[j] - shift);
+        sum += __shfl_xor_sync(kFull, sum, 1);
+        l = l * expf(m - shift) + sum;
+        m = m_new;
+    }
+    const float lse_r = l > 0.f ? m + logf(l) : 0.f;  // l == 0 only for a padding row
+    if ((lane & 1) == 0 && t1 < Tn) lse[(size_t)bh * Tn + t1] = lse_r;
+
+    FragC oacc[NF];
+#pragma unroll
+    for (int n = 0; n < NF; n++) wmma::fill_fragment(oacc[n], 0.f);
+    for (int k0 = 0; k0 < kend; k0 += kTileRows) {
+        __syncthreads();
+        stage_rows<HSP, LDH>(Ks, kTileRows, kh, QKV, k0, Tn, HS);
+        stage_rows<HSP, LDH>(Vs, kTileRows, vh, QKV, k0, Tn, HS);
+        if (threadIdx.x < kTileRows) {
+            const int t = k0 + (int)threadIdx.x;
+            kseg_s[threadIdx.x] = t < Tn ? mrow[t] : 0;
+        }
+        __syncthreads();
+        product_xt<NF, LDH>(S, qa, Ks);
+        __syncwarp();
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int c = c0 + j;
+            const float p = visible(t1, seg1, k0 + c, kseg_s[c]) ? expf(S[r * kLdS + c] * scale - lse_r) : 0.f;
+            P[r * kLdP + c] = __float2bfloat16_rn(p);
+        }
+        __syncwarp();
+        accumulate_px<NF, LDH>(oacc, P, Vs);
+    }
+    store_rows<NF>(out + (size_t)b * Tn * OC + (size_t)h * HS, OC, q0 + warp * kRows, Tn, HS, oacc, S, 1.f);
+}
+
+// dq of query head h: grid (ceil(T / 64), B*NH). Same contract as
+// causal_attention_backward_dq_kernel.
+template <int NDL>
+__global__ void __launch_bounds__(32 * kWarps)
+    causal_attention_backward_dq_tc_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                                           const float* delta, const int32_t* mask, int Tn, int NH, int NKV,
+                                           int HS, float scale) {
+    using namespace tc;
+    using S_ = Shape<NDL>;
+    constexpr int HSP = S_::HSP, LDH = S_::LDH, NF = S_::NF;
+    constexpr int kWarpBytes = 2 * kScoreBytes + kPBytes;  // S, dP (fp32), dS (bf16)
+    __shared__ __align__(32) unsigned char scratch[cmax(S_::kStageBytes, kWarps * kWarpBytes)];
+    __shared__ __align__(32) bf16 Ks[kTileRows * LDH];
+    __shared__ __align__(32) bf16 Vs[kTileRows * LDH];
+    __shared__ int kseg_s[kTileRows];
+
+    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, g = h / (NH / NKV);
+    const int QKV = (NH + 2 * NKV) * HS, OC = NH * HS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int q0 = blockIdx.x * kBlockRows;
+    const bf16* base = qkv + (size_t)b * Tn * QKV;
+    const bf16* kh = base + (size_t)(NH + g) * HS;
+    const bf16* vh = base + (size_t)(NH + NKV + g) * HS;
+    const int32_t* mrow = mask + (size_t)b * Tn;
+    float* S = reinterpret_cast<float*>(scratch + warp * kWarpBytes);
+    float* dP = reinterpret_cast<float*>(scratch + warp * kWarpBytes + kScoreBytes);
+    bf16* dS = reinterpret_cast<bf16*>(scratch + warp * kWarpBytes + 2 * kScoreBytes);
+    const bf16* staged = reinterpret_cast<const bf16*>(scratch) + warp * kRows * LDH;
+
+    FragA qa[NF], doa[NF];
+    stage_rows<HSP, LDH>(reinterpret_cast<bf16*>(scratch), kBlockRows, base + (size_t)h * HS, QKV, q0, Tn, HS);
+    __syncthreads();
+    load_rows_a<NF, LDH>(qa, staged);
+    __syncthreads();
+    stage_rows<HSP, LDH>(reinterpret_cast<bf16*>(scratch), kBlockRows, dout + (size_t)b * Tn * OC + (size_t)h * HS,
+                         OC, q0, Tn, HS);
+    __syncthreads();
+    load_rows_a<NF, LDH>(doa, staged);
+
+    const int r = lane >> 1, c0 = (lane & 1) * 16;
+    const int t1 = q0 + warp * kRows + r;
+    const int seg1 = t1 < Tn ? mrow[t1] : 0;
+    const float lse_r = t1 < Tn ? lse[(size_t)bh * Tn + t1] : 0.f;
+    const float delta_r = t1 < Tn ? delta[(size_t)bh * Tn + t1] : 0.f;
+    FragC dq[NF];
+#pragma unroll
+    for (int n = 0; n < NF; n++) wmma::fill_fragment(dq[n], 0.f);
+
+    const int kend = Tn < q0 + kBlockRows ? Tn : q0 + kBlockRows;
+    for (int k0 = 0; k0 < kend; k0 += kTileRows) {
+        __syncthreads();
+        stage_rows<HSP, LDH>(Ks, kTileRows, kh, QKV, k0, Tn, HS);
+        stage_rows<HSP, LDH>(Vs, kTileRows, vh, QKV, k0, Tn, HS);
+        if (threadIdx.x < kTileRows) {
+            const int t = k0 + (int)threadIdx.x;
+            kseg_s[threadIdx.x] = t < Tn ? mrow[t] : 0;
+        }
+        __syncthreads();
+        product_xt<NF, LDH>(S, qa, Ks);
+        product_xt<NF, LDH>(dP, doa, Vs);
+        __syncwarp();
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int c = c0 + j, i = r * kLdS + c;
+            float ds = 0.f;
+            if (visible(t1, seg1, k0 + c, kseg_s[c])) ds = expf(S[i] * scale - lse_r) * (dP[i] - delta_r);
+            dS[r * kLdP + c] = __float2bfloat16_rn(ds);
+        }
+        __syncwarp();
+        accumulate_px<NF, LDH>(dq, dS, Ks);
+    }
+    store_rows<NF>(dqkv + (size_t)b * Tn * QKV + (size_t)h * HS, QKV, q0 + warp * kRows, Tn, HS, dq, S, scale);
+}
+
+// dk, dv of kv head g: grid (ceil(T / 64), B*NKV). Same contract and sum
+// order over (h, query tiles) as causal_attention_backward_dkdv_kernel; a
+// warp's 16 keys are the rows of S^T = K Q^T and dP^T = V dO^T.
+template <int NDL>
+__global__ void __launch_bounds__(32 * kWarps)
+    causal_attention_backward_dkdv_tc_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                                             const float* delta, const int32_t* mask, int Tn, int NH, int NKV,
+                                             int HS, float scale) {
+    using namespace tc;
+    using S_ = Shape<NDL>;
+    constexpr int HSP = S_::HSP, LDH = S_::LDH, NF = S_::NF;
+    constexpr int kWarpBytes = 2 * kScoreBytes + 2 * kPBytes;  // S^T, dP^T (fp32), P^T, dS^T (bf16)
+    __shared__ __align__(32) unsigned char scratch[cmax(S_::kStageBytes, kWarps * kWarpBytes)];
+    __shared__ __align__(32) bf16 Qs[kTileRows * LDH];
+    __shared__ __align__(32) bf16 dOs[kTileRows * LDH];
+    __shared__ float lse_s[kTileRows], delta_s[kTileRows];
+    __shared__ int qseg_s[kTileRows];
+
+    const int bg = blockIdx.y, b = bg / NKV, g = bg % NKV, G = NH / NKV;
+    const int QKV = (NH + 2 * NKV) * HS, OC = NH * HS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int k0 = blockIdx.x * kBlockRows;
+    const bf16* base = qkv + (size_t)b * Tn * QKV;
+    const int32_t* mrow = mask + (size_t)b * Tn;
+    float* S = reinterpret_cast<float*>(scratch + warp * kWarpBytes);
+    float* dP = reinterpret_cast<float*>(scratch + warp * kWarpBytes + kScoreBytes);
+    bf16* P = reinterpret_cast<bf16*>(scratch + warp * kWarpBytes + 2 * kScoreBytes);
+    bf16* dS = reinterpret_cast<bf16*>(scratch + warp * kWarpBytes + 2 * kScoreBytes + kPBytes);
+    const bf16* staged = reinterpret_cast<const bf16*>(scratch) + warp * kRows * LDH;
+
+    FragA ka[NF], va[NF];
+    stage_rows<HSP, LDH>(reinterpret_cast<bf16*>(scratch), kBlockRows, base + (size_t)(NH + g) * HS, QKV, k0, Tn, HS);
+    __syncthreads();
+    load_rows_a<NF, LDH>(ka, staged);
+    __syncthreads();
+    stage_rows<HSP, LDH>(reinterpret_cast<bf16*>(scratch), kBlockRows, base + (size_t)(NH + NKV + g) * HS, QKV, k0,
+                         Tn, HS);
+    __syncthreads();
+    load_rows_a<NF, LDH>(va, staged);
+
+    // lane: key row r of the warp's 16, query columns c0 .. c0+15 of each tile
+    const int r = lane >> 1, c0 = (lane & 1) * 16;
+    const int t2 = k0 + warp * kRows + r;
+    const int seg2 = t2 < Tn ? mrow[t2] : 0;
+    FragC dk[NF], dv[NF];
+#pragma unroll
+    for (int n = 0; n < NF; n++) {
+        wmma::fill_fragment(dk[n], 0.f);
+        wmma::fill_fragment(dv[n], 0.f);
+    }
+
+    for (int h = g * G; h < (g + 1) * G; h++) {
+        const bf16* qh = base + (size_t)h * HS;
+        const bf16* doh = dout + (size_t)b * Tn * OC + (size_t)h * HS;
+        const float* lse_h = lse + ((size_t)b * NH + h) * Tn;
+        const float* delta_h = delta + ((size_t)b * NH + h) * Tn;
+        for (int q0 = k0; q0 < Tn; q0 += kTileRows) {  // earlier queries see none of the block's keys
+            __syncthreads();
+            stage_rows<HSP, LDH>(Qs, kTileRows, qh, QKV, q0, Tn, HS);
+            stage_rows<HSP, LDH>(dOs, kTileRows, doh, OC, q0, Tn, HS);
+            if (threadIdx.x < kTileRows) {
+                const int t = q0 + (int)threadIdx.x;
+                lse_s[threadIdx.x] = t < Tn ? lse_h[t] : 0.f;
+                delta_s[threadIdx.x] = t < Tn ? delta_h[t] : 0.f;
+                qseg_s[threadIdx.x] = t < Tn ? mrow[t] : 0;
+            }
+            __syncthreads();
+            product_xt<NF, LDH>(S, ka, Qs);
+            product_xt<NF, LDH>(dP, va, dOs);
+            __syncwarp();
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                const int c = c0 + j, i = r * kLdS + c;
+                float p = 0.f, ds = 0.f;
+                if (visible(q0 + c, qseg_s[c], t2, seg2)) {
+                    p = expf(S[i] * scale - lse_s[c]);
+                    ds = p * (dP[i] - delta_s[c]);
+                }
+                P[r * kLdP + c] = __float2bfloat16_rn(p);
+                dS[r * kLdP + c] = __float2bfloat16_rn(ds);
+            }
+            __syncwarp();
+            accumulate_px<NF, LDH>(dv, P, dOs);
+            accumulate_px<NF, LDH>(dk, dS, Qs);
+        }
+    }
+    bf16* rows = dqkv + (size_t)b * Tn * QKV;
+    store_rows<NF>(rows + (size_t)(NH + g) * HS, QKV, k0 + warp * kRows, Tn, HS, dk, S, scale);
+    store_rows<NF>(rows + (size_t)(NH + NKV + g) * HS, QKV, k0 + warp * kRows, Tn, HS, dv, S, 1.f);
+}
+
 // ---- generation ---------------------------------------------------------------
 // kcache/vcache (B, NKV, cap, HS) columns col0.. <- the k/v heads of qkv (B, Tn).
 template <typename T>
@@ -499,26 +876,44 @@ void check_args(const char* k, int B, int Tn, int NH, int NKV, int HS) {
                     "B*NH must be <= 65535 (grid.y): " + shape_of(B, Tn, NH, NKV, HS));
 }
 
+// fp32: the scalar kernels; bf16: the tensor-core kernels.
 template <typename T, int NDL>
 void launch_forward(T* out, float* lse, const T* qkv, const int32_t* mask, int B, int Tn, int NH,
                     int NKV, int HS, float scale, cudaStream_t stream) {
-    const dim3 grid((Tn + Cfg<NDL>::ROWS - 1) / Cfg<NDL>::ROWS, B * NH);
-    causal_attention_forward_kernel<T, NDL><<<grid, 32 * kWarps, 0, stream>>>(out, lse, qkv, mask, Tn, NH,
-                                                                             NKV, HS, scale);
-    check_launch("causal_attention_forward_kernel");
+    if constexpr (std::is_same<T, bf16>::value) {
+        const dim3 grid((Tn + tc::kBlockRows - 1) / tc::kBlockRows, B * NH);
+        causal_attention_forward_tc_kernel<NDL><<<grid, 32 * kWarps, 0, stream>>>(out, lse, qkv, mask, Tn, NH,
+                                                                                 NKV, HS, scale);
+        check_launch("causal_attention_forward_tc_kernel");
+    } else {
+        const dim3 grid((Tn + Cfg<NDL>::ROWS - 1) / Cfg<NDL>::ROWS, B * NH);
+        causal_attention_forward_kernel<T, NDL><<<grid, 32 * kWarps, 0, stream>>>(out, lse, qkv, mask, Tn, NH,
+                                                                                 NKV, HS, scale);
+        check_launch("causal_attention_forward_kernel");
+    }
 }
 
 template <typename T, int NDL>
 void launch_backward(T* dqkv, const float* delta, const T* dout, const T* qkv, const float* lse,
                      const int32_t* mask, int B, int Tn, int NH, int NKV, int HS, float scale,
                      cudaStream_t stream) {
-    const unsigned tiles = (Tn + Cfg<NDL>::ROWS - 1) / Cfg<NDL>::ROWS;
-    causal_attention_backward_dq_kernel<T, NDL><<<dim3(tiles, B * NH), 32 * kWarps, 0, stream>>>(
-        dqkv, dout, qkv, lse, delta, mask, Tn, NH, NKV, HS, scale);
-    check_launch("causal_attention_backward_dq_kernel");
-    causal_attention_backward_dkdv_kernel<T, NDL><<<dim3(tiles, B * NKV), 32 * kWarps, 0, stream>>>(
-        dqkv, dout, qkv, lse, delta, mask, Tn, NH, NKV, HS, scale);
-    check_launch("causal_attention_backward_dkdv_kernel");
+    if constexpr (std::is_same<T, bf16>::value) {
+        const unsigned tiles = (Tn + tc::kBlockRows - 1) / tc::kBlockRows;
+        causal_attention_backward_dq_tc_kernel<NDL><<<dim3(tiles, B * NH), 32 * kWarps, 0, stream>>>(
+            dqkv, dout, qkv, lse, delta, mask, Tn, NH, NKV, HS, scale);
+        check_launch("causal_attention_backward_dq_tc_kernel");
+        causal_attention_backward_dkdv_tc_kernel<NDL><<<dim3(tiles, B * NKV), 32 * kWarps, 0, stream>>>(
+            dqkv, dout, qkv, lse, delta, mask, Tn, NH, NKV, HS, scale);
+        check_launch("causal_attention_backward_dkdv_tc_kernel");
+    } else {
+        const unsigned tiles = (Tn + Cfg<NDL>::ROWS - 1) / Cfg<NDL>::ROWS;
+        causal_attention_backward_dq_kernel<T, NDL><<<dim3(tiles, B * NH), 32 * kWarps, 0, stream>>>(
+            dqkv, dout, qkv, lse, delta, mask, Tn, NH, NKV, HS, scale);
+        check_launch("causal_attention_backward_dq_kernel");
+        causal_attention_backward_dkdv_kernel<T, NDL><<<dim3(tiles, B * NKV), 32 * kWarps, 0, stream>>>(
+            dqkv, dout, qkv, lse, delta, mask, Tn, NH, NKV, HS, scale);
+        check_launch("causal_attention_backward_dkdv_kernel");
+    }
 }
 
 template <typename T, int NDL>

@@ -777,9 +777,12 @@ double padding_max_abs(const std::vector<double>& x, const std::vector<int32_t>&
 // and decode out: the GPU computes in fp32 from the bf16 values the reference
 // also uses (the backward's reference reads the GPU's own out and lse), so its
 // error is one bf16 rounding of each output (8-bit significand: <= 2^-8 |x|
-// <= 2^-8 max|ref|, ~3.9e-3) plus fp32 sums (~1e-6): Tol::out (8e-3), 2x
-// margin; seen on the emulator: 0.7e-3 .. 3.3e-3. The decode-vs-GPU-forward
-// comparison holds two roundings of the same fp32 value (seen: 0).
+// <= 2^-8 max|ref|, ~3.9e-3) plus fp32 sums (~1e-6); the bf16 forward and
+// backward run their products on tensor cores and so also round P and dS to
+// bf16 (<= 2^-9 relative per term, averaging out over the terms): Tol::out
+// (8e-3); seen on the emulator: 1.8e-3 .. 4.0e-3. decode_attention keeps P
+// in fp32, so decode vs the GPU forward's last row holds both effects (seen:
+// 1.4e-3 .. 2.8e-3).
 template <typename T>
 void check_causal_attention(const DecAttnCase& c) {
     const int B = c.B, Tn = c.Tn, NH = c.NH, NKV = c.NKV, HS = c.HS;
@@ -1269,11 +1272,13 @@ void check_all_for(nt::cuda::Blas& blas) {
     // decoder: causal attention, KV cache, decode
     {
         // GQA 4:2, 3:1 and MHA; HS 32, 48, 64, 96, 128; T not a multiple of the
-        // 16/8-row and 32-key tiles; every case has all five mask rows.
+        // 16/8-row and 32-key tiles nor of the tensor-core kernels' 64-row
+        // blocks (--quick keeps one case past a block: 150 = 2 blocks + 22);
+        // every case has all five mask rows.
         const std::vector<DecAttnCase> full = {{5, 77, 4, 2, 64}, {5, 130, 3, 1, 48}, {5, 200, 8, 8, 128},
                                                {5, 64, 4, 1, 32}, {5, 300, 6, 2, 96}};
         const std::vector<DecAttnCase> small = {{5, 37, 4, 2, 64}, {5, 33, 3, 1, 48}, {5, 40, 2, 2, 128},
-                                                {5, 21, 4, 1, 32}, {5, 26, 3, 3, 96}};
+                                                {5, 21, 4, 1, 32}, {5, 26, 3, 3, 96}, {5, 150, 2, 1, 64}};
         for (const DecAttnCase& c : quick ? small : full)
             guarded("causal_attention", [&] { check_causal_attention<T>(c); });
         const std::vector<DecAttnCase> dfull = {{4, 300, 4, 2, 64}, {4, 200, 6, 1, 128}, {4, 77, 2, 2, 32}};
