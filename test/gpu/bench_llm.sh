@@ -40,13 +40,14 @@ except Exception as e:
     nt = {"rows": [], "gemm_ceiling_tflops": float("nan")}
 names = {"SmolLM2-135M": "smollm2-135m", "Llama-3.2-1B": "llama-3.2-1b"}
 torch = {(r["shape"], r["seq"]): r for r in map(json.loads, open(sys.argv[2]))}
-print(f"{'shape':<13} {'T':>5}  {'nodetune tok/s':>14} {'MFU':>6} {'peak GiB':>9}  {'torch tok/s':>11} {'peak GiB':>9}  {'speed':>6} {'memory':>7}")
+print(f"{'shape':<13} {'T':>5}  {'nodetune tok/s':>14} {'MFU':>6} {'peak GiB':>9} {'attn %':>7}  {'torch tok/s':>11} {'peak GiB':>9}  {'speed':>6} {'memory':>7}")
 summary = []
 for r in nt["rows"]:
     t = torch.get((names.get(r["shape"], r["shape"]), r["seq"]))
     speed = r["tokens_per_s"] / t["tokens_per_s"] if t else float("nan")
     mem = r["peak_bytes"] / t["peak_bytes"] if t and t.get("peak_bytes") else float("nan")
-    print(f"{r['shape']:<13} {r['seq']:>5}  {r['tokens_per_s']:>14.0f} {100 * r['mfu']:>5.1f}% {r['peak_bytes'] / 2**30:>9.2f}  "
+    print(f"{r['shape']:<13} {r['seq']:>5}  {r['tokens_per_s']:>14.0f} {100 * r['mfu']:>5.1f}% {r['peak_bytes'] / 2**30:>9.2f} "
+          f"{100 * r.get('attention_share', float('nan')):>6.1f}%  "
           f"{t['tokens_per_s'] if t else float('nan'):>11.0f} {(t['peak_bytes'] or 0) / 2**30 if t else float('nan'):>9.2f}  "
           f"{speed:>5.2f}x {mem:>6.2f}x")
     if r["shape"] == "Llama-3.2-1B":

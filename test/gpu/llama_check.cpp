@@ -35,7 +35,10 @@
 // engine, its cuBLASLt workspace included). FLOPs per token with a frozen
 // base: 4 x (layer parameters + the lm_head) + 6 x LoRA parameters + causal
 // attention 6 x T x NH x HS per layer (forward 2 T^2 NH HS a sequence, the
-// backward twice that). test/gpu/bench_llm.sh puts PyTorch + PEFT beside it.
+// backward twice that). Then one layer's attention alone (forward +
+// backward, bf16, all rows real): its time, its share of the step (times the
+// layers) and its TFLOP/s, to tell how much of the step attention is.
+// test/gpu/bench_llm.sh puts PyTorch + PEFT beside it.
 //
 // Usage: nodetune_llama_check [--quick] [--json FILE]
 //        nodetune_llama_check --bench [--steps N] [--tiny] [--json FILE]
@@ -474,6 +477,42 @@ double gemm_ceiling_tflops(int n) {
     return 2.0 * n * n * (double)n / t[t.size() / 2] / 1e12;
 }
 
+// One layer's causal attention, forward + backward (the bf16 kernels the
+// engine runs) at (B, T, NH, NKV, HS), all rows real: median of 5 seconds.
+double attention_seconds(int B, int T, int NH, int NKV, int HS) {
+    using nt::cuda::bf16;
+    const size_t N = (size_t)B * T, QKV = (size_t)(NH + 2 * NKV) * HS, OC = (size_t)NH * HS;
+    const size_t L = (size_t)B * NH * T;
+    std::vector<void*> bufs;
+    auto dev = [&](size_t bytes) {
+        void* p = nullptr;
+        NT_CUDA_CHECK(cudaMalloc(&p, bytes));
+        NT_CUDA_CHECK(cudaMemset(p, 0, bytes));  // zero scores: every visible key weighs the same
+        bufs.push_back(p);
+        return p;
+    };
+    auto* qkv = (bf16*)dev(N * QKV * 2);
+    auto* dqkv = (bf16*)dev(N * QKV * 2);
+    auto* out = (bf16*)dev(N * OC * 2);
+    auto* dout = (bf16*)dev(N * OC * 2);
+    auto* lse = (float*)dev(L * 4);
+    auto* delta = (float*)dev(L * 4);
+    auto* mask = (int32_t*)dev(N * 4);
+    const std::vector<int32_t> ones(N, 1);
+    NT_CUDA_CHECK(cudaMemcpy(mask, ones.data(), N * 4, cudaMemcpyHostToDevice));
+    std::vector<double> t;
+    for (int i = 0; i < 7; i++) {
+        const auto t0 = std::chrono::steady_clock::now();
+        nt::cuda::causal_attention_forward<bf16>(out, lse, qkv, mask, B, T, NH, NKV, HS, nullptr);
+        nt::cuda::causal_attention_backward<bf16>(dqkv, delta, dout, out, qkv, lse, mask, B, T, NH, NKV, HS, nullptr);
+        NT_CUDA_CHECK(cudaStreamSynchronize(nullptr));
+        if (i >= 2) t.push_back(seconds_since(t0));
+    }
+    for (void* p : bufs) cudaFree(p);
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
 size_t device_used() {
     size_t free_b = 0, total_b = 0;
     NT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
@@ -494,7 +533,8 @@ int run_bench(int steps, bool tiny, const char* json_path) {
     std::string json = "{\"gemm_ceiling_tflops\":" + num(ceiling) + ",\"rows\":[";
     bool first_row = true;
     int failed = 0;
-    std::printf("%-14s %5s %6s %12s %9s %7s %11s\n", "shape", "batch", "seq", "tokens/s", "TFLOP/s", "MFU", "peak MiB");
+    std::printf("%-14s %5s %6s %12s %9s %7s %11s %9s %7s %11s\n", "shape", "batch", "seq", "tokens/s", "TFLOP/s",
+                "MFU", "peak MiB", "attn ms", "attn %", "attn TF/s");
     for (const BenchShape& sh : shapes)
         for (int T : tiny ? std::vector<int>{32, 64} : std::vector<int>{1024, 2048}) {
             const int B = tiny ? 2 : 8;
@@ -531,6 +571,11 @@ int run_bench(int steps, bool tiny, const char* json_path) {
                 std::sort(t.begin(), t.end());
                 const double step = t[t.size() / 2];
                 const LlamaConfig& c = sh.cfg;
+                // attention alone: its share of the step (all layers) and its
+                // rate (causal: forward 2 T^2 NH HS per sequence, backward 2x)
+                const double attn = attention_seconds(B, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+                const double attn_share = attn * c.num_hidden_layers / step;
+                const double attn_tflops = 6.0 * B * (double)T * T * c.num_attention_heads * c.head_dim / attn / 1e12;
                 double layer_params = 0, lora_params = 0;
                 for (const auto& p : e.params()) {
                     if (p.name.find("lora_") != std::string::npos) lora_params += p.numel;
@@ -540,12 +585,15 @@ int run_bench(int steps, bool tiny, const char* json_path) {
                 const double per_token = 4 * (layer_params + head) + 6 * lora_params +
                                          6.0 * T * c.num_attention_heads * c.head_dim * c.num_hidden_layers;
                 const double tokens = (double)B * T, tflops = per_token * tokens / step / 1e12;
-                std::printf("%-14s %5d %6d %12.0f %9.1f %6.1f%% %11.0f\n", sh.name.c_str(), B, T, tokens / step, tflops,
-                            100 * tflops / ceiling, peak / 1048576.0);
+                std::printf("%-14s %5d %6d %12.0f %9.1f %6.1f%% %11.0f %9.2f %6.1f%% %11.1f\n", sh.name.c_str(), B, T,
+                            tokens / step, tflops, 100 * tflops / ceiling, peak / 1048576.0, attn * 1e3,
+                            100 * attn_share, attn_tflops);
                 json += std::string(first_row ? "" : ",") + "{\"shape\":\"" + sh.name + "\",\"batch\":" +
                         std::to_string(B) + ",\"seq\":" + std::to_string(T) + ",\"step_s\":" + num(step) +
                         ",\"tokens_per_s\":" + num(tokens / step) + ",\"tflops\":" + num(tflops) +
-                        ",\"mfu\":" + num(tflops / ceiling) + ",\"peak_bytes\":" + std::to_string(peak) + "}";
+                        ",\"mfu\":" + num(tflops / ceiling) + ",\"peak_bytes\":" + std::to_string(peak) +
+                        ",\"attention_layer_s\":" + num(attn) + ",\"attention_share\":" + num(attn_share) +
+                        ",\"attention_tflops\":" + num(attn_tflops) + "}";
                 first_row = false;
             } catch (const std::exception& ex) {
                 failed++;
