@@ -431,6 +431,38 @@ __device__ void stage_rows(bf16* dst, int nrows, const bf16* src, size_t row_str
     }
 }
 
+// What a block of query head h = blockIdx.y % NH of sequence b = blockIdx.y / NH
+// reads: its kv head g, the sequence's qkv rows, its K and V columns, its mask row.
+struct QueryHead {
+    int b, h, g, QKV, OC;
+    const bf16* base;  // (Tn, QKV) rows of sequence b
+    const bf16* kh;    // kv head g's K columns in them
+    const bf16* vh;    // and its V columns
+    const int32_t* mrow;
+    __device__ QueryHead(const bf16* qkv, const int32_t* mask, int Tn, int NH, int NKV, int HS)
+        : b((int)blockIdx.y / NH),
+          h((int)blockIdx.y % NH),
+          g(h / (NH / NKV)),
+          QKV((NH + 2 * NKV) * HS),
+          OC(NH * HS),
+          base(qkv + (size_t)b * Tn * QKV),
+          kh(base + (size_t)(NH + g) * HS),
+          vh(base + (size_t)(NH + NKV + g) * HS),
+          mrow(mask + (size_t)b * Tn) {}
+};
+
+// Key tile k0..k0+kTileRows-1 of qh's kv head: K (and V, unless null)
+// staged, the keys' segments in kseg_s. Between two __syncthreads (the caller's).
+template <int HSP, int LDH>
+__device__ void stage_key_tile(bf16* Ks, bf16* Vs, int* kseg_s, const QueryHead& qh, int k0, int Tn, int HS) {
+    stage_rows<HSP, LDH>(Ks, kTileRows, qh.kh, qh.QKV, k0, Tn, HS);
+    if (Vs) stage_rows<HSP, LDH>(Vs, kTileRows, qh.vh, qh.QKV, k0, Tn, HS);
+    if (threadIdx.x < kTileRows) {
+        const int t = k0 + (int)threadIdx.x;
+        kseg_s[threadIdx.x] = t < Tn ? qh.mrow[t] : 0;
+    }
+}
+
 // the warp's 16 rows of a staged tile -> NF matrix_a fragments
 template <int NF, int LDH>
 __device__ void load_rows_a(FragA (&a)[NF], const bf16* rows) {
@@ -509,36 +541,27 @@ __global__ void __launch_bounds__(32 * kWarps)
     __shared__ __align__(32) bf16 Vs[kTileRows * LDH];
     __shared__ int kseg_s[kTileRows];
 
-    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, g = h / (NH / NKV);
-    const int QKV = (NH + 2 * NKV) * HS, OC = NH * HS;
+    const QueryHead qh(qkv, mask, Tn, NH, NKV, HS);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int q0 = blockIdx.x * kBlockRows;
-    const bf16* base = qkv + (size_t)b * Tn * QKV;
-    const bf16* kh = base + (size_t)(NH + g) * HS;
-    const bf16* vh = base + (size_t)(NH + NKV + g) * HS;
-    const int32_t* mrow = mask + (size_t)b * Tn;
     float* S = reinterpret_cast<float*>(scratch + warp * kWarpBytes);
     bf16* P = reinterpret_cast<bf16*>(scratch + warp * kWarpBytes + kScoreBytes);
 
     FragA qa[NF];
-    stage_rows<HSP, LDH>(reinterpret_cast<bf16*>(scratch), kBlockRows, base + (size_t)h * HS, QKV, q0, Tn, HS);
+    stage_rows<HSP, LDH>(reinterpret_cast<bf16*>(scratch), kBlockRows, qh.base + (size_t)qh.h * HS, qh.QKV, q0, Tn, HS);
     __syncthreads();
     load_rows_a<NF, LDH>(qa, reinterpret_cast<const bf16*>(scratch) + warp * kRows * LDH);
 
     // lane: row r of the warp's 16, columns c0 .. c0+15 of each tile
     const int r = lane >> 1, c0 = (lane & 1) * 16;
     const int t1 = q0 + warp * kRows + r;
-    const int seg1 = t1 < Tn ? mrow[t1] : 0;
+    const int seg1 = t1 < Tn ? qh.mrow[t1] : 0;
     const int kend = Tn < q0 + kBlockRows ? Tn : q0 + kBlockRows;  // causality
 
     float m = -INFINITY, l = 0.f;
     for (int k0 = 0; k0 < kend; k0 += kTileRows) {
         __syncthreads();  // the staged rows (Q or the previous K tile) are consumed
-        stage_rows<HSP, LDH>(Ks, kTileRows, kh, QKV, k0, Tn, HS);
-        if (threadIdx.x < kTileRows) {
-            const int t = k0 + (int)threadIdx.x;
-            kseg_s[threadIdx.x] = t < Tn ? mrow[t] : 0;
-        }
+        stage_key_tile<HSP, LDH>(Ks, nullptr, kseg_s, qh, k0, Tn, HS);
         __syncthreads();
         product_xt<NF, LDH>(S, qa, Ks);
         __syncwarp();
@@ -559,19 +582,14 @@ __global__ void __launch_bounds__(32 * kWarps)
         m = m_new;
     }
     const float lse_r = l > 0.f ? m + logf(l) : 0.f;  // l == 0 only for a padding row
-    if ((lane & 1) == 0 && t1 < Tn) lse[(size_t)bh * Tn + t1] = lse_r;
+    if ((lane & 1) == 0 && t1 < Tn) lse[(size_t)blockIdx.y * Tn + t1] = lse_r;
 
     FragC oacc[NF];
 #pragma unroll
     for (int n = 0; n < NF; n++) wmma::fill_fragment(oacc[n], 0.f);
     for (int k0 = 0; k0 < kend; k0 += kTileRows) {
         __syncthreads();
-        stage_rows<HSP, LDH>(Ks, kTileRows, kh, QKV, k0, Tn, HS);
-        stage_rows<HSP, LDH>(Vs, kTileRows, vh, QKV, k0, Tn, HS);
-        if (threadIdx.x < kTileRows) {
-            const int t = k0 + (int)threadIdx.x;
-            kseg_s[threadIdx.x] = t < Tn ? mrow[t] : 0;
-        }
+        stage_key_tile<HSP, LDH>(Ks, Vs, kseg_s, qh, k0, Tn, HS);
         __syncthreads();
         product_xt<NF, LDH>(S, qa, Ks);
         __syncwarp();
@@ -584,7 +602,7 @@ __global__ void __launch_bounds__(32 * kWarps)
         __syncwarp();
         accumulate_px<NF, LDH>(oacc, P, Vs);
     }
-    store_rows<NF>(out + (size_t)b * Tn * OC + (size_t)h * HS, OC, q0 + warp * kRows, Tn, HS, oacc, S, 1.f);
+    store_rows<NF>(out + (size_t)qh.b * Tn * qh.OC + (size_t)qh.h * HS, qh.OC, q0 + warp * kRows, Tn, HS, oacc, S, 1.f);
 }
 
 // dq of query head h: grid (ceil(T / 64), B*NH). Same contract as
@@ -603,34 +621,29 @@ __global__ void __launch_bounds__(32 * kWarps)
     __shared__ __align__(32) bf16 Vs[kTileRows * LDH];
     __shared__ int kseg_s[kTileRows];
 
-    const int bh = blockIdx.y, b = bh / NH, h = bh % NH, g = h / (NH / NKV);
-    const int QKV = (NH + 2 * NKV) * HS, OC = NH * HS;
+    const QueryHead qh(qkv, mask, Tn, NH, NKV, HS);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int q0 = blockIdx.x * kBlockRows;
-    const bf16* base = qkv + (size_t)b * Tn * QKV;
-    const bf16* kh = base + (size_t)(NH + g) * HS;
-    const bf16* vh = base + (size_t)(NH + NKV + g) * HS;
-    const int32_t* mrow = mask + (size_t)b * Tn;
     float* S = reinterpret_cast<float*>(scratch + warp * kWarpBytes);
     float* dP = reinterpret_cast<float*>(scratch + warp * kWarpBytes + kScoreBytes);
     bf16* dS = reinterpret_cast<bf16*>(scratch + warp * kWarpBytes + 2 * kScoreBytes);
     const bf16* staged = reinterpret_cast<const bf16*>(scratch) + warp * kRows * LDH;
 
     FragA qa[NF], doa[NF];
-    stage_rows<HSP, LDH>(reinterpret_cast<bf16*>(scratch), kBlockRows, base + (size_t)h * HS, QKV, q0, Tn, HS);
+    stage_rows<HSP, LDH>(reinterpret_cast<bf16*>(scratch), kBlockRows, qh.base + (size_t)qh.h * HS, qh.QKV, q0, Tn, HS);
     __syncthreads();
     load_rows_a<NF, LDH>(qa, staged);
     __syncthreads();
-    stage_rows<HSP, LDH>(reinterpret_cast<bf16*>(scratch), kBlockRows, dout + (size_t)b * Tn * OC + (size_t)h * HS,
-                         OC, q0, Tn, HS);
+    const bf16* douth = dout + (size_t)qh.b * Tn * qh.OC + (size_t)qh.h * HS;
+    stage_rows<HSP, LDH>(reinterpret_cast<bf16*>(scratch), kBlockRows, douth, qh.OC, q0, Tn, HS);
     __syncthreads();
     load_rows_a<NF, LDH>(doa, staged);
 
     const int r = lane >> 1, c0 = (lane & 1) * 16;
     const int t1 = q0 + warp * kRows + r;
-    const int seg1 = t1 < Tn ? mrow[t1] : 0;
-    const float lse_r = t1 < Tn ? lse[(size_t)bh * Tn + t1] : 0.f;
-    const float delta_r = t1 < Tn ? delta[(size_t)bh * Tn + t1] : 0.f;
+    const int seg1 = t1 < Tn ? qh.mrow[t1] : 0;
+    const float lse_r = t1 < Tn ? lse[(size_t)blockIdx.y * Tn + t1] : 0.f;
+    const float delta_r = t1 < Tn ? delta[(size_t)blockIdx.y * Tn + t1] : 0.f;
     FragC dq[NF];
 #pragma unroll
     for (int n = 0; n < NF; n++) wmma::fill_fragment(dq[n], 0.f);
@@ -638,12 +651,7 @@ __global__ void __launch_bounds__(32 * kWarps)
     const int kend = Tn < q0 + kBlockRows ? Tn : q0 + kBlockRows;
     for (int k0 = 0; k0 < kend; k0 += kTileRows) {
         __syncthreads();
-        stage_rows<HSP, LDH>(Ks, kTileRows, kh, QKV, k0, Tn, HS);
-        stage_rows<HSP, LDH>(Vs, kTileRows, vh, QKV, k0, Tn, HS);
-        if (threadIdx.x < kTileRows) {
-            const int t = k0 + (int)threadIdx.x;
-            kseg_s[threadIdx.x] = t < Tn ? mrow[t] : 0;
-        }
+        stage_key_tile<HSP, LDH>(Ks, Vs, kseg_s, qh, k0, Tn, HS);
         __syncthreads();
         product_xt<NF, LDH>(S, qa, Ks);
         product_xt<NF, LDH>(dP, doa, Vs);
@@ -658,7 +666,8 @@ __global__ void __launch_bounds__(32 * kWarps)
         __syncwarp();
         accumulate_px<NF, LDH>(dq, dS, Ks);
     }
-    store_rows<NF>(dqkv + (size_t)b * Tn * QKV + (size_t)h * HS, QKV, q0 + warp * kRows, Tn, HS, dq, S, scale);
+    store_rows<NF>(dqkv + (size_t)qh.b * Tn * qh.QKV + (size_t)qh.h * HS, qh.QKV, q0 + warp * kRows, Tn, HS, dq, S,
+                   scale);
 }
 
 // dk, dv of kv head g: grid (ceil(T / 64), B*NKV). Same contract and sum

@@ -136,7 +136,8 @@ struct fragment {
 
 namespace detail {
 inline void check_ptr(const void* p, unsigned ldm, size_t elem, const char* call) {
-    if (reinterpret_cast<uintptr_t>(p) % 32 != 0) ::emu::fault((std::string(call) + ": pointer not 32-byte aligned").c_str());
+    if (reinterpret_cast<uintptr_t>(p) % 32 != 0)
+        ::emu::fault((std::string(call) + ": pointer not 32-byte aligned").c_str());
     if ((ldm * elem) % 16 != 0) ::emu::fault((std::string(call) + ": ldm not a multiple of 16 bytes").c_str());
 }
 inline float f(float x) { return x; }
