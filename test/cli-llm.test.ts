@@ -1,13 +1,18 @@
 // `nodetune generate` and `nodetune chat` as a user runs them (child processes) on the real
 // SmolLM2-135M-Instruct GGUF: the printed text equals LLM.generate's in this process, chat keeps
-// and resets its history over stdin, and bad flags are named.
+// and resets its history over stdin, an sft run folder loads as its base + adapter, and bad
+// flags are named.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LLM } from '../src/llm/llm.js';
+import { savePeftAdapter, type NamedTensors } from '../src/io/peft.js';
+import { peftKey } from '../src/models/llama.js';
 import type { ChatMessage } from '../src/chat/template.js';
 import { bf16Unsupported } from './helpers/bf16.js';
 
@@ -59,6 +64,41 @@ test('nodetune chat over stdin: replies stream, history is kept, /reset clears i
   const eof = nodetune(`${u1.content}\n`, 'chat', '--model', gguf, '--max-new-tokens', '12', '--threads', '2');
   assert.equal(eof.status, 0, eof.stderr);
   assert.equal(eof.stdout, line(r1.text));
+});
+
+test('generate --model <sft run folder> is its base with the adapter on it (as --model <base> --lora <run>); a base that cannot load is named', { skip: missing }, async () => {
+  const c = (await llm()).config;
+  const r = 4;
+  const tensors: NamedTensors = new Map();
+  // Fixed pseudo-random values large enough to move the argmax (as test/llm.test.ts's adapter).
+  let s = 777;
+  const rnd = () => ((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32 - 0.5) * 0.5;
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    tensors.set(peftKey(l, 'v_proj', 'A'), { shape: [r, c.hidden_size], data: Float32Array.from({ length: r * c.hidden_size }, rnd) });
+    tensors.set(peftKey(l, 'v_proj', 'B'), { shape: [c.num_key_value_heads * c.head_dim, r], data: Float32Array.from({ length: c.num_key_value_heads * c.head_dim * r }, rnd) });
+  }
+  const lora = { r, lora_alpha: 32, target_modules: ['v_proj' as const], lora_dropout: 0 };
+  const run = await mkdtemp(join(tmpdir(), 'nodetune-generate-run-'));
+  const orphan = await mkdtemp(join(tmpdir(), 'nodetune-generate-orphan-'));
+  try {
+    // A run folder as `nodetune sft` leaves it: the adapter, its base named by base_model_name_or_path.
+    await savePeftAdapter(run, { lora, tensors, baseModel: gguf });
+    const prompt = ['--prompt', 'The capital of France is', '--max-new-tokens', '8', '--threads', '2'];
+    const viaRun = nodetune('', 'generate', '--model', run, ...prompt);
+    assert.equal(viaRun.status, 0, viaRun.stderr);
+    const viaLora = nodetune('', 'generate', '--model', gguf, '--lora', run, ...prompt);
+    assert.equal(viaRun.stdout, viaLora.stdout);
+    const plain = nodetune('', 'generate', '--model', gguf, ...prompt);
+    assert.notEqual(viaRun.stdout, plain.stdout, 'the adapter changes the greedy answer');
+    const missingBase = join(orphan, 'no-such-base');
+    await savePeftAdapter(orphan, { lora, tensors, baseModel: missingBase });
+    const bad = nodetune('', 'generate', '--model', orphan, ...prompt);
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, new RegExp(`${orphan}: cannot load its base model ${missingBase} \\(adapter_config\\.json base_model_name_or_path\\)`));
+  } finally {
+    await rm(run, { recursive: true, force: true });
+    await rm(orphan, { recursive: true, force: true });
+  }
 });
 
 test('generate/chat flag errors name the flag; --help lists both commands', { skip: missing }, () => {

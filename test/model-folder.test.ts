@@ -248,6 +248,14 @@ test('a folder without config.json is "not a model folder" (code ENOENT, path as
   await assert.rejects(readModelConfigJson(empty), { message: expected.replace(parent, empty), code: 'ENOENT', path: empty });
   const file = join(inner, 'vocab.txt');
   assert.throws(() => assertModelFolder(file), { message: `${file} is a file, expected a model folder`, code: 'ENOTDIR', path: file });
+  // A PEFT adapter (an sft run folder) given where a model belongs: how to load it on its base.
+  const adapter = join(tmp, 'an-adapter');
+  await mkdir(adapter);
+  await writeFile(join(adapter, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', base_model_name_or_path: 'HuggingFaceTB/SmolLM2-135M-Instruct' }));
+  const hint = `; it is a PEFT LoRA adapter (adapter_config.json): load its base model HuggingFaceTB/SmolLM2-135M-Instruct with this folder as the LoRA adapter (nodetune generate --model HuggingFaceTB/SmolLM2-135M-Instruct --lora ${adapter})`;
+  assert.throws(() => assertModelFolder(adapter), { message: `${expected.replace(parent, adapter)}${hint}`, code: 'ENOENT', path: adapter });
+  await writeFile(join(adapter, 'adapter_config.json'), '{ not json');
+  assert.throws(() => assertModelFolder(adapter), { message: `${expected.replace(parent, adapter)}${hint.replaceAll('HuggingFaceTB/SmolLM2-135M-Instruct', '<base model>')}` });
 });
 
 test('config.json with a JSON syntax error: file, line and column of the culprit', async () => {

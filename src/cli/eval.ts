@@ -12,7 +12,7 @@ import { evaluateFile } from '../train/evaluate.js';
 import { formatClassificationReport } from '../metrics/index.js';
 import { writeReport } from '../report/index.js';
 import { CAUSAL_LM_MODEL_TYPES } from '../models/llama.js';
-import { isAdapterFolder } from '../tasks/causal-lm/model.js';
+import { isAdapterFolder } from '../io/peft.js';
 import { evaluateCausalLM } from '../tasks/causal-lm/evaluate.js';
 import { applyConfigFile, dataColumns, explainPathErrors, maxLength, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
 import { choicesOf, withGenerationFlags } from './sft.js';

@@ -25,7 +25,7 @@ const nonNegativeInt = (value: string): number => {
 /** Adds the model and decoding flags `generate` and `chat` share. */
 export function addGenerationOptions(cmd: Command): Command {
   return cmd
-    .option('--model <gguf|folder|hub-id>', 'a .gguf file, a Hugging Face model folder, or a Hub repo id (Llama, Qwen2, Mistral)')
+    .option('--model <gguf|folder|hub-id>', 'a .gguf file, a Hugging Face model folder, a Hub repo id (Llama, Qwen2, Mistral), or an sft run folder (its base + adapter)')
     .option('--revision <rev>', 'Hub revision when --model is a repo id', 'main')
     .option('--lora <folder>', 'a PEFT LoRA adapter folder to apply')
     .option('--system <text>', 'system message (chat template)')

@@ -6,7 +6,7 @@
  * the checkpoint lacks are initialised like `BertPreTrainedModel._init_weights`,
  * and both are reported in transformers' words.
  */
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, readFile, realpath } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { BERT_DEFAULTS, parameterShapes, type BertArchitecture, type BertConfig } from '../config.js';
@@ -212,7 +212,8 @@ function modelSubfolders(folder: string): string[] {
  * @throws Error "model folder <abs> does not exist" (ENOENT), "<folder> is a
  *   file, expected a model folder" (ENOTDIR), or "<folder> is not a model
  *   folder: config.json is missing (expected ...)" (ENOENT), naming subfolders
- *   that do hold a config.json.
+ *   that do hold a config.json, or, for a PEFT LoRA adapter folder
+ *   (adapter_config.json), how to load it on its base model.
  */
 export function assertModelFolder(folder: string): void {
   const st = statSync(folder, { throwIfNoEntry: false });
@@ -220,8 +221,22 @@ export function assertModelFolder(folder: string): void {
   if (!st.isDirectory()) throw pathError(`${folder} is a file, expected a model folder`, 'ENOTDIR', folder);
   if (existsSync(join(folder, 'config.json'))) return;
   const subs = modelSubfolders(folder);
-  const hint = subs.length ? `; did you mean ${subs.join(' or ')}?` : '';
+  const hint = adapterHint(folder) ?? (subs.length ? `; did you mean ${subs.join(' or ')}?` : '');
   throw pathError(`${folder} is not a model folder: config.json is missing (${MODEL_FOLDER_FILES})${hint}`, 'ENOENT', folder);
+}
+
+/** For a PEFT adapter folder (an sft run's output): load the base model with the adapter on it. */
+function adapterHint(folder: string): string | undefined {
+  const path = join(folder, 'adapter_config.json');
+  if (!existsSync(path)) return undefined;
+  let base: unknown;
+  try {
+    base = (JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>).base_model_name_or_path;
+  } catch {
+    base = undefined; // an unreadable adapter_config.json is reported when it is loaded as the adapter
+  }
+  const model = typeof base === 'string' && base !== '' ? base : '<base model>';
+  return `; it is a PEFT LoRA adapter (adapter_config.json): load its base model ${model} with this folder as the LoRA adapter (nodetune generate --model ${model} --lora ${folder})`;
 }
 
 /**

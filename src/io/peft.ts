@@ -13,9 +13,9 @@
  * Tensors are `Map<name, {shape, data: Float32Array}>`, row-major, torch shapes: lora_A (r, in),
  * lora_B (out, r), base Linear weights (out, in).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { isAbsolute, join, resolve } from 'node:path';
 import { writeFileAtomic } from './atomic.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { LORA_TARGETS, peftKey, resolveLoraConfig, type LlamaConfig, type LoraConfig, type LoraTarget } from '../models/llama.js';
@@ -258,6 +258,24 @@ export async function savePeftAdapter(folder: string, opts: SavePeftAdapterOptio
   const sorted = new Map([...opts.tensors].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
   await writeSafetensors(join(dir, ADAPTER_WEIGHTS_FILE), sorted, { format: 'pt' });
   await writeFileAtomic(join(dir, ADAPTER_CONFIG_FILE), `${JSON.stringify(peftAdapterConfigJson(lora, opts.baseModel, taskType), null, 2)}\n`);
+}
+
+/** Whether `path` is a folder holding a PEFT adapter. */
+export function isAdapterFolder(path: string): boolean {
+  return existsSync(path) && statSync(path).isDirectory() && existsSync(join(path, ADAPTER_CONFIG_FILE));
+}
+
+/**
+ * The base an adapter names: base_model_name_or_path as written (an absolute path, a Hub id), or
+ * a relative path resolved against the adapter folder first and the working directory second.
+ * @throws Error naming adapter_config.json when it names no base.
+ */
+export function adapterBase(folder: string, adapter: LoadedPeftAdapter): string {
+  const base = adapter.baseModel;
+  if (!base) throw new Error(`${join(folder, ADAPTER_CONFIG_FILE)}: base_model_name_or_path is empty; nodetune needs it to load the base model`);
+  if (isAbsolute(base)) return base;
+  const inFolder = resolve(folder, base);
+  return existsSync(inFolder) ? inFolder : base;
 }
 
 /** A PEFT LoRA adapter as read by {@link loadPeftAdapter}. */

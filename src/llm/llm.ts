@@ -9,7 +9,7 @@
  * another, in call order; several prompts given together run as one batch.
  */
 import type { ChatMessage } from '../chat/template.js';
-import { checkLoraTensors, llamaLinearShapes, loadPeftAdapter } from '../io/peft.js';
+import { ADAPTER_CONFIG_FILE, adapterBase, checkLoraTensors, isAdapterFolder, llamaLinearShapes, loadPeftAdapter } from '../io/peft.js';
 import type { LlamaConfig } from '../models/llama.js';
 import type { LlmStreamDecoder, LlmTokenizer } from '../tokenizer/bpe.js';
 import { ChoiceConstraint } from './choices.js';
@@ -213,17 +213,26 @@ export class LLM {
 
   /**
    * Loads a model (see loadCausalLM: weights dequantized to float32 in the native engine).
-   * @param model a .gguf file, a Hugging Face model folder, or a Hub repo id (pulled into the cache).
+   * @param model a .gguf file, a Hugging Face model folder, a Hub repo id (pulled into the cache),
+   *   or a PEFT adapter folder such as a `nodetune sft` run (adapter_config.json): its base
+   *   (base_model_name_or_path, see adapterBase) with the adapter on it, as `lora` does.
    * @throws Error naming the file or key: a missing path (code ENOENT), an unsupported
    *   architecture or tokenizer, a missing or misshapen tensor; for `lora`, what loadPeftAdapter
-   *   throws, or an adapter whose shapes do not fit the model (naming the tensor).
+   *   throws, or an adapter whose shapes do not fit the model (naming the tensor); for an adapter
+   *   folder whose base cannot be loaded, one naming both.
    */
   static async load(model: string, opts: LLMLoadOptions = {}): Promise<LLM> {
-    const { lora, seed, ...rest } = opts;
+    const { lora: loraOption, seed, ...rest } = opts;
     if (seed !== undefined && !Number.isSafeInteger(seed)) throw new Error(`seed must be an integer, got ${JSON.stringify(seed)}`);
+    const run = loraOption === undefined && isAdapterFolder(model);
+    const lora = run ? model : loraOption;
     const adapter = lora === undefined ? undefined : await loadPeftAdapter(lora);
+    const base = run ? adapterBase(model, adapter!) : model;
     // Generation trains nothing: without an adapter the engine holds no gradient or optimizer buffers.
-    const lm = await loadCausalLM(model, { ...rest, ...(seed !== undefined ? { seed } : {}), ...(adapter ? { lora: adapter.lora } : { trainable: false }) });
+    const lm = await loadCausalLM(base, { ...rest, ...(seed !== undefined ? { seed } : {}), ...(adapter ? { lora: adapter.lora } : { trainable: false }) }).catch((err: Error) => {
+      if (!run) throw err;
+      throw new Error(`${model}: cannot load its base model ${base} (${ADAPTER_CONFIG_FILE} base_model_name_or_path): ${err.message}`, { cause: err });
+    });
     if (adapter) {
       try {
         checkLoraTensors(adapter.tensors, adapter.lora, `${lora}/adapter_model.safetensors`, llamaLinearShapes(lm.config), lm.config.num_hidden_layers);

@@ -13,7 +13,7 @@ import { Engine, type EngineOptions } from '../engine.js';
 import { readGgufModel } from '../io/gguf-llama.js';
 import { resolveModel } from '../io/hub.js';
 import { readSafetensors } from '../io/safetensors.js';
-import { parseJsonText } from '../io/model-folder.js';
+import { assertModelFolder, parseJsonText } from '../io/model-folder.js';
 import { llamaParameterShapes, parseLlamaConfig, type LlamaConfig } from '../models/llama.js';
 import { LlmTokenizer } from '../tokenizer/bpe.js';
 
@@ -103,8 +103,8 @@ export async function loadCausalLM(model: string, opts: LoadCausalLMOptions = {}
     return { config, tokenizer, engine, source: { kind: 'gguf', path: resolve(model) }, generationConfig: {} };
   }
   const folder = await resolveModel(model, { revision });
+  assertModelFolder(folder);
   const configPath = join(folder, 'config.json');
-  if (!existsSync(configPath)) throw new Error(`${folder} is not a model folder: it has no config.json`);
   const config = parseLlamaConfig(await readJson(configPath), configPath);
   const tokenizer = await LlmTokenizer.fromTokenizerJson(folder);
   const genPath = join(folder, 'generation_config.json');

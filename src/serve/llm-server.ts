@@ -27,8 +27,6 @@ import type { AddressInfo } from 'node:net';
 import { basename, resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import { LLM, type GenerateOptions, type GenerateResult, type Prompt } from '../llm/llm.js';
-import { loadPeftAdapter } from '../io/peft.js';
-import { adapterBase, isAdapterFolder } from '../tasks/causal-lm/model.js';
 import { GenerationBatcher, QueueFullError, type BatcherStats } from './batcher.js';
 import { HttpError, listen, readBody, sendJson } from './http.js';
 import {
@@ -86,18 +84,12 @@ export interface RunningLlmServer {
 
 /**
  * Loads what `nodetune serve --model` names: a run folder of `nodetune sft` (a PEFT adapter whose
- * adapter_config.json names its base — loaded as base + adapter, as loadSftModel does), or a
- * GGUF file, a Hugging Face folder (a full fine-tune's too) or a Hub id.
- * @throws Error as LLM.load; for a run folder whose base cannot be loaded, one naming both.
+ * adapter_config.json names its base), a GGUF file, a Hugging Face folder (a full fine-tune's
+ * too) or a Hub id — LLM.load, which takes all of them.
+ * @throws Error as LLM.load.
  */
 export async function loadServedLLM(model: string, opts: { threads?: number; precision?: 'fp32' | 'bf16' } = {}): Promise<LLM> {
-  if (!isAdapterFolder(model)) return LLM.load(model, opts);
-  const base = adapterBase(model, await loadPeftAdapter(model));
-  try {
-    return await LLM.load(base, { ...opts, lora: model });
-  } catch (err) {
-    throw new Error(`${model}: cannot load its base model ${base} (adapter_config.json base_model_name_or_path): ${(err as Error).message}`, { cause: err });
-  }
+  return LLM.load(model, opts);
 }
 
 /** The served name: a file's name without .gguf, a folder's name, or a Hub id as given. */

@@ -4,10 +4,8 @@
  * adapter_model.safetensors, its base named by base_model_name_or_path), or a full fine-tune's
  * Hugging Face folder — and the merged exports of a run (Hugging Face folder, GGUF F16/Q8_0).
  */
-import { existsSync, statSync } from 'node:fs';
-import { join, resolve, isAbsolute } from 'node:path';
 import { loadCausalLM, type CausalLM, type LoadCausalLMOptions } from '../../llm/load.js';
-import { ADAPTER_CONFIG_FILE, loadPeftAdapter, mergeLora, type LoadedPeftAdapter } from '../../io/peft.js';
+import { adapterBase, isAdapterFolder, loadPeftAdapter, mergeLora, type LoadedPeftAdapter } from '../../io/peft.js';
 import { saveHfCausalLM, writeMergedGguf } from '../../io/llm-export.js';
 import { engineTensors, tokenizerFolderFiles } from './task.js';
 
@@ -17,24 +15,6 @@ export interface LoadedSftModel extends CausalLM {
   adapter?: LoadedPeftAdapter;
   /** The base model's path or id (the adapter's base_model_name_or_path, or `model` itself). */
   base: string;
-}
-
-/** Whether `path` is a folder holding a PEFT adapter. */
-export function isAdapterFolder(path: string): boolean {
-  return existsSync(path) && statSync(path).isDirectory() && existsSync(join(path, ADAPTER_CONFIG_FILE));
-}
-
-/**
- * The base an adapter names: base_model_name_or_path as written (an absolute path, a Hub id), or
- * a relative path resolved against the adapter folder first and the working directory second.
- * @throws Error naming adapter_config.json when it names no base.
- */
-export function adapterBase(folder: string, adapter: LoadedPeftAdapter): string {
-  const base = adapter.baseModel;
-  if (!base) throw new Error(`${join(folder, ADAPTER_CONFIG_FILE)}: base_model_name_or_path is empty; nodetune needs it to load the base model`);
-  if (isAbsolute(base)) return base;
-  const inFolder = resolve(folder, base);
-  return existsSync(inFolder) ? inFolder : base;
 }
 
 /**
