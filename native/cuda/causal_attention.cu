@@ -45,7 +45,10 @@
 // forward takes two passes over the keys (row max and sum, then
 // P = e^(s - lse) times V) so the output accumulators never need the online
 // rescale, which would have to know the fragment layout; the scores are
-// recomputed in the second pass, which tensor cores make cheap.
+// recomputed in the second pass, which tensor cores make cheap. A key a query
+// cannot see still enters the products, with weight 0: inputs must be finite
+// (as for the CPU twin's GEMMs; 0 x inf is NaN), where the fp32 kernels skip
+// such keys.
 //
 // Faster later: mma.sync with the documented fragment layouts (one pass,
 // P kept in registers); K/V tiles shared by the NH/NKV query heads of a kv
@@ -55,6 +58,8 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <type_traits>
 
@@ -403,6 +408,11 @@ constexpr int kScoreBytes = kRows * kLdS * 4;  // 2304: keeps every tile 32-byte
 constexpr int kPBytes = kRows * kLdP * 2;      // 1280
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
+// The j-th of the 16 tile columns c0.. a lane reads in its row r, rotated by
+// r: unrotated, the 32 lanes' reads of S[r * kLdS + c] (kLdS = 36 = 4 mod 32
+// banks) would fall into 8 banks, 4-way conflicts at every j.
+__device__ __forceinline__ int lane_column(int c0, int j, int r) { return c0 + ((j + r) & 15); }
+
 template <int NDL>
 struct Shape {
     static constexpr int HSP = 32 * NDL;  // head dims, zero-padded
@@ -568,7 +578,7 @@ __global__ void __launch_bounds__(32 * kWarps)
         float s[16], mt = -INFINITY;
 #pragma unroll
         for (int j = 0; j < 16; j++) {
-            const int c = c0 + j;
+            const int c = lane_column(c0, j, r);
             s[j] = visible(t1, seg1, k0 + c, kseg_s[c]) ? S[r * kLdS + c] * scale : -INFINITY;
             mt = fmaxf(mt, s[j]);
         }
@@ -595,7 +605,7 @@ __global__ void __launch_bounds__(32 * kWarps)
         __syncwarp();
 #pragma unroll
         for (int j = 0; j < 16; j++) {
-            const int c = c0 + j;
+            const int c = lane_column(c0, j, r);
             const float p = visible(t1, seg1, k0 + c, kseg_s[c]) ? expf(S[r * kLdS + c] * scale - lse_r) : 0.f;
             P[r * kLdP + c] = __float2bfloat16_rn(p);
         }
@@ -658,7 +668,7 @@ __global__ void __launch_bounds__(32 * kWarps)
         __syncwarp();
 #pragma unroll
         for (int j = 0; j < 16; j++) {
-            const int c = c0 + j, i = r * kLdS + c;
+            const int c = lane_column(c0, j, r), i = r * kLdS + c;
             float ds = 0.f;
             if (visible(t1, seg1, k0 + c, kseg_s[c])) ds = expf(S[i] * scale - lse_r) * (dP[i] - delta_r);
             dS[r * kLdP + c] = __float2bfloat16_rn(ds);
@@ -742,7 +752,7 @@ __global__ void __launch_bounds__(32 * kWarps)
             __syncwarp();
 #pragma unroll
             for (int j = 0; j < 16; j++) {
-                const int c = c0 + j, i = r * kLdS + c;
+                const int c = lane_column(c0, j, r), i = r * kLdS + c;
                 float p = 0.f, ds = 0.f;
                 if (visible(q0 + c, qseg_s[c], t2, seg2)) {
                     p = expf(S[i] * scale - lse_s[c]);
@@ -886,6 +896,13 @@ void check_args(const char* k, int B, int Tn, int NH, int NKV, int HS) {
 }
 
 // fp32: the scalar kernels; bf16: the tensor-core kernels.
+// The bf16 kernels read and write head rows as bf16 pairs (4 bytes): HS,
+// head offsets and row strides are even (check_heads), the buffers must be too.
+void check_pairs(const char* k, std::initializer_list<const void*> ptrs) {
+    for (const void* p : ptrs)
+        detail::require(reinterpret_cast<uintptr_t>(p) % 4 == 0, k, "bf16 buffers must be 4-byte aligned");
+}
+
 template <typename T, int NDL>
 void launch_forward(T* out, float* lse, const T* qkv, const int32_t* mask, int B, int Tn, int NH,
                     int NKV, int HS, float scale, cudaStream_t stream) {
@@ -939,6 +956,7 @@ template <typename T>
 void causal_attention_forward(T* out, float* lse, const T* qkv, const int32_t* mask, int B,
                               int Tn, int NH, int NKV, int HS, cudaStream_t stream) {
     check_args("causal_attention_forward", B, Tn, NH, NKV, HS);
+    if (std::is_same<T, bf16>::value) check_pairs("causal_attention_forward", {out, qkv});
     if (B == 0 || Tn == 0) return;
     const float scale = 1.f / sqrtf((float)HS);
     switch ((HS + 31) / 32) {
@@ -954,6 +972,7 @@ void causal_attention_backward(T* dqkv, float* delta, const T* dout, const T* ou
                                const float* lse, const int32_t* mask, int B, int Tn, int NH,
                                int NKV, int HS, cudaStream_t stream) {
     check_args("causal_attention_backward", B, Tn, NH, NKV, HS);
+    if (std::is_same<T, bf16>::value) check_pairs("causal_attention_backward", {dqkv, dout, qkv});
     if (B == 0 || Tn == 0) return;
     const float scale = 1.f / sqrtf((float)HS);
     const size_t rows = (size_t)B * NH * Tn;

@@ -959,6 +959,12 @@ void check_decoder_attention_args() {
     expect("B*NH > 65535", "causal_attention_forward", [&] { nt::cuda::causal_attention_forward<T>(p, f, p, m, 20000, 4, 4, 1, 64, stream); });
     expect("col0+T > cap", "kv_cache_store", [&] { nt::cuda::kv_cache_store<T>(p, p, p, 1, 4, 2, 1, 64, 7, 10, stream); });
     expect("ncols > cap", "decode_attention", [&] { nt::cuda::decode_attention<T>(p, p, 256, p, p, m, 1, 2, 1, 64, 11, 10, stream); });
+    if (std::is_same<T, bf16>::value) {  // the tensor-core kernels move bf16 pairs
+        alignas(4) static T words[4];  // never read: the argument check comes first
+        T* odd = words + 1;
+        expect("a 2-byte-aligned qkv", "causal_attention_forward", [&] { nt::cuda::causal_attention_forward<T>(p, f, odd, m, 1, 4, 2, 1, 64, stream); });
+        expect("a 2-byte-aligned dout", "causal_attention_backward", [&] { nt::cuda::causal_attention_backward<T>(p, f, odd, p, p, f, m, 1, 4, 2, 1, 64, stream); });
+    }
 }
 // (end of the attention checks)
 
