@@ -117,8 +117,11 @@ inline float atomicAdd(float* p, float v) {
 // 1/32 share of the elements, so a lane that reads another lane's stored
 // elements without __syncwarp()/__syncthreads() in between reads stale
 // memory, as it may on a GPU. Pointers must be 32-byte aligned and ldm a
-// multiple of 16 bytes, as the CUDA Programming Guide requires: the emulator
-// stops with a message otherwise.
+// multiple of 16 bytes, as the CUDA Programming Guide requires, and every
+// call is warp-collective: all 32 lanes arrive with the same pointer and ldm
+// (a lane missing is reported as a deadlock). The emulator stops with a
+// message otherwise. A load checks after reading and a store before writing,
+// so neither stands in for the __syncwarp a kernel owes.
 namespace nvcuda {
 namespace wmma {
 struct matrix_a {};
@@ -140,6 +143,11 @@ inline void check_ptr(const void* p, unsigned ldm, size_t elem, const char* call
         ::emu::fault((std::string(call) + ": pointer not 32-byte aligned").c_str());
     if ((ldm * elem) % 16 != 0) ::emu::fault((std::string(call) + ": ldm not a multiple of 16 bytes").c_str());
 }
+// Every lane of the warp calls with the same (pointer, ldm): a warp barrier.
+inline void collective(const void* p, unsigned ldm, const char* call) {
+    const uint64_t mine = reinterpret_cast<uintptr_t>(p) ^ ((uint64_t)ldm << 48);
+    if (::emu::shfl(mine, 0) != mine) ::emu::fault((std::string(call) + ": lanes pass different arguments").c_str());
+}
 inline float f(float x) { return x; }
 inline float f(__nv_bfloat16 x) { return __bfloat162float(x); }
 }  // namespace detail
@@ -151,6 +159,7 @@ inline void load_matrix_sync(fragment<Use, 16, 16, 16, E, Layout>& a, const E* p
     constexpr bool col = std::is_same<Layout, col_major>::value;
     for (int r = 0; r < 16; r++)
         for (int c = 0; c < 16; c++) a.v[r * 16 + c] = col ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c];
+    detail::collective(p, ldm, "wmma::load_matrix_sync");
 }
 template <typename E>
 inline void fill_fragment(fragment<accumulator, 16, 16, 16, E>& a, E value) {
@@ -159,6 +168,7 @@ inline void fill_fragment(fragment<accumulator, 16, 16, 16, E>& a, E value) {
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& a, unsigned ldm,
                               layout_t layout) {
     detail::check_ptr(p, ldm, sizeof(float), "wmma::store_matrix_sync");
+    detail::collective(p, ldm, "wmma::store_matrix_sync");
     const int lane = (int)(threadIdx.x & 31);
     for (int i = lane; i < 256; i += 32) {
         const int r = i / 16, c = i % 16;
@@ -169,6 +179,7 @@ template <typename E, typename LA, typename LB>
 inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, E, LA>& a,
                      const fragment<matrix_b, 16, 16, 16, E, LB>& b,
                      const fragment<accumulator, 16, 16, 16, float>& c) {
+    detail::collective(nullptr, 0, "wmma::mma_sync");
     float out[256];
     for (int r = 0; r < 16; r++)
         for (int n = 0; n < 16; n++) {
