@@ -4,7 +4,7 @@
 // the event loop during a step, and the errors bad batches get.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { checkDevice, Engine, loadAddon, type Batch } from '../src/engine.js';
@@ -187,6 +187,30 @@ test('the event loop keeps running during a training step', async () => {
   assert.ok(elapsed > 20, `step too fast to observe (${elapsed} ms)`);
   assert.ok(ticks >= 3, `only ${ticks} timer ticks in ${elapsed} ms: the step blocked the event loop`);
   await engine.dispose();
+});
+
+test('long calls run on one native thread: calls from several engines at once start no new OpenMP threads', { skip: process.platform !== 'linux' && 'counts /proc/self/task' }, async () => {
+  // libgomp keeps an OpenMP team per thread that opens a parallel region; calls spread over
+  // libuv's pool threads each grew a team of their own (threads - 1 more workers per pool thread).
+  const config: BertConfig = {
+    vocab_size: 100, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 256,
+    max_position_embeddings: 64, type_vocab_size: 2, layer_norm_eps: 1e-12, hidden_dropout_prob: 0,
+    attention_probs_dropout_prob: 0, initializer_range: 0.02, num_labels: 3,
+  };
+  const B = 8, T = 64;
+  const batch: Batch = {
+    input_ids: Int32Array.from({ length: B * T }, (_, i) => (i * 7) % 100),
+    labels: Int32Array.from({ length: B }, (_, i) => i % 3),
+    batchSize: B,
+    seqLen: T,
+  };
+  const threads = async () => (await readdir('/proc/self/task')).length;
+  const engines = Array.from({ length: 4 }, () => new Engine({ config, threads: 2 }));
+  await engines[0].forward(batch); // libuv's pool threads (all at the first call) and one OpenMP team exist now
+  const before = await threads();
+  for (let round = 0; round < 5; round++) await Promise.all(engines.map((e) => e.forward(batch)));
+  assert.equal(await threads(), before, 'OpenMP threads were started for calls on other threads');
+  await Promise.all(engines.map((e) => e.dispose()));
 });
 
 test('bad batches throw errors naming the argument and the expected value', async () => {

@@ -1,8 +1,8 @@
 // The only file that knows Node-API. Exposes one class, Engine, wrapping an
 // nt::Model: the BERT classifier (nt::EngineBase) or a Llama-family causal LM
 // (nt::LlamaEngine), chosen by config.model_type. Long operations (forward, accumulate, step, trainStep) run on
-// the libuv thread pool through one AsyncWorker and resolve a Promise; every
-// C++ exception becomes a thrown JS Error or a rejected Promise.
+// one native compute thread (ComputeThread: reached through an AsyncWorker on the libuv thread pool) and
+// resolve a Promise; every C++ exception becomes a thrown JS Error or a rejected Promise.
 //
 // The caller may be hostile (issue 18): reading an argument can run
 // JavaScript — a getter, a Proxy trap — and that JavaScript can call back into
@@ -27,11 +27,16 @@
 
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <functional>
+#include <future>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -177,6 +182,59 @@ float finite_non_negative(double d, const std::string& what, const char* why) {
     return (float)d;
 }
 
+// ---- the compute thread -----------------------------------------------------------
+
+// Every engine's long calls run on this one native thread, whichever libuv
+// pool thread picked the call up (that thread waits). libgomp keeps an OpenMP
+// team per thread that opens a parallel region: calls hopping over libuv's
+// four pool threads made up to four teams, more OpenMP threads than cores,
+// and libgomp then parks idle workers on a futex after a few spins, so each
+// of the hundreds of small parallel regions in a decode step paid a wake-up
+// (batch-1 decode ran at half speed). Calls from all engines queue here in
+// order; on a machine whose cores one call's OpenMP team already fills,
+// running two at once only made them take turns. Never destroyed: a job may
+// still run while the process exits, as a libuv pool thread's may.
+class ComputeThread {
+public:
+    static ComputeThread& get() {
+        static ComputeThread* t = new ComputeThread();
+        return *t;
+    }
+
+    // Runs `job` on the compute thread and returns when it has; its exception,
+    // if any, is rethrown here.
+    void run(const std::function<void()>& job) {
+        std::packaged_task<void()> task(job);
+        std::future<void> done = task.get_future();
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            queue_.push_back(std::move(task));
+        }
+        ready_.notify_one();
+        done.get();
+    }
+
+private:
+    ComputeThread() {
+        std::thread([this] {
+            for (;;) {
+                std::packaged_task<void()> task;
+                {
+                    std::unique_lock<std::mutex> lock(mutex_);
+                    ready_.wait(lock, [this] { return !queue_.empty(); });
+                    task = std::move(queue_.front());
+                    queue_.pop_front();
+                }
+                task();  // an exception is stored in the task's future
+            }
+        }).detach();
+    }
+
+    std::mutex mutex_;
+    std::condition_variable ready_;
+    std::deque<std::packaged_task<void()>> queue_;
+};
+
 // ---- one engine, at most one worker ---------------------------------------------
 
 // What an engine's JS wrapper and its running worker share. Both hold it by
@@ -206,7 +264,7 @@ public:
 
     void Execute() override {
         try {
-            result_ = work_(*held_->engine);
+            ComputeThread::get().run([this] { result_ = work_(*held_->engine); });
         } catch (const std::exception& e) {
             SetError(e.what());
         } catch (...) {
