@@ -56,6 +56,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/device_memory.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
 #include "cuda/llama_cuda.h"
@@ -483,13 +484,13 @@ double attention_seconds(int B, int T, int NH, int NKV, int HS) {
     using nt::cuda::bf16;
     const size_t N = (size_t)B * T, QKV = (size_t)(NH + 2 * NKV) * HS, OC = (size_t)NH * HS;
     const size_t L = (size_t)B * NH * T;
-    std::vector<void*> bufs;
+    nt::cuda::engine_detail::DeviceBuffer bufs[7];  // freed on return, and when a check throws
+    int used = 0;
     auto dev = [&](size_t bytes) {
-        void* p = nullptr;
-        NT_CUDA_CHECK(cudaMalloc(&p, bytes));
-        NT_CUDA_CHECK(cudaMemset(p, 0, bytes));  // zero scores: every visible key weighs the same
-        bufs.push_back(p);
-        return p;
+        nt::cuda::engine_detail::DeviceBuffer& b = bufs[used++];
+        NT_CUDA_CHECK(b.allocate(bytes));
+        NT_CUDA_CHECK(cudaMemset(b.get(), 0, bytes));  // zero scores: every visible key weighs the same
+        return static_cast<void*>(b.get());
     };
     auto* qkv = (bf16*)dev(N * QKV * 2);
     auto* dqkv = (bf16*)dev(N * QKV * 2);
@@ -508,7 +509,6 @@ double attention_seconds(int B, int T, int NH, int NKV, int HS) {
         NT_CUDA_CHECK(cudaStreamSynchronize(nullptr));
         if (i >= 2) t.push_back(seconds_since(t0));
     }
-    for (void* p : bufs) cudaFree(p);
     std::sort(t.begin(), t.end());
     return t[t.size() / 2];
 }
@@ -575,16 +575,18 @@ int run_bench(int steps, bool tiny, const char* json_path) {
                 // rate (causal: forward 2 T^2 NH HS per sequence, backward 2x)
                 const double attn = attention_seconds(B, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
                 const double attn_share = attn * c.num_hidden_layers / step;
-                const double attn_tflops = 6.0 * B * (double)T * T * c.num_attention_heads * c.head_dim / attn / 1e12;
+                const double attn_flops = 6.0 * B * (double)T * T * c.num_attention_heads * c.head_dim;  // one layer
+                const double attn_tflops = attn_flops / attn / 1e12;
                 double layer_params = 0, lora_params = 0;
                 for (const auto& p : e.params()) {
                     if (p.name.find("lora_") != std::string::npos) lora_params += p.numel;
                     else if (p.name.find(".layers.") != std::string::npos) layer_params += p.numel;
                 }
                 const double head = (double)c.vocab_size * c.hidden_size;
-                const double per_token = 4 * (layer_params + head) + 6 * lora_params +
-                                         6.0 * T * c.num_attention_heads * c.head_dim * c.num_hidden_layers;
-                const double tokens = (double)B * T, tflops = per_token * tokens / step / 1e12;
+                const double tokens = (double)B * T;
+                const double per_token =
+                    4 * (layer_params + head) + 6 * lora_params + attn_flops * c.num_hidden_layers / tokens;
+                const double tflops = per_token * tokens / step / 1e12;
                 std::printf("%-14s %5d %6d %12.0f %9.1f %6.1f%% %11.0f %9.2f %6.1f%% %11.1f\n", sh.name.c_str(), B, T,
                             tokens / step, tflops, 100 * tflops / ceiling, peak / 1048576.0, attn * 1e3,
                             100 * attn_share, attn_tflops);
