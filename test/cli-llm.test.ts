@@ -11,8 +11,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LLM } from '../src/llm/llm.js';
-import { savePeftAdapter, type NamedTensors } from '../src/io/peft.js';
-import { peftKey } from '../src/models/llama.js';
+import { writeRandomVProjAdapter } from './helpers/random-adapter.js';
 import type { ChatMessage } from '../src/chat/template.js';
 import { bf16Unsupported } from './helpers/bf16.js';
 
@@ -67,22 +66,12 @@ test('nodetune chat over stdin: replies stream, history is kept, /reset clears i
 });
 
 test('generate --model <sft run folder> is its base with the adapter on it (as --model <base> --lora <run>); a base that cannot load is named', { skip: missing }, async () => {
-  const c = (await llm()).config;
-  const r = 4;
-  const tensors: NamedTensors = new Map();
-  // Fixed pseudo-random values large enough to move the argmax (as test/llm.test.ts's adapter).
-  let s = 777;
-  const rnd = () => ((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32 - 0.5) * 0.5;
-  for (let l = 0; l < c.num_hidden_layers; l++) {
-    tensors.set(peftKey(l, 'v_proj', 'A'), { shape: [r, c.hidden_size], data: Float32Array.from({ length: r * c.hidden_size }, rnd) });
-    tensors.set(peftKey(l, 'v_proj', 'B'), { shape: [c.num_key_value_heads * c.head_dim, r], data: Float32Array.from({ length: c.num_key_value_heads * c.head_dim * r }, rnd) });
-  }
-  const lora = { r, lora_alpha: 32, target_modules: ['v_proj' as const], lora_dropout: 0 };
+  const config = (await llm()).config;
   const run = await mkdtemp(join(tmpdir(), 'nodetune-generate-run-'));
   const orphan = await mkdtemp(join(tmpdir(), 'nodetune-generate-orphan-'));
   try {
     // A run folder as `nodetune sft` leaves it: the adapter, its base named by base_model_name_or_path.
-    await savePeftAdapter(run, { lora, tensors, baseModel: gguf });
+    await writeRandomVProjAdapter(run, config, gguf, 777);
     const prompt = ['--prompt', 'The capital of France is', '--max-new-tokens', '8', '--threads', '2'];
     const viaRun = nodetune('', 'generate', '--model', run, ...prompt);
     assert.equal(viaRun.status, 0, viaRun.stderr);
@@ -91,7 +80,7 @@ test('generate --model <sft run folder> is its base with the adapter on it (as -
     const plain = nodetune('', 'generate', '--model', gguf, ...prompt);
     assert.notEqual(viaRun.stdout, plain.stdout, 'the adapter changes the greedy answer');
     const missingBase = join(orphan, 'no-such-base');
-    await savePeftAdapter(orphan, { lora, tensors, baseModel: missingBase });
+    await writeRandomVProjAdapter(orphan, config, missingBase, 777);
     const bad = nodetune('', 'generate', '--model', orphan, ...prompt);
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, new RegExp(`${orphan}: cannot load its base model ${missingBase} \\(adapter_config\\.json base_model_name_or_path\\)`));

@@ -15,8 +15,7 @@ import { generateIds } from '../src/llm/generate.js';
 import type { CausalLM } from '../src/llm/load.js';
 import { ChoiceConstraint } from '../src/llm/choices.js';
 import { parseToolCalls } from '../src/llm/tool-calls.js';
-import { savePeftAdapter, type NamedTensors } from '../src/io/peft.js';
-import { peftKey } from '../src/models/llama.js';
+import { writeRandomVProjAdapter } from './helpers/random-adapter.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
 const gguf = join(root, '.cache/models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf');
@@ -247,20 +246,10 @@ test('errors: a prompt too long for the context names both lengths; bad messages
 
 test('load({ lora }): a PEFT adapter folder is applied (greedy output changes), a misfit adapter is named; dispose() lets earlier calls finish', { skip: missing }, async () => {
   const m = await llm();
-  const c = m.config;
-  const r = 4;
-  const tensors: NamedTensors = new Map();
-  // Fixed pseudo-random values large enough to move the argmax.
-  let s = 12345;
-  const rnd = () => ((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32 - 0.5) * 0.5;
-  for (let l = 0; l < c.num_hidden_layers; l++) {
-    tensors.set(peftKey(l, 'v_proj', 'A'), { shape: [r, c.hidden_size], data: Float32Array.from({ length: r * c.hidden_size }, rnd) });
-    tensors.set(peftKey(l, 'v_proj', 'B'), { shape: [c.num_key_value_heads * c.head_dim, r], data: Float32Array.from({ length: c.num_key_value_heads * c.head_dim * r }, rnd) });
-  }
   const dir = await mkdtemp(join(tmpdir(), 'nodetune-llm-lora-'));
   let tuned: LLM | undefined;
   try {
-    await savePeftAdapter(dir, { lora: { r, lora_alpha: 32, target_modules: ['v_proj'], lora_dropout: 0 }, tensors, baseModel: 'HuggingFaceTB/SmolLM2-135M-Instruct' });
+    await writeRandomVProjAdapter(dir, m.config, 'HuggingFaceTB/SmolLM2-135M-Instruct');
     tuned = await LLM.load(gguf, { threads: 2, lora: dir });
     const base: GenerateResult = await m.generate(FRANCE, { maxNewTokens: 6 });
     // dispose() waits for the generation called before it; calls after it are refused.

@@ -19,8 +19,7 @@ import { fileURLToPath } from 'node:url';
 import OpenAI from 'openai';
 import { LLM, type GenerateOptions, type GenerateResult, type Prompt } from '../src/llm/llm.js';
 import type { CausalLM } from '../src/llm/load.js';
-import { savePeftAdapter, type NamedTensors } from '../src/io/peft.js';
-import { peftKey } from '../src/models/llama.js';
+import { writeRandomVProjAdapter } from './helpers/random-adapter.js';
 import { startLlmServer, type RunningLlmServer } from '../src/serve/llm-server.js';
 import { ToolCallStream, parseChatCompletionRequest } from '../src/serve/openai.js';
 import { GenerationBatcher } from '../src/serve/batcher.js';
@@ -471,19 +470,9 @@ test('request parsing: developer → system, text parts joined, tool-call argume
 
 test('nodetune serve --model <sft run folder> serves base + adapter under --model-name, and stops on SIGTERM', { skip: missing }, async () => {
   const base = await greedyFrance();
-  const c = llm.config;
-  const r = 4;
-  const tensors: NamedTensors = new Map();
-  // Fixed pseudo-random values large enough to move the argmax (as test/llm.test.ts's adapter).
-  let s = 12345;
-  const rnd = () => ((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32 - 0.5) * 0.5;
-  for (let l = 0; l < c.num_hidden_layers; l++) {
-    tensors.set(peftKey(l, 'v_proj', 'A'), { shape: [r, c.hidden_size], data: Float32Array.from({ length: r * c.hidden_size }, rnd) });
-    tensors.set(peftKey(l, 'v_proj', 'B'), { shape: [c.num_key_value_heads * c.head_dim, r], data: Float32Array.from({ length: c.num_key_value_heads * c.head_dim * r }, rnd) });
-  }
   const run = await mkdtemp(join(tmpdir(), 'nodetune-serve-run-'));
   // A run folder as `nodetune sft` leaves it: the adapter, its base named by base_model_name_or_path.
-  await savePeftAdapter(run, { lora: { r, lora_alpha: 32, target_modules: ['v_proj'], lora_dropout: 0 }, tensors, baseModel: gguf });
+  await writeRandomVProjAdapter(run, llm.config, gguf);
   const child = spawn(process.execPath, [CLI, 'serve', '--model', run, '--port', '0', '--threads', '2', '--model-name', 'my-run', '--max-batch', '2'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d));
