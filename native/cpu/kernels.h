@@ -20,6 +20,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace nt {
 
@@ -252,6 +254,35 @@ template <typename T>
 double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* targets, int N,
                            int C, int V, T grad_scale, T* scratch, int chunk,
                            const uint16_t* Wbf16 = nullptr, const T* bias = nullptr, T* dbias = nullptr);
+
+// ---- Q8_0 weights (ggml block_q8_0; cpu/q8_0.cpp) --------------------------
+// A weight W (OC, IC), IC % 32 == 0, quantized per row in blocks of 32 as
+// ggml's quantize_row_q8_0_ref and gguf-py quantize(x, Q8_0) do: d = amax /
+// 127, q = round-half-away(x / d) (via id = 1/d), d stored rounded to fp16;
+// W ~ d q. Held repacked for linear_q8_0 (layout in q8_0.cpp): about 1.06
+// bytes a weight.
+struct Q8Weights {
+    static constexpr int kRows = 16;  // output rows interleaved together
+    std::vector<uint8_t> q;           // q + 128, rows padded to a multiple of kRows
+    std::vector<float> d;             // a scale per row and block (fp16 values)
+    int OC = 0, IC = 0;
+};
+// Throws std::invalid_argument unless OC > 0 and IC is a positive multiple of 32.
+void quantize_q8_0(Q8Weights& w, const float* W, int OC, int IC);
+// W (OC, IC) = d q, exactly (the values linear_q8_0 multiplies by).
+void dequantize_q8_0(float* W, const Q8Weights& w);
+// out (N, OC) = x (N, IC) W^T: each row of x is quantized in blocks of 32 the
+// same way (d kept in fp32) into xq (N IC int8), xd and xs (N IC / 32: scale,
+// sum of q), workspace; each block's dot product is exact in int32 before
+// its two scales multiply it in fp32 (ggml's vec_dot_q8_0_q8_0). Reads W
+// once for all N rows: for decode steps (prefill-sized N is compute-bound).
+void linear_q8_0(float* out, const float* x, const Q8Weights& w, int N, int8_t* xq, float* xd, int32_t* xs);
+// The path linear_q8_0 takes: "avx512vnni" where the CPU has it, else
+// "avx2", else "scalar" (any CPU; about 10x slower than AVX2). q8_0_use_isa switches it for later calls
+// (tests of every path) and returns false, changing nothing, when the CPU
+// lacks `isa` or the name is unknown.
+const char* q8_0_isa();
+bool q8_0_use_isa(const std::string& isa);
 
 // ---- LoRA (Hu et al. 2021; PEFT tuners/lora/layer.py Linear) --------------
 // out (N rows, stride ldo, OC columns) += scale * dropout(inp) A^T B^T, with

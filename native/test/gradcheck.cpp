@@ -1205,6 +1205,94 @@ void check_gemm_bf16(Rng& rng) {
     }
 }
 
+// ------------------------------------------------------------------- Q8_0 ----
+// ggml's quantize_row_q8_0_ref transcribed: per block of 32, d = amax / 127,
+// id = 1/d (0 when d = 0), q = roundf(x id), d stored as fp16 (weights) or
+// kept in fp32 (activations, fp16_d false).
+void q8_0_reference(const float* x, int n, bool fp16_d, std::vector<int>& q, std::vector<double>& d) {
+    q.assign(n, 0);
+    d.assign(n / 32, 0.0);
+    for (int b = 0; b < n / 32; b++) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) amax = std::max(amax, std::fabs(x[b * 32 + i]));
+        const float dd = amax / 127.0f;
+        const float id = dd ? 1.0f / dd : 0.0f;
+        d[b] = fp16_d ? (double)(float)(_Float16)dd : (double)dd;
+        for (int i = 0; i < 32; i++) q[b * 32 + i] = (int)std::round(x[b * 32 + i] * id);
+    }
+}
+
+void check_q8_0(Rng& rng) {
+    const int OC = 37, IC = 96;  // OC past two 16-row groups, an odd number of blocks
+    FV W = to_f(rng.vec((size_t)OC * IC, -0.3, 0.3));
+    for (int i = 0; i < 32; i++) W[32 + i] = 0.0f;            // an all-zero block: d = 0
+    for (int i = 0; i < 32; i++) W[64 + i] = (i - 16) * 0.25f;  // an exact grid
+    nt::Q8Weights w;
+    nt::quantize_q8_0(w, W.data(), OC, IC);
+    FV deq = fnans((size_t)OC * IC);
+    nt::dequantize_q8_0(deq.data(), w);
+    std::vector<int> q;
+    std::vector<double> d;
+    V want((size_t)OC * IC), bound((size_t)OC * IC);
+    for (int o = 0; o < OC; o++) {
+        q8_0_reference(&W[(size_t)o * IC], IC, true, q, d);
+        for (int i = 0; i < IC; i++) want[(size_t)o * IC + i] = d[i / 32] * q[i];
+    }
+    const std::string kase = "OC=" + std::to_string(OC) + ",IC=" + std::to_string(IC) + ", a zero block, a grid block";
+    record("quantize_q8_0", "d q", "reference", kase + ", vs ggml's quantize_row_q8_0_ref", rel_err(deq, want), kRefTol);
+    record("dequantize_q8_0", "W", "reference", kase + ", d q exactly", rel_err(deq, want), kRefTol);
+    double worst = 0;  // |d q - x| <= d/2 up to d's fp16 rounding (2^-11 relative)
+    for (int o = 0; o < OC; o++)
+        for (int b = 0; b < IC / 32; b++) {
+            float amax = 0.0f;
+            for (int i = 0; i < 32; i++) amax = std::max(amax, std::fabs(W[(size_t)o * IC + b * 32 + i]));
+            const double half = amax / 127.0 * (0.5 + 128 * std::ldexp(1.0, -11)) + 1e-30;
+            for (int i = 0; i < 32; i++) {
+                const size_t k = (size_t)o * IC + b * 32 + i;
+                worst = std::max(worst, std::fabs(deq[k] - W[k]) / half);
+            }
+        }
+    record("quantize_q8_0", "d q", "property", kase + ", |d q - x| <= d/2 (+ fp16 rounding of d)", worst / 1.0001, 1.0);
+    bool threw = false;
+    try {
+        nt::quantize_q8_0(w, W.data(), OC, 48);
+    } catch (const std::invalid_argument&) {
+        threw = true;
+    }
+    record("quantize_q8_0", "IC", "property", "IC=48 (not a multiple of 32) throws", threw ? 0 : 1, 0.5);
+
+    const std::string native_isa = nt::q8_0_isa();
+    for (const char* isa : {"scalar", "avx2", "avx512vnni"}) {
+        if (!nt::q8_0_use_isa(isa)) continue;  // this CPU lacks it
+        for (int N : {1, 3, 4, 9}) {
+            const FV x = to_f(rng.vec((size_t)N * IC));
+            V ref((size_t)N * OC);
+            for (int n = 0; n < N; n++) {
+                std::vector<int> xq;
+                std::vector<double> xd;
+                q8_0_reference(&x[(size_t)n * IC], IC, false, xq, xd);
+                for (int o = 0; o < OC; o++) {
+                    q8_0_reference(&W[(size_t)o * IC], IC, true, q, d);
+                    double s = 0;
+                    for (int b = 0; b < IC / 32; b++) {
+                        long long dot = 0;
+                        for (int i = 0; i < 32; i++) dot += (long long)q[b * 32 + i] * xq[b * 32 + i];
+                        s += d[b] * xd[b] * (double)dot;
+                    }
+                    ref[(size_t)n * OC + o] = s;
+                }
+            }
+            FV out = fnans((size_t)N * OC), xd((size_t)N * IC / 32);
+            std::vector<int8_t> xq((size_t)N * IC);
+            std::vector<int32_t> xs((size_t)N * IC / 32);
+            nt::linear_q8_0(out.data(), x.data(), w, N, xq.data(), xd.data(), xs.data());
+            record("linear_q8_0", "out", "reference", std::string(isa) + ",N=" + std::to_string(N) + ",OC=" + std::to_string(OC) + ",IC=" + std::to_string(IC),
+                   rel_err(out, ref), kF32Tol);
+        }
+    }
+    nt::q8_0_use_isa(native_isa);
+}
+
 void run_suite(int threads) {
     g_threads = threads;
     omp_set_num_threads(threads);
@@ -1243,6 +1331,7 @@ void run_suite(int threads) {
     check_lmhead_crossentropy(rng, 3, true, true);  // BertForMaskedLM's decoder bias
     check_lora(rng, 0.f);
     check_lora(rng, 0.3f);
+    check_q8_0(rng);
 }
 
 std::string json_str(const std::string& s) {

@@ -1,0 +1,273 @@
+// Q8_0 weights: ggml's block_q8_0 quantization (ggml-quants.c
+// quantize_row_q8_0_ref) and its int8 dot product (vec_dot_q8_0_q8_0), for
+// generation from weights a quarter the size of fp32.
+//
+// Layout (Q8Weights): output rows in groups of 16; within a group, for each
+// block of 32 inputs and each 4 of its inputs, the 16 rows' 4 bytes side by
+// side (64 bytes), so one 512-bit multiply-add (or two 256-bit ones) takes 4
+// inputs of 16 rows against 4 bytes of x broadcast: no horizontal sums, x read
+// once per group. Bytes hold q + 128 (unsigned), what VNNI's dpbusd multiplies
+// by signed bytes; the 128 sum(x_q) it adds is taken off per block. The
+// scales of a block are the 16 rows' d side by side.
+//
+// Paths, chosen once at first use by what the CPU has: AVX-512 VNNI, AVX2,
+// and a portable one (other CPUs, builds for other architectures). The SIMD
+// functions carry their own target attributes, so the file builds without
+// -march flags (test/gpu/emulate.sh compiles it so).
+#if defined(__x86_64__) || defined(_M_X64)
+#define NT_Q8_X86 1
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+
+#include "kernels.h"
+
+namespace nt {
+
+namespace {
+
+constexpr int kBlock = 32, kRows = Q8Weights::kRows;
+
+// A value rounded to binary16 and back (to nearest even), as ggml stores d.
+inline float through_fp16(float x) { return (float)(_Float16)x; }
+
+// round-half-away-from-zero(v) clamped to [-127, 127]; NaN to 0. -128 never
+// appears, so q + 128 fits a byte and the sign trick below cannot overflow.
+inline int8_t to_q(float v) {
+    const float r = std::round(v);
+    return (int8_t)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r == r ? r : 0.0f);
+}
+
+// One block: d = amax / 127, q = round(x id) with id = 1/d computed before d
+// is stored (fp16_d: rounded to fp16 as ggml stores weights; activations keep
+// their fp32 d). Returns sum(q).
+inline int quantize_block(int8_t* q, float* d, const float* x, bool fp16_d) {
+    float amax = 0.0f;
+    for (int i = 0; i < kBlock; i++) amax = std::fmax(amax, std::fabs(x[i]));
+    const float dd = amax / 127.0f;
+    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+    *d = fp16_d ? through_fp16(dd) : dd;
+    int sum = 0;
+    for (int i = 0; i < kBlock; i++) sum += q[i] = to_q(x[i] * id);
+    return sum;
+}
+
+inline int32_t load4(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+// The activations quantized per row (q, d, sum q per block), and up to 4
+// rows of them taken at once so each weight load serves 4 products.
+struct Rows {
+    const int8_t* q;
+    const float* d;
+    const int32_t* s;
+    int nb, IC;
+};
+
+// out[r][0..16) for the R rows starting at n of one group: the arithmetic
+// every path does, written plainly.
+template <int R>
+void group_scalar(float (*out)[kRows], const uint8_t* wq, const float* wd, const Rows& x, int n) {
+    for (int r = 0; r < R; r++)
+        for (int lane = 0; lane < kRows; lane++) out[r][lane] = 0.0f;
+    for (int b = 0; b < x.nb; b++)
+        for (int r = 0; r < R; r++) {
+            const int8_t* xq = x.q + (size_t)(n + r) * x.IC + b * kBlock;
+            const float xd = x.d[(size_t)(n + r) * x.nb + b];
+            for (int lane = 0; lane < kRows; lane++) {
+                int32_t dot = 0;
+                for (int i = 0; i < kBlock; i++)
+                    dot += ((int32_t)wq[((size_t)b * 8 + i / 4) * 64 + lane * 4 + i % 4] - 128) * xq[i];
+                out[r][lane] += wd[(size_t)b * kRows + lane] * xd * (float)dot;
+            }
+        }
+}
+
+#ifdef NT_Q8_X86
+// The same for one group on AVX2: per
+// 8-row half, maddubs multiplies |w| by x carrying w's sign (pair sums within
+// int16: 2 * 127 * 127); the q + 128 bytes become q again by flipping the top bit.
+template <int R>
+__attribute__((target("avx2,fma")))
+void group_avx2(float (*out)[kRows], const uint8_t* wq, const float* wd, const Rows& x, int n) {
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+    for (int half = 0; half < 2; half++) {
+        __m256 acc[R];
+        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+        for (int b = 0; b < x.nb; b++) {
+            __m256i isum[R];
+            for (int r = 0; r < R; r++) isum[r] = _mm256_setzero_si256();
+            for (int k = 0; k < kBlock / 4; k++) {
+                const __m256i w = _mm256_xor_si256(
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + ((size_t)b * 8 + k) * 64 + 32 * half)), flip);
+                const __m256i aw = _mm256_sign_epi8(w, w);
+                for (int r = 0; r < R; r++) {
+                    const __m256i xb = _mm256_set1_epi32(load4(x.q + (size_t)(n + r) * x.IC + b * kBlock + 4 * k));
+                    isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xb, w)), ones));
+                }
+            }
+            const __m256 d = _mm256_loadu_ps(wd + (size_t)b * kRows + 8 * half);
+            for (int r = 0; r < R; r++)
+                acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x.d[(size_t)(n + r) * x.nb + b])),
+                                         _mm256_cvtepi32_ps(isum[r]), acc[r]);
+        }
+        for (int r = 0; r < R; r++) _mm256_storeu_ps(out[r] + 8 * half, acc[r]);
+    }
+}
+
+// GCC 12's avx512fintrin.h builds _mm512_undefined_*() from a
+// self-initialised variable, which -Wuninitialized reports at every use.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+void group_avx512vnni(float (*out)[kRows], const uint8_t* wq, const float* wd, const Rows& x, int n) {
+    __m512 acc[R];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (int b = 0; b < x.nb; b++) {
+        __m512i isum[R];
+        for (int r = 0; r < R; r++) isum[r] = _mm512_setzero_si512();
+        for (int k = 0; k < kBlock / 4; k++) {
+            const __m512i w = _mm512_loadu_si512(wq + ((size_t)b * 8 + k) * 64);
+            for (int r = 0; r < R; r++)
+                isum[r] = _mm512_dpbusd_epi32(isum[r], w, _mm512_set1_epi32(load4(x.q + (size_t)(n + r) * x.IC + b * kBlock + 4 * k)));
+        }
+        const __m512 d = _mm512_loadu_ps(wd + (size_t)b * kRows);
+        for (int r = 0; r < R; r++) {
+            const size_t xb = (size_t)(n + r) * x.nb + b;
+            const __m512i exact = _mm512_sub_epi32(isum[r], _mm512_set1_epi32(128 * x.s[xb]));
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.d[xb])), _mm512_cvtepi32_ps(exact), acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) _mm512_storeu_ps(out[r], acc[r]);
+}
+#pragma GCC diagnostic pop
+#endif  // NT_Q8_X86
+
+enum class Isa { kUnset, kScalar, kAvx2, kAvx512Vnni };
+const char* const kIsaNames[] = {"", "scalar", "avx2", "avx512vnni"};
+
+bool cpu_has(Isa i) {
+    if (i == Isa::kScalar) return true;
+#ifdef NT_Q8_X86
+    __builtin_cpu_init();
+    if (i == Isa::kAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (i == Isa::kAvx512Vnni)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vnni");
+#endif
+    return false;
+}
+
+std::atomic<Isa> g_isa{Isa::kUnset};
+
+Isa isa() {
+    Isa i = g_isa.load(std::memory_order_relaxed);
+    if (i == Isa::kUnset) {
+        i = cpu_has(Isa::kAvx512Vnni) ? Isa::kAvx512Vnni : cpu_has(Isa::kAvx2) ? Isa::kAvx2 : Isa::kScalar;
+        g_isa.store(i, std::memory_order_relaxed);
+    }
+    return i;
+}
+
+template <int R>
+void group(Isa i, float (*out)[kRows], const uint8_t* wq, const float* wd, const Rows& x, int n) {
+#ifdef NT_Q8_X86
+    if (i == Isa::kAvx512Vnni) return group_avx512vnni<R>(out, wq, wd, x, n);
+    if (i == Isa::kAvx2) return group_avx2<R>(out, wq, wd, x, n);
+#endif
+    group_scalar<R>(out, wq, wd, x, n);
+}
+
+}  // namespace
+
+const char* q8_0_isa() { return kIsaNames[(int)isa()]; }
+
+bool q8_0_use_isa(const std::string& name) {
+    for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni})
+        if (name == kIsaNames[(int)i]) {
+            if (!cpu_has(i)) return false;
+            g_isa.store(i);
+            return true;
+        }
+    return false;
+}
+
+void quantize_q8_0(Q8Weights& w, const float* W, int OC, int IC) {
+    if (OC <= 0 || IC <= 0 || IC % kBlock != 0)
+        throw std::invalid_argument("quantize_q8_0: expected OC > 0 and IC a positive multiple of 32, got OC " +
+                                    std::to_string(OC) + ", IC " + std::to_string(IC));
+    const int nb = IC / kBlock, groups = (OC + kRows - 1) / kRows;
+    w.OC = OC;
+    w.IC = IC;
+    w.q.assign((size_t)groups * kRows * IC, 128);  // padding rows: q = 0
+    w.d.assign((size_t)groups * kRows * nb, 0.0f);
+#pragma omp parallel for schedule(static)
+    for (int o = 0; o < OC; o++) {
+        const int g = o / kRows, lane = o % kRows;
+        uint8_t* gq = w.q.data() + (size_t)g * kRows * IC;
+        float* gd = w.d.data() + (size_t)g * kRows * nb;
+        for (int b = 0; b < nb; b++) {
+            int8_t q[kBlock];
+            quantize_block(q, &gd[(size_t)b * kRows + lane], W + (size_t)o * IC + (size_t)b * kBlock, true);
+            for (int k = 0; k < kBlock / 4; k++)
+                for (int j = 0; j < 4; j++)
+                    gq[((size_t)b * 8 + k) * 64 + lane * 4 + j] = (uint8_t)(q[4 * k + j] + 128);
+        }
+    }
+}
+
+void dequantize_q8_0(float* W, const Q8Weights& w) {
+    const int nb = w.IC / kBlock;
+    for (int o = 0; o < w.OC; o++) {
+        const int g = o / kRows, lane = o % kRows;
+        const uint8_t* gq = w.q.data() + (size_t)g * kRows * w.IC;
+        const float* gd = w.d.data() + (size_t)g * kRows * nb;
+        for (int i = 0; i < w.IC; i++) {
+            const int b = i / kBlock, k = (i % kBlock) / 4, j = i % 4;
+            W[(size_t)o * w.IC + i] = gd[(size_t)b * kRows + lane] * (float)((int)gq[((size_t)b * 8 + k) * 64 + lane * 4 + j] - 128);
+        }
+    }
+}
+
+void linear_q8_0(float* out, const float* x, const Q8Weights& w, int N, int8_t* xq, float* xd, int32_t* xs) {
+    const int IC = w.IC, OC = w.OC, nb = IC / kBlock, groups = (OC + kRows - 1) / kRows;
+    const bool many = (size_t)N * nb > 256;
+#pragma omp parallel for schedule(static) if (many)
+    for (int n = 0; n < N; n++)
+        for (int b = 0; b < nb; b++)
+            xs[(size_t)n * nb + b] = quantize_block(xq + (size_t)n * IC + (size_t)b * kBlock, xd + (size_t)n * nb + b,
+                                                    x + (size_t)n * IC + (size_t)b * kBlock, false);
+    const Rows rows{xq, xd, xs, nb, IC};
+    const Isa i = isa();
+    // Each group's weights (16 x IC bytes) come from memory once and stay in
+    // L1 while the rows pass, 4 at a time.
+#pragma omp parallel for schedule(static)
+    for (int g = 0; g < groups; g++) {
+        const uint8_t* gq = w.q.data() + (size_t)g * kRows * IC;
+        const float* gd = w.d.data() + (size_t)g * kRows * nb;
+        const int width = std::min(kRows, OC - g * kRows);
+        float tile[4][kRows];
+        for (int n = 0; n < N;) {
+            const int R = std::min(4, N - n);
+            if (R == 4) group<4>(i, tile, gq, gd, rows, n);
+            else if (R == 3) group<3>(i, tile, gq, gd, rows, n);
+            else if (R == 2) group<2>(i, tile, gq, gd, rows, n);
+            else group<1>(i, tile, gq, gd, rows, n);
+            for (int r = 0; r < R; r++) std::memcpy(out + (size_t)(n + r) * OC + (size_t)g * kRows, tile[r], width * sizeof(float));
+            n += R;
+        }
+    }
+}
+
+}  // namespace nt
