@@ -64,8 +64,13 @@ export interface EngineOptions {
    * moments). CPU, causal LM with `lora` or `trainable: false` only: the frozen base's GEMMs read bf16 weights
    * (oneDNN; AMX-BF16 or AVX512_BF16), activations rounded to bf16 going in, everything else fp32; the encoder's CPU
    * engine is fp32 only. Throws where the build or CPU has no bf16 GEMMs, naming which.
+   * 'q8_0' (causal LM on the CPU, `trainable: false` or `lora` for generation): the frozen linear layers and the
+   * lm_head are quantized to Q8_0 (ggml's format: blocks of 32 int8 with an fp16 scale, as llama.cpp's Q8_0 GGUFs)
+   * and read through an int8 kernel (AVX-512 VNNI, else AVX2) with the activations quantized the same way; about a
+   * quarter of fp32's bytes per decode step. The fp32 weights stay for getWeight, export and a forward's loss.
+   * Training calls throw.
    */
-  precision?: 'fp32' | 'bf16';
+  precision?: Precision;
   /**
    * BERT only: the head. 'BertForSequenceClassification' (default): pooler + classifier, labels per
    * sequence. 'BertForMaskedLM': the prediction head with its decoder tied to the word embeddings,
@@ -84,6 +89,9 @@ export interface EngineOptions {
    */
   trainable?: boolean;
 }
+
+/** EngineOptions.precision. */
+export type Precision = 'fp32' | 'bf16' | 'q8_0';
 
 /** Every EngineOptions key (`satisfies` keeps the list complete and exact). */
 const ENGINE_OPTION_KEYS = Object.keys({
@@ -179,8 +187,8 @@ export function loadAddon(): NativeAddon {
  * (check_device in native/engine/factory.cpp), without creating an engine, so a caller can
  * reject them before loading weights: device 'cpu', 'cuda' or 'cuda:N';
  * precision 'fp32' or 'bf16' (CUDA; on the CPU only for a causal LM, `causalLM`
- * true, on a build with oneDNN and a CPU with AMX-BF16 or AVX512_BF16); 'cuda'
- * needs an addon built with the CUDA backend. Whether a GPU and driver are
+ * true, on a build with oneDNN and a CPU with AMX-BF16 or AVX512_BF16), 'q8_0'
+ * (a causal LM on the CPU); 'cuda' needs an addon built with the CUDA backend. Whether a GPU and driver are
  * present is only known when the engine is created.
  * @throws Error with the factory's wording.
  */

@@ -147,6 +147,19 @@ test('generate --precision bf16 reads the weights in bf16 (LLM.load precision) w
   assert.match(e.stderr, /--precision is for a causal LM; the classifier .* is evaluated in fp32/);
 });
 
+test('generate --precision q8_0 reads Q8_0 weights (LLM.load precision); training and the classifier refuse it', { skip: missing }, async () => {
+  const r = nodetune('', 'generate', '--model', gguf, '--prompt', 'The capital of France is', '--max-new-tokens', '8', '--stop', '.', '--threads', '2', '--precision', 'q8_0');
+  assert.equal(r.status, 0, r.stderr);
+  const m = await LLM.load(gguf, { threads: 2, precision: 'q8_0' });
+  assert.equal(r.stdout, line((await m.generate('The capital of France is', { maxNewTokens: 8, stop: ['.'] })).text));
+  assert.equal(r.stdout, ' Paris\n', 'the fp32 answer too');
+  await m.dispose();
+  const e = nodetune('', 'eval', '--model', join(root, '.cache/models/all-MiniLM-L6-v2'), '--data', 'x.csv', '--precision', 'q8_0');
+  assert.match(e.stderr, /--precision is for a causal LM; the classifier .* is evaluated in fp32/);
+  const s = nodetune('', 'sft', '--model', gguf, '--data', 'x.jsonl', '--precision', 'q8_0');
+  assert.match(s.stderr, /option '--precision <p>' argument 'q8_0' is invalid. Allowed choices are fp32, bf16/);
+});
+
 test('generate --device cuda reaches the engine factory: no CUDA backend, or no GPU, is one clear line', { skip: missing }, () => {
   const r = nodetune('', 'generate', '--model', gguf, '--prompt', 'hi', '--max-new-tokens', '2', '--device', 'cuda', '--precision', 'bf16');
   if (r.status === 0) return;  // a CUDA build on a machine with a GPU

@@ -383,6 +383,59 @@ for (const name of ['tiny-llama', 'tiny-qwen2'] as const) {
   });
 }
 
+// precision 'q8_0': the frozen linear layers and the lm_head read Q8_0 copies
+// (ggml's blocks of 32 int8 with an fp16 scale) and quantize their inputs the
+// same way (native/cpu/q8_0.cpp, checked against ggml's formulas by gradcheck).
+// Each rounding is at most half a step of 1/127 of its block's largest
+// magnitude, so the logits stay within a few percent of PEFT's float64 ones.
+for (const name of ['tiny-llama', 'tiny-qwen2'] as const) {
+  test(`${name}: LoRA on a q8_0 base: logits within Q8_0 tolerance of PEFT (float64); the fp32 weights stay; training refused`, async () => {
+    const f = await load(name);
+    const engine = makeEngine(f, f.meta.lora.config, { precision: 'q8_0', device: 'cpu' });
+    const V = f.config.vocab_size;
+    const { logits, loss } = await engine.forward(f.batch);
+    const err = relErr(realLogits(logits, f.batch.attention_mask!, V), realLogits(f.expected.get('lora.logits')!, f.batch.attention_mask!, V));
+    // Measured: 2.9e-2 (tiny-llama), 3.2e-2 (tiny-qwen2); the loss 1.6e-3 and 3.5e-4.
+    assert.ok(err < 6e-2 && err > 1e-4, `q8_0 LoRA logits rel err ${err}`);
+    close(loss!, f.expected.get('lora.loss')![0], 1e-2, 'q8_0 LoRA loss (the fp32 head)');
+    for (const [n, w] of f.weights) assert.deepEqual(engine.getWeight(n), w, `base weight ${n} changed`);
+    await assert.rejects(engine.accumulate(f.batch), /^Error: precision 'q8_0' reads the base in Q8_0 for generation only \(forward, prefill and decode\): train with precision 'fp32' or 'bf16'$/);
+    // A weight written after the first forward is quantized again before the next.
+    const head = f.config.tie_word_embeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+    engine.setWeight(head, new Float32Array(f.weights.get(head)!.length));
+    const zero = await engine.forward(f.batch);
+    assert.ok(zero.logits.every((x) => x === 0), 'a zeroed lm_head gives zero logits');
+    await engine.dispose();
+  });
+}
+
+test("precision 'q8_0': a frozen base on the CPU only (LoRA or trainable: false), causal LMs only, dimensions in blocks of 32", async () => {
+  const f = await load('tiny-llama');
+  assert.throws(() => makeEngine(f, undefined, { precision: 'q8_0', device: 'cpu' }),
+    /^Error: precision 'q8_0' holds a frozen base in Q8_0 for generation: build the engine with options.trainable = false \(or LoRA adapters to apply\), or train in 'fp32' or 'bf16'$/);
+  assert.throws(() => makeEngine(f, undefined, { precision: 'q8_0', device: 'cuda', trainable: false }),
+    /^Error: precision 'q8_0' runs on the CPU only: on device 'cuda' use 'bf16' or 'fp32'$/);
+  assert.throws(() => checkDevice('cpu', 'q8_0'), /^Error: precision 'q8_0' is for causal LMs' generation: the encoder engines run in fp32 \(or bf16 on CUDA\)$/);
+  assert.doesNotThrow(() => checkDevice('cpu', 'q8_0', true));
+  assert.throws(() => checkDevice('cpu', 'int4', true), /^Error: precision 'int4' is not supported: expected 'fp32', 'bf16' or 'q8_0'$/);
+  const odd = { ...f.config, hidden_size: 48, num_attention_heads: 3, num_key_value_heads: 1 };
+  assert.throws(() => new Engine({ config: odd, precision: 'q8_0', trainable: false }),
+    /^Error: precision 'q8_0' quantizes in blocks of 32 inputs: config hidden_size must be a multiple of 32, got 48$/);
+  // The same logits from prefill + decode as from forward over the whole sequence (the decode path's Q8_0 products).
+  const frozen = makeEngine(f, undefined, { trainable: false, precision: 'q8_0', device: 'cpu' });
+  const ids = Array.from(f.batch.input_ids.subarray(0, 12));
+  const V = f.config.vocab_size;
+  const whole = await frozen.forward({ input_ids: Int32Array.from(ids), attention_mask: new Int32Array(12).fill(1), batchSize: 1, seqLen: 12 });
+  const pre = await frozen.prefill({ input_ids: Int32Array.from(ids.slice(0, 8)), attention_mask: new Int32Array(8).fill(1), batchSize: 1, seqLen: 8 }, { maxNewTokens: 4 });
+  let worst = relErr(pre.logits, whole.logits.subarray(7 * V, 8 * V));
+  for (let t = 8; t < 12; t++) {
+    const step = await frozen.decode(Int32Array.of(ids[t]));
+    if (t < 11) worst = Math.max(worst, relErr(step.logits, whole.logits.subarray(t * V, (t + 1) * V)));
+  }
+  assert.ok(worst < 1e-5, `q8_0 decode vs forward: rel err ${worst}`);
+  await frozen.dispose();
+});
+
 test("device 'cuda': the CUDA decoder engine where the addon has the CUDA backend, else a clear error", async () => {
   const f = await load('tiny-llama');
   if (!loadAddon().cudaCompiled) {

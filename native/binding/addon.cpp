@@ -566,7 +566,7 @@ private:
 
     static nt::DeviceSpec read_device(const Napi::Object& o, bool causal_lm = false) {
         const std::string device = read_string(o, "device", "options", "cpu", "'cpu', 'cuda' or 'cuda:N'");
-        const std::string precision = read_string(o, "precision", "options", "fp32", "'fp32' or 'bf16'");
+        const std::string precision = read_string(o, "precision", "options", "fp32", "'fp32', 'bf16' or 'q8_0'");
         return nt::parse_device(device, precision, causal_lm);
     }
 
@@ -1133,7 +1133,7 @@ Napi::Value CheckDevice(const Napi::CallbackInfo& info) {
     };
     try {
         const std::string device = text(0, "device ('cpu', 'cuda' or 'cuda:N')", "cpu");
-        const std::string precision = text(1, "precision ('fp32' or 'bf16')", "fp32");
+        const std::string precision = text(1, "precision ('fp32', 'bf16' or 'q8_0')", "fp32");
         if (given(2) && !info[2].IsBoolean())
             throw EngineError("checkDevice: causalLM must be a boolean, got " + type_name(info[2]));
         nt::check_device(device, precision, given(2) && info[2].As<Napi::Boolean>().Value());

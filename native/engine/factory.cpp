@@ -13,14 +13,18 @@ namespace nt {
 DeviceSpec parse_device(const std::string& device, const std::string& precision, bool causal_lm) {
     DeviceSpec d;
     d.precision = precision;
-    if (precision != "fp32" && precision != "bf16")
-        throw EngineError("precision '" + precision + "' is not supported: expected 'fp32' or 'bf16'");
+    if (precision != "fp32" && precision != "bf16" && precision != "q8_0")
+        throw EngineError("precision '" + precision + "' is not supported: expected 'fp32', 'bf16' or 'q8_0'");
+    if (precision == "q8_0" && !causal_lm)
+        throw EngineError("precision 'q8_0' is for causal LMs' generation: the encoder engines run in fp32 (or bf16 on CUDA)");
     if (device == "cpu") {
         if (precision != "fp32" && !causal_lm)
             throw EngineError("precision 'bf16' needs device 'cuda': the CPU encoder engine trains in fp32");
         return d;
     }
     if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+        if (precision == "q8_0")
+            throw EngineError("precision 'q8_0' runs on the CPU only: on device '" + device + "' use 'bf16' or 'fp32'");
         d.kind = "cuda";
         if (device.size() > 4) {  // "cuda:" and a number
             const std::string n = device.substr(5);
@@ -75,8 +79,10 @@ std::unique_ptr<CausalLM> make_causal_lm(const LlamaConfig& config, const LoraCo
                                          gradient_checkpointing, trainable);
 #endif
     }
-    return std::make_unique<LlamaEngine>(config, lora, train, gradient_checkpointing, device.precision == "bf16",
-                                         trainable);
+    const auto base = device.precision == "bf16"   ? LlamaEngine::BaseWeights::bf16
+                      : device.precision == "q8_0" ? LlamaEngine::BaseWeights::q8_0
+                                                   : LlamaEngine::BaseWeights::fp32;
+    return std::make_unique<LlamaEngine>(config, lora, train, gradient_checkpointing, base, trainable);
 }
 
 }  // namespace nt

@@ -13,6 +13,7 @@ struct DeviceSpec {
     std::string kind = "cpu";       // "cpu" | "cuda"
     int index = 0;                  // CUDA device ordinal
     std::string precision = "fp32"; // "fp32" | "bf16" (CUDA; on the CPU a causal LM's frozen base only)
+                                    // | "q8_0" (a causal LM's frozen base on the CPU, for generation)
 };
 
 // Parses "cpu", "cuda", "cuda:1"; throws EngineError otherwise. causal_lm:

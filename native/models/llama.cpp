@@ -129,8 +129,22 @@ LlamaPlan::LlamaPlan(const LlamaConfig& config, const LoraConfig& lora, const Tr
 }
 
 LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
-                         bool gradient_checkpointing, bool bf16_base, bool trainable)
-    : LlamaPlan(config, lora, train, trainable), checkpointing_(gradient_checkpointing), bf16_(bf16_base) {
+                         bool gradient_checkpointing, BaseWeights base, bool trainable)
+    : LlamaPlan(config, lora, train, trainable), checkpointing_(gradient_checkpointing),
+      bf16_(base == BaseWeights::bf16), q8_(base == BaseWeights::q8_0) {
+    if (q8_ && lora_.r == 0 && trainable_)
+        throw EngineError("precision 'q8_0' holds a frozen base in Q8_0 for generation: build the engine with "
+                          "options.trainable = false (or LoRA adapters to apply), or train in 'fp32' or 'bf16'");
+    if (q8_)
+        for (auto [name, v] : {std::pair<const char*, int>{"hidden_size", cfg_.hidden_size},
+                               {"intermediate_size", cfg_.intermediate_size},
+                               {"num_attention_heads * head_dim", cfg_.num_attention_heads * cfg_.head_dim}})
+            if (v % 32 != 0)
+                throw EngineError("precision 'q8_0' quantizes in blocks of 32 inputs: config " + std::string(name) +
+                                  " must be a multiple of 32, got " + std::to_string(v));
+    // The portable path is 10x slower than the fp32 GEMMs: not worth choosing.
+    if (q8_ && std::string(q8_0_isa()) == "scalar")
+        throw EngineError("precision 'q8_0' on the CPU needs AVX2 or AVX-512 VNNI, and this CPU has neither: use 'fp32'");
     if (bf16_ && lora_.r == 0 && trainable_)
         throw EngineError("precision 'bf16' on the CPU holds a frozen base in bf16 and needs LoRA (options.lora) or "
                           "an engine that trains nothing (options.trainable = false): full fine-tuning on the CPU "
@@ -142,6 +156,7 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
     const size_t w_floats = align_up(w_size_), g_floats = align_up(g_size_);
     require_memory((w_floats + 3 * g_floats) * sizeof(float), "the weights, gradients and AdamW moments of this model");
     if (bf16_) require_memory(w_floats * sizeof(uint16_t), "the bf16 copy of the frozen base");
+    if (q8_) require_memory(w_floats + w_floats / 8, "the Q8_0 copy of the frozen base");
     w_.assign(w_floats, 0.0f);
     if (bf16_) wb_.assign(w_floats, 0);
     g_.assign(g_floats, 0.0f);
@@ -439,19 +454,54 @@ const uint16_t* LlamaEngine::WB(size_t first, size_t count) {
     return wb_.data() + params_[first].offset;
 }
 
-// Rounds the frozen weights to bf16 again after any of them was written (a
-// checkpoint or model load writes each tensor once, before the first step).
-void LlamaEngine::refresh_bf16() {
-    if (!bf16_ || !wb_stale_) return;
-    for (const ParamInfo& p : params_)
-        if (!p.trainable) to_bf16(wb_.data() + p.offset, w_.data() + p.offset, p.numel);
+const Q8Weights* LlamaEngine::WQ(size_t first, int N) const {
+    if (!q8_ || first >= wq_.size() || wq_[first].OC == 0) return nullptr;
+    if (N > kQ8Avx2Rows && std::string(q8_0_isa()) != "avx512vnni") return nullptr;
+    return &wq_[first];
+}
+
+void LlamaEngine::refresh_frozen() {
+    if (!wb_stale_) return;
+    if (bf16_)
+        for (const ParamInfo& p : params_)
+            if (!p.trainable) to_bf16(wb_.data() + p.offset, w_.data() + p.offset, p.numel);
+    if (q8_) {
+        const int C = cfg_.hidden_size, I = cfg_.intermediate_size, OC = cfg_.num_attention_heads * cfg_.head_dim;
+        wq_.assign(params_.size(), Q8Weights{});
+        // Packed groups (q|k|v, gate|up) are one (OC, IC) matrix in w_.
+        auto quantize = [&](size_t first, size_t count, int rows, int IC) {
+            for (size_t i = first; i < first + count; i++)
+                if (params_[i].trainable) return;
+            quantize_q8_0(wq_[first], W(first), rows, IC);
+        };
+        for (const Layer& L : layers_) {
+            quantize(L.qkv_w, 3, QKV_, C);
+            quantize(L.o_w, 1, C, OC);
+            quantize(L.gu_w, 2, 2 * I, C);
+            quantize(L.down_w, 1, C, I);
+        }
+        quantize(lm_head_index(), 1, cfg_.vocab_size, C);
+    }
     wb_stale_ = false;
+}
+
+void LlamaEngine::q8_linear(float* out, const float* in, const Q8Weights& w, int N) {
+    const size_t n = (size_t)N * w.IC;
+    if (q8x_.size() < n) {
+        q8x_.resize(n);
+        q8d_.resize(n / 32);
+        q8s_.resize(n / 32);
+    }
+    linear_q8_0(out, in, w, N, q8x_.data(), q8d_.data(), q8s_.data());
 }
 
 void LlamaEngine::linear_fwd(float* out, const float* in, size_t w, size_t bias, int IC, int OC, int l, Blocks blocks,
                              bool train) {
     const int N = cur_B_ * cur_T_;
-    if (const uint16_t* wb = WB(w, blocks.size())) {
+    if (const Q8Weights* wq = WQ(w, N)) {
+        q8_linear(out, in, *wq, N);
+        if (bias != kNone) add_bias_rows(out, W(bias), N, OC);
+    } else if (const uint16_t* wb = WB(w, blocks.size())) {
         gemm_bf16w(true, N, OC, IC, in, IC, wb, 0.0f, out, OC);
         if (bias != kNone) add_bias_rows(out, W(bias), N, OC);
     } else if (gen_.decoding && N <= kFewRows) {
@@ -527,7 +577,7 @@ int LlamaPlan::shifted_targets(const Batch& b, int32_t* targets) {
 }
 
 void LlamaEngine::forward_impl(const Batch& b, bool train) {
-    refresh_bf16();
+    refresh_frozen();
     ensure_activations(b.B, b.T, train);
     row_offset_ = b.row_offset;
     const int B = b.B, T = b.T, N = B * T, C = cfg_.hidden_size;
@@ -558,7 +608,9 @@ float LlamaEngine::forward(const Batch& b, float* logits, bool train) {
 
 void LlamaEngine::lm_head_rows(float* logits, const float* h, int rows) {
     const size_t hi = lm_head_index();
-    if (const uint16_t* wb = WB(hi, 1))
+    if (const Q8Weights* wq = WQ(hi, rows))
+        q8_linear(logits, h, *wq, rows);
+    else if (const uint16_t* wb = WB(hi, 1))
         gemm_bf16w(true, rows, cfg_.vocab_size, cfg_.hidden_size, h, cfg_.hidden_size, wb, 0.0f, logits, cfg_.vocab_size);
     else if (rows <= kFewRows)
         gemm_thin(false, true, rows, cfg_.vocab_size, cfg_.hidden_size, 1.0f, h, cfg_.hidden_size, W(hi), cfg_.hidden_size,
@@ -651,7 +703,7 @@ void LlamaEngine::decode(const int32_t* tokens, float* logits) {
     const int B = gen_.B, C = cfg_.hidden_size, cap = gen_.cap, col = gen_.len;
     check_decode_tokens(tokens, B);
     set_threads();
-    refresh_bf16();
+    refresh_frozen();
     ensure_activations(B, 1, false);
     for (int i = 0; i < B; i++) {
         a_.pos[i] = gen_.pos[i];
@@ -742,6 +794,9 @@ float LlamaEngine::accumulate(const Batch& b, float loss_scale) {
     if (!trainable_)
         throw EngineError("this engine was built with options.trainable = false: it has no trainable parameter "
                           "(forward, prefill and decode only)");
+    if (q8_)
+        throw EngineError("precision 'q8_0' reads the base in Q8_0 for generation only (forward, prefill and decode): "
+                          "train with precision 'fp32' or 'bf16'");
     set_threads();
     validate(b, true);
     forward_impl(b, true);

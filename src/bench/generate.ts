@@ -10,7 +10,7 @@
  * - decode: the N - 1 further steps of one token per sequence, end-of-sequence suppressed so
  *   every step runs; decode tokens/s = B x (N - 1) / that time.
  * nodetune: generateIds (src/llm/generate.ts) on loadCausalLM's engine (weights dequantized to
- * float32), minNewTokens = N. llama.cpp: B sequences of one context (`sequences: B`, batchSize
+ * float32, bf16 or Q8_0 by --precision), minNewTokens = N. llama.cpp: B sequences of one context (`sequences: B`, batchSize
  * >= B x prompt so the prompts prefill in one llama_decode), each `sequence.evaluate(prompt,
  * { temperature: 0, tokenBias: eos never })` at once; node-llama-cpp batches the sequences'
  * steps into one llama_decode per step ("maximumParallelism"), so B = 16 is a real batch there
@@ -48,8 +48,8 @@ export interface GenerateBenchOptions {
   threads?: number;
   /** Run llama.cpp beside nodetune (default true). */
   llamaCpp?: boolean;
-  /** nodetune's weights: 'fp32' (default) or 'bf16' (EngineOptions.precision). */
-  precision?: 'fp32' | 'bf16';
+  /** nodetune's weights: 'fp32' (default), 'bf16' or 'q8_0' (EngineOptions.precision). */
+  precision?: 'fp32' | 'bf16' | 'q8_0';
   onProgress?: (line: string) => void;
 }
 
@@ -61,7 +61,7 @@ interface CaseSpec {
   batch: number;
   newTokens: number;
   threads: number;
-  precision: 'fp32' | 'bf16';
+  precision: 'fp32' | 'bf16' | 'q8_0';
 }
 
 /** What a case process prints (one JSON line). */
@@ -227,7 +227,7 @@ export async function runGenerateBench(opts: GenerateBenchOptions = {}): Promise
     context: {
       device: 'cpu', cpu: (cpus()[0]?.model ?? 'unknown').trim(), threads, model, prompt_tokens: ids.length, new_tokens: newTokens,
       node: process.version, peer: peer ?? null,
-      nodetune: `${precision === 'bf16' ? 'bf16' : 'float32'} weights (GGUF dequantized), generateIds: one prefill, then one decode per step`,
+      nodetune: `${{ fp32: 'float32 weights (GGUF dequantized)', bf16: 'bf16 weights (GGUF dequantized)', q8_0: 'Q8_0 weights (GGUF dequantized, then quantized)' }[precision]}, generateIds: one prefill, then one decode per step`,
       llama_cpp: 'GGUF weights as stored, B sequences of one context, node-llama-cpp batching',
       load_avg_1min: load1,
     },

@@ -169,12 +169,12 @@ export function registerBench(program: Command, io: BenchIO = processIO): void {
     .option('--batch <list>', 'comma-separated batch sizes', (v) => list(v).map(positive), [1, 16])
     .option('--threads <n>', 'threads for nodetune and llama.cpp', positive, 2)
     .option('--no-llama-cpp', 'skip the llama.cpp peer')
-    .addOption(new Option('--precision <p>', "nodetune's weights: fp32, or bf16 (oneDNN's bf16 matmul; CPUs with AMX-BF16 or AVX512_BF16)").choices(['fp32', 'bf16']).default('fp32'))
+    .addOption(new Option('--precision <p>', "nodetune's weights: fp32, bf16 (oneDNN's bf16 matmul; CPUs with AMX-BF16 or AVX512_BF16) or q8_0 (the GGUF requantized to Q8_0, an int8 kernel)").choices(['fp32', 'bf16', 'q8_0']).default('fp32'))
     .option('--json', 'print the report as JSON')
     .option('--markdown', 'print the table as markdown')
     .action(async (opts: Record<string, unknown>) => {
       const report = await runGenerateBench({
-        precision: opts.precision as 'fp32' | 'bf16',
+        precision: opts.precision as 'fp32' | 'bf16' | 'q8_0',
         model: opts.model as string,
         prompt: opts.prompt as string | undefined,
         newTokens: opts.newTokens as number,

@@ -16,6 +16,8 @@ import { isAdapterFolder } from '../io/peft.js';
 import { evaluateCausalLM } from '../tasks/causal-lm/evaluate.js';
 import { applyConfigFile, dataColumns, explainPathErrors, maxLength, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
 import { choicesOf, withGenerationFlags } from './sft.js';
+import { LLM_PRECISION_HELP } from './generate.js';
+import type { Precision } from '../engine.js';
 
 export function registerEval(program: Command): void {
   withGenerationFlags(
@@ -33,7 +35,7 @@ export function registerEval(program: Command): void {
     .option('--max-length <n>', 'truncate to n tokens (default 128; a causal LM: 1024)', maxLength)
     .option('--batch-size <n>', 'examples per forward pass', positiveInt, 64)
     .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
-    .addOption(new Option('--precision <p>', 'causal LM: fp32, or bf16: the weights read in bf16 by oneDNN (CPUs with AMX-BF16 or AVX512_BF16)').choices(['fp32', 'bf16']))
+    .addOption(new Option('--precision <p>', `causal LM: ${LLM_PRECISION_HELP}`).choices(['fp32', 'bf16', 'q8_0']))
     .option('--output <folder>', 'also write eval_results.json and report.html here (a causal LM: eval_generations.jsonl too)')
     .option('--max-samples <n>', 'causal LM: evaluate the first n examples only', positiveInt)
     .option('--no-generation', 'causal LM: loss and perplexity only')
@@ -90,7 +92,7 @@ async function runCausalLMEval(cmd: Command, opts: Record<string, unknown>): Pro
     choices: choicesOf(opts),
     choices_from_labels: opts.choicesFromLabels === true,
     threads: opts.threads as number | undefined,
-    precision: opts.precision as 'fp32' | 'bf16' | undefined,
+    precision: opts.precision as Precision | undefined,
     log: (line) => process.stderr.write(`${line}\n`),
   });
   process.stdout.write(`${JSON.stringify(results, null, 1)}\n`);

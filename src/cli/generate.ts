@@ -7,6 +7,7 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import { LLM, type GenerateOptions } from '../llm/llm.js';
 import type { ChatMessage } from '../chat/template.js';
 import { explainPathErrors, int, num, positiveInt, requireOptions } from './common.js';
+import type { Precision } from '../engine.js';
 
 function range(test: (x: number) => boolean, want: string) {
   return (value: string): number => {
@@ -39,8 +40,12 @@ export function addGenerationOptions(cmd: Command): Command {
     .option('--stop <strings...>', 'stop strings: generation ends before the first of them')
     .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
     .option('--device <device>', "'cpu', 'cuda' or 'cuda:N' (an addon built with the CUDA backend)", 'cpu')
-    .addOption(new Option('--precision <p>', 'fp32, or bf16: bf16 weights and activations on CUDA; on the CPU the weights read in bf16 by oneDNN (CPUs with AMX-BF16 or AVX512_BF16)').choices(['fp32', 'bf16']).default('fp32'));
+    .addOption(new Option('--precision <p>', `${LLM_PRECISION_HELP}; on CUDA bf16 is bf16 weights and activations`).choices(['fp32', 'bf16', 'q8_0']).default('fp32'));
 }
+
+/** --precision of the commands that load a causal LM for generation (generate, chat, serve, eval). */
+export const LLM_PRECISION_HELP =
+  'fp32, bf16 (the weights read in bf16 by oneDNN: CPUs with AMX-BF16 or AVX512_BF16) or q8_0 (CPU: the linear layers read Q8_0 weights, llama.cpp\'s 8-bit format; the fastest batch-1 decode)';
 
 /** GenerateOptions from the parsed flags. */
 export function generationOptions(opts: Record<string, unknown>): GenerateOptions {
@@ -67,7 +72,7 @@ export async function loadFromFlags(opts: Record<string, unknown>): Promise<LLM>
     LLM.load(String(opts.model), {
       threads: opts.threads as number | undefined,
       device: opts.device as string | undefined,
-      precision: opts.precision as 'fp32' | 'bf16' | undefined,
+      precision: opts.precision as Precision | undefined,
       revision: opts.revision as string | undefined,
       lora: opts.lora as string | undefined,
     });

@@ -12,6 +12,8 @@ import { startLlmServer } from '../serve/llm-server.js';
 import { isCausalLMModel } from './eval.js';
 import { parseIntOption } from './export.js';
 import { explainPathErrors, maxLength, warnMaxLength } from './common.js';
+import { LLM_PRECISION_HELP } from './generate.js';
+import type { Precision } from '../engine.js';
 
 function positive(value: string): number {
   const n = parseIntOption(value);
@@ -35,7 +37,7 @@ interface ServeCliOptions {
   maxLength?: number;
   batchSize: number;
   threads?: number;
-  precision?: 'fp32' | 'bf16';
+  precision?: Precision;
   maxBatch: number;
   maxQueue?: number;
   maxTokens?: number;
@@ -59,7 +61,7 @@ export function registerServe(program: Command): Command {
     .option('--max-length <n>', 'classifier: tokens per text incl. [CLS]/[SEP] (default: max_position_embeddings, at most 512)', maxLength)
     .option('--batch-size <n>', 'classifier: texts per forward pass', positive, 32)
     .option('--threads <n>', 'intra-op threads (default: all cores)', positive)
-    .addOption(new Option('--precision <p>', 'causal LM: fp32, or bf16: the weights read in bf16 by oneDNN (CPUs with AMX-BF16 or AVX512_BF16)').choices(['fp32', 'bf16']))
+    .addOption(new Option('--precision <p>', `causal LM: ${LLM_PRECISION_HELP}`).choices(['fp32', 'bf16', 'q8_0']))
     .option('--max-batch <n>', 'causal LM: concurrent requests generated as one engine batch at most', positive, 8)
     .option('--max-queue <n>', 'causal LM: requests waiting at most; more get 503 (default 8 x --max-batch)', positive)
     .option('--max-tokens <n>', 'causal LM: max_tokens of a request that sets none (default: generation_config.json max_new_tokens, else 512)', positive)
@@ -127,7 +129,7 @@ async function serveLlm(opts: ServeCliOptions): Promise<void> {
     throw nameListenFlag(err, opts.host, opts.port);
   });
   process.stdout.write(
-    `serving ${opts.model}${opts.precision === 'bf16' ? ' (bf16 weights)' : ''} as "${server.modelName}" at ${server.url}  — OpenAI API at ${server.url}/v1: ` +
+    `serving ${opts.model}${opts.precision && opts.precision !== 'fp32' ? ` (${opts.precision} weights)` : ''} as "${server.modelName}" at ${server.url}  — OpenAI API at ${server.url}/v1: ` +
       `POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health\n`,
   );
   const stop = () => {

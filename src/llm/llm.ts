@@ -11,6 +11,7 @@
 import type { ChatMessage } from '../chat/template.js';
 import { ADAPTER_CONFIG_FILE, adapterBase, checkLoraTensors, isAdapterFolder, llamaLinearShapes, loadPeftAdapter } from '../io/peft.js';
 import type { LlamaConfig } from '../models/llama.js';
+import type { Precision } from '../engine.js';
 import type { LlmStreamDecoder, LlmTokenizer } from '../tokenizer/bpe.js';
 import { ChoiceConstraint } from './choices.js';
 import { generateIds, type FinishReason } from './generate.js';
@@ -32,8 +33,11 @@ export interface LLMLoadOptions {
   revision?: string;
   /** 'cpu' (default), 'cuda' or 'cuda:N'. */
   device?: string;
-  /** 'fp32' (default) or 'bf16' (CUDA; on the CPU the weights read in bf16 by oneDNN, see EngineOptions.precision). */
-  precision?: 'fp32' | 'bf16';
+  /**
+   * 'fp32' (default), 'bf16' (CUDA; on the CPU the weights read in bf16 by oneDNN) or 'q8_0' (CPU: the linear
+   * layers read Q8_0 weights, llama.cpp's 8-bit format; the fastest batch-1 decode). See EngineOptions.precision.
+   */
+  precision?: Precision;
 }
 
 /** Options of generate / stream / chat. */

@@ -43,6 +43,7 @@ import {
   usageOf,
   type OpenAIFinishReason,
 } from './openai.js';
+import type { Precision } from '../engine.js';
 
 export interface LlmServeOptions {
   /** A .gguf file, a Hugging Face folder, a Hub id, or an `nodetune sft` run folder (ignored when `llm` is given). */
@@ -55,8 +56,8 @@ export interface LlmServeOptions {
   host?: string;
   /** CPU threads when loading `model` (default: all cores). */
   threads?: number;
-  /** Weights of a loaded `model`: 'fp32' (default) or 'bf16' (EngineOptions.precision). */
-  precision?: 'fp32' | 'bf16';
+  /** Weights of a loaded `model`: 'fp32' (default), 'bf16' or 'q8_0' (EngineOptions.precision). */
+  precision?: Precision;
   /** Requests per engine batch at most (default 8). */
   maxBatch?: number;
   /** Requests waiting for the engine at most; more get 503 (default 8 × maxBatch). */
@@ -88,7 +89,7 @@ export interface RunningLlmServer {
  * too) or a Hub id — LLM.load, which takes all of them.
  * @throws Error as LLM.load.
  */
-export async function loadServedLLM(model: string, opts: { threads?: number; precision?: 'fp32' | 'bf16' } = {}): Promise<LLM> {
+export async function loadServedLLM(model: string, opts: { threads?: number; precision?: Precision } = {}): Promise<LLM> {
   return LLM.load(model, opts);
 }
 

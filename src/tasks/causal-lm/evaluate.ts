@@ -10,6 +10,7 @@ import { evaluateCausalLMLoss } from './task.js';
 import { evaluateByGeneration, referenceChoices, type GenerationSample } from './generation.js';
 import { loadSftModel } from './model.js';
 import type { SftEvalResults } from './sft.js';
+import type { Precision } from '../../engine.js';
 
 export interface EvaluateCausalLMOptions {
   /** A GGUF file, a Hugging Face folder, a Hub id, or an sft run folder (adapter_config.json). */
@@ -33,8 +34,8 @@ export interface EvaluateCausalLMOptions {
   /** Constrain to the distinct reference answers of `data`. */
   choices_from_labels?: boolean;
   threads?: number;
-  /** Weights: 'fp32' (default) or 'bf16' (EngineOptions.precision). */
-  precision?: 'fp32' | 'bf16';
+  /** Weights: 'fp32' (default), 'bf16' or 'q8_0' (EngineOptions.precision). */
+  precision?: Precision;
   /** Progress lines. */
   log?: (line: string) => void;
 }
