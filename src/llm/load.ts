@@ -10,7 +10,7 @@ import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { Engine, type EngineOptions } from '../engine.js';
-import { readGgufModel } from '../io/gguf-llama.js';
+import { openGgufModel } from '../io/gguf-llama.js';
 import { resolveModel } from '../io/hub.js';
 import { readSafetensors } from '../io/safetensors.js';
 import { assertModelFolder, parseJsonText } from '../io/model-folder.js';
@@ -67,15 +67,17 @@ async function readFolderWeights(folder: string): Promise<Map<string, { shape: n
 }
 
 /**
- * Copies tensors into the engine by Hugging Face name.
+ * Copies tensors into the engine by Hugging Face name, reading each only when it is copied, so a
+ * GGUF's dequantized tensors never exist all at once beside the engine's weights (about half the
+ * peak memory of a load).
  * @throws Error naming a missing tensor or a shape that differs from the config's.
  */
-function loadWeights(engine: Engine, config: LlamaConfig, tensors: Map<string, { shape: number[]; data: Float32Array }>, where: string): void {
+async function loadWeights(engine: Engine, config: LlamaConfig, tensors: Map<string, { shape: number[]; read(): Promise<Float32Array> }>, where: string): Promise<void> {
   for (const [name, shape] of llamaParameterShapes(config)) {
     const t = tensors.get(name);
     if (!t) throw new Error(`${where}: tensor '${name}' is missing (expected shape [${shape.join(', ')}])`);
     if (t.shape.join(',') !== shape.join(',')) throw new Error(`${where}: tensor '${name}' has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}] from the config`);
-    engine.setWeight(name, t.data);
+    engine.setWeight(name, await t.read());
   }
 }
 
@@ -90,17 +92,21 @@ export async function loadCausalLM(model: string, opts: LoadCausalLMOptions = {}
   const { revision, ...engineOptions } = opts;
   if (model.endsWith('.gguf') || (existsSync(model) && statSync(model).isFile())) {
     if (!existsSync(model)) throw Object.assign(new Error(`model file ${resolve(model)} does not exist`), { code: 'ENOENT', path: model });
-    const gguf = await readGgufModel(model);
-    const config = parseLlamaConfig(gguf.config as unknown as Record<string, unknown>, `${model} (GGUF metadata)`);
-    const tokenizer = LlmTokenizer.fromGgufMetadata(gguf.metadata);
-    const engine = new Engine({ config, ...engineOptions });
+    const gguf = await openGgufModel(model);
     try {
-      loadWeights(engine, config, gguf.tensors, model);
-    } catch (err) {
-      await engine.dispose();
-      throw err;
+      const config = parseLlamaConfig(gguf.config as unknown as Record<string, unknown>, `${model} (GGUF metadata)`);
+      const tokenizer = LlmTokenizer.fromGgufMetadata(gguf.metadata);
+      const engine = new Engine({ config, ...engineOptions });
+      try {
+        await loadWeights(engine, config, gguf.tensors, model);
+      } catch (err) {
+        await engine.dispose();
+        throw err;
+      }
+      return { config, tokenizer, engine, source: { kind: 'gguf', path: resolve(model) }, generationConfig: {} };
+    } finally {
+      await gguf.close();
     }
-    return { config, tokenizer, engine, source: { kind: 'gguf', path: resolve(model) }, generationConfig: {} };
   }
   const folder = await resolveModel(model, { revision });
   assertModelFolder(folder);
@@ -112,7 +118,7 @@ export async function loadCausalLM(model: string, opts: LoadCausalLMOptions = {}
   const tensors = await readFolderWeights(folder);
   const engine = new Engine({ config, ...engineOptions });
   try {
-    loadWeights(engine, config, tensors, folder);
+    await loadWeights(engine, config, new Map([...tensors].map(([n, t]) => [n, { shape: t.shape, read: async () => t.data }])), folder);
   } catch (err) {
     await engine.dispose();
     throw err;
