@@ -299,7 +299,7 @@ test('devices: unknown names, bf16 on the CPU and CUDA without a CUDA build are 
   assert.throws(() => new Engine({ config: f.config, precision: 'bf16' }), /precision 'bf16' needs device 'cuda'/);
   // checkDevice's arguments of another type are named, not replaced by the defaults
   assert.throws(() => checkDevice(123 as unknown as string), /^Error: checkDevice: device \('cpu', 'cuda' or 'cuda:N'\) must be a string, got a number$/);
-  assert.throws(() => checkDevice('cpu', 5 as unknown as string), /precision \('fp32' or 'bf16'\) must be a string, got a number/);
+  assert.throws(() => checkDevice('cpu', 5 as unknown as string), /precision \('fp32', 'bf16' or 'q8_0'\) must be a string, got a number/);
   assert.throws(() => checkDevice('cpu', 'fp32', 'yes' as unknown as boolean), /causalLM must be a boolean, got a string/);
   checkDevice(undefined, undefined, undefined);
   const engine = new Engine({ config: f.config });

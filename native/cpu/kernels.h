@@ -263,14 +263,21 @@ double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* 
 // bytes a weight.
 struct Q8Weights {
     static constexpr int kRows = 16;  // output rows interleaved together
-    std::vector<uint8_t> q;           // q + 128, rows padded to a multiple of kRows
-    std::vector<float> d;             // a scale per row and block (fp16 values)
+    Q8Weights() = default;
+    // All zero (q 0, d 0). Throws std::invalid_argument unless OC > 0 and IC
+    // is a positive multiple of 32.
+    Q8Weights(int OC, int IC);
+    std::vector<uint8_t> q;  // q + 128, rows padded to a multiple of kRows
+    std::vector<float> d;    // a scale per row and block (fp16 values)
     int OC = 0, IC = 0;
 };
-// Throws std::invalid_argument unless OC > 0 and IC is a positive multiple of 32.
-void quantize_q8_0(Q8Weights& w, const float* W, int OC, int IC);
-// W (OC, IC) = d q, exactly (the values linear_q8_0 multiplies by).
-void dequantize_q8_0(float* W, const Q8Weights& w);
+// Quantizes rows [row0, row0 + rows) of w from W (rows, IC): a packed group
+// (q|k|v) is filled one member at a time. Throws std::invalid_argument for
+// rows outside w.
+void quantize_q8_0(Q8Weights& w, const float* W, int row0, int rows);
+// W (rows, IC) = d q of rows [row0, row0 + rows), exactly (the values
+// linear_q8_0 multiplies by). Throws as quantize_q8_0.
+void dequantize_q8_0(float* W, const Q8Weights& w, int row0, int rows);
 // out (N, OC) = x (N, IC) W^T: each row of x is quantized in blocks of 32 the
 // same way (d kept in fp32) into xq (N IC int8), xd and xs (N IC / 32: scale,
 // sum of q), workspace; each block's dot product is exact in int32 before

@@ -203,41 +203,57 @@ bool q8_0_use_isa(const std::string& name) {
     return false;
 }
 
-void quantize_q8_0(Q8Weights& w, const float* W, int OC, int IC) {
+Q8Weights::Q8Weights(int OC_, int IC_) : OC(OC_), IC(IC_) {
     if (OC <= 0 || IC <= 0 || IC % kBlock != 0)
-        throw std::invalid_argument("quantize_q8_0: expected OC > 0 and IC a positive multiple of 32, got OC " +
+        throw std::invalid_argument("Q8Weights: expected OC > 0 and IC a positive multiple of 32, got OC " +
                                     std::to_string(OC) + ", IC " + std::to_string(IC));
-    const int nb = IC / kBlock, groups = (OC + kRows - 1) / kRows;
-    w.OC = OC;
-    w.IC = IC;
-    w.q.assign((size_t)groups * kRows * IC, 128);  // padding rows: q = 0
-    w.d.assign((size_t)groups * kRows * nb, 0.0f);
-#pragma omp parallel for schedule(static)
-    for (int o = 0; o < OC; o++) {
-        const int g = o / kRows, lane = o % kRows;
-        uint8_t* gq = w.q.data() + (size_t)g * kRows * IC;
-        float* gd = w.d.data() + (size_t)g * kRows * nb;
+    const size_t rows = (size_t)(OC + kRows - 1) / kRows * kRows;
+    q.assign(rows * IC, 128);  // q = 0
+    d.assign(rows * (IC / kBlock), 0.0f);
+}
+
+namespace {
+
+void check_rows(const Q8Weights& w, int row0, int rows, const char* what) {
+    if (row0 < 0 || rows < 0 || row0 + rows > w.OC)
+        throw std::invalid_argument(std::string(what) + ": rows [" + std::to_string(row0) + ", " +
+                                    std::to_string(row0 + rows) + ") are outside the " + std::to_string(w.OC) + " rows");
+}
+
+// Where row o's byte for input i and its block's scale sit in the layout.
+inline size_t q_index(const Q8Weights& w, int o, int i) {
+    return (size_t)(o / kRows) * kRows * w.IC + ((size_t)(i / kBlock) * 8 + (i % kBlock) / 4) * 64 + (o % kRows) * 4 + i % 4;
+}
+inline size_t d_index(const Q8Weights& w, int o, int b) {
+    return (size_t)(o / kRows) * kRows * (w.IC / kBlock) + (size_t)b * kRows + o % kRows;
+}
+
+}  // namespace
+
+// quantize_q8_0 and dequantize_q8_0 run single-threaded: they serve setWeight
+// and getWeight, called on the JS thread, and an OpenMP team opened there
+// (libgomp keeps one per calling thread) left the compute thread's decode
+// steps 4x slower (more OpenMP threads than cores). Quantizing SmolLM2-135M
+// this way adds about 0.5 s to its load (1.3 s against fp32 0.85-1.0 s).
+void quantize_q8_0(Q8Weights& w, const float* W, int row0, int rows) {
+    check_rows(w, row0, rows, "quantize_q8_0");
+    const int nb = w.IC / kBlock;
+    for (int r = 0; r < rows; r++) {
+        const int o = row0 + r;
         for (int b = 0; b < nb; b++) {
             int8_t q[kBlock];
-            quantize_block(q, &gd[(size_t)b * kRows + lane], W + (size_t)o * IC + (size_t)b * kBlock, true);
-            for (int k = 0; k < kBlock / 4; k++)
-                for (int j = 0; j < 4; j++)
-                    gq[((size_t)b * 8 + k) * 64 + lane * 4 + j] = (uint8_t)(q[4 * k + j] + 128);
+            quantize_block(q, &w.d[d_index(w, o, b)], W + (size_t)r * w.IC + (size_t)b * kBlock, true);
+            for (int i = 0; i < kBlock; i++) w.q[q_index(w, o, b * kBlock + i)] = (uint8_t)(q[i] + 128);
         }
     }
 }
 
-void dequantize_q8_0(float* W, const Q8Weights& w) {
-    const int nb = w.IC / kBlock;
-    for (int o = 0; o < w.OC; o++) {
-        const int g = o / kRows, lane = o % kRows;
-        const uint8_t* gq = w.q.data() + (size_t)g * kRows * w.IC;
-        const float* gd = w.d.data() + (size_t)g * kRows * nb;
-        for (int i = 0; i < w.IC; i++) {
-            const int b = i / kBlock, k = (i % kBlock) / 4, j = i % 4;
-            W[(size_t)o * w.IC + i] = gd[(size_t)b * kRows + lane] * (float)((int)gq[((size_t)b * 8 + k) * 64 + lane * 4 + j] - 128);
-        }
-    }
+void dequantize_q8_0(float* W, const Q8Weights& w, int row0, int rows) {
+    check_rows(w, row0, rows, "dequantize_q8_0");
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < w.IC; i++)
+            W[(size_t)r * w.IC + i] =
+                w.d[d_index(w, row0 + r, i / kBlock)] * (float)((int)w.q[q_index(w, row0 + r, i)] - 128);
 }
 
 void linear_q8_0(float* out, const float* x, const Q8Weights& w, int N, int8_t* xq, float* xd, int32_t* xs) {

@@ -58,8 +58,9 @@ double count_parameters(const LlamaConfig& c) {
     return (double)c.vocab_size * C * (c.tie_word_embeddings ? 1 : 2) + C + c.num_hidden_layers * layer;
 }
 
-LlamaPlan::LlamaPlan(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train, bool trainable)
-    : cfg_(config), lora_(lora), tc_(train), trainable_(trainable) {
+LlamaPlan::LlamaPlan(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train, bool trainable,
+                     bool q8_linears)
+    : cfg_(config), lora_(lora), tc_(train), trainable_(trainable), q8_linears_(q8_linears) {
     auto positive = [](const char* name, int v) {
         if (v <= 0) throw EngineError(std::string("config.") + name + " must be a positive integer, got " + std::to_string(v));
     };
@@ -130,7 +131,7 @@ LlamaPlan::LlamaPlan(const LlamaConfig& config, const LoraConfig& lora, const Tr
 
 LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train,
                          bool gradient_checkpointing, BaseWeights base, bool trainable)
-    : LlamaPlan(config, lora, train, trainable), checkpointing_(gradient_checkpointing),
+    : LlamaPlan(config, lora, train, trainable, base == BaseWeights::q8_0), checkpointing_(gradient_checkpointing),
       bf16_(base == BaseWeights::bf16), q8_(base == BaseWeights::q8_0) {
     if (q8_ && lora_.r == 0 && trainable_)
         throw EngineError("precision 'q8_0' holds a frozen base in Q8_0 for generation: build the engine with "
@@ -156,7 +157,31 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
     const size_t w_floats = align_up(w_size_), g_floats = align_up(g_size_);
     require_memory((w_floats + 3 * g_floats) * sizeof(float), "the weights, gradients and AdamW moments of this model");
     if (bf16_) require_memory(w_floats * sizeof(uint16_t), "the bf16 copy of the frozen base");
-    if (q8_) require_memory(w_floats + w_floats / 8, "the Q8_0 copy of the frozen base");
+    if (q8_) {
+        // The layers' linear groups; their members are quantized as written.
+        const int C = cfg_.hidden_size, I = cfg_.intermediate_size, QO = cfg_.num_attention_heads * cfg_.head_dim;
+        const int KVO = cfg_.num_key_value_heads * cfg_.head_dim;
+        const size_t L = cfg_.num_hidden_layers;
+        require_memory(L * ((size_t)QKV_ * C + 2 * (size_t)C * QO + 3 * (size_t)I * C) * 17 / 16 +
+                           (size_t)cfg_.vocab_size * C * 17 / 16,
+                       "the Q8_0 weights of this model");
+        wq_.resize(params_.size());
+        q8_home_.assign(params_.size(), {kNone, 0});
+        auto group = [&](size_t first, int OC, int IC, std::initializer_list<int> rows) {
+            wq_[first] = Q8Weights(OC, IC);
+            int row0 = 0, k = 0;
+            for (int r : rows) {
+                q8_home_[first + k++] = {first, row0};
+                row0 += r;
+            }
+        };
+        for (const Layer& L : layers_) {
+            group(L.qkv_w, QKV_, C, {QO, KVO, KVO});
+            group(L.o_w, C, QO, {C});
+            group(L.gu_w, 2 * I, C, {I, I});
+            group(L.down_w, C, I, {C});
+        }
+    }
     w_.assign(w_floats, 0.0f);
     if (bf16_) wb_.assign(w_floats, 0);
     g_.assign(g_floats, 0.0f);
@@ -168,7 +193,7 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
 // ---- the parameter table ----------------------------------------------------
 
 size_t LlamaPlan::add_param(const std::string& name, std::vector<int64_t> shape, bool trainable,
-                              bool packed_with_previous) {
+                              bool packed_with_previous, bool linear_weight) {
     ParamInfo p;
     p.name = name;
     p.shape = std::move(shape);
@@ -176,8 +201,12 @@ size_t LlamaPlan::add_param(const std::string& name, std::vector<int64_t> shape,
     for (auto d : p.shape) p.numel *= (size_t)d;
     // Packed members (q|k|v, gate|up) follow each other without padding so one
     // GEMM covers the group, in the weight arena and in the gradient arena.
-    p.offset = packed_with_previous ? params_.back().offset + params_.back().numel : align_up(w_size_);
-    w_size_ = p.offset + p.numel;
+    if (linear_weight && q8_linears_) {
+        p.offset = kNone;
+    } else {
+        p.offset = packed_with_previous ? params_.back().offset + params_.back().numel : align_up(w_size_);
+        w_size_ = p.offset + p.numel;
+    }
     size_t goff = kNone;
     if (trainable) {
         goff = packed_with_previous && goff_.back() != kNone ? goff_.back() + params_.back().numel : align_up(g_size_);
@@ -202,24 +231,24 @@ void LlamaPlan::build_param_table() {
         const std::string p = "model.layers." + std::to_string(l) + ".";
         Layer& L = layers_[l];
         L.in_norm = add_param(p + "input_layernorm.weight", {C}, full, false);
-        L.qkv_w = add_param(p + "self_attn.q_proj.weight", {QO, C}, full, false);
-        add_param(p + "self_attn.k_proj.weight", {KVO, C}, full, true);
-        add_param(p + "self_attn.v_proj.weight", {KVO, C}, full, true);
+        L.qkv_w = add_param(p + "self_attn.q_proj.weight", {QO, C}, full, false, true);
+        add_param(p + "self_attn.k_proj.weight", {KVO, C}, full, true, true);
+        add_param(p + "self_attn.v_proj.weight", {KVO, C}, full, true, true);
         if (cfg_.attention_bias) {
             L.qkv_b = add_param(p + "self_attn.q_proj.bias", {QO}, full, false);
             add_param(p + "self_attn.k_proj.bias", {KVO}, full, true);
             add_param(p + "self_attn.v_proj.bias", {KVO}, full, true);
         }
-        L.o_w = add_param(p + "self_attn.o_proj.weight", {C, QO}, full, false);
+        L.o_w = add_param(p + "self_attn.o_proj.weight", {C, QO}, full, false, true);
         if (cfg_.o_proj_bias) L.o_b = add_param(p + "self_attn.o_proj.bias", {C}, full, false);
         L.post_norm = add_param(p + "post_attention_layernorm.weight", {C}, full, false);
-        L.gu_w = add_param(p + "mlp.gate_proj.weight", {I, C}, full, false);
-        add_param(p + "mlp.up_proj.weight", {I, C}, full, true);
+        L.gu_w = add_param(p + "mlp.gate_proj.weight", {I, C}, full, false, true);
+        add_param(p + "mlp.up_proj.weight", {I, C}, full, true, true);
         if (cfg_.mlp_bias) {
             L.gu_b = add_param(p + "mlp.gate_proj.bias", {I}, full, false);
             add_param(p + "mlp.up_proj.bias", {I}, full, true);
         }
-        L.down_w = add_param(p + "mlp.down_proj.weight", {C, I}, full, false);
+        L.down_w = add_param(p + "mlp.down_proj.weight", {C, I}, full, false, true);
         if (cfg_.mlp_bias) L.down_b = add_param(p + "mlp.down_proj.bias", {C}, full, false);
         L.lora_A.fill(kNone);
         L.lora_B.fill(kNone);
@@ -292,6 +321,11 @@ void LlamaEngine::set_trainable(const std::string& name, bool trainable) {
 
 void LlamaEngine::read(const ParamInfo& p, Slot slot, float* dst) {
     const size_t i = &p - params_.data();
+    if (slot == Slot::Weight && p.offset == kNone) {  // held as Q8_0: its d q
+        const auto [first, row0] = q8_home_[i];
+        dequantize_q8_0(dst, wq_[first], row0, (int)p.shape[0]);
+        return;
+    }
     if (slot == Slot::Weight) {
         std::copy(w_.data() + p.offset, w_.data() + p.offset + p.numel, dst);
         return;
@@ -306,6 +340,11 @@ void LlamaEngine::read(const ParamInfo& p, Slot slot, float* dst) {
 
 void LlamaEngine::write(const ParamInfo& p, Slot slot, const float* src) {
     const size_t i = &p - params_.data();
+    if (slot == Slot::Weight && p.offset == kNone) {
+        const auto [first, row0] = q8_home_[i];
+        quantize_q8_0(wq_[first], src, row0, (int)p.shape[0]);
+        return;
+    }
     if (slot == Slot::Weight) {
         std::copy(src, src + p.numel, w_.data() + p.offset);
         wb_stale_ = wb_stale_ || !p.trainable;
@@ -356,8 +395,9 @@ void LlamaEngine::ensure_activations(int B, int T, bool train) {
     // gate|up (an elementwise pass) into one shared buffer, N x I per layer less.
     const size_t inner = 2 * align_up(N * C) + 2 * align_up(N) + align_up(N * QKV_) + align_up(N * OC) +
                          align_up(N * NH) + align_up(N * C) + align_up(N * 2 * I) + n_lora * align_up(N * r) + n_keep;
-    const size_t per_layer = align_up(N * C) + (checkpointing_ ? 0 : inner);
-    const size_t total = L * per_layer + (checkpointing_ ? inner : 0) + align_up(N * I) + 2 * align_up(N * C) + align_up(N) +
+    const bool shared = checkpointing_;
+    const size_t per_layer = align_up(N * C) + (shared ? 0 : inner);
+    const size_t total = L * per_layer + (shared ? inner : 0) + align_up(N * I) + 2 * align_up(N * C) + align_up(N) +
                          2 * align_up(N * HS / 2 + HS) + align_up((size_t)lm_chunk((int)N) * (V + C));
     const size_t dtotal = train ? 2 * align_up(N * C) + align_up(N * QKV_) + align_up(N * OC) + align_up(N * 2 * I) +
                                       align_up(N * I) + align_up(N * std::max<size_t>(r, 1)) +
@@ -369,7 +409,7 @@ void LlamaEngine::ensure_activations(int B, int T, bool train) {
     acts_for_ = 0;
     try {
         require_memory((total + dtotal) * sizeof(float), what + " (use a smaller batch size or max_length" +
-                                                             (checkpointing_ ? ")" : ", or gradient checkpointing)"));
+                                                             (shared ? ")" : ", or gradient checkpointing)"));
         acts_.assign(total, 0.0f);
         dacts_.assign(dtotal, 0.0f);
         iacts_.assign(2 * N, 0);
@@ -398,9 +438,9 @@ void LlamaEngine::ensure_activations(int B, int T, bool train) {
     la_.assign(L, Acts{});
     for (auto& a : la_) {
         a.h = take(N * C);
-        if (!checkpointing_) inner_views(a);
+        if (!shared) inner_views(a);
     }
-    if (checkpointing_) {
+    if (shared) {
         Acts shared{};
         inner_views(shared);
         for (auto& a : la_) {
@@ -455,8 +495,9 @@ const uint16_t* LlamaEngine::WB(size_t first, size_t count) {
 }
 
 const Q8Weights* LlamaEngine::WQ(size_t first, int N) const {
-    if (!q8_ || first >= wq_.size() || wq_[first].OC == 0) return nullptr;
-    if (N > kQ8Avx2Rows && std::string(q8_0_isa()) != "avx512vnni") return nullptr;
+    if (!q8_ || wq_[first].OC == 0) return nullptr;
+    const bool fp32_too = params_[first].offset != kNone;  // the lm_head
+    if (fp32_too && N > kQ8Avx2Rows && std::string(q8_0_isa()) != "avx512vnni") return nullptr;
     return &wq_[first];
 }
 
@@ -466,21 +507,9 @@ void LlamaEngine::refresh_frozen() {
         for (const ParamInfo& p : params_)
             if (!p.trainable) to_bf16(wb_.data() + p.offset, w_.data() + p.offset, p.numel);
     if (q8_) {
-        const int C = cfg_.hidden_size, I = cfg_.intermediate_size, OC = cfg_.num_attention_heads * cfg_.head_dim;
-        wq_.assign(params_.size(), Q8Weights{});
-        // Packed groups (q|k|v, gate|up) are one (OC, IC) matrix in w_.
-        auto quantize = [&](size_t first, size_t count, int rows, int IC) {
-            for (size_t i = first; i < first + count; i++)
-                if (params_[i].trainable) return;
-            quantize_q8_0(wq_[first], W(first), rows, IC);
-        };
-        for (const Layer& L : layers_) {
-            quantize(L.qkv_w, 3, QKV_, C);
-            quantize(L.o_w, 1, C, OC);
-            quantize(L.gu_w, 2, 2 * I, C);
-            quantize(L.down_w, 1, C, I);
-        }
-        quantize(lm_head_index(), 1, cfg_.vocab_size, C);
+        const size_t hi = lm_head_index();
+        if (wq_[hi].OC == 0) wq_[hi] = Q8Weights(cfg_.vocab_size, cfg_.hidden_size);
+        quantize_q8_0(wq_[hi], W(hi), 0, cfg_.vocab_size);
     }
     wb_stale_ = false;
 }

@@ -89,7 +89,11 @@ public:
 
     // Throws EngineError naming the config field and the expected value.
     // trainable false (no LoRA): nothing trains, no gradient buffers.
-    LlamaPlan(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train, bool trainable);
+    // q8_linears: the layers' linear weights (q, k, v, o, gate, up, down)
+    // get no place in the weight arena (offset kNone): the engine holds them
+    // as Q8_0 only.
+    LlamaPlan(const LlamaConfig& config, const LoraConfig& lora, const TrainConfig& train, bool trainable,
+              bool q8_linears = false);
 
     const LlamaConfig& config() const { return cfg_; }
     // Throws EngineError naming the expected key form.
@@ -123,7 +127,8 @@ public:
     size_t mark_trainable(const std::string& name, bool trainable);
 
 protected:
-    size_t add_param(const std::string& name, std::vector<int64_t> shape, bool trainable, bool packed_with_previous);
+    size_t add_param(const std::string& name, std::vector<int64_t> shape, bool trainable, bool packed_with_previous,
+                     bool linear_weight = false);
     void build_param_table();
     uint32_t lora_tensor(int l, int target) const { return (uint32_t)(l * kNumTargets + target); }
     size_t lora_in_features(int target) const;
@@ -133,6 +138,7 @@ protected:
     LoraConfig lora_;
     TrainConfig tc_;
     bool trainable_ = true;
+    bool q8_linears_ = false;
     float lora_scale_ = 0.0f;
     int QKV_ = 0;  // (NH + 2 NKV) * head_dim: the fused q|k|v width
     std::vector<ParamInfo> params_;
@@ -153,10 +159,11 @@ public:
     // to bf16 going in, fp32 out); adapters, norms, attention and the
     // optimizer stay fp32. Throws EngineError when the base trains or without
     // bf16 GEMMs on this build and CPU.
-    // BaseWeights::q8_0 (for generation): the frozen linear layers and the
-    // lm_head read a Q8_0 copy (cpu/kernels.h linear_q8_0, ggml's format and
-    // arithmetic) in forward, prefill and decode; the loss of a forward with
-    // labels takes the fp32 head. Throws EngineError when the base trains,
+    // BaseWeights::q8_0 (for generation): the layers' linear weights are
+    // held as Q8_0 only (cpu/kernels.h linear_q8_0, ggml's format and
+    // arithmetic; quantized as they are written, read back as d q) and the
+    // lm_head reads a Q8_0 copy; the embeddings, norms, adapters and the loss
+    // of a forward with labels stay fp32. Throws EngineError when the base trains,
     // from accumulate(), on a CPU without AVX2, and unless hidden_size,
     // intermediate_size and num_attention_heads * head_dim are multiples of
     // 32 (Q8_0 blocks).
@@ -233,18 +240,24 @@ private:
                     bool train);
     void linear_bwd(float* din, const float* dout, const float* in, size_t w, size_t bias, int group, int IC, int OC,
                     int l, Blocks blocks);
-    float* W(size_t i) { return w_.data() + params_[i].offset; }
+    // A parameter's fp32 values; EngineError for one held as Q8_0 only (a
+    // q8_0 engine's layer weights), which no fp32 path may read.
+    float* W(size_t i) {
+        if (params_[i].offset == kNone) throw EngineError("internal: '" + params_[i].name + "' is held as Q8_0 only");
+        return w_.data() + params_[i].offset;
+    }
     // The bf16 copy of a frozen packed group (q|k|v, gate|up, or one weight),
     // or null when that group is read in fp32.
     const uint16_t* WB(size_t first, size_t count);
-    // The Q8_0 copy of a frozen packed group for a product of N rows, or null
+    // The Q8_0 weights of a packed group for a product of N rows, or null
     // when that product reads fp32 (or bf16) weights.
     const Q8Weights* WQ(size_t first, int N) const;
     // out (N, w.OC) = in (N, w.IC) W^T through linear_q8_0 and its workspace.
     void q8_linear(float* out, const float* in, const Q8Weights& w, int N);
-    // Rounds (bf16) or quantizes (Q8_0) the frozen weights again after any of
-    // them was written (a checkpoint or model load writes each tensor once,
-    // before the first step).
+    // Rounds (bf16) the frozen weights, or quantizes (Q8_0) the lm_head, again
+    // after any of them was written (a checkpoint or model load writes each
+    // tensor once, before the first step). Q8_0 layer weights are quantized
+    // as they are written.
     void refresh_frozen();
     float* G(size_t i) { return i != kNone && params_[i].trainable && goff_[i] != kNone ? g_.data() + goff_[i] : nullptr; }
     // A packed group (q|k|v or gate|up) shares one GEMM: its gradient pointer
@@ -278,7 +291,11 @@ private:
     bool checkpointing_ = false;
     bool bf16_ = false, q8_ = false, wb_stale_ = true;
     std::vector<uint16_t> wb_;  // bf16 copies of the frozen weights, at their w_ offsets
-    std::vector<Q8Weights> wq_;  // Q8_0 copies of the frozen linear groups, at their first param's index
+    // q8_0: each layer's linear groups (q|k|v, o, gate|up, down), held only
+    // so, and a copy of the lm_head, at their first param's index; q8_home_
+    // gives a layer weight's group and first row.
+    std::vector<Q8Weights> wq_;
+    std::vector<std::pair<size_t, int>> q8_home_;
     std::vector<int8_t> q8x_;    // linear_q8_0's workspace: the input rows quantized
     std::vector<float> q8d_;
     std::vector<int32_t> q8s_;
@@ -298,10 +315,11 @@ private:
     // Up to this many rows in a decode step, an fp32 product with a weight
     // goes through gemm_thin: OpenBLAS would pack the whole weight.
     static constexpr int kFewRows = 16;
-    // Up to this many rows a product reads the Q8_0 weights without AVX-512
-    // VNNI; beyond, the fp32 GEMM is faster (with VNNI: always Q8_0). Measured
+    // Up to this many rows the lm_head reads its Q8_0 copy without AVX-512
+    // VNNI; beyond, its fp32 GEMM is faster (with VNNI: always Q8_0). Measured
     // on SmolLM2-135M's shapes, 2 threads: at 32 rows AVX2 Q8_0 took 63 ms
-    // for the 30 layers and head, fp32 60 ms; with VNNI 29 ms.
+    // for the 30 layers and head, fp32 60 ms; with VNNI 29 ms. (The layers
+    // have no fp32 copy: Q8_0 at any row count.)
     static constexpr int kQ8Avx2Rows = 32;
 };
 

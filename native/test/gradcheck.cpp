@@ -1227,10 +1227,13 @@ void check_q8_0(Rng& rng) {
     FV W = to_f(rng.vec((size_t)OC * IC, -0.3, 0.3));
     for (int i = 0; i < 32; i++) W[32 + i] = 0.0f;            // an all-zero block: d = 0
     for (int i = 0; i < 32; i++) W[64 + i] = (i - 16) * 0.25f;  // an exact grid
-    nt::Q8Weights w;
-    nt::quantize_q8_0(w, W.data(), OC, IC);
+    nt::Q8Weights w(OC, IC);
+    // In two calls, as the engine fills a packed group one member at a time.
+    nt::quantize_q8_0(w, W.data(), 0, 21);
+    nt::quantize_q8_0(w, W.data() + (size_t)21 * IC, 21, OC - 21);
     FV deq = fnans((size_t)OC * IC);
-    nt::dequantize_q8_0(deq.data(), w);
+    nt::dequantize_q8_0(deq.data(), w, 0, 5);
+    nt::dequantize_q8_0(deq.data() + (size_t)5 * IC, w, 5, OC - 5);
     std::vector<int> q;
     std::vector<double> d;
     V want((size_t)OC * IC), bound((size_t)OC * IC);
@@ -1238,7 +1241,8 @@ void check_q8_0(Rng& rng) {
         q8_0_reference(&W[(size_t)o * IC], IC, true, q, d);
         for (int i = 0; i < IC; i++) want[(size_t)o * IC + i] = d[i / 32] * q[i];
     }
-    const std::string kase = "OC=" + std::to_string(OC) + ",IC=" + std::to_string(IC) + ", a zero block, a grid block";
+    const std::string kase = "OC=" + std::to_string(OC) + ",IC=" + std::to_string(IC) +
+                             ", rows in two calls, a zero block, a grid block";
     record("quantize_q8_0", "d q", "reference", kase + ", vs ggml's quantize_row_q8_0_ref", rel_err(deq, want), kRefTol);
     record("dequantize_q8_0", "W", "reference", kase + ", d q exactly", rel_err(deq, want), kRefTol);
     double worst = 0;  // |d q - x| <= d/2 up to d's fp16 rounding (2^-11 relative)
@@ -1253,13 +1257,19 @@ void check_q8_0(Rng& rng) {
             }
         }
     record("quantize_q8_0", "d q", "property", kase + ", |d q - x| <= d/2 (+ fp16 rounding of d)", worst / 1.0001, 1.0);
-    bool threw = false;
-    try {
-        nt::quantize_q8_0(w, W.data(), OC, 48);
-    } catch (const std::invalid_argument&) {
-        threw = true;
-    }
-    record("quantize_q8_0", "IC", "property", "IC=48 (not a multiple of 32) throws", threw ? 0 : 1, 0.5);
+    int threw = 0;
+    const auto throws = [&](const std::function<void()>& f) {
+        try {
+            f();
+        } catch (const std::invalid_argument&) {
+            threw++;
+        }
+    };
+    throws([&] { nt::Q8Weights bad(OC, 48); });
+    throws([&] { nt::quantize_q8_0(w, W.data(), 30, 8); });
+    throws([&] { nt::dequantize_q8_0(deq.data(), w, -1, 2); });
+    record("quantize_q8_0", "IC", "property", "IC=48 (not a multiple of 32), rows past OC, a negative row: all throw",
+           threw == 3 ? 0 : 1, 0.5);
 
     const std::string native_isa = nt::q8_0_isa();
     for (const char* isa : {"scalar", "avx2", "avx512vnni"}) {
