@@ -5,22 +5,9 @@
 // in one left-padded batch, 32 greedy tokens each, and the logits at every step.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { loadCausalLM, type CausalLM } from '../src/llm/load.js';
 import { generateIds } from '../src/llm/generate.js';
-
-const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
-const gguf = join(root, '.cache/models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf');
-const fixture = JSON.parse(readFileSync(join(root, 'test/fixtures/smollm2-generate/expected.json'), 'utf8')) as {
-  prompt_ids: number[][];
-  pad_token_id: number;
-  max_new_tokens: number;
-  generated_ids: number[][];
-  steps: Array<Array<{ ids: number[]; values: number[]; max: number; logsumexp: number }>>;
-};
-const missing = existsSync(gguf) ? false : `${gguf} is missing: run bash scripts/fetch-llm.sh (setup does)`;
+import { againstTransformers, generateFixture as fixture, leftPadded, SMOLLM2_GGUF as gguf, smollm2Missing as missing } from './helpers/smollm2.js';
 
 let lm: CausalLM | undefined;
 async function model(): Promise<CausalLM> {
@@ -28,38 +15,11 @@ async function model(): Promise<CausalLM> {
   return lm;
 }
 
-function leftPadded(prompts: number[][], pad: number) {
-  const T = Math.max(...prompts.map((p) => p.length));
-  const input_ids = new Int32Array(prompts.length * T).fill(pad);
-  const attention_mask = new Int32Array(prompts.length * T);
-  prompts.forEach((p, i) => {
-    input_ids.set(p, i * T + T - p.length);
-    attention_mask.fill(1, i * T + T - p.length, (i + 1) * T);
-  });
-  return { input_ids, attention_mask, batchSize: prompts.length, seqLen: T };
-}
-
 test('the logits at every step of a batched, left-padded generation match transformers within 1e-4', { skip: missing }, async () => {
-  const { engine, config } = await model();
-  const V = config.vocab_size, B = fixture.prompt_ids.length;
-  // Teacher-forced with HF's tokens, so each step's logits are compared on the same prefix.
-  let { logits } = await engine.prefill(leftPadded(fixture.prompt_ids, fixture.pad_token_id), { maxNewTokens: fixture.max_new_tokens });
-  let worst = 0;
-  for (let s = 0; s < fixture.max_new_tokens; s++) {
-    for (let b = 0; b < B; b++) {
-      const ref = fixture.steps[s][b];
-      const row = logits.subarray(b * V, (b + 1) * V);
-      let max = -Infinity;
-      for (const x of row) max = Math.max(max, x);
-      let lse = 0;
-      for (const x of row) lse += Math.exp(x - max);
-      lse = max + Math.log(lse);
-      const scale = Math.abs(ref.max);
-      worst = Math.max(worst, Math.abs(lse - ref.logsumexp) / scale, ...ref.ids.map((id, k) => Math.abs(row[id] - ref.values[k]) / scale));
-    }
-    if (s + 1 < fixture.max_new_tokens) ({ logits } = await engine.decode(Int32Array.from(fixture.generated_ids.map((g) => g[s]))));
-  }
+  const { engine, config, tokenizer } = await model();
+  const { worst, agree, steps } = await againstTransformers(engine, config.vocab_size, tokenizer.eosTokenIds);
   assert.ok(worst < 1e-4, `largest difference of the 20 largest logits and the logsumexp, relative to the row's max: ${worst}`);
+  assert.equal(agree, steps);
 });
 
 test('greedy generation gives the tokens transformers generate() gives (5 prompts x 32 tokens)', { skip: missing }, async () => {

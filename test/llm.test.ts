@@ -5,22 +5,18 @@
 // dequantized math, so only the first tokens are compared).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { LLM, type GenerateResult } from '../src/llm/llm.js';
 import { generateIds } from '../src/llm/generate.js';
 import type { CausalLM } from '../src/llm/load.js';
 import { ChoiceConstraint } from '../src/llm/choices.js';
 import { parseToolCalls } from '../src/llm/tool-calls.js';
 import { writeRandomVProjAdapter } from './helpers/random-adapter.js';
+import { generateFixture as fixture, SMOLLM2_GGUF as gguf, smollm2Missing as missing } from './helpers/smollm2.js';
+import { ROOT } from './helpers/tiny-model.js';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
-const gguf = join(root, '.cache/models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf');
-const missing = existsSync(gguf) ? false : `${gguf} is missing: run bash scripts/fetch-llm.sh (setup does)`;
-const fixture = JSON.parse(readFileSync(join(root, 'test/fixtures/smollm2-generate/expected.json'), 'utf8')) as { prompt_ids: number[][]; generated_ids: number[][] };
 
 let shared: LLM | undefined;
 async function llm(): Promise<LLM> {
@@ -263,7 +259,7 @@ test('load({ lora }): a PEFT adapter folder is applied (greedy output changes), 
     await tuned?.dispose();
     await rm(dir, { recursive: true, force: true });
   }
-  await assert.rejects(LLM.load(gguf, { lora: join(root, 'test/fixtures/llm-export/peft-tiny-llama') }), /adapter_model\.safetensors.*(shape|layer|missing)/);
+  await assert.rejects(LLM.load(gguf, { lora: join(ROOT, 'test/fixtures/llm-export/peft-tiny-llama') }), /adapter_model\.safetensors.*(shape|layer|missing)/);
 });
 
 test('node-llama-cpp (llama.cpp) on the same GGUF: the same first-token distribution, and the same greedy first token wherever it is not a near tie', { skip: missing }, async (t) => {
