@@ -162,7 +162,7 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
         const int C = cfg_.hidden_size, I = cfg_.intermediate_size, QO = cfg_.num_attention_heads * cfg_.head_dim;
         const int KVO = cfg_.num_key_value_heads * cfg_.head_dim;
         const size_t L = cfg_.num_hidden_layers;
-        require_memory(L * ((size_t)QKV_ * C + 2 * (size_t)C * QO + 3 * (size_t)I * C) * 17 / 16 +
+        require_memory(L * ((size_t)QKV_ * C + (size_t)C * QO + 3 * (size_t)I * C) * 17 / 16 +
                            (size_t)cfg_.vocab_size * C * 17 / 16,
                        "the Q8_0 weights of this model");
         wq_.resize(params_.size());

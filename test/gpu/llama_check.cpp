@@ -245,7 +245,7 @@ Pair make_pair(const LlamaConfig& c, const LoraConfig& lora, bool bf16 = false, 
     tc.weight_decay = 0.01f;
     Pair p;
     p.gpu.reset(new nt::cuda::CudaLlamaEngine(c, lora, tc, 0, bf16, checkpointing, trainable));
-    p.cpu.reset(new nt::LlamaEngine(c, lora, tc, false, false, trainable));
+    p.cpu.reset(new nt::LlamaEngine(c, lora, tc, false, nt::LlamaEngine::BaseWeights::fp32, trainable));
     return p;
 }
 
