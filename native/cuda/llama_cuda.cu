@@ -196,6 +196,10 @@ void CudaLlamaEngine::ensure_activations(int B, int T, bool train) {
     if (need <= s.cap_N && (s.cap_train || !train)) return;
     const size_t N = std::max(need, s.cap_N);
     const bool with_grads = train || s.cap_train;
+    // Without a backward to come (forward, prefill, decode) nothing reads a
+    // layer's activations after the layer: every layer shares one set, as
+    // under gradient checkpointing (the CPU engine does the same).
+    const bool shared = checkpointing_ || !with_grads;
     const size_t C = cfg_.hidden_size, I = cfg_.intermediate_size, HS = cfg_.head_dim, V = cfg_.vocab_size;
     const size_t NH = cfg_.num_attention_heads, OC = NH * HS, QKV = QKV_, r = std::max(lora_.r, 1);
     const size_t es = bf16_ ? sizeof(bf16) : sizeof(float);
@@ -232,9 +236,9 @@ void CudaLlamaEngine::ensure_activations(int B, int T, bool train) {
         s.layers.assign(cfg_.num_hidden_layers, LlamaCudaState::Layer{});
         for (auto& a : s.layers) {
             a.h = take(N * C * es);
-            if (!checkpointing_) inner(a);
+            if (!shared) inner(a);
         }
-        if (checkpointing_) {  // one set of inner activations, recomputed per layer in backward
+        if (shared) {  // one set of inner activations (recomputed per layer in a checkpointed backward)
             LlamaCudaState::Layer shared{};
             inner(shared);
             for (auto& a : s.layers) {
@@ -275,7 +279,7 @@ void CudaLlamaEngine::ensure_activations(int B, int T, bool train) {
     if (s.acts.allocate(total) != cudaSuccess)
         throw EngineError("out of GPU memory: the activations for batchSize=" + std::to_string(B) + ", seqLen=" +
                           std::to_string(T) + " need " + mib(total) + note + "; use a smaller batch size or max_length" +
-                          (checkpointing_ ? "" : ", or gradient checkpointing"));
+                          (shared ? "" : ", or gradient checkpointing"));
     base = s.acts.get();
     layout();
     s.staging.allocate(n_ints * sizeof(int32_t));
