@@ -155,6 +155,9 @@ for (const name of ['tiny-llama', 'tiny-qwen2'] as const) {
   test(`${name}: every gradient of full fine-tuning matches transformers within 1e-4`, async () => {
     const f = await load(name);
     const engine = makeEngine(f);
+    // An inference forward first lays the activations out as one set shared by every layer; the
+    // backward needs each layer's own, so accumulate must lay them out again.
+    await engine.forward(f.batch);
     const { loss } = await engine.accumulate(f.batch);
     close(loss, f.expected.get('loss')![0], 1e-5, 'loss');
     for (const n of engine.parameterNames()) {

@@ -252,6 +252,11 @@ Pair make_pair(const LlamaConfig& c, const LoraConfig& lora, bool bf16 = false, 
 void train_and_compare(Pair& p, const LlamaConfig& c, const std::string& what, int64_t row_offset) {
     OwnedBatch h = make_batch(c, 4, 19, 7);
     h.row_offset = row_offset;
+    // An inference forward first lays the activations out as one set shared
+    // by every layer; the backward needs each layer's own, so accumulate must
+    // lay them out again.
+    p.gpu->forward(h.view(), nullptr, false);
+    p.cpu->forward(h.view(), nullptr, false);
     const float lg = p.gpu->accumulate(h.view(), 1.0f), lc = p.cpu->accumulate(h.view(), 1.0f);
     record(what + " loss", rel(lg, lc), 1e-5, "cpu " + std::to_string(lc));
     compare_slot(what + " gradients", *p.gpu, *p.cpu, Slot::Grad, 1e-5);
