@@ -250,10 +250,23 @@ void quantize_q8_0(Q8Weights& w, const float* W, int row0, int rows) {
 
 void dequantize_q8_0(float* W, const Q8Weights& w, int row0, int rows) {
     check_rows(w, row0, rows, "dequantize_q8_0");
-    for (int r = 0; r < rows; r++)
-        for (int i = 0; i < w.IC; i++)
-            W[(size_t)r * w.IC + i] =
-                w.d[d_index(w, row0 + r, i / kBlock)] * (float)((int)w.q[q_index(w, row0 + r, i)] - 128);
+    const int nb = w.IC / kBlock;
+    // In the layout's order (each 64 bytes: 16 rows x 4 inputs), the group's
+    // lanes inside [row0, row0 + rows) only.
+    for (int g = row0 / kRows; g * kRows < row0 + rows; g++) {
+        const int lo = std::max(row0 - g * kRows, 0), hi = std::min(row0 + rows - g * kRows, kRows);
+        const uint8_t* gq = w.q.data() + (size_t)g * kRows * w.IC;
+        const float* gd = w.d.data() + (size_t)g * kRows * nb;
+        for (int b = 0; b < nb; b++)
+            for (int k = 0; k < kBlock / 4; k++) {
+                const uint8_t* src = gq + ((size_t)b * 8 + k) * 64;
+                for (int lane = lo; lane < hi; lane++) {
+                    float* dst = W + (size_t)(g * kRows + lane - row0) * w.IC + b * kBlock + 4 * k;
+                    const float d = gd[(size_t)b * kRows + lane];
+                    for (int j = 0; j < 4; j++) dst[j] = d * (float)((int)src[lane * 4 + j] - 128);
+                }
+            }
+    }
 }
 
 void linear_q8_0(float* out, const float* x, const Q8Weights& w, int N, int8_t* xq, float* xd, int32_t* xs) {
