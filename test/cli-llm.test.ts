@@ -124,6 +124,11 @@ test('nodetune bench generate runs both sides at two batch sizes (tiny N) and pr
   const bad = nodetune('', 'bench', 'generate', '--new-tokens', '1', '--no-llama-cpp');
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /--new-tokens must be an integer >= 2/);
+  const q8 = nodetune('', 'bench', 'generate', '--new-tokens', '2', '--batch', '1', '--threads', '2', '--no-llama-cpp', '--precision', 'q8_0', '--json');
+  assert.equal(q8.status, 0, q8.stderr);
+  const q8report = JSON.parse(q8.stdout) as { rows: Array<Record<string, number>>; context: Record<string, unknown> };
+  assert.ok(q8report.rows[0].decode > 0);
+  assert.match(JSON.stringify(q8report.context), /Q8_0 weights/);
 });
 
 test.after(async () => {
