@@ -6,6 +6,7 @@
 // same with LoRA (all-linear) and rsLoRA; plus the engine's own contracts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -402,6 +403,16 @@ for (const name of ['tiny-llama', 'tiny-qwen2'] as const) {
     // Measured: 2.9e-2 (tiny-llama), 3.2e-2 (tiny-qwen2); the loss 1.6e-3 and 3.5e-4.
     assert.ok(err < 6e-2 && err > 1e-4, `q8_0 LoRA logits rel err ${err}`);
     close(loss!, f.expected.get('lora.loss')![0], 1e-2, 'q8_0 LoRA loss (the fp32 head)');
+    // Six copies of the batch: 144 rows, a prefill-sized product (the weights dequantized for the
+    // bf16 or fp32 GEMM), each copy within the same tolerance.
+    const k = 6, B = f.batch.batchSize, T = f.batch.seqLen;
+    const rep = (a: Int32Array) => Int32Array.from({ length: k * a.length }, (_, i) => a[i % a.length]);
+    const big = await engine.forward({ input_ids: rep(f.batch.input_ids), attention_mask: rep(f.batch.attention_mask!), batchSize: k * B, seqLen: T });
+    for (let c = 0; c < k; c++) {
+      const copy = big.logits.subarray(c * B * T * V, (c + 1) * B * T * V);
+      const e = relErr(realLogits(copy, f.batch.attention_mask!, V), realLogits(f.expected.get('lora.logits')!, f.batch.attention_mask!, V));
+      assert.ok(e < 6e-2 && e > 1e-4, `q8_0 LoRA logits of copy ${c} in a batch of ${k * B * T} rows: rel err ${e}`);
+    }
     // The layers' linear weights are held as Q8_0 only: they read back as gguf-py's Q8_0 of what was
     // written (src/io/gguf-quants.ts, checked against gguf-py in gguf.test.ts); the rest as written.
     for (const [n, w] of f.weights) {
@@ -417,6 +428,17 @@ for (const name of ['tiny-llama', 'tiny-qwen2'] as const) {
     await engine.dispose();
   });
 }
+
+test("precision 'q8_0' on the AVX2 paths (NODETUNE_Q8_ISA=avx2): the q8_0 tests of this file again, in a process of their own", { skip: process.env.NODETUNE_Q8_ISA ? 'this is that process' : false }, () => {
+  // NODE_TEST_CONTEXT (set by the runner) would make the child report to a parent runner instead of stdout.
+  const { NODE_TEST_CONTEXT: _, ...env } = process.env;
+  const r = spawnSync(process.execPath, ['--test', '--test-reporter=tap', '--test-name-pattern=q8_0', fileURLToPath(import.meta.url)], {
+    encoding: 'utf8', env: { ...env, NODETUNE_Q8_ISA: 'avx2' }, timeout: 300_000,
+  });
+  assert.equal(r.status, 0, r.stdout.split('\n').filter((l) => /^not ok|error|rel err/.test(l)).join('\n'));
+  assert.match(r.stdout, /^# pass [1-9]/m);
+  assert.match(r.stdout, /^# fail 0$/m);
+});
 
 test("precision 'q8_0': a frozen base on the CPU only (LoRA or trainable: false), causal LMs only, dimensions in blocks of 32", async () => {
   const f = await load('tiny-llama');

@@ -285,7 +285,8 @@ void dequantize_q8_0(float* W, const Q8Weights& w, int row0, int rows);
 // once for all N rows: for decode steps (prefill-sized N is compute-bound).
 void linear_q8_0(float* out, const float* x, const Q8Weights& w, int N, int8_t* xq, float* xd, int32_t* xs);
 // The path linear_q8_0 takes: "avx512vnni" where the CPU has it, else
-// "avx2", else "scalar" (any CPU; about 10x slower than AVX2). q8_0_use_isa switches it for later calls
+// "avx2", else "scalar" (any CPU; about 10x slower than AVX2); the
+// environment's NODETUNE_Q8_ISA, read at first use, may name a lesser one. q8_0_use_isa switches it for later calls
 // (tests of every path) and returns false, changing nothing, when the CPU
 // lacks `isa` or the name is unknown.
 const char* q8_0_isa();

@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -175,6 +176,11 @@ Isa isa() {
     Isa i = g_isa.load(std::memory_order_relaxed);
     if (i == Isa::kUnset) {
         i = cpu_has(Isa::kAvx512Vnni) ? Isa::kAvx512Vnni : cpu_has(Isa::kAvx2) ? Isa::kAvx2 : Isa::kScalar;
+        // NODETUNE_Q8_ISA=avx2 (or scalar) takes a lesser path: the tests of
+        // the engine's AVX2 paths, and benchmarks of them, on a VNNI machine.
+        if (const char* name = std::getenv("NODETUNE_Q8_ISA"))
+            for (Isa j : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni})
+                if (std::string(name) == kIsaNames[(int)j] && cpu_has(j)) i = j;
         g_isa.store(i, std::memory_order_relaxed);
     }
     return i;

@@ -146,6 +146,7 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
     // The portable path is 10x slower than the fp32 GEMMs: not worth choosing.
     if (q8_ && std::string(q8_0_isa()) == "scalar")
         throw EngineError("precision 'q8_0' on the CPU needs AVX2 or AVX-512 VNNI, and this CPU has neither: use 'fp32'");
+    q8_bf16_ = q8_ && bf16_gemm_support().empty();
     if (bf16_ && lora_.r == 0 && trainable_)
         throw EngineError("precision 'bf16' on the CPU holds a frozen base in bf16 and needs LoRA (options.lora) or "
                           "an engine that trains nothing (options.trainable = false): full fine-tuning on the CPU "
@@ -519,6 +520,33 @@ void LlamaEngine::refresh_frozen() {
 }
 
 void LlamaEngine::q8_linear(float* out, const float* in, const Q8Weights& w, int N) {
+    const std::string isa = q8_0_isa();
+    const bool bf16 = q8_bf16_ && isa == "avx512vnni";
+    if (N >= kQ8TileRows && (bf16 || isa == "avx2")) {
+        const size_t numel = (size_t)w.OC * w.IC;
+        if (bf16 && q8wb_.size() < numel) q8wb_.resize(numel);
+        if (!bf16 && q8wf_.size() < numel) q8wf_.resize(numel);
+        const int groups = (w.OC + Q8Weights::kRows - 1) / Q8Weights::kRows;
+#pragma omp parallel
+        {
+            std::vector<float> rows(bf16 ? (size_t)Q8Weights::kRows * w.IC : 0);
+#pragma omp for schedule(static)
+            for (int g = 0; g < groups; g++) {
+                const int r0 = g * Q8Weights::kRows, nr = std::min(Q8Weights::kRows, w.OC - r0);
+                if (!bf16) {
+                    dequantize_q8_0(q8wf_.data() + (size_t)r0 * w.IC, w, r0, nr);
+                    continue;
+                }
+                dequantize_q8_0(rows.data(), w, r0, nr);
+                to_bf16(q8wb_.data() + (size_t)r0 * w.IC, rows.data(), (size_t)nr * w.IC);
+            }
+        }
+        if (bf16)
+            gemm_bf16w(true, N, w.OC, w.IC, in, w.IC, q8wb_.data(), 0.0f, out, w.OC);
+        else
+            linear_forward(out, in, q8wf_.data(), (const float*)nullptr, N, w.IC, w.OC);
+        return;
+    }
     const size_t n = (size_t)N * w.IC;
     if (q8x_.size() < n) {
         q8x_.resize(n);
