@@ -28,11 +28,11 @@ test('q8_0: the logits at every step of a batched generation stay within Q8_0 ro
   const lm = await loadCausalLM(gguf, { threads: 2, trainable: false, precision: 'q8_0' });
   try {
     const { worst, agree, steps } = await againstTransformers(lm.engine, lm.config.vocab_size, lm.tokenizer.eosTokenIds);
-    // Measured 0.053 and 147 of 160 (fp32: 3e-6 and 160). The layers' weight rounding alone (an fp32
+    // Measured 0.071 and 155 of 160 (fp32: 3e-6 and 160). The layers' weight rounding alone (an fp32
     // engine given gguf-py's Q8_0 values of every layer weight) gives 0.044 and 155: this model's
     // greedy steps are often near-ties (the top two logits of the first step differ by 0.03-0.4 of ~25).
-    assert.ok(worst < 0.08, `largest difference of the 20 largest logits and the logsumexp, relative to the row's max: ${worst}`);
-    assert.ok(agree >= 136, `the argmax equals transformers' token at ${agree} of ${steps} steps`);
+    assert.ok(worst < 0.1, `largest difference of the 20 largest logits and the logsumexp, relative to the row's max: ${worst}`);
+    assert.ok(agree >= 144, `the argmax equals transformers' token at ${agree} of ${steps} steps`);
   } finally {
     await lm.engine.dispose();
   }
@@ -72,7 +72,7 @@ test('q8_0 on a Q8_0 GGUF: the next-token distributions of llama.cpp on the same
       await lm.engine.dispose();
     }
     t.diagnostic(`total variation from llama.cpp: mean ${(sum / n).toFixed(4)}, max ${max.toFixed(4)}; the same argmax at ${agree} of ${n} steps`);
-    // Measured: mean 0.027, max 0.081, 93 of 96 (the fp32 engine on the same file: 0.023, 0.076,
+    // Measured: mean 0.025, max 0.088, 91 of 96 (the fp32 engine on the same file: 0.023, 0.076,
     // 92 of 96; llama.cpp also keeps its KV cache in f16). A wrong scale, block or row moves the
     // distributions far more: a random LoRA adapter moves llama.cpp's first step by > 0.2.
     assert.ok(sum / n < 0.05, `mean total variation ${sum / n}`);

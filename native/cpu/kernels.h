@@ -278,9 +278,9 @@ void quantize_q8_0(Q8Weights& w, const float* W, int row0, int rows);
 // W (rows, IC) = d q of rows [row0, row0 + rows), exactly (the values
 // linear_q8_0 multiplies by). Throws as quantize_q8_0.
 void dequantize_q8_0(float* W, const Q8Weights& w, int row0, int rows);
-// out (N, OC) = x (N, IC) W^T: each row of x is quantized in blocks of 32 the
-// same way (d kept in fp32) into xq (N IC int8), xd and xs (N IC / 32: scale,
-// sum of q), workspace; each block's dot product is exact in int32 before
+// out (N, OC) = x (N, IC) W^T: each row of x is quantized in blocks of 32 as
+// ggml's SIMD quantize_row_q8_0 does (to nearest even; d kept in fp32) into
+// xq (N IC int8), xd and xs (N IC / 32: scale, sum of q), workspace; each block's dot product is exact in int32 before
 // its two scales multiply it in fp32 (ggml's vec_dot_q8_0_q8_0). Reads W
 // once for all N rows: for decode steps (prefill-sized N is compute-bound).
 void linear_q8_0(float* out, const float* x, const Q8Weights& w, int N, int8_t* xq, float* xd, int32_t* xs);

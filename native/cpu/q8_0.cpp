@@ -45,19 +45,70 @@ inline int8_t to_q(float v) {
     return (int8_t)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r == r ? r : 0.0f);
 }
 
-// One block: d = amax / 127, q = round(x id) with id = 1/d computed before d
-// is stored (fp16_d: rounded to fp16 as ggml stores weights; activations keep
-// their fp32 d). Returns sum(q).
-inline int quantize_block(int8_t* q, float* d, const float* x, bool fp16_d) {
+// A weight block: d = amax / 127, q = round-half-away(x id) with id = 1/d
+// computed before d is rounded to fp16 and stored (ggml's reference).
+inline void quantize_weight_block(int8_t* q, float* d, const float* x) {
     float amax = 0.0f;
     for (int i = 0; i < kBlock; i++) amax = std::fmax(amax, std::fabs(x[i]));
     const float dd = amax / 127.0f;
     const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-    *d = fp16_d ? through_fp16(dd) : dd;
-    int sum = 0;
-    for (int i = 0; i < kBlock; i++) sum += q[i] = to_q(x[i] * id);
-    return sum;
+    *d = through_fp16(dd);
+    for (int i = 0; i < kBlock; i++) q[i] = to_q(x[i] * id);
 }
+
+// The activations' blocks of a row of n values: d = amax / 127 kept in fp32,
+// q = x id rounded to nearest, ties to even (as ggml's SIMD
+// quantize_row_q8_0 rounds them), s = sum(q). A decode step quantizes ~100k
+// values: 0.5 ms a step written plainly, ~20x less in AVX2.
+void quantize_row_scalar(int8_t* q, float* d, int32_t* s, const float* x, int n) {
+    for (int b = 0; b < n / kBlock; b++, q += kBlock, x += kBlock) {
+        float amax = 0.0f;
+        for (int i = 0; i < kBlock; i++) amax = std::fmax(amax, std::fabs(x[i]));
+        d[b] = amax / 127.0f;
+        const float id = d[b] != 0.0f ? 1.0f / d[b] : 0.0f;
+        int sum = 0;
+        for (int i = 0; i < kBlock; i++) {
+            const float r = std::nearbyint(x[i] * id);
+            sum += q[i] = (int8_t)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r == r ? r : 0.0f);
+        }
+        s[b] = sum;
+    }
+}
+
+#ifdef NT_Q8_X86
+__attribute__((target("avx2,fma")))
+void quantize_row_avx2(int8_t* q, float* d, int32_t* s, const float* x, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), lim = _mm256_set1_ps(127.0f), nlim = _mm256_set1_ps(-127.0f);
+    for (int b = 0; b < n / kBlock; b++, q += kBlock, x += kBlock) {
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            v[j] = _mm256_loadu_ps(x + 8 * j);
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[j]));
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        d[b] = _mm_cvtss_f32(h) / 127.0f;
+        const __m256 id = _mm256_set1_ps(d[b] != 0.0f ? 1.0f / d[b] : 0.0f);
+        __m256i i32[4];
+        for (int j = 0; j < 4; j++) {
+            // min/max return their second operand for NaN: clamped NaN -> 127, as
+            // a NaN activation has no meaningful product anyway.
+            const __m256 r = _mm256_round_ps(_mm256_mul_ps(v[j], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            i32[j] = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(r, lim), nlim));
+        }
+        // int32 -> int8 packs lanes within 128-bit halves; the permute restores order.
+        const __m256i i16a = _mm256_packs_epi32(i32[0], i32[1]), i16b = _mm256_packs_epi32(i32[2], i32[3]);
+        const __m256i i8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(i16a, i16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), i8);
+        __m256i t = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]), _mm256_add_epi32(i32[2], i32[3]));
+        __m128i u = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0x4E));
+        u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0xB1));
+        s[b] = _mm_cvtsi128_si32(u);
+    }
+}
+#endif
 
 inline int32_t load4(const int8_t* p) {
     int32_t v;
@@ -248,7 +299,7 @@ void quantize_q8_0(Q8Weights& w, const float* W, int row0, int rows) {
         const int o = row0 + r;
         for (int b = 0; b < nb; b++) {
             int8_t q[kBlock];
-            quantize_block(q, &w.d[d_index(w, o, b)], W + (size_t)r * w.IC + (size_t)b * kBlock, true);
+            quantize_weight_block(q, &w.d[d_index(w, o, b)], W + (size_t)r * w.IC + (size_t)b * kBlock);
             for (int i = 0; i < kBlock; i++) w.q[q_index(w, o, b * kBlock + i)] = (uint8_t)(q[i] + 128);
         }
     }
@@ -277,14 +328,21 @@ void dequantize_q8_0(float* W, const Q8Weights& w, int row0, int rows) {
 
 void linear_q8_0(float* out, const float* x, const Q8Weights& w, int N, int8_t* xq, float* xd, int32_t* xs) {
     const int IC = w.IC, OC = w.OC, nb = IC / kBlock, groups = (OC + kRows - 1) / kRows;
-    const bool many = (size_t)N * nb > 256;
-#pragma omp parallel for schedule(static) if (many)
-    for (int n = 0; n < N; n++)
-        for (int b = 0; b < nb; b++)
-            xs[(size_t)n * nb + b] = quantize_block(xq + (size_t)n * IC + (size_t)b * kBlock, xd + (size_t)n * nb + b,
-                                                    x + (size_t)n * IC + (size_t)b * kBlock, false);
-    const Rows rows{xq, xd, xs, nb, IC};
     const Isa i = isa();
+#pragma omp parallel for schedule(static) if ((size_t)N * nb > 1024)
+    for (int n = 0; n < N; n++) {
+        int8_t* q = xq + (size_t)n * IC;
+        float* d = xd + (size_t)n * nb;
+        int32_t* s = xs + (size_t)n * nb;
+#ifdef NT_Q8_X86
+        if (i != Isa::kScalar) {
+            quantize_row_avx2(q, d, s, x + (size_t)n * IC, IC);
+            continue;
+        }
+#endif
+        quantize_row_scalar(q, d, s, x + (size_t)n * IC, IC);
+    }
+    const Rows rows{xq, xd, xs, nb, IC};
     // Each group's weights (16 x IC bytes) come from memory once and stay in
     // L1 while the rows pass, 4 at a time.
 #pragma omp parallel for schedule(static)

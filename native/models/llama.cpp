@@ -146,7 +146,8 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
     // The portable path is 10x slower than the fp32 GEMMs: not worth choosing.
     if (q8_ && std::string(q8_0_isa()) == "scalar")
         throw EngineError("precision 'q8_0' on the CPU needs AVX2 or AVX-512 VNNI, and this CPU has neither: use 'fp32'");
-    q8_bf16_ = q8_ && bf16_gemm_support().empty();
+    q8_vnni_ = q8_ && std::string(q8_0_isa()) == "avx512vnni";
+    q8_bf16_ = q8_vnni_ && bf16_gemm_support().empty();
     if (bf16_ && lora_.r == 0 && trainable_)
         throw EngineError("precision 'bf16' on the CPU holds a frozen base in bf16 and needs LoRA (options.lora) or "
                           "an engine that trains nothing (options.trainable = false): full fine-tuning on the CPU "
@@ -502,7 +503,7 @@ const uint16_t* LlamaEngine::WB(size_t first, size_t count) {
 const Q8Weights* LlamaEngine::WQ(size_t first, int N) const {
     if (!q8_ || wq_[first].OC == 0) return nullptr;
     const bool fp32_too = params_[first].offset != kNone;  // the lm_head
-    if (fp32_too && N > kQ8Avx2Rows && std::string(q8_0_isa()) != "avx512vnni") return nullptr;
+    if (fp32_too && N > kQ8Avx2Rows && !q8_vnni_) return nullptr;
     return &wq_[first];
 }
 
@@ -520,9 +521,8 @@ void LlamaEngine::refresh_frozen() {
 }
 
 void LlamaEngine::q8_linear(float* out, const float* in, const Q8Weights& w, int N) {
-    const std::string isa = q8_0_isa();
-    const bool bf16 = q8_bf16_ && isa == "avx512vnni";
-    if (N >= kQ8TileRows && (bf16 || isa == "avx2")) {
+    const bool bf16 = q8_bf16_;
+    if (N >= kQ8TileRows && (bf16 || !q8_vnni_)) {
         const size_t numel = (size_t)w.OC * w.IC;
         if (bf16 && q8wb_.size() < numel) q8wb_.resize(numel);
         if (!bf16 && q8wf_.size() < numel) q8wf_.resize(numel);

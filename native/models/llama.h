@@ -301,7 +301,8 @@ private:
     std::vector<int8_t> q8x_;    // linear_q8_0's workspace: the input rows quantized
     std::vector<float> q8d_;
     std::vector<int32_t> q8s_;
-    bool q8_bf16_ = false;        // bf16 GEMMs here: the prefill-sized products take them
+    bool q8_vnni_ = false;        // linear_q8_0 takes its AVX-512 VNNI path (else AVX2)
+    bool q8_bf16_ = false;        // and bf16 GEMMs exist: the prefill-sized products take them
     std::vector<uint16_t> q8wb_;  // a group dequantized for them (bf16, or fp32 in q8wf_)
     std::vector<float> q8wf_;
     // The KV cache: per layer (B, NKV, cap, HS) keys and values, the key mask

@@ -1207,8 +1207,9 @@ void check_gemm_bf16(Rng& rng) {
 
 // ------------------------------------------------------------------- Q8_0 ----
 // ggml's quantize_row_q8_0_ref transcribed: per block of 32, d = amax / 127,
-// id = 1/d (0 when d = 0), q = roundf(x id), d stored as fp16 (weights) or
-// kept in fp32 (activations, fp16_d false).
+// id = 1/d (0 when d = 0), q = roundf(x id), d stored as fp16 (weights); or
+// as its SIMD quantize_row_q8_0 does activations (fp16_d false here): q =
+// x id rounded to nearest even, d kept in fp32.
 void q8_0_reference(const float* x, int n, bool fp16_d, std::vector<int>& q, std::vector<double>& d) {
     q.assign(n, 0);
     d.assign(n / 32, 0.0);
@@ -1218,7 +1219,8 @@ void q8_0_reference(const float* x, int n, bool fp16_d, std::vector<int>& q, std
         const float dd = amax / 127.0f;
         const float id = dd ? 1.0f / dd : 0.0f;
         d[b] = fp16_d ? (double)(float)(_Float16)dd : (double)dd;
-        for (int i = 0; i < 32; i++) q[b * 32 + i] = (int)std::round(x[b * 32 + i] * id);
+        for (int i = 0; i < 32; i++)
+            q[b * 32 + i] = (int)(fp16_d ? std::round(x[b * 32 + i] * id) : std::nearbyint(x[b * 32 + i] * id));
     }
 }
 
