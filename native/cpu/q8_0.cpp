@@ -145,9 +145,9 @@ void group_scalar(float (*out)[kRows], const uint8_t* wq, const float* wd, const
 }
 
 #ifdef NT_Q8_X86
-// The same for one group on AVX2: per
-// 8-row half, maddubs multiplies |w| by x carrying w's sign (pair sums within
-// int16: 2 * 127 * 127); the q + 128 bytes become q again by flipping the top bit.
+// The same on AVX2, per 8-row half of the group: maddubs multiplies |w| by x
+// carrying w's sign (pair sums within int16: 2 * 127 * 127); the q + 128
+// bytes become q again by flipping the top bit.
 template <int R>
 __attribute__((target("avx2,fma")))
 void group_avx2(float (*out)[kRows], const uint8_t* wq, const float* wd, const Rows& x, int n) {
@@ -287,8 +287,9 @@ inline size_t d_index(const Q8Weights& w, int o, int b) {
 
 }  // namespace
 
-// quantize_q8_0 and dequantize_q8_0 run single-threaded: they serve setWeight
-// and getWeight, called on the JS thread, and an OpenMP team opened there
+// quantize_q8_0 and dequantize_q8_0 run single-threaded (the engine's
+// prefill path runs dequantize_q8_0 from its own parallel loop): they serve
+// setWeight and getWeight, called on the JS thread, and an OpenMP team opened there
 // (libgomp keeps one per calling thread) left the compute thread's decode
 // steps 4x slower (more OpenMP threads than cores). Quantizing SmolLM2-135M
 // this way adds about 0.5 s to its load (1.3 s against fp32 0.85-1.0 s).

@@ -3,8 +3,9 @@
  * node-llama-cpp, Ollama), a Hugging Face folder (config.json,
  * model.safetensors or a sharded model.safetensors.index.json, tokenizer.json,
  * tokenizer_config.json, generation_config.json), or a Hub repo id pulled into
- * the cache. The weights end up in a native {@link Engine}, float32, under
- * Hugging Face names (GGUF tensors dequantized, llama.cpp's q/k row order undone).
+ * the cache. The weights end up in a native {@link Engine} under Hugging Face names
+ * (GGUF tensors dequantized to float32, llama.cpp's q/k row order undone; the engine then
+ * holds them as its `precision` says: fp32, a bf16 copy, or Q8_0).
  */
 import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
