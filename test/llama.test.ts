@@ -429,6 +429,20 @@ for (const name of ['tiny-llama', 'tiny-qwen2'] as const) {
   });
 }
 
+test('a NaN weight gives NaN logits and loss, as in transformers: attention does not turn a row of NaN scores into a padding row', async () => {
+  const f = await load('tiny-llama');
+  const engine = makeEngine(f, undefined, { trainable: false });
+  const q = 'model.layers.0.self_attn.q_proj.weight';
+  const w = engine.getWeight(q);
+  w[5] = NaN;  // head 0's first query channel: every score of head 0 is NaN
+  engine.setWeight(q, w);
+  const { logits, loss } = await engine.forward(f.batch);
+  assert.ok(Number.isNaN(loss), `loss ${loss}`);
+  const V = f.config.vocab_size;
+  assert.ok(realLogits(logits, f.batch.attention_mask!, V).every(Number.isNaN), 'every real token\'s logits are NaN');
+  await engine.dispose();
+});
+
 test("precision 'q8_0' on the AVX2 paths (NODETUNE_Q8_ISA=avx2): the q8_0 tests of this file again, in a process of their own", { skip: process.env.NODETUNE_Q8_ISA ? 'this is that process' : false }, () => {
   // NODE_TEST_CONTEXT (set by the runner) would make the child report to a parent runner instead of stdout.
   const { NODE_TEST_CONTEXT: _, ...env } = process.env;

@@ -51,8 +51,12 @@ void causal_softmax(T* S, int rows, int nk, int i0, const int32_t* m, const T* l
             T mx = T(-INFINITY);
 #pragma omp simd reduction(max : mx)
             for (int j = 0; j < nk; j++) mx = s[j] > mx ? s[j] : mx;
-            if (mx == T(-INFINITY)) {
+            if (seg == 0) {
                 l = T(-INFINITY);
+            } else if (mx == T(-INFINITY)) {
+                // Keys to attend to, but no score above -inf: NaN scores (the max
+                // skips them), as torch's softmax gives NaN; never a padding row's 0.
+                l = T(NAN);
             } else {
                 T sum = 0;
 #pragma omp simd reduction(+ : sum)
