@@ -403,8 +403,8 @@ for (const name of ['tiny-llama', 'tiny-qwen2'] as const) {
     // Measured: 2.9e-2 (tiny-llama), 3.2e-2 (tiny-qwen2); the loss 1.6e-3 and 3.5e-4.
     assert.ok(err < 6e-2 && err > 1e-4, `q8_0 LoRA logits rel err ${err}`);
     close(loss!, f.expected.get('lora.loss')![0], 1e-2, 'q8_0 LoRA loss (the fp32 head)');
-    // Six copies of the batch: 144 rows, a prefill-sized product (the weights dequantized for the
-    // bf16 or fp32 GEMM), each copy within the same tolerance.
+    // Six copies of the batch in one: 144 rows through the int8 kernel 4 at a time, each copy within
+    // the same tolerance.
     const k = 6, B = f.batch.batchSize, T = f.batch.seqLen;
     const rep = (a: Int32Array) => Int32Array.from({ length: k * a.length }, (_, i) => a[i % a.length]);
     const big = await engine.forward({ input_ids: rep(f.batch.input_ids), attention_mask: rep(f.batch.attention_mask!), batchSize: k * B, seqLen: T });
@@ -420,6 +420,17 @@ for (const name of ['tiny-llama', 'tiny-qwen2'] as const) {
       assert.deepEqual(engine.getWeight(n), held ? dequantize('Q8_0', quantizeQ8_0(w), w.length) : w, n);
     }
     await assert.rejects(engine.accumulate(f.batch), /^Error: precision 'q8_0' reads the base in Q8_0 for generation only \(forward, prefill and decode\): train with precision 'fp32' or 'bf16'$/);
+    await assert.rejects(engine.step({ learningRate: 1e-3 }), /precision 'q8_0' reads the base in Q8_0 for generation only/);
+    assert.equal(engine.getCounters().optimizerStep, 0);
+    // Q8_0's fp16 block scale cannot hold NaN, infinity or |w| > 65504 x 127: refused, nothing written.
+    const q = 'model.layers.0.self_attn.q_proj.weight';
+    const before = engine.getWeight(q);
+    for (const bad of [NaN, Infinity, 1e7]) {
+      const w = Float32Array.from(f.weights.get(q)!);
+      w[f.config.hidden_size + 5] = bad;
+      assert.throws(() => engine.setWeight(q, w), /'model\.layers\.0\.self_attn\.q_proj\.weight'\[1, 5\] is .*: precision 'q8_0' quantizes this weight to Q8_0, whose fp16 block scale needs finite values within \+-8\.3e6 \(65504 x 127\); nothing was written/);
+    }
+    assert.deepEqual(engine.getWeight(q), before);
     // A weight written after the first forward is quantized again before the next.
     const head = f.config.tie_word_embeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
     engine.setWeight(head, new Float32Array(f.weights.get(head)!.length));

@@ -147,7 +147,6 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
     if (q8_ && std::string(q8_0_isa()) == "scalar")
         throw EngineError("precision 'q8_0' on the CPU needs AVX2 or AVX-512 VNNI, and this CPU has neither: use 'fp32'");
     q8_vnni_ = q8_ && std::string(q8_0_isa()) == "avx512vnni";
-    q8_bf16_ = q8_vnni_ && bf16_gemm_support().empty();
     if (bf16_ && lora_.r == 0 && trainable_)
         throw EngineError("precision 'bf16' on the CPU holds a frozen base in bf16 and needs LoRA (options.lora) or "
                           "an engine that trains nothing (options.trainable = false): full fine-tuning on the CPU "
@@ -342,6 +341,17 @@ void LlamaEngine::read(const ParamInfo& p, Slot slot, float* dst) {
 
 void LlamaEngine::write(const ParamInfo& p, Slot slot, const float* src) {
     const size_t i = &p - params_.data();
+    if (slot == Slot::Weight && q8_ && (p.offset == kNone || i == lm_head_index())) {
+        // Q8_0's fp16 block scale (amax / 127) holds at most 65504.
+        const float most = 65504.0f * 127.0f;
+        const size_t cols = p.shape.size() == 2 ? (size_t)p.shape[1] : p.numel;
+        for (size_t k = 0; k < p.numel; k++)
+            if (!(std::fabs(src[k]) <= most))
+                throw EngineError("'" + p.name + "'[" + std::to_string(k / cols) + ", " + std::to_string(k % cols) +
+                                  "] is " + std::to_string(src[k]) +
+                                  ": precision 'q8_0' quantizes this weight to Q8_0, whose fp16 block scale needs "
+                                  "finite values within +-8.3e6 (65504 x 127); nothing was written");
+    }
     if (slot == Slot::Weight && p.offset == kNone) {
         const auto [first, row0] = q8_home_[i];
         quantize_q8_0(wq_[first], src, row0, (int)p.shape[0]);
@@ -521,32 +531,6 @@ void LlamaEngine::refresh_frozen() {
 }
 
 void LlamaEngine::q8_linear(float* out, const float* in, const Q8Weights& w, int N) {
-    const bool bf16 = q8_bf16_;
-    if (N >= kQ8TileRows && (bf16 || !q8_vnni_)) {
-        const size_t numel = (size_t)w.OC * w.IC;
-        if (bf16 && q8wb_.size() < numel) q8wb_.resize(numel);
-        if (!bf16 && q8wf_.size() < numel) q8wf_.resize(numel);
-        const int groups = (w.OC + Q8Weights::kRows - 1) / Q8Weights::kRows;
-#pragma omp parallel
-        {
-            std::vector<float> rows(bf16 ? (size_t)Q8Weights::kRows * w.IC : 0);
-#pragma omp for schedule(static)
-            for (int g = 0; g < groups; g++) {
-                const int r0 = g * Q8Weights::kRows, nr = std::min(Q8Weights::kRows, w.OC - r0);
-                if (!bf16) {
-                    dequantize_q8_0(q8wf_.data() + (size_t)r0 * w.IC, w, r0, nr);
-                    continue;
-                }
-                dequantize_q8_0(rows.data(), w, r0, nr);
-                to_bf16(q8wb_.data() + (size_t)r0 * w.IC, rows.data(), (size_t)nr * w.IC);
-            }
-        }
-        if (bf16)
-            gemm_bf16w(true, N, w.OC, w.IC, in, w.IC, q8wb_.data(), 0.0f, out, w.OC);
-        else
-            linear_forward(out, in, q8wf_.data(), (const float*)nullptr, N, w.IC, w.OC);
-        return;
-    }
     const size_t n = (size_t)N * w.IC;
     if (q8x_.size() < n) {
         q8x_.resize(n);
@@ -855,9 +839,7 @@ float LlamaEngine::accumulate(const Batch& b, float loss_scale) {
     if (!trainable_)
         throw EngineError("this engine was built with options.trainable = false: it has no trainable parameter "
                           "(forward, prefill and decode only)");
-    if (q8_)
-        throw EngineError("precision 'q8_0' reads the base in Q8_0 for generation only (forward, prefill and decode): "
-                          "train with precision 'fp32' or 'bf16'");
+    check_not_q8();
     set_threads();
     validate(b, true);
     forward_impl(b, true);
@@ -877,7 +859,14 @@ float LlamaEngine::accumulate(const Batch& b, float loss_scale) {
 
 // ---- optimizer ------------------------------------------------------------------
 
+void LlamaEngine::check_not_q8() const {
+    if (q8_)
+        throw EngineError("precision 'q8_0' reads the base in Q8_0 for generation only (forward, prefill and decode): "
+                          "train with precision 'fp32' or 'bf16'");
+}
+
 float LlamaEngine::step(float lr) {
+    check_not_q8();
     set_threads();
     double ss = 0.0;
     for (size_t i = 0; i < params_.size(); i++)

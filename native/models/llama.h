@@ -252,9 +252,9 @@ private:
     // The Q8_0 weights of a packed group for a product of N rows, or null
     // when that product reads fp32 (or bf16) weights.
     const Q8Weights* WQ(size_t first, int N) const;
-    // out (N, w.OC) = in (N, w.IC) W^T: linear_q8_0 and its workspace, or
-    // for kQ8TileRows rows or more, W dequantized (16 rows at a time, into
-    // bf16 where the CPU has bf16 GEMMs) and the bf16 or fp32 GEMM.
+    // EngineError for a training call (accumulate, step) on a q8_0 engine.
+    void check_not_q8() const;
+    // out (N, w.OC) = in (N, w.IC) W^T through linear_q8_0 and its workspace.
     void q8_linear(float* out, const float* in, const Q8Weights& w, int N);
     // Rounds (bf16) the frozen weights, or quantizes (Q8_0) the lm_head, again
     // after any of them was written (a checkpoint or model load writes each
@@ -302,9 +302,6 @@ private:
     std::vector<float> q8d_;
     std::vector<int32_t> q8s_;
     bool q8_vnni_ = false;        // linear_q8_0 takes its AVX-512 VNNI path (else AVX2)
-    bool q8_bf16_ = false;        // and bf16 GEMMs exist: the prefill-sized products take them
-    std::vector<uint16_t> q8wb_;  // a group dequantized for them (bf16, or fp32 in q8wf_)
-    std::vector<float> q8wf_;
     // The KV cache: per layer (B, NKV, cap, HS) keys and values, the key mask
     // (B, cap), each row's next position id, columns filled.
     struct {
@@ -327,13 +324,6 @@ private:
     // for the 30 layers and head, fp32 60 ms; with VNNI 29 ms. (The layers
     // have no fp32 copy: Q8_0 at any row count.)
     static constexpr int kQ8Avx2Rows = 32;
-    // From this many rows (a prefill) a product dequantizes its Q8_0 weights
-    // and runs the bf16 GEMM (AVX-512 VNNI with bf16 GEMMs) or the fp32 one
-    // (AVX2). Measured on SmolLM2-135M's layers, 2 threads, Zen 4: at 128
-    // rows int8 82 ms, dequantized bf16 72; 960 rows 603 and 265; AVX2 int8
-    // 174 against dequantized fp32 151. With VNNI and no bf16 GEMMs the fp32
-    // GEMM never catches up (960 rows: 736 ms): int8 at any row count.
-    static constexpr int kQ8TileRows = 128;
 };
 
 }  // namespace nt
