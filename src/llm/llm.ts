@@ -40,6 +40,9 @@ export interface LLMLoadOptions {
   precision?: Precision;
 }
 
+/** Every LLMLoadOptions key (`satisfies` keeps the list complete and exact). */
+const LOAD_OPTION_KEYS = Object.keys({ threads: 1, seed: 1, lora: 1, revision: 1, device: 1, precision: 1 } satisfies Record<keyof LLMLoadOptions, 1>);
+
 /** Options of generate / stream / chat. */
 export interface GenerateOptions {
   /** HF max_new_tokens: new tokens at most. Default: generation_config.json's max_new_tokens, else 256 (with `choices`: the longest choice + 1). */
@@ -216,16 +219,19 @@ export class LLM {
   }
 
   /**
-   * Loads a model (see loadCausalLM: weights dequantized to float32 in the native engine).
+   * Loads a model (see loadCausalLM: weights dequantized to float32, then held as `precision` says).
    * @param model a .gguf file, a Hugging Face model folder, a Hub repo id (pulled into the cache),
    *   or a PEFT adapter folder such as a `nodetune sft` run (adapter_config.json): its base
    *   (base_model_name_or_path, see adapterBase) with the adapter on it, as `lora` does.
-   * @throws Error naming the file or key: a missing path (code ENOENT), an unsupported
+   * @throws Error naming the file or key: an unknown option, a missing path (code ENOENT), an unsupported
    *   architecture or tokenizer, a missing or misshapen tensor; for `lora`, what loadPeftAdapter
    *   throws, or an adapter whose shapes do not fit the model (naming the tensor); for an adapter
    *   folder whose base cannot be loaded, one naming both.
    */
   static async load(model: string, opts: LLMLoadOptions = {}): Promise<LLM> {
+    // Checked here, so a misspelled option is named as LLM.load's, not as the engine's.
+    for (const k of Object.keys(opts ?? {}))
+      if (!LOAD_OPTION_KEYS.includes(k)) throw new Error(`LLM.load: unknown option '${k}'; expected one of ${LOAD_OPTION_KEYS.join(', ')}`);
     const { lora: loraOption, seed, ...rest } = opts;
     if (seed !== undefined && !Number.isSafeInteger(seed)) throw new Error(`seed must be an integer, got ${JSON.stringify(seed)}`);
     const run = loraOption === undefined && isAdapterFolder(model);
