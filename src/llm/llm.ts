@@ -16,7 +16,7 @@ import type { LlmStreamDecoder, LlmTokenizer } from '../tokenizer/bpe.js';
 import { ChoiceConstraint } from './choices.js';
 import { generateIds, type FinishReason } from './generate.js';
 import { loadCausalLM, type CausalLM } from './load.js';
-import { resolveSampling } from './sampling.js';
+import { resolveSampling, shown } from './sampling.js';
 import { parseToolCalls, type ParsedToolCall } from './tool-calls.js';
 
 /** A raw text prompt, or a conversation rendered through the model's chat template. */
@@ -233,7 +233,7 @@ export class LLM {
     for (const k of Object.keys(opts ?? {}))
       if (!LOAD_OPTION_KEYS.includes(k)) throw new Error(`LLM.load: unknown option '${k}'; expected one of ${LOAD_OPTION_KEYS.join(', ')}`);
     const { lora: loraOption, seed, ...rest } = opts;
-    if (seed !== undefined && !Number.isSafeInteger(seed)) throw new Error(`seed must be an integer, got ${JSON.stringify(seed)}`);
+    if (seed !== undefined && !Number.isSafeInteger(seed)) throw new Error(`seed must be an integer, got ${shown(seed)}`);
     const run = loraOption === undefined && isAdapterFolder(model);
     const lora = run ? model : loraOption;
     const adapter = lora === undefined ? undefined : await loadPeftAdapter(lora);
@@ -356,9 +356,9 @@ export class LLM {
       ? Math.max(...encodedChoices.map((c) => c.length)) + 1
       : Number.isInteger(fromConfig) && (fromConfig as number) > 0 ? (fromConfig as number) : 256;
     const maxNewTokens = options.maxNewTokens ?? fallback;
-    if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1) throw new Error(`maxNewTokens must be a positive integer, got ${JSON.stringify(options.maxNewTokens)}`);
+    if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1) throw new Error(`maxNewTokens must be a positive integer, got ${shown(options.maxNewTokens)}`);
     const minNewTokens = options.minNewTokens ?? 0;
-    if (!Number.isInteger(minNewTokens) || minNewTokens < 0) throw new Error(`minNewTokens must be an integer >= 0, got ${JSON.stringify(options.minNewTokens)}`);
+    if (!Number.isInteger(minNewTokens) || minNewTokens < 0) throw new Error(`minNewTokens must be an integer >= 0, got ${shown(options.minNewTokens)}`);
     if (options.tools !== undefined && !Array.isArray(options.tools)) throw new Error('tools must be an array of tool schemas');
     if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) throw new Error('signal must be an AbortSignal');
     return { maxNewTokens, minNewTokens, stops, tools: options.tools, signal: options.signal, sampling, choices: options.choices };

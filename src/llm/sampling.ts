@@ -25,6 +25,11 @@ export interface SamplingOptions {
   seed?: number;
 }
 
+/** A value as an error message shows it: numbers as written (NaN, Infinity, not JSON's null). */
+export function shown(v: unknown): string {
+  return typeof v === 'number' || typeof v === 'bigint' ? String(v) : (JSON.stringify(v) ?? String(v));
+}
+
 /**
  * Checks the options and fills defaults.
  * @throws Error naming the option and the expected range.
@@ -32,7 +37,7 @@ export interface SamplingOptions {
 export function resolveSampling(o: SamplingOptions = {}): Required<SamplingOptions> {
   const r = { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, seed: 0, ...o };
   const check = (ok: boolean, name: string, want: string, v: unknown) => {
-    if (!ok) throw new Error(`${name} must be ${want}, got ${JSON.stringify(v)}`);
+    if (!ok) throw new Error(`${name} must be ${want}, got ${shown(v)}`);
   };
   check(typeof r.temperature === 'number' && r.temperature >= 0 && Number.isFinite(r.temperature), 'temperature', 'a finite number >= 0', r.temperature);
   check(Number.isInteger(r.topK) && r.topK >= 0, 'topK', 'an integer >= 0', r.topK);
