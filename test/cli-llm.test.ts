@@ -102,7 +102,8 @@ test('generate/chat flag errors name the flag; --help lists both commands', { sk
   bad(['generate', '--model', gguf, '--prompt', 'x', '--top-p', '2'], /option '--top-p <p>' argument '2' is invalid\. '2' must be in \(0, 1\]/);
   bad(['generate', '--model', gguf, '--prompt', 'x', '--max-new-tokens', '0'], /option '--max-new-tokens <n>' argument '0' is invalid/);
   bad(['generate', '--model', gguf, '--prompt', 'x', '--system', 'y'], /--system needs --chat/);
-  bad(['generate', '--model', gguf, '--prompt', 'x', '--max-new-tokens', '9000', '--threads', '2'], /--prompt: the prompt is 1 token; with --max-new-tokens 9000 that exceeds the model's max_position_embeddings 8192/);
+  bad(['generate', '--model', gguf, '--prompt', 'x', '--max-new-tokens', '9000', '--threads', '2'], /^nodetune: --max-new-tokens 9000 leaves no room for a prompt within the model's max_position_embeddings 8192 \(at most 8191\)$/m);
+  bad(['generate', '--model', gguf, '--prompt', 'x y z '.repeat(3000), '--max-new-tokens', '8000', '--threads', '2'], /--prompt: the prompt is \d+ tokens; with --max-new-tokens 8000 that exceeds the model's max_position_embeddings 8192/);
   bad(['chat', '--model', gguf, '--temperature', 'hot'], /option '--temperature <t>' argument 'hot' is invalid/);
   const help = nodetune('', '--help');
   assert.match(help.stdout, /generate \[options\]\s+generate text with a causal LM/);

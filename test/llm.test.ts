@@ -230,6 +230,7 @@ test('errors: a prompt too long for the context names both lengths; bad messages
   await assert.rejects(m.generate('x', { temperature: -1 }), /temperature must be a finite number >= 0, got -1/);
   await assert.rejects(m.generate('x', { maxNewTokens: 0 }), /maxNewTokens must be a positive integer, got 0/);
   await assert.rejects(m.generate('x', { maxNewTokens: Infinity }), /maxNewTokens must be a positive integer, got Infinity$/);
+  await assert.rejects(m.generate('x', { maxNewTokens: 1e8 }), /^Error: maxNewTokens 100000000 leaves no room for a prompt within the model's max_position_embeddings 8192 \(at most 8191\)$/);
   await assert.rejects(m.generate('x', { temperature: NaN }), /temperature must be a finite number >= 0, got NaN$/);
   await assert.rejects(m.generate('x', { topP: 0 }), /topP must be in \(0, 1\]/);
   await assert.rejects(m.generate('x', { stop: [''] }), /stop must be a non-empty string or an array of them/);

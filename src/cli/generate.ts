@@ -90,6 +90,7 @@ export async function loadFromFlags(opts: Record<string, unknown>): Promise<LLM>
 /** LLM errors about the prompt's length, worded with the flags that set it. */
 export function nameLengthFlags(err: unknown, promptFlag: string): unknown {
   const e = err as Error;
+  if (/^maxNewTokens \d+ leaves no room/.test(e?.message ?? '')) return new Error(e.message.replace('maxNewTokens', '--max-new-tokens'), { cause: err });
   if (!/^the prompt is \d+ tokens?;/.test(e?.message ?? '')) return err;
   return new Error(`${promptFlag}: ${e.message.replace('maxNewTokens', '--max-new-tokens')}`, { cause: err });
 }

@@ -400,6 +400,8 @@ export class LLM {
     const o = this.resolve(options, encodedChoices);
     const ids = prompts.map((p, i) => this.encodePrompt(p, batch ? `prompts[${i}]: ` : '', o.tools));
     const maxPos = this.config.max_position_embeddings;
+    if (o.maxNewTokens >= maxPos)
+      throw new Error(`maxNewTokens ${o.maxNewTokens} leaves no room for a prompt within the model's max_position_embeddings ${maxPos} (at most ${maxPos - 1})`);
     ids.forEach((p, i) => {
       const name = batch ? `prompt ${i}` : 'the prompt';
       if (p.length === 0) throw new Error(`${name} is empty: it encodes to no tokens and the tokenizer adds no BOS`);
