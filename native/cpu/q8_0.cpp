@@ -287,8 +287,7 @@ inline size_t d_index(const Q8Weights& w, int o, int b) {
 
 }  // namespace
 
-// quantize_q8_0 and dequantize_q8_0 run single-threaded (the engine's
-// prefill path runs dequantize_q8_0 from its own parallel loop): they serve
+// quantize_q8_0 and dequantize_q8_0 run single-threaded: they serve
 // setWeight and getWeight, called on the JS thread, and an OpenMP team opened there
 // (libgomp keeps one per calling thread) left the compute thread's decode
 // steps 4x slower (more OpenMP threads than cores). Quantizing SmolLM2-135M
