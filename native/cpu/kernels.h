@@ -263,6 +263,10 @@ double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* 
 // bytes a weight.
 struct Q8Weights {
     static constexpr int kRows = 16;  // output rows interleaved together
+    // The largest |w| a block can hold: its fp16 scale amax / 127 tops out at
+    // 65504. quantize_q8_0 turns larger values and NaN into a non-finite or
+    // zero scale, so callers check first.
+    static constexpr float kMaxMagnitude = 65504.0f * 127.0f;
     Q8Weights() = default;
     // All zero (q 0, d 0). Throws std::invalid_argument unless OC > 0 and IC
     // is a positive multiple of 32.

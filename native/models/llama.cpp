@@ -162,25 +162,31 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
         // The layers' linear groups; their members are quantized as written.
         const int C = cfg_.hidden_size, I = cfg_.intermediate_size, QO = cfg_.num_attention_heads * cfg_.head_dim;
         const int KVO = cfg_.num_key_value_heads * cfg_.head_dim;
-        const size_t L = cfg_.num_hidden_layers;
-        require_memory(L * ((size_t)QKV_ * C + (size_t)C * QO + 3 * (size_t)I * C) * 17 / 16 +
-                           (size_t)cfg_.vocab_size * C * 17 / 16,
-                       "the Q8_0 weights of this model");
+        struct Group {
+            size_t first;
+            int IC;
+            std::vector<int> rows;  // each member's output rows
+        };
+        std::vector<Group> groups;
+        for (const Layer& L : layers_) {
+            groups.push_back({L.qkv_w, C, {QO, KVO, KVO}});
+            groups.push_back({L.o_w, QO, {C}});
+            groups.push_back({L.gu_w, C, {I, I}});
+            groups.push_back({L.down_w, I, {C}});
+        }
+        size_t bytes = (size_t)cfg_.vocab_size * C * 17 / 16;  // the lm_head's copy, made on the first forward
+        for (const Group& g : groups)
+            for (int r : g.rows) bytes += (size_t)r * g.IC * 17 / 16;
+        require_memory(bytes, "the Q8_0 weights of this model");
         wq_.resize(params_.size());
         q8_home_.assign(params_.size(), {kNone, 0});
-        auto group = [&](size_t first, int OC, int IC, std::initializer_list<int> rows) {
-            wq_[first] = Q8Weights(OC, IC);
-            int row0 = 0, k = 0;
-            for (int r : rows) {
-                q8_home_[first + k++] = {first, row0};
-                row0 += r;
+        for (const Group& g : groups) {
+            int row0 = 0;
+            for (size_t k = 0; k < g.rows.size(); k++) {
+                q8_home_[g.first + k] = {g.first, row0};
+                row0 += g.rows[k];
             }
-        };
-        for (const Layer& L : layers_) {
-            group(L.qkv_w, QKV_, C, {QO, KVO, KVO});
-            group(L.o_w, C, QO, {C});
-            group(L.gu_w, 2 * I, C, {I, I});
-            group(L.down_w, C, I, {C});
+            wq_[g.first] = Q8Weights(row0, g.IC);
         }
     }
     w_.assign(w_floats, 0.0f);
@@ -342,11 +348,9 @@ void LlamaEngine::read(const ParamInfo& p, Slot slot, float* dst) {
 void LlamaEngine::write(const ParamInfo& p, Slot slot, const float* src) {
     const size_t i = &p - params_.data();
     if (slot == Slot::Weight && q8_ && (p.offset == kNone || i == lm_head_index())) {
-        // Q8_0's fp16 block scale (amax / 127) holds at most 65504.
-        const float most = 65504.0f * 127.0f;
         const size_t cols = p.shape.size() == 2 ? (size_t)p.shape[1] : p.numel;
         for (size_t k = 0; k < p.numel; k++)
-            if (!(std::fabs(src[k]) <= most))
+            if (!(std::fabs(src[k]) <= Q8Weights::kMaxMagnitude))
                 throw EngineError("'" + p.name + "'[" + std::to_string(k / cols) + ", " + std::to_string(k % cols) +
                                   "] is " + std::to_string(src[k]) +
                                   ": precision 'q8_0' quantizes this weight to Q8_0, whose fp16 block scale needs "
