@@ -46,8 +46,9 @@ export async function loadModel(model: string, opts: LoadModelOptions = {}): Pro
   const folder = await resolveModel(model, { revision });
   const architecture = opts.architecture ?? 'BertForSequenceClassification';
   const loaded = await loadModelFolder(folder, { num_labels, id2label, label2id, seed: opts.seed, architecture });
-  if (loaded.newlyInitialized.length > 0) (log ?? console.warn)(formatNewlyInitializedMessage(folder, loaded.newlyInitialized, architecture));
   const engine = new Engine({ config: loaded.config, ...engineOptions });
+  // After the engine: a load that fails on its options must not first tell the user to train.
+  if (loaded.newlyInitialized.length > 0) (log ?? console.warn)(formatNewlyInitializedMessage(folder, loaded.newlyInitialized, architecture));
   for (const name of engine.parameterNames()) {
     const w = loaded.weights.get(name);
     if (!w) throw new Error(`model folder ${folder}: no weights for '${name}' after loading (internal key mapping error)`);

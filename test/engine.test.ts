@@ -373,6 +373,18 @@ test('all-MiniLM-L6-v2 + a fixed head: logits on 29 sentences padded in one batc
   await model.engine.dispose();
 });
 
+test('loadModel refuses engine options it cannot honour before it reports newly initialized weights', async () => {
+  // The warning tells the user to TRAIN the model; a load that then fails must not say so first.
+  const folder = join(root, '.cache/models/all-MiniLM-L6-v2');
+  const lines: string[] = [];
+  await assert.rejects(loadModel(folder, { num_labels: 3, precision: 'q8_0', log: (l) => lines.push(l) }), /precision 'q8_0' is for causal LMs' generation/);
+  assert.equal(lines.length, 0, lines.join('\n'));
+  const model = await loadModel(folder, { num_labels: 3, threads: 1, log: (l) => lines.push(l) });
+  assert.equal(lines.length, 1);
+  assert.match(lines[0], /newly initialized: .*classifier\.weight/);
+  await model.engine.dispose();
+});
+
 test('an option EngineOptions does not have (a typo) is an error naming it, not a silently different engine', async () => {
   const f = await loadTinyBertFixture();
   assert.throws(() => new Engine({ config: f.config, archtecture: 'BertForMaskedLM' } as unknown as ConstructorParameters<typeof Engine>[0]), /unknown option 'archtecture'; expected config and any of: .*architecture/);
