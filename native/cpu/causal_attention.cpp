@@ -170,16 +170,23 @@ void decode_attention(T* out, const T* q, int q_stride, const T* kcache, const T
         const int32_t* m = mask + (size_t)b * cap;
         T* s = scratch<T>(0, (size_t)ncols);
         T mx = T(-INFINITY);
+        bool any = false;
         for (int j = 0; j < ncols; j++) {
             T d = 0;
 #pragma omp simd reduction(+ : d)
             for (int c = 0; c < HS; c++) d += qh[c] * K[(size_t)j * HS + c];
             s[j] = m[j] ? d * scale : T(-INFINITY);
             mx = s[j] > mx ? s[j] : mx;
+            any = any || m[j] != 0;
         }
         T* o = out + (size_t)b * NH * HS + (size_t)h * HS;
+        if (mx == T(-INFINITY)) {
+            // No column: 0. Columns but no score above -inf: NaN scores (the max
+            // skips them), NaN as in causal_softmax.
+            for (int c = 0; c < HS; c++) o[c] = any ? T(NAN) : T(0);
+            continue;
+        }
         for (int c = 0; c < HS; c++) o[c] = T(0);
-        if (mx == T(-INFINITY)) continue;
         T sum = 0;
         for (int j = 0; j < ncols; j++) {
             s[j] = simd::exp(s[j] - mx);

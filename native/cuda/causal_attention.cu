@@ -17,7 +17,8 @@
 //   s_j = q.k_j / sqrt(HS)  (-inf when not visible)
 //   m' = max(m, max_j s_j);  l = l e^(m-m') + sum_j e^(s_j-m')
 //   o  = o e^(m-m') + sum_j e^(s_j-m') v_j
-//   out = o / l,  lse = m + log l   (out = lse = 0 when l == 0)
+//   out = o / l,  lse = m + log l   (padding query: out = lse = 0; a query
+//   with keys but only NaN scores, which every max skips: out = lse = NaN)
 // Backward (P = e^(s - lse) on visible pairs, 0 elsewhere;
 // delta_t1 = dout_t1 . out_t1 by a pre-pass):
 //   dS = P (dout . v - delta)
@@ -166,9 +167,11 @@ __global__ void __launch_bounds__(32 * kWarps)
                                  : -INFINITY;
             const float m_new = fmaxf(m[r], warp_max(s));
             float pj = 0.f, alpha = 1.f;
-            if (m_new != -INFINITY) {  // else nothing visible yet: o and l stay 0
+            if (m_new != -INFINITY) {
                 alpha = expf(m[r] - m_new);
                 pj = live ? expf(s - m_new) : 0.f;
+            } else if (live && isnan(s)) {
+                pj = s;  // nothing above -inf yet: o and l stay 0, but a NaN score carries on
             }
             l[r] = l[r] * alpha + warp_sum(pj);
             m[r] = m_new;
@@ -188,15 +191,17 @@ __global__ void __launch_bounds__(32 * kWarps)
     for (int r = 0; r < R; r++) {
         const int t1 = q0 + warp * R + r;
         if (t1 >= Tn) continue;
-        const bool any = l[r] > 0.f;  // false only for a padding row
-        const float inv = any ? 1.f / l[r] : 0.f;
+        // Padding is told by the mask, not by l == 0: l is also 0 (or NaN) when
+        // the max skipped NaN scores, and that NaN must come out as on the CPU.
+        const bool pad = seg[r] == 0, l_ok = l[r] > 0.f;
+        const float inv = l_ok ? 1.f / l[r] : NAN;
         T* orow = out + ((size_t)b * Tn + t1) * OC + (size_t)h * HS;
 #pragma unroll
         for (int k = 0; k < NDL; k++) {
             const int d = lane + 32 * k;
-            if (d < HS) orow[d] = from_f<T>(o[r][k] * inv);
+            if (d < HS) orow[d] = from_f<T>(pad ? 0.f : o[r][k] * inv);
         }
-        if (lane == 0) lse[(size_t)bh * Tn + t1] = any ? m[r] + logf(l[r]) : 0.f;
+        if (lane == 0) lse[(size_t)bh * Tn + t1] = pad ? 0.f : l_ok ? m[r] + logf(l[r]) : NAN;
     }
 }
 
@@ -591,7 +596,8 @@ __global__ void __launch_bounds__(32 * kWarps)
         l = l * expf(m - shift) + sum;
         m = m_new;
     }
-    const float lse_r = l > 0.f ? m + logf(l) : 0.f;  // l == 0 only for a padding row
+    // l is 0 for a padding row, 0 or NaN for a row of NaN scores (the max skips them)
+    const float lse_r = seg1 == 0 ? 0.f : l > 0.f ? m + logf(l) : NAN;
     if ((lane & 1) == 0 && t1 < Tn) lse[(size_t)blockIdx.y * Tn + t1] = lse_r;
 
     FragC oacc[NF];
@@ -832,6 +838,8 @@ __global__ void __launch_bounds__(32 * kWarps)
         if (m_new != -INFINITY) {
             alpha = expf(m - m_new);
             pj = live ? expf(s - m_new) : 0.f;
+        } else if (live && isnan(s)) {
+            pj = s;  // as in the forward: the max skips a NaN score, l must not
         }
         l = l * alpha + warp_sum(pj);
         m = m_new;
@@ -868,7 +876,7 @@ __global__ void __launch_bounds__(32 * kWarps)
     for (int d = threadIdx.x; d < HS; d += blockDim.x) {
         float acc = 0.f;
         for (int w = 0; w < kWarps; w++) acc += o_s[w * HSMAX + d] * c[w];
-        orow[d] = from_f<T>(L > 0.f ? acc / L : 0.f);  // no real key: 0
+        orow[d] = from_f<T>(L == 0.f ? 0.f : acc / L);  // no real key: 0; a NaN score: NaN
     }
 }
 

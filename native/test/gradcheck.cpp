@@ -951,6 +951,21 @@ void check_decode_attention(Rng& rng) {
         for (int i = 0; i < NH * HS; i++) want[b * NH * HS + i] = out[(size_t)(b * T + T - 1) * NH * HS + i];
     record("decode_attention", "out", "reference", "last row of causal_attention_forward, GQA, masked keys, cap > ncols",
            rel_err(got, want), kRefTol);
+
+    // Row 0's head 1 with a NaN query (every score NaN, which a max skips): NaN,
+    // as the full forward gives; row 2 with no real column: 0; the rest as above.
+    for (int c = 0; c < HS; c++) qkv[(size_t)(T - 1) * QKV + 1 * HS + c] = kNaN;
+    for (int t = 0; t < cap; t++) cmask[2 * cap + t] = 0;
+    V bad = nans(B * NH * HS);
+    nt::decode_attention<double>(bad.data(), qkv.data() + (size_t)(T - 1) * QKV, T * QKV, kc.data(), vc.data(),
+                                 cmask.data(), B, NH, NKV, HS, T, cap);
+    double wrong = 0;
+    for (int i = 0; i < B * NH * HS; i++) {
+        const int b = i / (NH * HS), h = i % (NH * HS) / HS;
+        const bool ok = b == 0 && h == 1 ? std::isnan(bad[i]) : b == 2 ? bad[i] == 0 : bad[i] == got[i];
+        wrong += !ok;
+    }
+    record("decode_attention", "out", "exact", "NaN query -> NaN, no real column -> 0 (elements wrong)", wrong, 0.5);
 }
 
 void check_lmhead_crossentropy(Rng& rng, int chunk, bool with_dW, bool with_bias = false) {

@@ -938,6 +938,89 @@ void check_decode(const DecAttnCase& c) {
     compare("decode_attention out vs GPU forward last row" + tag, dt, g_out, g_last, Tol<T>::out);
 }
 
+// A NaN score gives NaN, as on the CPU twin (and torch's softmax): each
+// element's NaN-ness must be the CPU's (it has some: a check without would
+// prove nothing), the other elements compare as usual. The kernels' running
+// max skips NaN, so a query whose scores are all NaN looks like one with
+// nothing to attend to: its NaN must not become a padding row's zeros, nor
+// vanish when the NaN keys fill a whole tile (or one warp's share of a
+// decode) before finite ones come.
+void compare_nans(const std::string& kernel, const char* dtype, std::vector<double> gpu,
+                  std::vector<double> ref, double tol) {
+    size_t differ = 0, nans = 0;
+    for (size_t i = 0; i < gpu.size() && i < ref.size(); i++) {
+        nans += std::isnan(ref[i]);
+        differ += std::isnan(gpu[i]) != std::isnan(ref[i]);
+        if (std::isnan(gpu[i]) || std::isnan(ref[i])) gpu[i] = ref[i] = 0;
+    }
+    record(kernel + " NaN where the CPU's (mismatches)", dtype, (double)differ, 0);
+    record(kernel + " NaN present on the CPU (0 = yes)", dtype, nans > 0 ? 0 : 1, 0);
+    compare(kernel + " finite rest", dtype, gpu, ref, tol);
+}
+
+// Forward with NaN inputs, masks as decoder_mask (row 1: 23 padding tokens of
+// 70): row 0, head 0, token 5 has a NaN q (that query's scores are all NaN);
+// row 1, kv head 1, the real tokens 23..31 of the first key tile have NaN k,
+// so later queries meet a tile of only NaN scores before finite ones. (A NaN
+// v is not checked: a masked key's v enters the CPU's and the tensor cores'
+// products with weight 0, so inputs must be finite there, as documented.)
+template <typename T>
+void check_causal_attention_nan() {
+    const int B = 5, Tn = 70, NH = 4, NKV = 2, HS = 64, QKV = (NH + 2 * NKV) * HS, OC = NH * HS;
+    const size_t N = (size_t)B * Tn, L = (size_t)B * NH * Tn;
+    const char* dt = Act<T>::name;
+    auto qkv = rounded<T>(normal(N * QKV));
+    const auto mask = decoder_mask(B, Tn);
+    auto row = [&](int b, int t) { return qkv.data() + ((size_t)b * Tn + t) * QKV; };
+    for (int d = 0; d < HS; d++) row(0, 5)[d] = NAN;
+    for (int t = Tn / 3; t < 32; t++)
+        for (int d = 0; d < HS; d++) row(1, t)[(NH + 1) * HS + d] = NAN;
+    const auto qkvd = dbl(qkv);
+    std::vector<double> r_out(N * OC), r_lse(L);
+    nt::causal_attention_forward<double>(r_out.data(), r_lse.data(), qkvd.data(), mask.data(), B, Tn, NH, NKV, HS);
+    for (auto& v : r_lse) v = std::isinf(v) ? 0.0 : v;  // padding: the CPU's -inf, the CUDA contract's 0
+    Dev<T> d_qkv(qkv.size()), d_out(N * OC);
+    Dev<float> d_lse(L);
+    Dev<int32_t> d_mask(N);
+    upload(d_qkv, qkv);
+    d_mask.up(mask);
+    nt::cuda::causal_attention_forward<T>(d_out.p, d_lse.p, d_qkv.p, d_mask.p, B, Tn, NH, NKV, HS, stream);
+    sync();
+    compare_nans("causal_attention_forward out, NaN inputs", dt, download(d_out), r_out, Tol<T>::out);
+    compare_nans("causal_attention_forward lse, NaN inputs", dt, dbl(d_lse.down<float>()), r_lse, Tol<T>::fp32);
+}
+
+// Decode with NaN inputs: 3 sequences, 150 cache columns (each warp's share of
+// the key tiles is 32-column tiles w, w+4, ..). Row 0: head 1's q is NaN (all
+// its scores); row 1: 40 padding columns, kv head 0's k NaN on columns 40..63,
+// all of warp 1's real columns; row 2: no real column (out 0).
+template <typename T>
+void check_decode_nan() {
+    const int B = 3, NH = 4, NKV = 2, HS = 64, ncols = 150, cap = 160, QKV = (NH + 2 * NKV) * HS;
+    const char* dt = Act<T>::name;
+    auto q = rounded<T>(normal((size_t)B * QKV));
+    const size_t csize = (size_t)B * NKV * cap * HS;
+    auto kc = rounded<T>(normal(csize)), vc = rounded<T>(normal(csize));
+    std::vector<int32_t> cmask((size_t)B * cap, 1);
+    for (int j = 0; j < 40; j++) cmask[(size_t)cap + j] = 0;
+    for (int j = 0; j < cap; j++) cmask[(size_t)2 * cap + j] = 0;
+    for (int d = 0; d < HS; d++) q[(size_t)1 * HS + d] = NAN;
+    for (int j = 40; j < 64; j++)
+        for (int d = 0; d < HS; d++) kc[(((size_t)1 * NKV + 0) * cap + j) * HS + d] = NAN;
+    std::vector<double> r_out((size_t)B * NH * HS);
+    const auto qd = dbl(q), kd = dbl(kc), vd = dbl(vc);
+    nt::decode_attention<double>(r_out.data(), qd.data(), QKV, kd.data(), vd.data(), cmask.data(), B, NH, NKV, HS, ncols, cap);
+    Dev<T> d_q(q.size()), d_k(csize), d_v(csize), d_out(r_out.size());
+    Dev<int32_t> d_m(cmask.size());
+    upload(d_q, q);
+    upload(d_k, kc);
+    upload(d_v, vc);
+    d_m.up(cmask);
+    nt::cuda::decode_attention<T>(d_out.p, d_q.p, QKV, d_k.p, d_v.p, d_m.p, B, NH, NKV, HS, ncols, cap, stream);
+    sync();
+    compare_nans("decode_attention out, NaN inputs", dt, download(d_out), r_out, Tol<T>::out);
+}
+
 // Bad shapes throw std::invalid_argument naming the kernel (before any launch).
 template <typename T>
 void check_decoder_attention_args() {
@@ -1290,6 +1373,8 @@ void check_all_for(nt::cuda::Blas& blas) {
         const std::vector<DecAttnCase> dfull = {{4, 300, 4, 2, 64}, {4, 200, 6, 1, 128}, {4, 77, 2, 2, 32}};
         const std::vector<DecAttnCase> dsmall = {{4, 36, 4, 2, 64}, {4, 20, 3, 1, 96}};
         for (const DecAttnCase& c : quick ? dsmall : dfull) guarded("decode", [&] { check_decode<T>(c); });
+        guarded("causal_attention NaN", check_causal_attention_nan<T>);
+        guarded("decode NaN", check_decode_nan<T>);
         guarded("causal_attention args", check_decoder_attention_args<T>);
     }
     // decoder: token embedding, RMSNorm, RoPE, SwiGLU, lm_head loss, LoRA
