@@ -64,12 +64,12 @@ export interface EngineOptions {
    * moments). CPU, causal LM with `lora` or `trainable: false` only: the frozen base's GEMMs read bf16 weights
    * (oneDNN; AMX-BF16 or AVX512_BF16), activations rounded to bf16 going in, everything else fp32; the encoder's CPU
    * engine is fp32 only. Throws where the build or CPU has no bf16 GEMMs, naming which.
-   * 'q8_0' (causal LM on the CPU, `trainable: false` or `lora` for generation): the layers' linear weights are held
-   * as Q8_0 only (ggml's format: blocks of 32 int8 with an fp16 scale, as llama.cpp's Q8_0 GGUFs; setWeight
-   * quantizes, getWeight returns the quantized values) and the lm_head gets a Q8_0 copy, read through an int8
-   * kernel (AVX-512 VNNI, else AVX2) with the activations quantized the same way: about a quarter of fp32's bytes
-   * per decode step and of its weight memory. Embeddings, norms, adapters and a forward's loss stay fp32. Training
-   * calls throw.
+   * 'q8_0' (causal LM on the CPU, `trainable: false` or `lora` for generation): the layers' linear weights, the
+   * token embedding and the lm_head are held as Q8_0 only (ggml's format: blocks of 32 int8 with an fp16 scale, as
+   * llama.cpp's Q8_0 GGUFs; setWeight quantizes, getWeight returns the quantized values) and read through an int8
+   * kernel (AVX-512 VNNI, else AVX2) with the activations quantized the same way (a forward's loss too); embedding
+   * rows are looked up dequantized: about a quarter of fp32's bytes per decode step and of its weight memory. Norms,
+   * adapters and attention stay fp32. Training calls throw.
    */
   precision?: Precision;
   /**

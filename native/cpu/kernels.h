@@ -250,10 +250,14 @@ void decode_attention(T* out, const T* q, int q_stride, const T* kcache, const T
 // two products with W then read through gemm_bf16w (cpu/onednn.h).
 // bias (V, may be null) is added to every logit row (BertForMaskedLM's decoder
 // bias); dbias (V) += its gradient when dh and dbias are set.
+// Wq8 (float only, loss only: dh and dW null; W unused): the head held as
+// Q8_0, logits through linear_q8_0 as generation reads them.
+struct Q8Weights;
 template <typename T>
 double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* targets, int N,
                            int C, int V, T grad_scale, T* scratch, int chunk,
-                           const uint16_t* Wbf16 = nullptr, const T* bias = nullptr, T* dbias = nullptr);
+                           const uint16_t* Wbf16 = nullptr, const T* bias = nullptr, T* dbias = nullptr,
+                           const Q8Weights* Wq8 = nullptr);
 
 // ---- Q8_0 weights (ggml block_q8_0; cpu/q8_0.cpp) --------------------------
 // A weight W (OC, IC), IC % 32 == 0, quantized per row in blocks of 32 as

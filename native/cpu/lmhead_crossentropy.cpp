@@ -24,13 +24,20 @@ namespace nt {
 template <typename T>
 double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* targets, int N,
                            int C, int V, T grad_scale, T* scratch, int chunk, const uint16_t* Wbf16,
-                           const T* bias, T* dbias) {
+                           const T* bias, T* dbias, const Q8Weights* Wq8) {
     if (Wbf16 && (!std::is_same_v<T, float> || dW))
         throw std::invalid_argument("lmhead_crossentropy: a bf16 head is float only and frozen (dW must be null)");
-    // Z = A W^T (transB) or A W, through the bf16 copy when there is one.
+    if (Wq8 && (!std::is_same_v<T, float> || dh || dW))
+        throw std::invalid_argument("lmhead_crossentropy: a Q8_0 head is float only and gives the loss only (dh, dW null)");
+    // linear_q8_0's workspace: a chunk's rows quantized
+    std::vector<int8_t> xq(Wq8 ? (size_t)chunk * C : 0);
+    std::vector<float> xd(xq.size() / 32);
+    std::vector<int32_t> xs(xq.size() / 32);
+    // Z = A W^T (transB) or A W, through the bf16 or Q8_0 copy when there is one.
     auto times_W = [&](bool transB, int M, int Nc, int K, const T* A, T* out) {
         if constexpr (std::is_same_v<T, float>) {
             if (Wbf16) return gemm_bf16w(transB, M, Nc, K, A, K, Wbf16, 0.0f, out, Nc);
+            if (Wq8) return linear_q8_0(out, A, *Wq8, M, xq.data(), xd.data(), xs.data());
         }
         gemm<T>(false, transB, M, Nc, K, T(1), A, K, W, C, T(0), out, Nc);
     };
@@ -89,7 +96,8 @@ double lmhead_crossentropy(T* dh, T* dW, const T* h, const T* W, const int32_t* 
 
 #define NT_INSTANTIATE(T)                                                                  \
     template double lmhead_crossentropy<T>(T*, T*, const T*, const T*, const int32_t*, int, \
-                                           int, int, T, T*, int, const uint16_t*, const T*, T*);
+                                           int, int, T, T*, int, const uint16_t*, const T*, T*,   \
+                                           const Q8Weights*);
 NT_INSTANTIATE(float)
 NT_INSTANTIATE(double)
 #undef NT_INSTANTIATE

@@ -146,7 +146,6 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
     // The portable path is 10x slower than the fp32 GEMMs: not worth choosing.
     if (q8_ && std::string(q8_0_isa()) == "scalar")
         throw EngineError("precision 'q8_0' on the CPU needs AVX2 or AVX-512 VNNI, and this CPU has neither: use 'fp32'");
-    q8_vnni_ = q8_ && std::string(q8_0_isa()) == "avx512vnni";
     if (bf16_ && lora_.r == 0 && trainable_)
         throw EngineError("precision 'bf16' on the CPU holds a frozen base in bf16 and needs LoRA (options.lora) or "
                           "an engine that trains nothing (options.trainable = false): full fine-tuning on the CPU "
@@ -167,14 +166,17 @@ LlamaEngine::LlamaEngine(const LlamaConfig& config, const LoraConfig& lora, cons
             int IC;
             std::vector<int> rows;  // each member's output rows
         };
-        std::vector<Group> groups;
+        // The token embedding (the tied head) and an untied lm_head too: as in
+        // llama.cpp's Q8_0 files; rows are looked up by dequantizing them.
+        std::vector<Group> groups{{embed_, C, {cfg_.vocab_size}}};
+        if (lm_head_ != kNone) groups.push_back({lm_head_, C, {cfg_.vocab_size}});
         for (const Layer& L : layers_) {
             groups.push_back({L.qkv_w, C, {QO, KVO, KVO}});
             groups.push_back({L.o_w, QO, {C}});
             groups.push_back({L.gu_w, C, {I, I}});
             groups.push_back({L.down_w, I, {C}});
         }
-        size_t bytes = (size_t)cfg_.vocab_size * C * 17 / 16;  // the lm_head's copy, made on the first forward
+        size_t bytes = 0;
         for (const Group& g : groups)
             for (int r : g.rows) bytes += (size_t)r * g.IC * 17 / 16;
         require_memory(bytes, "the Q8_0 weights of this model");
@@ -232,7 +234,7 @@ void LlamaPlan::build_param_table() {
     const int64_t C = cfg_.hidden_size, I = cfg_.intermediate_size, HS = cfg_.head_dim;
     const int64_t QO = (int64_t)cfg_.num_attention_heads * HS, KVO = (int64_t)cfg_.num_key_value_heads * HS;
     const bool full = lora_.r == 0 && trainable_;  // without adapters every parameter trains
-    embed_ = add_param("model.embed_tokens.weight", {cfg_.vocab_size, C}, full, false);
+    embed_ = add_param("model.embed_tokens.weight", {cfg_.vocab_size, C}, full, false, true);
     layers_.resize(cfg_.num_hidden_layers);
     for (int l = 0; l < cfg_.num_hidden_layers; l++) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -274,7 +276,7 @@ void LlamaPlan::build_param_table() {
         }
     }
     norm_ = add_param("model.norm.weight", {C}, full, false);
-    if (!cfg_.tie_word_embeddings) lm_head_ = add_param("lm_head.weight", {cfg_.vocab_size, C}, full, false);
+    if (!cfg_.tie_word_embeddings) lm_head_ = add_param("lm_head.weight", {cfg_.vocab_size, C}, full, false, true);
 }
 
 void LlamaPlan::lora_A_init(int l, int target, float* dst) const {
@@ -347,7 +349,7 @@ void LlamaEngine::read(const ParamInfo& p, Slot slot, float* dst) {
 
 void LlamaEngine::write(const ParamInfo& p, Slot slot, const float* src) {
     const size_t i = &p - params_.data();
-    if (slot == Slot::Weight && q8_ && (p.offset == kNone || i == lm_head_index())) {
+    if (slot == Slot::Weight && p.offset == kNone) {
         const size_t cols = p.shape.size() == 2 ? (size_t)p.shape[1] : p.numel;
         for (size_t k = 0; k < p.numel; k++)
             if (!(std::fabs(src[k]) <= Q8Weights::kMaxMagnitude))
@@ -514,11 +516,8 @@ const uint16_t* LlamaEngine::WB(size_t first, size_t count) {
     return wb_.data() + params_[first].offset;
 }
 
-const Q8Weights* LlamaEngine::WQ(size_t first, int N) const {
-    if (!q8_ || wq_[first].OC == 0) return nullptr;
-    const bool fp32_too = params_[first].offset != kNone;  // the lm_head
-    if (fp32_too && N > kQ8Avx2Rows && !q8_vnni_) return nullptr;
-    return &wq_[first];
+const Q8Weights* LlamaEngine::WQ(size_t first) const {
+    return params_[first].offset == kNone ? &wq_[first] : nullptr;
 }
 
 void LlamaEngine::refresh_frozen() {
@@ -526,11 +525,6 @@ void LlamaEngine::refresh_frozen() {
     if (bf16_)
         for (const ParamInfo& p : params_)
             if (!p.trainable) to_bf16(wb_.data() + p.offset, w_.data() + p.offset, p.numel);
-    if (q8_) {
-        const size_t hi = lm_head_index();
-        if (wq_[hi].OC == 0) wq_[hi] = Q8Weights(cfg_.vocab_size, cfg_.hidden_size);
-        quantize_q8_0(wq_[hi], W(hi), 0, cfg_.vocab_size);
-    }
     wb_stale_ = false;
 }
 
@@ -547,7 +541,7 @@ void LlamaEngine::q8_linear(float* out, const float* in, const Q8Weights& w, int
 void LlamaEngine::linear_fwd(float* out, const float* in, size_t w, size_t bias, int IC, int OC, int l, Blocks blocks,
                              bool train) {
     const int N = cur_B_ * cur_T_;
-    if (const Q8Weights* wq = WQ(w, N)) {
+    if (const Q8Weights* wq = WQ(w)) {
         q8_linear(out, in, *wq, N);
         if (bias != kNone) add_bias_rows(out, W(bias), N, OC);
     } else if (const uint16_t* wb = WB(w, blocks.size())) {
@@ -633,7 +627,7 @@ void LlamaEngine::forward_impl(const Batch& b, bool train) {
     position_ids(b, a_.pos);
     n_targets_ = b.labels ? shifted_targets(b, a_.targets) : 0;
     rope_tables(a_.cos, a_.sin, inv_freq_.data(), T, cfg_.head_dim);
-    token_embedding_forward(la_[0].h, b.input_ids, W(embed_), N, C);
+    embed(la_[0].h, b.input_ids, N);
     for (int l = 0; l < cfg_.num_hidden_layers; l++) layer_forward(l, b.attention_mask, train);
     rmsnorm_forward(a_.hf, a_.rstdf, a_.hL, W(norm_), N, C, cfg_.rms_norm_eps);
 }
@@ -648,8 +642,9 @@ float LlamaEngine::forward(const Batch& b, float* logits, bool train) {
     if (!b.labels) return 0.0f;
     const int n = n_targets_;
     if (n == 0) return 0.0f;
-    const double sum = lmhead_crossentropy<float>(nullptr, nullptr, a_.hf, W(hi), a_.targets, N, C, V, 1.0f,
-                                                  a_.lm_scratch, lm_chunk(N), WB(hi, 1));
+    const Q8Weights* wq = WQ(hi);
+    const double sum = lmhead_crossentropy<float>(nullptr, nullptr, a_.hf, wq ? nullptr : W(hi), a_.targets, N, C, V,
+                                                  1.0f, a_.lm_scratch, lm_chunk(N), WB(hi, 1), nullptr, nullptr, wq);
     return (float)(sum / n);
 }
 
@@ -657,7 +652,7 @@ float LlamaEngine::forward(const Batch& b, float* logits, bool train) {
 
 void LlamaEngine::lm_head_rows(float* logits, const float* h, int rows) {
     const size_t hi = lm_head_index();
-    if (const Q8Weights* wq = WQ(hi, rows))
+    if (const Q8Weights* wq = WQ(hi))
         q8_linear(logits, h, *wq, rows);
     else if (const uint16_t* wb = WB(hi, 1))
         gemm_bf16w(true, rows, cfg_.vocab_size, cfg_.hidden_size, h, cfg_.hidden_size, wb, 0.0f, logits, cfg_.vocab_size);
@@ -666,6 +661,15 @@ void LlamaEngine::lm_head_rows(float* logits, const float* h, int rows) {
                   0.0f, logits, cfg_.vocab_size);
     else
         linear_forward(logits, h, W(hi), (const float*)nullptr, rows, cfg_.hidden_size, cfg_.vocab_size);
+}
+
+void LlamaEngine::embed(float* out, const int32_t* ids, int rows) {
+    const int C = cfg_.hidden_size;
+    if (const Q8Weights* wq = WQ(embed_)) {
+        for (int n = 0; n < rows; n++) dequantize_q8_0(out + (size_t)n * C, *wq, ids[n], 1);
+    } else {
+        token_embedding_forward(out, ids, W(embed_), rows, C);
+    }
 }
 
 // Copies layer l's rotated keys and values into the cache: a prefill's
@@ -758,7 +762,7 @@ void LlamaEngine::decode(const int32_t* tokens, float* logits) {
         a_.pos[i] = gen_.pos[i];
         gen_.mask[(size_t)i * cap + col] = 1;
     }
-    token_embedding_forward(la_[0].h, tokens, W(embed_), B, C);
+    embed(la_[0].h, tokens, B);
     gen_.decoding = true;
     for (int l = 0; l < cfg_.num_hidden_layers; l++) layer_forward(l, nullptr, false);
     gen_.decoding = false;

@@ -159,11 +159,12 @@ public:
     // to bf16 going in, fp32 out); adapters, norms, attention and the
     // optimizer stay fp32. Throws EngineError when the base trains or without
     // bf16 GEMMs on this build and CPU.
-    // BaseWeights::q8_0 (for generation): the layers' linear weights are
-    // held as Q8_0 only (cpu/kernels.h linear_q8_0, ggml's format and
-    // arithmetic; quantized as they are written, read back as d q) and the
-    // lm_head reads a Q8_0 copy; the embeddings, norms, adapters and the loss
-    // of a forward with labels stay fp32. Throws EngineError when the base trains,
+    // BaseWeights::q8_0 (for generation): the layers' linear weights, the
+    // token embedding and the lm_head are held as Q8_0 only (cpu/kernels.h
+    // linear_q8_0, ggml's format and arithmetic; quantized as they are
+    // written, read back as d q; embedding rows looked up dequantized, a
+    // forward's loss through the Q8_0 head); norms, adapters and attention
+    // stay fp32. Throws EngineError when the base trains,
     // from accumulate(), on a CPU without AVX2, and unless hidden_size,
     // intermediate_size and num_attention_heads * head_dim are multiples of
     // 32 (Q8_0 blocks).
@@ -249,17 +250,18 @@ private:
     // The bf16 copy of a frozen packed group (q|k|v, gate|up, or one weight),
     // or null when that group is read in fp32.
     const uint16_t* WB(size_t first, size_t count);
-    // The Q8_0 weights of a packed group for a product of N rows, or null
-    // when that product reads fp32 (or bf16) weights.
-    const Q8Weights* WQ(size_t first, int N) const;
+    // The Q8_0 weights of a packed group (or of the embedding / lm_head), or
+    // null when it is held in fp32.
+    const Q8Weights* WQ(size_t first) const;
+    // out (rows, C) = the token embedding's rows ids (dequantized under q8_0).
+    void embed(float* out, const int32_t* ids, int rows);
     // EngineError for a training call (accumulate, step) on a q8_0 engine.
     void check_not_q8() const;
     // out (N, w.OC) = in (N, w.IC) W^T through linear_q8_0 and its workspace.
     void q8_linear(float* out, const float* in, const Q8Weights& w, int N);
-    // Rounds (bf16) the frozen weights, or quantizes (Q8_0) the lm_head, again
-    // after any of them was written (a checkpoint or model load writes each
-    // tensor once, before the first step). Q8_0 layer weights are quantized
-    // as they are written.
+    // Rounds (bf16) the frozen weights again after any of them was written (a
+    // checkpoint or model load writes each tensor once, before the first
+    // step). Q8_0 weights are quantized as they are written.
     void refresh_frozen();
     float* G(size_t i) { return i != kNone && params_[i].trainable && goff_[i] != kNone ? g_.data() + goff_[i] : nullptr; }
     // A packed group (q|k|v or gate|up) shares one GEMM: its gradient pointer
@@ -301,7 +303,6 @@ private:
     std::vector<int8_t> q8x_;    // linear_q8_0's workspace: the input rows quantized
     std::vector<float> q8d_;
     std::vector<int32_t> q8s_;
-    bool q8_vnni_ = false;        // linear_q8_0 takes its AVX-512 VNNI path (else AVX2)
     // The KV cache: per layer (B, NKV, cap, HS) keys and values, the key mask
     // (B, cap), each row's next position id, columns filled.
     struct {
@@ -318,12 +319,6 @@ private:
     // Up to this many rows in a decode step, an fp32 product with a weight
     // goes through gemm_thin: OpenBLAS would pack the whole weight.
     static constexpr int kFewRows = 16;
-    // Up to this many rows the lm_head reads its Q8_0 copy without AVX-512
-    // VNNI; beyond, its fp32 GEMM is faster (with VNNI: always Q8_0). Measured
-    // on SmolLM2-135M's shapes, 2 threads: at 32 rows AVX2 Q8_0 took 63 ms
-    // for the 30 layers and head, fp32 60 ms; with VNNI 29 ms. (The layers
-    // have no fp32 copy: Q8_0 at any row count.)
-    static constexpr int kQ8Avx2Rows = 32;
 };
 
 }  // namespace nt

@@ -1318,6 +1318,43 @@ void check_q8_0(Rng& rng) {
         }
     }
     nt::q8_0_use_isa(native_isa);
+
+    // The loss through a Q8_0 head: logits as linear_q8_0 gives them (checked
+    // above), cross-entropy in double; rows without a target skipped; chunk 4
+    // does not divide the 7 target rows. A gradient asked of it throws.
+    {
+        const int N = 9, V = OC, C = IC, chunk = 4;
+        const FV h = to_f(rng.vec((size_t)N * C, -2, 2));
+        IV y(N);
+        for (auto& t : y) t = rng.randint(0, V - 1);
+        y[2] = y[6] = -100;
+        FV z((size_t)N * V), xd((size_t)N * C / 32);
+        std::vector<int8_t> xq((size_t)N * C);
+        std::vector<int32_t> xs((size_t)N * C / 32);
+        nt::linear_q8_0(z.data(), h.data(), w, N, xq.data(), xd.data(), xs.data());
+        double want = 0;
+        for (int n = 0; n < N; n++) {
+            if (y[n] == -100) continue;
+            double mx = -INFINITY, sum = 0;
+            for (int v = 0; v < V; v++) mx = std::max(mx, (double)z[(size_t)n * V + v]);
+            for (int v = 0; v < V; v++) sum += std::exp(z[(size_t)n * V + v] - mx);
+            want += mx + std::log(sum) - z[(size_t)n * V + y[n]];
+        }
+        FV scratch((size_t)chunk * (V + C));
+        const double got = nt::lmhead_crossentropy<float>(nullptr, nullptr, h.data(), nullptr, y.data(), N, C, V, 1.0f,
+                                                          scratch.data(), chunk, nullptr, nullptr, nullptr, &w);
+        record("lmhead_crossentropy", "loss", "reference", "Q8_0 head, N=9 (2 ignored), chunk=4: linear_q8_0's logits",
+               std::fabs(got - want) / std::fabs(want), kF32Tol);
+        FV dh((size_t)N * C);
+        bool refused = false;
+        try {
+            nt::lmhead_crossentropy<float>(dh.data(), nullptr, h.data(), nullptr, y.data(), N, C, V, 1.0f,
+                                           scratch.data(), chunk, nullptr, nullptr, nullptr, &w);
+        } catch (const std::invalid_argument&) {
+            refused = true;
+        }
+        record("lmhead_crossentropy", "dh", "property", "Q8_0 head: a gradient throws", refused ? 0 : 1, 0.5);
+    }
 }
 
 void run_suite(int threads) {
