@@ -216,6 +216,14 @@ test('tool-call parsing on fixed strings: hermes blocks, Mistral [TOOL_CALLS], L
   // A JSON answer is not a call unless it names an offered tool.
   assert.deepEqual(parseToolCalls('{"name": "Ada", "parameters": {}}', { toolNames: ['get_weather'] }).tool_calls, []);
   assert.deepEqual(parseToolCalls('no calls here'), { content: 'no calls here', tool_calls: [] });
+  // offeredOnly (a server, LLM.chat): a call to a tool not offered is not a call, in every format; it stays text.
+  const mixed = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call><tool_call>{"name": "get_weather", "arguments": {}}</tool_call>';
+  const offered = parseToolCalls(mixed, { toolNames: ['get_weather'], offeredOnly: true });
+  assert.deepEqual(offered.tool_calls.map((c) => c.function.name), ['get_weather']);
+  assert.equal(offered.content, '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>');
+  assert.deepEqual(parseToolCalls(mixed).tool_calls.map((c) => c.function.name), ['get_time', 'get_weather'], 'without offeredOnly (evaluation) any name is a call');
+  assert.deepEqual(parseToolCalls('[TOOL_CALLS] [{"name": "get_time", "arguments": {}}]', { toolNames: ['get_weather'], offeredOnly: true }).tool_calls, []);
+  assert.deepEqual(parseToolCalls('[TOOL_CALLS]get_time[ARGS]{}', { toolNames: ['get_weather'], offeredOnly: true }).tool_calls, []);
 });
 
 test('errors: a prompt too long for the context names both lengths; bad messages name their index; bad options name the option', { skip: missing }, async () => {

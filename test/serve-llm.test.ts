@@ -286,6 +286,9 @@ test('ToolCallStream: text streams until a tool-call marker could begin (split a
   assert.equal(r.out.join('') + r.end.content, 'an unclosed <tool_call> that is not a call');
   r = run([], ['<tool_call>{"name": "f"}</tool_call>']);
   assert.deepEqual(r.out, ['<tool_call>{"name": "f"}</tool_call>']);
+  // A call to a tool that was not offered is never returned as a call (OpenAI never does): it is text.
+  r = run(['f'], ['<tool_call>{"name": "g", "arguments": {}}</tool_call>']);
+  assert.deepEqual(r.end, { content: '<tool_call>{"name": "g", "arguments": {}}</tool_call>', toolCalls: [] });
 });
 
 test('bad requests get OpenAI error objects (400 naming the field, 404, 405, 413) and the server keeps serving', { skip: missing }, async () => {

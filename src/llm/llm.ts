@@ -296,9 +296,10 @@ export class LLM {
   }
 
   /**
-   * Answers a conversation: the reply as an assistant message. With `options.tools`, tool calls
-   * in the reply (formats: src/llm/tool-calls.ts — `<tool_call>` blocks, Mistral `[TOOL_CALLS]`,
-   * Llama 3 JSON) are parsed into `tool_calls` and taken out of `content`.
+   * Answers a conversation: the reply as an assistant message. With `options.tools`, calls to those
+   * tools in the reply (formats: src/llm/tool-calls.ts — `<tool_call>` blocks, Mistral `[TOOL_CALLS]`,
+   * Llama 3 JSON) are parsed into `tool_calls` and taken out of `content`; a call naming a tool not
+   * offered stays in `content` as text.
    * @throws as generate(); Error when messages is not a non-empty array of messages.
    */
   async chat(messages: ChatMessage[], options: GenerateOptions = {}): Promise<AssistantMessage> {
@@ -308,7 +309,7 @@ export class LLM {
     const toolNames = options.tools
       .map((t) => ((t as { function?: { name?: unknown } })?.function?.name ?? (t as { name?: unknown })?.name))
       .filter((n): n is string => typeof n === 'string');
-    const { content, tool_calls } = parseToolCalls(text, { toolNames });
+    const { content, tool_calls } = parseToolCalls(text, { toolNames, offeredOnly: true });
     return tool_calls.length ? { role: 'assistant', content, tool_calls } : { role: 'assistant', content: text };
   }
 

@@ -13,7 +13,9 @@
  *   docs). Because any JSON answer looks like this, it is taken as a call only when `name` is one
  *   of the tools offered.
  *
- * A block whose JSON does not parse, or has no string `name`, is not a call: it stays in the text.
+ * A block whose JSON does not parse, or has no string `name`, is not a call: it stays in the text;
+ * with `offeredOnly`, so does a block that names a tool not offered (OpenAI never returns a call to
+ * a function it was not given, and a client could not dispatch it).
  */
 import { randomBytes } from 'node:crypto';
 import type { ChatToolCall } from '../chat/template.js';
@@ -32,18 +34,23 @@ export type ToolCallFormat = (typeof TOOL_CALL_FORMATS)[number];
 export interface ParseToolCallsOptions {
   /** Names of the tools offered: a `llama3` bare-JSON reply counts as a call only for one of these. */
   toolNames?: readonly string[];
+  /** Every format: a call is one only when it names one of `toolNames` (what a server returns). Default false (an evaluation scores a call to any name). */
+  offeredOnly?: boolean;
   /** Formats to try, in order (default: all of TOOL_CALL_FORMATS). */
   formats?: readonly ToolCallFormat[];
 }
 
 const newId = () => `call_${randomBytes(12).toString('hex')}`;
 
-function call(value: unknown): ParsedToolCall | undefined {
+/** A name a call may have (any, or one of the tools offered). */
+type NameFilter = (name: string) => boolean;
+
+function call(value: unknown, named: NameFilter): ParsedToolCall | undefined {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) return undefined;
   const v = value as Record<string, unknown>;
   // Some models nest it the OpenAI way: {"type": "function", "function": {...}}.
   const fn = (v.function !== null && typeof v.function === 'object' ? v.function : v) as Record<string, unknown>;
-  if (typeof fn.name !== 'string' || fn.name === '') return undefined;
+  if (typeof fn.name !== 'string' || fn.name === '' || !named(fn.name)) return undefined;
   let args = fn.arguments ?? fn.parameters ?? {};
   if (typeof args === 'string') {
     try {
@@ -64,11 +71,11 @@ function parseJson(text: string): unknown {
   }
 }
 
-function hermes(text: string): { content: string; calls: ParsedToolCall[] } | undefined {
+function hermes(text: string, named: NameFilter): { content: string; calls: ParsedToolCall[] } | undefined {
   const calls: ParsedToolCall[] = [];
   // An unclosed last block (generation stopped at </tool_call>'s first token, or at max tokens) still counts if its JSON is whole.
   const content = text.replace(/<tool_call>\s*([\s\S]*?)\s*(?:<\/tool_call>|$)/g, (whole, body: string) => {
-    const c = call(parseJson(body));
+    const c = call(parseJson(body), named);
     if (!c) return whole;
     calls.push(c);
     return '';
@@ -76,7 +83,7 @@ function hermes(text: string): { content: string; calls: ParsedToolCall[] } | un
   return calls.length ? { content: content.trim(), calls } : undefined;
 }
 
-function mistral(text: string): { content: string; calls: ParsedToolCall[] } | undefined {
+function mistral(text: string, named: NameFilter): { content: string; calls: ParsedToolCall[] } | undefined {
   const at = text.indexOf('[TOOL_CALLS]');
   if (at < 0) return undefined;
   const rest = text.slice(at + '[TOOL_CALLS]'.length).trim();
@@ -84,7 +91,7 @@ function mistral(text: string): { content: string; calls: ParsedToolCall[] } | u
   const list = parseJson(rest);
   if (Array.isArray(list)) {
     for (const item of list) {
-      const c = call(item);
+      const c = call(item, named);
       if (!c) return undefined;
       calls.push(c);
     }
@@ -92,7 +99,7 @@ function mistral(text: string): { content: string; calls: ParsedToolCall[] } | u
     // name[ARGS]{json} pairs, each after its own [TOOL_CALLS] marker.
     for (const part of text.slice(at).split('[TOOL_CALLS]').slice(1)) {
       const m = /^\s*([^\s[]+)\[ARGS\]([\s\S]*)$/.exec(part);
-      const c = m ? call({ name: m[1], arguments: parseJson(m[2].trim()) }) : undefined;
+      const c = m ? call({ name: m[1], arguments: parseJson(m[2].trim()) }, named) : undefined;
       if (!c) return undefined;
       calls.push(c);
     }
@@ -103,8 +110,8 @@ function mistral(text: string): { content: string; calls: ParsedToolCall[] } | u
 function llama3(text: string, toolNames: readonly string[]): { content: string; calls: ParsedToolCall[] } | undefined {
   const body = text.replace(/^\s*<\|python_tag\|>/, '').trim();
   if (!body.startsWith('{')) return undefined;
-  const c = call(parseJson(body));
-  if (!c || !toolNames.includes(c.function.name)) return undefined;
+  const c = call(parseJson(body), (name) => toolNames.includes(name));
+  if (!c) return undefined;
   return { content: '', calls: [c] };
 }
 
@@ -115,8 +122,10 @@ function llama3(text: string, toolNames: readonly string[]): { content: string; 
  *   (empty when none was found, and then `content` is `text` unchanged).
  */
 export function parseToolCalls(text: string, options: ParseToolCallsOptions = {}): { content: string; tool_calls: ParsedToolCall[] } {
+  const toolNames = options.toolNames ?? [];
+  const named: NameFilter = options.offeredOnly ? (name) => toolNames.includes(name) : () => true;
   for (const format of options.formats ?? TOOL_CALL_FORMATS) {
-    const found = format === 'hermes' ? hermes(text) : format === 'mistral' ? mistral(text) : llama3(text, options.toolNames ?? []);
+    const found = format === 'hermes' ? hermes(text, named) : format === 'mistral' ? mistral(text, named) : llama3(text, toolNames);
     if (found) return { content: found.content, tool_calls: found.calls };
   }
   return { content: text, tool_calls: [] };

@@ -385,7 +385,7 @@ export function usageOf(r: GenerateResult): { prompt_tokens: number; completion_
 export function chatChoice(r: GenerateResult, toolNames: readonly string[] | undefined): { message: { role: 'assistant'; content: string | null; tool_calls?: OpenAIToolCall[]; refusal: null }; finish_reason: OpenAIFinishReason } {
   const finish: OpenAIFinishReason = r.finishReason === 'length' ? 'length' : 'stop';
   if (toolNames && toolNames.length > 0) {
-    const { content, tool_calls } = parseToolCalls(r.text, { toolNames });
+    const { content, tool_calls } = parseToolCalls(r.text, { toolNames, offeredOnly: true });
     if (tool_calls.length > 0) {
       return { message: { role: 'assistant', content: content === '' ? null : content, tool_calls: openAIToolCalls(tool_calls), refusal: null }, finish_reason: finish === 'stop' ? 'tool_calls' : finish };
     }
@@ -441,7 +441,7 @@ export class ToolCallStream {
     const rest = this.text.slice(this.sent);
     this.sent = this.text.length;
     if (this.toolNames.length === 0 || rest === '') return { content: rest, toolCalls: [] };
-    const { content, tool_calls } = parseToolCalls(rest, { toolNames: this.toolNames });
+    const { content, tool_calls } = parseToolCalls(rest, { toolNames: this.toolNames, offeredOnly: true });
     if (tool_calls.length === 0) return { content: rest, toolCalls: [] };
     return { content, toolCalls: openAIToolCalls(tool_calls) };
   }
