@@ -21,7 +21,8 @@ import { LLM, type GenerateOptions, type GenerateResult, type Prompt } from '../
 import type { CausalLM } from '../src/llm/load.js';
 import { writeRandomVProjAdapter } from './helpers/random-adapter.js';
 import { startLlmServer, type RunningLlmServer } from '../src/serve/llm-server.js';
-import { ToolCallStream, parseChatCompletionRequest } from '../src/serve/openai.js';
+import { ToolCallStream, budgetTokens, parseChatCompletionRequest, renderChat } from '../src/serve/openai.js';
+import { LlmTokenizer } from '../src/tokenizer/index.js';
 import { GenerationBatcher } from '../src/serve/batcher.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -354,6 +355,30 @@ test('bad requests get OpenAI error objects (400 naming the field, 404, 405, 413
   // Still serving.
   const ok = await client.chat.completions.create({ model: MODEL, messages: FRANCE, max_tokens: 1, temperature: 0 });
   assert.equal(ok.choices[0].finish_reason, 'length');
+});
+
+test('budgetTokens: a prompt of no tokens (a chat template that renders nothing, no BOS) is a 400 naming it, not a 500 from the engine', () => {
+  assert.throws(() => budgetTokens(0, undefined, 256, 8192, 'messages'), (e: unknown) => {
+    const err = e as { status: number; param: string; message: string };
+    assert.equal(err.status, 400);
+    assert.equal(err.param, 'messages');
+    assert.match(err.message, /the messages encode to no tokens \(the model's chat template renders them to nothing, and the tokenizer adds no BOS\)/);
+    return true;
+  });
+  assert.equal(budgetTokens(5, undefined, 256, 8192, 'prompt'), 256);
+  assert.equal(budgetTokens(8190, undefined, 256, 8192, 'prompt'), 2);
+});
+
+test('renderChat counts the BOS that generate() prepends when the template does not write it', async () => {
+  const small = await LlmTokenizer.fromGguf(join(root, 'test/fixtures/llm-tokenizer/small/llama-bpe.gguf'));
+  // This small vocabulary's BOS is <|im_start|>, which the template writes; a BOS it does not write is id 0.
+  const tok = Object.create(small, { bosTokenId: { value: 0 } }) as LlmTokenizer;
+  const messages = [{ role: 'user' as const, content: 'hi' }];
+  const text = small.applyChatTemplate(messages, { add_generation_prompt: true });
+  const r = renderChat(tok, messages, undefined);
+  assert.deepEqual(r.prompt, messages, 'the messages go as they are (generate adds the BOS)');
+  assert.equal(r.promptTokens, small.encode(text, { addSpecialTokens: false }).length + 1);
+  assert.equal(renderChat(small, messages, undefined).promptTokens, small.encode(text, { addSpecialTokens: false }).length);
 });
 
 test('GET /v1/models lists the served model; GET /v1/models/{id} and /health answer', { skip: missing }, async () => {

@@ -330,7 +330,8 @@ export function renderChat(tok: LlmTokenizer, messages: ChatMessage[], tools: un
   const ids = tok.encode(text, { addSpecialTokens: false });
   const bosAdded = tok.addBosToken && tok.bosTokenId !== undefined && ids[0] !== tok.bosTokenId;
   if (!bosAdded) return { prompt: text, promptTokens: ids.length };
-  return { prompt: forTemplate.messages, ...(forTemplate.tools ? { tools: forTemplate.tools } : {}), promptTokens: ids.length };
+  // generate() prepends the BOS: it is a prompt token (as rawPromptTokens counts it).
+  return { prompt: forTemplate.messages, ...(forTemplate.tools ? { tools: forTemplate.tools } : {}), promptTokens: ids.length + 1 };
 }
 
 /** Tokens of a raw /v1/completions prompt, as LLM.generate encodes it (BOS prepended when the tokenizer adds one). */
@@ -343,9 +344,14 @@ export function rawPromptTokens(tok: LlmTokenizer, prompt: string): number {
  * The max_tokens a request runs with: the one asked for, else `fallback` cut to what the context
  * leaves.
  * @throws HttpError 400 code 'context_length_exceeded' (param 'messages' or 'prompt') when the
- *   prompt plus the asked max_tokens, or the prompt alone, do not fit max_position_embeddings.
+ *   prompt plus the asked max_tokens, or the prompt alone, do not fit max_position_embeddings;
+ *   400 'invalid_value' when the prompt is no tokens at all (nothing to generate from).
  */
 export function budgetTokens(promptTokens: number, asked: number | undefined, fallback: number, contextLength: number, param: 'messages' | 'prompt'): number {
+  if (promptTokens === 0) {
+    const why = param === 'messages' ? "the model's chat template renders them to nothing" : 'the prompt is empty';
+    throw badRequest(param, `the ${param} encode to no tokens (${why}, and the tokenizer adds no BOS): nothing to generate from`, 'invalid_value');
+  }
   const room = contextLength - promptTokens;
   if (asked !== undefined && asked > room) {
     throw badRequest(param, `This model's maximum context length is ${contextLength} tokens. However, you requested ${promptTokens + asked} tokens (${promptTokens} in the ${param}, ${asked} in the completion). Please reduce the length of the ${param} or the completion.`, 'context_length_exceeded');
