@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { readdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { checkDevice, Engine, loadAddon, type Batch } from '../src/engine.js';
+import { checkDevice, Engine, firstNonFinite, loadAddon, type Batch } from '../src/engine.js';
+import { firstNonFiniteIndex } from '../src/io/finite.js';
 import type { BertConfig } from '../src/config.js';
 import { checkThreeAdamWSteps, fixtureEngine, loadTinyBertFixture, relErr, tensors, type TinyBertFixture } from './helpers/tiny-bert-fixture.js';
 import { loadModel } from '../src/model.js';
@@ -371,6 +372,25 @@ test('all-MiniLM-L6-v2 + a fixed head: logits on 29 sentences padded in one batc
   const maxAbs = logits.reduce((m, x, i) => Math.max(m, Math.abs(x - ref[i])), 0);
   assert.ok(maxAbs < 1e-4, `max |Δ| ${maxAbs}`);
   await model.engine.dispose();
+});
+
+test('firstNonFinite: the first NaN or infinity, in any chunk of the native pass (as a JS loop finds it), or -1', () => {
+  const a = new Float32Array(3 * 4096 + 5);
+  assert.equal(firstNonFinite(a), -1);
+  assert.equal(firstNonFinite(new Float32Array(0)), -1);
+  for (const i of [0, 4095, 4096, 3 * 4096 + 4]) {
+    for (const bad of [NaN, Infinity, -Infinity]) {
+      const b = Float32Array.from(a);
+      b[i] = bad;
+      b[b.length - 1] = NaN;  // a later one is not the first
+      assert.equal(firstNonFinite(b), i, `${bad} at ${i}`);
+      assert.equal(firstNonFinite(b), firstNonFiniteIndex(b));
+    }
+  }
+  const big = new Float32Array(10);
+  big[3] = 3.4e38;  // finite, however large
+  assert.equal(firstNonFinite(big), -1);
+  assert.throws(() => firstNonFinite([1, NaN] as unknown as Float32Array), /^TypeError: firstNonFinite: expected a Float32Array, got an array$/);
 });
 
 test('loadModel refuses engine options it cannot honour before it reports newly initialized weights', async () => {

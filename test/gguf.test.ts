@@ -36,6 +36,7 @@ import {
   type GgufArray,
   type GgufValue,
 } from '../src/io/index.js';
+import { loadCausalLM } from '../src/llm/load.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const FIX = join(ROOT, 'test/fixtures/gguf');
@@ -699,6 +700,30 @@ test('llama config errors name the file and the key or tensor', async () => {
   }
   const h = await readGgufHeader(p);
   assert.throws(() => ggufLlamaConfig(h), /token_embd\.weight' is missing/);
+});
+
+test('a GGUF whose weight holds a NaN or an infinity is refused at load, naming the tensor and its [row, column]', async () => {
+  // llama.cpp loads such a file and answers with end-of-text tokens; nodetune says where the value is.
+  const { cfg, tensors } = tinyModel();
+  const config = { model_type: 'llama' as const, num_attention_heads: cfg.heads, num_key_value_heads: cfg.kv, tie_word_embeddings: true };
+  const tokenizer = (await readGgufHeader(join(ROOT, 'test/fixtures/llm-tokenizer/small/gpt-2.gguf'))).metadata;
+  const metadata = tinyMetadata('llama', cfg);
+  for (const [k, v] of tokenizer) if (k.startsWith('tokenizer.')) metadata.set(k, v);
+  const vocab = (tokenizer.get('tokenizer.ggml.tokens')!.value as GgufArray).items.length;  // the embedding matches the tokenizer
+  tensors.set('model.embed_tokens.weight', { shape: [vocab, cfg.hidden], data: new Float32Array(vocab * cfg.hidden).fill(0.01) });
+  const v = tensors.get('model.layers.1.self_attn.v_proj.weight')!;
+  const p = join(dir, 'nan.gguf');
+  for (const bad of [NaN, -Infinity]) {
+    const data = Float32Array.from(v.data);
+    data[2 * v.shape[1] + 5] = bad;
+    tensors.set('model.layers.1.self_attn.v_proj.weight', { shape: v.shape, data });
+    await writeGguf(p, { metadata, tensors: hfTensorsToGguf(config, tensors, 'F32') });
+    await assert.rejects(loadCausalLM(p, { threads: 1, trainable: false }), new RegExp(`^Error: ${escape(p)}: tensor 'model\\.layers\\.1\\.self_attn\\.v_proj\\.weight' holds a non-finite value \\(${bad}\\) at index ${2 * v.shape[1] + 5} \\[2, 5\\]$`));
+  }
+  tensors.set('model.layers.1.self_attn.v_proj.weight', v);
+  await writeGguf(p, { metadata, tensors: hfTensorsToGguf(config, tensors, 'F32') });
+  const lm = await loadCausalLM(p, { threads: 1, trainable: false });
+  await lm.engine.dispose();
 });
 
 // ---------------------------------------------------------------------------------------

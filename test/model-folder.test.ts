@@ -186,6 +186,18 @@ test('tensor shape that disagrees with the config names the key and both shapes'
   );
 });
 
+test('a weight holding a NaN is refused, naming the file, the key and the [row, column]', async () => {
+  const { tensors } = await readSafetensors(join(TINY, 'model.safetensors'));
+  const w = tensors.get('bert.encoder.layer.1.attention.self.value.weight')!;
+  const data = Float32Array.from(w.data as Float32Array);
+  data[3 * w.shape[1] + 7] = NaN;
+  const dir = await tinyFolder('nan', (k) => k, {}, { 'bert.encoder.layer.1.attention.self.value.weight': { shape: w.shape, data } });
+  await assert.rejects(
+    loadModelFolder(dir),
+    new RegExp(`^Error: ${escape(join(dir, 'model.safetensors'))}: tensor 'bert\\.encoder\\.layer\\.1\\.attention\\.self\\.value\\.weight' holds a non-finite value \\(NaN\\) at index ${3 * w.shape[1] + 7} \\[3, 7\\]$`),
+  );
+});
+
 test('HF-written BertForSequenceClassification (bert. prefix) loads completely', async () => {
   const dir = await tinyFolder('prefixed');
   const m = await loadModelFolder(dir);

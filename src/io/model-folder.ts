@@ -14,6 +14,7 @@ import { BertTokenizer } from '../tokenizer/index.js';
 import { copyFileAtomic, writeFileAtomic } from './atomic.js';
 import { SeededRng } from './rng.js';
 import { readSafetensors, writeSafetensors, type Tensor } from './safetensors.js';
+import { assertFiniteTensor } from './finite.js';
 
 export const MODEL_CLASS = 'BertForSequenceClassification';
 export const SUPPORTED_MODEL_TYPES = ['bert'] as const;
@@ -393,7 +394,8 @@ function initWeight(key: string, shape: number[], config: BertConfig, rng: Seede
  *   other than bert, missing config fields, no model.safetensors (e.g. only
  *   pytorch_model.bin), malformed safetensors, a checkpoint tensor whose shape
  *   disagrees with the config (key and both shapes), integer dtype for a
- *   weight, the same weight twice, or no tokenizer.
+ *   weight, a non-finite value in a weight (tensor, index, [row, column]), the same
+ *   weight twice, or no tokenizer.
  */
 export async function loadModelFolder(folder: string, opts: LoadModelOptions = {}): Promise<LoadedModel> {
   const dir = resolve(folder);
@@ -428,6 +430,7 @@ export async function loadModelFolder(folder: string, opts: LoadModelOptions = {
       throw new Error(`${file}: tensor '${key}'${key === name ? '' : ` (${name})`} has shape [${tensor.shape.join(', ')}] but the config needs [${want.join(', ')}]${hint}`);
     }
     if (!(tensor.data instanceof Float32Array)) throw new Error(`${file}: tensor '${key}' has integer dtype ${tensor.dtype}; weights must be floating point`);
+    assertFiniteTensor(tensor.data, tensor.shape, file, key);
     loaded.set(name, tensor.data);
     source.set(name, key);
   }

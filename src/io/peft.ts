@@ -18,6 +18,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { writeFileAtomic } from './atomic.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
+import { assertFiniteTensor } from './finite.js';
 import { LORA_TARGETS, peftKey, resolveLoraConfig, type LlamaConfig, type LoraConfig, type LoraTarget } from '../models/llama.js';
 
 /** Float32 tensors by name: torch shape and row-major data. */
@@ -114,9 +115,7 @@ export function checkLoraTensors(
     if ((isA ? t.shape[0] : t.shape[1]) !== lora.r) {
       throw new Error(`${where}: tensor '${key}' has shape ${shapeStr(t.shape)}; lora_${m[4]} must be ${isA ? '(r, in)' : '(out, r)'} with r = ${lora.r}`);
     }
-    for (let i = 0; i < t.data.length; i++) {
-      if (!Number.isFinite(t.data[i])) throw new Error(`${where}: tensor '${key}' holds a non-finite value (${t.data[i]}) at index ${i}`);
-    }
+    assertFiniteTensor(t.data, t.shape, where, key);
     const id = `${layer}.${target}`;
     const entry = byModule.get(id) ?? { layer, target, baseName: loraBaseWeightName(layer, target!) };
     entry[isA ? 'A' : 'B'] = t;

@@ -10,10 +10,11 @@
 import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import { Engine, type EngineOptions } from '../engine.js';
+import { Engine, firstNonFinite, type EngineOptions } from '../engine.js';
 import { openGgufModel } from '../io/gguf-llama.js';
 import { resolveModel } from '../io/hub.js';
 import { readSafetensors } from '../io/safetensors.js';
+import { assertFiniteTensor } from '../io/finite.js';
 import { assertModelFolder, parseJsonText } from '../io/model-folder.js';
 import { llamaParameterShapes, parseLlamaConfig, type LlamaConfig } from '../models/llama.js';
 import { LlmTokenizer } from '../tokenizer/bpe.js';
@@ -71,14 +72,16 @@ async function readFolderWeights(folder: string): Promise<Map<string, { shape: n
  * Copies tensors into the engine by Hugging Face name, reading each only when it is copied, so a
  * GGUF's dequantized tensors never exist all at once beside the engine's weights (about half the
  * peak memory of a load).
- * @throws Error naming a missing tensor or a shape that differs from the config's.
+ * @throws Error naming a missing tensor, a shape that differs from the config's, or a non-finite value.
  */
 async function loadWeights(engine: Engine, config: LlamaConfig, tensors: Map<string, { shape: number[]; read(): Promise<Float32Array> }>, where: string): Promise<void> {
   for (const [name, shape] of llamaParameterShapes(config)) {
     const t = tensors.get(name);
     if (!t) throw new Error(`${where}: tensor '${name}' is missing (expected shape [${shape.join(', ')}])`);
     if (t.shape.join(',') !== shape.join(',')) throw new Error(`${where}: tensor '${name}' has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}] from the config`);
-    engine.setWeight(name, await t.read());
+    const data = await t.read();
+    assertFiniteTensor(data, shape, where, name, firstNonFinite);
+    engine.setWeight(name, data);
   }
 }
 
