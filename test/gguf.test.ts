@@ -37,6 +37,7 @@ import {
   type GgufValue,
 } from '../src/io/index.js';
 import { loadCausalLM } from '../src/llm/load.js';
+import { tinyMetadata, tinyModel, writeTinyLlamaGguf } from './helpers/tiny-llama-gguf.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const FIX = join(ROOT, 'test/fixtures/gguf');
@@ -569,54 +570,6 @@ test("q/k row permutation is convert_hf_to_gguf.py's reshape(n_head, 2, half).sw
   assert.throws(() => permuteQK(x, 18, 4), /18 rows do not split into 4 heads of an even size/);
 });
 
-/** A tiny random llama/qwen2 model under HF names, as torch shapes. */
-function tinyModel(opts: { bias?: boolean; lmHead?: boolean } = {}) {
-  const cfg = { hidden: 64, heads: 4, kv: 2, headDim: 16, ff: 96, layers: 2, vocab: 40 };
-  let seed = 1;
-  const rand = (n: number) => Float32Array.from({ length: n }, () => ((seed = (seed * 16807) % 2147483647) / 2147483647) - 0.5);
-  const t = new Map<string, { shape: number[]; data: Float32Array }>();
-  const add = (name: string, shape: number[]) => t.set(name, { shape, data: rand(shape.reduce((a, b) => a * b, 1)) });
-  add('model.embed_tokens.weight', [cfg.vocab, cfg.hidden]);
-  for (let i = 0; i < cfg.layers; i++) {
-    const l = `model.layers.${i}.`;
-    add(`${l}input_layernorm.weight`, [cfg.hidden]);
-    add(`${l}self_attn.q_proj.weight`, [cfg.heads * cfg.headDim, cfg.hidden]);
-    add(`${l}self_attn.k_proj.weight`, [cfg.kv * cfg.headDim, cfg.hidden]);
-    add(`${l}self_attn.v_proj.weight`, [cfg.kv * cfg.headDim, cfg.hidden]);
-    if (opts.bias) {
-      add(`${l}self_attn.q_proj.bias`, [cfg.heads * cfg.headDim]);
-      add(`${l}self_attn.k_proj.bias`, [cfg.kv * cfg.headDim]);
-      add(`${l}self_attn.v_proj.bias`, [cfg.kv * cfg.headDim]);
-    }
-    add(`${l}self_attn.o_proj.weight`, [cfg.hidden, cfg.heads * cfg.headDim]);
-    add(`${l}post_attention_layernorm.weight`, [cfg.hidden]);
-    add(`${l}mlp.gate_proj.weight`, [cfg.ff, cfg.hidden]);
-    add(`${l}mlp.up_proj.weight`, [cfg.ff, cfg.hidden]);
-    add(`${l}mlp.down_proj.weight`, [cfg.hidden, cfg.ff]);
-  }
-  add('model.norm.weight', [cfg.hidden]);
-  if (opts.lmHead) add('lm_head.weight', [cfg.vocab, cfg.hidden]);
-  return { cfg, tensors: t };
-}
-
-function tinyMetadata(arch: string, cfg: ReturnType<typeof tinyModel>['cfg'], extra: Array<[string, GgufValue]> = []): Map<string, GgufValue> {
-  const u32 = (value: number): GgufValue => ({ type: 'uint32', value });
-  return new Map<string, GgufValue>([
-    ['general.architecture', { type: 'string', value: arch }],
-    [`${arch}.block_count`, u32(cfg.layers)],
-    [`${arch}.context_length`, u32(256)],
-    [`${arch}.embedding_length`, u32(cfg.hidden)],
-    [`${arch}.feed_forward_length`, u32(cfg.ff)],
-    [`${arch}.attention.head_count`, u32(cfg.heads)],
-    [`${arch}.attention.head_count_kv`, u32(cfg.kv)],
-    [`${arch}.attention.layer_norm_rms_epsilon`, { type: 'float32', value: 1e-6 }],
-    ['tokenizer.ggml.model', { type: 'string', value: 'gpt2' }],
-    ['tokenizer.ggml.bos_token_id', u32(1)],
-    ['tokenizer.ggml.eos_token_id', u32(2)],
-    ...extra,
-  ]);
-}
-
 test('llama: HF tensors written with hfTensorsToGguf (q/k permuted) read back unpermuted; config from metadata', async () => {
   const { cfg, tensors } = tinyModel({ lmHead: true });
   const config = { model_type: 'llama' as const, num_attention_heads: cfg.heads, num_key_value_heads: cfg.kv, tie_word_embeddings: false };
@@ -704,24 +657,20 @@ test('llama config errors name the file and the key or tensor', async () => {
 
 test('a GGUF whose weight holds a NaN or an infinity is refused at load, naming the tensor and its [row, column]', async () => {
   // llama.cpp loads such a file and answers with end-of-text tokens; nodetune says where the value is.
-  const { cfg, tensors } = tinyModel();
-  const config = { model_type: 'llama' as const, num_attention_heads: cfg.heads, num_key_value_heads: cfg.kv, tie_word_embeddings: true };
-  const tokenizer = (await readGgufHeader(join(ROOT, 'test/fixtures/llm-tokenizer/small/gpt-2.gguf'))).metadata;
-  const metadata = tinyMetadata('llama', cfg);
-  for (const [k, v] of tokenizer) if (k.startsWith('tokenizer.')) metadata.set(k, v);
-  const vocab = (tokenizer.get('tokenizer.ggml.tokens')!.value as GgufArray).items.length;  // the embedding matches the tokenizer
-  tensors.set('model.embed_tokens.weight', { shape: [vocab, cfg.hidden], data: new Float32Array(vocab * cfg.hidden).fill(0.01) });
-  const v = tensors.get('model.layers.1.self_attn.v_proj.weight')!;
   const p = join(dir, 'nan.gguf');
+  const name = 'model.layers.1.self_attn.v_proj.weight';
   for (const bad of [NaN, -Infinity]) {
-    const data = Float32Array.from(v.data);
-    data[2 * v.shape[1] + 5] = bad;
-    tensors.set('model.layers.1.self_attn.v_proj.weight', { shape: v.shape, data });
-    await writeGguf(p, { metadata, tensors: hfTensorsToGguf(config, tensors, 'F32') });
-    await assert.rejects(loadCausalLM(p, { threads: 1, trainable: false }), new RegExp(`^Error: ${escape(p)}: tensor 'model\\.layers\\.1\\.self_attn\\.v_proj\\.weight' holds a non-finite value \\(${bad}\\) at index ${2 * v.shape[1] + 5} \\[2, 5\\]$`));
+    let at = 0;
+    await writeTinyLlamaGguf(p, ROOT, {
+      edit: (tensors) => {
+        const v = tensors.get(name)!;
+        at = 2 * v.shape[1] + 5;
+        v.data[at] = bad;
+      },
+    });
+    await assert.rejects(loadCausalLM(p, { threads: 1, trainable: false }), new RegExp(`^Error: ${escape(p)}: tensor 'model\\.layers\\.1\\.self_attn\\.v_proj\\.weight' holds a non-finite value \\(${bad}\\) at index ${at} \\[2, 5\\]$`));
   }
-  tensors.set('model.layers.1.self_attn.v_proj.weight', v);
-  await writeGguf(p, { metadata, tensors: hfTensorsToGguf(config, tensors, 'F32') });
+  await writeTinyLlamaGguf(p, ROOT);
   const lm = await loadCausalLM(p, { threads: 1, trainable: false });
   await lm.engine.dispose();
 });

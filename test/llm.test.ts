@@ -271,7 +271,7 @@ test('load({ lora }): a PEFT adapter folder is applied (greedy output changes), 
     await rm(dir, { recursive: true, force: true });
   }
   await assert.rejects(LLM.load(gguf, { lora: join(ROOT, 'test/fixtures/llm-export/peft-tiny-llama') }), /adapter_model\.safetensors.*(shape|layer|missing)/);
-  await assert.rejects(LLM.load(gguf, { precison: 'q8_0' } as never), /^Error: LLM\.load: unknown option 'precison'; expected one of threads, seed, lora, revision, device, precision$/);
+  await assert.rejects(LLM.load(gguf, { precison: 'q8_0' } as never), /^Error: LLM\.load: unknown option 'precison'; expected one of threads, seed, lora, revision, device, precision, chatTemplateFile$/);
 });
 
 test('node-llama-cpp (llama.cpp) on the same GGUF: the same first-token distribution, and the same greedy first token wherever it is not a near tie', { skip: missing }, async (t) => {

@@ -61,6 +61,15 @@ export interface RenderChatOptions {
 const cache = new Map<string, Template>();
 const CACHE_MAX = 16;
 
+/**
+ * Parses a chat template without rendering it, so a template given by a user fails where it is
+ * given, not at the first conversation.
+ * @throws Error "<source>: the chat template does not parse: <Jinja error>".
+ */
+export function parseChatTemplate(template: string, source: string): void {
+  compile(template, source);
+}
+
 function compile(template: string, source: string): Template {
   let t = cache.get(template);
   if (t === undefined) {
@@ -174,6 +183,6 @@ export function resolveChatTemplate(
   }
   if (set.chatTemplate !== undefined) return { template: set.chatTemplate, source: `${base} chat_template` };
   throw new Error(
-    `${base}: no chat template (tokenizer_config.json chat_template, chat_template.jinja or GGUF tokenizer.chat_template); pass one`,
+    `${base}: no chat template (tokenizer_config.json chat_template, chat_template.jinja or GGUF tokenizer.chat_template); give one with --chat-template-file (chatTemplateFile in LLM.load and loadCausalLM)`,
   );
 }

@@ -16,7 +16,7 @@ import { isAdapterFolder } from '../io/peft.js';
 import { evaluateCausalLM } from '../tasks/causal-lm/evaluate.js';
 import { applyConfigFile, dataColumns, explainPathErrors, maxLength, positiveInt, printTable, requireOptions, withDataColumns } from './common.js';
 import { choicesOf, withGenerationFlags } from './sft.js';
-import { LLM_PRECISION_HELP } from './generate.js';
+import { CHAT_TEMPLATE_FILE_HELP, LLM_PRECISION_HELP } from './generate.js';
 import type { Precision } from '../engine.js';
 
 export function registerEval(program: Command): void {
@@ -36,6 +36,7 @@ export function registerEval(program: Command): void {
     .option('--batch-size <n>', 'examples per forward pass', positiveInt, 64)
     .option('--threads <n>', 'CPU threads (default: all cores)', positiveInt)
     .addOption(new Option('--precision <p>', `causal LM: ${LLM_PRECISION_HELP}`).choices(['fp32', 'bf16', 'q8_0']))
+    .option('--chat-template-file <file>', `causal LM: ${CHAT_TEMPLATE_FILE_HELP}`)
     .option('--output <folder>', 'also write eval_results.json and report.html here (a causal LM: eval_generations.jsonl too)')
     .option('--max-samples <n>', 'causal LM: evaluate the first n examples only', positiveInt)
     .option('--no-generation', 'causal LM: loss and perplexity only')
@@ -93,6 +94,7 @@ async function runCausalLMEval(cmd: Command, opts: Record<string, unknown>): Pro
     choices_from_labels: opts.choicesFromLabels === true,
     threads: opts.threads as number | undefined,
     precision: opts.precision as Precision | undefined,
+    chat_template_file: opts.chatTemplateFile as string | undefined,
     log: (line) => process.stderr.write(`${line}\n`),
   });
   process.stdout.write(`${JSON.stringify(results, null, 1)}\n`);
@@ -123,6 +125,7 @@ async function runCausalLMEval(cmd: Command, opts: Record<string, unknown>): Pro
 async function runEval(opts: Record<string, unknown>): Promise<void> {
   requireOptions(opts, ['model', 'data']);
   if (opts.precision !== undefined) throw new Error(`--precision is for a causal LM; the classifier ${String(opts.model)} is evaluated in fp32`);
+  if (opts.chatTemplateFile !== undefined) throw new Error(`--chat-template-file is for a causal LM; the classifier ${String(opts.model)} has no chat template`);
   const results = await evaluateFile({
     model: String(opts.model),
     data: String(opts.data),

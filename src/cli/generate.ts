@@ -30,6 +30,7 @@ export function addGenerationOptions(cmd: Command): Command {
     .option('--revision <rev>', 'Hub revision when --model is a repo id', 'main')
     .option('--lora <folder>', 'a PEFT LoRA adapter folder to apply')
     .option('--system <text>', 'system message (chat template)')
+    .option('--chat-template-file <file>', CHAT_TEMPLATE_FILE_HELP)
     .option('--max-new-tokens <n>', 'new tokens at most (HF max_new_tokens; default: generation_config.json, else 256)', positiveInt)
     .option('--temperature <t>', 'sampling temperature; 0 = greedy', range((x) => x >= 0, 'a number >= 0'), 0)
     .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', nonNegativeInt)
@@ -42,6 +43,9 @@ export function addGenerationOptions(cmd: Command): Command {
     .option('--device <device>', "'cpu', 'cuda' or 'cuda:N' (an addon built with the CUDA backend)", 'cpu')
     .addOption(new Option('--precision <p>', `${LLM_PRECISION_HELP}; on CUDA bf16 is bf16 weights and activations`).choices(['fp32', 'bf16', 'q8_0']).default('fp32'));
 }
+
+/** --chat-template-file of the commands that render conversations (generate, chat, serve, eval, sft). */
+export const CHAT_TEMPLATE_FILE_HELP = "a Jinja chat template file that replaces the model's (a base model has none; an sft run folder brings the one it was trained with)";
 
 /** --precision of the commands that load a causal LM for generation (generate, chat, serve, eval). */
 export const LLM_PRECISION_HELP =
@@ -75,6 +79,7 @@ export async function loadFromFlags(opts: Record<string, unknown>): Promise<LLM>
       precision: opts.precision as Precision | undefined,
       revision: opts.revision as string | undefined,
       lora: opts.lora as string | undefined,
+      chatTemplateFile: opts.chatTemplateFile as string | undefined,
     });
   return explainPathErrors({ model: opts.model }, async () => {
     try {

@@ -12,7 +12,7 @@ import { startLlmServer } from '../serve/llm-server.js';
 import { isCausalLMModel } from './eval.js';
 import { parseIntOption } from './export.js';
 import { explainPathErrors, maxLength, warnMaxLength } from './common.js';
-import { LLM_PRECISION_HELP } from './generate.js';
+import { CHAT_TEMPLATE_FILE_HELP, LLM_PRECISION_HELP } from './generate.js';
 import type { Precision } from '../engine.js';
 
 function positive(value: string): number {
@@ -38,6 +38,7 @@ interface ServeCliOptions {
   batchSize: number;
   threads?: number;
   precision?: Precision;
+  chatTemplateFile?: string;
   maxBatch: number;
   maxQueue?: number;
   maxTokens?: number;
@@ -62,6 +63,7 @@ export function registerServe(program: Command): Command {
     .option('--batch-size <n>', 'classifier: texts per forward pass', positive, 32)
     .option('--threads <n>', 'intra-op threads (default: all cores)', positive)
     .addOption(new Option('--precision <p>', `causal LM: ${LLM_PRECISION_HELP}`).choices(['fp32', 'bf16', 'q8_0']))
+    .option('--chat-template-file <file>', `causal LM: ${CHAT_TEMPLATE_FILE_HELP}`)
     .option('--max-batch <n>', 'causal LM: concurrent requests generated as one engine batch at most', positive, 8)
     .option('--max-queue <n>', 'causal LM: requests waiting at most; more get 503 (default 8 x --max-batch)', positive)
     .option('--max-tokens <n>', 'causal LM: max_tokens of a request that sets none (default: generation_config.json max_new_tokens, else 512)', positive)
@@ -96,6 +98,7 @@ export function nameListenFlag(err: unknown, host: string, port: number): unknow
 async function serve(opts: ServeCliOptions): Promise<void> {
   if (isCausalLMModel(opts.model)) return serveLlm(opts);
   if (opts.precision !== undefined) throw new InvalidArgumentError(`--precision is for a causal LM; the classifier ${opts.model} is served in fp32`);
+  if (opts.chatTemplateFile !== undefined) throw new InvalidArgumentError(`--chat-template-file is for a causal LM; the classifier ${opts.model} has no chat template`);
   const server = await startServer({ ...opts, log: (line) => process.stderr.write(`${line}\n`) }).catch((err: unknown) => {
     throw nameListenFlag(err, opts.host, opts.port);
   });
@@ -119,6 +122,7 @@ async function serveLlm(opts: ServeCliOptions): Promise<void> {
     port: opts.port,
     threads: opts.threads,
     precision: opts.precision,
+    chatTemplateFile: opts.chatTemplateFile,
     maxBatch: opts.maxBatch,
     maxQueue: opts.maxQueue,
     maxBodyBytes: opts.maxBodyBytes,

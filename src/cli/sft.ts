@@ -85,7 +85,8 @@ export function registerSft(program: Command): void {
       .option('--no-eval-generation', 'skip generating and scoring answers for the eval examples')
       .option('--max-generation-samples <n>', 'generate for the first n eval examples only', positiveInt)
       .option('--report-samples <n>', 'examples generated before and after training for report.html', int, 8)
-      .addOption(new Option('--precision <p>', 'fp32, or bf16: mixed precision on CUDA; on the CPU (LoRA) the frozen base read in bf16').choices(['fp32', 'bf16']).default('fp32')),
+      .addOption(new Option('--precision <p>', 'fp32, or bf16: mixed precision on CUDA; on the CPU (LoRA) the frozen base read in bf16').choices(['fp32', 'bf16']).default('fp32'))
+      .option('--chat-template-file <file>', "a Jinja chat template file that replaces the model's (a base model has none); the run folder keeps it"),
   ).action(async (opts: Record<string, unknown>, command: Command) => {
     await explainPathErrors(opts, async () => {
       await applyConfigFile(command, opts);
@@ -123,6 +124,7 @@ function toOptions(o: Record<string, unknown>): SftOptions {
     threads: o.threads as number | undefined,
     device: o.device as string,
     precision: o.precision as 'fp32' | 'bf16',
+    chat_template_file: o.chatTemplateFile as string | undefined,
     overwrite_output_dir: o.overwriteOutputDir === true,
     log: logLine,
   };

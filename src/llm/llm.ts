@@ -15,7 +15,7 @@ import type { Precision } from '../engine.js';
 import type { LlmStreamDecoder, LlmTokenizer } from '../tokenizer/bpe.js';
 import { ChoiceConstraint } from './choices.js';
 import { generateIds, type FinishReason } from './generate.js';
-import { loadCausalLM, type CausalLM } from './load.js';
+import { loadCausalLM, useRunChatTemplate, type CausalLM } from './load.js';
 import { resolveSampling, shown } from './sampling.js';
 import { parseToolCalls, type ParsedToolCall } from './tool-calls.js';
 
@@ -38,10 +38,15 @@ export interface LLMLoadOptions {
    * layers read Q8_0 weights, llama.cpp's 8-bit format; the fastest batch-1 decode). See EngineOptions.precision.
    */
   precision?: Precision;
+  /**
+   * A Jinja chat template file that replaces the model's (a base model without one). Without it, a
+   * LoRA run folder (as the model or as `lora`) brings the template it was trained with.
+   */
+  chatTemplateFile?: string;
 }
 
 /** Every LLMLoadOptions key (`satisfies` keeps the list complete and exact). */
-const LOAD_OPTION_KEYS = Object.keys({ threads: 1, seed: 1, lora: 1, revision: 1, device: 1, precision: 1 } satisfies Record<keyof LLMLoadOptions, 1>);
+const LOAD_OPTION_KEYS = Object.keys({ threads: 1, seed: 1, lora: 1, revision: 1, device: 1, precision: 1, chatTemplateFile: 1 } satisfies Record<keyof LLMLoadOptions, 1>);
 
 /** Options of generate / stream / chat. */
 export interface GenerateOptions {
@@ -245,6 +250,7 @@ export class LLM {
     });
     if (adapter) {
       try {
+        if (opts.chatTemplateFile === undefined) await useRunChatTemplate(lm.tokenizer, lora!);
         checkLoraTensors(adapter.tensors, adapter.lora, `${lora}/adapter_model.safetensors`, llamaLinearShapes(lm.config), lm.config.num_hidden_layers);
         // The engine names its LoRA parameters with PEFT's saved keys.
         for (const [name, t] of adapter.tensors) lm.engine.setWeight(name, t.data);

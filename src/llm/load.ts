@@ -22,6 +22,12 @@ import { LlmTokenizer } from '../tokenizer/bpe.js';
 export interface LoadCausalLMOptions extends EngineOptions {
   /** Hub revision when `model` is a repo id. */
   revision?: string;
+  /**
+   * A Jinja chat template file that replaces the model's (`--chat-template-file`): for a base model
+   * that has none, or to train and serve with another. A run folder saves it with its tokenizer
+   * files, and loading the run uses it again (useRunChatTemplate).
+   */
+  chatTemplateFile?: string;
 }
 
 /** A loaded causal LM: its config, tokenizer, native engine, and where it came from. */
@@ -33,6 +39,29 @@ export interface CausalLM {
   source: { kind: 'gguf' | 'folder'; path: string };
   /** generation_config.json (a folder's), or {} */
   generationConfig: Record<string, unknown>;
+}
+
+/**
+ * Replaces the tokenizer's chat template with a Jinja file's.
+ * @throws Error naming the file: missing (ENOENT-coded), or a template that does not parse.
+ */
+async function useChatTemplateFile(tokenizer: LlmTokenizer, file: string): Promise<void> {
+  const path = resolve(file);
+  if (!existsSync(path) || !statSync(path).isFile()) throw Object.assign(new Error(`chat template file ${path} does not exist`), { code: 'ENOENT', path: file });
+  tokenizer.setChatTemplate(await readFile(path, 'utf8'), path);
+}
+
+/**
+ * Sets the chat template a run folder was trained with (its tokenizer_config.json chat_template)
+ * on the base model's tokenizer, so the run answers as it was trained even when its base holds
+ * another template or none (a run trained with --chat-template-file). Nothing without one.
+ * @throws Error naming the file when its chat_template is not a template (or a list of them).
+ */
+export async function useRunChatTemplate(tokenizer: LlmTokenizer, runFolder: string): Promise<void> {
+  const path = join(runFolder, 'tokenizer_config.json');
+  if (!existsSync(path)) return;
+  const chat = (await readJson(path)).chat_template;
+  if (chat !== undefined && chat !== null) tokenizer.setChatTemplate(chat as string, path);
 }
 
 async function readJson(path: string): Promise<Record<string, unknown>> {
@@ -93,13 +122,14 @@ async function loadWeights(engine: Engine, config: LlamaConfig, tensors: Map<str
  *   misshapen tensor, an unsupported tokenizer; ENOENT-coded for a missing path.
  */
 export async function loadCausalLM(model: string, opts: LoadCausalLMOptions = {}): Promise<CausalLM> {
-  const { revision, ...engineOptions } = opts;
+  const { revision, chatTemplateFile, ...engineOptions } = opts;
   if (model.endsWith('.gguf') || (existsSync(model) && statSync(model).isFile())) {
     if (!existsSync(model)) throw Object.assign(new Error(`model file ${resolve(model)} does not exist`), { code: 'ENOENT', path: model });
     const gguf = await openGgufModel(model);
     try {
       const config = parseLlamaConfig(gguf.config as unknown as Record<string, unknown>, `${model} (GGUF metadata)`);
       const tokenizer = LlmTokenizer.fromGgufMetadata(gguf.metadata);
+      if (chatTemplateFile !== undefined) await useChatTemplateFile(tokenizer, chatTemplateFile);
       const engine = new Engine({ config, ...engineOptions });
       try {
         await loadWeights(engine, config, gguf.tensors, model);
@@ -117,6 +147,7 @@ export async function loadCausalLM(model: string, opts: LoadCausalLMOptions = {}
   const configPath = join(folder, 'config.json');
   const config = parseLlamaConfig(await readJson(configPath), configPath);
   const tokenizer = await LlmTokenizer.fromTokenizerJson(folder);
+  if (chatTemplateFile !== undefined) await useChatTemplateFile(tokenizer, chatTemplateFile);
   const genPath = join(folder, 'generation_config.json');
   const generationConfig = existsSync(genPath) ? await readJson(genPath) : {};
   const tensors = await readFolderWeights(folder);

@@ -58,6 +58,8 @@ export interface LlmServeOptions {
   threads?: number;
   /** Weights of a loaded `model`: 'fp32' (default), 'bf16' or 'q8_0' (EngineOptions.precision). */
   precision?: Precision;
+  /** A Jinja chat template file that replaces a loaded `model`'s (LLMLoadOptions.chatTemplateFile). */
+  chatTemplateFile?: string;
   /** Requests per engine batch at most (default 8). */
   maxBatch?: number;
   /** Requests waiting for the engine at most; more get 503 (default 8 × maxBatch). */
@@ -68,7 +70,7 @@ export interface LlmServeOptions {
   modelName?: string;
   /** max_tokens of a request that gives none (default: generation_config.json's max_new_tokens, else 512), cut to what the context leaves. */
   defaultMaxTokens?: number;
-  /** Receives one line per failed request (default: silent). */
+  /** Receives a warning at start when the model cannot render a conversation, and one line per failed request (default: silent). */
   log?: (line: string) => void;
 }
 
@@ -89,7 +91,7 @@ export interface RunningLlmServer {
  * too) or a Hub id — LLM.load, which takes all of them.
  * @throws Error as LLM.load.
  */
-export async function loadServedLLM(model: string, opts: { threads?: number; precision?: Precision } = {}): Promise<LLM> {
+export async function loadServedLLM(model: string, opts: { threads?: number; precision?: Precision; chatTemplateFile?: string } = {}): Promise<LLM> {
   return LLM.load(model, opts);
 }
 
@@ -175,7 +177,7 @@ function batchKey(options: GenerateOptions, promptIsText: boolean): string {
 export async function startLlmServer(options: LlmServeOptions): Promise<RunningLlmServer> {
   if (!options.llm && !options.model) throw new Error('startLlmServer: give a model (model) or a loaded LLM (llm)');
   const owned = !options.llm;
-  const llm = options.llm ?? (await loadServedLLM(options.model!, { threads: options.threads, precision: options.precision }));
+  const llm = options.llm ?? (await loadServedLLM(options.model!, { threads: options.threads, precision: options.precision, chatTemplateFile: options.chatTemplateFile }));
   let batcher: GenerationBatcher;
   try {
     const maxBatch = options.maxBatch ?? 8;
@@ -192,6 +194,12 @@ export async function startLlmServer(options: LlmServeOptions): Promise<RunningL
   const contextLength = llm.config.max_position_embeddings;
   const log = options.log ?? (() => undefined);
   const modelObject = { id: modelName, object: 'model', created, owned_by: 'nodetune' };
+  // A model that cannot render a plain conversation fails every chat request: say so at the start.
+  try {
+    renderChat(llm.tokenizer, [{ role: 'user', content: 'Hello' }], undefined);
+  } catch (err) {
+    log(`warning: POST /v1/chat/completions will fail: ${(err as Error).message.replace(/^this server's model cannot render conversations: /, '')}`);
+  }
 
   /** The queued generation of one request; `signal` fires when its client disconnects. */
   const generate = (prompt: Prompt, o: GenerateOptions, signal: AbortSignal, onDelta?: (t: string) => void): Promise<GenerateResult> =>

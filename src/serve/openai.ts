@@ -316,9 +316,16 @@ export interface RenderedChat {
  * the prompt; that holds only when raw text encodes to the same ids as the conversation does —
  * it does unless the tokenizer would prepend a BOS the template does not write, and then the
  * messages go as they are (and only requests with the same tools share a batch).
- * @throws HttpError 400 (param 'messages') when the template refuses the conversation.
+ * @throws HttpError 500 when the model has no chat template or its template does not parse (the
+ *   server's fault: every conversation fails); 400 (param 'messages') when the template refuses
+ *   this conversation.
  */
 export function renderChat(tok: LlmTokenizer, messages: ChatMessage[], tools: unknown[] | undefined): RenderedChat {
+  try {
+    tok.checkChatTemplate({ tools });
+  } catch (err) {
+    throw new HttpError(500, `this server's model cannot render conversations: ${(err as Error).message}. Restart it with --chat-template-file, or send raw prompts to POST /v1/completions`);
+  }
   let text: string;
   let forTemplate: { messages: ChatMessage[]; tools?: unknown[] };
   try {

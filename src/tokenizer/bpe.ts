@@ -18,7 +18,7 @@ import {
   tokenizerJsonFromGguf,
   type GgufMetadataLike,
 } from './gguf-tokenizer.js';
-import { renderChatTemplate, resolveChatTemplate, type ChatMessage } from '../chat/template.js';
+import { parseChatTemplate, renderChatTemplate, resolveChatTemplate, type ChatMessage } from '../chat/template.js';
 import { renderChatWithAssistantSpans, tokenizeChatSpans, type EncodedChat } from '../chat/spans.js';
 
 export interface LlmEncodeOptions {
@@ -122,6 +122,8 @@ export class LlmTokenizer {
   readonly chatTemplate?: string;
   /** Named chat templates ("default", "tool_use", ...), if the source lists them. */
   readonly chatTemplates: readonly NamedChatTemplate[];
+  /** Where the chat template came from when setChatTemplate replaced it (named in render errors). */
+  private chatTemplateSource?: string;
   /** Ids of added tokens marked special (skipped by decode({ skipSpecialTokens: true })). */
   readonly specialTokenIds: ReadonlySet<number>;
 
@@ -280,6 +282,33 @@ export class LlmTokenizer {
    */
   static fromFiles(files: LlmTokenizerFiles, source = 'tokenizer.json', generationEos?: number | number[]): LlmTokenizer {
     return new LlmTokenizer(files, { source, generationEos });
+  }
+
+  /**
+   * Replaces the chat template (and any named ones) with `chat`: a template string, or
+   * tokenizer_config.json's list of { name, template }. What `--chat-template-file` does — a base
+   * model that has none, or training and serving with another — and how a run folder keeps the
+   * template it was trained with. toFiles() then writes it as tokenizer_config.json chat_template.
+   * @param source where it came from (a file path), named in parse and render errors.
+   * @throws Error naming `source` when a template does not parse, or `chat` has another shape.
+   */
+  setChatTemplate(chat: string | readonly NamedChatTemplate[], source: string): void {
+    const { main, named } = parseChatTemplates(chat, source);
+    for (const t of [main, ...named.map((n) => n.template)]) if (t !== undefined) parseChatTemplate(t, source);
+    const self = this as { chatTemplate?: string; chatTemplates: readonly NamedChatTemplate[] };
+    self.chatTemplate = main;
+    self.chatTemplates = named;
+    this.chatTemplateSource = source;
+  }
+
+  /**
+   * Resolves and parses the template applyChatTemplate would render with these options, without
+   * rendering anything: whether this tokenizer can render conversations at all.
+   * @throws Error as applyChatTemplate does for no chat template, or one that does not parse.
+   */
+  checkChatTemplate(options: Pick<ApplyChatTemplateOptions, 'chat_template' | 'tools'> = {}): void {
+    const { template, source } = resolveChatTemplate(this, { template: options.chat_template, tools: options.tools, source: this.chatTemplateSource ?? this.source });
+    parseChatTemplate(template, source);
   }
 
   /** tokenizer.json and tokenizer_config.json as they would be written to a Hugging Face folder. */
@@ -448,7 +477,7 @@ export class LlmTokenizer {
 
   private chatContext(messages: ChatMessage[], options: ApplyChatTemplateOptions) {
     const { chat_template, tools, ...rest } = options;
-    const { template, source } = resolveChatTemplate(this, { template: chat_template, tools, source: this.source });
+    const { template, source } = resolveChatTemplate(this, { template: chat_template, tools, source: this.chatTemplateSource ?? this.source });
     const context = {
       bos_token: this.bosToken ?? null,
       eos_token: this.eosToken ?? null,

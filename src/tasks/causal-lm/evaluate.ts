@@ -36,6 +36,8 @@ export interface EvaluateCausalLMOptions {
   threads?: number;
   /** Weights: 'fp32' (default), 'bf16' or 'q8_0' (EngineOptions.precision). */
   precision?: Precision;
+  /** A Jinja chat template file that replaces the model's (LoadCausalLMOptions.chatTemplateFile). */
+  chat_template_file?: string;
   /** Progress lines. */
   log?: (line: string) => void;
 }
@@ -54,7 +56,7 @@ export async function evaluateCausalLM(o: EvaluateCausalLMOptions): Promise<{ re
     choices = referenceChoices(data.records);
     if (choices.length === 0) throw new Error(`choices_from_labels: ${data.path} has no text answers to take choices from`);
   }
-  const lm = await loadSftModel(o.model, { threads: o.threads, trainable: false, precision: o.precision });
+  const lm = await loadSftModel(o.model, { threads: o.threads, trainable: false, precision: o.precision, chatTemplateFile: o.chat_template_file });
   try {
     const maxLength = Math.min(o.max_length ?? 1024, lm.config.max_position_embeddings);
     const { examples, stats } = encodeSftRecords(lm.tokenizer, data.records, { maxLength });

@@ -4,7 +4,7 @@
  * adapter_model.safetensors, its base named by base_model_name_or_path), or a full fine-tune's
  * Hugging Face folder — and the merged exports of a run (Hugging Face folder, GGUF F16/Q8_0).
  */
-import { loadCausalLM, type CausalLM, type LoadCausalLMOptions } from '../../llm/load.js';
+import { loadCausalLM, useRunChatTemplate, type CausalLM, type LoadCausalLMOptions } from '../../llm/load.js';
 import { adapterBase, isAdapterFolder, loadPeftAdapter, mergeLora, type LoadedPeftAdapter } from '../../io/peft.js';
 import { saveHfCausalLM, writeMergedGguf } from '../../io/llm-export.js';
 import { engineTensors, tokenizerFolderFiles } from './task.js';
@@ -19,7 +19,8 @@ export interface LoadedSftModel extends CausalLM {
 
 /**
  * Loads a base model, or a run folder's base with its LoRA adapter on it (the engine built with
- * the adapter's LoraConfig, its lora_A / lora_B set from adapter_model.safetensors).
+ * the adapter's LoraConfig, its lora_A / lora_B set from adapter_model.safetensors, and the chat
+ * template the run was trained with unless opts.chatTemplateFile gives one).
  * @throws Error naming the file as loadCausalLM and loadPeftAdapter do; naming the adapter when
  *   its tensors do not fit the base.
  */
@@ -34,6 +35,7 @@ export async function loadSftModel(model: string, opts: LoadCausalLMOptions = {}
   const { trainable: _, ...withAdapter } = opts;
   const lm = await loadCausalLM(base, { ...withAdapter, lora: probe.lora });
   try {
+    if (opts.chatTemplateFile === undefined) await useRunChatTemplate(lm.tokenizer, model);
     const adapter = await loadPeftAdapter(model, { config: lm.config });
     for (const [name, t] of adapter.tensors) lm.engine.setWeight(name, t.data);
     return { ...lm, adapter, base };

@@ -8,6 +8,7 @@
  * eval_generations.jsonl, training_log.jsonl, training_args.json, report.html (loss curves and
  * sample generations before and after training) and checkpoint-last for --resume.
  */
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -71,6 +72,12 @@ export interface SftOptions extends TrainingArguments {
   threads?: number;
   device?: string;
   precision?: 'fp32' | 'bf16';
+  /**
+   * A Jinja chat template file that replaces the model's (a base model has none): the data is
+   * rendered with it, and the run folder keeps it (tokenizer_config.json, chat_template.jinja),
+   * so eval, generate and serve of the run use it too.
+   */
+  chat_template_file?: string;
   overwrite_output_dir?: boolean;
   /** Called with each log line a person should see (default: none). */
   log?: (line: string) => void;
@@ -119,7 +126,7 @@ const OWN_KEYS = Object.keys({
   model: 1, train_file: 1, eval_file: 1, max_length: 1, packing: 1, lora_r: 1, lora_alpha: 1, lora_dropout: 1,
   lora_target_modules: 1, use_rslora: 1, lora_layers_to_transform: 1, full_finetune: 1, gradient_checkpointing: 1,
   max_eval_samples: 1, eval_generation: 1, max_generation_samples: 1, generation_max_new_tokens: 1, generation_batch_size: 1,
-  choices: 1, choices_from_labels: 1, report_samples: 1, threads: 1, device: 1, precision: 1, overwrite_output_dir: 1, log: 1, onTrainer: 1,
+  choices: 1, choices_from_labels: 1, report_samples: 1, threads: 1, device: 1, precision: 1, chat_template_file: 1, overwrite_output_dir: 1, log: 1, onTrainer: 1,
 } satisfies Record<Exclude<keyof SftOptions, keyof TrainingArguments>, 1>);
 
 /** A positive integer option, when given. @throws Error naming it. */
@@ -146,6 +153,11 @@ export function sftLoraConfig(o: SftOptions): LoraConfig | undefined {
 }
 
 /** base_model_name_or_path for the adapter: an existing local path made absolute (the run folder is read from anywhere), a Hub id as given. */
+/** A resume setting for the chat template the data is rendered with: a digest, not the whole text. */
+function templateDigest(template: string | undefined): string {
+  return template === undefined ? 'none' : `sha256:${createHash('sha256').update(template).digest('hex').slice(0, 16)}`;
+}
+
 function baseModelName(model: string): string {
   return existsSync(model) ? resolve(model) : model;
 }
@@ -213,6 +225,7 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
     seed: o.seed ?? 42, threads: o.threads, device: o.device, precision: o.precision,
     weight_decay: args.weight_decay, adam_beta1: o.adam_beta1, adam_beta2: o.adam_beta2, adam_epsilon: o.adam_epsilon,
     max_grad_norm: o.max_grad_norm ?? 1.0, lora, gradient_checkpointing: o.gradient_checkpointing,
+    chatTemplateFile: o.chat_template_file,
   });
   if (lm.adapter) {
     await lm.engine.dispose();
@@ -239,6 +252,7 @@ export async function fineTuneCausalLM(o: SftOptions): Promise<SftResult> {
         packing: { value: o.packing === true, flag: '--packing' },
         base_model: { value: baseModel, flag: '--model' },
         precision: { value: o.precision ?? 'fp32', flag: '--precision' },
+        chat_template: { value: templateDigest(lm.tokenizer.chatTemplate), flag: '--chat-template-file (or the model\'s own template)' },
       },
     });
     const trainable = task.checkpointParameters();

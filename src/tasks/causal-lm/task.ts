@@ -12,6 +12,7 @@ import type { CausalLM } from '../../llm/load.js';
 import { readSafetensors } from '../../io/safetensors.js';
 import { ADAPTER_WEIGHTS_FILE, savePeftAdapter, type NamedTensors, type ResolvedLoraConfig } from '../../io/peft.js';
 import { saveHfCausalLM } from '../../io/llm-export.js';
+import { writeFileAtomic } from '../../io/atomic.js';
 import { tokenWeightedResults, tokenWeightedSums, type TaskSetting, type TrainingTask, type TaskEvalResults } from '../task.js';
 import { collateSft, type SftRow } from './encode.js';
 
@@ -112,11 +113,16 @@ export class CausalLMTask implements TrainingTask<SftRow, CausalLMEvalResults> {
   checkpointParameters(): string[] {
     return this.engine.parameterNames().filter((n) => this.engine.isTrainable(n));
   }
-  /** A LoRA run: the PEFT adapter folder; a full run: the Hugging Face model folder with the tokenizer. */
+  /**
+   * A LoRA run: the PEFT adapter folder and the tokenizer files (TRL's SFTTrainer saves its
+   * tokenizer beside the adapter too), so the run keeps the chat template it was trained with
+   * (useRunChatTemplate); a full run: the Hugging Face model folder with the tokenizer.
+   */
   async saveModel(dir: string): Promise<void> {
     const { lora, baseModel } = this.options;
     if (lora) {
       await savePeftAdapter(dir, { lora, tensors: engineTensors(this.lm, this.checkpointParameters()), baseModel, config: this.lm.config });
+      for (const [name, text] of Object.entries(tokenizerFolderFiles(this.lm))) await writeFileAtomic(join(dir, name), text);
       return;
     }
     await saveHfCausalLM(dir, {
