@@ -388,6 +388,10 @@ test('GET /v1/models lists the served model; GET /v1/models/{id} and /health ans
   assert.equal(one.id, MODEL);
   const h = (await (await fetch(`${server.url}/health`)).json()) as Record<string, unknown>;
   assert.equal(h.status, 'ok');
+  // Slashes merged as nginx merges them (a URL parser would take //v1 for a host): a base URL with a trailing slash still works.
+  const doubled = await fetch(`${server.url}//v1/models/?x=1`);
+  assert.equal(doubled.status, 200);
+  assert.equal(((await doubled.json()) as { data: unknown[] }).data.length, 1);
   assert.equal(h.model, MODEL);
 });
 

@@ -21,6 +21,14 @@ export class HttpError extends Error {
   }
 }
 
+/**
+ * A request's path for routing: the query left off, runs of slashes merged and a trailing one
+ * dropped (as nginx does), so `//v1/models` is /v1/models — a URL parser would read `//v1` as a host.
+ */
+export function requestPath(url: string | undefined): string {
+  return (url ?? '/').split('?')[0].replace(/\/{2,}/g, '/').replace(/(.)\/$/, '$1');
+}
+
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const data = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(data), ...headers });

@@ -28,7 +28,7 @@ import { basename, resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import { LLM, type GenerateOptions, type GenerateResult, type Prompt } from '../llm/llm.js';
 import { GenerationBatcher, QueueFullError, type BatcherStats } from './batcher.js';
-import { HttpError, listen, readBody, sendJson } from './http.js';
+import { HttpError, listen, readBody, requestPath, sendJson } from './http.js';
 import {
   budgetTokens,
   chatChoice,
@@ -287,7 +287,7 @@ export async function startLlmServer(options: LlmServeOptions): Promise<RunningL
   }
 
   const server: Server = createServer((req, res) => {
-    const path = new URL(req.url ?? '/', 'http://localhost').pathname.replace(/(.)\/+$/, '$1');
+    const path = requestPath(req.url);
     const controller = new AbortController();
     // 'close' before the response finished: the client went away (or the server is closing).
     res.on('close', () => {

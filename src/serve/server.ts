@@ -17,7 +17,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { basename, resolve } from 'node:path';
 import { Classifier, type ClassifierBackend, type Prediction } from '../classifier.js';
-import { HttpError, listen, readBody, sendJson } from './http.js';
+import { HttpError, listen, readBody, requestPath, sendJson } from './http.js';
 
 export interface ServeOptions {
   /** Model folder to load (ignored when `classifier` is given). */
@@ -135,7 +135,7 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const log = options.log ?? (() => undefined);
 
   const server = createServer((req, res) => {
-    const path = new URL(req.url ?? '/', 'http://localhost').pathname;
+    const path = requestPath(req.url);
     const work = async () => {
       const which = route(req.method ?? 'GET', path);
       if (which === 'health') {
