@@ -355,6 +355,8 @@ test('bad requests get OpenAI error objects (400 naming the field, 404, 405, 413
   // Still serving.
   const ok = await client.chat.completions.create({ model: MODEL, messages: FRANCE, max_tokens: 1, temperature: 0 });
   assert.equal(ok.choices[0].finish_reason, 'length');
+  // top_logprobs 0 asks for nothing: accepted, as OpenAI accepts it.
+  assert.equal((await post('/v1/chat/completions', { messages: FRANCE, max_tokens: 1, top_logprobs: 0 })).status, 200);
 });
 
 test('budgetTokens: a prompt of no tokens (a chat template that renders nothing, no BOS) is a 400 naming it, not a 500 from the engine', () => {

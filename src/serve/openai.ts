@@ -275,7 +275,8 @@ export function parseChatCompletionRequest(body: Record<string, unknown>): ChatC
   const messages = messagesOf(body);
   const { tools, toolNames } = toolsOf(body);
   unsupported(body, 'logprobs', (v) => v === false, 'this server returns no log probabilities');
-  unsupported(body, 'top_logprobs', () => false, 'this server returns no log probabilities');
+  // 0 asks for nothing (OpenAI accepts it, and clients send it as a default).
+  unsupported(body, 'top_logprobs', (v) => v === 0, 'this server returns no log probabilities');
   unsupported(body, 'response_format', (v) => isObject(v) && v.type === 'text', "only {type: 'text'}; structured output is not implemented");
   return { messages, ...(tools ? { tools } : {}), toolNames, ...commonFields(body) };
 }
