@@ -383,6 +383,37 @@ test('renderChat counts the BOS that generate() prepends when the template does 
   assert.equal(renderChat(small, messages, undefined).promptTokens, small.encode(text, { addSpecialTokens: false }).length);
 });
 
+test('CORS: only with corsOrigins, a browser page of a listed origin may call the API (preflight answered, origin echoed); others get no header', { skip: missing }, async () => {
+  const origin = 'http://app.example';
+  const preflight = { method: 'OPTIONS', headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization, content-type' } };
+  // The default server: no CORS headers, and OPTIONS is not a method it serves.
+  const closed = await fetch(`${server.url}/v1/chat/completions`, preflight);
+  assert.equal(closed.status, 405);
+  assert.equal(closed.headers.get('access-control-allow-origin'), null);
+  const open = await startLlmServer({ llm: server.llm, port: 0, corsOrigins: [origin] });
+  try {
+    const pre = await fetch(`${open.url}/v1/chat/completions`, preflight);
+    assert.equal(pre.status, 204);
+    assert.equal(pre.headers.get('access-control-allow-origin'), origin);
+    assert.match(pre.headers.get('access-control-allow-methods')!, /POST/);
+    assert.equal(pre.headers.get('access-control-allow-headers'), 'authorization, content-type');
+    const models = await fetch(`${open.url}/v1/models`, { headers: { origin } });
+    assert.equal(models.status, 200);
+    assert.equal(models.headers.get('access-control-allow-origin'), origin);
+    const other = await fetch(`${open.url}/v1/models`, { headers: { origin: 'http://evil.example' } });
+    assert.equal(other.headers.get('access-control-allow-origin'), null);
+  } finally {
+    await open.close();
+  }
+  const any = await startLlmServer({ llm: server.llm, port: 0, corsOrigins: ['*'] });
+  try {
+    const r = await fetch(`${any.url}/health`, { headers: { origin: 'http://evil.example' } });
+    assert.equal(r.headers.get('access-control-allow-origin'), 'http://evil.example');
+  } finally {
+    await any.close();
+  }
+});
+
 test('GET /v1/models lists the served model; GET /v1/models/{id} and /health answer', { skip: missing }, async () => {
   const list = await client.models.list();
   assert.deepEqual(list.data.map((m) => [m.id, m.object, m.owned_by]), [[MODEL, 'model', 'nodetune']]);

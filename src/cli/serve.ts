@@ -39,6 +39,7 @@ interface ServeCliOptions {
   threads?: number;
   precision?: Precision;
   chatTemplateFile?: string;
+  cors?: string[];
   maxBatch: number;
   maxQueue?: number;
   maxTokens?: number;
@@ -64,6 +65,7 @@ export function registerServe(program: Command): Command {
     .option('--threads <n>', 'intra-op threads (default: all cores)', positive)
     .addOption(new Option('--precision <p>', `causal LM: ${LLM_PRECISION_HELP}`).choices(['fp32', 'bf16', 'q8_0']))
     .option('--chat-template-file <file>', `causal LM: ${CHAT_TEMPLATE_FILE_HELP}`)
+    .option('--cors <origins...>', "causal LM: origins whose browser pages may call the API (CORS), '*' for any (default: none)")
     .option('--max-batch <n>', 'causal LM: concurrent requests generated as one engine batch at most', positive, 8)
     .option('--max-queue <n>', 'causal LM: requests waiting at most; more get 503 (default 8 x --max-batch)', positive)
     .option('--max-tokens <n>', 'causal LM: max_tokens of a request that sets none (default: generation_config.json max_new_tokens, else 512)', positive)
@@ -99,6 +101,7 @@ async function serve(opts: ServeCliOptions): Promise<void> {
   if (isCausalLMModel(opts.model)) return serveLlm(opts);
   if (opts.precision !== undefined) throw new InvalidArgumentError(`--precision is for a causal LM; the classifier ${opts.model} is served in fp32`);
   if (opts.chatTemplateFile !== undefined) throw new InvalidArgumentError(`--chat-template-file is for a causal LM; the classifier ${opts.model} has no chat template`);
+  if (opts.cors !== undefined) throw new InvalidArgumentError(`--cors is for a causal LM's OpenAI API; the classifier server of ${opts.model} sends no CORS headers`);
   const server = await startServer({ ...opts, log: (line) => process.stderr.write(`${line}\n`) }).catch((err: unknown) => {
     throw nameListenFlag(err, opts.host, opts.port);
   });
@@ -123,6 +126,7 @@ async function serveLlm(opts: ServeCliOptions): Promise<void> {
     threads: opts.threads,
     precision: opts.precision,
     chatTemplateFile: opts.chatTemplateFile,
+    corsOrigins: opts.cors,
     maxBatch: opts.maxBatch,
     maxQueue: opts.maxQueue,
     maxBodyBytes: opts.maxBodyBytes,

@@ -70,6 +70,12 @@ export interface LlmServeOptions {
   modelName?: string;
   /** max_tokens of a request that gives none (default: generation_config.json's max_new_tokens, else 512), cut to what the context leaves. */
   defaultMaxTokens?: number;
+  /**
+   * Origins whose browser pages may call the API (CORS), or ['*'] for any. Default none: a browser
+   * then refuses cross-origin calls, as it should for a server on one's own machine (llama.cpp's
+   * server allows any origin, Ollama localhost ones).
+   */
+  corsOrigins?: string[];
   /** Receives a warning at start when the model cannot render a conversation, and one line per failed request (default: silent). */
   log?: (line: string) => void;
 }
@@ -193,6 +199,7 @@ export async function startLlmServer(options: LlmServeOptions): Promise<RunningL
   const defaultMaxTokens = options.defaultMaxTokens ?? (Number.isInteger(fromConfig) && (fromConfig as number) > 0 ? (fromConfig as number) : 512);
   const contextLength = llm.config.max_position_embeddings;
   const log = options.log ?? (() => undefined);
+  const cors = options.corsOrigins ?? [];
   const modelObject = { id: modelName, object: 'model', created, owned_by: 'nodetune' };
   // A model that cannot render a plain conversation fails every chat request: say so at the start.
   try {
@@ -293,6 +300,22 @@ export async function startLlmServer(options: LlmServeOptions): Promise<RunningL
     res.on('close', () => {
       if (!res.writableFinished) controller.abort();
     });
+    const origin = req.headers.origin;
+    if (origin !== undefined && (cors.includes('*') || cors.includes(origin))) {
+      res.setHeader('access-control-allow-origin', origin);
+      res.setHeader('vary', 'Origin');
+      // The preflight a browser sends before a JSON POST: what the real request may carry.
+      if (req.method === 'OPTIONS' && (ROUTES[path] || path.startsWith('/v1/models/'))) {
+        req.resume();
+        res.writeHead(204, {
+          'access-control-allow-methods': 'GET, HEAD, POST',
+          'access-control-allow-headers': req.headers['access-control-request-headers'] ?? 'authorization, content-type',
+          'access-control-max-age': '600',
+        });
+        res.end();
+        return;
+      }
+    }
     const work = async () => {
       const which = route(req.method ?? 'GET', path);
       if (which === 'chat') return chat(req, res, controller.signal);
