@@ -11,6 +11,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { gzipSync } from 'node:zlib';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -305,6 +306,7 @@ test('bad requests get OpenAI error objects (400 naming the field, 404, 405, 413
     ['/v1/chat/completions', { messages: [{ content: 'x' }] }, 400, 'messages[0].role', /is required/],
     ['/v1/chat/completions', { messages: [{ role: 'user' }] }, 400, 'messages[0].content', /is required/],
     ['/v1/chat/completions', { messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] }, 400, 'messages[0].content[0].type', /not supported/],
+    ['/v1/chat/completions', { messages: [{ role: 'user', content: [] }] }, 400, 'messages[0].content', /empty array/],
     ['/v1/chat/completions', { messages: [{ role: 'assistant', content: null, tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: '{oops' } }] }] }, 400, 'messages[0].tool_calls[0].function.arguments', /not valid JSON/],
     ['/v1/chat/completions', { messages: FRANCE, temperature: 3 }, 400, 'temperature', />= 0 and <= 2, got 3/],
     ['/v1/chat/completions', { messages: FRANCE, temperature: '0.5' }, 400, 'temperature', /must be a number/],
@@ -355,6 +357,10 @@ test('bad requests get OpenAI error objects (400 naming the field, 404, 405, 413
   // Still serving.
   const ok = await client.chat.completions.create({ model: MODEL, messages: FRANCE, max_tokens: 1, temperature: 0 });
   assert.equal(ok.choices[0].finish_reason, 'length');
+  // A compressed body is named as such (415), not reported as invalid JSON.
+  const gz = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' }, body: gzipSync(JSON.stringify({ messages: FRANCE })) });
+  assert.equal(gz.status, 415);
+  assert.match(((await gz.json()) as { error: { message: string } }).error.message, /Content-Encoding "gzip" is not supported: send the body uncompressed/);
   // top_logprobs 0 asks for nothing: accepted, as OpenAI accepts it.
   assert.equal((await post('/v1/chat/completions', { messages: FRANCE, max_tokens: 1, top_logprobs: 0 })).status, 200);
 });

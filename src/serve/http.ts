@@ -38,10 +38,17 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
 /**
  * Reads the body up to `limit` bytes.
  * @throws HttpError 413 when the declared or received length is over `limit`; the rest of the
- *   body is drained, not kept, so a large upload costs no memory.
+ *   body is drained, not kept, so a large upload costs no memory. 415 for a compressed body
+ *   (Content-Encoding other than identity), which would otherwise read as invalid JSON.
  */
 export function readBody(req: IncomingMessage, limit: number): Promise<string> {
   return new Promise((resolveBody, reject) => {
+    const encoding = req.headers['content-encoding'];
+    if (encoding !== undefined && encoding.trim().toLowerCase() !== 'identity') {
+      req.resume();
+      reject(new HttpError(415, `Content-Encoding ${JSON.stringify(encoding)} is not supported: send the body uncompressed`, {}, null, 'unsupported_media_type'));
+      return;
+    }
     const declared = Number(req.headers['content-length']);
     if (declared > limit) {
       req.resume();

@@ -172,6 +172,7 @@ function commonFields(body: Record<string, unknown>): { options: Omit<RequestOpt
 function contentText(content: unknown, where: string): string {
   if (typeof content === 'string') return content;
   if (!Array.isArray(content)) throw badRequest(`${where}.content`, `'${where}.content' must be a string or an array of text parts, got ${jsonType(content)}`, 'invalid_type');
+  if (content.length === 0) throw badRequest(`${where}.content`, `'${where}.content' is an empty array: expected at least one text part (or a string)`, 'invalid_value');
   return content
     .map((part: unknown, k) => {
       const at = `${where}.content[${k}]`;
