@@ -126,6 +126,8 @@ test('bad records are errors naming file, line and field', async () => {
     ['.jsonl', jsonl({ text: '' }), /:1: text is empty; expected text/],
     ['.jsonl', jsonl({ input: 'x', output: 'y' }), /:1: cannot tell the format from the keys "input", "output"; expected "messages" \(chat\), "conversations" \(ShareGPT\), "prompt" \+ "completion", or "text"/],
     ['.json', '[\n {"text": "ok"},\n\n {"text": 5}\n]', /:4: text is 5; expected a string/],
+    // A cut-off pretty-printed array: the line and column where the JSON breaks, not a character offset.
+    ['.json', '[\n  {"text": "ok"},\n  {"text": "cut', /:3:\d+: invalid JSON: .*; expected a JSON array of records/],
     ['.jsonl', '\n \n', /no examples found/],
     ['.csv', 'text\nx\n', /cannot tell the format from extension "\.csv"; expected \.jsonl, \.json or \.txt/],
   ];

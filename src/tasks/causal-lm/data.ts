@@ -25,6 +25,7 @@ import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import { decodeUtf8 } from '../../data/text.js';
 import type { ChatMessage, ChatToolCall } from '../../chat/template.js';
+import { parseJsonText } from '../../io/model-folder.js';
 
 /** Where a record came from: file and 1-based line. */
 export interface SourceRef {
@@ -344,9 +345,9 @@ export function readSftFile(path: string): SftDataset {
   } else if (ext === '.json' && text.trimStart().startsWith('[')) {
     let data: unknown;
     try {
-      data = JSON.parse(text);
+      data = parseJsonText(text, path);
     } catch (err) {
-      throw new Error(`${path}: not valid JSON (${(err as Error).message}); expected a JSON array of records, or one JSON object per line`);
+      throw new Error(`${(err as Error).message}; expected a JSON array of records, or one JSON object per line`, { cause: err });
     }
     const lines = arrayElementLines(text);
     (data as unknown[]).forEach((rec, i) => records.push(parseSftRecord(rec, { path, line: lines[i] ?? 1 })));
