@@ -361,6 +361,11 @@ test('bad requests get OpenAI error objects (400 naming the field, 404, 405, 413
   const gz = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' }, body: gzipSync(JSON.stringify({ messages: FRANCE })) });
   assert.equal(gz.status, 415);
   assert.match(((await gz.json()) as { error: { message: string } }).error.message, /Content-Encoding "gzip" is not supported: send the body uncompressed/);
+  // Bytes that are not UTF-8 are named, not replaced with U+FFFD on the way to the model.
+  const latin1 = Buffer.concat([Buffer.from('{"messages": [{"role": "user", "content": "caf'), Buffer.from([0xe9]), Buffer.from('"}]}')]);
+  const bad = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: latin1 });
+  assert.equal(bad.status, 400);
+  assert.match(((await bad.json()) as { error: { message: string } }).error.message, /^request body is not valid UTF-8: byte 0xE9 at offset 46$/);
   // top_logprobs 0 asks for nothing: accepted, as OpenAI accepts it.
   assert.equal((await post('/v1/chat/completions', { messages: FRANCE, max_tokens: 1, top_logprobs: 0 })).status, 200);
 });

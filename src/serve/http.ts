@@ -4,6 +4,7 @@
  * reader, JSON replies and listen() as a promise.
  */
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { firstInvalidUtf8Offset } from '../data/text.js';
 
 /**
  * An error that becomes an HTTP reply. `param` and `code` fill the OpenAI error object
@@ -39,7 +40,8 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
  * Reads the body up to `limit` bytes.
  * @throws HttpError 413 when the declared or received length is over `limit`; the rest of the
  *   body is drained, not kept, so a large upload costs no memory. 415 for a compressed body
- *   (Content-Encoding other than identity), which would otherwise read as invalid JSON.
+ *   (Content-Encoding other than identity), which would otherwise read as invalid JSON; 400 for
+ *   bytes that are not UTF-8 (naming the offset).
  */
 export function readBody(req: IncomingMessage, limit: number): Promise<string> {
   return new Promise((resolveBody, reject) => {
@@ -62,8 +64,15 @@ export function readBody(req: IncomingMessage, limit: number): Promise<string> {
       if (size <= limit) chunks.push(chunk);
     });
     req.on('end', () => {
-      if (size > limit) reject(new HttpError(413, `request body exceeds the limit of ${limit} bytes`, {}, null, 'request_too_large'));
-      else resolveBody(Buffer.concat(chunks).toString('utf8'));
+      if (size > limit) return reject(new HttpError(413, `request body exceeds the limit of ${limit} bytes`, {}, null, 'request_too_large'));
+      const bytes = Buffer.concat(chunks);
+      try {
+        resolveBody(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+      } catch {
+        // Replaced silently, a bad byte would reach the model as U+FFFD.
+        const at = firstInvalidUtf8Offset(bytes);
+        reject(new HttpError(400, `request body is not valid UTF-8: byte 0x${bytes[at].toString(16).toUpperCase().padStart(2, '0')} at offset ${at}`, {}, null, 'invalid_encoding'));
+      }
     });
     req.on('error', reject);
   });
