@@ -311,7 +311,8 @@ test('bad requests get OpenAI error objects (400 naming the field, 404, 405, 413
     ['/v1/chat/completions', { messages: FRANCE, temperature: 3 }, 400, 'temperature', />= 0 and <= 2, got 3/],
     ['/v1/chat/completions', { messages: FRANCE, temperature: '0.5' }, 400, 'temperature', /must be a number/],
     ['/v1/chat/completions', { messages: FRANCE, top_p: 0 }, 400, 'top_p', /> 0 and <= 1/],
-    ['/v1/chat/completions', { messages: FRANCE, n: 2 }, 400, 'n', /must be 1/],
+    ['/v1/chat/completions', { messages: FRANCE, n: 17 }, 400, 'n', /must be at most 16, got 17/],
+    ['/v1/chat/completions', { messages: FRANCE, n: 2, stream: true }, 400, 'n', /'n' 2 with 'stream' is not supported/],
     ['/v1/chat/completions', { messages: FRANCE, max_tokens: 0 }, 400, 'max_tokens', />= 1/],
     ['/v1/chat/completions', { messages: FRANCE, max_tokens: 1.5 }, 400, 'max_tokens', /integer/],
     ['/v1/chat/completions', { messages: FRANCE, max_tokens: 100_000 }, 400, 'messages', /maximum context length is 8192 tokens/],
@@ -423,6 +424,23 @@ test('CORS: only with corsOrigins, a browser page of a listed origin may call th
   } finally {
     await any.close();
   }
+});
+
+test('n choices: sampled with a seed, choice k draws with seed + k (distinct, each reproducible); usage counts the prompt once; completions too', { skip: missing }, async () => {
+  const ask = { model: MODEL, messages: FRANCE, n: 3, max_tokens: 8, temperature: 1, seed: 11 };
+  const a = await client.chat.completions.create(ask);
+  assert.deepEqual(a.choices.map((c) => c.index), [0, 1, 2]);
+  const texts = a.choices.map((c) => c.message.content);
+  assert.ok(new Set(texts).size > 1, `the choices differ: ${JSON.stringify(texts)}`);
+  const again = await client.chat.completions.create(ask);
+  assert.deepEqual(again.choices.map((c) => c.message.content), texts, 'the same request gives the same choices');
+  const one = await client.chat.completions.create({ ...ask, n: 1, seed: 12 });
+  assert.equal(one.choices[0].message.content, texts[1], 'choice 1 is what seed + 1 gives alone');
+  assert.equal(a.usage!.prompt_tokens, one.usage!.prompt_tokens, 'the prompt is counted once');
+  assert.ok(a.usage!.completion_tokens > one.usage!.completion_tokens && a.usage!.completion_tokens <= 3 * 8, `completion tokens ${a.usage!.completion_tokens}: every choice's`);
+  const greedy = await client.completions.create({ model: MODEL, prompt: 'The capital of France is', n: 2, max_tokens: 4, temperature: 0 });
+  assert.equal(greedy.choices.length, 2);
+  assert.equal(greedy.choices[0].text, greedy.choices[1].text, 'greedy choices are equal');
 });
 
 test('GET /v1/models lists the served model; GET /v1/models/{id} and /health answer', { skip: missing }, async () => {

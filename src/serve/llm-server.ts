@@ -32,6 +32,7 @@ import { HttpError, listen, readBody, requestPath, sendJson } from './http.js';
 import {
   budgetTokens,
   chatChoice,
+  choiceOptions,
   completionId,
   errorBody,
   parseChatCompletionRequest,
@@ -41,6 +42,7 @@ import {
   renderChat,
   ToolCallStream,
   usageOf,
+  usageOfChoices,
   type OpenAIFinishReason,
 } from './openai.js';
 import type { Precision } from '../engine.js';
@@ -215,6 +217,18 @@ export async function startLlmServer(options: LlmServeOptions): Promise<RunningL
       throw err;
     });
 
+  /** The n choices of one request, queued together (one batch when they fit); one failing stops the rest. */
+  async function generateChoices(n: number, prompt: Prompt, o: GenerateOptions, signal: AbortSignal): Promise<GenerateResult[]> {
+    const failed = new AbortController();
+    const either = AbortSignal.any([signal, failed.signal]);
+    try {
+      return await Promise.all(Array.from({ length: n }, (_, k) => generate(prompt, choiceOptions(o, k), either)));
+    } catch (err) {
+      failed.abort();
+      throw err;
+    }
+  }
+
   async function chat(req: IncomingMessage, res: ServerResponse, signal: AbortSignal): Promise<void> {
     const r = parseChatCompletionRequest(parseJsonBody(await readBody(req, maxBodyBytes)));
     const rendered = renderChat(llm.tokenizer, r.messages, r.tools);
@@ -224,10 +238,10 @@ export async function startLlmServer(options: LlmServeOptions): Promise<RunningL
     const now = Math.floor(Date.now() / 1000);
     const base = { id, object: r.stream ? 'chat.completion.chunk' : 'chat.completion', created: now, model: modelName, system_fingerprint: null };
     if (!r.stream) {
-      const result = await generate(rendered.prompt, o, signal);
-      if (result.finishReason === 'aborted') return;
-      const { message, finish_reason } = chatChoice(result, r.toolNames);
-      sendJson(res, 200, { ...base, choices: [{ index: 0, message, logprobs: null, finish_reason }], usage: usageOf(result) });
+      const results = await generateChoices(r.n, rendered.prompt, o, signal);
+      if (results.some((x) => x.finishReason === 'aborted')) return;
+      const choices = results.map((x, index) => ({ index, ...chatChoice(x, r.toolNames), logprobs: null }));
+      sendJson(res, 200, { ...base, choices, usage: usageOfChoices(results) });
       return;
     }
     const events = new EventStream(res);
@@ -270,9 +284,10 @@ export async function startLlmServer(options: LlmServeOptions): Promise<RunningL
     const base = { id: completionId('cmpl'), object: 'text_completion', created: Math.floor(Date.now() / 1000), model: modelName, system_fingerprint: null };
     const finishOf = (x: GenerateResult): OpenAIFinishReason => (x.finishReason === 'length' ? 'length' : 'stop');
     if (!r.stream) {
-      const result = await generate(r.prompt, o, signal);
-      if (result.finishReason === 'aborted') return;
-      sendJson(res, 200, { ...base, choices: [{ index: 0, text: result.text, logprobs: null, finish_reason: finishOf(result) }], usage: usageOf(result) });
+      const results = await generateChoices(r.n, r.prompt, o, signal);
+      if (results.some((x) => x.finishReason === 'aborted')) return;
+      const choices = results.map((x, index) => ({ index, text: x.text, logprobs: null, finish_reason: finishOf(x) }));
+      sendJson(res, 200, { ...base, choices, usage: usageOfChoices(results) });
       return;
     }
     const events = new EventStream(res);

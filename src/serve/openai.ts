@@ -51,6 +51,8 @@ export interface ChatCompletionRequest {
   /** max_completion_tokens ?? max_tokens, when given. */
   maxTokens?: number;
   options: Omit<RequestOptions, 'maxNewTokens'>;
+  /** Choices to generate (OpenAI's n; 1 when streaming). */
+  n: number;
   stream: boolean;
   /** stream_options.include_usage: a last chunk carries the usage. */
   includeUsage: boolean;
@@ -61,6 +63,7 @@ export interface CompletionRequest {
   prompt: string;
   maxTokens?: number;
   options: Omit<RequestOptions, 'maxNewTokens'>;
+  n: number;
   stream: boolean;
   includeUsage: boolean;
 }
@@ -127,11 +130,14 @@ function unsupported(body: Record<string, unknown>, name: string, ok: (v: unknow
   if (v !== undefined && !ok(v)) throw badRequest(name, `'${name}' ${JSON.stringify(v)} is not supported: ${why}`, 'unsupported_value');
 }
 
+/** The most choices one request may ask for (n): each is a row of the engine's batch. */
+export const MAX_CHOICES = 16;
+
 /** The fields both endpoints share: sampling, stop, seed, max tokens, n, stream. */
-function commonFields(body: Record<string, unknown>): { options: Omit<RequestOptions, 'maxNewTokens'>; maxTokens?: number; stream: boolean; includeUsage: boolean } {
+function commonFields(body: Record<string, unknown>): { options: Omit<RequestOptions, 'maxNewTokens'>; maxTokens?: number; n: number; stream: boolean; includeUsage: boolean } {
   if (field(body, 'model') !== undefined && typeof body.model !== 'string') throw badRequest('model', `'model' must be a string, got ${jsonType(body.model)}`, 'invalid_type');
-  const n = integer(body, 'n', 1);
-  if (n !== undefined && n !== 1) throw badRequest('n', `'n' must be 1: this server generates one choice per request, got ${n}`, 'unsupported_value');
+  const n = integer(body, 'n', 1) ?? 1;
+  if (n > MAX_CHOICES) throw badRequest('n', `'n' must be at most ${MAX_CHOICES}, got ${n}`, 'invalid_value');
   unsupported(body, 'presence_penalty', (v) => v === 0, 'use repetition_penalty (Hugging Face\'s, > 1 discourages repeats)');
   unsupported(body, 'frequency_penalty', (v) => v === 0, 'use repetition_penalty (Hugging Face\'s, > 1 discourages repeats)');
   unsupported(body, 'logit_bias', (v) => isObject(v) && Object.keys(v).length === 0, 'this server does not bias logits');
@@ -165,7 +171,8 @@ function commonFields(body: Record<string, unknown>): { options: Omit<RequestOpt
     includeUsage = iu === true;
   }
   const options = Object.fromEntries(Object.entries({ temperature, topP, topK, minP, repetitionPenalty, seed, stop }).filter(([, v]) => v !== undefined));
-  return { options, ...(maxTokens !== undefined ? { maxTokens } : {}), stream, includeUsage };
+  if (stream && n > 1) throw badRequest('n', `'n' ${n} with 'stream' is not supported: stream one choice, or ask for ${n} without streaming`, 'unsupported_value');
+  return { options, ...(maxTokens !== undefined ? { maxTokens } : {}), n, stream, includeUsage };
 }
 
 /** Text of a message's content: a string, or text parts joined by newlines (as vLLM does). */
@@ -389,7 +396,21 @@ export type OpenAIFinishReason = 'stop' | 'length' | 'tool_calls';
 
 /** OpenAI's usage object. */
 export function usageOf(r: GenerateResult): { prompt_tokens: number; completion_tokens: number; total_tokens: number } {
-  return { prompt_tokens: r.usage.promptTokens, completion_tokens: r.usage.completionTokens, total_tokens: r.usage.promptTokens + r.usage.completionTokens };
+  return usageOfChoices([r]);
+}
+
+/** The usage of the n choices of one request, as OpenAI counts it: the prompt once, every choice's tokens. */
+export function usageOfChoices(rs: readonly GenerateResult[]): { prompt_tokens: number; completion_tokens: number; total_tokens: number } {
+  const completion = rs.reduce((k, r) => k + r.usage.completionTokens, 0);
+  return { prompt_tokens: rs[0].usage.promptTokens, completion_tokens: completion, total_tokens: rs[0].usage.promptTokens + completion };
+}
+
+/**
+ * The options of choice k of a request: with a seed, choice k samples with seed + k, so the n
+ * choices differ and each reproduces (without one, rows of a batch draw apart already).
+ */
+export function choiceOptions(o: GenerateOptions, k: number): GenerateOptions {
+  return k === 0 || o.seed === undefined ? o : { ...o, seed: o.seed + k };
 }
 
 /**
