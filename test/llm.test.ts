@@ -196,6 +196,30 @@ test('chat() with tools parses the model\'s <tool_call> output (forced here with
   assert.equal(next.tokens.length, 1);
 });
 
+test("logprobs: the first token's log-probability and alternatives are the log-softmax of the prefill logits (float64), before temperature; bad values are named", { skip: missing }, async () => {
+  const m = await llm();
+  const prompt = 'The capital of France is';
+  const r = await m.generate(prompt, { maxNewTokens: 3, temperature: 0.7, seed: 3, logprobs: 4 });
+  assert.equal(r.logprobs!.length, r.tokens.length);
+  const ids = m.tokenizer.encode(prompt, { addSpecialTokens: false });
+  const { logits } = await engineOf(m).prefill({ input_ids: Int32Array.from(ids), attention_mask: new Int32Array(ids.length).fill(1), batchSize: 1, seqLen: ids.length }, { maxNewTokens: 1 });
+  let max = -Infinity;
+  for (const x of logits) max = Math.max(max, x);
+  let z = 0;
+  for (const x of logits) z += Math.exp(x - max);
+  const logp = (id: number) => logits[id] - max - Math.log(z);
+  const first = r.logprobs![0];
+  assert.equal(first.id, r.tokens[0]);
+  assert.ok(Math.abs(first.logprob - logp(first.id)) < 1e-5, `${first.logprob} vs ${logp(first.id)}`);
+  const want = [...logits.keys()].sort((a, b) => logits[b] - logits[a] || a - b).slice(0, 4);
+  assert.deepEqual(first.top.map((t) => t.id), want);
+  first.top.forEach((t) => assert.ok(Math.abs(t.logprob - logp(t.id)) < 1e-5));
+  assert.equal(first.token, m.tokenizer.decode([first.id]));
+  assert.deepEqual(first.bytes, Array.from(m.tokenizer.tokenBytes(first.id)));
+  assert.equal((await m.generate(prompt, { maxNewTokens: 2 })).logprobs, undefined);
+  await assert.rejects(m.generate(prompt, { logprobs: 21 }), /logprobs must be an integer from 0 to 20 \(alternatives per token\), got 21/);
+});
+
 test('tool-call parsing on fixed strings: hermes blocks, Mistral [TOOL_CALLS], Llama 3 JSON; malformed calls stay text', () => {
   const two = parseToolCalls('Let me check.\n<tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>\n<tool_call>{"name": "b", "arguments": "{\\"y\\": [2]}"}</tool_call>');
   assert.equal(two.content, 'Let me check.');

@@ -322,7 +322,9 @@ test('bad requests get OpenAI error objects (400 naming the field, 404, 405, 413
     ['/v1/chat/completions', { messages: FRANCE, stream: 'yes' }, 400, 'stream', /boolean/],
     ['/v1/chat/completions', { messages: FRANCE, tools: [{ type: 'function', function: { name: 'bad name' } }] }, 400, 'tools[0].function.name', /letters, digits/],
     ['/v1/chat/completions', { messages: FRANCE, tools: [WEATHER_TOOL], tool_choice: 'required' }, 400, 'tool_choice', /not supported/],
-    ['/v1/chat/completions', { messages: FRANCE, logprobs: true }, 400, 'logprobs', /not supported/],
+    ['/v1/chat/completions', { messages: FRANCE, logprobs: true, stream: true }, 400, 'logprobs', /'logprobs' with 'stream' is not supported/],
+    ['/v1/chat/completions', { messages: FRANCE, top_logprobs: 2 }, 400, 'top_logprobs', /needs 'logprobs': true/],
+    ['/v1/chat/completions', { messages: FRANCE, logprobs: true, top_logprobs: 21 }, 400, 'top_logprobs', /<= 20/],
     ['/v1/chat/completions', { messages: FRANCE, response_format: { type: 'json_object' } }, 400, 'response_format', /not supported/],
     ['/v1/chat/completions', { messages: FRANCE, frequency_penalty: 0.5 }, 400, 'frequency_penalty', /repetition_penalty/],
     ['/v1/completions', { prompt: ['a', 'b'] }, 400, 'prompt', /one string, got an array of 2/],
@@ -424,6 +426,26 @@ test('CORS: only with corsOrigins, a browser page of a listed origin may call th
   } finally {
     await any.close();
   }
+});
+
+test('logprobs: each token of the answer with its log-probability and top_logprobs alternatives, as OpenAI shapes them; the bytes spell the text', { skip: missing }, async () => {
+  const r = await client.chat.completions.create({ model: MODEL, messages: FRANCE, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 3 });
+  const lp = r.choices[0].logprobs!;
+  assert.equal(lp.refusal, null);
+  const content = lp.content!;
+  assert.equal(content.length, r.usage!.completion_tokens - (r.choices[0].finish_reason === 'stop' ? 1 : 0));
+  for (const t of content) {
+    assert.ok(t.logprob <= 0 && Number.isFinite(t.logprob));
+    assert.equal(t.top_logprobs.length, 3);
+    assert.ok(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob && t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob);
+    assert.equal(t.top_logprobs[0].token, t.token, 'greedy: the chosen token is the most likely');
+    assert.equal(t.top_logprobs[0].logprob, t.logprob);
+    assert.ok(t.top_logprobs.reduce((s, a) => s + Math.exp(a.logprob), 0) <= 1 + 1e-9);
+  }
+  assert.equal(Buffer.from(content.flatMap((t) => t.bytes!)).toString('utf8'), r.choices[0].message.content);
+  const plain = await client.chat.completions.create({ model: MODEL, messages: FRANCE, max_tokens: 6, temperature: 0 });
+  assert.equal(plain.choices[0].logprobs, null);
+  assert.equal(plain.choices[0].message.content, r.choices[0].message.content, 'asking for logprobs changes no token');
 });
 
 test('n choices: sampled with a seed, choice k draws with seed + k (distinct, each reproducible); usage counts the prompt once; completions too', { skip: missing }, async () => {

@@ -6,7 +6,7 @@
  * src/llm/sampling.ts; what ends a row (eos ids, max_new_tokens, a stop
  * predicate for stop strings, a constraint that completed) is decided here.
  */
-import { Sampler, type SamplingOptions } from './sampling.js';
+import { logSoftmaxTop, Sampler, type SamplingOptions } from './sampling.js';
 
 /** What the loop needs of an engine (src/engine.ts Engine with a causal-LM config). */
 export interface DecoderEngine {
@@ -37,6 +37,12 @@ export interface GenerateIdsOptions extends SamplingOptions {
   constraint?: TokenConstraint | ReadonlyArray<TokenConstraint | undefined>;
   /** Stops every row (HF StoppingCriteria / an AbortSignal from the caller). */
   signal?: AbortSignal;
+  /**
+   * Also report each token's log-probability under the model (log-softmax of its logits, before
+   * repetition penalty, temperature, filters or constraints) and this many most likely
+   * alternatives (0: none). Undefined: no log-probabilities.
+   */
+  logprobs?: number;
 }
 
 export type FinishReason = 'stop' | 'length' | 'constraint' | 'aborted';
@@ -46,6 +52,9 @@ export interface TokenEvent {
   row: number;
   token: number;
   finish?: FinishReason;
+  /** With options.logprobs: the token's log-probability, and the top alternatives as [id, logprob]. */
+  logprob?: number;
+  top?: Array<[number, number]>;
 }
 
 /**
@@ -93,6 +102,8 @@ export async function* generateIds(engine: DecoderEngine, vocabSize: number, pro
         continue;
       }
       const row = logits.subarray(i * vocabSize, (i + 1) * vocabSize);
+      // Of the model's own distribution: before the row is changed below.
+      const lp = o.logprobs !== undefined ? { ...logSoftmaxTop(row, o.logprobs), raw: Float32Array.from(row) } : undefined;
       if (out[i].length < (o.minNewTokens ?? 0)) for (const id of eos) row[id] = -Infinity;
       const token = samplers[i].next(row, o.repetitionPenalty && o.repetitionPenalty !== 1 ? [...prompts[i], ...out[i]] : [], allowed ?? undefined);
       out[i].push(token);
@@ -101,7 +112,7 @@ export async function* generateIds(engine: DecoderEngine, vocabSize: number, pro
       if (eos.has(token) || o.stop?.(i, out[i])) finish = 'stop';
       else if (step + 1 === o.maxNewTokens) finish = 'length';
       if (finish) done[i] = true;
-      yield { row: i, token, finish };
+      yield { row: i, token, finish, ...(lp ? { logprob: lp.raw[token] - lp.logZ, top: lp.top } : {}) };
     }
     if (done.every(Boolean) || step + 1 === o.maxNewTokens) break;
     ({ logits } = await engine.decode(next));

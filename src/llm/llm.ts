@@ -76,6 +76,22 @@ export interface GenerateOptions {
   choices?: string[];
   /** Called with each text delta as it is decoded (what stream() yields), and the prompt's index in a batch (node-llama-cpp's onTextChunk). */
   onTextChunk?: (text: string, index: number) => void;
+  /**
+   * Report each generated token's log-probability under the model (log-softmax of its logits,
+   * before repetition penalty, temperature, filters or choices) with this many most likely
+   * alternatives, 0 to 20 (OpenAI's logprobs / top_logprobs). Default: none.
+   */
+  logprobs?: number;
+}
+
+/** A token with its log-probability (natural log), as OpenAI's logprobs give it. */
+export interface TokenLogprob {
+  id: number;
+  /** The token decoded alone (a character split across tokens shows as U+FFFD; see bytes). */
+  token: string;
+  /** The token's UTF-8 bytes. */
+  bytes: number[];
+  logprob: number;
 }
 
 export interface GenerateResult {
@@ -86,6 +102,8 @@ export interface GenerateResult {
   /** 'stop': an eos token, a stop string, or a complete choice; 'length': maxNewTokens reached; 'aborted': the signal fired. */
   finishReason: 'stop' | 'length' | 'aborted';
   usage: { promptTokens: number; completionTokens: number };
+  /** With options.logprobs: one entry per id of `tokens`, and its most likely alternatives. */
+  logprobs?: Array<TokenLogprob & { top: TokenLogprob[] }>;
 }
 
 /** What chat() answers: an assistant message (OpenAI / transformers shape), ready to append to the conversation. */
@@ -104,6 +122,7 @@ interface Resolved {
   choices?: string[];
   tools?: unknown[];
   signal?: AbortSignal;
+  logprobs?: number;
   sampling: ReturnType<typeof resolveSampling>;
 }
 
@@ -368,7 +387,9 @@ export class LLM {
     if (!Number.isInteger(minNewTokens) || minNewTokens < 0) throw new Error(`minNewTokens must be an integer >= 0, got ${shown(options.minNewTokens)}`);
     if (options.tools !== undefined && !Array.isArray(options.tools)) throw new Error('tools must be an array of tool schemas');
     if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) throw new Error('signal must be an AbortSignal');
-    return { maxNewTokens, minNewTokens, stops, tools: options.tools, signal: options.signal, sampling, choices: options.choices };
+    const lp = options.logprobs;
+    if (lp !== undefined && !(Number.isInteger(lp) && lp >= 0 && lp <= 20)) throw new Error(`logprobs must be an integer from 0 to 20 (alternatives per token), got ${shown(lp)}`);
+    return { maxNewTokens, minNewTokens, stops, tools: options.tools, signal: options.signal, sampling, choices: options.choices, logprobs: lp };
   }
 
   private encodeChoices(choices: unknown): number[][] | undefined {
@@ -421,6 +442,17 @@ export class LLM {
     const eos = new Set(tok.eosTokenIds);
     const rows = ids.map(() => new RowText(tok, eos, o.stops));
     const tokens: number[][] = ids.map(() => []);
+    const logprobs: Array<NonNullable<GenerateResult['logprobs']>> = ids.map(() => []);
+    const asToken = (id: number, logprob: number): TokenLogprob => {
+      const token = tok.decode([id]);
+      let bytes: Uint8Array;
+      try {
+        bytes = tok.tokenBytes(id);
+      } catch {
+        bytes = Buffer.from(token, 'utf8');  // a tokenizer without byte-level tokens: the text's bytes
+      }
+      return { id, token, bytes: Array.from(bytes), logprob };
+    };
     const finishRow = (i: number, reason: FinishReason) => {
       rows[i].finish();
       results[i] = {
@@ -428,6 +460,7 @@ export class LLM {
         tokens: tokens[i],
         finishReason: reason === 'constraint' ? 'stop' : reason,
         usage: { promptTokens: ids[i].length, completionTokens: tokens[i].length },
+        ...(o.logprobs !== undefined ? { logprobs: logprobs[i] } : {}),
       };
     };
     const release = await this.lock();
@@ -448,9 +481,11 @@ export class LLM {
         stop: o.stops.length ? (row, generated) => rows[row].feed(generated) : undefined,
         constraint,
         signal: o.signal,
+        logprobs: o.logprobs,
       });
       for await (const ev of events) {
         if (ev.token >= 0) tokens[ev.row].push(ev.token);
+        if (ev.token >= 0 && ev.logprob !== undefined) logprobs[ev.row].push({ ...asToken(ev.token, ev.logprob), top: ev.top!.map(([id, lp]) => asToken(id, lp)) });
         rows[ev.row].feed(tokens[ev.row]);
         if (ev.finish) finishRow(ev.row, ev.finish);
         const delta = rows[ev.row].delta(ev.finish !== undefined);

@@ -143,6 +143,32 @@ export class Sampler {
   }
 }
 
+/**
+ * The model's log-probabilities of a logits row (log-softmax, before any sampling setting): the
+ * log of its normaliser, and the `n` most likely ids with theirs (descending; ties to the lower id).
+ * What OpenAI's logprobs report (its top_logprobs are this n).
+ */
+export function logSoftmaxTop(logits: ArrayLike<number>, n: number): { logZ: number; top: Array<[number, number]> } {
+  let m = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > m) m = logits[i];
+  let s = 0;
+  for (let i = 0; i < logits.length; i++) s += Math.exp(logits[i] - m);
+  const logZ = m + Math.log(s);
+  // n is small (OpenAI allows 20): keep the best n by insertion instead of sorting the vocabulary.
+  const top: Array<[number, number]> = [];
+  for (let i = 0; i < logits.length && n > 0; i++) {
+    const v = logits[i];
+    if (top.length === n && v <= top[n - 1][1]) continue;
+    let k = top.length < n ? top.length : n - 1;
+    top[k] = [i, v];
+    while (k > 0 && top[k - 1][1] < v) {
+      [top[k - 1], top[k]] = [top[k], top[k - 1]];
+      k--;
+    }
+  }
+  return { logZ, top: top.map(([id, v]) => [id, v - logZ]) };
+}
+
 export function argmax(x: ArrayLike<number>): number {
   let best = 0;
   for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;

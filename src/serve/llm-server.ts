@@ -32,6 +32,7 @@ import { HttpError, listen, readBody, requestPath, sendJson } from './http.js';
 import {
   budgetTokens,
   chatChoice,
+  chatLogprobs,
   choiceOptions,
   completionId,
   errorBody,
@@ -172,6 +173,7 @@ function batchKey(options: GenerateOptions, promptIsText: boolean): string {
     o.repetitionPenalty,
     o.stop,
     promptIsText ? null : o.tools ?? null,
+    o.logprobs ?? null,
   ]);
 }
 
@@ -233,14 +235,14 @@ export async function startLlmServer(options: LlmServeOptions): Promise<RunningL
     const r = parseChatCompletionRequest(parseJsonBody(await readBody(req, maxBodyBytes)));
     const rendered = renderChat(llm.tokenizer, r.messages, r.tools);
     const maxNewTokens = budgetTokens(rendered.promptTokens, r.maxTokens, defaultMaxTokens, contextLength, 'messages');
-    const o: GenerateOptions = { ...r.options, maxNewTokens, ...(rendered.tools ? { tools: rendered.tools } : {}) };
+    const o: GenerateOptions = { ...r.options, maxNewTokens, ...(rendered.tools ? { tools: rendered.tools } : {}), ...(r.logprobs !== undefined ? { logprobs: r.logprobs } : {}) };
     const id = completionId('chatcmpl');
     const now = Math.floor(Date.now() / 1000);
     const base = { id, object: r.stream ? 'chat.completion.chunk' : 'chat.completion', created: now, model: modelName, system_fingerprint: null };
     if (!r.stream) {
       const results = await generateChoices(r.n, rendered.prompt, o, signal);
       if (results.some((x) => x.finishReason === 'aborted')) return;
-      const choices = results.map((x, index) => ({ index, ...chatChoice(x, r.toolNames), logprobs: null }));
+      const choices = results.map((x, index) => ({ index, ...chatChoice(x, r.toolNames), logprobs: r.logprobs !== undefined ? chatLogprobs(x, llm.tokenizer.eosTokenIds) : null }));
       sendJson(res, 200, { ...base, choices, usage: usageOfChoices(results) });
       return;
     }

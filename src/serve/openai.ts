@@ -10,7 +10,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { ChatMessage, ChatToolCall } from '../chat/template.js';
-import type { GenerateOptions, GenerateResult, Prompt } from '../llm/llm.js';
+import type { GenerateOptions, GenerateResult, Prompt, TokenLogprob } from '../llm/llm.js';
 import { parseToolCalls, type ParsedToolCall } from '../llm/tool-calls.js';
 import type { LlmTokenizer } from '../tokenizer/bpe.js';
 import { chatForTemplate } from '../tasks/causal-lm/encode.js';
@@ -50,6 +50,8 @@ export interface ChatCompletionRequest {
   toolNames: string[];
   /** max_completion_tokens ?? max_tokens, when given. */
   maxTokens?: number;
+  /** logprobs: true → top_logprobs (0 to 20) alternatives per token; absent without logprobs. */
+  logprobs?: number;
   options: Omit<RequestOptions, 'maxNewTokens'>;
   /** Choices to generate (OpenAI's n; 1 when streaming). */
   n: number;
@@ -275,18 +277,32 @@ function toolsOf(body: Record<string, unknown>): { tools?: unknown[]; toolNames:
  * Validates a /v1/chat/completions body.
  * @throws HttpError 400 whose `param` names the field: missing or empty messages, an unknown role,
  *   content missing or not text, tool-call arguments that are not a JSON object, temperature outside
- *   [0, 2], top_p outside (0, 1], n other than 1, stop not a string or array of strings, a
- *   tool_choice other than 'auto'/'none', and fields this server does not implement (logprobs,
- *   response_format other than text, non-zero presence/frequency penalties, logit_bias).
+ *   [0, 2], top_p outside (0, 1], n above MAX_CHOICES (or above 1 when streaming), stop not a
+ *   string or array of strings, a tool_choice other than 'auto'/'none', top_logprobs outside
+ *   [0, 20] or without logprobs, logprobs when streaming, and fields this server does not
+ *   implement (response_format other than text, non-zero presence/frequency penalties, logit_bias).
  */
 export function parseChatCompletionRequest(body: Record<string, unknown>): ChatCompletionRequest {
   const messages = messagesOf(body);
   const { tools, toolNames } = toolsOf(body);
-  unsupported(body, 'logprobs', (v) => v === false, 'this server returns no log probabilities');
-  // 0 asks for nothing (OpenAI accepts it, and clients send it as a default).
-  unsupported(body, 'top_logprobs', (v) => v === 0, 'this server returns no log probabilities');
+  const logprobs = boolean(body, 'logprobs') ?? false;
+  const top = integer(body, 'top_logprobs', 0, 20);
+  if (top !== undefined && top > 0 && !logprobs) throw badRequest('top_logprobs', "'top_logprobs' needs 'logprobs': true", 'invalid_value');
   unsupported(body, 'response_format', (v) => isObject(v) && v.type === 'text', "only {type: 'text'}; structured output is not implemented");
-  return { messages, ...(tools ? { tools } : {}), toolNames, ...commonFields(body) };
+  const common = commonFields(body);
+  if (logprobs && common.stream) throw badRequest('logprobs', "'logprobs' with 'stream' is not supported: ask without streaming", 'unsupported_value');
+  return { messages, ...(tools ? { tools } : {}), toolNames, ...common, ...(logprobs ? { logprobs: top ?? 0 } : {}) };
+}
+
+/**
+ * A chat choice's `logprobs` (OpenAI's shape): the tokens of its text — a final end-of-sequence
+ * token left out, as the text leaves it out — each with its most likely alternatives.
+ */
+export function chatLogprobs(r: GenerateResult, eosTokenIds: readonly number[]): { content: unknown[]; refusal: null } {
+  const entries = [...(r.logprobs ?? [])];
+  if (entries.length > 0 && eosTokenIds.includes(entries[entries.length - 1].id)) entries.pop();
+  const shape = (t: TokenLogprob) => ({ token: t.token, logprob: t.logprob, bytes: t.bytes });
+  return { content: entries.map((e) => ({ ...shape(e), top_logprobs: e.top.map(shape) })), refusal: null };
 }
 
 /**
