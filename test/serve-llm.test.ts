@@ -400,10 +400,16 @@ test('renderChat counts the BOS that generate() prepends when the template does 
 test('CORS: only with corsOrigins, a browser page of a listed origin may call the API (preflight answered, origin echoed); others get no header', { skip: missing }, async () => {
   const origin = 'http://app.example';
   const preflight = { method: 'OPTIONS', headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization, content-type' } };
-  // The default server: no CORS headers, and OPTIONS is not a method it serves.
+  // The default server: a browser page (it sends Origin) is refused before any work, even a
+  // "simple" text/plain POST that needs no preflight; clients without Origin are served.
   const closed = await fetch(`${server.url}/v1/chat/completions`, preflight);
-  assert.equal(closed.status, 405);
+  assert.equal(closed.status, 403);
   assert.equal(closed.headers.get('access-control-allow-origin'), null);
+  const before = engineCalls.prefill;
+  const simple = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { origin, 'content-type': 'text/plain' }, body: JSON.stringify({ messages: FRANCE, max_tokens: 1 }) });
+  assert.equal(simple.status, 403);
+  assert.match(((await simple.json()) as { error: { message: string } }).error.message, /origin http:\/\/app\.example may not call this server: start it with --cors http:\/\/app\.example/);
+  assert.equal(engineCalls.prefill, before, 'a refused origin costs no generation');
   const open = await startLlmServer({ llm: server.llm, port: 0, corsOrigins: [origin] });
   try {
     const pre = await fetch(`${open.url}/v1/chat/completions`, preflight);
@@ -415,7 +421,11 @@ test('CORS: only with corsOrigins, a browser page of a listed origin may call th
     assert.equal(models.status, 200);
     assert.equal(models.headers.get('access-control-allow-origin'), origin);
     const other = await fetch(`${open.url}/v1/models`, { headers: { origin: 'http://evil.example' } });
+    assert.equal(other.status, 403);
     assert.equal(other.headers.get('access-control-allow-origin'), null);
+    const noOrigin = await fetch(`${open.url}/v1/models`);
+    assert.equal(noOrigin.status, 200);
+    assert.equal(noOrigin.headers.get('vary'), 'Origin', 'every answer varies by Origin');
   } finally {
     await open.close();
   }

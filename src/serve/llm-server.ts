@@ -74,9 +74,10 @@ export interface LlmServeOptions {
   /** max_tokens of a request that gives none (default: generation_config.json's max_new_tokens, else 512), cut to what the context leaves. */
   defaultMaxTokens?: number;
   /**
-   * Origins whose browser pages may call the API (CORS), or ['*'] for any. Default none: a browser
-   * then refuses cross-origin calls, as it should for a server on one's own machine (llama.cpp's
-   * server allows any origin, Ollama localhost ones).
+   * Origins whose browser pages may call the API (CORS), or ['*'] for any. A request from any other
+   * origin (a browser page of another site: it sends an Origin header) is refused with 403 before
+   * any work. Default none (llama.cpp's server allows any origin, Ollama localhost ones); clients
+   * that send no Origin (SDKs, curl) are not affected.
    */
   corsOrigins?: string[];
   /** Receives a warning at start when the model cannot render a conversation, and one line per failed request (default: silent). */
@@ -318,9 +319,17 @@ export async function startLlmServer(options: LlmServeOptions): Promise<RunningL
       if (!res.writableFinished) controller.abort();
     });
     const origin = req.headers.origin;
-    if (origin !== undefined && (cors.includes('*') || cors.includes(origin))) {
+    if (cors.length > 0) res.setHeader('vary', 'Origin');  // a shared cache must not mix origins' answers
+    if (origin !== undefined && !(cors.includes('*') || cors.includes(origin))) {
+      // A browser page of another site: it may send a "simple" POST without asking, so refuse it
+      // before any work (curl and SDKs send no Origin).
+      req.resume();
+      const { status, body } = errorBody(new HttpError(403, `origin ${origin} may not call this server: start it with --cors ${origin} (or '*')`, {}, null, 'origin_not_allowed'));
+      sendJson(res, status, body);
+      return;
+    }
+    if (origin !== undefined) {
       res.setHeader('access-control-allow-origin', origin);
-      res.setHeader('vary', 'Origin');
       // The preflight a browser sends before a JSON POST: what the real request may carry.
       if (req.method === 'OPTIONS' && (ROUTES[path] || path.startsWith('/v1/models/'))) {
         req.resume();
