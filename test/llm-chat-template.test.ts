@@ -55,6 +55,11 @@ test('a model without a chat template: chat names --chat-template-file; LLM.load
   await writeFile(broken, '{% for m in messages %}{{ m.content }}{% endfor %');
   await assert.rejects(LLM.load(bare, { chatTemplateFile: broken }), new RegExp(`${broken.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: the chat template does not parse`));
   await assert.rejects(LLM.load(bare, { chatTemplateFile: join(tmp, 'none.jinja') }), /chat template file .*none\.jinja does not exist/);
+  // An empty file, or one that renders nothing, is named at load, not as an empty prompt later.
+  for (const [name, text] of [['empty.jinja', ''], ['nothing.jinja', '{% if false %}x{% endif %}']]) {
+    await writeFile(join(tmp, name), text);
+    await assert.rejects(LLM.load(bare, { chatTemplateFile: join(tmp, name) }), new RegExp(`chat template file .*${name.replace('.', '\\.')} renders the conversation \\[\\{ role: 'user', content: 'Hello' \\}\\] to "": expected the messages' text in it`));
+  }
 });
 
 test('sft with chat_template_file on a base without one: the run folder keeps the template, and loading the run uses it', async () => {

@@ -49,6 +49,18 @@ async function useChatTemplateFile(tokenizer: LlmTokenizer, file: string): Promi
   const path = resolve(file);
   if (!existsSync(path) || !statSync(path).isFile()) throw Object.assign(new Error(`chat template file ${path} does not exist`), { code: 'ENOENT', path: file });
   tokenizer.setChatTemplate(await readFile(path, 'utf8'), path);
+  // An empty file, or one whose output is nothing, would fail every conversation later and far
+  // from the cause ("prompt is empty", "no target token"). A template that raises for this probe
+  // (one that needs a system message, say) is left to the conversations it is given.
+  let rendered: string | undefined;
+  try {
+    rendered = tokenizer.applyChatTemplate([{ role: 'user', content: 'Hello' }], { add_generation_prompt: true });
+  } catch {
+    rendered = undefined;
+  }
+  if (rendered !== undefined && !rendered.includes('Hello')) {
+    throw new Error(`chat template file ${path} renders the conversation [{ role: 'user', content: 'Hello' }] to ${JSON.stringify(rendered.slice(0, 80))}: expected the messages' text in it`);
+  }
 }
 
 /**
