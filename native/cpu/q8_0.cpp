@@ -38,12 +38,14 @@ constexpr int kBlock = 32, kRows = Q8Weights::kRows;
 // A value rounded to binary16 and back (to nearest even), as ggml stores d.
 inline float through_fp16(float x) { return (float)(_Float16)x; }
 
-// round-half-away-from-zero(v) clamped to [-127, 127]; NaN to 0. -128 never
-// appears, so q + 128 fits a byte and the sign trick below cannot overflow.
-inline int8_t to_q(float v) {
-    const float r = std::round(v);
+// A rounded value clamped to [-127, 127]; NaN to 0. -128 never appears, so
+// q + 128 fits a byte and the sign trick below cannot overflow.
+inline int8_t clamp_q(float r) {
     return (int8_t)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r == r ? r : 0.0f);
 }
+
+// round-half-away-from-zero(v), clamped: ggml's reference rounding of weights.
+inline int8_t to_q(float v) { return clamp_q(std::round(v)); }
 
 // A block's scale before any rounding: amax / 127.
 inline float block_scale(const float* x) {
@@ -70,10 +72,7 @@ void quantize_row_scalar(int8_t* q, float* d, int32_t* s, const float* x, int n)
         d[b] = block_scale(x);
         const float id = d[b] != 0.0f ? 1.0f / d[b] : 0.0f;
         int sum = 0;
-        for (int i = 0; i < kBlock; i++) {
-            const float r = std::nearbyint(x[i] * id);
-            sum += q[i] = (int8_t)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r == r ? r : 0.0f);
-        }
+        for (int i = 0; i < kBlock; i++) sum += q[i] = clamp_q(std::nearbyint(x[i] * id));
         s[b] = sum;
     }
 }

@@ -361,7 +361,7 @@ void LlamaEngine::read(const ParamInfo& p, Slot slot, float* dst) {
 
 void LlamaEngine::write(const ParamInfo& p, Slot slot, const float* src) {
     const size_t i = &p - params_.data();
-    if (slot == Slot::Weight && p.offset == kNone) {
+    if (slot == Slot::Weight && p.offset == kNone) {  // held as Q8_0: checked, then quantized
         const size_t cols = p.shape.size() == 2 ? (size_t)p.shape[1] : p.numel;
         for (size_t k = 0; k < p.numel; k++)
             if (!(std::fabs(src[k]) <= Q8Weights::kMaxMagnitude))
@@ -369,8 +369,6 @@ void LlamaEngine::write(const ParamInfo& p, Slot slot, const float* src) {
                                   "] is " + std::to_string(src[k]) +
                                   ": precision 'q8_0' quantizes this weight to Q8_0, whose fp16 block scale needs "
                                   "finite values within +-8.3e6 (65504 x 127); nothing was written");
-    }
-    if (slot == Slot::Weight && p.offset == kNone) {
         const auto [first, row0] = q8_home_[i];
         quantize_q8_0(wq_[first], src, row0, (int)p.shape[0]);
         return;
