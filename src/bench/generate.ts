@@ -248,7 +248,7 @@ export async function runGenerateBench(opts: GenerateBenchOptions = {}): Promise
     notes: [
       ...[loadWarning(load1, threads)].filter((n): n is string => n !== null),
       'each side in its own process after one warm-up generation; prefill = B x prompt tokens up to every first token; decode = B x (N - 1) steps',
-      `peak = getrusage maxrss of that side's process, loading included (nodetune dequantizes the GGUF tensor by tensor and holds it ${{ fp32: 'in float32', bf16: 'in float32 with a bf16 copy', q8_0: 'as Q8_0 (embeddings and norms float32)' }[precision]}; llama.cpp maps it as stored)`,
+      `peak = getrusage maxrss of that side's process, loading included (nodetune dequantizes the GGUF tensor by tensor and holds it ${{ fp32: 'in float32', bf16: 'in float32 with a bf16 copy', q8_0: 'as Q8_0 (norms float32)' }[precision]}; llama.cpp maps it as stored)`,
       `same greedy tokens: leading tokens of sequence 0 that nodetune and llama.cpp share (llama.cpp multiplies Q4_1 weights by Q8_1-quantized activations; nodetune ${{ fp32: 'float32 weights by float32 activations', bf16: 'bf16 weights by bf16-rounded activations', q8_0: 'Q8_0 weights by Q8_0-quantized activations' }[precision]}); on a near-tie either side may turn`,
     ],
   };

@@ -143,7 +143,7 @@ function commonFields(body: Record<string, unknown>): { options: Omit<RequestOpt
   unsupported(body, 'presence_penalty', (v) => v === 0, 'use repetition_penalty (Hugging Face\'s, > 1 discourages repeats)');
   unsupported(body, 'frequency_penalty', (v) => v === 0, 'use repetition_penalty (Hugging Face\'s, > 1 discourages repeats)');
   unsupported(body, 'logit_bias', (v) => isObject(v) && Object.keys(v).length === 0, 'this server does not bias logits');
-  unsupported(body, 'best_of', (v) => v === 1, 'this server generates one choice per request');
+  unsupported(body, 'best_of', (v) => v === 1, 'this server does not pick the best of several generations (n returns them all)');
   const temperature = number(body, 'temperature', 0, 2);
   const topP = number(body, 'top_p', 0, 1, true);
   const topK = integer(body, 'top_k', 0);
